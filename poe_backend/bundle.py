@@ -1,0 +1,269 @@
+"""The scene bundle: the directory the Blender add-on writes and the backend reads.
+
+One definition for both sides. Stdlib only (no bpy, numpy or torch), so the add-on's build
+copies this file into the extension and tests import it from either side.
+
+Layout (DESIGN.md section 4)::
+
+    bundle.json   {"schema": "poe-bundle/1", "task", "prompt", "seed", "width", "height",
+                   "fps", "frames": [int], "camera": {...}, "passes": {...},
+                   "objects": [...], "params": {...}}
+    rgb/####.png  8-bit sRGB, one per frame          depth/####.exr  float32 camera Z
+    mask/<object>/####.png  8-bit 0/255              plate.png       scene without the object
+
+``####`` is the scene frame number, zero-padded to 4 digits (Blender's convention).
+Depth is camera-space Z in scene units (not the distance along the ray); pixels that hit
+nothing are ``+inf``. The EXR holds one float32 channel named ``Z``.
+Bounding boxes are pixel rectangles ``[x_min, y_min, x_max, y_max]`` with the origin at the
+image's top-left, x to the right, y down, max exclusive; ``null`` where the object is not
+in view on that frame.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SCHEMA = "poe-bundle/1"
+BUNDLE_FILE = "bundle.json"
+FRAME_TOKEN = "####"
+
+#: Passes each task needs. ``mask`` means one ``mask.<object>`` pass per listed object.
+TASK_PASSES: dict[str, tuple[str, ...]] = {
+    "insertion": ("plate", "depth", "mask"),
+    "sim2video": ("rgb", "depth"),
+    "sim2video_ar": ("rgb",),
+    "regional_t2i": (),
+    "toy2d": (),
+}
+#: Tasks whose bundles cover several frames; the others use the first frame only.
+VIDEO_TASKS = frozenset({"sim2video", "sim2video_ar"})
+PASS_NAME = re.compile(r"^(rgb|depth|plate|mask\.[^/\\]+)$")
+
+
+class BundleError(ValueError):
+    """A bundle that does not follow the schema; ``field`` is a dotted path into bundle.json."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Camera:
+    """Per-bundle intrinsics (millimetres / scene units) and one 4x4 world matrix per frame
+    (row-major lists, Blender's camera convention: looks down -Z, +Y up)."""
+
+    lens_mm: float
+    sensor_mm: float
+    sensor_fit: str
+    clip_start: float
+    clip_end: float
+    matrix_world: list[list[list[float]]]
+
+
+@dataclass(frozen=True)
+class SceneObject:
+    """An object of interest: its name, object-index pass value, optional regional prompt,
+    and per-frame pixel box (``None`` when out of view)."""
+
+    name: str
+    pass_index: int
+    prompt: str
+    bbox_px: list[list[int] | None]
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A validated bundle; :meth:`pass_path` resolves files under :attr:`root`."""
+
+    root: Path
+    task: str
+    prompt: str
+    seed: int
+    width: int
+    height: int
+    fps: float
+    frames: list[int]
+    camera: Camera | None
+    passes: dict[str, str]
+    objects: list[SceneObject]
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def pass_path(self, name: str, frame: int | None = None) -> Path:
+        """The file of pass ``name`` at scene ``frame`` (frame-less passes ignore it)."""
+        if name not in self.passes:
+            raise BundleError(f"passes.{name}", f"this bundle has no '{name}' pass")
+        pattern = self.passes[name]
+        if FRAME_TOKEN in pattern:
+            if frame is None:
+                raise ValueError(f"pass '{name}' is per frame: give a frame")
+            pattern = pattern.replace(FRAME_TOKEN, f"{frame:04d}")
+        return self.root / pattern
+
+    def to_json(self) -> dict[str, Any]:
+        """The bundle.json dictionary (without :attr:`root`)."""
+        data = {
+            "schema": SCHEMA,
+            "task": self.task,
+            "prompt": self.prompt,
+            "seed": self.seed,
+            "width": self.width,
+            "height": self.height,
+            "fps": self.fps,
+            "frames": self.frames,
+            "camera": None if self.camera is None else vars(self.camera),
+            "passes": self.passes,
+            "objects": [vars(obj) for obj in self.objects],
+            "params": self.params,
+        }
+        return json.loads(json.dumps(data))
+
+
+def read_bundle(root: str | Path, *, check_files: bool = True) -> Bundle:
+    """Read and validate ``root/bundle.json``; raises :class:`BundleError` naming the field."""
+    root = Path(root)
+    path = root / BUNDLE_FILE
+    if not path.is_file():
+        raise BundleError("bundle.json", f"not found in {root}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise BundleError("bundle.json", f"not valid JSON ({error})") from None
+    return parse_bundle(data, root, check_files=check_files)
+
+
+def write_bundle(bundle: Bundle) -> Path:
+    """Validate, then write ``bundle.json`` atomically into ``bundle.root``."""
+    data = bundle.to_json()
+    parse_bundle(data, bundle.root, check_files=False)
+    path = bundle.root / BUNDLE_FILE
+    temporary = path.with_suffix(".json.tmp")
+    temporary.write_text(json.dumps(data, indent=2), encoding="utf-8")
+    temporary.replace(path)
+    return path
+
+
+def parse_bundle(data: Any, root: str | Path, *, check_files: bool = True) -> Bundle:
+    """Validate a bundle.json dictionary; ``check_files`` also checks every pass file exists."""
+    root = Path(root)
+    _expect(isinstance(data, dict), "bundle.json", "must be a JSON object")
+    _expect(data.get("schema") == SCHEMA, "schema", f"must be '{SCHEMA}', got {data.get('schema')!r}")
+    task = data.get("task")
+    _expect(task in TASK_PASSES, "task", f"unknown task {task!r}; known: {', '.join(TASK_PASSES)}")
+    prompt = _typed(data, "prompt", str, default="")
+    seed = _typed(data, "seed", int, default=0)
+    width, height = _positive_int(data, "width"), _positive_int(data, "height")
+    fps = _typed(data, "fps", (int, float), default=24.0)
+    _expect(math.isfinite(fps) and fps > 0, "fps", f"must be positive, got {fps}")
+    frames = data.get("frames")
+    _expect(isinstance(frames, list) and len(frames) > 0, "frames", "must be a non-empty list of frame numbers")
+    for index, frame in enumerate(frames):
+        _expect(isinstance(frame, int) and not isinstance(frame, bool), f"frames[{index}]", f"must be an integer, got {frame!r}")
+    _expect(len(set(frames)) == len(frames), "frames", "frame numbers must be unique")
+    camera = _parse_camera(data.get("camera"), len(frames))
+    passes = _parse_passes(data.get("passes", {}))
+    objects = _parse_objects(data.get("objects", []), len(frames))
+    params = data.get("params", {})
+    _expect(isinstance(params, dict), "params", "must be an object")
+    bundle = Bundle(root, task, prompt, seed, width, height, float(fps), frames, camera, passes, objects, params)
+    _check_task_passes(bundle)
+    if check_files:
+        _check_files(bundle)
+    return bundle
+
+
+def _parse_camera(camera: Any, num_frames: int) -> Camera | None:
+    if camera is None:
+        return None
+    _expect(isinstance(camera, dict), "camera", "must be an object")
+    values = {}
+    for name in ("lens_mm", "sensor_mm", "clip_start", "clip_end"):
+        value = camera.get(name)
+        _expect(isinstance(value, (int, float)) and value > 0, f"camera.{name}", f"must be a positive number, got {value!r}")
+        values[name] = float(value)
+    sensor_fit = camera.get("sensor_fit", "AUTO")
+    _expect(sensor_fit in ("AUTO", "HORIZONTAL", "VERTICAL"), "camera.sensor_fit", f"unknown fit {sensor_fit!r}")
+    matrices = camera.get("matrix_world")
+    _expect(isinstance(matrices, list) and len(matrices) == num_frames, "camera.matrix_world", f"needs one 4x4 matrix per frame ({num_frames})")
+    for index, matrix in enumerate(matrices):
+        valid = isinstance(matrix, list) and len(matrix) == 4 and all(isinstance(row, list) and len(row) == 4 for row in matrix)
+        _expect(valid, f"camera.matrix_world[{index}]", "must be a 4x4 list of lists")
+    return Camera(matrix_world=matrices, sensor_fit=sensor_fit, **values)
+
+
+def _parse_passes(passes: Any) -> dict[str, str]:
+    _expect(isinstance(passes, dict), "passes", "must be an object of name -> relative path pattern")
+    for name, pattern in passes.items():
+        _expect(bool(PASS_NAME.match(name)), f"passes.{name}", "unknown pass name (rgb, depth, plate, mask.<object>)")
+        _expect(isinstance(pattern, str) and pattern != "", f"passes.{name}", "must be a relative path pattern")
+        parts = Path(pattern).parts
+        _expect(not Path(pattern).is_absolute() and ".." not in parts, f"passes.{name}", f"must stay inside the bundle, got {pattern!r}")
+        per_frame = name != "plate"
+        _expect((FRAME_TOKEN in pattern) == per_frame, f"passes.{name}", "per-frame passes need '####' in the pattern; 'plate' must not have it")
+    return dict(passes)
+
+
+def _parse_objects(objects: Any, num_frames: int) -> list[SceneObject]:
+    _expect(isinstance(objects, list), "objects", "must be a list")
+    parsed = []
+    for index, obj in enumerate(objects):
+        where = f"objects[{index}]"
+        _expect(isinstance(obj, dict), where, "must be an object")
+        name = obj.get("name")
+        _expect(isinstance(name, str) and name != "", f"{where}.name", "must be a non-empty string")
+        pass_index = obj.get("pass_index")
+        _expect(isinstance(pass_index, int) and pass_index > 0, f"{where}.pass_index", f"must be a positive integer, got {pass_index!r}")
+        prompt = obj.get("prompt", "")
+        _expect(isinstance(prompt, str), f"{where}.prompt", "must be a string")
+        boxes = obj.get("bbox_px", [None] * num_frames)
+        _expect(isinstance(boxes, list) and len(boxes) == num_frames, f"{where}.bbox_px", f"needs one box (or null) per frame ({num_frames})")
+        for frame_index, box in enumerate(boxes):
+            valid = box is None or (isinstance(box, list) and len(box) == 4 and all(isinstance(v, int) for v in box) and box[0] < box[2] and box[1] < box[3])
+            _expect(valid, f"{where}.bbox_px[{frame_index}]", f"must be null or [x_min, y_min, x_max, y_max] integers with min < max, got {box!r}")
+        parsed.append(SceneObject(name, pass_index, prompt, boxes))
+    names = [obj.name for obj in parsed]
+    _expect(len(set(names)) == len(names), "objects", "object names must be unique")
+    return parsed
+
+
+def _check_task_passes(bundle: Bundle) -> None:
+    for required in TASK_PASSES[bundle.task]:
+        if required == "mask":
+            _expect(bool(bundle.objects), "objects", f"task '{bundle.task}' needs at least one object")
+            for obj in bundle.objects:
+                _expect(f"mask.{obj.name}" in bundle.passes, f"passes.mask.{obj.name}", f"task '{bundle.task}' needs a mask per object")
+        else:
+            _expect(required in bundle.passes, f"passes.{required}", f"task '{bundle.task}' needs the '{required}' pass")
+    if bundle.task == "regional_t2i":
+        _expect(any(obj.prompt for obj in bundle.objects) or bundle.prompt != "", "prompt", "regional_t2i needs a prompt or per-object prompts")
+
+
+def _check_files(bundle: Bundle) -> None:
+    for name, pattern in bundle.passes.items():
+        frames = bundle.frames if FRAME_TOKEN in pattern else [None]
+        for frame in frames:
+            path = bundle.pass_path(name, frame)
+            _expect(path.is_file(), f"passes.{name}", f"missing file {path.relative_to(bundle.root)}")
+
+
+def _typed(data: dict, name: str, kind: type | tuple[type, ...], *, default: Any) -> Any:
+    value = data.get(name, default)
+    _expect(isinstance(value, kind) and not isinstance(value, bool), name, f"has the wrong type: {value!r}")
+    return value
+
+
+def _positive_int(data: dict, name: str) -> int:
+    value = data.get(name)
+    _expect(isinstance(value, int) and not isinstance(value, bool) and value > 0, name, f"must be a positive integer, got {value!r}")
+    return value
+
+
+def _expect(condition: bool, field: str, message: str) -> None:
+    if not condition:
+        raise BundleError(field, message)

@@ -1,0 +1,67 @@
+"""Langevin kernels on a product's level: unadjusted (ULA) and Metropolis-adjusted (MALA).
+
+Step size ``η`` is in the units of the space walked (x or y); the samplers scale it with
+the level's noise (``η = α · t²`` in x-space, ``α · σ²`` in y-space).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from poe_backend.sampling import flow
+
+
+@dataclass
+class EnergyState:
+    """A particle batch with its cached unnormalised log-density ``(P,)`` and score."""
+
+    x: Tensor
+    log_density: Tensor
+    score: Tensor
+
+
+def ula_step(x: Tensor, score: Tensor, step_size: float, noise: Tensor) -> Tensor:
+    """``x + η · s + sqrt(2η) · z``."""
+    return x + step_size * score + math.sqrt(2.0 * step_size) * noise
+
+
+def _log_proposal(to: Tensor, start: Tensor, start_score: Tensor, step_size: float) -> Tensor:
+    """``log q(to | start)`` of the Langevin proposal, up to a constant, shape ``(P,)``."""
+    return -flow.batch_sum((to - start - step_size * start_score) ** 2) / (4.0 * step_size)
+
+
+def mala_step(
+    generator: torch.Generator,
+    state: EnergyState,
+    step_size: float,
+    evaluate: Callable[[Tensor], EnergyState],
+) -> tuple[EnergyState, Tensor]:
+    """One MALA move per particle; returns the new state and the accepted mask ``(P,)``.
+
+    ``evaluate(x)`` gives the state of a proposal (one forward per expert).
+    """
+    noise = flow.standard_normal_like(state.x, generator)
+    proposal = evaluate(ula_step(state.x, state.score, step_size, noise))
+    log_ratio = (
+        proposal.log_density
+        - state.log_density
+        + _log_proposal(state.x, proposal.x, proposal.score, step_size)
+        - _log_proposal(proposal.x, state.x, state.score, step_size)
+    )
+    uniform = flow.uniform_like(log_ratio, generator)
+    accepted = torch.log(uniform) < log_ratio
+    return _select(accepted, proposal, state), accepted
+
+
+def _select(mask: Tensor, chosen: EnergyState, other: EnergyState) -> EnergyState:
+    expand = mask.view(-1, *([1] * (chosen.x.dim() - 1)))
+    return EnergyState(
+        x=torch.where(expand, chosen.x, other.x),
+        log_density=torch.where(mask, chosen.log_density, other.log_density),
+        score=torch.where(expand, chosen.score, other.score),
+    )

@@ -1,0 +1,80 @@
+"""What every sampler shares: its result record, progress reports and cancellation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from poe_backend.sampling import resampling
+
+
+class SamplingCancelled(RuntimeError):
+    """Raised between steps when the caller's ``should_stop()`` returns True."""
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One observed sampler step. ``level`` counts from 1 to ``num_levels``; ``step`` is
+    the MCMC step within the level (0 = the MCMC-init/transport step); ``nfe`` is expert
+    forwards so far (per particle, summed over experts); ``ess`` in [1, P] or None."""
+
+    level: int
+    num_levels: int
+    step: int
+    t: float
+    nfe: int
+    ess: float | None
+
+
+@dataclass
+class SampleResult:
+    """Particles ``(P, ...)`` in x-space at t = 0, their log-weights ``(P,)`` (unnormalised;
+    all equal after a final resampling) and statistics."""
+
+    particles: Tensor
+    log_weights: Tensor
+    path: str
+    nfe: int
+    ess_history: list[float] = field(default_factory=list)
+    resample_count: int = 0
+    acceptance_rate: float | None = None
+
+    def best_index(self) -> int:
+        """Index of the particle with the largest weight."""
+        return int(torch.argmax(self.log_weights))
+
+    def equally_weighted(self, generator: torch.Generator) -> Tensor:
+        """Resample to ``P`` equally weighted particles (systematic)."""
+        indices = resampling.systematic(generator, self.log_weights, self.log_weights.numel())
+        return self.particles[indices]
+
+    def stats(self) -> dict:
+        """A JSON-ready summary."""
+        return {
+            "path": self.path,
+            "nfe_per_particle": self.nfe,
+            "final_ess": self.ess_history[-1] if self.ess_history else None,
+            "min_ess": min(self.ess_history) if self.ess_history else None,
+            "resample_count": self.resample_count,
+            "acceptance_rate": self.acceptance_rate,
+        }
+
+
+@dataclass
+class Observer:
+    """Reports progress through ``callback`` and raises :class:`SamplingCancelled` when
+    ``should_stop()`` turns True; the samplers call :meth:`step` after every step."""
+
+    num_levels: int
+    callback: Callable[[Progress], None] | None = None
+    should_stop: Callable[[], bool] | None = None
+
+    def step(self, level: int, step: int, t: float, nfe: int, log_weights: Tensor | None = None) -> None:
+        if self.callback is not None:
+            ess = None if log_weights is None else resampling.effective_sample_size(log_weights)
+            self.callback(Progress(level, self.num_levels, step, t, nfe, ess))
+        if self.should_stop is not None and self.should_stop():
+            raise SamplingCancelled(f"cancelled at level {level}, step {step}")

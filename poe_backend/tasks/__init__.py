@@ -1,0 +1,1 @@
+"""Tasks by name. Each module registers one :class:`~poe_backend.tasks.base.Task`."""

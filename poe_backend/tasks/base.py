@@ -1,0 +1,80 @@
+"""What a task is: a parameter model, the passes it reads, and ``run(context)``.
+
+A task reads a validated :class:`~poe_backend.bundle.Bundle`, samples from a product of
+experts, and writes its outputs plus ``result.json`` (:data:`RESULT_FILE`) into
+``context.out_dir``. The server and ``poe-backend run`` drive every task through this one
+interface; progress goes through ``context.callback`` and cancellation through
+``context.should_stop`` (both handed to the samplers).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from poe_backend.bundle import Bundle
+from poe_backend.sampling.run import Progress
+
+RESULT_FILE = "result.json"
+ResultKind = Literal["image", "video", "points"]
+
+
+class TaskParams(BaseModel):
+    """Base of every task's parameters: unknown names are errors, so typos are caught."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass
+class TaskContext:
+    """Everything a run needs. ``models`` is a registry preset ("tiny", "default", ...);
+    ``device`` a torch device string."""
+
+    bundle: Bundle
+    params: TaskParams
+    out_dir: Path
+    models: str = "default"
+    device: str = "cpu"
+    callback: Callable[[Progress], None] | None = None
+    should_stop: Callable[[], bool] | None = None
+
+
+@dataclass
+class TaskResult:
+    """``kind`` says how the add-on loads it; ``primary`` names the main file in
+    ``outputs`` (name -> path inside out_dir); ``manifest`` holds everything needed to
+    reproduce the run (task, params, seed, models, sampler stats)."""
+
+    kind: ResultKind
+    primary: str
+    outputs: dict[str, Path]
+    manifest: dict[str, Any]
+
+    def write(self, out_dir: Path) -> Path:
+        """Write ``result.json`` atomically; returns its path."""
+        data = {
+            "kind": self.kind,
+            "primary": self.primary,
+            "outputs": {name: str(path.relative_to(out_dir)) for name, path in self.outputs.items()},
+            **self.manifest,
+        }
+        path = out_dir / RESULT_FILE
+        temporary = path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
+        temporary.replace(path)
+        return path
+
+
+class Task:
+    """A task: subclasses set ``name``, ``Params`` and implement :meth:`run`."""
+
+    name: ClassVar[str]
+    Params: ClassVar[type[TaskParams]] = TaskParams
+    kind: ClassVar[ResultKind] = "image"
+
+    def run(self, context: TaskContext) -> TaskResult:
+        raise NotImplementedError
