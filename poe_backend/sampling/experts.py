@@ -38,6 +38,11 @@ class GenerativeExpert:
         """Unnormalised ``log p_t(x)`` of shape ``(P,)`` and its gradient (shape of ``x``)."""
         raise NotImplementedError(f"{type(self).__name__} exposes no energy")
 
+    def reindex(self, indices: Tensor) -> None:
+        """Follow a resampling of the particles: experts that hold per-particle conditioning
+        (``(P, ...)`` tensors, e.g. the history of an autoregressive video) replace it by
+        ``conditioning[indices]``. Stateless experts do nothing."""
+
 
 class Reward:
     """A discriminative expert ``r(x0) >= 0``, evaluated on predicted clean samples.
@@ -128,6 +133,11 @@ class ProductOfExperts:
     def weighted_sum(self, values: Sequence[Tensor]) -> Tensor:
         """``Σ_i λ_i · values[i]`` (elementwise for map weights)."""
         return sum(factor.weight * value for factor, value in zip(self.factors, values))
+
+    def reindex(self, indices: Tensor) -> None:
+        """Tell every expert that particles were resampled (``indices`` of shape ``(P,)``)."""
+        for factor in self.factors:
+            factor.expert.reindex(indices)
 
     def log_potential(self, x0: Tensor, t: float) -> Tensor:
         """``Σ_j log φ_j(x0, t)``, shape ``(P,)``; zeros when there are no rewards."""

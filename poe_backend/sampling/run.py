@@ -32,7 +32,8 @@ class Progress:
 @dataclass
 class SampleResult:
     """Particles ``(P, ...)`` in x-space at t = 0, their log-weights ``(P,)`` (unnormalised;
-    all equal after a final resampling) and statistics."""
+    all equal after a final resampling) and statistics. ``ancestors[i]`` is the starting
+    slot of particle i (resampling copies particles)."""
 
     particles: Tensor
     log_weights: Tensor
@@ -40,6 +41,7 @@ class SampleResult:
     nfe: int
     ess_history: list[float] = field(default_factory=list)
     resample_count: int = 0
+    ancestors: Tensor | None = None
     acceptance_rate: float | None = None
 
     def best_index(self) -> int:

@@ -63,7 +63,7 @@ def sample_ais(
     """
     if not product.has_energy:
         raise ValueError("sample_ais needs every expert to expose an energy; use sample_fkc")
-    observer, tracker = Observer(len(levels), callback, should_stop), _Tracker()
+    observer, tracker = Observer(len(levels), callback, should_stop), _Tracker(noise.shape[0])
     start_std = levels[0] / math.sqrt(product.total_weight())
     state = mcmc.EnergyState(noise * start_std, torch.zeros(noise.shape[0]), torch.zeros_like(noise))
     log_weights = flow.batch_sum(state.x**2) / (2 * start_std**2)  # -log N(x; 0, std²) + const
@@ -104,7 +104,7 @@ def sample_fkc(
     ``langevin_steps`` ULA correctors with ``η = step_scale · σ² / Σλ``.
     NFE per expert: ``1 + (len(levels) - 1) · (1 + langevin_steps)``.
     """
-    observer, tracker = Observer(len(levels), callback, should_stop), _Tracker()
+    observer, tracker = Observer(len(levels), callback, should_stop), _Tracker(noise.shape[0])
     total = product.total_weight()
     y = noise * flow.sigma_from_t(levels[0]) / torch.sqrt(torch.as_tensor(total, dtype=noise.dtype))
     log_weights = torch.zeros(noise.shape[0], dtype=noise.dtype, device=noise.device)
@@ -139,7 +139,7 @@ def sample_annealed_langevin(
     """The paper's annealed sampler: per level an Euler step of the product's
     probability-flow ODE (MCMC init), ``langevin_steps`` ULA steps, then resampling by the
     rewards' potentials alone (every level, when there are rewards). No transport weights."""
-    observer, tracker = Observer(len(levels), callback, should_stop), _Tracker()
+    observer, tracker = Observer(len(levels), callback, should_stop), _Tracker(noise.shape[0])
     y = noise * flow.sigma_from_t(levels[0]) / torch.sqrt(torch.as_tensor(product.total_weight(), dtype=noise.dtype))
     evaluation = product.evaluate(flow.x_from_y(y, levels[0]), levels[0])
     for level, (t, t_next) in enumerate(zip(levels[:-1], levels[1:]), start=2):
@@ -151,7 +151,7 @@ def sample_annealed_langevin(
             log_potential = product.log_potential(evaluation.x0, t_next)
             indices = resampling.systematic(generator, log_potential, log_potential.numel())
             y, evaluation = y[indices], _index_evaluation(evaluation, indices)
-            tracker.resample_count += 1
+            tracker.record_resampling(product, indices)
     log_weights = torch.zeros(noise.shape[0], dtype=noise.dtype, device=noise.device)
     return tracker.finish(product, flow.x_from_y(y, levels[-1]), log_weights, "annealed langevin (paper, unweighted)")
 
@@ -169,7 +169,7 @@ def sample_probability_flow(
     ("sum the scores and integrate"), which samples the wrong distribution for a product; with
     one expert it is that expert's own sampler. Rewards only weight the final particles.
     NFE per expert: ``len(levels) - 1``."""
-    observer, tracker = Observer(len(levels), callback, should_stop), _Tracker()
+    observer, tracker = Observer(len(levels), callback, should_stop), _Tracker(noise.shape[0])
     y = noise * flow.sigma_from_t(levels[0]) / torch.sqrt(torch.as_tensor(product.total_weight(), dtype=noise.dtype))
     for level, (t, t_next) in enumerate(zip(levels[:-1], levels[1:]), start=2):
         y = _probability_flow_step(y, product.evaluate(flow.x_from_y(y, t), t), t, t_next)
@@ -232,10 +232,17 @@ def _index_evaluation(evaluation: Evaluation, indices: Tensor) -> Evaluation:
 class _Tracker:
     """Resampling decisions and the statistics a :class:`SampleResult` reports."""
 
-    def __init__(self) -> None:
+    def __init__(self, num_particles: int) -> None:
         self.ess_history: list[float] = []
         self.resample_count = 0
         self.acceptances: list[float] = []
+        self.ancestors = torch.arange(num_particles)
+
+    def record_resampling(self, product: ProductOfExperts, indices: Tensor) -> None:
+        """Count a resampling, follow each particle's origin and tell the experts."""
+        self.resample_count += 1
+        self.ancestors = self.ancestors[indices.cpu()]
+        product.reindex(indices)
 
     def resample(
         self,
@@ -256,7 +263,7 @@ class _Tracker:
         if ess >= ess_threshold * twisted.numel():
             return None, log_weights
         indices = resampling.systematic(generator, twisted, twisted.numel())
-        self.resample_count += 1
+        self.record_resampling(product, indices)
         return indices, -log_potential[indices]
 
     def record_acceptance(self, accepted: Tensor) -> float:
@@ -275,5 +282,6 @@ class _Tracker:
             nfe=product.nfe,
             ess_history=self.ess_history,
             resample_count=self.resample_count,
+            ancestors=self.ancestors,
             acceptance_rate=sum(self.acceptances) / len(self.acceptances) if self.acceptances else None,
         )

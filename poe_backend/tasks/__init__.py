@@ -1,1 +1,25 @@
-"""Tasks by name. Each module registers one :class:`~poe_backend.tasks.base.Task`."""
+"""Tasks by name. Each task lives in its own module and is imported only when used, so
+listing tasks never loads a model family it does not need."""
+
+from __future__ import annotations
+
+import importlib
+
+from poe_backend.tasks.base import Task
+
+#: Task name -> "module:ClassName".
+TASK_CLASSES: dict[str, str] = {
+    "toy2d": "poe_backend.tasks.toy2d:Toy2DTask",
+}
+
+
+def task_names() -> list[str]:
+    return list(TASK_CLASSES)
+
+
+def get_task(name: str) -> Task:
+    """An instance of the task called ``name``; ``KeyError`` names the known ones."""
+    if name not in TASK_CLASSES:
+        raise KeyError(f"unknown task {name!r}; known: {', '.join(TASK_CLASSES)}")
+    module_name, class_name = TASK_CLASSES[name].split(":")
+    return getattr(importlib.import_module(module_name), class_name)()
