@@ -25,9 +25,9 @@ class EnergyState:
     score: Tensor
 
 
-def ula_step(x: Tensor, score: Tensor, step_size: float, noise: Tensor) -> Tensor:
-    """``x + η · s + sqrt(2η) · z``."""
-    return x + step_size * score + math.sqrt(2.0 * step_size) * noise
+def ula_step(x: Tensor, score: Tensor, step_size: float | Tensor, noise: Tensor) -> Tensor:
+    """``x + η · s + sqrt(2η) · z``; ``η`` a scalar or a map broadcastable to ``x``."""
+    return x + step_size * score + torch.sqrt(torch.as_tensor(2.0 * step_size, dtype=x.dtype, device=x.device)) * noise
 
 
 def _log_proposal(to: Tensor, start: Tensor, start_score: Tensor, step_size: float) -> Tensor:

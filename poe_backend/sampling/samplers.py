@@ -6,11 +6,11 @@ Every sampler has one signature, as in k-diffusion::
 
 ``noise`` is standard normal of shape ``(P, *event_shape)``; the sampler scales it to its
 start distribution (the product of the experts' top levels, ``N(0, t_max² / Σλ)`` in
-x-space). ``levels`` is a decreasing list of times ending at 0 (see ``schedules``). Every
-expert forward is batched over the P particles.
+x-space). ``levels`` is a decreasing list of times in [0, 1) ending at 0 (see
+``schedules``). Every expert forward is batched over the P particles.
 
-* :func:`sample_ais` — the energy path: exact AIS (Neal 2001) along ``π_t ∝ Π p_{i,t}^λ_i``
-  with MALA moves; asymptotically exact. Needs every expert's energy.
+* :func:`sample_ais` — the energy path: exact SMC/AIS (Neal 2001) along
+  ``γ_t = π_t · φ_t`` with MALA moves; asymptotically exact. Needs every expert's energy.
 * :func:`sample_fkc` — the score-only path: variance-exploding SDE transport weighted by
   Feynman-Kac corrector weights for products (Skreta et al. 2025), Langevin correctors.
 * :func:`sample_annealed_langevin` — the paper's algorithm as published: MCMC init (a
@@ -19,9 +19,11 @@ expert forward is batched over the P particles.
 * :func:`sample_summed_velocity` — the naive baseline: Euler steps of the ODE of the summed
   velocities ``Σ λ_i v_i`` (with one expert, that expert's own flow sampler).
 
-Rewards enter as twists: particles carry base weights that stay proper for ``π_t``;
-resampling uses base weight + ``log φ_t(x0_hat)``, after which the base weight becomes
-``-log φ_t``; the final weights add the exact ``log r(x)`` at t = 0.
+Rewards enter the weighted samplers as twists: the level-t target is ``γ_t = π_t · φ_t``
+with ``φ_t = Π_j exp(log_potential_j(x0_hat, t))``, which equals the exact reward at t = 0.
+Weights track ``γ`` (the twist ratio is part of each increment), moves target ``γ`` (MALA
+accepts on it; Langevin correctors add a Metropolis step on the twist ratio, exact for a
+reversible base move), so particles stay where the reward is as it sharpens.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ Callback = Callable[[Progress], None] | None
 StopFlag = Callable[[], bool] | None
 
 TARGET_ACCEPTANCE = 0.574  # optimal MALA acceptance (Roberts & Rosenthal 1998)
+STABLE_TRANSPORT = 1.0  # largest Σλ · (1 - σ'²/σ²) of one Euler-Maruyama transport step
 
 
 def sample_ais(
@@ -54,33 +57,31 @@ def sample_ais(
     callback: Callback = None,
     should_stop: StopFlag = None,
 ) -> SampleResult:
-    """Annealed importance sampling with MALA moves; every expert must expose an energy.
+    """Annealed importance sampling with resampling and MALA moves; every expert must expose
+    an energy.
 
-    Per level: reweight by ``log π_k(x) - log π_{k-1}(x)``, resample (twisted by rewards)
-    when the ESS falls below ``ess_threshold · P``, then ``langevin_steps`` MALA moves whose
-    step size starts at ``step_scale · t_max² / Σλ`` and adapts towards 57 % acceptance.
+    Per level: reweight by ``log γ_k(x) - log γ_{k-1}(x)``, resample when the ESS falls
+    below ``ess_threshold · P``, then ``langevin_steps`` MALA moves on ``γ_k`` whose step
+    size starts at ``step_scale · t_max² / Σλ`` and adapts towards 57 % acceptance.
     NFE per expert: ``len(levels) · (1 + langevin_steps)``.
     """
     if not product.has_energy:
         raise ValueError("sample_ais needs every expert to expose an energy; use sample_fkc")
     observer, tracker = Observer(len(levels), callback, should_stop), _Tracker(noise.shape[0])
     start_std = levels[0] / math.sqrt(product.total_weight())
-    state = mcmc.EnergyState(noise * start_std, torch.zeros(noise.shape[0]), torch.zeros_like(noise))
-    log_weights = flow.batch_sum(state.x**2) / (2 * start_std**2)  # -log N(x; 0, std²) + const
-    step_size = step_scale * start_std**2
+    x = noise * start_std
+    log_weights = flow.batch_sum(x**2) / (2 * start_std**2)  # -log N(x; 0, std²) + const
+    step_size, previous = step_scale * start_std**2, None
     for level, t in enumerate(levels, start=1):
-        previous_log_density = state.log_density if level > 1 else 0.0
-        state = _energy_state(product, state.x, t)
-        log_weights = log_weights + state.log_density - previous_log_density
-        x0 = _clean_prediction(product, state.x, t, state.score)
-        indices, log_weights = tracker.resample(generator, product, log_weights, x0, t, ess_threshold)
-        if indices is not None:
-            state = mcmc.EnergyState(state.x[indices], state.log_density[indices], state.score[indices])
+        state = _twisted_energy_state(product, x, t)
+        log_weights = log_weights + state.log_density - (0.0 if previous is None else previous)
+        state, log_weights = tracker.maybe_resample(generator, product, log_weights, ess_threshold, state, _index_energy_state)
         observer.step(level, 0, t, product.nfe, state.x, log_weights)
         for step in range(1, langevin_steps + 1):
-            state, accepted = mcmc.mala_step(generator, state, step_size, lambda x: _energy_state(product, x, t))
+            state, accepted = mcmc.mala_step(generator, state, step_size, lambda z: _twisted_energy_state(product, z, t))
             step_size *= math.exp(tracker.record_acceptance(accepted) - TARGET_ACCEPTANCE)
             observer.step(level, step, t, product.nfe, state.x, log_weights)
+        x, previous = state.x, state.log_density
     return tracker.finish(product, state.x, log_weights, "ais (energies, MALA)")
 
 
@@ -101,28 +102,36 @@ def sample_fkc(
 
     In ``y = x / (1 - t)``, ``σ = t / (1 - t)``, from ``σ_k`` to ``σ_{k+1}`` with
     ``Δu = σ_k² - σ_{k+1}²``: ``y ← y + Δu·S + sqrt(Δu)·z`` with ``S = Σ λ_i s_i`` and
-    ``log w += ½ Δu (‖S‖² - Σ λ_i ‖s_i‖²)`` (scores in y-space). Resample on low ESS, then
+    ``log w += ½ Δu (‖S‖² - Σ λ_i ‖s_i‖²)`` (scores in y-space), plus the twist ratio.
+    A level gap too wide for a stable step (``Σλ (1 - σ'²/σ²) > 1``: the step would flip signs)
+    is split into
+    geometric substeps, each one more evaluation. Resample on low ESS, then
     ``langevin_steps`` ULA correctors with ``η = step_scale · σ² / Σλ``. ``start`` (x-space,
-    at ``levels[0]``) replaces the Gaussian start, e.g. a re-noised sample for a Gibbs sweep.
-    NFE per expert: ``1 + (len(levels) - 1) · (1 + langevin_steps)``.
+    at ``levels[0]``) replaces the Gaussian start, e.g. a re-noised chunk in a Gibbs sweep.
+    NFE per expert without substeps: ``1 + (len(levels) - 1) · (1 + langevin_steps)``, less
+    ``langevin_steps`` when the last level is t = 0 (no correctors there).
     """
     observer, tracker = Observer(len(levels), callback, should_stop), _Tracker(noise.shape[0])
     y = _initial_y(product, noise, levels[0], start)
     log_weights = torch.zeros(noise.shape[0], dtype=noise.dtype, device=noise.device)
     evaluation = product.evaluate(flow.x_from_y(y, levels[0]), levels[0])
+    twist = product.log_potential(evaluation.x0, levels[0])
     for level, (t, t_next) in enumerate(zip(levels[:-1], levels[1:]), start=2):
-        delta_u = flow.sigma_from_t(t) ** 2 - flow.sigma_from_t(t_next) ** 2
-        scores = [(1.0 - t) * score for score in evaluation.scores]
-        total_score = (1.0 - t) * evaluation.score
-        squared = product.weighted_sum([score**2 for score in scores])
-        log_weights = log_weights + 0.5 * delta_u * flow.batch_sum(total_score**2 - squared)
-        y = y + delta_u * total_score + math.sqrt(delta_u) * flow.standard_normal_like(y, generator)
-        evaluation = product.evaluate(flow.x_from_y(y, t_next), t_next)
-        indices, log_weights = tracker.resample(generator, product, log_weights, evaluation.x0, t_next, ess_threshold)
-        if indices is not None:
-            y, evaluation = y[indices], _index_evaluation(evaluation, indices)
+        for t_from, t_to in _substeps(product, t, t_next):
+            delta_u = flow.sigma_from_t(t_from) ** 2 - flow.sigma_from_t(t_to) ** 2
+            scores = [(1.0 - t_from) * score for score in evaluation.scores]
+            total_score = (1.0 - t_from) * evaluation.score
+            squared = product.weighted_sum([score**2 for score in scores])
+            log_weights = log_weights + 0.5 * delta_u * flow.batch_sum(total_score**2 - squared)
+            y = y + delta_u * total_score + math.sqrt(delta_u) * flow.standard_normal_like(y, generator)
+            evaluation = product.evaluate(flow.x_from_y(y, t_to), t_to)
+            new_twist = product.log_potential(evaluation.x0, t_to)
+            log_weights, twist = log_weights + new_twist - twist, new_twist
+        (y, evaluation, twist), log_weights = tracker.maybe_resample(
+            generator, product, log_weights, ess_threshold, (y, evaluation, twist), _index_y_state
+        )
         observer.step(level, 0, t_next, product.nfe, flow.x_from_y(y, t_next), log_weights)
-        y, evaluation = _langevin_correctors(product, y, evaluation, langevin_steps, step_scale, generator, observer, level, log_weights)
+        y, evaluation, twist = _langevin_correctors(product, y, evaluation, twist, langevin_steps, step_scale, generator, observer, level, log_weights)
     return tracker.finish(product, flow.x_from_y(y, levels[-1]), log_weights, "fkc (score-only, Feynman-Kac weights)")
 
 
@@ -149,14 +158,14 @@ def sample_annealed_langevin(
         y = evaluation.x0 + (flow.sigma_from_t(t_next) / flow.sigma_from_t(t)) * (y - evaluation.x0)
         evaluation = product.evaluate(flow.x_from_y(y, t_next), t_next)
         observer.step(level, 0, t_next, product.nfe, flow.x_from_y(y, t_next))
-        y, evaluation = _langevin_correctors(product, y, evaluation, langevin_steps, step_scale, generator, observer, level, None)
+        y, evaluation, _ = _langevin_correctors(product, y, evaluation, None, langevin_steps, step_scale, generator, observer, level, None)
         if product.rewards and t_next > 0.0:
             log_potential = product.log_potential(evaluation.x0, t_next)
             indices = resampling.systematic(generator, log_potential, log_potential.numel())
             y, evaluation = y[indices], _index_evaluation(evaluation, indices)
             tracker.record_resampling(product, indices)
-    log_weights = torch.zeros(noise.shape[0], dtype=noise.dtype, device=noise.device)
-    return tracker.finish(product, flow.x_from_y(y, levels[-1]), log_weights, "annealed langevin (paper, unweighted)")
+    x = flow.x_from_y(y, levels[-1])
+    return tracker.finish(product, x, product.log_potential(x, 0.0), "annealed langevin (paper, unweighted)")
 
 
 def sample_summed_velocity(
@@ -178,8 +187,7 @@ def sample_summed_velocity(
     for level, (t, t_next) in enumerate(zip(levels[:-1], levels[1:]), start=2):
         x = x + (t_next - t) * product.weighted_sum(product.evaluate(x, t).velocities)
         observer.step(level, 0, t_next, product.nfe, x)
-    log_weights = torch.zeros(noise.shape[0], dtype=noise.dtype, device=noise.device)
-    return tracker.finish(product, x, log_weights, "summed-velocity ODE (naive)")
+    return tracker.finish(product, x, product.log_potential(x, 0.0), "summed-velocity ODE (naive)")
 
 
 def _initial_y(product: ProductOfExperts, noise: Tensor, t: float, start: Tensor | None) -> Tensor:
@@ -190,53 +198,100 @@ def _initial_y(product: ProductOfExperts, noise: Tensor, t: float, start: Tensor
     return noise * flow.sigma_from_t(t) / torch.sqrt(torch.as_tensor(product.total_weight(), dtype=noise.dtype))
 
 
+def _substeps(product: ProductOfExperts, t: float, t_next: float) -> list[tuple[float, float]]:
+    """Split ``t -> t_next`` geometrically in σ so that every step keeps
+    ``Σλ (1 - σ'²/σ²) <= STABLE_TRANSPORT`` (the Euler-Maruyama step of the product's score
+    is stable for curvatures up to ``Σλ / σ²``)."""
+    sigma, sigma_next = flow.sigma_from_t(t), flow.sigma_from_t(t_next)
+    total = float(torch.as_tensor(product.total_weight()).max())
+    if sigma_next == 0.0 or total * (1.0 - (sigma_next / sigma) ** 2) <= STABLE_TRANSPORT:
+        return [(t, t_next)]
+    ratio = math.sqrt(max(1.0 - STABLE_TRANSPORT / total, 1e-12))
+    count = math.ceil(math.log(sigma_next / sigma) / math.log(ratio))
+    sigmas = [sigma * (sigma_next / sigma) ** (k / count) for k in range(count + 1)]
+    times = [t] + [flow.t_from_sigma(s) for s in sigmas[1:-1]] + [t_next]
+    return list(zip(times[:-1], times[1:]))
+
+
 def _langevin_correctors(
     product: ProductOfExperts,
     y: Tensor,
     evaluation: Evaluation,
+    twist: Tensor | None,
     num_steps: int,
     step_scale: float,
     generator: torch.Generator,
     observer: Observer,
     level: int,
     log_weights: Tensor | None,
-) -> tuple[Tensor, Evaluation]:
-    """ULA in y-space at the evaluation's level with ``η = step_scale · σ² / Σλ``; none at
-    t = 0 (the step would be zero)."""
+) -> tuple[Tensor, Evaluation, Tensor | None]:
+    """ULA in y-space at the evaluation's level with ``η = step_scale · σ² / Σλ``; when a
+    ``twist`` (log φ per particle) is given and the product has rewards, each move is
+    accepted with probability ``min(1, φ(new) / φ(old))``. None at t = 0 (zero step)."""
     t = evaluation.t
     if t <= 0.0:
-        return y, evaluation
-    step_size = step_scale * flow.sigma_from_t(t) ** 2 / product.total_weight()
+        return y, evaluation, twist
+    step_size = step_scale * flow.sigma_from_t(t) ** 2 / torch.as_tensor(product.total_weight(), dtype=y.dtype, device=y.device)
     for step in range(1, num_steps + 1):
-        y = mcmc.ula_step(y, (1.0 - t) * evaluation.score, step_size, flow.standard_normal_like(y, generator))
-        evaluation = product.evaluate(flow.x_from_y(y, t), t)
+        proposal = mcmc.ula_step(y, (1.0 - t) * evaluation.score, step_size, flow.standard_normal_like(y, generator))
+        proposed = product.evaluate(flow.x_from_y(proposal, t), t)
+        if twist is not None and product.rewards:
+            proposed_twist = product.log_potential(proposed.x0, t)
+            accepted = torch.log(flow.uniform_like(proposed_twist, generator)) < proposed_twist - twist
+            (y, evaluation, twist) = _where(accepted, (proposal, proposed, proposed_twist), (y, evaluation, twist))
+        else:
+            y, evaluation = proposal, proposed
         observer.step(level, step, t, product.nfe, flow.x_from_y(y, t), log_weights)
-    return y, evaluation
+    return y, evaluation, twist
 
 
-def _energy_state(product: ProductOfExperts, x: Tensor, t: float) -> mcmc.EnergyState:
+def _twisted_energy_state(product: ProductOfExperts, x: Tensor, t: float) -> mcmc.EnergyState:
+    """``log γ_t(x) = log π_t(x) + log φ_t(x0_hat)`` with the score of ``π_t`` (the MALA
+    proposal's drift; the accept step uses the full twisted density)."""
     evaluation = product.evaluate(x, t, with_energy=True)
-    return mcmc.EnergyState(x, evaluation.log_density, evaluation.score)
+    return mcmc.EnergyState(x, evaluation.log_density + product.log_potential(evaluation.x0, t), evaluation.score)
 
 
-def _clean_prediction(product: ProductOfExperts, x: Tensor, t: float, score: Tensor) -> Tensor:
-    """The λ-weighted mean of the experts' Tweedie predictions, from the product score:
-    ``(x + t² S / Σλ) / (1 - t)``."""
-    return flow.x0_from_score(x, t, score / product.total_weight())
+def _index_energy_state(state: mcmc.EnergyState, indices: Tensor) -> mcmc.EnergyState:
+    return mcmc.EnergyState(state.x[indices], state.log_density[indices], state.score[indices])
+
+
+def _index_y_state(state: tuple[Tensor, Evaluation, Tensor], indices: Tensor) -> tuple[Tensor, Evaluation, Tensor]:
+    y, evaluation, twist = state
+    return y[indices], _index_evaluation(evaluation, indices), twist[indices]
 
 
 def _index_evaluation(evaluation: Evaluation, indices: Tensor) -> Evaluation:
-    return Evaluation(
-        t=evaluation.t,
-        scores=[score[indices] for score in evaluation.scores],
-        score=evaluation.score[indices],
-        x0=evaluation.x0[indices],
-        log_density=None if evaluation.log_density is None else evaluation.log_density[indices],
-    )
+    return _map_evaluations(lambda value: value[indices], evaluation)
+
+
+def _where(mask: Tensor, chosen: tuple, other: tuple) -> tuple:
+    """Per particle, ``chosen`` where ``mask`` else ``other`` (tuples whose items are
+    tensors or evaluations)."""
+
+    def pick(a: Tensor, b: Tensor) -> Tensor:
+        return torch.where(mask.view(-1, *([1] * (a.dim() - 1))), a, b)
+
+    return tuple(_map_evaluations(pick, a, b) if isinstance(a, Evaluation) else pick(a, b) for a, b in zip(chosen, other))
+
+
+def _map_evaluations(function: Callable[..., Tensor], *evaluations: Evaluation) -> Evaluation:
+    """Apply ``function`` field by field across evaluations of one level."""
+
+    def each(values: list) -> Tensor | list | None:
+        if values[0] is None:
+            return None
+        if isinstance(values[0], list):
+            return [function(*items) for items in zip(*values)]
+        return function(*values)
+
+    first = evaluations[0]
+    fields = ("scores", "score", "x0", "velocities", "log_density")
+    return Evaluation(first.t, **{name: each([getattr(e, name) for e in evaluations]) for name in fields})
 
 
 class _Tracker:
-    """Resampling decisions and the statistics a :class:`SampleResult` reports."""
+    """Resampling decisions, ancestry, and the statistics a :class:`SampleResult` reports."""
 
     def __init__(self, num_particles: int) -> None:
         self.ess_history: list[float] = []
@@ -244,33 +299,22 @@ class _Tracker:
         self.acceptances: list[float] = []
         self.ancestors = torch.arange(num_particles)
 
+    def maybe_resample(self, generator: torch.Generator, product: ProductOfExperts, log_weights: Tensor, ess_threshold: float, state, index):
+        """Systematic resampling of ``state`` (through ``index(state, indices)``) when the
+        ESS is below ``ess_threshold · P``; returns the state and log-weights after it."""
+        ess = resampling.effective_sample_size(log_weights)
+        self.ess_history.append(ess)
+        if ess >= ess_threshold * log_weights.numel():
+            return state, log_weights
+        indices = resampling.systematic(generator, log_weights, log_weights.numel())
+        self.record_resampling(product, indices)
+        return index(state, indices), torch.zeros_like(log_weights)
+
     def record_resampling(self, product: ProductOfExperts, indices: Tensor) -> None:
         """Count a resampling, follow each particle's origin and tell the experts."""
         self.resample_count += 1
         self.ancestors = self.ancestors[indices.cpu()]
         product.reindex(indices)
-
-    def resample(
-        self,
-        generator: torch.Generator,
-        product: ProductOfExperts,
-        log_weights: Tensor,
-        x0: Tensor,
-        t: float,
-        ess_threshold: float,
-    ) -> tuple[Tensor | None, Tensor]:
-        """Twisted resampling when the ESS of ``log_weights + log φ_t(x0)`` is below
-        ``ess_threshold · P``. Returns the chosen indices (None if no resampling) and the
-        base log-weights afterwards (``-log φ_t`` of the survivors, or unchanged)."""
-        log_potential = product.log_potential(x0, t)
-        twisted = log_weights + log_potential
-        ess = resampling.effective_sample_size(twisted)
-        self.ess_history.append(ess)
-        if ess >= ess_threshold * twisted.numel():
-            return None, log_weights
-        indices = resampling.systematic(generator, twisted, twisted.numel())
-        self.record_resampling(product, indices)
-        return indices, -log_potential[indices]
 
     def record_acceptance(self, accepted: Tensor) -> float:
         rate = float(accepted.double().mean())
@@ -278,8 +322,6 @@ class _Tracker:
         return rate
 
     def finish(self, product: ProductOfExperts, x: Tensor, log_weights: Tensor, path: str) -> SampleResult:
-        """Add the exact rewards at t = 0 and package the result."""
-        log_weights = log_weights + product.log_potential(x, 0.0)
         self.ess_history.append(resampling.effective_sample_size(log_weights))
         return SampleResult(
             particles=x,
