@@ -103,9 +103,8 @@ def sample_fkc(
     In ``y = x / (1 - t)``, ``σ = t / (1 - t)``, from ``σ_k`` to ``σ_{k+1}`` with
     ``Δu = σ_k² - σ_{k+1}²``: ``y ← y + Δu·S + sqrt(Δu)·z`` with ``S = Σ λ_i s_i`` and
     ``log w += ½ Δu (‖S‖² - Σ λ_i ‖s_i‖²)`` (scores in y-space), plus the twist ratio.
-    A level gap too wide for a stable step (``Σλ (1 - σ'²/σ²) > 1``: the step would flip signs)
-    is split into
-    geometric substeps, each one more evaluation. Resample on low ESS, then
+    A level gap too wide for a stable step (``Σλ (1 - σ'²/σ²) > 1``: the step would flip
+    signs) is split into geometric substeps, each one more evaluation. Resample on low ESS, then
     ``langevin_steps`` ULA correctors with ``η = step_scale · σ² / Σλ``. ``start`` (x-space,
     at ``levels[0]``) replaces the Gaussian start, e.g. a re-noised chunk in a Gibbs sweep.
     NFE per expert without substeps: ``1 + (len(levels) - 1) · (1 + langevin_steps)``, less
