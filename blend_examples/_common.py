@@ -51,7 +51,7 @@ def material(name: str, color, *, roughness: float = 0.5):
     """A Principled BSDF material with a base colour (RGB in 0..1)."""
     mat = bpy.data.materials.new(name)
     mat.diffuse_color = (*color, 1.0)
-    if hasattr(mat, "use_nodes") and not mat.use_nodes:
+    if mat.node_tree is None:  # Blender 4.2; 5.0 materials always have nodes
         mat.use_nodes = True
     bsdf = mat.node_tree.nodes.get("Principled BSDF")
     if bsdf is not None:
