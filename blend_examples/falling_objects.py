@@ -34,7 +34,7 @@ def build(path: str | Path, *, frames: tuple[int, int] = (1, 48)) -> Path:
         add_rigid_body(scene, body, "ACTIVE", shape="SPHERE" if kind == "uv_sphere" else "BOX", bounciness=0.6)
     cache = scene.rigidbody_world.point_cache
     cache.frame_start, cache.frame_end = frames
-    _common.add_camera(scene, (0.0, -7.5, 2.2), (0.0, 0.0, 1.2), lens=30)
+    _common.add_camera(scene, (0.0, -9.0, 2.6), (0.0, 0.0, 1.7), lens=28)
     _common.add_sun(scene)
     return _common.save(path)
 

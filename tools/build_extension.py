@@ -25,9 +25,13 @@ MANIFEST = ROOT / "blender_manifest.toml"
 
 
 def find_blender_ext() -> Path:
-    """``blender_ext.py`` from ``$BLENDER_EXT`` or the installed bpy package."""
+    """``blender_ext.py`` from ``$BLENDER_EXT``, the running Blender, or the bpy package."""
     if os.environ.get("BLENDER_EXT"):
         return Path(os.environ["BLENDER_EXT"])
+    if "bpy" in sys.modules:  # inside Blender (or bpy already imported)
+        found = Path(sys.modules["bpy"].utils.resource_path("LOCAL")) / "scripts/addons_core/bl_pkg/cli/blender_ext.py"
+        if found.is_file():
+            return found
     spec = importlib.util.find_spec("bpy")
     if spec is None or not spec.submodule_search_locations:
         raise SystemExit("blender_ext.py not found: install bpy or set BLENDER_EXT")

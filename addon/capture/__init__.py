@@ -7,6 +7,8 @@ Plain functions, no UI; usable from a script with bpy as a module::
 
 How each pass is made (all with Cycles, on whatever device the user's scene selects):
 
+* Cycles renders on the device the user configured (``scene.cycles.device``: GPU where the
+  user set one up, CPU headless); capture never changes the device.
 * One Cycles render per frame with the view layer's Z and object-index passes enabled.
   The Render Result is saved twice: as an 8-bit PNG with the scene's view transform
   (``rgb/####.png``) and as an uncompressed multilayer EXR in a temporary folder, which
@@ -25,7 +27,8 @@ How each pass is made (all with Cycles, on whatever device the user's scene sele
 * Physics: an unbaked rigid-body cache is filled by frame stepping (:mod:`.physics`);
   each object's ``matrix_world`` per frame goes to ``params["object_motion"]``.
 * Non-video tasks (``insertion``, ``regional_t2i``) capture one frame: the first of
-  ``frames``, by default the scene's current frame. Video tasks default to the scene range.
+  ``frames``, by default the scene's current frame. Video tasks default to the scene range,
+  narrowed to the rigid-body cache's range when the scene has a rigid-body world.
 * Motion blur, compositing and the sequencer are switched off during capture so the
   passes line up with the RGB; every changed setting is restored (:class:`.state.SceneState`),
   also when capture fails half way.
@@ -86,7 +89,8 @@ def capture_bundle(
     ``task``: one of :data:`TASK_RENDERS`. ``frames``: scene frame numbers (see module doc
     for defaults). ``objects``: objects or object names (masks, boxes, motion); by default
     the task picks them (active rigid bodies for video tasks, objects with a ``poe_prompt``
-    custom property for ``regional_t2i``). ``object_prompts`` maps names to regional prompts
+    custom property for ``regional_t2i``), dropping those never in view, whereas an object
+    given here that is never in view is an error. ``object_prompts`` maps names to regional prompts
     (default: each object's ``poe_prompt`` custom property). ``params`` goes into the bundle
     as is, plus what capture adds (``preset``, ``samples``, ``object_motion``);
     ``params["preset"]`` picks the RGB samples from :data:`PRESET_SAMPLES` unless
@@ -106,8 +110,13 @@ def capture_bundle(
         physics.simulate_rigid_bodies(scene, max(plan["frames"]))
         cameras, boxes, motion = _read_geometry(scene, plan)
         timings["geometry"] = time.perf_counter() - started
-        _check_visible(plan["objects"], boxes)
+        if plan["objects_given"]:
+            _check_visible(scene, plan["objects"], boxes)
+        else:  # objects the task picked itself: keep those in view on some frame
+            plan["objects"] = [obj for obj in plan["objects"] if any(box is not None for box in boxes[obj.name])]
+            _configure_pass_indices(state, scene, plan["objects"])
         passes = _render_passes(state, scene, plan, progress, timings)
+    motion = {obj.name: motion[obj.name] for obj in plan["objects"]}
     params.update(samples=plan["samples"], object_motion=motion, blender_version=bpy.app.version_string)
     bundle = bundle_schema.Bundle(
         root=plan["out_dir"], task=task, prompt=prompt, seed=int(seed),
@@ -142,7 +151,7 @@ def _plan(scene, out_dir, task, frames, objects, resolution, view_layer, params)
         raise CaptureError(f"unknown preset {preset!r}; choose one of {', '.join(PRESET_SAMPLES)}")
     layer = view_layer or _default_view_layer(scene)
     return {
-        "task": task, "frames": frames, "objects": chosen, "width": int(width), "height": int(height),
+        "task": task, "frames": frames, "objects": chosen, "objects_given": objects is not None, "width": int(width), "height": int(height),
         "samples": int(params.get("samples", PRESET_SAMPLES[preset])), "view_layer": layer,
         "out_dir": _writable_dir(out_dir), "use_denoising": bool(scene.cycles.use_denoising),
     }
@@ -151,7 +160,11 @@ def _plan(scene, out_dir, task, frames, objects, resolution, view_layer, params)
 def _frames(scene, task: str, frames) -> list[int]:
     if frames is None:
         if task in bundle_schema.VIDEO_TASKS:
-            frames = range(scene.frame_start, scene.frame_end + 1)
+            start, end = scene.frame_start, scene.frame_end
+            cache_range = physics.rigid_body_frame_range(scene)
+            if cache_range is not None:  # the simulated part of the scene range
+                start, end = max(start, cache_range[0]), min(end, cache_range[1])
+            frames = range(start, end + 1)
         else:
             frames = [scene.frame_current]
     frames = [int(frame) for frame in frames]
@@ -217,7 +230,12 @@ def _configure(state: SceneState, scene, plan) -> None:
     state.set(scene.cycles, "samples", plan["samples"])
     state.set(plan["view_layer"], "use_pass_z", True)
     state.set(plan["view_layer"], "use_pass_object_index", True)
-    targets = {obj.name: index + 1 for index, obj in enumerate(plan["objects"])}
+    _configure_pass_indices(state, scene, plan["objects"])
+
+
+def _configure_pass_indices(state: SceneState, scene, objects) -> None:
+    """Objects of interest get 1..N in order, every other object 0 (restored on exit)."""
+    targets = {obj.name: index + 1 for index, obj in enumerate(objects)}
     for obj in scene.objects:
         state.set(obj, "pass_index", targets.get(obj.name, 0))
 
@@ -228,7 +246,7 @@ def _read_geometry(scene, plan) -> tuple[list, dict[str, list], dict[str, list]]
     width, height = plan["width"], plan["height"]
     for frame in plan["frames"]:
         scene.frame_set(frame)
-        depsgraph = bpy.context.evaluated_depsgraph_get()
+        depsgraph = plan["view_layer"].depsgraph
         cameras.append(geometry.matrix_rows(scene.camera.matrix_world))
         for obj in plan["objects"]:
             if obj.hide_render:
@@ -240,12 +258,12 @@ def _read_geometry(scene, plan) -> tuple[list, dict[str, list], dict[str, list]]
     return cameras, boxes, motion
 
 
-def _check_visible(objects, boxes: dict[str, list]) -> None:
+def _check_visible(scene, objects, boxes: dict[str, list]) -> None:
     for obj in objects:
         if obj.hide_render:
             raise CaptureError(f"object '{obj.name}' is hidden from rendering (hide_render)")
         if all(box is None for box in boxes[obj.name]):
-            raise CaptureError(f"object '{obj.name}' is not visible from camera '{obj.users_scene[0].camera.name}' on any captured frame")
+            raise CaptureError(f"object '{obj.name}' is not visible from camera '{scene.camera.name}' on any captured frame")
 
 
 def _render_passes(state: SceneState, scene, plan, progress, timings) -> dict[str, str]:

@@ -17,6 +17,19 @@ if str(ROOT) not in sys.path:  # inside a Blender binary the repository is not o
     sys.path.insert(0, str(ROOT))
 
 
+#: True when the tests run inside a Blender binary (pytest-blender), False with bpy as a module.
+IN_BLENDER_BINARY = bool(bpy.app.binary_path)
+
+
+def python_with_bpy(script: str, *arguments: str) -> list[str]:
+    """A command line that runs ``script`` (a .py path) with bpy importable and
+    ``arguments`` after ``--`` in ``sys.argv``: the same Python with bpy as a module, or
+    ``blender -b --python`` inside a Blender binary."""
+    if IN_BLENDER_BINARY:
+        return [bpy.app.binary_path, "-b", "--factory-startup", "--python-exit-code", "1", "--python", script, "--", *arguments]
+    return [sys.executable, script, "--", *arguments]
+
+
 def tiny_cycles(scene, width: int = 64, height: int = 48, samples: int = 1) -> None:
     """Cheap CPU Cycles settings for tests (2 shared cores)."""
     scene.render.engine = "CYCLES"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +11,7 @@ import bpy
 
 from addon.capture import capture_bundle
 from blend_examples import falling_objects, insertion_table, regional_layout
+from conftest import python_with_bpy
 
 pytestmark = pytest.mark.blender
 
@@ -50,7 +50,7 @@ def test_regional_layout_labels_become_regions(tmp_path):
 
 @pytest.mark.slow
 def test_example_script_runs_from_the_command_line(tmp_path):
-    result = subprocess.run([sys.executable, str(ROOT / "blend_examples" / "regional_layout.py"), str(tmp_path / "cli.blend")],
+    result = subprocess.run(python_with_bpy(str(ROOT / "blend_examples" / "regional_layout.py"), str(tmp_path / "cli.blend")),
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "cli.blend").is_file()

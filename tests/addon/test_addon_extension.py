@@ -17,9 +17,11 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tools"))
 import build_extension  # noqa: E402
 
+from conftest import python_with_bpy  # noqa: E402
+
 ENABLE_SCRIPT = """
 import os, subprocess, sys
-zip_path, tool, repo_dir = sys.argv[1:4]
+zip_path, tool, repo_dir = sys.argv[sys.argv.index("--") + 1:]
 import bpy, addon_utils
 assert bpy.utils.resource_path("USER") == os.environ["BLENDER_USER_RESOURCES"]
 os.makedirs(repo_dir)
@@ -48,8 +50,10 @@ def test_extension_builds_validates_installs_and_enables(tmp_path):
     user = tmp_path / "user"
     user.mkdir()
     environment = {**os.environ, "BLENDER_USER_RESOURCES": str(user)}
+    script = tmp_path / "enable.py"
+    script.write_text(ENABLE_SCRIPT)
     result = subprocess.run(
-        [sys.executable, "-c", ENABLE_SCRIPT, str(zip_path), str(build_extension.find_blender_ext()), str(user / "repo")],
+        python_with_bpy(str(script), str(zip_path), str(build_extension.find_blender_ext()), str(user / "repo")),
         capture_output=True, text=True, env=environment, cwd=tmp_path, timeout=300,
     )
     assert "ENABLED OK" in result.stdout, result.stdout + result.stderr
