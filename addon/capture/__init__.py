@@ -117,7 +117,7 @@ def capture_bundle(
             _configure_pass_indices(state, scene, plan["objects"])
         passes = _render_passes(state, scene, plan, progress, timings)
     motion = {obj.name: motion[obj.name] for obj in plan["objects"]}
-    params.update(samples=plan["samples"], object_motion=motion, blender_version=bpy.app.version_string)
+    params.update(preset=plan["preset"], samples=plan["samples"], object_motion=motion, blender_version=bpy.app.version_string)
     bundle = bundle_schema.Bundle(
         root=plan["out_dir"], task=task, prompt=prompt, seed=int(seed),
         width=plan["width"], height=plan["height"], fps=scene.render.fps / scene.render.fps_base,
@@ -126,7 +126,10 @@ def capture_bundle(
         objects=[bundle_schema.SceneObject(obj.name, index + 1, prompts[obj.name], boxes[obj.name]) for index, obj in enumerate(plan["objects"])],
         params=params,
     )
-    return bundle_schema.write_bundle(bundle)
+    try:
+        return bundle_schema.write_bundle(bundle)
+    except bundle_schema.BundleError as error:
+        raise CaptureError(f"the bundle would not be valid: {error}") from None
 
 
 def _plan(scene, out_dir, task, frames, objects, resolution, view_layer, params) -> dict[str, Any]:
@@ -152,7 +155,7 @@ def _plan(scene, out_dir, task, frames, objects, resolution, view_layer, params)
     layer = view_layer or _default_view_layer(scene)
     return {
         "task": task, "frames": frames, "objects": chosen, "objects_given": objects is not None, "width": int(width), "height": int(height),
-        "samples": int(params.get("samples", PRESET_SAMPLES[preset])), "view_layer": layer,
+        "preset": preset, "samples": int(params.get("samples", PRESET_SAMPLES[preset])), "view_layer": layer,
         "out_dir": _writable_dir(out_dir), "use_denoising": bool(scene.cycles.use_denoising),
     }
 

@@ -42,6 +42,7 @@ def read_channels(path: str | Path) -> dict[str, np.ndarray]:
             break
     tables = []
     for header in headers:
+        _check_supported(header, path)
         count = header.get("chunkCount", header["height"])
         tables.append(struct.unpack_from(f"<{count}Q", data, offset))
         offset += 8 * count
@@ -117,11 +118,14 @@ def _parse_channels(value: bytes) -> list[tuple[str, np.dtype]]:
     return channels
 
 
-def _read_part(data: bytes, header: dict, table: tuple[int, ...], part: int | None, path) -> dict[str, np.ndarray]:
+def _check_supported(header: dict, path) -> None:
     if header.get("compression", 0) != 0:
         raise ValueError(f"{path}: compressed EXR (compression {header['compression']}); write with codec NONE")
     if header.get("type", "scanlineimage") != "scanlineimage":
         raise ValueError(f"{path}: part type {header['type']!r} is not supported")
+
+
+def _read_part(data: bytes, header: dict, table: tuple[int, ...], part: int | None, path) -> dict[str, np.ndarray]:
     width, height, channels = header["width"], header["height"], header["channels"]
     row_dtype = np.dtype([(name, dtype, (width,)) for name, dtype in channels])
     rows = np.empty(height, dtype=row_dtype)
