@@ -48,7 +48,6 @@ def test_regional_layout_labels_become_regions(tmp_path):
     assert all(obj.prompt and obj.bbox_px[0] is not None for obj in bundle.objects)
 
 
-@pytest.mark.slow
 def test_example_script_runs_from_the_command_line(tmp_path):
     result = subprocess.run(python_with_bpy(str(ROOT / "blend_examples" / "regional_layout.py"), str(tmp_path / "cli.blend")),
                             capture_output=True, text=True, timeout=120)

@@ -11,7 +11,7 @@ from addon.capture import capture_bundle
 
 from conftest import add_camera, add_mesh, tiny_cycles
 
-pytestmark = [pytest.mark.blender, pytest.mark.slow]
+pytestmark = pytest.mark.blender
 
 FRAMES = list(range(1, 25))
 START_HEIGHT = 3.0

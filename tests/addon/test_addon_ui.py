@@ -66,3 +66,42 @@ def test_capture_operator_reports_errors(registered, tmp_path, monkeypatch):
     registered.poe.task = "insertion"  # no object chosen
     with pytest.raises(RuntimeError, match="needs the object to insert"):
         bpy.ops.poe.capture()
+
+
+class RecordingLayout:
+    """Stands in for ``UILayout`` headless: checks every drawn property and operator exists."""
+
+    def __init__(self, drawn: list):
+        self.drawn = drawn
+
+    def prop(self, data, name, **kwargs):
+        assert name in data.bl_rna.properties, name
+        self.drawn.append(name)
+
+    def operator(self, idname, **kwargs):
+        prefix, name = idname.split(".")
+        assert hasattr(getattr(bpy.ops, prefix), name), idname
+        self.drawn.append(idname)
+
+    def template_list(self, list_type, list_id, data, name, active_data, active_name, **kwargs):
+        assert hasattr(bpy.types, list_type) and name in data.bl_rna.properties and active_name in active_data.bl_rna.properties
+        self.drawn.append(name)
+
+    def label(self, **kwargs):
+        pass
+
+    def row(self, **kwargs):
+        return self
+
+    column = row
+
+
+def test_panel_draws_every_setting_and_the_registered_buttons(registered):
+    drawn = []
+    stub = type("PanelStub", (), {"layout": RecordingLayout(drawn), "_draw_frames_and_resolution": staticmethod(panel.POE_PT_main._draw_frames_and_resolution)})()
+    context = type("ContextStub", (), {"scene": registered})()
+    registered.poe.use_scene_range = registered.poe.use_scene_resolution = False
+    panel.POE_PT_main.draw(stub, context)
+    for name in ("task", "preset", "prompt", "objects", "frame_start", "frame_end", "resolution_x", "seed", "particles", "steps", "poe.capture"):
+        assert name in drawn
+    assert "poe.generate" not in drawn
