@@ -36,6 +36,7 @@ How each pass is made (all with Cycles, on whatever device the user's scene sele
 
 from __future__ import annotations
 
+import itertools
 import os
 import tempfile
 import time
@@ -270,8 +271,30 @@ def _check_visible(scene, objects, boxes: dict[str, list]) -> None:
 
 
 def _render_passes(state: SceneState, scene, plan, progress, timings) -> dict[str, str]:
+    """Render what the task needs; returns the bundle's ``passes`` patterns."""
     with_rgb, with_plate, with_data = TASK_RENDERS[plan["task"]]
-    out_dir: Path = plan["out_dir"]
+    passes = _pass_patterns(plan, with_rgb, with_data)
+    per_frame = with_rgb or with_data
+    steps, total = itertools.count(1), len(plan["frames"]) * per_frame + with_plate
+
+    def report() -> None:
+        step = next(steps)
+        if progress is not None:
+            progress(step, total)
+
+    for key in ("render", "rgb", "depth_masks", "plate"):
+        timings.setdefault(key, 0.0)
+    if per_frame:
+        _render_frames(state, scene, plan, passes, timings, report)
+    if with_plate:
+        _timed(timings, "plate", _render_plate, state, scene, plan)
+        passes["plate"] = "plate.png"
+        report()
+    return passes
+
+
+def _pass_patterns(plan, with_rgb: bool, with_data: bool) -> dict[str, str]:
+    """Per-frame pass patterns, their folders created."""
     passes: dict[str, str] = {}
     if with_rgb:
         passes["rgb"] = "rgb/####.png"
@@ -279,35 +302,24 @@ def _render_passes(state: SceneState, scene, plan, progress, timings) -> dict[st
         passes["depth"] = "depth/####.exr"
         passes.update({f"mask.{obj.name}": f"mask/{obj.name}/####.png" for obj in plan["objects"]})
     for pattern in passes.values():
-        (out_dir / pattern).parent.mkdir(parents=True, exist_ok=True)
-    total = (len(plan["frames"]) if (with_rgb or with_data) else 0) + int(with_plate)
-    for key in ("render", "rgb", "depth_masks", "plate"):
-        timings.setdefault(key, 0.0)
-    done = 0
-    if with_rgb or with_data:
-        if not with_rgb:  # data only: the first sample carries depth and index
-            state.set(scene.cycles, "samples", 1)
-            state.set(scene.cycles, "use_denoising", False)
-        with tempfile.TemporaryDirectory(prefix="poe_capture_") as scratch:
-            for frame in plan["frames"]:
-                scene.frame_set(frame)
-                _render(scene, plan, timings, "render")
-                if with_rgb:
-                    _timed(timings, "rgb", _save_png, state, scene, _frame_path(out_dir, passes["rgb"], frame))
-                if with_data:
-                    _timed(timings, "depth_masks", _save_data, state, scene, plan, Path(scratch), passes, frame)
-                done += 1
-                if progress is not None:
-                    progress(done, total)
-    if with_plate:
-        started = time.perf_counter()
-        _render_plate(state, scene, plan)
-        timings["plate"] += time.perf_counter() - started
-        passes["plate"] = "plate.png"
-        done += 1
-        if progress is not None:
-            progress(done, total)
+        (plan["out_dir"] / pattern).parent.mkdir(parents=True, exist_ok=True)
     return passes
+
+
+def _render_frames(state: SceneState, scene, plan, passes: dict[str, str], timings, report) -> None:
+    """One render per frame; RGB and/or depth + masks from its Render Result."""
+    if "rgb" not in passes:  # data only: each pixel's first sample carries depth and index
+        state.set(scene.cycles, "samples", 1)
+        state.set(scene.cycles, "use_denoising", False)
+    with tempfile.TemporaryDirectory(prefix="poe_capture_") as scratch:
+        for frame in plan["frames"]:
+            scene.frame_set(frame)
+            _timed(timings, "render", bpy.ops.render.render, layer=plan["view_layer"].name, scene=scene.name)
+            if "rgb" in passes:
+                _timed(timings, "rgb", _save_png, state, scene, _frame_path(plan["out_dir"], passes["rgb"], frame))
+            if "depth" in passes:
+                _timed(timings, "depth_masks", _save_data, state, scene, plan, Path(scratch), passes, frame)
+            report()
 
 
 def _render_plate(state: SceneState, scene, plan) -> None:
@@ -321,15 +333,9 @@ def _render_plate(state: SceneState, scene, plan) -> None:
     _save_png(state, scene, plan["out_dir"] / "plate.png")
 
 
-def _render(scene, plan, timings, key) -> None:
+def _timed(timings: dict[str, float], key: str, function, *args, **kwargs) -> None:
     started = time.perf_counter()
-    bpy.ops.render.render(layer=plan["view_layer"].name, scene=scene.name)
-    timings[key] += time.perf_counter() - started
-
-
-def _timed(timings, key, function, *args) -> None:
-    started = time.perf_counter()
-    function(*args)
+    function(*args, **kwargs)
     timings[key] += time.perf_counter() - started
 
 
