@@ -1,0 +1,1 @@
+../poe_backend/bundle.py

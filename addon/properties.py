@@ -1,0 +1,63 @@
+"""Scene settings: every panel setting is a property saved in the .blend file (``scene.poe``).
+
+Task and quality preset are separate choices. The issue's "preview" task is a quality
+preset applied to any task: ``preset == "preview"`` (small model variants, low resolution,
+few steps on the backend; 16 Cycles samples in capture) goes into the bundle as
+``params["preset"]``, and the base task (insertion, sim2video, ...) is ``task``.
+"""
+
+from __future__ import annotations
+
+import bpy
+
+TASK_ITEMS = [
+    ("insertion", "Object insertion", "Insert the chosen object into the rendered plate (FLUX depth x fill)"),
+    ("sim2video", "Sim to video", "Video from the baked simulation's depth and the first frame (Wan2.1 experts)"),
+    ("sim2video_ar", "Sim to video (autoregressive)", "Video section by section around the RGB renders (FramePack x Gaussian)"),
+    ("regional_t2i", "Regional text to image", "An image from per-object prompts placed by the objects' projected boxes"),
+]
+PRESET_ITEMS = [
+    ("preview", "Preview", "Small model variants, low resolution, few steps: quick look"),
+    ("standard", "Standard", "Full models, default steps"),
+    ("final", "Final", "Full models, more steps and particles"),
+]
+
+
+class POE_ObjectItem(bpy.types.PropertyGroup):
+    """One object to insert, animate or place, with its regional prompt."""
+
+    object: bpy.props.PointerProperty(name="Object", type=bpy.types.Object)
+    prompt: bpy.props.StringProperty(name="Prompt", default="", description="Prompt for this object's region (regional text to image)")
+
+
+class POE_SceneSettings(bpy.types.PropertyGroup):
+    """What to capture and how to generate, stored on the scene as ``scene.poe``."""
+
+    task: bpy.props.EnumProperty(name="Task", items=TASK_ITEMS, default="insertion")
+    preset: bpy.props.EnumProperty(name="Quality", items=PRESET_ITEMS, default="standard")
+    prompt: bpy.props.StringProperty(name="Prompt", default="", description="Text prompt for the whole image or video")
+    objects: bpy.props.CollectionProperty(type=POE_ObjectItem)
+    active_object_index: bpy.props.IntProperty(default=0)
+    use_scene_range: bpy.props.BoolProperty(name="Scene frame range", default=True, description="Capture the scene's frame range (video tasks)")
+    frame_start: bpy.props.IntProperty(name="Start", default=1, min=0)
+    frame_end: bpy.props.IntProperty(name="End", default=49, min=0)
+    use_scene_resolution: bpy.props.BoolProperty(name="Scene resolution", default=True)
+    resolution_x: bpy.props.IntProperty(name="Width", default=832, min=16, max=8192, subtype="PIXEL")
+    resolution_y: bpy.props.IntProperty(name="Height", default=480, min=16, max=8192, subtype="PIXEL")
+    seed: bpy.props.IntProperty(name="Seed", default=0, min=0)
+    particles: bpy.props.IntProperty(name="Particles", default=4, min=1, max=256, description="Number of sampler particles")
+    steps: bpy.props.IntProperty(name="Steps", default=28, min=1, max=1000, description="Annealing levels (sampler steps)")
+    last_bundle: bpy.props.StringProperty(name="Last bundle", default="", subtype="FILE_PATH", description="bundle.json written by the last capture")
+
+    def frames(self, scene) -> list[int] | None:
+        """Frames to capture: ``None`` (the capture default) with the scene range on."""
+        if self.use_scene_range:
+            return None
+        return list(range(self.frame_start, self.frame_end + 1))
+
+    def resolution(self) -> tuple[int, int] | None:
+        return None if self.use_scene_resolution else (self.resolution_x, self.resolution_y)
+
+    def backend_params(self) -> dict:
+        """Sampler parameters for the bundle's ``params``."""
+        return {"preset": self.preset, "particles": self.particles, "steps": self.steps}
