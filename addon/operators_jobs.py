@@ -1,0 +1,257 @@
+"""Operators for the backend round trip: Generate, Cancel, Start local backend, Load
+result, plus ``draw_jobs`` for the panel. Operators stay thin: read settings, call the
+bpy-free tracker (:mod:`.jobs`) or client (:mod:`.client`), report errors with
+``self.report({'ERROR'}, message)`` — never a traceback.
+
+Assumed from the rest of the add-on (adjust here if the names differ):
+
+* ``prefs(context)`` in ``addon/__init__.py`` returns the preferences with ``backend_url``,
+  ``backend_token``, ``backend_command`` (the start command line), ``output_dir`` and,
+  optionally, ``result_as_background`` (bool);
+* ``context.scene.poe`` holds the generation settings: ``task``, ``prompt`` and
+  optionally ``params_dict()`` returning the task parameters;
+* ``addon.capture.capture_bundle(scene, out_dir, *, task, prompt, params) -> Path`` of
+  bundle.json.
+
+One :class:`Session` per Blender process holds the tracker, the started backend process
+and the timer; Blender's timers and operators need such a place to meet.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import bpy
+
+from . import jobs
+from .client import BackendError, Client
+
+BL_PREFIX = "poe"
+
+
+@dataclass
+class Settings:
+    url: str
+    token: str
+    command: str
+    output_dir: Path
+    as_background: bool = False
+
+
+def settings(context: bpy.types.Context) -> Settings:
+    from . import prefs  # the add-on's helper; imported late to avoid a cycle
+
+    preferences = prefs(context)
+    output = bpy.path.abspath(getattr(preferences, "output_dir", "") or "//poe") or str(Path(bpy.app.tempdir or "/tmp") / "poe")
+    return Settings(
+        url=preferences.backend_url,
+        token=preferences.backend_token,
+        command=getattr(preferences, "backend_command", ""),
+        output_dir=Path(output),
+        as_background=bool(getattr(preferences, "result_as_background", False)),
+    )
+
+
+@dataclass
+class Session:
+    """The tracker (recreated when URL or token change), the scene each job loads into,
+    and the backend process this Blender started."""
+
+    tracker: jobs.JobTracker | None = None
+    scenes: dict[str, str] = field(default_factory=dict)
+    backend: Any = None
+    as_background: bool = False
+
+    def tracker_for(self, config: Settings) -> jobs.JobTracker:
+        client = Client(config.url, config.token)
+        if self.tracker is None or (self.tracker.client.url, self.tracker.client.token) != (client.url, client.token):
+            previous = self.tracker.jobs if self.tracker else {}
+            self.tracker = jobs.JobTracker(client, config.output_dir / "results", self.load)
+            self.tracker.jobs.update(previous)
+        self.as_background = config.as_background
+        return self.tracker
+
+    def load(self, result: jobs.JobResult) -> None:
+        from . import results
+
+        scene = bpy.data.scenes.get(self.scenes.get(result.job_id, ""), None) or bpy.context.scene
+        results.load_result(scene, result, as_background=self.as_background)
+
+    def tick(self) -> float | None:
+        delay = self.tracker.tick() if self.tracker else None
+        _redraw_panels()
+        return delay
+
+    def ensure_timer(self) -> None:
+        if not bpy.app.timers.is_registered(_timer):
+            bpy.app.timers.register(_timer, first_interval=jobs.POLL_INTERVAL_S)
+
+
+SESSION = Session()
+
+
+def _timer() -> float | None:
+    return SESSION.tick()
+
+
+def _redraw_panels() -> None:
+    manager = getattr(bpy.context, "window_manager", None)
+    for window in getattr(manager, "windows", []):
+        for area in window.screen.areas:
+            if area.type in ("VIEW_3D", "PROPERTIES", "SEQUENCE_EDITOR"):
+                area.tag_redraw()
+
+
+def scene_request(scene: bpy.types.Scene) -> tuple[str, str, dict[str, Any]]:
+    """``(task, prompt, params)`` from the scene's PoE settings."""
+    poe = getattr(scene, "poe", None)
+    if poe is None:
+        raise ValueError("the scene has no PoE settings (scene.poe); is the add-on enabled?")
+    params = poe.params_dict() if hasattr(poe, "params_dict") else {}
+    return str(poe.task), str(getattr(poe, "prompt", "")), params
+
+
+def capture_and_submit(context: bpy.types.Context, config: Settings, bundle_dir: str) -> jobs.TrackedJob:
+    """Submit ``bundle_dir`` as is, or capture the scene into a new bundle first."""
+    tracker = SESSION.tracker_for(config)
+    if bundle_dir:
+        tracked = tracker.submit(Path(bpy.path.abspath(bundle_dir)))
+    else:
+        from .capture import capture_bundle
+
+        task, prompt, params = scene_request(context.scene)
+        out_dir = config.output_dir / "bundles" / f"{bpy.path.clean_name(context.scene.name)}-{time.strftime('%Y%m%d-%H%M%S')}"
+        bundle_json = capture_bundle(context.scene, out_dir, task=task, prompt=prompt, params=params)
+        tracked = tracker.submit(Path(bundle_json).parent, task=task)
+    SESSION.scenes[tracked.job_id] = context.scene.name
+    SESSION.ensure_timer()
+    return tracked
+
+
+class POE_OT_generate(bpy.types.Operator):
+    """Capture the scene (or take an existing bundle) and submit it to the backend"""
+
+    bl_idname = f"{BL_PREFIX}.generate"
+    bl_label = "Generate"
+    bl_options = {"REGISTER"}
+
+    bundle_dir: bpy.props.StringProperty(name="Bundle", description="Submit this existing bundle folder instead of capturing", subtype="DIR_PATH", default="")
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        try:
+            tracked = capture_and_submit(context, settings(context), self.bundle_dir)
+        except BackendError as error:
+            self.report({"ERROR"}, error.message)
+            return {"CANCELLED"}
+        except (ValueError, OSError, RuntimeError) as error:
+            self.report({"ERROR"}, f"could not capture or submit: {error}")
+            return {"CANCELLED"}
+        self.report({"INFO"}, f"submitted job {tracked.job_id} ({tracked.task})")
+        return {"FINISHED"}
+
+
+class POE_OT_cancel_job(bpy.types.Operator):
+    """Cancel a queued or running job (the latest active one by default)"""
+
+    bl_idname = f"{BL_PREFIX}.cancel_job"
+    bl_label = "Cancel"
+    bl_options = {"REGISTER"}
+
+    job_id: bpy.props.StringProperty(name="Job", default="")
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        tracker = SESSION.tracker_for(settings(context))
+        job_id = self.job_id or next((job.job_id for job in reversed(tracker.active())), "")
+        if not job_id:
+            self.report({"WARNING"}, "no active job to cancel")
+            return {"CANCELLED"}
+        try:
+            tracker.cancel(job_id)
+        except BackendError as error:
+            self.report({"ERROR"}, error.message)
+            return {"CANCELLED"}
+        self.report({"INFO"}, f"cancelling job {job_id}")
+        return {"FINISHED"}
+
+
+class POE_OT_start_backend(bpy.types.Operator):
+    """Start the local backend with the command line from the preferences and wait until it answers"""
+
+    bl_idname = f"{BL_PREFIX}.start_backend"
+    bl_label = "Start local backend"
+    bl_options = {"REGISTER"}
+
+    timeout: bpy.props.FloatProperty(name="Timeout", default=120.0, min=1.0)
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        config = settings(context)
+        client = Client(config.url, config.token)
+        try:
+            health = client.health()
+            self.report({"INFO"}, f"a backend is already running at {config.url} ({health['device']})")
+            return {"FINISHED"}
+        except BackendError:
+            pass
+        try:
+            SESSION.backend = jobs.start_backend(config.command, client, config.output_dir / "backend.log", timeout=self.timeout)
+            health = client.health()
+        except BackendError as error:
+            self.report({"ERROR"}, error.message)
+            return {"CANCELLED"}
+        self.report({"INFO"}, f"backend {health['version']} running on {health['device']} at {config.url}")
+        return {"FINISHED"}
+
+
+class POE_OT_load_result(bpy.types.Operator):
+    """Load a finished job's result into the scene again (replaces what it created before)"""
+
+    bl_idname = f"{BL_PREFIX}.load_result"
+    bl_label = "Load result"
+    bl_options = {"REGISTER", "UNDO"}
+
+    job_id: bpy.props.StringProperty(name="Job", default="")
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        from . import results
+
+        config = settings(context)
+        tracker = SESSION.tracker_for(config)
+        job_id = self.job_id or next((job.job_id for job in reversed(list(tracker.jobs.values())) if job.state == "done"), "")
+        if not job_id:
+            self.report({"WARNING"}, "no finished job to load; give a job id")
+            return {"CANCELLED"}
+        try:
+            record = tracker.client.job(job_id)
+            if record["state"] != "done":
+                self.report({"ERROR"}, f"job {job_id} is {record['state']}, not done")
+                return {"CANCELLED"}
+            results.load_result(context.scene, tracker.fetch_result(record), as_background=config.as_background)
+        except BackendError as error:
+            self.report({"ERROR"}, error.message)
+            return {"CANCELLED"}
+        except (ValueError, OSError, RuntimeError, KeyError) as error:
+            self.report({"ERROR"}, f"could not load job {job_id}: {error}")
+            return {"CANCELLED"}
+        self.report({"INFO"}, f"loaded job {job_id}")
+        return {"FINISHED"}
+
+
+CLASSES = (POE_OT_generate, POE_OT_cancel_job, POE_OT_start_backend, POE_OT_load_result)
+
+
+def draw_jobs(layout: bpy.types.UILayout, context: bpy.types.Context, *, max_rows: int = 5) -> None:
+    """The panel's job section: buttons and one status line per recent job."""
+    row = layout.row(align=True)
+    row.operator(POE_OT_generate.bl_idname, icon="RENDER_STILL")
+    row.operator(POE_OT_cancel_job.bl_idname, icon="CANCEL", text="")
+    layout.operator(POE_OT_start_backend.bl_idname, icon="PLAY")
+    tracker = SESSION.tracker
+    for tracked in list(tracker.jobs.values())[-max_rows:] if tracker else []:
+        row = layout.row()
+        icon = {"done": "CHECKMARK", "failed": "ERROR", "cancelled": "CANCEL"}.get(tracked.state, "TIME")
+        row.label(text=tracked.status_line(), icon=icon)
+        if tracked.state == "done":
+            row.operator(POE_OT_load_result.bl_idname, text="", icon="FILE_REFRESH").job_id = tracked.job_id
