@@ -81,7 +81,7 @@ def create_app(config: ServerConfig, store: JobStore | None = None) -> FastAPI:
 
     @app.get("/v1/health")
     def health() -> dict[str, Any]:
-        return {"status": "ok", "version": __version__, "api_version": API_VERSION, **device_info(config.device), "loaded_models": loaded_models(), "queued": store.queue_length()}
+        return {"status": "ok", "version": __version__, "api_version": API_VERSION, **device_info(config.device), "loaded_models": loaded_models(), "queued": store.queue_length(), "max_upload_bytes": config.max_upload_bytes}
 
     api = APIRouter(prefix="/v1", dependencies=[Depends(require_token)])
 
