@@ -80,7 +80,7 @@ def backend(tmp_path_factory: pytest.TempPathFactory):
 def write_bundle(directory: Path, **overrides: Any) -> Path:
     """A toy2d bundle.json in ``directory`` (no passes); ``overrides`` replace fields."""
     directory.mkdir(parents=True, exist_ok=True)
-    data = {"schema": "poe-bundle/1", "task": "toy2d", "prompt": "two blobs", "seed": 3, "width": 64, "height": 48, "fps": 24, "frames": [1], "passes": {}, "params": {}}
+    data = {"schema": "poe-bundle/1", "task": "toy2d", "prompt": "two blobs", "seed": 3, "width": 64, "height": 48, "fps": 24, "frames": [1], "passes": {}, "params": dict(QUICK)}
     data.update(overrides)
     (directory / "bundle.json").write_text(json.dumps(data))
     return directory

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tarfile
 import threading
+import time
 
 import pytest
 
@@ -56,6 +57,7 @@ def test_a_job_runs_to_done_with_monotonic_progress(backend):
         job = client.get(f"/v1/jobs/{job['id']}").json()
         if job["progress"]:
             seen.append(job["progress"])
+        time.sleep(0.01)
     assert job["state"] == "done", job
     keys = [(p["level"], p["step"]) for p in seen]
     assert keys == sorted(keys) and [p["nfe"] for p in seen] == sorted(p["nfe"] for p in seen)
