@@ -97,7 +97,7 @@ def _material(image: bpy.types.Image, props: dict[str, Any]) -> bpy.types.Materi
     """An emission material showing ``image`` unlit (the job's old one is reused)."""
     existing = find_tagged(bpy.data.materials, props["poe_job_id"])
     material = existing[0] if existing else bpy.data.materials.new(f"PoE {props['poe_job_id']}")
-    if hasattr(material, "use_nodes") and not material.use_nodes:
+    if material.node_tree is None:  # Blender < 5.0 creates materials without nodes
         material.use_nodes = True
     nodes, links = material.node_tree.nodes, material.node_tree.links
     nodes.clear()
