@@ -1,4 +1,5 @@
-"""The real backend for the add-on tests (same launcher as tests/server)."""
+"""The real backend for the add-on round-trip tests (same launcher as tests/server);
+imported by the test modules (not a conftest, so it cannot clash with other add-on tests)."""
 
 from __future__ import annotations
 
