@@ -12,6 +12,7 @@ import sys
 COMMAND_MODULES = (
     "poe_backend.toy.cli",
     "poe_backend.server.cli",
+    "poe_backend.demo",
 )
 
 

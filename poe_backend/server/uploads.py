@@ -62,7 +62,7 @@ def extract_tar(fileobj, destination: Path, limit_bytes: int) -> Path:
     destination.mkdir(parents=True, exist_ok=True)
     extracted = 0
     try:
-        with tarfile.open(fileobj=fileobj, mode="r|*") as archive:
+        with tarfile.open(fileobj=fileobj, mode="r|*", bufsize=COPY_CHUNK) as archive:
             for member in archive:
                 target = _safe_member_path(member, destination)
                 if member.isdir():

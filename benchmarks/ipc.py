@@ -1,0 +1,158 @@
+"""IPC benchmark: status-call latency and bundle-upload throughput against a local copy.
+
+Starts the real backend on a free loopback port (CPU), then
+
+1. times ``GET /v1/jobs/{id}`` through the add-on's client (urllib, a new connection per
+   call, as the add-on's timer does): median and p95 round trip;
+2. generates a synthetic sim2video-sized bundle (49 frames of 832x480: RGB PNG, float32
+   depth EXR, mask PNG; noise, so PNG compression cannot cheat) and uploads it with the
+   add-on's streamed tar (the remote-backend path) until the server has extracted it and
+   validated it (the job is accepted), and compares with ``shutil.copytree`` of the same
+   files on the same disk. Goal: upload throughput > 0.5 x copy throughput.
+
+Run: ``python benchmarks/ipc.py [--frames 49] [--calls 200] [--repeats 3]`` from the
+repository root. Prints a table and writes ``benchmarks/ipc.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import OpenEXR
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from addon.client import BackendNotRunning, Client  # noqa: E402
+
+WIDTH, HEIGHT = 832, 480
+#: The bundle is submitted as a toy2d job (accepted, so the timing covers upload,
+#: extraction and validation, with nothing thrown away); the job itself is tiny.
+TINY_JOB = {"particles": 8, "levels": 2, "langevin_steps": 0}
+
+
+def make_bundle(root: Path, frames: int) -> int:
+    """A sim2video-sized bundle of ``frames`` noisy frames (task toy2d, which accepts and
+    validates any passes); returns its size in bytes."""
+    rng = np.random.default_rng(0)
+    for sub in ("rgb", "depth", "mask/ball"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    numbers = list(range(1, frames + 1))
+    for frame in numbers:
+        Image.fromarray(rng.integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8)).save(root / f"rgb/{frame:04d}.png", compress_level=1)
+        depth = (2.0 + rng.random((HEIGHT, WIDTH))).astype(np.float32)
+        OpenEXR.File({"type": OpenEXR.scanlineimage}, {"Z": depth}).write(str(root / f"depth/{frame:04d}.exr"))
+        mask = np.zeros((HEIGHT, WIDTH), np.uint8)
+        mask[100 + frame : 200 + frame, 300:420] = 255
+        Image.fromarray(mask).save(root / f"mask/ball/{frame:04d}.png")
+    bundle = {
+        "schema": "poe-bundle/1", "task": "toy2d", "prompt": "a ball falls", "seed": 0, "width": WIDTH, "height": HEIGHT,
+        "fps": 16, "frames": numbers, "passes": {"rgb": "rgb/####.png", "depth": "depth/####.exr", "mask.ball": "mask/ball/####.png"},
+        "objects": [{"name": "ball", "pass_index": 1}],
+    }
+    (root / "bundle.json").write_text(json.dumps(bundle))
+    return sum(path.stat().st_size for path in root.rglob("*") if path.is_file())
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_backend(data_dir: Path) -> tuple[subprocess.Popen, Client]:
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "poe_backend", "serve", "--port", str(port), "--data-dir", str(data_dir)], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = Client(f"http://127.0.0.1:{port}")
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            client.health()
+            break
+        except BackendNotRunning:
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise
+            time.sleep(0.2)
+    client.token = (data_dir / "token").read_text().strip()
+    return process, client
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--frames", type=int, default=49)
+    parser.add_argument("--calls", type=int, default=200)
+    parser.add_argument("--repeats", type=int, default=3)
+    arguments = parser.parse_args()
+    with tempfile.TemporaryDirectory(dir=REPO / "benchmarks") as temporary:
+        root = Path(temporary)
+        size = make_bundle(root / "bundle", arguments.frames)
+        process, client = start_backend(root / "data")
+        try:
+            report = run(client, root, size, arguments)
+        finally:
+            os.kill(process.pid, signal.SIGTERM)
+            process.wait(timeout=30)
+    print_table(report)
+    (REPO / "benchmarks" / "ipc.json").write_text(json.dumps(report, indent=2))
+
+
+def run(client: Client, root: Path, size: int, arguments: argparse.Namespace) -> dict:
+    job_id = client.upload(root / "bundle", params=TINY_JOB)["id"]
+    latencies = []
+    for _ in range(arguments.calls):
+        start = time.perf_counter()
+        client.job(job_id)
+        latencies.append(time.perf_counter() - start)
+    copies, uploads = [], []
+    for repeat in range(arguments.repeats):
+        target = root / f"copy-{repeat}"
+        start = time.perf_counter()
+        shutil.copytree(root / "bundle", target)
+        copies.append(time.perf_counter() - start)
+        shutil.rmtree(target)
+        start = time.perf_counter()
+        client.upload(root / "bundle", params=TINY_JOB)
+        uploads.append(time.perf_counter() - start)
+    latencies.sort()
+    copy_s, upload_s = statistics.median(copies), statistics.median(uploads)
+    return {
+        "status_median_ms": 1000 * statistics.median(latencies),
+        "status_p95_ms": 1000 * latencies[int(0.95 * (len(latencies) - 1))],
+        "status_calls": arguments.calls,
+        "bundle_frames": arguments.frames, "bundle_mib": size / 2**20,
+        "copy_s": copy_s, "upload_s": upload_s,
+        "copy_mib_s": size / 2**20 / copy_s, "upload_mib_s": size / 2**20 / upload_s,
+        "ratio": copy_s / upload_s, "repeats": arguments.repeats, "cpu_count": os.cpu_count(),
+    }
+
+
+def print_table(report: dict) -> None:
+    rows = [
+        ("status call", f"GET /v1/jobs/{{id}} via addon.client, {report['status_calls']} calls"),
+        ("status round trip median", f"{report['status_median_ms']:.2f} ms"),
+        ("status round trip p95", f"{report['status_p95_ms']:.2f} ms"),
+        ("bundle", f"{report['bundle_frames']} frames 832x480 RGB PNG + depth EXR + mask PNG, {report['bundle_mib']:.1f} MiB"),
+        ("local copy (copytree)", f"{report['copy_s']:.3f} s = {report['copy_mib_s']:.0f} MiB/s"),
+        ("upload (streamed tar, extracted + validated)", f"{report['upload_s']:.3f} s = {report['upload_mib_s']:.0f} MiB/s"),
+        ("upload / copy throughput ratio (goal > 0.5)", f"{report['ratio']:.2f}"),
+    ]
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        print(f"{name:<{width}}  {value}")
+
+
+if __name__ == "__main__":
+    main()
