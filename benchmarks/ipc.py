@@ -8,9 +8,10 @@ Starts the real backend on a free loopback port (CPU), then
    depth EXR, mask PNG; noise, so PNG compression cannot cheat) and uploads it with the
    add-on's streamed tar (the remote-backend path) until the server has extracted it and
    validated it (the job is accepted), and compares with ``shutil.copytree`` of the same
-   files on the same disk. Goal: upload throughput > 0.5 x copy throughput.
+   files on the same storage (by default /dev/shm, so both sides measure CPU and IPC,
+   not the disk's writeback). Goal: upload throughput > 0.5 x copy throughput.
 
-Run: ``python benchmarks/ipc.py [--frames 49] [--calls 200] [--repeats 3]`` from the
+Run: ``python benchmarks/ipc.py [--frames 49] [--calls 200] [--repeats 5] [--tmp DIR]`` from the
 repository root. Prints a table and writes ``benchmarks/ipc.json``.
 """
 
@@ -94,14 +95,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=49)
     parser.add_argument("--calls", type=int, default=200)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--tmp", type=Path, default=Path("/dev/shm") if Path("/dev/shm").is_dir() else None, help="where the bundle, the copies and the backend's data live (default /dev/shm: memory, so disk writeback noise does not decide the ratio)")
     arguments = parser.parse_args()
-    with tempfile.TemporaryDirectory(dir=REPO / "benchmarks") as temporary:
+    with tempfile.TemporaryDirectory(dir=arguments.tmp, prefix="poe-ipc-") as temporary:
         root = Path(temporary)
         size = make_bundle(root / "bundle", arguments.frames)
         process, client = start_backend(root / "data")
         try:
-            report = run(client, root, size, arguments)
+            report = run(client, root, size, arguments, process.pid)
         finally:
             os.kill(process.pid, signal.SIGTERM)
             process.wait(timeout=30)
@@ -109,25 +111,35 @@ def main() -> None:
     (REPO / "benchmarks" / "ipc.json").write_text(json.dumps(report, indent=2))
 
 
-def run(client: Client, root: Path, size: int, arguments: argparse.Namespace) -> dict:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run(client: Client, root: Path, size: int, arguments: argparse.Namespace, server_pid: int) -> dict:
     job_id = client.upload(root / "bundle", params=TINY_JOB)["id"]
     latencies = []
     for _ in range(arguments.calls):
         start = time.perf_counter()
         client.job(job_id)
         latencies.append(time.perf_counter() - start)
-    copies, uploads = [], []
+    copies, uploads, copy_cpu, upload_cpu = [], [], [], []
     for repeat in range(arguments.repeats):
         target = root / f"copy-{repeat}"
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         shutil.copytree(root / "bundle", target)
         copies.append(time.perf_counter() - start)
+        copy_cpu.append(time.process_time() - start_cpu)
         shutil.rmtree(target)
-        start = time.perf_counter()
+        time.sleep(0.5)  # let the tiny toy2d job of the previous upload finish
+        start, start_cpu, start_server = time.perf_counter(), time.process_time(), cpu_seconds(server_pid)
         client.upload(root / "bundle", params=TINY_JOB)
         uploads.append(time.perf_counter() - start)
+        upload_cpu.append(time.process_time() - start_cpu + cpu_seconds(server_pid) - start_server)
     latencies.sort()
     copy_s, upload_s = statistics.median(copies), statistics.median(uploads)
+    pair_ratios = sorted(copy / upload for copy, upload in zip(copies, uploads))
     return {
         "status_median_ms": 1000 * statistics.median(latencies),
         "status_p95_ms": 1000 * latencies[int(0.95 * (len(latencies) - 1))],
@@ -135,7 +147,9 @@ def run(client: Client, root: Path, size: int, arguments: argparse.Namespace) ->
         "bundle_frames": arguments.frames, "bundle_mib": size / 2**20,
         "copy_s": copy_s, "upload_s": upload_s,
         "copy_mib_s": size / 2**20 / copy_s, "upload_mib_s": size / 2**20 / upload_s,
-        "ratio": copy_s / upload_s, "repeats": arguments.repeats, "cpu_count": os.cpu_count(),
+        "ratio": copy_s / upload_s,
+        "copy_cpu_s": statistics.median(copy_cpu), "upload_cpu_s": statistics.median(upload_cpu),
+        "cpu_ratio": statistics.median(copy_cpu) / statistics.median(upload_cpu), "pair_ratios": pair_ratios, "storage": str(root), "repeats": arguments.repeats, "cpu_count": os.cpu_count(),
     }
 
 
@@ -147,7 +161,9 @@ def print_table(report: dict) -> None:
         ("bundle", f"{report['bundle_frames']} frames 832x480 RGB PNG + depth EXR + mask PNG, {report['bundle_mib']:.1f} MiB"),
         ("local copy (copytree)", f"{report['copy_s']:.3f} s = {report['copy_mib_s']:.0f} MiB/s"),
         ("upload (streamed tar, extracted + validated)", f"{report['upload_s']:.3f} s = {report['upload_mib_s']:.0f} MiB/s"),
-        ("upload / copy throughput ratio (goal > 0.5)", f"{report['ratio']:.2f}"),
+        ("upload / copy throughput ratio (goal > 0.5)", f"{report['ratio']:.2f} (per repeat: {', '.join(f'{ratio:.2f}' for ratio in report['pair_ratios'])})"),
+        ("CPU seconds: copy / upload (client + server)", f"{report['copy_cpu_s']:.3f} s / {report['upload_cpu_s']:.3f} s = ratio {report['cpu_ratio']:.2f} (load-independent)"),
+        ("storage", report["storage"]),
     ]
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
