@@ -200,35 +200,40 @@ def _check_declared_length(request: Request, limit: int) -> None:
 
 
 async def _stream_tar(request: Request, upload_dir: Path, limit: int) -> Path:
-    """Extract the request body while it arrives (batches of ~1 MiB go to a thread)."""
+    """Extract the request body while it arrives (batches of ~1 MiB go to a thread). If
+    the extractor refuses the tar early, the rest of the body is read and dropped so the
+    client still gets the 400 answer instead of a broken pipe."""
     _check_declared_length(request, limit)
     reader = uploads.StreamReader()
     loop = asyncio.get_running_loop()
-    extraction = loop.run_in_executor(None, uploads.extract_tar, reader, upload_dir, limit)
-    received, batch = 0, []
+
+    def extract() -> Path:
+        try:
+            return uploads.extract_tar(reader, upload_dir, limit)
+        finally:
+            reader.close()
+
+    extraction = loop.run_in_executor(None, extract)
+    received, batch, accepting = 0, [], True
     try:
         async for chunk in request.stream():
-            if not chunk:
-                continue
             received += len(chunk)
             if received > limit:
                 raise uploads.too_large(limit)
+            if not chunk or not accepting:
+                continue
             batch.append(chunk)
             if sum(map(len, batch)) >= STREAM_BATCH:
-                if not await loop.run_in_executor(None, reader.put, b"".join(batch)):
-                    break
+                accepting = await loop.run_in_executor(None, reader.put, b"".join(batch))
                 batch = []
-        if batch:
+        if accepting and batch:
             await loop.run_in_executor(None, reader.put, b"".join(batch))
         await loop.run_in_executor(None, reader.put, b"")
     except BaseException:
         reader.close()
         await asyncio.gather(extraction, return_exceptions=True)
         raise
-    try:
-        return await extraction
-    finally:
-        reader.close()
+    return await extraction
 
 
 def _build_job(job_id: str, fields: dict[str, Any], bundle_dir: Path, default_models: str) -> Job:

@@ -72,7 +72,7 @@ def backend(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("backend")
     (root / "data").mkdir()
     (root / "bundles").mkdir()
-    running = start_backend(root / "data", "--allow-root", str(root / "bundles"), "--max-upload-mb", "2")
+    running = start_backend(root / "data", "--allow-root", str(root / "bundles"), "--max-upload-mb", "16")
     yield running
     running.stop()
 

@@ -138,7 +138,7 @@ def test_not_a_tar_and_bad_query_params(backend):
 
 
 def test_oversized_uploads(backend):
-    big = _tar_bytes(lambda archive: (_file(archive, "bundle.json", b"{}"), _file(archive, "rgb/0001.png", b"\0" * (3 << 20))))
+    big = _tar_bytes(lambda archive: (_file(archive, "bundle.json", b"{}"), _file(archive, "rgb/0001.png", b"\0" * (17 << 20))))
     _assert_field(_post_tar(backend, big), 413, "bundle")
 
     def chunks():
@@ -149,6 +149,18 @@ def test_oversized_uploads(backend):
     _assert_field(response, 413, "bundle")  # no Content-Length: caught while streaming
     response = backend.client().post("/v1/jobs", data={"task": "toy2d"}, files={"bundle": ("b.tar", big, "application/x-tar")})
     _assert_field(response, 413, "bundle")
+
+
+def test_a_large_tar_refused_at_its_first_member_still_gets_an_answer(backend):
+    body = _tar_bytes(lambda archive: (_file(archive, "../evil.json"), _file(archive, "rgb/0001.png", b"\0" * (12 << 20))))
+
+    def chunks():
+        for start in range(0, len(body), 1 << 16):
+            yield body[start:start + (1 << 16)]
+
+    response = backend.client().post("/v1/jobs", params={"task": "toy2d"}, content=chunks(), headers={"content-type": "application/x-tar"})
+    _assert_field(response, 400, "bundle:../evil.json")
+    assert backend.client().get("/v1/health").status_code == 200
 
 
 def test_multipart_upload_and_wrong_content_type(backend):
