@@ -12,7 +12,7 @@ Starts the real backend on a free loopback port (CPU), then
    not the disk's writeback). Goal: upload throughput > 0.5 x copy throughput.
 
 Run: ``python benchmarks/ipc.py [--frames 49] [--calls 200] [--repeats 5] [--tmp DIR]`` from the
-repository root. Prints a table and writes ``benchmarks/ipc.json``.
+repository root. Prints a table (and writes the numbers with ``--json FILE``).
 """
 
 from __future__ import annotations
@@ -96,6 +96,7 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=49)
     parser.add_argument("--calls", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--json", type=Path, default=None, help="also write the numbers to this JSON file")
     parser.add_argument("--tmp", type=Path, default=Path("/dev/shm") if Path("/dev/shm").is_dir() else None, help="where the bundle, the copies and the backend's data live (default /dev/shm: memory, so disk writeback noise does not decide the ratio)")
     arguments = parser.parse_args()
     with tempfile.TemporaryDirectory(dir=arguments.tmp, prefix="poe-ipc-") as temporary:
@@ -108,7 +109,8 @@ def main() -> None:
             os.kill(process.pid, signal.SIGTERM)
             process.wait(timeout=30)
     print_table(report)
-    (REPO / "benchmarks" / "ipc.json").write_text(json.dumps(report, indent=2))
+    if arguments.json is not None:
+        arguments.json.write_text(json.dumps(report, indent=2))
 
 
 def cpu_seconds(pid: int) -> float:

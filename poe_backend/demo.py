@@ -183,7 +183,7 @@ def run_demo(arguments: argparse.Namespace) -> int:
 
     scene = build_scene()
     report.step("scene built with bpy", f"Blender {bpy.app.version_string}: ground, cube, sun, camera at {scene.render.resolution_x}x{scene.render.resolution_y}")
-    params = TOY_PARAMS if arguments.task == "toy2d" else {"preset": "preview"}
+    params = TOY_PARAMS if arguments.task == "toy2d" else {}  # real tasks: their preview parameters go here
     bundle_dir, how = capture(scene, out / "bundle", arguments.task, "a cube on the ground", params)
     report.step("bundle captured", f"{bundle_dir} via {how}")
     process, client, health = start_backend(out, client_module)
