@@ -75,12 +75,10 @@ class Client:
             return urllib.request.urlopen(request, timeout=timeout or self.timeout)
         except urllib.error.HTTPError as error:
             raise _http_error(error) from None
-        except (BrokenPipeError, ConnectionResetError) as error:
-            if body is None:
-                raise BackendNotRunning(f"the backend at {self.url} dropped the connection ({error}); is it still running?") from None
-            raise BackendError(f"the backend at {self.url} closed the connection while the request was being sent ({error}); see the backend's log") from None
         except (urllib.error.URLError, ConnectionError, socket.timeout, TimeoutError) as error:
             reason = getattr(error, "reason", error)
+            if body is not None and isinstance(reason, (BrokenPipeError, ConnectionResetError)):
+                raise BackendError(f"the backend at {self.url} closed the connection while the request was being sent ({reason}); see the backend's log") from None
             raise BackendNotRunning(f"the backend at {self.url} is not reachable ({reason}); start it (Start local backend) or check the URL in the preferences") from None
 
     def _json(self, method: str, route: str, payload: dict[str, Any] | None = None, **kwargs: Any) -> Any:

@@ -168,6 +168,21 @@ class JobTracker:
             sleep(delay)
 
 
+DEFAULT_DATA_DIR = Path.home() / ".local" / "share" / "poe-backend"
+
+
+def token_path_from_command(command_line: str) -> Path:
+    """Where a backend started by ``command_line`` keeps its token: ``--data-dir DIR``
+    (or ``--data-dir=DIR``) + ``/token``, else the serve command's default data dir."""
+    arguments = shlex.split(command_line)
+    for index, argument in enumerate(arguments):
+        if argument == "--data-dir" and index + 1 < len(arguments):
+            return Path(arguments[index + 1]).expanduser() / "token"
+        if argument.startswith("--data-dir="):
+            return Path(argument.split("=", 1)[1]).expanduser() / "token"
+    return DEFAULT_DATA_DIR / "token"
+
+
 def start_backend(command_line: str, client: Client, log_path: str | Path, *, timeout: float = 120.0) -> subprocess.Popen:
     """Run the preferences' command line (e.g. ``poe-backend serve --port 7860``), its
     output going to ``log_path``, and wait until ``/v1/health`` answers; raises

@@ -198,6 +198,11 @@ class POE_OT_start_backend(bpy.types.Operator):
         try:
             SESSION.backend = jobs.start_backend(config.command, client, config.output_dir / "backend.log", timeout=self.timeout)
             health = client.health()
+            token_path = jobs.token_path_from_command(config.command)
+            if not config.token and token_path.is_file():  # first start: fill in the new token
+                from . import prefs
+
+                prefs(context).backend_token = token_path.read_text(encoding="utf-8").strip()
         except BackendError as error:
             self.report({"ERROR"}, error.message)
             return {"CANCELLED"}

@@ -149,3 +149,26 @@ def test_operator_errors_are_reports_not_tracebacks(operators, backend, scene, t
     operators.backend_command = f"{Path('/nonexistent/poe-backend')} serve"
     with pytest.raises(RuntimeError, match="could not run"):
         bpy.ops.poe.start_backend()
+
+
+def test_start_local_backend_runs_the_command_and_picks_up_the_token(operators, tmp_path):
+    import shlex
+    import sys
+
+    from addon.jobs import token_path_from_command
+    from tests.server.conftest import free_port
+
+    port = free_port()
+    data_dir = tmp_path / "started"
+    operators.backend_url, operators.backend_token = f"http://127.0.0.1:{port}", ""
+    operators.backend_command = shlex.join([sys.executable, "-m", "poe_backend", "serve", "--port", str(port), "--data-dir", str(data_dir)])
+    assert token_path_from_command(operators.backend_command) == data_dir / "token"
+    try:
+        assert bpy.ops.poe.start_backend() == {"FINISHED"}
+        assert operators.backend_token == (data_dir / "token").read_text().strip()
+        assert Client(operators.backend_url, operators.backend_token).jobs() == []
+    finally:
+        process = operators_jobs.SESSION.backend
+        if process is not None:
+            process.terminate()
+            process.wait(timeout=30)
