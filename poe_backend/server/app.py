@@ -260,15 +260,26 @@ def describe_task(name: str) -> dict[str, Any]:
     schema = task.Params.model_json_schema()
     parameters = []
     for key, prop in schema.get("properties", {}).items():
+        ranged = next((option for option in prop.get("anyOf", []) if "minimum" in option or "maximum" in option), prop)
         parameters.append({
             "name": key,
-            "type": prop.get("type", "any"),
+            "type": _json_type(prop),
             "default": prop.get("default"),
-            "minimum": prop.get("minimum", prop.get("exclusiveMinimum")),
-            "maximum": prop.get("maximum", prop.get("exclusiveMaximum")),
+            "minimum": ranged.get("minimum", ranged.get("exclusiveMinimum")),
+            "maximum": ranged.get("maximum", ranged.get("exclusiveMaximum")),
             "description": prop.get("description", ""),
         })
     return {"name": name, "available": True, "kind": task.kind, "passes": list(TASK_PASSES.get(name, ())), "parameters": parameters, "schema": schema}
+
+
+def _json_type(prop: dict[str, Any]) -> str:
+    """``integer``, ``number``, ... ; optional fields (``anyOf`` with null) give their
+    non-null type plus ``|null``."""
+    if "type" in prop:
+        return prop["type"]
+    kinds = [option.get("type", "any") for option in prop.get("anyOf", [])]
+    named = [kind for kind in kinds if kind != "null"]
+    return "|".join(named + (["null"] if "null" in kinds else [])) or "any"
 
 
 def device_info(device: str) -> dict[str, Any]:

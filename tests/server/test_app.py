@@ -39,6 +39,7 @@ def test_tasks_list_parameters_with_types_defaults_and_ranges(backend):
     tasks = {task["name"]: task for task in backend.client().get("/v1/tasks").json()["tasks"]}
     parameters = {parameter["name"]: parameter for parameter in tasks["toy2d"]["parameters"]}
     assert parameters["particles"] == {**parameters["particles"], "type": "integer", "default": 500, "minimum": 1, "maximum": 100_000}
+    assert parameters["levels"]["type"] == "integer|null" and (parameters["levels"]["minimum"], parameters["levels"]["maximum"]) == (2, 10_000)
     assert tasks["toy2d"]["kind"] == "image" and "properties" in tasks["toy2d"]["schema"]
 
 
