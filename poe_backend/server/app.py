@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import shutil
@@ -31,13 +30,13 @@ from poe_backend.bundle import TASK_PASSES
 from poe_backend.server import uploads, validation
 from poe_backend.server.auth import token_matches
 from poe_backend.server.errors import InputError
+from poe_backend.server.info import describe_task, device_info, loaded_models
 from poe_backend.server.jobs import Job, JobStore, new_job_id
-from poe_backend.tasks import TASK_CLASSES, get_task
+from poe_backend.tasks import TASK_CLASSES
 
 #: Bumped when a route or a body changes incompatibly; the add-on checks it.
 API_VERSION = 1
 TAR_TYPES = frozenset({"application/x-tar", "application/tar", "application/gzip", "application/x-gzip", "application/octet-stream"})
-STREAM_BATCH = 1 << 20
 
 
 @dataclass
@@ -123,7 +122,7 @@ def create_app(config: ServerConfig, store: JobStore | None = None) -> FastAPI:
             elif content_type in TAR_TYPES:
                 fields = _query_fields(request)
                 _precheck_task(fields.get("task"))
-                bundle_dir = await _stream_tar(request, upload_dir, config.max_upload_bytes)
+                bundle_dir = await uploads.receive_tar(request, upload_dir, config.max_upload_bytes)
             else:
                 raise InputError("content-type", f"{content_type or 'none'} is not accepted: send JSON with bundle_path, a tar body, or multipart", status=415)
             job = await run_in_threadpool(_build_job, job_id, fields, bundle_dir, config.models)
@@ -181,7 +180,7 @@ def _query_fields(request: Request) -> dict[str, Any]:
 
 
 async def _multipart(request: Request, upload_dir: Path, limit: int, roots: list[Path]) -> tuple[dict[str, Any], Path]:
-    _check_declared_length(request, limit)
+    uploads.check_declared_length(request, limit)
     form = await request.form()
     fields = {"task": form.get("task"), "params": _parse_params_text(form.get("params")), "models": form.get("models")}
     upload = form.get("bundle")
@@ -191,49 +190,6 @@ async def _multipart(request: Request, upload_dir: Path, limit: int, roots: list
     if upload.size is not None and upload.size > limit:
         raise uploads.too_large(limit)
     return fields, await run_in_threadpool(uploads.extract_tar, upload.file, upload_dir, limit)
-
-
-def _check_declared_length(request: Request, limit: int) -> None:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise uploads.too_large(limit)
-
-
-async def _stream_tar(request: Request, upload_dir: Path, limit: int) -> Path:
-    """Extract the request body while it arrives (batches of ~1 MiB go to a thread). If
-    the extractor refuses the tar early, the rest of the body is read and dropped so the
-    client still gets the 400 answer instead of a broken pipe."""
-    _check_declared_length(request, limit)
-    reader = uploads.StreamReader()
-    loop = asyncio.get_running_loop()
-
-    def extract() -> Path:
-        try:
-            return uploads.extract_tar(reader, upload_dir, limit)
-        finally:
-            reader.close()
-
-    extraction = loop.run_in_executor(None, extract)
-    received, batch, accepting = 0, [], True
-    try:
-        async for chunk in request.stream():
-            received += len(chunk)
-            if received > limit:
-                raise uploads.too_large(limit)
-            if not chunk or not accepting:
-                continue
-            batch.append(chunk)
-            if sum(map(len, batch)) >= STREAM_BATCH:
-                accepting = await loop.run_in_executor(None, reader.put, b"".join(batch))
-                batch = []
-        if accepting and batch:
-            await loop.run_in_executor(None, reader.put, b"".join(batch))
-        await loop.run_in_executor(None, reader.put, b"")
-    except BaseException:
-        reader.close()
-        await asyncio.gather(extraction, return_exceptions=True)
-        raise
-    return await extraction
 
 
 def _build_job(job_id: str, fields: dict[str, Any], bundle_dir: Path, default_models: str) -> Job:
@@ -250,53 +206,3 @@ def _build_job(job_id: str, fields: dict[str, Any], bundle_dir: Path, default_mo
     return Job(id=job_id, task=bundle.task, bundle_dir=str(bundle_dir), params=params.model_dump(mode="json"), models=models, bundle=summary)
 
 
-def describe_task(name: str) -> dict[str, Any]:
-    """A task's passes, result kind and parameters (JSON schema plus a flat list with
-    type, default, minimum and maximum for the add-on's UI)."""
-    try:
-        task = get_task(name)
-    except Exception as error:  # noqa: BLE001 - one broken task must not hide the others
-        return {"name": name, "available": False, "error": f"{type(error).__name__}: {error}"}
-    schema = task.Params.model_json_schema()
-    parameters = []
-    for key, prop in schema.get("properties", {}).items():
-        ranged = next((option for option in prop.get("anyOf", []) if "minimum" in option or "maximum" in option), prop)
-        parameters.append({
-            "name": key,
-            "type": _json_type(prop),
-            "default": prop.get("default"),
-            "minimum": ranged.get("minimum", ranged.get("exclusiveMinimum")),
-            "maximum": ranged.get("maximum", ranged.get("exclusiveMaximum")),
-            "description": prop.get("description", ""),
-        })
-    return {"name": name, "available": True, "kind": task.kind, "passes": list(TASK_PASSES.get(name, ())), "parameters": parameters, "schema": schema}
-
-
-def _json_type(prop: dict[str, Any]) -> str:
-    """``integer``, ``number``, ... ; optional fields (``anyOf`` with null) give their
-    non-null type plus ``|null``."""
-    if "type" in prop:
-        return prop["type"]
-    kinds = [option.get("type", "any") for option in prop.get("anyOf", [])]
-    named = [kind for kind in kinds if kind != "null"]
-    return "|".join(named + (["null"] if "null" in kinds else [])) or "any"
-
-
-def device_info(device: str) -> dict[str, Any]:
-    import torch
-
-    info: dict[str, Any] = {"device": device, "torch": torch.__version__, "vram_free_bytes": None, "vram_total_bytes": None}
-    if device.startswith("cuda") and torch.cuda.is_available():
-        free, total = torch.cuda.mem_get_info(torch.device(device))
-        info.update(vram_free_bytes=free, vram_total_bytes=total, device_name=torch.cuda.get_device_name(torch.device(device)))
-    return info
-
-
-def loaded_models() -> list[str]:
-    """Names of models the registry holds in memory (empty until a registry exists)."""
-    try:
-        from poe_backend.experts import registry  # type: ignore[attr-defined]
-    except ImportError:
-        return []
-    names = getattr(registry, "loaded_models", None)
-    return list(names()) if callable(names) else []

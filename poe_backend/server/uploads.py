@@ -1,5 +1,6 @@
 """Getting a bundle onto the server's disk safely: allowed roots for local paths, and a
-streaming tar extractor that accepts only plain files and directories inside the target.
+streaming tar extractor that accepts only plain files and directories inside the target
+(:func:`receive_tar` feeds it from the request body while the upload arrives).
 
 The extractor never calls ``extractall``: every member is checked (no absolute names, no
 ``..``, no links, devices or FIFOs) and copied by hand, so a hostile tar cannot write
@@ -9,16 +10,20 @@ outside the job directory. Sizes are limited on the raw stream and on what is ex
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import shutil
 import tarfile
 import threading
 from pathlib import Path, PurePosixPath
 
+from starlette.requests import Request
+
 from poe_backend.bundle import BUNDLE_FILE
 from poe_backend.server.errors import InputError
 
 COPY_CHUNK = 1 << 20
+STREAM_BATCH = 1 << 20
 
 
 def too_large(limit_bytes: int) -> InputError:
@@ -125,3 +130,46 @@ class StreamReader:
             parts.append(bytes(take))
             wanted -= len(take)
         return b"".join(parts)
+
+
+def check_declared_length(request: Request, limit: int) -> None:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise too_large(limit)
+
+
+async def receive_tar(request: Request, upload_dir: Path, limit: int) -> Path:
+    """Extract the request body while it arrives (batches of ~1 MiB go to a thread). If
+    the extractor refuses the tar early, the rest of the body is read and dropped so the
+    client still gets the 400 answer instead of a broken pipe."""
+    check_declared_length(request, limit)
+    reader = StreamReader()
+    loop = asyncio.get_running_loop()
+
+    def extract() -> Path:
+        try:
+            return extract_tar(reader, upload_dir, limit)
+        finally:
+            reader.close()
+
+    extraction = loop.run_in_executor(None, extract)
+    received, batch, accepting = 0, [], True
+    try:
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > limit:
+                raise too_large(limit)
+            if not chunk or not accepting:
+                continue
+            batch.append(chunk)
+            if sum(map(len, batch)) >= STREAM_BATCH:
+                accepting = await loop.run_in_executor(None, reader.put, b"".join(batch))
+                batch = []
+        if accepting and batch:
+            await loop.run_in_executor(None, reader.put, b"".join(batch))
+        await loop.run_in_executor(None, reader.put, b"")
+    except BaseException:
+        reader.close()
+        await asyncio.gather(extraction, return_exceptions=True)
+        raise
+    return await extraction
