@@ -19,6 +19,7 @@ and the timer; Blender's timers and operators need such a place to meet.
 
 from __future__ import annotations
 
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,7 +46,9 @@ def settings(context: bpy.types.Context) -> Settings:
     from . import prefs  # the add-on's helper; imported late to avoid a cycle
 
     preferences = prefs(context)
-    output = bpy.path.abspath(getattr(preferences, "output_dir", "") or "//poe") or str(Path(bpy.app.tempdir or "/tmp") / "poe")
+    output = bpy.path.abspath(getattr(preferences, "output_dir", "") or "")
+    if not output or output.startswith("//"):  # unset, or relative to a .blend not saved yet
+        output = str(Path(tempfile.gettempdir()) / "poe")
     return Settings(
         url=preferences.backend_url,
         token=preferences.backend_token,
@@ -146,8 +149,8 @@ class POE_OT_generate(bpy.types.Operator):
         except BackendError as error:
             self.report({"ERROR"}, error.message)
             return {"CANCELLED"}
-        except (ValueError, OSError, RuntimeError) as error:
-            self.report({"ERROR"}, f"could not capture or submit: {error}")
+        except Exception as error:  # noqa: BLE001 - reported in the UI, never a traceback
+            self.report({"ERROR"}, f"could not capture or submit: {type(error).__name__}: {error}")
             return {"CANCELLED"}
         self.report({"INFO"}, f"submitted job {tracked.job_id} ({tracked.task})")
         return {"FINISHED"}
@@ -237,8 +240,8 @@ class POE_OT_load_result(bpy.types.Operator):
         except BackendError as error:
             self.report({"ERROR"}, error.message)
             return {"CANCELLED"}
-        except (ValueError, OSError, RuntimeError, KeyError) as error:
-            self.report({"ERROR"}, f"could not load job {job_id}: {error}")
+        except Exception as error:  # noqa: BLE001 - reported in the UI, never a traceback
+            self.report({"ERROR"}, f"could not load job {job_id}: {type(error).__name__}: {error}")
             return {"CANCELLED"}
         self.report({"INFO"}, f"loaded job {job_id}")
         return {"FINISHED"}

@@ -146,6 +146,8 @@ def test_operator_errors_are_reports_not_tracebacks(operators, backend, scene, t
     with pytest.raises(RuntimeError, match="is not reachable"):
         operators.backend_url = "http://127.0.0.1:9"
         bpy.ops.poe.generate(bundle_dir=str(write_bundle(backend.data_dir / "op-down")))
+    with pytest.raises(RuntimeError, match="could not capture or submit"):
+        bpy.ops.poe.generate()  # capture needs addon.capture and scene.poe (the capture branch)
     operators.backend_command = f"{Path('/nonexistent/poe-backend')} serve"
     with pytest.raises(RuntimeError, match="could not run"):
         bpy.ops.poe.start_backend()
