@@ -3,15 +3,12 @@ result, plus ``draw_jobs`` for the panel. Operators stay thin: read settings, ca
 bpy-free tracker (:mod:`.jobs`) or client (:mod:`.client`), report errors with
 ``self.report({'ERROR'}, message)`` — never a traceback.
 
-Assumed from the rest of the add-on (adjust here if the names differ):
-
-* ``prefs(context)`` in ``addon/__init__.py`` returns the preferences with ``backend_url``,
-  ``backend_token``, ``backend_command`` (the start command line), ``output_dir`` and,
-  optionally, ``result_as_background`` (bool);
-* ``context.scene.poe`` holds the generation settings: ``task``, ``prompt`` and
-  optionally ``params_dict()`` returning the task parameters;
-* ``addon.capture.capture_bundle(scene, out_dir, *, task, prompt, params) -> Path`` of
-  bundle.json.
+Uses from the rest of the add-on (the capture branch): ``prefs(context)`` in
+``addon/__init__.py`` (``backend_url``, ``token``, ``backend_command``, ``output_dir``;
+optional ``result_as_background``; None when registered by a script), the scene settings
+``scene.poe`` (``task``, ``prompt``, ``objects``, ``seed``, ``frames(scene)``,
+``resolution()``, ``backend_params()``, ``last_bundle``) and
+``addon.capture.capture_bundle``, called exactly as the Capture operator calls it.
 
 One :class:`Session` per Blender process holds the tracker, the started backend process
 and the timer; Blender's timers and operators need such a place to meet.
@@ -42,20 +39,33 @@ class Settings:
     as_background: bool = False
 
 
+DEFAULT_URL = "http://127.0.0.1:7860"
+DEFAULT_COMMAND = "poe-backend serve"
+
+
 def settings(context: bpy.types.Context) -> Settings:
+    """Backend settings from the add-on preferences (defaults when the add-on's classes
+    were registered by a script and ``prefs`` returns None)."""
     from . import prefs  # the add-on's helper; imported late to avoid a cycle
 
     preferences = prefs(context)
-    output = bpy.path.abspath(getattr(preferences, "output_dir", "") or "")
-    if not output or output.startswith("//"):  # unset, or relative to a .blend not saved yet
-        output = str(Path(tempfile.gettempdir()) / "poe")
     return Settings(
-        url=preferences.backend_url,
-        token=preferences.backend_token,
-        command=getattr(preferences, "backend_command", ""),
-        output_dir=Path(output),
+        url=getattr(preferences, "backend_url", "") or DEFAULT_URL,
+        token=getattr(preferences, "token", "") or "",
+        command=getattr(preferences, "backend_command", "") or DEFAULT_COMMAND,
+        output_dir=output_root(getattr(preferences, "output_dir", "") or ""),
         as_background=bool(getattr(preferences, "result_as_background", False)),
     )
+
+
+def output_root(configured: str) -> Path:
+    """The preferences' output folder; else ``poe/`` beside the saved .blend; else a temp
+    dir (the same rule as the capture operator)."""
+    if configured:
+        return Path(bpy.path.abspath(configured))
+    if bpy.data.filepath:
+        return Path(bpy.data.filepath).parent / "poe"
+    return Path(tempfile.gettempdir()) / "poe"
 
 
 @dataclass
@@ -108,13 +118,25 @@ def _redraw_panels() -> None:
                 area.tag_redraw()
 
 
-def scene_request(scene: bpy.types.Scene) -> tuple[str, str, dict[str, Any]]:
-    """``(task, prompt, params)`` from the scene's PoE settings."""
+def capture_scene(context: bpy.types.Context, config: Settings) -> tuple[Path, str]:
+    """Capture the scene with its PoE settings (``scene.poe``), as the Capture operator
+    does; returns the bundle folder and the task."""
+    from .capture import capture_bundle
+
+    scene = context.scene
     poe = getattr(scene, "poe", None)
     if poe is None:
         raise ValueError("the scene has no PoE settings (scene.poe); is the add-on enabled?")
-    params = poe.params_dict() if hasattr(poe, "params_dict") else {}
-    return str(poe.task), str(getattr(poe, "prompt", "")), params
+    items = [item for item in poe.objects if item.object is not None]
+    out_dir = config.output_dir / f"{bpy.path.clean_name(scene.name)}_{poe.task}_{time.strftime('%Y%m%d-%H%M%S')}"
+    bundle_json = capture_bundle(
+        scene, out_dir, task=poe.task, frames=poe.frames(scene),
+        objects=[item.object.name for item in items] or None,
+        object_prompts={item.object.name: item.prompt for item in items if item.prompt} or None,
+        prompt=poe.prompt, params=poe.backend_params(), seed=poe.seed, resolution=poe.resolution(),
+    )
+    poe.last_bundle = str(bundle_json)
+    return Path(bundle_json).parent, poe.task
 
 
 def capture_and_submit(context: bpy.types.Context, config: Settings, bundle_dir: str) -> jobs.TrackedJob:
@@ -123,12 +145,8 @@ def capture_and_submit(context: bpy.types.Context, config: Settings, bundle_dir:
     if bundle_dir:
         tracked = tracker.submit(Path(bpy.path.abspath(bundle_dir)))
     else:
-        from .capture import capture_bundle
-
-        task, prompt, params = scene_request(context.scene)
-        out_dir = config.output_dir / "bundles" / f"{bpy.path.clean_name(context.scene.name)}-{time.strftime('%Y%m%d-%H%M%S')}"
-        bundle_json = capture_bundle(context.scene, out_dir, task=task, prompt=prompt, params=params)
-        tracked = tracker.submit(Path(bundle_json).parent, task=task)
+        captured, task = capture_scene(context, config)
+        tracked = tracker.submit(captured, task=task)
     SESSION.scenes[tracked.job_id] = context.scene.name
     SESSION.ensure_timer()
     return tracked
@@ -205,7 +223,9 @@ class POE_OT_start_backend(bpy.types.Operator):
             if not config.token and token_path.is_file():  # first start: fill in the new token
                 from . import prefs
 
-                prefs(context).backend_token = token_path.read_text(encoding="utf-8").strip()
+                preferences = prefs(context)
+                if preferences is not None:
+                    preferences.token = token_path.read_text(encoding="utf-8").strip()
         except BackendError as error:
             self.report({"ERROR"}, error.message)
             return {"CANCELLED"}

@@ -107,7 +107,7 @@ def test_backend_down_gives_a_clear_message(tmp_path, scene):
 
 @pytest.fixture
 def operators(backend, tmp_path, monkeypatch):
-    preferences = types.SimpleNamespace(backend_url=backend.url, backend_token=backend.token, backend_command="", output_dir=str(tmp_path / "poe"), result_as_background=False)
+    preferences = types.SimpleNamespace(backend_url=backend.url, token=backend.token, backend_command="", output_dir=str(tmp_path / "poe"), result_as_background=False)
     monkeypatch.setattr(addon, "prefs", lambda context: preferences, raising=False)
     monkeypatch.setattr(operators_jobs, "SESSION", operators_jobs.Session())
     for cls in operators_jobs.CLASSES:
@@ -162,13 +162,13 @@ def test_start_local_backend_runs_the_command_and_picks_up_the_token(operators, 
 
     port = free_port()
     data_dir = tmp_path / "started"
-    operators.backend_url, operators.backend_token = f"http://127.0.0.1:{port}", ""
+    operators.backend_url, operators.token = f"http://127.0.0.1:{port}", ""
     operators.backend_command = shlex.join([sys.executable, "-m", "poe_backend", "serve", "--port", str(port), "--data-dir", str(data_dir)])
     assert token_path_from_command(operators.backend_command) == data_dir / "token"
     try:
         assert bpy.ops.poe.start_backend() == {"FINISHED"}
-        assert operators.backend_token == (data_dir / "token").read_text().strip()
-        assert Client(operators.backend_url, operators.backend_token).jobs() == []
+        assert operators.token == (data_dir / "token").read_text().strip()
+        assert Client(operators.backend_url, operators.token).jobs() == []
     finally:
         process = operators_jobs.SESSION.backend
         if process is not None:
