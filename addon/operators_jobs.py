@@ -174,10 +174,10 @@ class POE_OT_generate(bpy.types.Operator):
         return {"FINISHED"}
 
 
-class POE_OT_cancel_job(bpy.types.Operator):
+class POE_OT_cancel(bpy.types.Operator):
     """Cancel a queued or running job (the latest active one by default)"""
 
-    bl_idname = f"{BL_PREFIX}.cancel_job"
+    bl_idname = f"{BL_PREFIX}.cancel"
     bl_label = "Cancel"
     bl_options = {"REGISTER"}
 
@@ -267,14 +267,12 @@ class POE_OT_load_result(bpy.types.Operator):
         return {"FINISHED"}
 
 
-CLASSES = (POE_OT_generate, POE_OT_cancel_job, POE_OT_start_backend, POE_OT_load_result)
+CLASSES = (POE_OT_generate, POE_OT_cancel, POE_OT_start_backend, POE_OT_load_result)
 
 
 def draw_jobs(layout: bpy.types.UILayout, context: bpy.types.Context, *, max_rows: int = 5) -> None:
-    """The panel's job section: buttons and one status line per recent job."""
-    row = layout.row(align=True)
-    row.operator(POE_OT_generate.bl_idname, icon="RENDER_STILL")
-    row.operator(POE_OT_cancel_job.bl_idname, icon="CANCEL", text="")
+    """The panel's backend section (Generate and Cancel sit in the panel's action row):
+    Start local backend, then one status line per recent job with a Load button."""
     layout.operator(POE_OT_start_backend.bl_idname, icon="PLAY")
     tracker = SESSION.tracker
     for tracked in list(tracker.jobs.values())[-max_rows:] if tracker else []:

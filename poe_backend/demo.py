@@ -1,9 +1,9 @@
 """``poe-backend demo``: the whole round trip on a fresh machine, in one command.
 
 1. builds an example scene with bpy (camera, ground, a cube, a light);
-2. captures a bundle from it (the add-on's ``capture_bundle`` when the add-on in this
-   checkout has one; until then a bundle.json written from the scene's camera and
-   render settings, which is all the ``toy2d`` task reads);
+2. captures a bundle from it (the add-on's ``capture_bundle`` for the tasks it renders;
+   for ``toy2d``, which reads no passes, a bundle.json written from the scene's camera
+   and render settings);
 3. starts the backend (``poe-backend serve`` as a subprocess on a free loopback port);
 4. submits a job through the add-on's own client and job tracker and ticks it to the end
    (the same code the Blender UI runs from a timer);
@@ -114,17 +114,19 @@ def _box_mesh(name: str, half: tuple[float, float, float]):
 
 
 def capture(scene, out_dir: Path, task: str, prompt: str, params: dict[str, Any]) -> tuple[Path, str]:
-    """The bundle folder and how it was made. Uses ``addon.capture.capture_bundle`` when
-    the add-on has it; otherwise (only possible for toy2d) writes bundle.json from the scene."""
+    """The bundle folder and how it was made. Uses ``addon.capture.capture_bundle`` for
+    the tasks it renders; toy2d (which reads no passes and which capture does not know)
+    gets a bundle.json written from the scene's camera and render settings."""
     try:
-        from addon.capture import capture_bundle
+        from addon import capture as capture_module
     except ImportError:
-        capture_bundle = None
-    if capture_bundle is not None:
+        capture_module = None
+    if capture_module is not None and task in getattr(capture_module, "TASK_RENDERS", ()):
+        capture_bundle = capture_module.capture_bundle
         bundle_json = capture_bundle(scene, out_dir, task=task, prompt=prompt, params=params)
         return Path(bundle_json).parent, "addon.capture.capture_bundle (Cycles passes)"
     if task != "toy2d":
-        raise SystemExit(f"task {task!r} needs the add-on's capture (addon/capture), which this checkout does not have yet")
+        raise SystemExit(f"task {task!r} needs the add-on's capture (addon/capture) to render its passes, which this checkout does not have for it")
     return bundle_from_scene(scene, out_dir, task, prompt, params), "bundle.json from the scene's camera and render settings (toy2d reads no passes)"
 
 

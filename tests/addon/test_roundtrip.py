@@ -135,9 +135,31 @@ def test_generate_load_and_cancel_operators(operators, backend, scene):
 
     long_bundle = write_bundle(backend.data_dir / "op-long", params=LONG)
     bpy.ops.poe.generate(bundle_dir=str(long_bundle))
-    assert bpy.ops.poe.cancel_job() == {"FINISHED"}
+    assert bpy.ops.poe.cancel() == {"FINISHED"}
     _drive_session()
     assert [job.state for job in operators_jobs.SESSION.tracker.jobs.values()] == ["done", "cancelled"]
+    layout = RecordingLayout()
+    operators_jobs.draw_jobs(layout, bpy.context)
+    labels = [text for kind, text in layout.calls if kind == "label"]
+    assert labels[0].startswith("toy2d done") and labels[1].startswith("toy2d cancelled - cancelled")
+    assert ("operator", "poe.start_backend") in layout.calls and ("operator", "poe.load_result") in layout.calls
+
+
+class RecordingLayout:
+    """Stands in for bpy.types.UILayout (which scripts cannot create) and records calls."""
+
+    def __init__(self, calls: list | None = None) -> None:
+        self.calls = [] if calls is None else calls
+
+    def row(self, **kwargs):
+        return RecordingLayout(self.calls)
+
+    def label(self, text: str = "", **kwargs) -> None:
+        self.calls.append(("label", text))
+
+    def operator(self, idname: str, **kwargs):
+        self.calls.append(("operator", idname))
+        return types.SimpleNamespace()
 
 
 def test_operator_errors_are_reports_not_tracebacks(operators, backend, scene, tmp_path):
