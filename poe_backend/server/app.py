@@ -75,7 +75,7 @@ def create_app(config: ServerConfig, store: JobStore | None = None) -> FastAPI:
         header = request.headers.get("authorization")
         if not token_matches(header, config.token):
             reason = "missing bearer token" if not header else "wrong token"
-            message = f"{reason}: use the token in {config.data_dir / 'token'} (add-on preferences: Backend token)"
+            message = f"{reason}: use the token in {config.data_dir / 'token'} (add-on preferences: Token)"
             raise InputError("authorization", message, code="unauthorized", status=401)
 
     @app.get("/v1/health")
