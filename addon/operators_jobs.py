@@ -106,6 +106,16 @@ class Session:
 SESSION = Session()
 
 
+def shutdown() -> None:
+    """For the add-on's ``unregister()``: stop polling and stop the backend this Blender
+    started (a backend started elsewhere keeps running)."""
+    if bpy.app.timers.is_registered(_timer):
+        bpy.app.timers.unregister(_timer)
+    if SESSION.backend is not None and SESSION.backend.poll() is None:
+        SESSION.backend.terminate()
+    SESSION.backend = None
+
+
 def _timer() -> float | None:
     return SESSION.tick()
 

@@ -193,6 +193,7 @@ def test_start_local_backend_runs_the_command_and_picks_up_the_token(operators, 
         assert Client(operators.backend_url, operators.token).jobs() == []
     finally:
         process = operators_jobs.SESSION.backend
+        operators_jobs.shutdown()  # what the add-on's unregister() calls
         if process is not None:
-            process.terminate()
             process.wait(timeout=30)
+            assert process.returncode is not None
