@@ -1,0 +1,237 @@
+"""HTTP client for the poe-backend service; stdlib only (urllib), no bpy.
+
+Every failure becomes a :class:`BackendError` with a message an artist can act on:
+:class:`BackendNotRunning` (nothing listens, with the URL), :class:`AuthError` (missing or
+wrong token), :class:`VersionMismatch` (add-on and backend speak different API versions)
+and plain :class:`BackendError` for 4xx/5xx answers, whose message is the server's own
+(it names the field at fault).
+
+Bundles go by path to a backend on this machine and as a tar stream to a remote one. The
+tar is generated on the fly (headers from :class:`tarfile.TarInfo`, file bytes straight
+from disk), so no temporary archive is written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import tarfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any, Iterator
+
+#: The backend API version this add-on speaks (``api_version`` in ``GET /v1/health``).
+API_VERSION = 1
+READ_CHUNK = 1 << 20
+
+
+class BackendError(Exception):
+    """A failed call; ``field`` names the input at fault when the server said so."""
+
+    def __init__(self, message: str, *, status: int | None = None, code: str | None = None, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.code = code
+        self.field = field
+
+
+class BackendNotRunning(BackendError):
+    pass
+
+
+class AuthError(BackendError):
+    pass
+
+
+class VersionMismatch(BackendError):
+    pass
+
+
+def is_local_url(url: str) -> bool:
+    """True when ``url`` points at this machine (the bundle can be sent by path)."""
+    host = urllib.parse.urlsplit(url).hostname or ""
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+class Client:
+    """One backend at ``url`` (e.g. ``http://127.0.0.1:7860``) with bearer ``token``."""
+
+    def __init__(self, url: str, token: str = "", *, timeout: float = 5.0) -> None:
+        self.url = url.rstrip("/")
+        self.token = token.strip()
+        self.timeout = timeout
+
+    # ---- low level ---------------------------------------------------------------------
+    def _request(self, method: str, route: str, *, body: Any = None, headers: dict[str, str] | None = None, timeout: float | None = None):
+        request = urllib.request.Request(f"{self.url}/v1{route}", data=body, method=method, headers=headers or {})
+        if self.token:
+            request.add_header("Authorization", f"Bearer {self.token}")
+        try:
+            return urllib.request.urlopen(request, timeout=timeout or self.timeout)
+        except urllib.error.HTTPError as error:
+            raise _http_error(error) from None
+        except (urllib.error.URLError, ConnectionError, socket.timeout, TimeoutError) as error:
+            reason = getattr(error, "reason", error)
+            if body is not None and isinstance(reason, (BrokenPipeError, ConnectionResetError)):
+                raise BackendError(f"the backend at {self.url} closed the connection while the request was being sent ({reason}); see the backend's log") from None
+            raise BackendNotRunning(f"the backend at {self.url} is not reachable ({reason}); start it (Start local backend) or check the URL in the preferences") from None
+
+    def _json(self, method: str, route: str, payload: dict[str, Any] | None = None, **kwargs: Any) -> Any:
+        body = None if payload is None else json.dumps(payload).encode()
+        headers = {"Content-Type": "application/json"} if payload is not None else {}
+        with self._request(method, route, body=body, headers=headers, **kwargs) as response:
+            return json.loads(response.read() or b"null")
+
+    # ---- routes ------------------------------------------------------------------------
+    def health(self) -> dict[str, Any]:
+        """``GET /v1/health``; raises :class:`VersionMismatch` when the API differs."""
+        data = self._json("GET", "/health")
+        if data.get("api_version") != API_VERSION:
+            raise VersionMismatch(f"the backend speaks API {data.get('api_version')} (version {data.get('version')}) but this add-on speaks API {API_VERSION}: update the one that is older")
+        return data
+
+    def tasks(self) -> list[dict[str, Any]]:
+        return self._json("GET", "/tasks")["tasks"]
+
+    def jobs(self) -> list[dict[str, Any]]:
+        return self._json("GET", "/jobs")["jobs"]
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        return self._json("GET", f"/jobs/{urllib.parse.quote(job_id)}")
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        return self._json("POST", f"/jobs/{urllib.parse.quote(job_id)}/cancel", {})
+
+    def submit(self, bundle_dir: str | Path, *, task: str | None = None, params: dict[str, Any] | None = None, models: str | None = None, upload: bool | None = None) -> dict[str, Any]:
+        """Submit a bundle directory; ``upload=None`` sends the path to a local backend
+        (uploading instead if the backend refuses the path as outside its roots) and
+        uploads to a remote one. Returns the new job's state."""
+        bundle_dir = Path(bundle_dir).resolve()
+        if upload is None:
+            upload = not is_local_url(self.url)
+        if not upload:
+            payload = {"task": task, "bundle_path": str(bundle_dir), "params": params or {}, "models": models}
+            try:
+                return self._json("POST", "/jobs", {key: value for key, value in payload.items() if value is not None})
+            except BackendError as error:
+                if error.code != "outside_roots":
+                    raise
+        return self.upload(bundle_dir, task=task, params=params, models=models)
+
+    def upload(self, bundle_dir: str | Path, *, task: str | None = None, params: dict[str, Any] | None = None, models: str | None = None, timeout: float = 600.0) -> dict[str, Any]:
+        """Stream ``bundle_dir`` as a tar body (``POST /v1/jobs``)."""
+        query = {"task": task, "params": json.dumps(params) if params else None, "models": models}
+        query_text = urllib.parse.urlencode({key: value for key, value in query.items() if value is not None})
+        members = list(_tar_members(Path(bundle_dir)))
+        size = _tar_size(members)
+        limit = self.health().get("max_upload_bytes")
+        if isinstance(limit, int) and size > limit:
+            raise BackendError(f"bundle: {size / 2**20:.0f} MiB is more than the backend accepts ({limit / 2**20:.0f} MiB, serve --max-upload-mb)", status=413, code="too_large", field="bundle")
+        headers = {"Content-Type": "application/x-tar", "Content-Length": str(size)}
+        with self._request("POST", f"/jobs?{query_text}", body=_tar_stream(members), headers=headers, timeout=timeout) as response:
+            return json.loads(response.read())
+
+    def download(self, job_id: str, name: str, destination: str | Path, *, timeout: float = 300.0) -> Path:
+        """Save output ``name`` of a job to ``destination`` (written atomically)."""
+        destination = Path(destination)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        temporary = destination.with_name(destination.name + ".part")
+        route = f"/jobs/{urllib.parse.quote(job_id)}/outputs/{urllib.parse.quote(name)}"
+        with self._request("GET", route, timeout=timeout) as response, open(temporary, "wb") as handle:
+            while chunk := response.read(READ_CHUNK):
+                handle.write(chunk)
+        os.replace(temporary, destination)
+        return destination
+
+    def download_outputs(self, job: dict[str, Any], directory: str | Path) -> dict[str, Path]:
+        """Download every output of a finished job into ``directory``, keeping the
+        server's relative paths; returns name -> local path."""
+        directory = Path(directory)
+        paths = {}
+        for name, relative in job.get("outputs", {}).items():
+            relative_path = Path(relative)
+            if relative_path.is_absolute() or ".." in relative_path.parts:
+                raise BackendError(f"the backend named an unsafe output path {relative!r}")
+            paths[name] = self.download(job["id"], name, directory / relative_path)
+        return paths
+
+    def wait_until_healthy(self, timeout: float = 60.0, interval: float = 0.25) -> dict[str, Any]:
+        """Poll ``/v1/health`` until it answers (or raise the last error after ``timeout``)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return self.health()
+            except BackendNotRunning:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(interval)
+
+
+def _http_error(error: urllib.error.HTTPError) -> BackendError:
+    try:
+        detail = json.loads(error.read() or b"{}")
+    except ValueError:
+        detail = {}
+    info = detail.get("error") if isinstance(detail, dict) else None
+    if isinstance(info, dict):
+        message, code, field = info.get("message", str(error)), info.get("code"), info.get("field")
+    else:
+        message, code, field = f"HTTP {error.code}: {detail.get('detail', error.reason) if isinstance(detail, dict) else error.reason}", None, None
+    kind = AuthError if error.code == 401 else BackendError
+    if error.code == 401:
+        message = f"the backend refused the token ({message})"
+    return kind(message, status=error.code, code=code, field=field)
+
+
+def _tar_members(root: Path) -> Iterator[tuple[tarfile.TarInfo, Path]]:
+    """Regular files under ``root`` (links are not followed), in a stable order."""
+    for path in sorted(root.rglob("*")):
+        if path.is_symlink() or not path.is_file():
+            continue
+        info = tarfile.TarInfo(path.relative_to(root).as_posix())
+        stat = path.stat()
+        info.size, info.mtime, info.mode = stat.st_size, int(stat.st_mtime), 0o644
+        yield info, path
+
+
+def _header(info: tarfile.TarInfo) -> bytes:
+    return info.tobuf(format=tarfile.PAX_FORMAT)
+
+
+def _tar_size(members: list[tuple[tarfile.TarInfo, Path]]) -> int:
+    size = sum(len(_header(info)) + _padded(info.size) for info, _ in members)
+    return _padded_record(size + 2 * tarfile.BLOCKSIZE)
+
+
+def _padded(size: int) -> int:
+    return -(-size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+
+
+def _padded_record(size: int) -> int:
+    return -(-size // tarfile.RECORDSIZE) * tarfile.RECORDSIZE
+
+
+def _tar_stream(members: list[tuple[tarfile.TarInfo, Path]]) -> Iterator[bytes]:
+    """The bytes of a tar of ``members``, exactly ``_tar_size`` long."""
+    written = 0
+    for info, path in members:
+        header = _header(info)
+        yield header
+        with open(path, "rb") as handle:
+            remaining = info.size
+            while remaining > 0:
+                chunk = handle.read(min(READ_CHUNK, remaining))
+                if not chunk:
+                    raise BackendError(f"{path} shrank while it was being uploaded")
+                remaining -= len(chunk)
+                yield chunk
+        padding = _padded(info.size) - info.size
+        yield b"\0" * padding
+        written += len(header) + _padded(info.size)
+    end = written + 2 * tarfile.BLOCKSIZE
+    yield b"\0" * (_padded_record(end) - written)

@@ -1,0 +1,212 @@
+"""Job tracking for the add-on in plain Python (no bpy), so tests drive it directly.
+
+The UI registers a ``bpy.app.timers`` callback that calls :meth:`JobTracker.tick`; the
+callback's return value (seconds until the next call, or None to stop) is tick's. Each
+tick polls every unfinished job once, updates its progress and, when a job is done,
+downloads its outputs and result.json into ``<results_dir>/<job id>/`` and hands a
+:class:`JobResult` to the loader (which creates the image plane or movie strip). A tick
+never raises: network trouble and loader errors end up in ``TrackedJob.message``.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from .client import BackendError, BackendNotRunning, Client
+
+FINISHED = frozenset({"done", "failed", "cancelled"})
+POLL_INTERVAL_S = 0.5
+
+
+@dataclass
+class JobResult:
+    """A finished job's files on this machine. ``kind`` is image|video|points; ``primary``
+    the main file; ``manifest`` result.json; ``job`` the backend's job record (task,
+    params, bundle summary: prompt, seed, frames, fps)."""
+
+    job_id: str
+    kind: str
+    primary: Path
+    outputs: dict[str, Path]
+    manifest: dict[str, Any]
+    job: dict[str, Any]
+
+
+@dataclass
+class TrackedJob:
+    """What the panel shows for one job."""
+
+    job_id: str
+    task: str
+    state: str = "queued"
+    progress: dict[str, Any] | None = None
+    message: str = ""
+    result: JobResult | None = None
+    loaded: bool = False
+    gave_up: bool = False
+    record: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def finished(self) -> bool:
+        return self.state in FINISHED and (self.state != "done" or self.loaded or self.gave_up)
+
+    def status_line(self) -> str:
+        """One short line, e.g. ``toy2d running 40% level 4/10 NFE 37 ESS 51 ETA 3s``."""
+        parts = [self.task, self.state]
+        progress = self.progress or {}
+        if self.state == "running" and progress:
+            parts.append(f"{100 * progress.get('fraction', 0):.0f}%")
+            parts.append(f"level {progress.get('level')}/{progress.get('num_levels')}")
+            parts.append(f"NFE {progress.get('nfe')}")
+            if progress.get("ess") is not None:
+                parts.append(f"ESS {progress['ess']:.0f}")
+            if progress.get("eta_s") is not None:
+                parts.append(f"ETA {progress['eta_s']:.0f}s")
+        if self.message:
+            parts.append(f"- {self.message}")
+        return " ".join(str(part) for part in parts)
+
+
+def provenance(result: JobResult) -> dict[str, Any]:
+    """Custom properties stored on every datablock a result creates (``poe_*``): job id,
+    task, prompt, seed, models and the parameters as JSON text."""
+    job, manifest = result.job, result.manifest
+    bundle = job.get("bundle") or {}
+    params = job.get("params") or manifest.get("params") or {}
+    seed = params.get("seed", bundle.get("seed", manifest.get("seed", 0)))
+    return {
+        "poe_job_id": result.job_id,
+        "poe_task": job.get("task") or manifest.get("task", ""),
+        "poe_prompt": bundle.get("prompt") or manifest.get("prompt", ""),
+        "poe_seed": int(seed) if isinstance(seed, (int, float)) else 0,
+        "poe_models": job.get("models") or manifest.get("models", ""),
+        "poe_params": json.dumps(params, sort_keys=True),
+        "poe_result": str(result.primary),
+    }
+
+
+class JobTracker:
+    """Submits bundles, polls jobs and hands finished results to ``loader``."""
+
+    def __init__(self, client: Client, results_dir: str | Path, loader: Callable[[JobResult], None] | None = None) -> None:
+        self.client = client
+        self.results_dir = Path(results_dir)
+        self.loader = loader
+        self.jobs: dict[str, TrackedJob] = {}
+
+    def submit(self, bundle_dir: str | Path, *, task: str | None = None, params: dict[str, Any] | None = None, models: str | None = None) -> TrackedJob:
+        record = self.client.submit(bundle_dir, task=task, params=params, models=models)
+        return self.track(record)
+
+    def track(self, record: dict[str, Any]) -> TrackedJob:
+        """Follow a job the backend already knows (e.g. after reopening Blender)."""
+        tracked = TrackedJob(job_id=record["id"], task=record.get("task", ""), state=record.get("state", "queued"), record=record)
+        self.jobs[tracked.job_id] = tracked
+        return tracked
+
+    def cancel(self, job_id: str) -> None:
+        record = self.client.cancel(job_id)
+        self._update(self.jobs.setdefault(job_id, TrackedJob(job_id, record.get("task", ""))), record)
+
+    def active(self) -> list[TrackedJob]:
+        return [job for job in self.jobs.values() if not job.finished]
+
+    def tick(self) -> float | None:
+        """Poll once; returns the delay until the next tick, None when nothing is active."""
+        for tracked in self.active():
+            try:
+                record = self.client.job(tracked.job_id)
+            except BackendNotRunning as error:
+                tracked.message = error.message
+                continue
+            except BackendError as error:
+                tracked.state, tracked.message = "failed", error.message
+                continue
+            tracked.message = ""
+            self._update(tracked, record)
+        return POLL_INTERVAL_S if self.active() else None
+
+    def _update(self, tracked: TrackedJob, record: dict[str, Any]) -> None:
+        tracked.record, tracked.state, tracked.progress = record, record.get("state", tracked.state), record.get("progress")
+        if tracked.state in ("failed", "cancelled"):
+            error = record.get("error") or {}
+            tracked.message = error.get("message", tracked.state)
+        elif tracked.state == "done" and not tracked.loaded:
+            self._deliver(tracked, record)
+
+    def _deliver(self, tracked: TrackedJob, record: dict[str, Any]) -> None:
+        try:
+            tracked.result = self.fetch_result(record)
+            if self.loader is not None:
+                self.loader(tracked.result)
+            tracked.loaded = True
+        except BackendNotRunning as error:
+            tracked.message = f"could not download the result yet: {error.message}"
+        except BackendError as error:
+            tracked.message, tracked.gave_up = f"could not download the result: {error.message}", True
+        except Exception as error:  # noqa: BLE001 - shown in the panel, never a traceback in a timer
+            tracked.message, tracked.gave_up = f"could not load the result: {type(error).__name__}: {error}", True
+
+    def fetch_result(self, record: dict[str, Any]) -> JobResult:
+        """Download a done job's outputs (once) and read its result.json."""
+        directory = self.results_dir / record["id"]
+        outputs = self.client.download_outputs(record, directory)
+        manifest = json.loads(outputs["result.json"].read_text(encoding="utf-8"))
+        primary = outputs[record.get("primary") or manifest["primary"]]
+        return JobResult(record["id"], record.get("kind") or manifest.get("kind", "image"), primary, outputs, manifest, record)
+
+    def wait(self, timeout: float, sleep: Callable[[float], None] = time.sleep) -> None:
+        """Tick until nothing is active or ``timeout`` seconds pass (headless use)."""
+        deadline = time.monotonic() + timeout
+        while (delay := self.tick()) is not None and time.monotonic() < deadline:
+            sleep(delay)
+
+
+DEFAULT_DATA_DIR = Path.home() / ".local" / "share" / "poe-backend"
+
+
+def token_path_from_command(command_line: str) -> Path:
+    """Where a backend started by ``command_line`` keeps its token: ``--data-dir DIR``
+    (or ``--data-dir=DIR``) + ``/token``, else the serve command's default data dir."""
+    arguments = shlex.split(command_line)
+    for index, argument in enumerate(arguments):
+        if argument == "--data-dir" and index + 1 < len(arguments):
+            return Path(arguments[index + 1]).expanduser() / "token"
+        if argument.startswith("--data-dir="):
+            return Path(argument.split("=", 1)[1]).expanduser() / "token"
+    return DEFAULT_DATA_DIR / "token"
+
+
+def start_backend(command_line: str, client: Client, log_path: str | Path, *, timeout: float = 120.0) -> subprocess.Popen:
+    """Run the preferences' command line (e.g. ``poe-backend serve --port 7860``), its
+    output going to ``log_path``, and wait until ``/v1/health`` answers; raises
+    :class:`BackendError` (with the log's last line) if it exits or times out."""
+    arguments = shlex.split(command_line)
+    if not arguments:
+        raise BackendError("the backend start command in the preferences is empty")
+    log_path = Path(log_path)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with open(log_path, "ab") as log:
+            process = subprocess.Popen(arguments, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    except OSError as error:
+        raise BackendError(f"could not run {arguments[0]!r}: {error}") from None
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            lines = log_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()
+            raise BackendError(f"the backend exited with code {process.returncode}: {lines[-1] if lines else 'no output'} (log: {log_path})")
+        try:
+            client.health()
+            return process
+        except BackendNotRunning:
+            if time.monotonic() > deadline:
+                process.terminate()
+                raise BackendError(f"the backend did not answer at {client.url} within {timeout:.0f} s") from None
+            time.sleep(0.25)

@@ -1,0 +1,293 @@
+"""Operators for the backend round trip: Generate, Cancel, Start local backend, Load
+result, plus ``draw_jobs`` for the panel. Operators stay thin: read settings, call the
+bpy-free tracker (:mod:`.jobs`) or client (:mod:`.client`), report errors with
+``self.report({'ERROR'}, message)`` — never a traceback.
+
+Uses from the rest of the add-on (the capture branch): ``prefs(context)`` in
+``addon/__init__.py`` (``backend_url``, ``token``, ``backend_command``, ``output_dir``;
+optional ``result_as_background``; None when registered by a script), the scene settings
+``scene.poe`` (``task``, ``prompt``, ``objects``, ``seed``, ``frames(scene)``,
+``resolution()``, ``backend_params()``, ``last_bundle``) and
+``addon.capture.capture_bundle``, called exactly as the Capture operator calls it.
+
+One :class:`Session` per Blender process holds the tracker, the started backend process
+and the timer; Blender's timers and operators need such a place to meet.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import bpy
+
+from . import jobs
+from .client import BackendError, Client
+
+BL_PREFIX = "poe"
+
+
+@dataclass
+class Settings:
+    url: str
+    token: str
+    command: str
+    output_dir: Path
+    as_background: bool = False
+
+
+DEFAULT_URL = "http://127.0.0.1:7860"
+DEFAULT_COMMAND = "poe-backend serve"
+
+
+def settings(context: bpy.types.Context) -> Settings:
+    """Backend settings from the add-on preferences (defaults when the add-on's classes
+    were registered by a script and ``prefs`` returns None)."""
+    from . import prefs  # the add-on's helper; imported late to avoid a cycle
+
+    preferences = prefs(context)
+    return Settings(
+        url=getattr(preferences, "backend_url", "") or DEFAULT_URL,
+        token=getattr(preferences, "token", "") or "",
+        command=getattr(preferences, "backend_command", "") or DEFAULT_COMMAND,
+        output_dir=output_root(getattr(preferences, "output_dir", "") or ""),
+        as_background=bool(getattr(preferences, "result_as_background", False)),
+    )
+
+
+def output_root(configured: str) -> Path:
+    """The preferences' output folder; else ``poe/`` beside the saved .blend; else a temp
+    dir (the same rule as the capture operator)."""
+    if configured:
+        return Path(bpy.path.abspath(configured))
+    if bpy.data.filepath:
+        return Path(bpy.data.filepath).parent / "poe"
+    return Path(tempfile.gettempdir()) / "poe"
+
+
+@dataclass
+class Session:
+    """The tracker (recreated when URL or token change), the scene each job loads into,
+    and the backend process this Blender started."""
+
+    tracker: jobs.JobTracker | None = None
+    scenes: dict[str, str] = field(default_factory=dict)
+    backend: Any = None
+    as_background: bool = False
+
+    def tracker_for(self, config: Settings) -> jobs.JobTracker:
+        client = Client(config.url, config.token)
+        if self.tracker is None or (self.tracker.client.url, self.tracker.client.token) != (client.url, client.token):
+            previous = self.tracker.jobs if self.tracker else {}
+            self.tracker = jobs.JobTracker(client, config.output_dir / "results", self.load)
+            self.tracker.jobs.update(previous)
+        self.as_background = config.as_background
+        return self.tracker
+
+    def load(self, result: jobs.JobResult) -> None:
+        from . import results
+
+        scene = bpy.data.scenes.get(self.scenes.get(result.job_id, ""), None) or bpy.context.scene
+        results.load_result(scene, result, as_background=self.as_background)
+
+    def tick(self) -> float | None:
+        delay = self.tracker.tick() if self.tracker else None
+        _redraw_panels()
+        return delay
+
+    def ensure_timer(self) -> None:
+        if not bpy.app.timers.is_registered(_timer):
+            bpy.app.timers.register(_timer, first_interval=jobs.POLL_INTERVAL_S)
+
+
+SESSION = Session()
+
+
+def shutdown() -> None:
+    """For the add-on's ``unregister()``: stop polling and stop the backend this Blender
+    started (a backend started elsewhere keeps running)."""
+    if bpy.app.timers.is_registered(_timer):
+        bpy.app.timers.unregister(_timer)
+    if SESSION.backend is not None and SESSION.backend.poll() is None:
+        SESSION.backend.terminate()
+    SESSION.backend = None
+
+
+def _timer() -> float | None:
+    return SESSION.tick()
+
+
+def _redraw_panels() -> None:
+    manager = getattr(bpy.context, "window_manager", None)
+    for window in getattr(manager, "windows", []):
+        for area in window.screen.areas:
+            if area.type in ("VIEW_3D", "PROPERTIES", "SEQUENCE_EDITOR"):
+                area.tag_redraw()
+
+
+def capture_scene(context: bpy.types.Context, config: Settings) -> tuple[Path, str]:
+    """Capture the scene with its PoE settings (``scene.poe``), as the Capture operator
+    does; returns the bundle folder and the task."""
+    from .capture import capture_bundle
+
+    scene = context.scene
+    poe = getattr(scene, "poe", None)
+    if poe is None:
+        raise ValueError("the scene has no PoE settings (scene.poe); is the add-on enabled?")
+    items = [item for item in poe.objects if item.object is not None]
+    out_dir = config.output_dir / f"{bpy.path.clean_name(scene.name)}_{poe.task}_{time.strftime('%Y%m%d-%H%M%S')}"
+    bundle_json = capture_bundle(
+        scene, out_dir, task=poe.task, frames=poe.frames(scene),
+        objects=[item.object.name for item in items] or None,
+        object_prompts={item.object.name: item.prompt for item in items if item.prompt} or None,
+        prompt=poe.prompt, params=poe.backend_params(), seed=poe.seed, resolution=poe.resolution(),
+    )
+    poe.last_bundle = str(bundle_json)
+    return Path(bundle_json).parent, poe.task
+
+
+def capture_and_submit(context: bpy.types.Context, config: Settings, bundle_dir: str) -> jobs.TrackedJob:
+    """Submit ``bundle_dir`` as is, or capture the scene into a new bundle first."""
+    tracker = SESSION.tracker_for(config)
+    if bundle_dir:
+        tracked = tracker.submit(Path(bpy.path.abspath(bundle_dir)))
+    else:
+        captured, task = capture_scene(context, config)
+        tracked = tracker.submit(captured, task=task)
+    SESSION.scenes[tracked.job_id] = context.scene.name
+    SESSION.ensure_timer()
+    return tracked
+
+
+class POE_OT_generate(bpy.types.Operator):
+    """Capture the scene (or take an existing bundle) and submit it to the backend"""
+
+    bl_idname = f"{BL_PREFIX}.generate"
+    bl_label = "Generate"
+    bl_options = {"REGISTER"}
+
+    bundle_dir: bpy.props.StringProperty(name="Bundle", description="Submit this existing bundle folder instead of capturing", subtype="DIR_PATH", default="")
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        try:
+            tracked = capture_and_submit(context, settings(context), self.bundle_dir)
+        except BackendError as error:
+            self.report({"ERROR"}, error.message)
+            return {"CANCELLED"}
+        except Exception as error:  # noqa: BLE001 - reported in the UI, never a traceback
+            self.report({"ERROR"}, f"could not capture or submit: {type(error).__name__}: {error}")
+            return {"CANCELLED"}
+        self.report({"INFO"}, f"submitted job {tracked.job_id} ({tracked.task})")
+        return {"FINISHED"}
+
+
+class POE_OT_cancel(bpy.types.Operator):
+    """Cancel a queued or running job (the latest active one by default)"""
+
+    bl_idname = f"{BL_PREFIX}.cancel"
+    bl_label = "Cancel"
+    bl_options = {"REGISTER"}
+
+    job_id: bpy.props.StringProperty(name="Job", default="")
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        tracker = SESSION.tracker_for(settings(context))
+        job_id = self.job_id or next((job.job_id for job in reversed(tracker.active())), "")
+        if not job_id:
+            self.report({"WARNING"}, "no active job to cancel")
+            return {"CANCELLED"}
+        try:
+            tracker.cancel(job_id)
+        except BackendError as error:
+            self.report({"ERROR"}, error.message)
+            return {"CANCELLED"}
+        self.report({"INFO"}, f"cancelling job {job_id}")
+        return {"FINISHED"}
+
+
+class POE_OT_start_backend(bpy.types.Operator):
+    """Start the local backend with the command line from the preferences and wait until it answers"""
+
+    bl_idname = f"{BL_PREFIX}.start_backend"
+    bl_label = "Start local backend"
+    bl_options = {"REGISTER"}
+
+    timeout: bpy.props.FloatProperty(name="Timeout", default=120.0, min=1.0)
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        config = settings(context)
+        client = Client(config.url, config.token)
+        try:
+            health = client.health()
+            self.report({"INFO"}, f"a backend is already running at {config.url} ({health['device']})")
+            return {"FINISHED"}
+        except BackendError:
+            pass
+        try:
+            SESSION.backend = jobs.start_backend(config.command, client, config.output_dir / "backend.log", timeout=self.timeout)
+            health = client.health()
+            token_path = jobs.token_path_from_command(config.command)
+            if not config.token and token_path.is_file():  # first start: fill in the new token
+                from . import prefs
+
+                preferences = prefs(context)
+                if preferences is not None:
+                    preferences.token = token_path.read_text(encoding="utf-8").strip()
+        except BackendError as error:
+            self.report({"ERROR"}, error.message)
+            return {"CANCELLED"}
+        self.report({"INFO"}, f"backend {health['version']} running on {health['device']} at {config.url}")
+        return {"FINISHED"}
+
+
+class POE_OT_load_result(bpy.types.Operator):
+    """Load a finished job's result into the scene again (replaces what it created before)"""
+
+    bl_idname = f"{BL_PREFIX}.load_result"
+    bl_label = "Load result"
+    bl_options = {"REGISTER", "UNDO"}
+
+    job_id: bpy.props.StringProperty(name="Job", default="")
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        from . import results
+
+        config = settings(context)
+        tracker = SESSION.tracker_for(config)
+        job_id = self.job_id or next((job.job_id for job in reversed(list(tracker.jobs.values())) if job.state == "done"), "")
+        if not job_id:
+            self.report({"WARNING"}, "no finished job to load; give a job id")
+            return {"CANCELLED"}
+        try:
+            record = tracker.client.job(job_id)
+            if record["state"] != "done":
+                self.report({"ERROR"}, f"job {job_id} is {record['state']}, not done")
+                return {"CANCELLED"}
+            results.load_result(context.scene, tracker.fetch_result(record), as_background=config.as_background)
+        except BackendError as error:
+            self.report({"ERROR"}, error.message)
+            return {"CANCELLED"}
+        except Exception as error:  # noqa: BLE001 - reported in the UI, never a traceback
+            self.report({"ERROR"}, f"could not load job {job_id}: {type(error).__name__}: {error}")
+            return {"CANCELLED"}
+        self.report({"INFO"}, f"loaded job {job_id}")
+        return {"FINISHED"}
+
+
+CLASSES = (POE_OT_generate, POE_OT_cancel, POE_OT_start_backend, POE_OT_load_result)
+
+
+def draw_jobs(layout: bpy.types.UILayout, context: bpy.types.Context, *, max_rows: int = 5) -> None:
+    """The panel's backend section (Generate and Cancel sit in the panel's action row):
+    Start local backend, then one status line per recent job with a Load button."""
+    layout.operator(POE_OT_start_backend.bl_idname, icon="PLAY")
+    tracker = SESSION.tracker
+    for tracked in list(tracker.jobs.values())[-max_rows:] if tracker else []:
+        row = layout.row()
+        icon = {"done": "CHECKMARK", "failed": "ERROR", "cancelled": "CANCEL"}.get(tracked.state, "TIME")
+        row.label(text=tracked.status_line(), icon=icon)
+        if tracked.state == "done":
+            row.operator(POE_OT_load_result.bl_idname, text="", icon="FILE_REFRESH").job_id = tracked.job_id

@@ -1,0 +1,208 @@
+"""The HTTP routes (``/v1``). Everything but ``/v1/health`` needs the bearer token.
+
+``POST /v1/jobs`` takes one of three bodies:
+
+* ``application/json``: ``{"task", "bundle_path", "params", "models"}`` — a bundle
+  directory on this machine, under an allowed root (local jobs, no copy);
+* ``application/x-tar`` (or gzip): the bundle as a raw tar body, with ``task``,
+  ``params`` (JSON text) and ``models`` in the query — streamed and extracted while it
+  arrives (what the add-on sends to remote backends);
+* ``multipart/form-data``: a ``bundle`` file part (tar) and the same fields as form
+  fields (for curl and browsers).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from poe_backend import __version__
+from poe_backend.bundle import TASK_PASSES
+from poe_backend.server import uploads, validation
+from poe_backend.server.auth import token_matches
+from poe_backend.server.errors import InputError
+from poe_backend.server.info import describe_task, device_info, loaded_models
+from poe_backend.server.jobs import Job, JobStore, new_job_id
+from poe_backend.tasks import TASK_CLASSES
+
+#: Bumped when a route or a body changes incompatibly; the add-on checks it.
+API_VERSION = 1
+TAR_TYPES = frozenset({"application/x-tar", "application/tar", "application/gzip", "application/x-gzip", "application/octet-stream"})
+
+
+@dataclass
+class ServerConfig:
+    data_dir: Path
+    token: str
+    allowed_roots: list[Path] = field(default_factory=list)
+    max_upload_bytes: int = 8 << 30
+    device: str = "cpu"
+    models: str = "default"
+
+
+def create_app(config: ServerConfig, store: JobStore | None = None) -> FastAPI:
+    store = store or JobStore(config.data_dir, device=config.device)
+    roots = [config.data_dir, *config.allowed_roots]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        store.start()
+        yield
+
+    app = FastAPI(title="poe-backend", version=__version__, lifespan=lifespan)
+    app.state.store = store
+
+    @app.exception_handler(InputError)
+    async def input_error(request: Request, error: InputError) -> JSONResponse:
+        return JSONResponse(error.body(), status_code=error.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def request_error(request: Request, error: RequestValidationError) -> JSONResponse:
+        first = error.errors()[0]
+        field_path = ".".join(str(part) for part in first["loc"] if part not in ("body", "query", "path"))
+        return JSONResponse(InputError(field_path or "request", first["msg"]).body(), status_code=400)
+
+    def require_token(request: Request) -> None:
+        header = request.headers.get("authorization")
+        if not token_matches(header, config.token):
+            reason = "missing bearer token" if not header else "wrong token"
+            message = f"{reason}: use the token in {config.data_dir / 'token'} (add-on preferences: Token)"
+            raise InputError("authorization", message, code="unauthorized", status=401)
+
+    @app.get("/v1/health")
+    def health() -> dict[str, Any]:
+        return {"status": "ok", "version": __version__, "api_version": API_VERSION, **device_info(config.device), "loaded_models": loaded_models(), "queued": store.queue_length(), "max_upload_bytes": config.max_upload_bytes}
+
+    api = APIRouter(prefix="/v1", dependencies=[Depends(require_token)])
+
+    @api.get("/tasks")
+    def tasks() -> dict[str, Any]:
+        return {"tasks": [describe_task(name) for name in TASK_CLASSES]}
+
+    @api.get("/jobs")
+    def list_jobs() -> dict[str, Any]:
+        return {"jobs": store.list()}
+
+    @api.get("/jobs/{job_id}")
+    def get_job(job_id: str) -> dict[str, Any]:
+        return _found(store.get(job_id), job_id)
+
+    @api.post("/jobs/{job_id}/cancel")
+    def cancel_job(job_id: str) -> dict[str, Any]:
+        return _found(store.cancel(job_id), job_id)
+
+    @api.get("/jobs/{job_id}/outputs/{name:path}")
+    def get_output(job_id: str, name: str) -> FileResponse:
+        _found(store.get(job_id), job_id)
+        path = store.output_path(job_id, name)
+        if path is None or not path.is_file():
+            raise InputError("name", f"job {job_id} has no output {name!r}", code="not_found", status=404)
+        return FileResponse(path)
+
+    @api.post("/jobs", status_code=201)
+    async def submit_job(request: Request) -> dict[str, Any]:
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        job_id = new_job_id()
+        upload_dir = store.job_dir(job_id) / "bundle"
+        try:
+            if content_type == "application/json":
+                fields = await _json_body(request)
+                bundle_dir = await run_in_threadpool(uploads.check_under_roots, _required(fields, "bundle_path"), roots)
+            elif content_type == "multipart/form-data":
+                fields, bundle_dir = await _multipart(request, upload_dir, config.max_upload_bytes, roots)
+            elif content_type in TAR_TYPES:
+                fields = _query_fields(request)
+                _precheck_task(fields.get("task"))
+                bundle_dir = await uploads.receive_tar(request, upload_dir, config.max_upload_bytes)
+            else:
+                raise InputError("content-type", f"{content_type or 'none'} is not accepted: send JSON with bundle_path, a tar body, or multipart", status=415)
+            job = await run_in_threadpool(_build_job, job_id, fields, bundle_dir, config.models)
+        except BaseException:
+            shutil.rmtree(store.job_dir(job_id), ignore_errors=True)
+            raise
+        return store.submit(job)
+
+    app.include_router(api)
+    return app
+
+
+def _found(job: dict[str, Any] | None, job_id: str) -> dict[str, Any]:
+    if job is None:
+        raise InputError("job_id", f"no job {job_id!r}", code="not_found", status=404)
+    return job
+
+
+def _required(fields: dict[str, Any], name: str) -> Any:
+    if fields.get(name) in (None, ""):
+        raise InputError(name, "is required")
+    return fields[name]
+
+
+def _precheck_task(name: Any) -> None:
+    if name is not None and name not in TASK_CLASSES and name not in TASK_PASSES:
+        raise InputError("task", f"unknown task {name!r}; known: {', '.join(TASK_CLASSES)}", code="unknown_task")
+
+
+def _parse_params_text(text: Any) -> Any:
+    if text in (None, ""):
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise InputError("params", f"not valid JSON ({error})", code="invalid_params") from None
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except ValueError as error:
+        raise InputError("body", f"not valid JSON ({error})") from None
+    if not isinstance(body, dict):
+        raise InputError("body", "must be a JSON object")
+    unknown = set(body) - {"task", "bundle_path", "params", "models"}
+    if unknown:
+        raise InputError(sorted(unknown)[0], "unknown field (expected task, bundle_path, params, models)")
+    return body
+
+
+def _query_fields(request: Request) -> dict[str, Any]:
+    query = request.query_params
+    return {"task": query.get("task"), "params": _parse_params_text(query.get("params")), "models": query.get("models")}
+
+
+async def _multipart(request: Request, upload_dir: Path, limit: int, roots: list[Path]) -> tuple[dict[str, Any], Path]:
+    uploads.check_declared_length(request, limit)
+    form = await request.form()
+    fields = {"task": form.get("task"), "params": _parse_params_text(form.get("params")), "models": form.get("models")}
+    upload = form.get("bundle")
+    if upload is None or isinstance(upload, str):
+        bundle_dir = await run_in_threadpool(uploads.check_under_roots, _required({"bundle_path": form.get("bundle_path")}, "bundle_path"), roots)
+        return fields, bundle_dir
+    if upload.size is not None and upload.size > limit:
+        raise uploads.too_large(limit)
+    return fields, await run_in_threadpool(uploads.extract_tar, upload.file, upload_dir, limit)
+
+
+def _build_job(job_id: str, fields: dict[str, Any], bundle_dir: Path, default_models: str) -> Job:
+    task_name = fields.get("task")
+    if task_name is not None:
+        _precheck_task(task_name)
+    bundle = validation.load_bundle(bundle_dir, task_name)
+    task = validation.resolve_task(bundle.task)
+    params = validation.validate_params(task, bundle.params, fields.get("params"))
+    models = fields.get("models") or default_models
+    if not isinstance(models, str):
+        raise InputError("models", "must be a preset name such as 'tiny' or 'default'")
+    summary = {"prompt": bundle.prompt, "seed": bundle.seed, "width": bundle.width, "height": bundle.height, "fps": bundle.fps, "frames": bundle.frames}
+    return Job(id=job_id, task=bundle.task, bundle_dir=str(bundle_dir), params=params.model_dump(mode="json"), models=models, bundle=summary)
+
+

@@ -1,0 +1,67 @@
+"""``poe-backend serve``: the HTTP service (see :mod:`poe_backend.server.app`)."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import sys
+from pathlib import Path
+
+DEFAULT_DATA_DIR = Path.home() / ".local" / "share" / "poe-backend"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("serve", help="run the HTTP backend the Blender add-on talks to")
+    add_arguments(parser)
+    parser.set_defaults(func=serve)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (loopback unless --allow-remote)")
+    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="jobs, uploads and the token live here")
+    parser.add_argument("--allow-remote", action="store_true", help="allow binding a non-loopback address (use a tunnel if you can)")
+    parser.add_argument("--allow-root", type=Path, action="append", default=[], help="a folder whose bundles may be submitted by path (repeatable; the data dir always is)")
+    parser.add_argument("--max-upload-mb", type=float, default=8192, help="largest accepted bundle upload")
+    parser.add_argument("--device", default=None, help="torch device for jobs (default: cuda if available, else cpu)")
+    parser.add_argument("--models", default="default", help="model preset when a job names none (e.g. tiny, default)")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(arguments: argparse.Namespace) -> int:
+    if not is_loopback(arguments.host) and not arguments.allow_remote:
+        print(f"poe-backend: refusing to bind {arguments.host}, which is not a loopback address; pass --allow-remote (the token is then the only protection)", file=sys.stderr)
+        return 2
+    import torch
+    import uvicorn
+
+    from poe_backend.server.app import ServerConfig, create_app
+    from poe_backend.server.auth import load_or_create_token
+
+    data_dir = arguments.data_dir.expanduser().resolve()
+    device = arguments.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    config = ServerConfig(
+        data_dir=data_dir,
+        token=load_or_create_token(data_dir),
+        allowed_roots=[root.expanduser().resolve() for root in arguments.allow_root],
+        max_upload_bytes=int(arguments.max_upload_mb * 2**20),
+        device=device,
+        models=arguments.models,
+    )
+    print(f"poe-backend: serving http://{arguments.host}:{arguments.port}/v1 on {device}; token in {data_dir / 'token'}", flush=True)
+    uvicorn.run(create_app(config), host=arguments.host, port=arguments.port, log_level="warning")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="poe-backend serve")
+    add_arguments(parser)
+    return serve(parser.parse_args(argv))

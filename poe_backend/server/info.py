@@ -1,0 +1,61 @@
+"""What ``GET /v1/health`` and ``GET /v1/tasks`` report: device and memory, loaded models,
+and each task's parameters (JSON schema plus a flat list for the add-on's UI)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from poe_backend.bundle import TASK_PASSES
+from poe_backend.tasks import get_task
+
+
+def describe_task(name: str) -> dict[str, Any]:
+    """A task's passes, result kind and parameters (JSON schema plus a flat list with
+    type, default, minimum and maximum for the add-on's UI)."""
+    try:
+        task = get_task(name)
+    except Exception as error:  # noqa: BLE001 - one broken task must not hide the others
+        return {"name": name, "available": False, "error": f"{type(error).__name__}: {error}"}
+    schema = task.Params.model_json_schema()
+    parameters = []
+    for key, prop in schema.get("properties", {}).items():
+        ranged = next((option for option in prop.get("anyOf", []) if "minimum" in option or "maximum" in option), prop)
+        parameters.append({
+            "name": key,
+            "type": _json_type(prop),
+            "default": prop.get("default"),
+            "minimum": ranged.get("minimum", ranged.get("exclusiveMinimum")),
+            "maximum": ranged.get("maximum", ranged.get("exclusiveMaximum")),
+            "description": prop.get("description", ""),
+        })
+    return {"name": name, "available": True, "kind": task.kind, "passes": list(TASK_PASSES.get(name, ())), "parameters": parameters, "schema": schema}
+
+
+def _json_type(prop: dict[str, Any]) -> str:
+    """``integer``, ``number``, ... ; optional fields (``anyOf`` with null) give their
+    non-null type plus ``|null``."""
+    if "type" in prop:
+        return prop["type"]
+    kinds = [option.get("type", "any") for option in prop.get("anyOf", [])]
+    named = [kind for kind in kinds if kind != "null"]
+    return "|".join(named + (["null"] if "null" in kinds else [])) or "any"
+
+
+def device_info(device: str) -> dict[str, Any]:
+    import torch
+
+    info: dict[str, Any] = {"device": device, "torch": torch.__version__, "vram_free_bytes": None, "vram_total_bytes": None}
+    if device.startswith("cuda") and torch.cuda.is_available():
+        free, total = torch.cuda.mem_get_info(torch.device(device))
+        info.update(vram_free_bytes=free, vram_total_bytes=total, device_name=torch.cuda.get_device_name(torch.device(device)))
+    return info
+
+
+def loaded_models() -> list[str]:
+    """Names of models the registry holds in memory (empty until a registry exists)."""
+    try:
+        from poe_backend.experts import registry  # type: ignore[attr-defined]
+    except ImportError:
+        return []
+    names = getattr(registry, "loaded_models", None)
+    return list(names()) if callable(names) else []

@@ -1,0 +1,199 @@
+"""Blender round trip with real bpy and the real backend: the tracker's tick loop (what
+the bpy.app.timers callback runs) drives a job to the image plane, reloading replaces,
+Cancel works, and a stopped backend gives a clear message; then the same through the
+operators."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+import types
+from pathlib import Path
+
+import bpy
+import pytest
+
+import addon
+from addon import operators_jobs, results
+from addon.client import Client
+from addon.jobs import JobTracker
+from tests.addon.roundtrip_fixtures import backend  # noqa: F401 - fixture
+from tests.server.conftest import LONG, QUICK, start_backend, write_bundle
+
+pytestmark = pytest.mark.blender
+
+
+@pytest.fixture
+def scene():
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    scene = bpy.context.scene
+    scene.render.resolution_x, scene.render.resolution_y = 64, 48
+    camera = bpy.data.objects.new("Camera", bpy.data.cameras.new("Camera"))
+    scene.collection.objects.link(camera)
+    scene.camera = camera
+    return scene
+
+
+def _drive(tracker: JobTracker, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while tracker.tick() is not None:
+        assert time.monotonic() < deadline, [job.status_line() for job in tracker.jobs.values()]
+        time.sleep(0.05)
+
+
+def _planes(job_id: str) -> list:
+    return [obj for obj in bpy.data.objects if obj.get("poe_job_id") == job_id]
+
+
+def test_tick_loop_brings_the_result_in_as_an_image_plane(backend, scene, tmp_path):
+    tracker = JobTracker(Client(backend.url, backend.token), tmp_path / "results", lambda result: results.load_result(scene, result))
+    bundle = write_bundle(backend.data_dir / "rt-bundle", prompt="a red disc", seed=11, width=64, height=48)
+    tracked = tracker.submit(bundle, params={**QUICK, "seed": 4})
+    states = []
+    while tracker.tick() is not None:
+        states.append(tracked.status_line())
+        time.sleep(0.05)
+    assert tracked.state == "done" and tracked.loaded, tracked.status_line()
+    (plane,) = _planes(tracked.job_id)
+    assert plane.parent == scene.camera and plane["poe_task"] == "toy2d" and plane["poe_prompt"] == "a red disc"
+    assert plane["poe_seed"] == 4 and json.loads(plane["poe_params"])["particles"] == QUICK["particles"]
+    image = plane.active_material.node_tree.nodes["Image Texture"].image
+    assert image["poe_job_id"] == tracked.job_id and image.packed_file is not None and image.size[0] > 0
+    # the plane fills the camera view: its corners are the view frame scaled to its depth
+    corners = [vertex.co for vertex in plane.data.vertices]
+    frame = scene.camera.data.view_frame(scene=scene)
+    depth = -corners[0].z
+    for corner, expected in zip(corners, frame):
+        assert corner.x == pytest.approx(expected.x * depth / -expected.z, rel=1e-5) and corner.y == pytest.approx(expected.y * depth / -expected.z, rel=1e-5)
+    assert depth == pytest.approx(1.5 * scene.camera.data.clip_start)
+
+    counts = (len(bpy.data.objects), len(bpy.data.images), len(bpy.data.meshes), len(bpy.data.materials))
+    results.load_result(scene, tracker.fetch_result(tracker.client.job(tracked.job_id)))
+    assert (len(bpy.data.objects), len(bpy.data.images), len(bpy.data.meshes), len(bpy.data.materials)) == counts
+    assert len(_planes(tracked.job_id)) == 1
+
+    results.load_result(scene, tracked.result, as_background=True)
+    results.load_result(scene, tracked.result, as_background=True)
+    assert [entry.image["poe_job_id"] for entry in scene.camera.data.background_images] == [tracked.job_id]
+
+
+def test_cancel_through_the_tracker(backend, scene, tmp_path):
+    loaded = []
+    tracker = JobTracker(Client(backend.url, backend.token), tmp_path / "results", loaded.append)
+    tracked = tracker.submit(write_bundle(backend.data_dir / "rt-cancel"), params=LONG)
+    while not (tracked.state == "running" and tracked.progress):
+        tracker.tick()
+        time.sleep(0.05)
+    assert "level" in tracked.status_line() and "NFE" in tracked.status_line()
+    tracker.cancel(tracked.job_id)
+    _drive(tracker)
+    assert tracked.state == "cancelled" and "cancelled" in tracked.message and loaded == []
+
+
+def test_backend_down_gives_a_clear_message(tmp_path, scene):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    running = start_backend(data_dir)
+    tracker = JobTracker(Client(running.url, running.token, timeout=2), tmp_path / "results")
+    tracked = tracker.submit(write_bundle(data_dir / "b"), params=LONG)
+    running.stop(signal.SIGKILL)
+    assert tracker.tick() is not None  # keeps polling: the backend may come back
+    assert "not reachable" in tracked.message and running.url in tracked.message
+    assert "not reachable" in tracked.status_line()
+
+
+# ---- the operators, with the preferences the add-on's prefs(context) would return ----------
+
+@pytest.fixture
+def operators(backend, tmp_path, monkeypatch):
+    preferences = types.SimpleNamespace(backend_url=backend.url, token=backend.token, backend_command="", output_dir=str(tmp_path / "poe"), result_as_background=False)
+    monkeypatch.setattr(addon, "prefs", lambda context: preferences, raising=False)
+    monkeypatch.setattr(operators_jobs, "SESSION", operators_jobs.Session())
+    for cls in operators_jobs.CLASSES:
+        bpy.utils.register_class(cls)
+    yield preferences
+    for cls in reversed(operators_jobs.CLASSES):
+        bpy.utils.unregister_class(cls)
+
+
+def _drive_session(timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while operators_jobs.SESSION.tick() is not None:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+def test_generate_load_and_cancel_operators(operators, backend, scene):
+    bundle = write_bundle(backend.data_dir / "op-bundle", prompt="from the operator")
+    assert bpy.ops.poe.generate(bundle_dir=str(bundle)) == {"FINISHED"}
+    _drive_session()
+    (tracked,) = operators_jobs.SESSION.tracker.jobs.values()
+    assert tracked.state == "done" and len(_planes(tracked.job_id)) == 1
+    assert bpy.ops.poe.load_result(job_id=tracked.job_id) == {"FINISHED"}
+    assert len(_planes(tracked.job_id)) == 1 and _planes(tracked.job_id)[0]["poe_prompt"] == "from the operator"
+
+    long_bundle = write_bundle(backend.data_dir / "op-long", params=LONG)
+    bpy.ops.poe.generate(bundle_dir=str(long_bundle))
+    assert bpy.ops.poe.cancel() == {"FINISHED"}
+    _drive_session()
+    assert [job.state for job in operators_jobs.SESSION.tracker.jobs.values()] == ["done", "cancelled"]
+    layout = RecordingLayout()
+    operators_jobs.draw_jobs(layout, bpy.context)
+    labels = [text for kind, text in layout.calls if kind == "label"]
+    assert labels[0].startswith("toy2d done") and labels[1].startswith("toy2d cancelled - cancelled")
+    assert ("operator", "poe.start_backend") in layout.calls and ("operator", "poe.load_result") in layout.calls
+
+
+class RecordingLayout:
+    """Stands in for bpy.types.UILayout (which scripts cannot create) and records calls."""
+
+    def __init__(self, calls: list | None = None) -> None:
+        self.calls = [] if calls is None else calls
+
+    def row(self, **kwargs):
+        return RecordingLayout(self.calls)
+
+    def label(self, text: str = "", **kwargs) -> None:
+        self.calls.append(("label", text))
+
+    def operator(self, idname: str, **kwargs):
+        self.calls.append(("operator", idname))
+        return types.SimpleNamespace()
+
+
+def test_operator_errors_are_reports_not_tracebacks(operators, backend, scene, tmp_path):
+    with pytest.raises(RuntimeError, match="params.particles"):
+        bpy.ops.poe.generate(bundle_dir=str(write_bundle(backend.data_dir / "op-bad", params={"particles": 0})))
+    with pytest.raises(RuntimeError, match="is not reachable"):
+        operators.backend_url = "http://127.0.0.1:9"
+        bpy.ops.poe.generate(bundle_dir=str(write_bundle(backend.data_dir / "op-down")))
+    with pytest.raises(RuntimeError, match="could not capture or submit"):
+        bpy.ops.poe.generate()  # capture needs addon.capture and scene.poe (the capture branch)
+    operators.backend_command = f"{Path('/nonexistent/poe-backend')} serve"
+    with pytest.raises(RuntimeError, match="could not run"):
+        bpy.ops.poe.start_backend()
+
+
+def test_start_local_backend_runs_the_command_and_picks_up_the_token(operators, tmp_path):
+    import shlex
+    import sys
+
+    from addon.jobs import token_path_from_command
+    from tests.server.conftest import free_port
+
+    port = free_port()
+    data_dir = tmp_path / "started"
+    operators.backend_url, operators.token = f"http://127.0.0.1:{port}", ""
+    operators.backend_command = shlex.join([sys.executable, "-m", "poe_backend", "serve", "--port", str(port), "--data-dir", str(data_dir)])
+    assert token_path_from_command(operators.backend_command) == data_dir / "token"
+    try:
+        assert bpy.ops.poe.start_backend() == {"FINISHED"}
+        assert operators.token == (data_dir / "token").read_text().strip()
+        assert Client(operators.backend_url, operators.token).jobs() == []
+    finally:
+        process = operators_jobs.SESSION.backend
+        operators_jobs.shutdown()  # what the add-on's unregister() calls
+        if process is not None:
+            process.wait(timeout=30)
+            assert process.returncode is not None
