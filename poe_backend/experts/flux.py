@@ -26,7 +26,7 @@ from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
 from torch import Tensor
 
 from poe_backend.experts import registry
-from poe_backend.sampling import GenerativeExpert
+from poe_backend.sampling import GenerativeExpert, ProductOfExperts
 
 LATENT_CHANNELS = 16
 PACKED_CHANNELS = 64
@@ -281,10 +281,34 @@ def load_transformer(kind: str, space: FluxLatentSpace, placement: registry.Plac
     return transformer
 
 
-def regional_weights(boxes: list[list[int]], height: int, width: int, *, region_weight: float = 1.0, global_weight: float = 1.0) -> tuple[Tensor, list[Tensor]]:
-    """Weight maps of the regional product: the global expert has ``global_weight`` on every
-    token; region expert r has ``region_weight`` on its box's tokens and 0 elsewhere. Inside
-    a box the target is ``p_global^λg · p_region^λr`` (a true product: both prompts must
-    hold); outside only the global expert acts. Returns ``((N, 1), [(N, 1), ...])``."""
-    maps = [region_weight * box_token_weights(box, height, width) for box in boxes]
-    return torch.full((height // TOKEN_PIXELS * (width // TOKEN_PIXELS), 1), float(global_weight)), maps
+def regional_weights(boxes: list[list[int]], height: int, width: int, *, region_strength: float = 0.8) -> tuple[Tensor, list[Tensor]]:
+    """Per-token weight maps ``(N, 1)`` of the regional product, summing to 1 on every token.
+
+    Region r gets ``region_strength · m_r / max(1, Σ_s m_s)`` (``m_r`` its box's token map,
+    overlaps share), the global expert the rest, ``1 − Σ_r`` of those. Inside a box the
+    target is the geometric mixture ``p_global^(1−α) · p_region^α``; outside, the global
+    expert alone. A constant total keeps every level's temperature that of one model (and
+    the samplers need a scalar total weight, see :class:`RegionalProduct`)."""
+    if not 0.0 <= region_strength <= 1.0:
+        raise ValueError(f"region_strength: must be in [0, 1], got {region_strength}")
+    masks = [box_token_weights(box, height, width) for box in boxes]
+    coverage = torch.clamp(sum(masks, torch.zeros(height // TOKEN_PIXELS * (width // TOKEN_PIXELS), 1)), min=1.0)
+    region_maps = [region_strength * mask / coverage for mask in masks]
+    return 1.0 - sum(region_maps, torch.zeros_like(coverage)), region_maps
+
+
+class RegionalProduct(ProductOfExperts):
+    """A product whose weight maps add up to the same number on every token.
+
+    :meth:`total_weight` returns that number as a float: the samplers use it for the start
+    scale and the Langevin step size, and ``mcmc.ula_step`` takes ``math.sqrt`` of the step,
+    which a map would break. Raises ValueError when the total is not constant."""
+
+    def total_weight(self) -> float | Tensor:
+        total = super().total_weight()
+        if isinstance(total, Tensor):
+            first = total.flatten()[0]
+            if not torch.allclose(total, first.expand_as(total)):
+                raise ValueError("regional weights must add up to the same value on every token")
+            return float(first)
+        return total
