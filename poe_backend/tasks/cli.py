@@ -129,6 +129,8 @@ class _ProgressBar:
 
         if self.bar is None:
             self.bar = tqdm(total=progress.num_levels, unit="level", file=sys.stderr)
+            self.level = max(0, progress.level - 1)
+            self.bar.update(self.level)
         if progress.level > self.level:
             self.bar.update(progress.level - self.level)
             self.level = progress.level

@@ -22,12 +22,12 @@ from PIL import Image
 from pydantic import Field
 
 from poe_backend.bundle import Bundle, BundleError
-from poe_backend.sampling import SampleResult, sample_annealed_langevin, sample_fkc, sample_probability_flow
+from poe_backend.sampling import SampleResult, sample_annealed_langevin, sample_fkc, sample_summed_velocity
 from poe_backend.sampling.schedules import flux_shift_mu, log_snr_levels, shifted_levels
 from poe_backend.tasks.base import TaskContext, TaskParams
 
-SamplerName = Literal["fkc", "annealed_langevin", "probability_flow"]
-SAMPLERS = {"fkc": sample_fkc, "annealed_langevin": sample_annealed_langevin, "probability_flow": sample_probability_flow}
+SamplerName = Literal["fkc", "annealed_langevin", "summed_velocity"]
+SAMPLERS = {"fkc": sample_fkc, "annealed_langevin": sample_annealed_langevin, "summed_velocity": sample_summed_velocity}
 OffloadName = Literal["auto", "none", "model", "group", "sequential"]
 
 
@@ -150,7 +150,7 @@ def start_noise(seed: int, num_particles: int, event_shape: tuple[int, ...]) -> 
 def run_sampler(params: ImageParams, product: Any, noise: torch.Tensor, levels: list[float], generator: torch.Generator, context: TaskContext) -> SampleResult:
     """Run the chosen sampler with the task's callback and cancel flag."""
     options: dict[str, Any] = {"generator": generator, "callback": context.callback, "should_stop": context.should_stop}
-    if params.sampler != "probability_flow":
+    if params.sampler != "summed_velocity":
         options.update(langevin_steps=params.langevin_steps, step_scale=params.step_scale)
     if params.sampler == "fkc":
         options["ess_threshold"] = params.ess_threshold
@@ -193,7 +193,7 @@ def manifest(task: str, context: TaskContext, params: ImageParams, seed: int, **
             {
                 "task": task,
                 "bundle": str(context.bundle.root),
-                "params": params.model_dump(),
+                "params": params.model_copy(update={"seed": seed}).model_dump(),
                 "requested_params": context.params.model_dump(exclude_unset=True),
                 "seed": seed,
                 "models": context.models,

@@ -9,7 +9,7 @@ outside the object mask equal the plate exactly (the mask is feathered inwards o
 Baselines (``method``): ``depth`` or ``fill`` alone; ``rf_solver``: RF-Solver inversion of
 the bundle's RGB render (the naive composite; the plate if there is none) with FLUX.1 [dev]
 and ``rf_source_prompt``, then editing with the prompt (no attention-V sharing, see
-:mod:`poe_backend.experts.rf_solver`). Single-expert baselines use the probability-flow ODE
+:mod:`poe_backend.experts.rf_solver`). Single-expert baselines use the summed-velocity ODE
 (each model's own sampler) unless ``sampler`` is set explicitly.
 
 Bundle: passes ``plate``, ``depth`` (first frame), ``mask.<object>`` (first frame; the union
@@ -150,7 +150,7 @@ def run_product(space, params: InsertionParams, embedding, plate, depth, mask, s
         expert = flux.FluxExpert(flux.load_transformer("fill", space, placement), space, embedding, guidance=params.guidance_fill, condition=condition, placement=placement, max_batch=params.max_batch, name="fill")
         factors.append(Factor(expert, params.fill_weight))
     if len(factors) == 1 and "sampler" not in params.model_fields_set:
-        params = params.model_copy(update={"sampler": "probability_flow"})
+        params = params.model_copy(update={"sampler": "summed_velocity"})
     product = ProductOfExperts(factors)
     generator, noise = images.start_noise(seed, params.particles, space.event_shape)
     levels = images.levels_for(params, space.num_tokens)

@@ -14,7 +14,7 @@ the region prompts joined by ", ". The optional LLM layout parser (global prompt
 is not implemented: a bundle without any boxed region prompt runs the global expert alone.
 
 Baseline ``method="flux"``: FLUX.1 [dev] alone on the global prompt, no reward, with the
-probability-flow ODE unless ``sampler`` is set.
+summed-velocity ODE (its own flow sampler) unless ``sampler`` is set.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ class RegionalT2ITask(Task):
             reward = VQAScoreReward(scorer, space.decode, vqa_prompts, strength=params.vqa_strength)
             rewards.append(reward)
         if params.method == "flux" and "sampler" not in params.model_fields_set:
-            params = params.model_copy(update={"sampler": "probability_flow"})
+            params = params.model_copy(update={"sampler": "summed_velocity"})
         timer.mark("load_and_encode")
 
         product = flux.RegionalProduct(factors, rewards)

@@ -51,5 +51,5 @@ def test_flux_baseline_and_determinism(tmp_path):
     params = {**FAST, "method": "flux", "particles": 2}
     first, out_a = run(tmp_path, "a", params)
     _, out_b = run(tmp_path, "b", params)
-    assert first["vqascore"] is None and first["sampler_stats"]["sampler"] == "probability_flow"
+    assert first["vqascore"] is None and first["sampler_stats"]["sampler"] == "summed_velocity"
     assert np.array_equal(np.asarray(Image.open(out_a / "image.png")), np.asarray(Image.open(out_b / "image.png")))
