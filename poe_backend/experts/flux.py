@@ -60,12 +60,13 @@ class FluxLatentSpace:
     dtype (bf16 on GPU, fp32 on CPU by default).
     """
 
-    def __init__(self, height: int, width: int, *, preset: str = "default", device: str = "cpu", dtype: torch.dtype | None = None, max_sequence_length: int = 512) -> None:
+    def __init__(self, height: int, width: int, *, preset: str = "default", device: str = "cpu", dtype: torch.dtype | None = None, max_sequence_length: int = 512, vae: torch.nn.Module | None = None) -> None:
         check_size(height, width)
         self.height, self.width, self.preset, self.device = height, width, preset, device
         self.dtype = registry.default_dtype(device) if dtype is None else dtype
         self.max_sequence_length = max_sequence_length
-        self.vae = registry.load("flux.vae", preset, device=device, dtype=self.dtype)
+        # ``vae`` injects an instance (benchmarks with random full-size weights); else the registry's
+        self.vae = registry.load("flux.vae", preset, device=device, dtype=self.dtype) if vae is None else vae
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.latent_height = height // self.vae_scale_factor
         self.latent_width = width // self.vae_scale_factor
