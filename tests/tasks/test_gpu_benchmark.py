@@ -17,6 +17,6 @@ def test_tiny_benchmark_table(capsys):
     spec.loader.exec_module(module)
     assert module.main(["--tiny", "--task", "insertion", "--offload", "none", "--levels", "2", "--particles", "1"]) == 0
     output = capsys.readouterr().out
-    assert "needs a CUDA GPU" in output
+    assert "need a CUDA GPU" in output
     row = next(line for line in output.splitlines() if line.startswith("insertion"))
     assert "32x32" in row and "failed" not in row
