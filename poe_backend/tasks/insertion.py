@@ -138,8 +138,7 @@ def run_product(space, params: InsertionParams, embedding, plate, depth, mask, s
     from poe_backend.experts import flux, registry
 
     kinds = transformer_kinds(params.method)
-    transformers = {kind: registry.load(flux.TRANSFORMER_ROLES[kind], space.preset, device="cpu", dtype=space.dtype) for kind in kinds}
-    placement = registry.Placement.for_modules(params.offload, context.device, list(transformers.values()), fp8_storage=params.fp8_storage)
+    placement = flux.placement_for(kinds, space, params.offload, batch=params.max_batch or params.particles, fp8_storage=params.fp8_storage)
     factors = []
     if "depth" in kinds:
         condition = flux.depth_condition(space, depth)
@@ -166,8 +165,7 @@ def run_rf_solver(space, params: InsertionParams, embeddings, source: np.ndarray
     from poe_backend.experts.rf_solver import rf_solver
     from poe_backend.sampling.schedules import flux_shift_mu, shifted_levels
 
-    transformer = registry.load(flux.TRANSFORMER_ROLES["dev"], space.preset, device="cpu", dtype=space.dtype)
-    placement = registry.Placement.for_modules(params.offload, context.device, [transformer], fp8_storage=params.fp8_storage)
+    placement = flux.placement_for(["dev"], space, params.offload, batch=1, fp8_storage=params.fp8_storage)
     transformer = flux.load_transformer("dev", space, placement)
     target, source_prompt = embeddings
     invert = flux.FluxExpert(transformer, space, source_prompt, guidance=1.0, placement=placement, name="inversion")
