@@ -18,7 +18,7 @@ import time
 import numpy as np
 import torch
 
-from common import ForwardClock, Row, Settings, free, peak_vram, random_model
+from benchmarks.common import ForwardClock, Row, Settings, free, peak_vram, random_model
 
 FLUX_TRANSFORMER = dict(
     patch_size=1,
@@ -85,7 +85,11 @@ def run(settings: Settings) -> list[Row]:
         if not settings.wants(task):
             continue
         for offload in settings.offloads:
-            rows.append(bench(settings, offload))
+            try:
+                rows.append(bench(settings, offload))
+            except Exception as error:  # e.g. out of memory under "none": a row, not a crash
+                rows.append(Row(task, "failed", offload, "-", settings.particles, None, None, None, 0, f"{type(error).__name__}: {str(error)[:100]}"))
+                free()
     return rows
 
 

@@ -5,35 +5,32 @@ forwards, for full-size architectures with random weights, for each offload pres
                                    [--offload none --offload group ...] [--particles 2]
                                    [--levels 3] [--langevin-steps 1] [--tiny]
 
-Every ``benchmarks/bench_<family>.py`` module found next to this file is run (its
-``run(settings) -> list[Row]``); image tasks live in ``bench_image.py``, the video families
-add their own modules, so no one edits this file to add rows. Without CUDA it says that the
+Every ``benchmarks/bench_<family>.py`` or ``benchmarks/gpu_<family>.py`` module next to this
+file (but this one) is run through its ``run(settings) -> list[Row]`` (``benchmarks.common``);
+image tasks live in ``bench_image.py``, the video families in their own modules, so no one
+edits this file to add rows. Without CUDA it says that the
 full-size table needs a GPU, runs the tiny variants on the CPU as a smoke table, and exits 0.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import importlib
 import sys
 import traceback
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent))
+if str(HERE.parent) not in sys.path:
+    sys.path.insert(0, str(HERE.parent))
 
-from common import OFFLOAD_PRESETS, Row, Settings, table  # noqa: E402
+from benchmarks.common import OFFLOAD_PRESETS, Row, Settings, table  # noqa: E402
 
 
 def family_modules() -> list:
-    modules = []
-    for path in sorted(HERE.glob("bench_*.py")):
-        spec = importlib.util.spec_from_file_location(path.stem, path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        modules.append(module)
-    return modules
+    """``benchmarks.bench_*`` and ``benchmarks.gpu_*`` (not this module), sorted by name."""
+    paths = sorted(HERE.glob("bench_*.py")) + sorted(path for path in HERE.glob("gpu_*.py") if path.stem != "gpu_tasks")
+    return [importlib.import_module(f"benchmarks.{path.stem}") for path in paths]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.mark.slow
 def test_tiny_benchmark_table(capsys):
-    spec = importlib.util.spec_from_file_location("gpu_tasks", ROOT / "benchmarks" / "gpu_tasks.py")
+    spec = importlib.util.spec_from_file_location("gpu_tasks_under_test", ROOT / "benchmarks" / "gpu_tasks.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert module.main(["--tiny", "--task", "insertion", "--offload", "none", "--levels", "2", "--particles", "1"]) == 0
