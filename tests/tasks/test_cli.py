@@ -1,21 +1,24 @@
-"""``poe-backend run`` (its parser is built here from the module's ``register``)."""
+"""``poe-backend run`` through the package's real entry point."""
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import pytest
 
 from image_bundles import insertion_bundle
+from poe_backend.cli import main
 from poe_backend.tasks import cli
 
 
-def main(argv):
-    parser = argparse.ArgumentParser(prog="poe-backend")
-    cli.register(parser.add_subparsers(dest="command", required=True))
-    arguments = parser.parse_args(argv)
-    return arguments.func(arguments)
+def test_parse_params_reads_json_values_and_strings():
+    assert cli.parse_params(["levels=4", "blend=false", "seed=null", "rf_source_prompt=a table", "guidance=3.5"]) == {
+        "levels": 4,
+        "blend": False,
+        "seed": None,
+        "rf_source_prompt": "a table",
+        "guidance": 3.5,
+    }
 
 
 def test_run_writes_result(tmp_path, capsys):
