@@ -10,8 +10,10 @@ particle with the largest weight; all particles are written.
 Regions come from the bundle's objects: each object with a non-empty ``prompt`` and a box on
 the first frame (``bbox_px[0]``, scaled to the run's resolution). Objects with a prompt but
 no box there are skipped and listed in the manifest. The global prompt is the bundle's, or
-the region prompts joined by ", ". The optional LLM layout parser (global prompt only -> boxes)
-is not implemented: a bundle without any boxed region prompt runs the global expert alone.
+the region prompts joined by ", ". With ``layout_parser`` and no boxed region in the bundle,
+the LLM layout parser (:mod:`poe_backend.experts.layout`, the VQAScore backbone generating a
+JSON layout) proposes regions from the global prompt; otherwise, or when its answer does not
+parse, the global expert runs alone.
 
 Baseline ``method="flux"``: FLUX.1 [dev] alone on the global prompt, no reward, with the
 summed-velocity ODE (its own flow sampler) unless ``sampler`` is set.
@@ -39,6 +41,7 @@ class RegionalParams(images.ImageParams):
     vqa_prompts: Literal["global", "regions", "all"] = "all"
     vqa_strength: float = Field(1.0, ge=0.0, le=100.0)
     vqa_max_pixels: int = Field(448 * 448, ge=28 * 28, le=2048 * 2048)
+    layout_parser: bool = Field(False, description="propose boxes with the LLM when the bundle has none")
 
 
 class RegionalT2ITask(Task):
@@ -58,11 +61,18 @@ class RegionalT2ITask(Task):
         global_prompt = bundle.prompt.strip() or ", ".join(prompt for prompt, _ in regions)
         if not global_prompt:
             raise BundleError("prompt", "regional_t2i needs a prompt or per-object prompts")
-        use_regions = params.method == "regional" and bool(regions)
         use_vqa = params.method == "regional" and params.vqascore
+        parse = params.method == "regional" and params.layout_parser and not regions
         roles = ["flux.vae", "flux.text_encoder", "flux.tokenizer", "flux.text_encoder_2", "flux.tokenizer_2", "flux.transformer.dev"]
-        roles += ["vqa.model", "vqa.image_processor", "vqa.tokenizer"] if use_vqa else []
+        roles += ["vqa.model", "vqa.image_processor", "vqa.tokenizer"] if use_vqa or parse else []
         registry.check_available(roles, context.models)
+        layout = None
+        if parse:
+            from poe_backend.experts.layout import LayoutParser
+
+            regions, answer = LayoutParser(context.models, device=context.device)(global_prompt, width, height)
+            layout = {"answer": answer, "regions": len(regions)}
+        use_regions = params.method == "regional" and bool(regions)
         seed = images.seed_of(params, bundle)
 
         space = flux.FluxLatentSpace(height, width, preset=context.models, device=context.device, max_sequence_length=params.max_sequence_length)
@@ -102,6 +112,7 @@ class RegionalT2ITask(Task):
             prompt=global_prompt,
             regions=[{"prompt": prompt, "box_px": box} for prompt, box in regions],
             skipped_regions=skipped,
+            layout_parser=layout,
             resolution=[height, width],
             best_index=best,
             log_weights=log_weights.tolist(),

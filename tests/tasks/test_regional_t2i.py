@@ -53,3 +53,21 @@ def test_flux_baseline_and_determinism(tmp_path):
     _, out_b = run(tmp_path, "b", params)
     assert first["vqascore"] is None and first["sampler_stats"]["sampler"] == "summed_velocity"
     assert np.array_equal(np.asarray(Image.open(out_a / "image.png")), np.asarray(Image.open(out_b / "image.png")))
+
+
+def test_layout_parser_parses_json_and_runs_without_boxes(tmp_path):
+    from poe_backend.experts.layout import parse_layout
+
+    answer = 'Sure: [{"prompt": "a dog", "box": [-5, 0, 20.4, 30]}, {"prompt": "", "box": [0, 0, 1, 1]}, {"prompt": "a cat", "box": [30, 30, 30, 40]}, {"prompt": "sky", "box": [0, 0, 48, 10]}]'
+    assert parse_layout(answer, WIDTH, HEIGHT) == [("a dog", [0, 0, 20, 30]), ("sky", [0, 0, 48, 10])]
+    assert parse_layout("no json here", WIDTH, HEIGHT) == [] and parse_layout("[not json]", WIDTH, HEIGHT) == []
+    bundle = regional_bundle(tmp_path / "b", prompt="a dog under the sky")
+    for obj in bundle.objects:
+        object.__setattr__(obj, "bbox_px", [None])
+    task = get_task("regional_t2i")
+    out = tmp_path / "out"
+    out.mkdir()
+    params = task.Params(**{**FAST, "layout_parser": True, "vqascore": False, "particles": 1})
+    result = task.run(TaskContext(bundle=bundle, params=params, out_dir=out, models="tiny"))
+    assert isinstance(result.manifest["layout_parser"]["answer"], str)
+    assert result.manifest["skipped_regions"] == ["dog", "cat", "bird"]
