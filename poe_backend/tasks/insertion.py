@@ -55,6 +55,8 @@ class InsertionTask(Task):
         from poe_backend.experts import flux, registry
 
         params: InsertionParams = context.params.effective()
+        if params.method in ("depth", "fill") and "sampler" not in params.model_fields_set:
+            params = params.model_copy(update={"sampler": "summed_velocity"})  # the model's own flow sampler
         bundle, timer = context.bundle, images.Timer()
         if bundle.task != self.name:
             raise BundleError("task", f"this bundle is for '{bundle.task}', not '{self.name}'")
@@ -150,8 +152,6 @@ def run_product(space, params: InsertionParams, embedding, plate, depth, mask, s
         condition = flux.fill_condition(space, plate, mask)
         expert = flux.FluxExpert(flux.load_transformer("fill", space, placement), space, embedding, guidance=params.guidance_fill, condition=condition, placement=placement, max_batch=params.max_batch, name="fill")
         factors.append(Factor(expert, params.fill_weight))
-    if len(factors) == 1 and "sampler" not in params.model_fields_set:
-        params = params.model_copy(update={"sampler": "summed_velocity"})
     product = ProductOfExperts(factors)
     generator, noise = images.start_noise(seed, params.particles, space.event_shape)
     levels = images.levels_for(params, space.num_tokens)

@@ -64,6 +64,8 @@ def test_baselines_run(tmp_path, method):
     assert np.asarray(Image.open(out / "image.png")).shape == (HEIGHT, WIDTH, 3)
     expected = {"depth": "summed-velocity", "fill": "summed-velocity", "rf_solver": "V shared in 2 steps"}[method]
     assert expected in manifest["sampler_stats"]["path"]
+    if method != "rf_solver":
+        assert manifest["params"]["sampler"] == "summed_velocity"  # the manifest reproduces the run
 
 
 def test_cancellation_mid_run(tmp_path):
