@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from image_bundles import insertion_bundle
+from tests.tasks.image_bundles import insertion_bundle
 from poe_backend.cli import main
 from poe_backend.tasks import cli
 

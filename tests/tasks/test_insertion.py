@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from image_bundles import HEIGHT, WIDTH, insertion_bundle
+from tests.tasks.image_bundles import HEIGHT, WIDTH, insertion_bundle
 from poe_backend.bundle import BundleError
 from poe_backend.sampling import SamplingCancelled
 from poe_backend.tasks import get_task

@@ -7,7 +7,7 @@ import json
 import numpy as np
 from PIL import Image
 
-from image_bundles import HEIGHT, WIDTH, regional_bundle
+from tests.tasks.image_bundles import HEIGHT, WIDTH, regional_bundle
 from poe_backend.tasks import get_task
 from poe_backend.tasks.base import TaskContext
 from poe_backend.tasks.regional_t2i import read_regions
