@@ -1,0 +1,16 @@
+"""Shared fixtures: one data directory per test session, so the tiny families are built
+once (``save_pretrained``) and then loaded through the real ``from_pretrained`` path."""
+
+from __future__ import annotations
+
+import pytest
+
+from poe_backend.experts import registry
+
+
+@pytest.fixture(scope="session", autouse=True)
+def poe_data_dir(tmp_path_factory: pytest.TempPathFactory):
+    directory = tmp_path_factory.mktemp("poe-data")
+    with registry.temporary_env(POE_DATA_DIR=str(directory), HF_HUB_OFFLINE="1"):
+        yield directory
+    registry.clear_cache()

@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from poe_backend.experts import registry
+
+
+def test_missing_weights_names_repo_revision_command_and_searched_paths(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    with pytest.raises(registry.MissingWeights) as caught:
+        registry.resolve("flux.transformer.depth", "default")
+    message = str(caught.value)
+    assert "black-forest-labs/FLUX.1-Depth-dev" in message
+    assert "revision main" in message
+    assert "huggingface-cli download black-forest-labs/FLUX.1-Depth-dev" in message
+    assert str(registry.data_dir() / "models" / "black-forest-labs/FLUX.1-Depth-dev") in message
+    assert "models--black-forest-labs--FLUX.1-Depth-dev" in message
+    assert caught.value.repo_id == "black-forest-labs/FLUX.1-Depth-dev"
+    assert len(caught.value.searched) == 2
+
+
+def test_preview_falls_back_to_default_and_overrides_vqa():
+    assert registry.get_spec("flux.vae", "preview") == registry.get_spec("flux.vae", "default")
+    assert registry.get_spec("vqa.model", "preview").repo_id == "Qwen/Qwen2.5-VL-3B-Instruct"
+    assert registry.get_spec("vqa.model", "default").repo_id == "Qwen/Qwen2.5-VL-7B-Instruct"
+
+
+def test_unknown_role_and_preset_are_named():
+    with pytest.raises(KeyError, match="flux.nothing"):
+        registry.get_spec("flux.nothing")
+    with pytest.raises(KeyError, match="no-such-preset"):
+        registry.get_spec("flux.vae", "no-such-preset")
+
+
+def test_json_preset_overrides_a_role_with_a_local_directory(tmp_path):
+    weights = tmp_path / "my-vae"
+    weights.mkdir()
+    preset = tmp_path / "mine.json"
+    preset.write_text(json.dumps({"base": "default", "roles": {"flux.vae": {"local_dir": str(weights)}}}))
+    assert registry.resolve("flux.vae", str(preset)) == weights
+    assert registry.get_spec("flux.text_encoder", str(preset)).repo_id == "black-forest-labs/FLUX.1-dev"
+
+
+def test_local_models_dir_is_found_before_the_cache():
+    local = registry.data_dir() / "models" / "black-forest-labs/FLUX.1-Fill-dev" / "transformer"
+    local.mkdir(parents=True)
+    try:
+        assert registry.resolve("flux.transformer.fill") == local
+    finally:
+        local.rmdir()
+
+
+def test_placement_rejects_unknown_offload():
+    with pytest.raises(ValueError, match="offload"):
+        registry.Placement("fast", "cpu")
