@@ -6,7 +6,7 @@ from poe_backend.sampling.samplers import (
     sample_ais,
     sample_annealed_langevin,
     sample_fkc,
-    sample_probability_flow,
+    sample_summed_velocity,
 )
 
 __all__ = [
@@ -21,5 +21,5 @@ __all__ = [
     "sample_ais",
     "sample_annealed_langevin",
     "sample_fkc",
-    "sample_probability_flow",
+    "sample_summed_velocity",
 ]

@@ -71,14 +71,16 @@ class Evaluation:
     """Everything a sampler needs from one batched evaluation of all experts at ``(x, t)``.
 
     ``scores[i]`` is expert i's score (unweighted), ``score`` is ``Σ λ_i s_i``, ``x0`` the
-    λ-weighted average of the experts' clean predictions, ``log_density`` the unnormalised
-    ``log π_t`` (``None`` unless energies were requested). All in x-space.
+    λ-weighted average of the experts' clean predictions, ``velocities`` the experts' raw
+    velocities (``None`` when energies were requested instead), ``log_density`` the
+    unnormalised ``log π_t`` (``None`` unless energies were requested). All in x-space.
     """
 
     t: float
     scores: list[Tensor]
     score: Tensor
     x0: Tensor
+    velocities: list[Tensor] | None = None
     log_density: Tensor | None = None
 
 
@@ -107,7 +109,7 @@ class ProductOfExperts:
 
     def evaluate(self, x: Tensor, t: float, *, with_energy: bool = False) -> Evaluation:
         """Call every expert once at ``(x, t)``; ``with_energy`` needs :attr:`has_energy`."""
-        scores, x0s, log_density = [], [], None
+        scores, x0s, velocities, log_density = [], [], [], None
         for factor in self.factors:
             if with_energy:
                 if isinstance(factor.weight, Tensor):
@@ -118,6 +120,7 @@ class ProductOfExperts:
                 x0s.append(flow.x0_from_score(x, t, score) if t < 1.0 else torch.zeros_like(x))
             else:
                 velocity = factor.expert.velocity(x, t)
+                velocities.append(velocity)
                 score = flow.score_from_velocity(x, t, velocity) if t > 0.0 else torch.zeros_like(x)
                 x0s.append(flow.x0_from_velocity(x, t, velocity))
             scores.append(score)
@@ -127,6 +130,7 @@ class ProductOfExperts:
             scores=scores,
             score=self.weighted_sum(scores),
             x0=self.weighted_sum(x0s) / self.total_weight(),
+            velocities=None if with_energy else velocities,
             log_density=log_density,
         )
 

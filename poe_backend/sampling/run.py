@@ -19,7 +19,8 @@ class SamplingCancelled(RuntimeError):
 class Progress:
     """One observed sampler step. ``level`` counts from 1 to ``num_levels``; ``step`` is
     the MCMC step within the level (0 = the MCMC-init/transport step); ``nfe`` is expert
-    forwards so far (per particle, summed over experts); ``ess`` in [1, P] or None."""
+    forwards so far (per particle, summed over experts); ``ess`` in [1, P] or None;
+    ``particles`` the current x-space particles ``(P, ...)`` (a view: copy to keep)."""
 
     level: int
     num_levels: int
@@ -27,6 +28,11 @@ class Progress:
     t: float
     nfe: int
     ess: float | None
+    particles: Tensor | None = field(default=None, repr=False, compare=False)
+
+    def summary(self) -> dict:
+        """JSON-ready fields (without the particles)."""
+        return {"level": self.level, "num_levels": self.num_levels, "step": self.step, "t": self.t, "nfe": self.nfe, "ess": self.ess}
 
 
 @dataclass
@@ -74,9 +80,9 @@ class Observer:
     callback: Callable[[Progress], None] | None = None
     should_stop: Callable[[], bool] | None = None
 
-    def step(self, level: int, step: int, t: float, nfe: int, log_weights: Tensor | None = None) -> None:
+    def step(self, level: int, step: int, t: float, nfe: int, particles: Tensor, log_weights: Tensor | None = None) -> None:
         if self.callback is not None:
             ess = None if log_weights is None else resampling.effective_sample_size(log_weights)
-            self.callback(Progress(level, self.num_levels, step, t, nfe, ess))
+            self.callback(Progress(level, self.num_levels, step, t, nfe, ess, particles))
         if self.should_stop is not None and self.should_stop():
             raise SamplingCancelled(f"cancelled at level {level}, step {step}")

@@ -13,11 +13,11 @@ expert forward is batched over the P particles.
   with MALA moves; asymptotically exact. Needs every expert's energy.
 * :func:`sample_fkc` — the score-only path: variance-exploding SDE transport weighted by
   Feynman-Kac corrector weights for products (Skreta et al. 2025), Langevin correctors.
-* :func:`sample_annealed_langevin` — the paper's algorithm as published: MCMC init (an
-  Euler step of the product's probability-flow ODE) then unadjusted Langevin, resampling by
-  rewards only. Biased in mode weights; kept as the paper's baseline.
-* :func:`sample_probability_flow` — the naive baseline: the ODE of the summed scores
-  (with one expert, that expert alone).
+* :func:`sample_annealed_langevin` — the paper's algorithm as published: MCMC init (a
+  DDIM-style step with the experts' averaged clean prediction) then unadjusted Langevin,
+  resampling by rewards only. Biased in mode weights; kept as the paper's baseline.
+* :func:`sample_summed_velocity` — the naive baseline: Euler steps of the ODE of the summed
+  velocities ``Σ λ_i v_i`` (with one expert, that expert's own flow sampler).
 
 Rewards enter as twists: particles carry base weights that stay proper for ``π_t``;
 resampling uses base weight + ``log φ_t(x0_hat)``, after which the base weight becomes
@@ -76,11 +76,11 @@ def sample_ais(
         indices, log_weights = tracker.resample(generator, product, log_weights, x0, t, ess_threshold)
         if indices is not None:
             state = mcmc.EnergyState(state.x[indices], state.log_density[indices], state.score[indices])
-        observer.step(level, 0, t, product.nfe, log_weights)
+        observer.step(level, 0, t, product.nfe, state.x, log_weights)
         for step in range(1, langevin_steps + 1):
             state, accepted = mcmc.mala_step(generator, state, step_size, lambda x: _energy_state(product, x, t))
             step_size *= math.exp(tracker.record_acceptance(accepted) - TARGET_ACCEPTANCE)
-            observer.step(level, step, t, product.nfe, log_weights)
+            observer.step(level, step, t, product.nfe, state.x, log_weights)
     return tracker.finish(product, state.x, log_weights, "ais (energies, MALA)")
 
 
@@ -120,7 +120,7 @@ def sample_fkc(
         indices, log_weights = tracker.resample(generator, product, log_weights, evaluation.x0, t_next, ess_threshold)
         if indices is not None:
             y, evaluation = y[indices], _index_evaluation(evaluation, indices)
-        observer.step(level, 0, t_next, product.nfe, log_weights)
+        observer.step(level, 0, t_next, product.nfe, flow.x_from_y(y, t_next), log_weights)
         y, evaluation = _langevin_correctors(product, y, evaluation, langevin_steps, step_scale, generator, observer, level, log_weights)
     return tracker.finish(product, flow.x_from_y(y, levels[-1]), log_weights, "fkc (score-only, Feynman-Kac weights)")
 
@@ -136,16 +136,17 @@ def sample_annealed_langevin(
     callback: Callback = None,
     should_stop: StopFlag = None,
 ) -> SampleResult:
-    """The paper's annealed sampler: per level an Euler step of the product's
-    probability-flow ODE (MCMC init), ``langevin_steps`` ULA steps, then resampling by the
-    rewards' potentials alone (every level, when there are rewards). No transport weights."""
+    """The paper's annealed sampler: per level an MCMC-init step (DDIM-style,
+    ``y' = x0_hat + (σ'/σ)(y - x0_hat)``, stable even for a handful of levels),
+    ``langevin_steps`` ULA steps, then resampling by the rewards' potentials alone (every
+    level, when there are rewards). No transport weights."""
     observer, tracker = Observer(len(levels), callback, should_stop), _Tracker(noise.shape[0])
     y = noise * flow.sigma_from_t(levels[0]) / torch.sqrt(torch.as_tensor(product.total_weight(), dtype=noise.dtype))
     evaluation = product.evaluate(flow.x_from_y(y, levels[0]), levels[0])
     for level, (t, t_next) in enumerate(zip(levels[:-1], levels[1:]), start=2):
-        y = _probability_flow_step(y, evaluation, t, t_next)
+        y = evaluation.x0 + (flow.sigma_from_t(t_next) / flow.sigma_from_t(t)) * (y - evaluation.x0)
         evaluation = product.evaluate(flow.x_from_y(y, t_next), t_next)
-        observer.step(level, 0, t_next, product.nfe)
+        observer.step(level, 0, t_next, product.nfe, flow.x_from_y(y, t_next))
         y, evaluation = _langevin_correctors(product, y, evaluation, langevin_steps, step_scale, generator, observer, level, None)
         if product.rewards and t_next > 0.0:
             log_potential = product.log_potential(evaluation.x0, t_next)
@@ -156,7 +157,7 @@ def sample_annealed_langevin(
     return tracker.finish(product, flow.x_from_y(y, levels[-1]), log_weights, "annealed langevin (paper, unweighted)")
 
 
-def sample_probability_flow(
+def sample_summed_velocity(
     product: ProductOfExperts,
     noise: Tensor,
     levels: list[float],
@@ -165,23 +166,17 @@ def sample_probability_flow(
     callback: Callback = None,
     should_stop: StopFlag = None,
 ) -> SampleResult:
-    """Euler steps of the probability-flow ODE of ``Σ λ_i s_i`` — the naive composition
-    ("sum the scores and integrate"), which samples the wrong distribution for a product; with
-    one expert it is that expert's own sampler. Rewards only weight the final particles.
+    """Euler steps of ``dx/dt = Σ λ_i v_i(x, t)`` from ``x = t_max · noise`` — the naive
+    composition, which samples the wrong distribution for a product; with one expert it is
+    that expert's own flow sampler. Rewards only weight the final particles.
     NFE per expert: ``len(levels) - 1``."""
     observer, tracker = Observer(len(levels), callback, should_stop), _Tracker(noise.shape[0])
-    y = noise * flow.sigma_from_t(levels[0]) / torch.sqrt(torch.as_tensor(product.total_weight(), dtype=noise.dtype))
+    x = noise * levels[0]
     for level, (t, t_next) in enumerate(zip(levels[:-1], levels[1:]), start=2):
-        y = _probability_flow_step(y, product.evaluate(flow.x_from_y(y, t), t), t, t_next)
-        observer.step(level, 0, t_next, product.nfe)
+        x = x + (t_next - t) * product.weighted_sum(product.evaluate(x, t).velocities)
+        observer.step(level, 0, t_next, product.nfe, x)
     log_weights = torch.zeros(noise.shape[0], dtype=noise.dtype, device=noise.device)
-    return tracker.finish(product, flow.x_from_y(y, levels[-1]), log_weights, "probability-flow ODE (naive)")
-
-
-def _probability_flow_step(y: Tensor, evaluation: Evaluation, t: float, t_next: float) -> Tensor:
-    """Euler step of ``dy = -½ S d(σ²)`` from ``σ(t)`` to ``σ(t_next)``."""
-    delta_u = flow.sigma_from_t(t) ** 2 - flow.sigma_from_t(t_next) ** 2
-    return y + 0.5 * delta_u * (1.0 - t) * evaluation.score
+    return tracker.finish(product, x, log_weights, "summed-velocity ODE (naive)")
 
 
 def _langevin_correctors(
@@ -204,7 +199,7 @@ def _langevin_correctors(
     for step in range(1, num_steps + 1):
         y = mcmc.ula_step(y, (1.0 - t) * evaluation.score, step_size, flow.standard_normal_like(y, generator))
         evaluation = product.evaluate(flow.x_from_y(y, t), t)
-        observer.step(level, step, t, product.nfe, log_weights)
+        observer.step(level, step, t, product.nfe, flow.x_from_y(y, t), log_weights)
     return y, evaluation
 
 
