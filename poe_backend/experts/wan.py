@@ -39,10 +39,11 @@ Decisions:
 * Wan2.1-Fun Control has no diffusers class (its checkpoints use VideoX-Fun's layout:
   48 input channels = latents + control latents + reference); it is listed in
   :data:`WAN_MODELS` for completeness and :func:`load_wan` refuses it with that reason.
-* Tests use a tiny preset (:func:`build_tiny_wan`): every class at minimal size (1-layer
-  transformers, 3-channel-base VAE, 1-layer UMT5 with a character-level tokenizer built in
-  code, 1-layer CLIP vision), saved with ``save_pretrained`` and loaded back through
-  :func:`load_wan`, the path real weights take.
+* Models come from the registry (roles ``wan.*`` in :mod:`poe_backend.experts.wan_models`).
+  Tests use its ``tiny`` preset (:func:`build_tiny_wan`): every class at minimal size
+  (1-layer transformers, 3-channel-base VAE, 1-layer UMT5 with a character-level tokenizer
+  built in code, 2-layer CLIP vision), saved with ``save_pretrained`` and loaded back
+  through :func:`load_wan`, the path real weights take; the real encoders run too.
 """
 
 from __future__ import annotations
@@ -55,8 +56,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from poe_backend.experts.hub import ModelSpec, resolve_model_dir
-from poe_backend.experts.offload import choose_offload, module_bytes, place
+from poe_backend.experts import registry
 from poe_backend.sampling.experts import GenerativeExpert
 
 LATENT_CHANNELS = 16
@@ -64,30 +64,20 @@ TEMPORAL_FACTOR = 4
 SPATIAL_FACTOR = 8
 TIMESTEP_SCALE = 1000.0  # Wan transformers take σ·1000 (MODELS.md)
 
-I2V_COMPONENTS = ("transformer", "vae", "text_encoder", "tokenizer", "image_encoder", "image_processor")
-VACE_COMPONENTS = ("transformer", "vae", "text_encoder", "tokenizer")
-
-#: Named Wan models (repo ids as on the Hub; 1.3B ones for previews).
-WAN_MODELS: dict[str, ModelSpec] = {
-    spec.name: spec
-    for spec in (
-        ModelSpec("wan2.1-i2v-14b-480p", "Wan-AI/Wan2.1-I2V-14B-480P-Diffusers", subfolders=I2V_COMPONENTS, description="image-to-video, 480p, flow_shift 3", extra={"kind": "i2v"}),
-        ModelSpec("wan2.1-i2v-14b-720p", "Wan-AI/Wan2.1-I2V-14B-720P-Diffusers", subfolders=I2V_COMPONENTS, description="image-to-video, 720p, flow_shift 5", extra={"kind": "i2v"}),
-        ModelSpec("wan2.1-vace-14b", "Wan-AI/Wan2.1-VACE-14B-diffusers", subfolders=VACE_COMPONENTS, description="VACE all-in-one control (depth, first frame), 8 VACE layers", extra={"kind": "vace"}),
-        ModelSpec("wan2.1-vace-1.3b", "Wan-AI/Wan2.1-VACE-1.3B-diffusers", subfolders=VACE_COMPONENTS, description="VACE 1.3B, previews, 15 VACE layers", extra={"kind": "vace"}),
-        ModelSpec("wan2.1-fun-14b-control", "alibaba-pai/Wan2.1-Fun-14B-Control", description="Fun Control (VideoX-Fun layout; no diffusers class)", extra={"kind": "fun_control"}),
-        ModelSpec("wan2.1-fun-1.3b-control", "alibaba-pai/Wan2.1-Fun-1.3B-Control", description="Fun Control 1.3B (VideoX-Fun layout; no diffusers class)", extra={"kind": "fun_control"}),
-    )
+#: Models the paper names that diffusers cannot load, with the reason (see module notes).
+UNSUPPORTED_MODELS: dict[str, str] = {
+    "alibaba-pai/Wan2.1-Fun-14B-Control": "VideoX-Fun checkpoint layout (48 input channels); no diffusers class in 0.42",
+    "alibaba-pai/Wan2.1-Fun-1.3B-Control": "VideoX-Fun checkpoint layout (48 input channels); no diffusers class in 0.42",
 }
 
-#: Which models a preset uses for the two sim-to-video experts. ``i2v: None`` means the
-#: VACE model serves as both experts (shared mode).
-WAN_PRESETS: dict[str, dict[str, str | None]] = {
-    "default": {"depth": "wan2.1-vace-14b", "i2v": "wan2.1-i2v-14b-480p"},
-    "shared": {"depth": "wan2.1-vace-14b", "i2v": None},
-    "preview": {"depth": "wan2.1-vace-1.3b", "i2v": None},
-    "tiny": {"depth": "tiny-wan-vace", "i2v": "tiny-wan-i2v"},
-}
+#: How the two sim-to-video experts are made: ``i2v_vace`` is the paper's pairing (Wan2.1
+#: I2V-14B × VACE depth), ``shared_vace`` runs both on one VACE transformer.
+Pairing = Literal["i2v_vace", "shared_vace"]
+
+
+def default_pairing(preset: str) -> Pairing:
+    """``shared_vace`` for ``preview`` (no 1.3B I2V exists), else the paper's pairing."""
+    return "shared_vace" if preset == "preview" else "i2v_vace"
 
 
 def check_video_size(num_frames: int, height: int, width: int) -> None:
@@ -121,14 +111,17 @@ class WanComponents:
     vace_transformer: torch.nn.Module | None = None
     image_encoder: torch.nn.Module | None = None
     image_processor: object | None = None
-    sources: dict[str, str] = field(default_factory=dict)
+    placement: registry.Placement | None = None
+    preset: str = "default"
+    sources: dict[str, dict] = field(default_factory=dict)
 
     def free_encoders(self) -> None:
         """Release UMT5 and CLIP (they are needed once per run)."""
         self.text_encoder = self.image_encoder = None
+        for role in ("wan.text_encoder", "wan.image_encoder"):
+            if role in self.sources:
+                registry.release(role, self.preset)
         gc.collect()
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
 
     def _i2v_pipeline(self):
         from diffusers import WanImageToVideoPipeline
@@ -292,13 +285,14 @@ def vace_first_frame_and_depth_control(components: WanComponents, image: Tensor,
 class _WanExpert(GenerativeExpert):
     """True classifier-free guidance around one transformer call ``_forward(x, t, embeds)``."""
 
-    def __init__(self, transformer: torch.nn.Module, prompt_embeds: Tensor, negative_prompt_embeds: Tensor | None, guidance_scale: float) -> None:
+    def __init__(self, transformer: torch.nn.Module, prompt_embeds: Tensor, negative_prompt_embeds: Tensor | None, guidance_scale: float, placement: registry.Placement | None = None) -> None:
         if guidance_scale != 1.0 and negative_prompt_embeds is None:
             raise ValueError("guidance_scale != 1 needs negative prompt embeddings")
         self.transformer = transformer
         self.prompt_embeds = prompt_embeds
         self.negative_prompt_embeds = negative_prompt_embeds
         self.guidance_scale = float(guidance_scale)
+        self.placement = placement
         self.forward_count = 0
 
     @property
@@ -314,6 +308,8 @@ class _WanExpert(GenerativeExpert):
         num_particles = x.shape[0]
         timestep = torch.full((num_particles,), t * TIMESTEP_SCALE, device=x.device, dtype=torch.float32)
         hidden = x.to(self._dtype)
+        if self.placement is not None:
+            self.placement.activate(self.transformer)
         conditional = self._forward(hidden, timestep, self.prompt_embeds)
         self.forward_count += 1
         if self.guidance_scale != 1.0:
@@ -336,8 +332,8 @@ class WanI2VExpert(_WanExpert):
     ``image_embeds`` ``(1, 257, 1280)`` from :meth:`WanComponents.encode_image`; prompt
     embeddings ``(1, L, 4096)``. Default guidance 5 (Wan's I2V default)."""
 
-    def __init__(self, transformer, condition: Tensor, image_embeds: Tensor, prompt_embeds: Tensor, negative_prompt_embeds: Tensor | None = None, guidance_scale: float = 5.0) -> None:
-        super().__init__(transformer, prompt_embeds, negative_prompt_embeds, guidance_scale)
+    def __init__(self, transformer, condition: Tensor, image_embeds: Tensor, prompt_embeds: Tensor, negative_prompt_embeds: Tensor | None = None, guidance_scale: float = 5.0, placement: registry.Placement | None = None) -> None:
+        super().__init__(transformer, prompt_embeds, negative_prompt_embeds, guidance_scale, placement)
         self.condition = condition
         self.image_embeds = image_embeds
 
@@ -357,8 +353,8 @@ class WanVACEExpert(_WanExpert):
     :func:`vace_first_frame_control`; ``control_scale`` multiplies every VACE layer's hint
     (diffusers' ``conditioning_scale``). Default guidance 5 (the VACE pipeline's)."""
 
-    def __init__(self, transformer, control: Tensor, prompt_embeds: Tensor, negative_prompt_embeds: Tensor | None = None, guidance_scale: float = 5.0, control_scale: float = 1.0) -> None:
-        super().__init__(transformer, prompt_embeds, negative_prompt_embeds, guidance_scale)
+    def __init__(self, transformer, control: Tensor, prompt_embeds: Tensor, negative_prompt_embeds: Tensor | None = None, guidance_scale: float = 5.0, control_scale: float = 1.0, placement: registry.Placement | None = None) -> None:
+        super().__init__(transformer, prompt_embeds, negative_prompt_embeds, guidance_scale, placement)
         self.control = control
         self.control_scale = float(control_scale)
 
@@ -375,61 +371,49 @@ class WanVACEExpert(_WanExpert):
 # ----------------------------------------------------------------------------- loading
 
 
-def _source(name_or_path: str | Path, tiny_root: Path | None) -> Path:
-    if tiny_root is not None and str(name_or_path).startswith("tiny-"):
-        return tiny_root / str(name_or_path)
-    spec = WAN_MODELS.get(str(name_or_path))
-    if spec is not None and spec.extra.get("kind") == "fun_control":
-        raise NotImplementedError(
-            f"'{spec.name}' ({spec.repo_id}) ships in VideoX-Fun's layout, which diffusers 0.42 has no class for; "
-            "use the VACE depth expert (wan2.1-vace-14b / wan2.1-vace-1.3b) instead"
-        )
-    return resolve_model_dir(spec if spec is not None else name_or_path)
-
-
 def load_wan(
+    preset: str = "default",
     *,
-    depth: str | Path | None,
-    i2v: str | Path | None,
+    vace: bool = True,
+    i2v: bool = True,
     device: str | torch.device = "cpu",
-    dtype: torch.dtype | None = None,
     offload: str = "auto",
-    tiny_root: Path | None = None,
+    dtype: torch.dtype | None = None,
 ) -> WanComponents:
-    """Load the VACE model (``depth``) and/or the I2V model (``i2v``) by registry name or
-    local directory; VAE, tokenizer and UMT5 come once, from the first of them. ``dtype``
-    defaults to bf16 on CUDA and float32 elsewhere (the VAE stays float32, as Wan
-    recommends). ``tiny_root`` holds the tiny preset's directories (``tiny-wan-…``)."""
-    from diffusers import AutoencoderKLWan, WanTransformer3DModel, WanVACETransformer3DModel
-    from transformers import AutoTokenizer, CLIPImageProcessor, CLIPVisionModel, UMT5EncoderModel
-
+    """Load the Wan components of a registry preset: the shared VAE (float32, as Wan
+    recommends), tokenizer and UMT5 once, plus the VACE and/or I2V transformer (and CLIP
+    for I2V). Transformers are placed by an offload preset (registry ``Placement``;
+    ``auto`` picks from free VRAM). Raises ``registry.MissingWeights`` for every absent
+    repo before loading anything."""
     device = torch.device(device)
-    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
-    roots = {role: _source(name, tiny_root) for role, name in (("depth", depth), ("i2v", i2v)) if name is not None}
-    if not roots:
-        raise ValueError("load_wan needs a depth (VACE) model, an I2V model, or both")
-    shared = next(iter(roots.values()))
+    dtype = dtype or registry.default_dtype(str(device))
+    roles = ["wan.vae", "wan.tokenizer", "wan.text_encoder"]
+    roles += ["wan.transformer.vace"] if vace else []
+    roles += ["wan.transformer.i2v", "wan.image_encoder", "wan.image_processor"] if i2v else []
+    if not (vace or i2v):
+        raise ValueError("load_wan needs the VACE transformer, the I2V transformer, or both")
+    registry.check_available(roles, preset)
     components = WanComponents(
-        vae=AutoencoderKLWan.from_pretrained(shared, subfolder="vae", torch_dtype=torch.float32).to(device).eval(),
-        tokenizer=AutoTokenizer.from_pretrained(shared, subfolder="tokenizer"),
-        text_encoder=UMT5EncoderModel.from_pretrained(shared, subfolder="text_encoder", torch_dtype=dtype).to(device).eval(),
+        vae=registry.load("wan.vae", preset, device=str(device), dtype=torch.float32),
+        tokenizer=registry.load("wan.tokenizer", preset),
+        text_encoder=registry.load("wan.text_encoder", preset, device=str(device), dtype=dtype),
         device=device,
         dtype=dtype,
-        sources={role: str(path) for role, path in roots.items()},
+        preset=preset,
+        sources={role: registry.get_spec(role, preset).describe() for role in roles},
     )
     transformers = []
-    if "depth" in roots:
-        components.vace_transformer = WanVACETransformer3DModel.from_pretrained(roots["depth"], subfolder="transformer", torch_dtype=dtype).eval()
+    if vace:
+        components.vace_transformer = registry.load("wan.transformer.vace", preset, device="cpu", dtype=dtype)
         transformers.append(components.vace_transformer)
-    if "i2v" in roots:
-        components.i2v_transformer = WanTransformer3DModel.from_pretrained(roots["i2v"], subfolder="transformer", torch_dtype=dtype).eval()
-        components.image_encoder = CLIPVisionModel.from_pretrained(roots["i2v"], subfolder="image_encoder", torch_dtype=dtype).to(device).eval()
-        components.image_processor = CLIPImageProcessor.from_pretrained(roots["i2v"], subfolder="image_processor")
+    if i2v:
+        components.i2v_transformer = registry.load("wan.transformer.i2v", preset, device="cpu", dtype=dtype)
+        components.image_encoder = registry.load("wan.image_encoder", preset, device=str(device), dtype=dtype)
+        components.image_processor = registry.load("wan.image_processor", preset)
         transformers.append(components.i2v_transformer)
-    preset = choose_offload(sum(map(module_bytes, transformers)), device) if offload == "auto" else offload
+    components.placement = registry.Placement.for_modules(offload, str(device), transformers)
     for transformer in transformers:
-        place(transformer, device, preset)
-    components.sources["offload"] = preset
+        components.placement.place(transformer)
     return components
 
 
@@ -467,32 +451,19 @@ def _tiny_transformer_config() -> dict:
     )
 
 
-def build_tiny_wan(root: Path, seed: int = 0) -> Path:
-    """Write ``root/tiny-wan-i2v`` and ``root/tiny-wan-vace`` in the Hub repos' layout with
-    random tiny components (seeded); returns ``root``. Idempotent."""
+def build_tiny_wan(directory: Path, seed: int = 0) -> None:
+    """Write every tiny Wan component (seeded random weights) under ``directory/<role
+    subfolder>``: the registry's tiny builder for the ``wan`` family."""
     from diffusers import AutoencoderKLWan, WanTransformer3DModel, WanVACETransformer3DModel
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel
 
-    root = Path(root)
-    marker = root / "tiny-wan.done"
-    if marker.is_file():
-        return root
+    directory = Path(directory)
     torch.manual_seed(seed)
-    vae = AutoencoderKLWan(base_dim=3, z_dim=LATENT_CHANNELS, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True])
-    text_encoder = UMT5EncoderModel(UMT5Config(vocab_size=128, d_model=TINY_TEXT_DIM, d_kv=8, d_ff=32, num_layers=1, num_heads=2, relative_attention_num_buckets=8))
-    tokenizer = character_tokenizer()
-    i2v = WanTransformer3DModel(in_channels=LATENT_CHANNELS * 2 + 4, image_dim=TINY_IMAGE_DIM, added_kv_proj_dim=16, **_tiny_transformer_config())
-    vace = WanVACETransformer3DModel(in_channels=LATENT_CHANNELS, vace_layers=[0], vace_in_channels=96, **_tiny_transformer_config())
-    image_encoder = CLIPVisionModel(CLIPVisionConfig(hidden_size=TINY_IMAGE_DIM, projection_dim=8, num_hidden_layers=2, num_attention_heads=2, image_size=32, intermediate_size=16, patch_size=16))
-    image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    for name, transformer, extra in (("tiny-wan-i2v", i2v, True), ("tiny-wan-vace", vace, False)):
-        directory = root / name
-        transformer.save_pretrained(directory / "transformer")
-        vae.save_pretrained(directory / "vae")
-        text_encoder.save_pretrained(directory / "text_encoder")
-        tokenizer.save_pretrained(directory / "tokenizer")
-        if extra:
-            image_encoder.save_pretrained(directory / "image_encoder")
-            image_processor.save_pretrained(directory / "image_processor")
-    marker.write_text("ok")
-    return root
+    AutoencoderKLWan(base_dim=3, z_dim=LATENT_CHANNELS, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]).save_pretrained(directory / "vae")
+    UMT5EncoderModel(UMT5Config(vocab_size=128, d_model=TINY_TEXT_DIM, d_kv=8, d_ff=32, num_layers=1, num_heads=2, relative_attention_num_buckets=8)).save_pretrained(directory / "text_encoder")
+    character_tokenizer().save_pretrained(directory / "tokenizer")
+    WanVACETransformer3DModel(in_channels=LATENT_CHANNELS, vace_layers=[0], vace_in_channels=96, **_tiny_transformer_config()).save_pretrained(directory / "transformer_vace")
+    WanTransformer3DModel(in_channels=LATENT_CHANNELS * 2 + 4, image_dim=TINY_IMAGE_DIM, added_kv_proj_dim=16, **_tiny_transformer_config()).save_pretrained(directory / "transformer_i2v")
+    vision = CLIPVisionConfig(hidden_size=TINY_IMAGE_DIM, projection_dim=8, num_hidden_layers=2, num_attention_heads=2, image_size=32, intermediate_size=16, patch_size=16)
+    CLIPVisionModel(vision).save_pretrained(directory / "image_encoder")
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(directory / "image_processor")
