@@ -10,6 +10,8 @@ from poe_backend.tasks.base import Task
 #: Task name -> "module:ClassName".
 TASK_CLASSES: dict[str, str] = {
     "toy2d": "poe_backend.tasks.toy2d:Toy2DTask",
+    "sim2video": "poe_backend.tasks.sim2video:Sim2VideoTask",
+    "sim2video_ar": "poe_backend.tasks.sim2video_ar:Sim2VideoARTask",
 }
 
 
