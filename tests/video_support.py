@@ -18,11 +18,15 @@ from poe_backend.sampling.experts import GenerativeExpert
 
 @pytest.fixture(scope="session")
 def tiny_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``POE_DATA_DIR`` for the session, so tiny presets build once into a temp dir."""
+    """``POE_DATA_DIR`` for the session, so tiny presets build once into a temp dir. Also
+    one intra-op thread while it lives: tiny models on a shared 2-core machine are ~100x
+    slower with two threads spinning against other processes."""
     directory = tmp_path_factory.mktemp("poe-data")
-    previous = os.environ.get("POE_DATA_DIR")
+    previous, threads = os.environ.get("POE_DATA_DIR"), torch.get_num_threads()
     os.environ["POE_DATA_DIR"] = str(directory)
+    torch.set_num_threads(1)
     yield directory
+    torch.set_num_threads(threads)
     if previous is None:
         os.environ.pop("POE_DATA_DIR", None)
     else:
