@@ -19,7 +19,9 @@ from poe_backend.sampling.experts import GenerativeExpert
 @dataclass(frozen=True)
 class GaussianMixture:
     """Weights ``(K,)`` summing to 1, means ``(K, D)``, covariances ``(K, D, D)``
-    (symmetric positive definite)."""
+    (symmetric positive definite). A *batched* mixture, one per particle, has weights
+    ``(P, K)`` and means ``(P, K, D)`` (conditionals given per-particle values); sampling and
+    products need an unbatched one."""
 
     weights: Tensor
     means: Tensor
@@ -27,7 +29,31 @@ class GaussianMixture:
 
     @property
     def dimension(self) -> int:
-        return self.means.shape[1]
+        return self.means.shape[-1]
+
+    def conditional(self, free: list[int], known: list[int], values: Tensor) -> GaussianMixture:
+        """The batched mixture of coordinates ``free`` given coordinates ``known`` equal to
+        ``values`` ``(P, len(known))``, marginalising all other coordinates. With ``known``
+        empty it is the (unbatched) marginal of ``free``."""
+        free_index = torch.tensor(free, device=self.means.device)
+        free_covariance = self.covariances[:, free_index][:, :, free_index]
+        if not known:
+            return GaussianMixture(self.weights, self.means[:, free_index], free_covariance)
+        known_index = torch.tensor(known, device=self.means.device)
+        known_covariance = self.covariances[:, known_index][:, :, known_index]  # (K, k, k)
+        cross = self.covariances[:, free_index][:, :, known_index]  # (K, f, k)
+        gain = cross @ torch.linalg.inv(known_covariance)  # (K, f, k)
+        known_part = GaussianMixture(self.weights, self.means[:, known_index], known_covariance)
+        log_weights, _ = known_part.component_log_densities(values)  # (P, K)
+        offsets = values[:, None, :] - self.means[None, :, known_index]  # (P, K, k)
+        means = self.means[None, :, free_index] + (gain[None] @ offsets[..., None])[..., 0]
+        return GaussianMixture(torch.softmax(log_weights, dim=1), means, free_covariance - gain @ cross.transpose(1, 2))
+
+    def reindexed(self, indices: Tensor) -> GaussianMixture:
+        """Follow a particle resampling (batched mixtures only change)."""
+        if self.weights.dim() == 1:
+            return self
+        return GaussianMixture(self.weights[indices], self.means[indices], self.covariances)
 
     def noised(self, t: float) -> GaussianMixture:
         """The marginal at time t (exact)."""
@@ -39,7 +65,7 @@ class GaussianMixture:
         """``log w_k + log N(x; μ_k, Σ_k)`` of shape ``(P, K)`` and ``Σ_k^{-1}(x - μ_k)``
         of shape ``(P, K, D)``."""
         cholesky = torch.linalg.cholesky(self.covariances)  # (K, D, D)
-        difference = x[:, None, :] - self.means[None]  # (P, K, D)
+        difference = x[:, None, :] - self.means  # (P, K, D); means (K, D) or (P, K, D)
         solved = torch.cholesky_solve(difference.permute(1, 2, 0), cholesky).permute(2, 0, 1)
         log_determinant = 2.0 * torch.log(torch.diagonal(cholesky, dim1=-2, dim2=-1)).sum(-1)
         mahalanobis = (difference * solved).sum(-1)
@@ -104,6 +130,9 @@ class GaussianMixtureExpert(GenerativeExpert):
     def log_density_and_score(self, x: Tensor, t: float) -> tuple[Tensor, Tensor]:
         return self.mixture.noised(t).log_density_and_score(x)
 
+    def reindex(self, indices: Tensor) -> None:
+        self.mixture = self.mixture.reindexed(indices)
+
     def velocity(self, x: Tensor, t: float) -> Tensor:
         """``v = E[eps | x] - E[x0 | x] = -t·s - x0_hat`` with the per-component Tweedie
         posterior means ``μ_k + (1-t) Σ_k C_k^{-1} (x - (1-t) μ_k)``."""
@@ -111,5 +140,5 @@ class GaussianMixtureExpert(GenerativeExpert):
         log_components, solved = noised.component_log_densities(x)
         responsibilities = torch.softmax(log_components, dim=1)[..., None]  # (P, K, 1)
         score = -(responsibilities * solved).sum(1)
-        component_x0 = self.mixture.means[None] + (1.0 - t) * (self.mixture.covariances[None] @ solved[..., None])[..., 0]
+        component_x0 = self.mixture.means + (1.0 - t) * (self.mixture.covariances[None] @ solved[..., None])[..., 0]
         return -t * score - (responsibilities * component_x0).sum(1)

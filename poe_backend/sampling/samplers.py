@@ -93,6 +93,7 @@ def sample_fkc(
     langevin_steps: int = 4,
     step_scale: float = 0.5,
     ess_threshold: float = 0.5,
+    start: Tensor | None = None,
     callback: Callback = None,
     should_stop: StopFlag = None,
 ) -> SampleResult:
@@ -101,12 +102,12 @@ def sample_fkc(
     In ``y = x / (1 - t)``, ``σ = t / (1 - t)``, from ``σ_k`` to ``σ_{k+1}`` with
     ``Δu = σ_k² - σ_{k+1}²``: ``y ← y + Δu·S + sqrt(Δu)·z`` with ``S = Σ λ_i s_i`` and
     ``log w += ½ Δu (‖S‖² - Σ λ_i ‖s_i‖²)`` (scores in y-space). Resample on low ESS, then
-    ``langevin_steps`` ULA correctors with ``η = step_scale · σ² / Σλ``.
+    ``langevin_steps`` ULA correctors with ``η = step_scale · σ² / Σλ``. ``start`` (x-space,
+    at ``levels[0]``) replaces the Gaussian start, e.g. a re-noised sample for a Gibbs sweep.
     NFE per expert: ``1 + (len(levels) - 1) · (1 + langevin_steps)``.
     """
     observer, tracker = Observer(len(levels), callback, should_stop), _Tracker(noise.shape[0])
-    total = product.total_weight()
-    y = noise * flow.sigma_from_t(levels[0]) / torch.sqrt(torch.as_tensor(total, dtype=noise.dtype))
+    y = _initial_y(product, noise, levels[0], start)
     log_weights = torch.zeros(noise.shape[0], dtype=noise.dtype, device=noise.device)
     evaluation = product.evaluate(flow.x_from_y(y, levels[0]), levels[0])
     for level, (t, t_next) in enumerate(zip(levels[:-1], levels[1:]), start=2):
@@ -133,15 +134,16 @@ def sample_annealed_langevin(
     generator: torch.Generator,
     langevin_steps: int = 4,
     step_scale: float = 0.5,
+    start: Tensor | None = None,
     callback: Callback = None,
     should_stop: StopFlag = None,
 ) -> SampleResult:
     """The paper's annealed sampler: per level an MCMC-init step (DDIM-style,
     ``y' = x0_hat + (σ'/σ)(y - x0_hat)``, stable even for a handful of levels),
     ``langevin_steps`` ULA steps, then resampling by the rewards' potentials alone (every
-    level, when there are rewards). No transport weights."""
+    level, when there are rewards). No transport weights. ``start`` as in :func:`sample_fkc`."""
     observer, tracker = Observer(len(levels), callback, should_stop), _Tracker(noise.shape[0])
-    y = noise * flow.sigma_from_t(levels[0]) / torch.sqrt(torch.as_tensor(product.total_weight(), dtype=noise.dtype))
+    y = _initial_y(product, noise, levels[0], start)
     evaluation = product.evaluate(flow.x_from_y(y, levels[0]), levels[0])
     for level, (t, t_next) in enumerate(zip(levels[:-1], levels[1:]), start=2):
         y = evaluation.x0 + (flow.sigma_from_t(t_next) / flow.sigma_from_t(t)) * (y - evaluation.x0)
@@ -163,20 +165,29 @@ def sample_summed_velocity(
     levels: list[float],
     *,
     generator: torch.Generator,
+    start: Tensor | None = None,
     callback: Callback = None,
     should_stop: StopFlag = None,
 ) -> SampleResult:
-    """Euler steps of ``dx/dt = Σ λ_i v_i(x, t)`` from ``x = t_max · noise`` — the naive
-    composition, which samples the wrong distribution for a product; with one expert it is
-    that expert's own flow sampler. Rewards only weight the final particles.
+    """Euler steps of ``dx/dt = Σ λ_i v_i(x, t)`` from ``x = t_max · noise`` (or ``start``)
+    — the naive composition, which samples the wrong distribution for a product; with one
+    expert it is that expert's own flow sampler. Rewards only weight the final particles.
     NFE per expert: ``len(levels) - 1``."""
     observer, tracker = Observer(len(levels), callback, should_stop), _Tracker(noise.shape[0])
-    x = noise * levels[0]
+    x = noise * levels[0] if start is None else start
     for level, (t, t_next) in enumerate(zip(levels[:-1], levels[1:]), start=2):
         x = x + (t_next - t) * product.weighted_sum(product.evaluate(x, t).velocities)
         observer.step(level, 0, t_next, product.nfe, x)
     log_weights = torch.zeros(noise.shape[0], dtype=noise.dtype, device=noise.device)
     return tracker.finish(product, x, log_weights, "summed-velocity ODE (naive)")
+
+
+def _initial_y(product: ProductOfExperts, noise: Tensor, t: float, start: Tensor | None) -> Tensor:
+    """y-space start at level t: the product of the experts' top levels,
+    ``N(0, σ² / Σλ)``, or the given x-space ``start``."""
+    if start is not None:
+        return flow.y_from_x(start, t)
+    return noise * flow.sigma_from_t(t) / torch.sqrt(torch.as_tensor(product.total_weight(), dtype=noise.dtype))
 
 
 def _langevin_correctors(

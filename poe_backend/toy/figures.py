@@ -99,6 +99,18 @@ def _naive_figure(spec: ToySpec, path: Path, seed: int) -> Path:
     return path
 
 
+def scatter_plot(spec: ToySpec, samples: np.ndarray, path: Path, title: str) -> Path:
+    """One panel: samples ``(N, 2)`` over the experts' contours at t = 0 and the discs."""
+    figure, axis = plt.subplots(figsize=(4.0, 4.0))
+    _draw_experts(axis, spec, 0.0)
+    axis.scatter(samples[:, 0], samples[:, 1], s=2, c="black", alpha=0.4)
+    axis.set_title(title, fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
 def _draw_experts(axis: plt.Axes, spec: ToySpec, t: float) -> None:
     """Contours of each expert's noised marginal at level t, and the reward discs."""
     grid = np.linspace(-EXTENT, EXTENT, 120)

@@ -9,15 +9,19 @@ from typing import Callable
 
 import torch
 
+from poe_backend.experts.gmm import GaussianMixtureExpert
 from poe_backend.sampling import Factor, GenerativeExpert, Progress, ProductOfExperts, SampleResult, samplers
+from poe_backend.sampling.autoregressive import sample_autoregressive
 from poe_backend.sampling.schedules import log_snr_levels
 from poe_backend.toy.spec import DTYPE, ToySpec
 
 #: Sampler names for ``--sampler``. "annealed" is the recommended default: exact AIS where
 #: every expert has an energy, the score-only Feynman-Kac sampler otherwise.
-SAMPLER_NAMES = ("annealed", "ais", "fkc", "langevin", "naive", "single")
-DEFAULT_LEVELS = {"naive": 500, "single": 500}  # ODE baselines get the NFE the annealed samplers use
+SAMPLER_NAMES = ("annealed", "ais", "fkc", "langevin", "naive", "single", "autoregressive")
+DEFAULT_LEVELS = {"naive": 500, "single": 500, "autoregressive": 40}  # ODE baselines get the NFE the annealed samplers use
 DEFAULT_LEVEL_COUNT = 100
+AUTOREGRESSIVE_SWEEPS = 3
+AUTOREGRESSIVE_GIBBS_T = 0.999  # full re-draw: exact Gibbs on the toy
 DEFAULT_LANGEVIN_STEPS = 4
 
 
@@ -56,8 +60,10 @@ def run_toy(
         raise ValueError("--sampler ais needs energies; drop --score-only or use fkc")
     levels = log_snr_levels(num_levels or DEFAULT_LEVELS.get(name, DEFAULT_LEVEL_COUNT))
     generator = torch.Generator().manual_seed(seed)
-    noise = torch.randn(num_particles, spec.dimension, generator=generator, dtype=DTYPE)
     options = {"generator": generator, "callback": callback, "should_stop": should_stop}
+    if name == "autoregressive":
+        return _run_autoregressive(spec, product, levels, num_particles, langevin_steps, options)
+    noise = torch.randn(num_particles, spec.dimension, generator=generator, dtype=DTYPE)
     if name in ("ais", "fkc", "langevin"):
         options["langevin_steps"] = langevin_steps
     function = {
@@ -71,6 +77,31 @@ def run_toy(
     result = function(product, noise, levels, **options)
     samples = result.equally_weighted(generator)
     return ToyRun(samples, result, time.perf_counter() - start)
+
+
+def _run_autoregressive(spec: ToySpec, product: ProductOfExperts, levels: list[float], num_particles: int, langevin_steps: int, options: dict) -> ToyRun:
+    """Chunks are coordinates: chunk j's product is every expert's mixture of coordinate j
+    given the coordinates drawn so far (others marginalised); Gibbs sweeps condition on
+    all the others, which makes the product of conditionals the exact target conditional."""
+    if spec.rewards:
+        raise ValueError("--sampler autoregressive: the toy's chunks are coordinates, which a disc reward couples; drop the rewards")
+    dimension, generator = spec.dimension, options["generator"]
+
+    def make_product(index: int, chunks: list[torch.Tensor | None]) -> ProductOfExperts:
+        known = [j for j, chunk in enumerate(chunks) if chunk is not None]
+        values = torch.cat([chunks[j] for j in known], dim=1) if known else None
+        factors = [
+            Factor(GaussianMixtureExpert(factor.expert.mixture.conditional([index], known, values)), factor.weight)
+            for factor in product.factors
+        ]
+        return ProductOfExperts(factors)
+
+    chunk_noise = [torch.randn(num_particles, 1, generator=generator, dtype=DTYPE) for _ in range(dimension)]
+    start = time.perf_counter()
+    result = sample_autoregressive(make_product, chunk_noise, levels, langevin_steps=langevin_steps, gibbs_sweeps=AUTOREGRESSIVE_SWEEPS, gibbs_t=AUTOREGRESSIVE_GIBBS_T, **options)
+    samples = torch.cat(result.chunks, dim=1)
+    weighted = SampleResult(samples, torch.zeros(num_particles, dtype=DTYPE), result.stats()["path"], result.nfe, result.ess)
+    return ToyRun(samples, weighted, time.perf_counter() - start)
 
 
 class _ScoreOnly(GenerativeExpert):
