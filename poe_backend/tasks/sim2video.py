@@ -68,9 +68,9 @@ class Sim2VideoParams(TaskParams):
 
 
 def effective_params(params: TaskParams, preset: str) -> TaskParams:
-    """Apply :data:`PREVIEW_PARAMS` (or the task's own) for the ``preview`` preset to the
-    fields the caller left unset."""
-    overrides = getattr(params, "_preview", PREVIEW_PARAMS) if preset == "preview" else {}
+    """Apply the task's ``PREVIEW`` overrides (default :data:`PREVIEW_PARAMS`) for the
+    ``preview`` preset to the fields the caller left unset."""
+    overrides = getattr(type(params), "PREVIEW", PREVIEW_PARAMS) if preset == "preview" else {}
     updates = {name: value for name, value in overrides.items() if name not in params.model_fields_set}
     return params.model_copy(update=updates)
 
