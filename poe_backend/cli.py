@@ -11,6 +11,7 @@ import sys
 #: Modules that define subcommands, in help order.
 COMMAND_MODULES = (
     "poe_backend.toy.cli",
+    "poe_backend.tasks.cli",
 )
 
 

@@ -56,6 +56,7 @@ class MissingWeights(RuntimeError):
 
     def __init__(self, role: str, repo_id: str | None, revision: str | None, searched: list[str], hint: str = "") -> None:
         self.role, self.repo_id, self.revision, self.searched = role, repo_id, revision, searched
+        self.missing: list[tuple[str | None, str | None]] = [(repo_id, revision)]
         if repo_id is not None:
             revision_flag = f" --revision {revision}" if revision else ""
             what = f"model '{role}' needs the Hugging Face repo {repo_id} (revision {revision or 'main'})"
@@ -64,6 +65,27 @@ class MissingWeights(RuntimeError):
             what, how = f"model '{role}' has no weights on this machine", "put the model there"
         where = "; ".join(searched)
         super().__init__(f"{what}; {how}; searched: {where}" + (f"; {hint}" if hint else ""))
+
+
+    @classmethod
+    def combined(cls, errors: list["MissingWeights"]) -> "MissingWeights":
+        """One error for several missing roles, grouped by repo (and revision)."""
+        groups: dict[tuple, list[MissingWeights]] = {}
+        for error in errors:
+            groups.setdefault((error.repo_id, error.revision), []).append(error)
+        parts = []
+        for (repo_id, revision), members in groups.items():
+            roles = ", ".join(member.role for member in members)
+            if repo_id is None:
+                parts.append(f"{roles}: no weights at {'; '.join(s for m in members for s in m.searched)}")
+                continue
+            flag = f" --revision {revision}" if revision else ""
+            parts.append(f"{repo_id} (revision {revision or 'main'}; for {roles}): `huggingface-cli download {repo_id}{flag}`; searched: {'; '.join(members[0].searched)}")
+        first = errors[0]
+        combined = cls(first.role, first.repo_id, first.revision, [s for e in errors for s in e.searched])
+        combined.missing = [(repo_id, revision) for repo_id, revision in groups]
+        combined.args = (f"{len(groups)} model repos are missing: " + " | ".join(parts),)
+        return combined
 
 
 @dataclass(frozen=True)
@@ -273,8 +295,9 @@ def _resolve_hub(role: str, spec: ModelSpec) -> Path:
 
 def check_available(roles: Iterable[str], preset: str) -> None:
     """Resolve every role up front, so a task fails before loading anything when one is
-    missing; raises :class:`MissingWeights` listing all missing repos in one message."""
-    errors = []
+    missing; raises one :class:`MissingWeights` naming every missing repo once (with the
+    roles that need it), the download commands and the places searched."""
+    errors: list[MissingWeights] = []
     for role in roles:
         try:
             resolve(role, preset)
@@ -283,10 +306,7 @@ def check_available(roles: Iterable[str], preset: str) -> None:
     if len(errors) == 1:
         raise errors[0]
     if errors:
-        first = errors[0]
-        combined = MissingWeights(first.role, first.repo_id, first.revision, first.searched)
-        combined.args = (" | ".join(str(error) for error in errors),)
-        raise combined
+        raise MissingWeights.combined(errors)
 
 
 # ---------------------------------------------------------------------------------------

@@ -1,5 +1,12 @@
 """VQAScore roles for the model registry (torch-free): Qwen2.5-VL through plain
-transformers. ``preview`` uses the 3B model, ``default`` the 7B one."""
+transformers. ``preview`` uses the 3B model, ``default`` the 7B one.
+
+The image processor and tokenizer are separate roles (``AutoImageProcessor``,
+``AutoTokenizer`` from the same repo) rather than one ``AutoProcessor``: the Qwen2.5-VL
+processor also builds a video processor that needs torchvision, which VQAScore does not use
+and this project does not depend on. :mod:`poe_backend.experts.vqascore` expands the image
+placeholder tokens itself (the processor's three-line ``replace_image_token``).
+"""
 
 from __future__ import annotations
 
@@ -8,23 +15,28 @@ from poe_backend.experts.registry import ModelSpec, register_family, tiny_dir
 QWEN_7B = "Qwen/Qwen2.5-VL-7B-Instruct"
 QWEN_3B = "Qwen/Qwen2.5-VL-3B-Instruct"
 _MODEL = "transformers:Qwen2_5_VLForConditionalGeneration"
-_PROCESSOR = "transformers:AutoProcessor"
+_IMAGE_PROCESSOR = "transformers:AutoImageProcessor"
+_TOKENIZER = "transformers:AutoTokenizer"
 _BUILDER = "poe_backend.experts.vqascore_tiny:build_tiny"
+
+
+def _hub(repo: str) -> dict[str, ModelSpec]:
+    return {
+        "vqa.model": ModelSpec(_MODEL, repo_id=repo),
+        "vqa.image_processor": ModelSpec(_IMAGE_PROCESSOR, repo_id=repo, is_module=False),
+        "vqa.tokenizer": ModelSpec(_TOKENIZER, repo_id=repo, is_module=False),
+    }
+
 
 register_family(
     "vqa",
     {
-        "default": {
-            "vqa.model": ModelSpec(_MODEL, repo_id=QWEN_7B),
-            "vqa.processor": ModelSpec(_PROCESSOR, repo_id=QWEN_7B, is_module=False),
-        },
-        "preview": {
-            "vqa.model": ModelSpec(_MODEL, repo_id=QWEN_3B),
-            "vqa.processor": ModelSpec(_PROCESSOR, repo_id=QWEN_3B, is_module=False),
-        },
+        "default": _hub(QWEN_7B),
+        "preview": _hub(QWEN_3B),
         "tiny": {
             "vqa.model": ModelSpec(_MODEL, local_dir=tiny_dir("vqa"), subfolder="model", builder=_BUILDER),
-            "vqa.processor": ModelSpec(_PROCESSOR, local_dir=tiny_dir("vqa"), subfolder="processor", builder=_BUILDER, is_module=False),
+            "vqa.image_processor": ModelSpec(_IMAGE_PROCESSOR, local_dir=tiny_dir("vqa"), subfolder="image_processor", builder=_BUILDER, is_module=False),
+            "vqa.tokenizer": ModelSpec(_TOKENIZER, local_dir=tiny_dir("vqa"), subfolder="tokenizer", builder=_BUILDER, is_module=False),
         },
     },
 )

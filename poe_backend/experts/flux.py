@@ -1,0 +1,314 @@
+"""FLUX.1 experts on one packed latent: [dev] (global and regional), Depth [dev], Fill [dev].
+
+Shapes (MODELS.md "FLUX family"): images ``(B, 3, H, W)`` with H, W multiples of 16; the VAE
+latent ``(B, 16, H/8, W/8)`` is normalised ``(z - shift) · scale`` and packed 2×2 into tokens,
+``x`` of shape ``(P, N, 64)`` with ``N = (H/16)(W/16)``. This packed, normalised latent is the
+sampler's x-space for every FLUX expert, so their products need no conversion.
+
+Every transformer predicts ``eps - x0`` at ``σ = t`` (our velocity) and multiplies timestep and
+guidance by 1000 itself, so :class:`FluxExpert` passes ``t`` and the raw distilled guidance.
+One forward is batched over the P particles (optionally in chunks of ``max_batch``); the
+sampler's state stays float32 and is cast to the model's dtype only for the forward.
+
+Diffusers helpers are reused (``FluxPipeline._pack_latents``, ``_unpack_latents``,
+``_prepare_latent_image_ids``, ``encode_prompt``); the VAE posterior's *mode* is used for
+every encoding so that a seed fully determines a run.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
+from torch import Tensor
+
+from poe_backend.experts import registry
+from poe_backend.sampling import GenerativeExpert, ProductOfExperts
+
+LATENT_CHANNELS = 16
+PACKED_CHANNELS = 64
+TOKEN_PIXELS = 16  # one packed token covers 16x16 pixels (8x VAE, 2x2 packing)
+#: Distilled guidance defaults (diffusers docs): Depth 10, Fill 30, dev 3.5.
+DEFAULT_GUIDANCE = {"dev": 3.5, "depth": 10.0, "fill": 30.0}
+
+
+@dataclass(frozen=True)
+class PromptEmbedding:
+    """One prompt encoded once: T5 ``embeds (1, L, D)`` and CLIP-L ``pooled (1, D_pool)``."""
+
+    prompt: str
+    embeds: Tensor
+    pooled: Tensor
+
+
+def check_size(height: int, width: int) -> None:
+    """FLUX needs H and W to be positive multiples of 16 (raises ValueError naming them)."""
+    for name, value in (("height", height), ("width", width)):
+        if value <= 0 or value % TOKEN_PIXELS:
+            raise ValueError(f"{name}: must be a positive multiple of {TOKEN_PIXELS}, got {value}")
+
+
+class FluxLatentSpace:
+    """The shared parts of the FLUX family at one resolution: VAE (loaded once per process
+    through the registry), prompt encoding (text encoders loaded, used once, released) and
+    packing/ids.
+
+    ``preset`` is a registry preset; ``device`` a torch device string; ``dtype`` the model
+    dtype (bf16 on GPU, fp32 on CPU by default).
+    """
+
+    def __init__(self, height: int, width: int, *, preset: str = "default", device: str = "cpu", dtype: torch.dtype | None = None, max_sequence_length: int = 512) -> None:
+        check_size(height, width)
+        self.height, self.width, self.preset, self.device = height, width, preset, device
+        self.dtype = registry.default_dtype(device) if dtype is None else dtype
+        self.max_sequence_length = max_sequence_length
+        self.vae = registry.load("flux.vae", preset, device=device, dtype=self.dtype)
+        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.latent_height = height // self.vae_scale_factor
+        self.latent_width = width // self.vae_scale_factor
+        self.num_tokens = (self.latent_height // 2) * (self.latent_width // 2)
+        self.image_ids = FluxPipeline._prepare_latent_image_ids(1, self.latent_height // 2, self.latent_width // 2, device, self.dtype)
+
+    @property
+    def event_shape(self) -> tuple[int, int]:
+        """One particle's shape, ``(N, 64)``."""
+        return (self.num_tokens, PACKED_CHANNELS)
+
+    def shift_mu(self) -> float:
+        """FLUX's resolution-dependent time shift for this token count (``calculate_shift``)."""
+        from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+        return float(calculate_shift(self.num_tokens))
+
+    # -- text -------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def encode_prompts(self, prompts: list[str]) -> list[PromptEmbedding]:
+        """Encode every prompt of a run at once (CLIP-L pooled + T5), then release the text
+        encoders (MODELS.md: encode once, then free)."""
+        roles = ("flux.text_encoder", "flux.tokenizer", "flux.text_encoder_2", "flux.tokenizer_2")
+        encoder_device = self.device
+        text_encoder, tokenizer, text_encoder_2, tokenizer_2 = (registry.load(role, self.preset, device=encoder_device, dtype=self.dtype) for role in roles)
+        pipeline = FluxPipeline(
+            scheduler=FlowMatchEulerDiscreteScheduler(),
+            vae=None,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            text_encoder_2=text_encoder_2,
+            tokenizer_2=tokenizer_2,
+            transformer=None,
+        )
+        unique = list(dict.fromkeys(prompts))
+        embeds, pooled, _ = pipeline.encode_prompt(unique, unique, device=torch.device(encoder_device), max_sequence_length=self.max_sequence_length)
+        by_prompt = {prompt: PromptEmbedding(prompt, embeds[i : i + 1].to(self.dtype), pooled[i : i + 1].to(self.dtype)) for i, prompt in enumerate(unique)}
+        del pipeline, text_encoder, text_encoder_2
+        for role in roles:
+            registry.release(role, self.preset)
+        return [by_prompt[prompt] for prompt in prompts]
+
+    # -- images -----------------------------------------------------------------------
+
+    def pack(self, latents: Tensor) -> Tensor:
+        """``(B, C, h, w) -> (B, (h/2)(w/2), 4C)``."""
+        batch, channels, height, width = latents.shape
+        return FluxPipeline._pack_latents(latents, batch, channels, height, width)
+
+    def unpack(self, packed: Tensor) -> Tensor:
+        """``(B, N, 64) -> (B, 16, H/8, W/8)``."""
+        return FluxPipeline._unpack_latents(packed, self.height, self.width, self.vae_scale_factor)
+
+    @torch.inference_mode()
+    def encode_image(self, image: Tensor) -> Tensor:
+        """Images ``(B, 3, H, W)`` in [-1, 1] -> normalised packed latents ``(B, N, 64)``
+        (float32), from the VAE posterior's mode."""
+        self._check_image(image)
+        posterior = self.vae.encode(image.to(self.device, self.dtype)).latent_dist
+        latents = (posterior.mode() - self.vae.config.shift_factor) * self.vae.config.scaling_factor
+        return self.pack(latents).float()
+
+    @torch.inference_mode()
+    def decode(self, packed: Tensor, *, max_batch: int = 4) -> Tensor:
+        """Normalised packed latents ``(P, N, 64)`` -> images ``(P, 3, H, W)`` in [0, 1]
+        (float32, on the CPU), decoded ``max_batch`` at a time."""
+        images = []
+        for chunk in packed.split(max_batch):
+            latents = self.unpack(chunk.to(self.device, self.dtype))
+            latents = latents / self.vae.config.scaling_factor + self.vae.config.shift_factor
+            decoded = self.vae.decode(latents, return_dict=False)[0]
+            images.append(((decoded.float() + 1.0) / 2.0).clamp(0.0, 1.0).cpu())
+        return torch.cat(images)
+
+    def mask_tokens(self, mask: Tensor) -> Tensor:
+        """A pixel mask ``(1, 1, H, W)`` in [0, 1] -> FLUX Fill's mask channels
+        ``(1, N, 256)``: 8×8 space-to-depth (64 channels at latent resolution), then packed."""
+        factor = self.vae_scale_factor
+        mask = mask[:, 0].reshape(1, self.latent_height, factor, self.latent_width, factor)
+        mask = mask.permute(0, 2, 4, 1, 3).reshape(1, factor * factor, self.latent_height, self.latent_width)
+        return self.pack(mask.to(self.device, torch.float32))
+
+    def _check_image(self, image: Tensor) -> None:
+        if image.ndim != 4 or image.shape[1] != 3 or tuple(image.shape[2:]) != (self.height, self.width):
+            raise ValueError(f"image: expected (B, 3, {self.height}, {self.width}), got {tuple(image.shape)}")
+
+
+class FluxExpert(GenerativeExpert):
+    """One FLUX transformer with fixed conditioning, as a velocity field on ``(P, N, 64)``.
+
+    ``condition`` (``(1, N, C)`` or None) is concatenated to the particles on the channel
+    dimension before the forward: Depth's control latents (C = 64) or Fill's masked-image
+    latents plus mask (C = 320). ``guidance`` is the distilled guidance value (raw; the
+    model scales it). ``placement`` handles offloading (model offload activates the
+    transformer before each forward). ``max_batch`` splits large particle batches.
+    """
+
+    def __init__(self, transformer: torch.nn.Module, space: FluxLatentSpace, prompt: PromptEmbedding, *, guidance: float, condition: Tensor | None = None, placement: registry.Placement | None = None, max_batch: int | None = None, name: str = "flux") -> None:
+        expected = transformer.config.in_channels - PACKED_CHANNELS
+        got = 0 if condition is None else condition.shape[-1]
+        if expected != got:
+            raise ValueError(f"{name}: transformer takes {transformer.config.in_channels} input channels, so it needs {expected} condition channels, got {got}")
+        self.transformer, self.space, self.prompt = transformer, space, prompt
+        self.guidance, self.condition, self.placement = guidance, condition, placement
+        self.max_batch, self.name = max_batch, name
+        self.calls = 0
+        self.text_ids = torch.zeros(prompt.embeds.shape[1], 3, device=space.device, dtype=space.dtype)
+
+    @torch.inference_mode()
+    def velocity(self, x: Tensor, t: float) -> Tensor:
+        """``E[eps - x0 | x_t = x]`` for particles ``x (P, N, 64)`` at time ``t``."""
+        self.calls += 1
+        if self.placement is not None:
+            self.placement.activate(self.transformer)
+        chunks = x.split(self.max_batch) if self.max_batch else (x,)
+        return torch.cat([self._forward(chunk, t) for chunk in chunks])
+
+    def _forward(self, x: Tensor, t: float) -> Tensor:
+        count, dtype, device = x.shape[0], self.space.dtype, self.space.device
+        hidden = x.to(device, dtype)
+        if self.condition is not None:
+            hidden = torch.cat([hidden, self.condition.to(device, dtype).expand(count, -1, -1)], dim=2)
+        guidance = torch.full((count,), self.guidance, device=device, dtype=torch.float32) if self.transformer.config.guidance_embeds else None
+        output = self.transformer(
+            hidden_states=hidden,
+            timestep=torch.full((count,), t, device=device, dtype=dtype),
+            guidance=guidance,
+            pooled_projections=self.prompt.pooled.to(device).expand(count, -1),
+            encoder_hidden_states=self.prompt.embeds.to(device).expand(count, -1, -1),
+            txt_ids=self.text_ids,
+            img_ids=self.space.image_ids,
+            return_dict=False,
+        )[0]
+        return output.to(x.device, x.dtype)
+
+
+# ---------------------------------------------------------------------------------------
+# Conditioning from bundle passes
+
+
+def disparity_from_depth(depth: np.ndarray) -> np.ndarray:
+    """Camera-Z depth ``(H, W)`` (scene units, ``+inf`` = background) -> normalised
+    disparity in [0, 1]: ``1/z`` rescaled so the nearest pixel is 1 and the farthest hit is
+    0; background 0. A flat depth gives 1 on every hit. (FLUX.1 Depth was trained on Depth
+    Anything maps: near = white.)"""
+    depth = np.asarray(depth, dtype=np.float64)
+    hit = np.isfinite(depth) & (depth > 0)
+    disparity = np.zeros(depth.shape, dtype=np.float64)
+    if not hit.any():
+        return disparity.astype(np.float32)
+    inverse = 1.0 / depth[hit]
+    low, high = inverse.min(), inverse.max()
+    disparity[hit] = (inverse - low) / (high - low) if high > low else 1.0
+    return disparity.astype(np.float32)
+
+
+def image_tensor(image: np.ndarray) -> Tensor:
+    """``(H, W, 3)`` uint8 or float in [0, 1] (or ``(H, W)`` grey) -> ``(1, 3, H, W)`` in [-1, 1]."""
+    array = np.asarray(image)
+    array = array.astype(np.float32) / 255.0 if array.dtype == np.uint8 else array.astype(np.float32)
+    if array.ndim == 2:
+        array = np.repeat(array[..., None], 3, axis=2)
+    return torch.from_numpy(array[..., :3]).permute(2, 0, 1)[None] * 2.0 - 1.0
+
+
+def depth_condition(space: FluxLatentSpace, depth: np.ndarray) -> Tensor:
+    """FLUX.1 Depth's control latents ``(1, N, 64)`` from a camera-Z depth map: normalised
+    disparity as a grey RGB image in [-1, 1], VAE-encoded (mode), normalised and packed."""
+    return space.encode_image(image_tensor(disparity_from_depth(depth)))
+
+
+def fill_condition(space: FluxLatentSpace, image: np.ndarray, mask: np.ndarray) -> Tensor:
+    """FLUX.1 Fill's condition ``(1, N, 64 + 256)``: latents of ``image · (1 - mask)`` and the
+    8×8 space-to-depth mask. ``mask`` ``(H, W)`` in [0, 1] (or 0/255), white = generate;
+    binarised at 0.5 like diffusers' mask processor."""
+    mask_array = np.asarray(mask, dtype=np.float32)
+    if mask_array.max() > 1.0:
+        mask_array = mask_array / 255.0
+    binary = torch.from_numpy((mask_array >= 0.5).astype(np.float32))[None, None]
+    masked = image_tensor(image) * (1.0 - binary)
+    return torch.cat([space.encode_image(masked), space.mask_tokens(binary)], dim=2)
+
+
+def box_token_weights(box: list[int] | tuple[int, int, int, int], height: int, width: int) -> Tensor:
+    """Per-token weight map ``(N, 1)`` for a pixel box ``[x_min, y_min, x_max, y_max]`` (max
+    exclusive): 1 on every token the box touches (MODELS.md: rows ``y0//16 … ceil(y1/16)−1``,
+    columns likewise), 0 elsewhere. Boxes are clipped to the image."""
+    check_size(height, width)
+    rows, columns = height // TOKEN_PIXELS, width // TOKEN_PIXELS
+    x0, y0, x1, y1 = box
+    x0, y0 = max(0, x0), max(0, y0)
+    x1, y1 = min(width, x1), min(height, y1)
+    weights = torch.zeros(rows, columns)
+    if x1 > x0 and y1 > y0:
+        weights[y0 // TOKEN_PIXELS : math.ceil(y1 / TOKEN_PIXELS), x0 // TOKEN_PIXELS : math.ceil(x1 / TOKEN_PIXELS)] = 1.0
+    return weights.reshape(rows * columns, 1)
+
+
+# ---------------------------------------------------------------------------------------
+# Building experts from the registry
+
+TRANSFORMER_ROLES = {"dev": "flux.transformer.dev", "depth": "flux.transformer.depth", "fill": "flux.transformer.fill"}
+
+
+def load_transformer(kind: str, space: FluxLatentSpace, placement: registry.Placement | None = None) -> torch.nn.Module:
+    """The ``kind`` ("dev", "depth", "fill") transformer, loaded once per process on the CPU
+    when a placement will move it, else directly on the device."""
+    device = "cpu" if placement is not None and placement.preset != "none" else space.device
+    transformer = registry.load(TRANSFORMER_ROLES[kind], space.preset, device=device, dtype=space.dtype)
+    if placement is not None:
+        placement.place(transformer)
+    return transformer
+
+
+def regional_weights(boxes: list[list[int]], height: int, width: int, *, region_strength: float = 0.8) -> tuple[Tensor, list[Tensor]]:
+    """Per-token weight maps ``(N, 1)`` of the regional product, summing to 1 on every token.
+
+    Region r gets ``region_strength · m_r / max(1, Σ_s m_s)`` (``m_r`` its box's token map,
+    overlaps share), the global expert the rest, ``1 − Σ_r`` of those. Inside a box the
+    target is the geometric mixture ``p_global^(1−α) · p_region^α``; outside, the global
+    expert alone. A constant total keeps every level's temperature that of one model (and
+    the samplers need a scalar total weight, see :class:`RegionalProduct`)."""
+    if not 0.0 <= region_strength <= 1.0:
+        raise ValueError(f"region_strength: must be in [0, 1], got {region_strength}")
+    masks = [box_token_weights(box, height, width) for box in boxes]
+    coverage = torch.clamp(sum(masks, torch.zeros(height // TOKEN_PIXELS * (width // TOKEN_PIXELS), 1)), min=1.0)
+    region_maps = [region_strength * mask / coverage for mask in masks]
+    return 1.0 - sum(region_maps, torch.zeros_like(coverage)), region_maps
+
+
+class RegionalProduct(ProductOfExperts):
+    """A product whose weight maps add up to the same number on every token.
+
+    :meth:`total_weight` returns that number as a float: the samplers use it for the start
+    scale and the Langevin step size, and ``mcmc.ula_step`` takes ``math.sqrt`` of the step,
+    which a map would break. Raises ValueError when the total is not constant."""
+
+    def total_weight(self) -> float | Tensor:
+        total = super().total_weight()
+        if isinstance(total, Tensor):
+            first = total.flatten()[0]
+            if not torch.allclose(total, first.expand_as(total)):
+                raise ValueError("regional weights must add up to the same value on every token")
+            return float(first)
+        return total

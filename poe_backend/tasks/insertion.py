@@ -1,0 +1,198 @@
+"""Object insertion: plate + depth (with the object) + object mask + prompt -> image.
+
+Product (paper, "object insertion"): FLUX.1 Depth [dev] on the normalised disparity of the
+depth render × FLUX.1 Fill [dev] on the plate with the object region masked (white =
+generate), both on one packed FLUX latent, sampled by the score-only Feynman-Kac path by
+default. With ``blend`` the plate is pasted back outside the mask at the end, so pixels
+outside the object mask equal the plate exactly (the mask is feathered inwards only).
+
+Baselines (``method``): ``depth`` or ``fill`` alone; ``rf_solver``: RF-Solver inversion of
+the bundle's RGB render (the naive composite; the plate if there is none) with FLUX.1 [dev]
+and ``rf_source_prompt``, then editing with the prompt (no attention-V sharing, see
+:mod:`poe_backend.experts.rf_solver`). Single-expert baselines use the summed-velocity ODE
+(each model's own sampler) unless ``sampler`` is set explicitly.
+
+Bundle: passes ``plate``, ``depth`` (first frame), ``mask.<object>`` (first frame; the union
+of all objects unless ``object`` names one); prompt: the bundle's, else the objects' prompts.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import torch
+from PIL import Image, ImageFilter
+from pydantic import Field
+
+from poe_backend.bundle import BundleError
+from poe_backend.sampling import Factor, ProductOfExperts
+from poe_backend.tasks import images
+from poe_backend.tasks.base import Task, TaskContext, TaskResult
+
+
+class InsertionParams(images.ImageParams):
+    method: Literal["product", "depth", "fill", "rf_solver"] = "product"
+    object: str | None = Field(None, description="object whose mask is filled; None: all objects")
+    guidance_depth: float = Field(10.0, ge=0.0, le=100.0)
+    guidance_fill: float = Field(30.0, ge=0.0, le=100.0)
+    depth_weight: float = Field(1.0, gt=0.0, le=8.0)
+    fill_weight: float = Field(1.0, gt=0.0, le=8.0)
+    blend: bool = True
+    feather_px: int = Field(0, ge=0, le=64, description="inward feather of the blend mask")
+    rf_source_prompt: str = ""
+    rf_guidance: float = Field(2.0, ge=0.0, le=100.0)
+
+
+class InsertionTask(Task):
+    name = "insertion"
+    Params = InsertionParams
+    kind = "image"
+
+    def run(self, context: TaskContext) -> TaskResult:
+        from poe_backend.experts import flux, registry
+
+        params: InsertionParams = context.params.effective()
+        bundle, timer = context.bundle, images.Timer()
+        if bundle.task != self.name:
+            raise BundleError("task", f"this bundle is for '{bundle.task}', not '{self.name}'")
+        height, width = images.resolution(bundle, params.max_side)
+        plate, depth, mask = read_inputs(bundle, params, (height, width))
+        prompt = insertion_prompt(bundle)
+        roles = ["flux.vae", "flux.text_encoder", "flux.tokenizer", "flux.text_encoder_2", "flux.tokenizer_2"]
+        roles += [flux.TRANSFORMER_ROLES[kind] for kind in transformer_kinds(params.method)]
+        registry.check_available(roles, context.models)
+        seed = images.seed_of(params, bundle)
+
+        space = flux.FluxLatentSpace(height, width, preset=context.models, device=context.device, max_sequence_length=params.max_sequence_length)
+        prompts = [prompt, params.rf_source_prompt] if params.method == "rf_solver" else [prompt]
+        embeddings = space.encode_prompts(prompts)
+        timer.mark("load_and_encode")
+        if params.method == "rf_solver":
+            source = read_source(bundle, plate, (height, width))
+            particles, log_weights, stats = run_rf_solver(space, params, embeddings, source, seed, context)
+        else:
+            particles, log_weights, stats = run_product(space, params, embeddings[0], plate, depth, mask, seed, context)
+        timer.mark("sample")
+        decoded = images.to_uint8(space.decode(particles))
+        best = int(torch.argmax(log_weights))
+        blend_mask = feathered(mask, params.feather_px)
+        final = blend(decoded[best], plate, blend_mask) if params.blend else decoded[best]
+        outputs = images.write_outputs(context.out_dir, final, decoded if params.save_particles else None, log_weights)
+        Image.fromarray(decoded[best]).save(context.out_dir / "raw.png")
+        outputs["raw"] = context.out_dir / "raw.png"
+        timer.mark("decode_and_write")
+        record = images.manifest(
+            self.name,
+            context,
+            params,
+            seed,
+            prompt=prompt,
+            resolution=[height, width],
+            best_index=best,
+            log_weights=log_weights.tolist(),
+            sampler_stats=stats,
+            mask_pixels=int(mask.sum()),
+            model_specs={role: registry.get_spec(role, context.models).describe() for role in roles},
+            seconds=timer.seconds,
+        )
+        return TaskResult(kind="image", primary="image", outputs=outputs, manifest=record)
+
+
+def transformer_kinds(method: str) -> list[str]:
+    return {"product": ["depth", "fill"], "depth": ["depth"], "fill": ["fill"], "rf_solver": ["dev"]}[method]
+
+
+def insertion_prompt(bundle) -> str:
+    """The bundle's prompt, else the objects' prompts joined; BundleError when both are empty."""
+    prompt = bundle.prompt.strip() or ", ".join(obj.prompt for obj in bundle.objects if obj.prompt)
+    if not prompt:
+        raise BundleError("prompt", "insertion needs a prompt (bundle prompt or an object prompt)")
+    return prompt
+
+
+def read_inputs(bundle, params: InsertionParams, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Plate ``(H, W, 3)`` uint8, depth ``(H, W)`` float32 and the object mask ``(H, W)`` in
+    {0, 1} (union of the chosen objects' masks), all on the first frame at ``size``."""
+    frame = bundle.frames[0]
+    plate = images.read_rgb(bundle.pass_path("plate"), size, "passes.plate")
+    depth = images.read_depth(bundle.pass_path("depth", frame), size, "passes.depth")
+    names = [obj.name for obj in bundle.objects]
+    if params.object is not None and params.object not in names:
+        raise ValueError(f"object: no object named {params.object!r} in the bundle (has {', '.join(names)})")
+    chosen = [params.object] if params.object is not None else names
+    masks = [images.read_mask(bundle.pass_path(f"mask.{name}", frame), size, f"passes.mask.{name}") for name in chosen]
+    return plate, depth, np.maximum.reduce(masks)
+
+
+def read_source(bundle, plate: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """RF-Solver's source image: the RGB render of the first frame, else the plate."""
+    if "rgb" in bundle.passes:
+        return images.read_rgb(bundle.pass_path("rgb", bundle.frames[0]), size, "passes.rgb")
+    return plate
+
+
+def run_product(space, params: InsertionParams, embedding, plate, depth, mask, seed: int, context: TaskContext):
+    """Depth × Fill (or one of them) on the packed latent; returns particles, log-weights,
+    sampler stats."""
+    from poe_backend.experts import flux, registry
+
+    kinds = transformer_kinds(params.method)
+    transformers = {kind: registry.load(flux.TRANSFORMER_ROLES[kind], space.preset, device="cpu", dtype=space.dtype) for kind in kinds}
+    placement = registry.Placement.for_modules(params.offload, context.device, list(transformers.values()), fp8_storage=params.fp8_storage)
+    factors = []
+    if "depth" in kinds:
+        condition = flux.depth_condition(space, depth)
+        expert = flux.FluxExpert(flux.load_transformer("depth", space, placement), space, embedding, guidance=params.guidance_depth, condition=condition, placement=placement, max_batch=params.max_batch, name="depth")
+        factors.append(Factor(expert, params.depth_weight))
+    if "fill" in kinds:
+        condition = flux.fill_condition(space, plate, mask)
+        expert = flux.FluxExpert(flux.load_transformer("fill", space, placement), space, embedding, guidance=params.guidance_fill, condition=condition, placement=placement, max_batch=params.max_batch, name="fill")
+        factors.append(Factor(expert, params.fill_weight))
+    if len(factors) == 1 and "sampler" not in params.model_fields_set:
+        params = params.model_copy(update={"sampler": "summed_velocity"})
+    product = ProductOfExperts(factors)
+    generator, noise = images.start_noise(seed, params.particles, space.event_shape)
+    levels = images.levels_for(params, space.num_tokens)
+    result = images.run_sampler(params, product, noise.to(context.device), levels, generator, context)
+    stats = {**result.stats(), "sampler": params.sampler, "levels": levels, "placement": placement.describe(), "expert_calls": {f.expert.name: f.expert.calls for f in factors}}
+    return result.particles, result.log_weights.float().cpu(), stats
+
+
+def run_rf_solver(space, params: InsertionParams, embeddings, source: np.ndarray, seed: int, context: TaskContext):
+    """RF-Solver baseline: invert ``source`` (t 0 -> 1, source prompt, guidance 1), edit
+    (t 1 -> 0, prompt, ``rf_guidance``). Deterministic: one particle, the seed is unused."""
+    from poe_backend.experts import flux, registry
+    from poe_backend.experts.rf_solver import rf_solver
+    from poe_backend.sampling.schedules import flux_shift_mu, shifted_levels
+
+    transformer = registry.load(flux.TRANSFORMER_ROLES["dev"], space.preset, device="cpu", dtype=space.dtype)
+    placement = registry.Placement.for_modules(params.offload, context.device, [transformer], fp8_storage=params.fp8_storage)
+    transformer = flux.load_transformer("dev", space, placement)
+    target, source_prompt = embeddings
+    invert = flux.FluxExpert(transformer, space, source_prompt, guidance=1.0, placement=placement, name="inversion")
+    edit = flux.FluxExpert(transformer, space, target, guidance=params.rf_guidance, placement=placement, name="edit")
+    times = shifted_levels(params.levels, flux_shift_mu(space.num_tokens), t_max=1.0)
+    steps = len(times) - 1
+    x = space.encode_image(flux.image_tensor(source)).to(context.device)
+    noise, nfe = rf_solver(invert, x, times[::-1], callback=context.callback, should_stop=context.should_stop, num_levels=2 * steps)
+    edited, more = rf_solver(edit, noise, times, callback=context.callback, should_stop=context.should_stop, nfe_offset=nfe, level_offset=steps, num_levels=2 * steps)
+    stats = {"path": "rf-solver inversion + edit (no V sharing)", "nfe_per_particle": nfe + more, "levels": times, "placement": placement.describe()}
+    return edited, torch.zeros(1), stats
+
+
+def feathered(mask: np.ndarray, feather_px: int) -> np.ndarray:
+    """The blend mask: ``mask`` itself, or ``mask · blur(mask)`` (Gaussian, radius
+    ``feather_px``), which softens the edge inwards and stays 0 outside the mask."""
+    if feather_px == 0:
+        return mask
+    blurred = np.asarray(Image.fromarray((mask * 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(feather_px)), dtype=np.float32) / 255.0
+    return mask * blurred
+
+
+def blend(generated: np.ndarray, plate: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``plate·(1 - m) + generated·m`` in uint8; exactly the plate where ``m = 0``."""
+    alpha = mask[..., None]
+    mixed = plate.astype(np.float32) * (1.0 - alpha) + generated.astype(np.float32) * alpha
+    result = np.clip(mixed + 0.5, 0, 255).astype(np.uint8)
+    return np.where(alpha > 0, result, plate)

@@ -1,0 +1,160 @@
+"""FLUX experts with the tiny preset (random weights, real classes, real loading path)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from poe_backend.experts import flux, registry
+from poe_backend.sampling import Factor, ProductOfExperts, SamplingCancelled, sample_fkc
+from poe_backend.sampling.schedules import log_snr_levels
+
+HEIGHT, WIDTH = 32, 48
+
+
+@pytest.fixture(scope="module")
+def space() -> flux.FluxLatentSpace:
+    return flux.FluxLatentSpace(HEIGHT, WIDTH, preset="tiny", max_sequence_length=16)
+
+
+@pytest.fixture(scope="module")
+def prompts(space):
+    return space.encode_prompts(["a red ball", "a table"])
+
+
+@pytest.fixture(scope="module")
+def depth_map() -> np.ndarray:
+    depth = np.full((HEIGHT, WIDTH), 4.0, dtype=np.float32)
+    depth[:4] = np.inf
+    depth[8:24, 16:32] = 2.0
+    return depth
+
+
+@pytest.fixture(scope="module")
+def depth_expert(space, prompts, depth_map) -> flux.FluxExpert:
+    return flux.FluxExpert(flux.load_transformer("depth", space), space, prompts[0], guidance=10.0, condition=flux.depth_condition(space, depth_map), name="depth")
+
+
+def test_tiny_transformer_round_trips_through_save_and_from_pretrained(tmp_path):
+    from diffusers import FluxTransformer2DModel
+
+    loaded = registry.load("flux.transformer.depth", "tiny")
+    assert registry.resolve("flux.transformer.depth", "tiny").is_relative_to(registry.data_dir())
+    assert loaded.config.in_channels == 128 and loaded.config.out_channels == 64
+    loaded.save_pretrained(tmp_path / "copy")
+    again = FluxTransformer2DModel.from_pretrained(tmp_path / "copy")
+    for (name, first), (_, second) in zip(loaded.state_dict().items(), again.state_dict().items()):
+        assert torch.equal(first, second), name
+    assert registry.load("flux.transformer.depth", "tiny") is loaded  # cached per process
+
+
+def test_prompt_encoding_shapes_and_text_encoders_are_freed(space, prompts):
+    assert prompts[0].embeds.shape == (1, 16, 32) and prompts[0].pooled.shape == (1, 32)
+    assert not torch.equal(prompts[0].embeds, prompts[1].embeds)
+    assert not any("text_encoder" in path for path in registry.loaded())
+
+
+def test_encode_decode_shapes_and_ranges(space):
+    image = torch.rand(2, 3, HEIGHT, WIDTH) * 2 - 1
+    packed = space.encode_image(image)
+    assert packed.shape == (2, (HEIGHT // 16) * (WIDTH // 16), 64) == (2, *space.event_shape)
+    assert torch.equal(space.encode_image(image), packed)  # VAE mode: deterministic
+    decoded = space.decode(packed)
+    assert decoded.shape == (2, 3, HEIGHT, WIDTH)
+    assert decoded.min() >= 0 and decoded.max() <= 1
+    assert torch.equal(space.unpack(space.pack(torch.arange(2 * 16 * 4 * 6.0).reshape(2, 16, 4, 6))), torch.arange(2 * 16 * 4 * 6.0).reshape(2, 16, 4, 6))
+
+
+def test_disparity_is_near_white_and_background_black(depth_map):
+    disparity = flux.disparity_from_depth(depth_map)
+    assert disparity.dtype == np.float32 and disparity.min() >= 0 and disparity.max() <= 1
+    assert np.all(disparity[8:24, 16:32] == 1.0)  # nearest
+    assert np.all(disparity[:4] == 0.0)  # +inf background
+    assert np.all(disparity[30] == 0.0)  # farthest hit
+    assert np.all(flux.disparity_from_depth(np.full((4, 4), np.inf)) == 0)
+
+
+def test_box_token_weights_follow_the_pixel_to_token_rule():
+    weights = flux.box_token_weights([17, 0, 33, 15], HEIGHT, WIDTH).reshape(2, 3)
+    assert torch.equal(weights, torch.tensor([[0.0, 1.0, 1.0], [0.0, 0.0, 0.0]]))
+    weights = flux.box_token_weights([0, 15, 16, 17], HEIGHT, WIDTH).reshape(2, 3)
+    assert torch.equal(weights, torch.tensor([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0]]))
+
+
+def test_regional_weights_sum_to_one_and_product_total_is_scalar(space, prompts):
+    global_map, region_maps = flux.regional_weights([[0, 0, 32, 32], [16, 0, 48, 16]], HEIGHT, WIDTH, region_strength=0.8)
+    total = global_map + sum(region_maps)
+    assert torch.allclose(total, torch.ones_like(total))
+    assert global_map.min() >= 0 and torch.isclose(global_map.reshape(2, 3)[0, 1], torch.tensor(0.2))
+    expert = flux.FluxExpert(flux.load_transformer("dev", space), space, prompts[0], guidance=3.5)
+    product = flux.RegionalProduct([Factor(expert, global_map)] + [Factor(expert, m) for m in region_maps])
+    assert product.total_weight() == pytest.approx(1.0)
+
+
+def test_fill_condition_masks_the_image_and_packs_the_mask(space):
+    image = np.full((HEIGHT, WIDTH, 3), 255, dtype=np.uint8)
+    mask = np.zeros((HEIGHT, WIDTH), dtype=np.float32)
+    mask[:16, :16] = 1.0
+    condition = flux.fill_condition(space, image, mask)
+    assert condition.shape == (1, space.num_tokens, 64 + 256)
+    mask_channels = condition[0, :, 64:]
+    assert torch.all(mask_channels[0] == 1) and torch.all(mask_channels[1:] == 0)
+    masked_only = space.encode_image(flux.image_tensor(image) * (1 - torch.from_numpy(mask))[None, None])
+    assert torch.allclose(condition[..., :64], masked_only)
+
+
+def test_condition_channel_mismatch_is_named(space, prompts):
+    with pytest.raises(ValueError, match="condition channels"):
+        flux.FluxExpert(flux.load_transformer("fill", space), space, prompts[0], guidance=30.0, condition=None, name="fill")
+
+
+def test_depth_velocity_shape_dtype_and_determinism(space, depth_expert):
+    x = torch.randn(3, *space.event_shape, generator=torch.Generator().manual_seed(0))
+    velocity = depth_expert.velocity(x, 0.5)
+    assert velocity.shape == x.shape and velocity.dtype == torch.float32 and torch.isfinite(velocity).all()
+    assert torch.equal(depth_expert.velocity(x, 0.5), velocity)
+    # batched over particles == one at a time
+    single = torch.cat([depth_expert.velocity(x[i : i + 1], 0.5) for i in range(3)])
+    assert torch.allclose(single, velocity, atol=1e-5)
+    chunked = flux.FluxExpert(depth_expert.transformer, space, depth_expert.prompt, guidance=10.0, condition=depth_expert.condition, max_batch=2)
+    assert torch.allclose(chunked.velocity(x, 0.5), velocity, atol=1e-5)
+
+
+def test_product_of_depth_expert_with_itself_equals_doubled_weight(space, depth_expert):
+    x = torch.randn(2, *space.event_shape, generator=torch.Generator().manual_seed(1))
+    twice = ProductOfExperts([Factor(depth_expert, 1.0), Factor(depth_expert, 1.0)]).evaluate(x, 0.4)
+    doubled = ProductOfExperts([Factor(depth_expert, 2.0)]).evaluate(x, 0.4)
+    assert torch.allclose(twice.score, doubled.score, atol=1e-5)
+    assert torch.allclose(twice.x0, doubled.x0, atol=1e-5)
+
+
+def test_every_expert_is_called_at_every_langevin_step(space, prompts, depth_map):
+    image = np.zeros((HEIGHT, WIDTH, 3), dtype=np.uint8)
+    mask = np.zeros((HEIGHT, WIDTH), dtype=np.float32)
+    mask[8:24, 16:32] = 1
+    depth = flux.FluxExpert(flux.load_transformer("depth", space), space, prompts[0], guidance=10.0, condition=flux.depth_condition(space, depth_map), name="depth")
+    fill = flux.FluxExpert(flux.load_transformer("fill", space), space, prompts[0], guidance=30.0, condition=flux.fill_condition(space, image, mask), name="fill")
+    product = ProductOfExperts([Factor(depth), Factor(fill)])
+    seen = []
+
+    def record(progress):
+        seen.append((progress.level, progress.step, depth.calls, fill.calls))
+
+    generator = torch.Generator().manual_seed(0)
+    levels = log_snr_levels(3, t_max=0.95)
+    result = sample_fkc(product, torch.randn(2, *space.event_shape, generator=generator), levels, generator=generator, langevin_steps=2, callback=record)
+    assert result.particles.shape == (2, *space.event_shape)
+    assert [(level, step) for level, step, _, _ in seen] == [(2, 0), (2, 1), (2, 2), (3, 0)]
+    calls = [(d, f) for _, _, d, f in seen]
+    assert all(d == f for d, f in calls)  # both experts every time
+    assert [d for d, _ in calls] == [2, 3, 4, 5]  # one more call per step (1 at the start)
+    assert product.nfe == 2 * depth.calls
+
+
+def test_cancellation_stops_sampling(space, depth_expert):
+    product = ProductOfExperts([Factor(depth_expert)])
+    generator = torch.Generator().manual_seed(0)
+    count = iter(range(100))
+    with pytest.raises(SamplingCancelled):
+        sample_fkc(product, torch.randn(1, *space.event_shape), log_snr_levels(6), generator=generator, langevin_steps=1, should_stop=lambda: next(count) >= 2)
