@@ -109,7 +109,7 @@ class Sim2VideoTask(Task):
         seed = bundle.seed if params.seed is None else params.seed
         prompt = bundle.prompt if params.prompt is None else params.prompt
         height, width = video_io.output_size(bundle, params.height, params.width)
-        frames = video_io.clip_frames(bundle, params.num_frames)
+        frames = video_io.clip_frames(bundle, params.num_frames, strict="num_frames" in context.params.model_fields_set)
         num_frames = len(frames)
         first_frame = self._first_frame(context, frames[0], height, width)
         depth_video = video_io.depth_to_disparity_video(video_io.read_depth_frames(bundle, frames, height, width)) if params.mode != "i2v" else None

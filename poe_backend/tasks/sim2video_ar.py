@@ -13,6 +13,11 @@ same sampler and sections.
 
 Inputs: the bundle's ``rgb`` pass (frames 0..F-1 with ``F = 1 + 4·sections·window``; the
 first frame is ``rgb`` frame 0 unless ``first_frame`` names an image), ``prompt``.
+Stiffness: the sampler's transport step pulls each particle by ``Δu·λ/(s² + σ²)``
+towards the render; with ``render_weight`` well above 1, a tiny ``render_std`` and few
+levels, the Euler step overshoots (observed: divergence at ``s = 0.01, λ = 4`` with 4
+levels). Keep ``render_weight`` near 1 and lower ``render_std`` instead, or add levels.
+
 Outputs: ``video.mp4`` (particle 0: the autoregressive sampler ends every chunk with an
 equal-weight resampling, so all particles are equally weighted), one MP4 per particle,
 ``latents.pt``, ``renders.mp4`` (the input clip as used), and the manifest.

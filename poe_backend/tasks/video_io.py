@@ -81,11 +81,12 @@ def depth_to_disparity_video(depth: Tensor) -> Tensor:
     return (disparity / peak)[:, None].expand(-1, 3, -1, -1).contiguous()
 
 
-def clip_frames(bundle: Bundle, num_frames: int | None, *, multiple: int = 4) -> list[int]:
+def clip_frames(bundle: Bundle, num_frames: int | None, *, multiple: int = 4, strict: bool = True) -> list[int]:
     """The first ``num_frames`` scene frames (all by default), cut to the longest
-    ``multiple·k + 1`` prefix (video VAEs need it); :class:`BundleError` when too few."""
+    ``multiple·k + 1`` prefix (video VAEs need it); :class:`BundleError` when too few, or
+    when ``strict`` and ``num_frames`` exceeds the bundle (else it is a cap)."""
     available = len(bundle.frames) if num_frames is None else min(num_frames, len(bundle.frames))
-    if num_frames is not None and num_frames > len(bundle.frames):
+    if strict and num_frames is not None and num_frames > len(bundle.frames):
         raise BundleError("frames", f"num_frames={num_frames} but the bundle has {len(bundle.frames)} frames")
     usable = (available - 1) // multiple * multiple + 1
     if usable < multiple + 1:

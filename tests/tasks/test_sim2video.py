@@ -99,3 +99,18 @@ def test_depth_becomes_normalised_disparity() -> None:
     video = depth_to_disparity_video(depth)
     assert video.shape == (1, 3, 2, 2)
     torch.testing.assert_close(video[0, 0], torch.tensor([[0.5, 0.25], [0.0, 1.0]]))
+
+
+def test_preview_preset_uses_vace_1_3b_small_settings(tmp_path, monkeypatch, bundle_dir) -> None:
+    """``--models preview``: unset fields take the preview values, both experts run on
+    VACE-1.3B (shared mode), and missing weights name that repo before anything loads."""
+    from poe_backend.experts import registry
+    from poe_backend.tasks.sim2video import PREVIEW_PARAMS, effective_params
+
+    task = get_task("sim2video")
+    params = effective_params(task.Params(num_levels=7), "preview")
+    assert params.num_levels == 7 and params.height == PREVIEW_PARAMS["height"] and params.langevin_steps == 0
+    assert effective_params(task.Params(), "tiny") == task.Params()
+    monkeypatch.setenv("POE_DATA_DIR", str(tmp_path))
+    with pytest.raises(registry.MissingWeights, match="Wan-AI/Wan2.1-VACE-1.3B-diffusers"):
+        _run(bundle_dir, tmp_path / "out", models="preview")
