@@ -234,8 +234,16 @@ class FramePackComponents:
     image_encoder: torch.nn.Module | None = None
     feature_extractor: object | None = None
     placement: registry.Placement | None = None
+    offload: str = "auto"
     preset: str = "default"
     sources: dict[str, dict] = field(default_factory=dict)
+
+    def place_transformer(self) -> registry.Placement:
+        """Put the transformer on the device by :attr:`offload` (once)."""
+        if self.placement is None:
+            self.placement = registry.Placement.for_modules(self.offload, str(self.device), [self.transformer])
+            self.placement.place(self.transformer)
+        return self.placement
 
     @property
     def latent_channels(self) -> int:
@@ -293,10 +301,11 @@ class FramePackComponents:
         return self.vae.decode(raw, return_dict=False)[0].float().clamp(-1, 1)
 
 
-def load_framepack(preset: str = "default", *, sampling_type: SamplingType = "inverted", device: str | torch.device = "cpu", offload: str = "auto", dtype: torch.dtype | None = None) -> FramePackComponents:
+def load_framepack(preset: str = "default", *, sampling_type: SamplingType = "inverted", device: str | torch.device = "cpu", offload: str = "auto", dtype: torch.dtype | None = None, place: bool = True) -> FramePackComponents:
     """Load FramePack's components from a registry preset; the transformer is placed by an
-    offload preset, the VAE stays float32 on the device. Raises ``registry.MissingWeights``
-    for every absent repo before loading anything."""
+    offload preset (now, or with ``place=False`` at :meth:`FramePackComponents.place_transformer`
+    after the encoders are freed), the VAE stays float32 on the device. Raises
+    ``registry.MissingWeights`` for every absent repo before loading anything."""
     device = torch.device(device)
     dtype = dtype or registry.default_dtype(str(device))
     transformer_role = TRANSFORMER_ROLE[sampling_type]
@@ -317,8 +326,9 @@ def load_framepack(preset: str = "default", *, sampling_type: SamplingType = "in
         preset=preset,
         sources={role: registry.get_spec(role, preset).describe() for role in roles},
     )
-    components.placement = registry.Placement.for_modules(offload, str(device), [components.transformer])
-    components.placement.place(components.transformer)
+    components.offload = offload
+    if place:
+        components.place_transformer()
     return components
 
 

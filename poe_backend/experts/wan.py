@@ -112,8 +112,18 @@ class WanComponents:
     image_encoder: torch.nn.Module | None = None
     image_processor: object | None = None
     placement: registry.Placement | None = None
+    offload: str = "auto"
     preset: str = "default"
     sources: dict[str, dict] = field(default_factory=dict)
+
+    def place_transformers(self) -> registry.Placement:
+        """Put the loaded transformers on the device by :attr:`offload` (once)."""
+        if self.placement is None:
+            transformers = [module for module in (self.vace_transformer, self.i2v_transformer) if module is not None]
+            self.placement = registry.Placement.for_modules(self.offload, str(self.device), transformers)
+            for transformer in transformers:
+                self.placement.place(transformer)
+        return self.placement
 
     def free_encoders(self) -> None:
         """Release UMT5 and CLIP (they are needed once per run)."""
@@ -379,12 +389,15 @@ def load_wan(
     device: str | torch.device = "cpu",
     offload: str = "auto",
     dtype: torch.dtype | None = None,
+    place: bool = True,
 ) -> WanComponents:
     """Load the Wan components of a registry preset: the shared VAE (float32, as Wan
     recommends), tokenizer and UMT5 once, plus the VACE and/or I2V transformer (and CLIP
     for I2V). Transformers are placed by an offload preset (registry ``Placement``;
-    ``auto`` picks from free VRAM). Raises ``registry.MissingWeights`` for every absent
-    repo before loading anything."""
+    ``auto`` picks from free VRAM). ``place=False`` leaves them on the CPU until
+    :meth:`WanComponents.place_transformers` (call it after :meth:`~WanComponents.free_encoders`,
+    so ``auto`` sees the memory UMT5 gave back). Raises ``registry.MissingWeights`` for
+    every absent repo before loading anything."""
     device = torch.device(device)
     dtype = dtype or registry.default_dtype(str(device))
     roles = ["wan.vae", "wan.tokenizer", "wan.text_encoder"]
@@ -411,9 +424,9 @@ def load_wan(
         components.image_encoder = registry.load("wan.image_encoder", preset, device=str(device), dtype=dtype)
         components.image_processor = registry.load("wan.image_processor", preset)
         transformers.append(components.i2v_transformer)
-    components.placement = registry.Placement.for_modules(offload, str(device), transformers)
-    for transformer in transformers:
-        components.placement.place(transformer)
+    components.offload = offload
+    if place:
+        components.place_transformers()
     return components
 
 

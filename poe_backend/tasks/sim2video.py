@@ -116,33 +116,27 @@ class Sim2VideoTask(Task):
 
         needs_i2v_model = pairing == "i2v_vace" and params.mode in ("product", "i2v")
         needs_vace = params.mode != "i2v" or pairing == "shared_vace"
-        components = wan.load_wan(context.models, vace=needs_vace, i2v=needs_i2v_model, device=context.device, offload=params.offload)
+        components = wan.load_wan(context.models, vace=needs_vace, i2v=needs_i2v_model, device=context.device, offload=params.offload, place=False)
         positive, negative = components.encode_prompt(prompt, params.negative_prompt)
-        factors, described = [], []
+        specs = []  # (name, build(placement) -> expert, weight, description); conditioning computed now
         if params.mode in ("product", "i2v"):
             if needs_i2v_model:
-                expert = wan.WanI2VExpert(
-                    components.i2v_transformer, components.i2v_condition(first_frame, num_frames), components.encode_image(first_frame),
-                    positive, negative, params.i2v_guidance, placement=components.placement,
-                )
-                name = "wan_i2v"
+                condition, image_embeds = components.i2v_condition(first_frame, num_frames), components.encode_image(first_frame)
+                build = lambda placement, c=condition, e=image_embeds: wan.WanI2VExpert(components.i2v_transformer, c, e, positive, negative, params.i2v_guidance, placement=placement)
+                specs.append(("wan_i2v", build, params.i2v_weight, {"guidance": params.i2v_guidance}))
             else:
                 control = wan.vace_first_frame_control(components, first_frame, num_frames, latent_mask=params.vace_latent_mask)
-                expert = wan.WanVACEExpert(components.vace_transformer, control, positive, negative, params.i2v_guidance, params.control_scale, placement=components.placement)
-                name = "wan_vace_first_frame"
-            factors.append(Factor(expert, params.i2v_weight))
-            described.append({"expert": name, "weight": params.i2v_weight, "guidance": params.i2v_guidance})
+                specs.append(("wan_vace_first_frame", self._vace(components, control, positive, negative, params.i2v_guidance, params), params.i2v_weight, {"guidance": params.i2v_guidance, "control_scale": params.control_scale}))
         if params.mode in ("product", "depth"):
             control = wan.vace_depth_control(components, depth_video)
-            expert = wan.WanVACEExpert(components.vace_transformer, control, positive, negative, params.depth_guidance, params.control_scale, placement=components.placement)
-            factors.append(Factor(expert, params.depth_weight))
-            described.append({"expert": "wan_vace_depth", "weight": params.depth_weight, "guidance": params.depth_guidance, "control_scale": params.control_scale})
+            specs.append(("wan_vace_depth", self._vace(components, control, positive, negative, params.depth_guidance, params), params.depth_weight, {"guidance": params.depth_guidance, "control_scale": params.control_scale}))
         if params.mode == "vace_combined":
             control = wan.vace_first_frame_and_depth_control(components, first_frame, depth_video, latent_mask=params.vace_latent_mask)
-            expert = wan.WanVACEExpert(components.vace_transformer, control, positive, negative, params.depth_guidance, params.control_scale, placement=components.placement)
-            factors.append(Factor(expert, 1.0))
-            described.append({"expert": "wan_vace_first_frame_and_depth", "weight": 1.0, "guidance": params.depth_guidance})
+            specs.append(("wan_vace_first_frame_and_depth", self._vace(components, control, positive, negative, params.depth_guidance, params), 1.0, {"guidance": params.depth_guidance, "control_scale": params.control_scale}))
         components.free_encoders()
+        placement = components.place_transformers()
+        factors = [Factor(build(placement), weight) for _, build, weight, _ in specs]
+        described = [{"expert": name, "weight": weight, **extra} for name, _, weight, extra in specs]
 
         product = ProductOfExperts(factors)
         levels = shifted_levels(params.num_levels, math.log(params.flow_shift), t_max=params.t_max)
@@ -174,6 +168,12 @@ class Sim2VideoTask(Task):
             "device": str(context.device),
         }
         return TaskResult(kind="video", primary="video", outputs=outputs, manifest=manifest)
+
+    @staticmethod
+    def _vace(components, control, positive, negative, guidance: float, params: Sim2VideoParams):
+        from poe_backend.experts import wan
+
+        return lambda placement: wan.WanVACEExpert(components.vace_transformer, control, positive, negative, guidance, params.control_scale, placement=placement)
 
     def _first_frame(self, context: TaskContext, frame: int, height: int, width: int) -> torch.Tensor:
         path_text = context.params.first_frame
