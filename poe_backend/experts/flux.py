@@ -60,12 +60,13 @@ class FluxLatentSpace:
     dtype (bf16 on GPU, fp32 on CPU by default).
     """
 
-    def __init__(self, height: int, width: int, *, preset: str = "default", device: str = "cpu", dtype: torch.dtype | None = None, max_sequence_length: int = 512) -> None:
+    def __init__(self, height: int, width: int, *, preset: str = "default", device: str = "cpu", dtype: torch.dtype | None = None, max_sequence_length: int = 512, vae: torch.nn.Module | None = None) -> None:
         check_size(height, width)
         self.height, self.width, self.preset, self.device = height, width, preset, device
         self.dtype = registry.default_dtype(device) if dtype is None else dtype
         self.max_sequence_length = max_sequence_length
-        self.vae = registry.load("flux.vae", preset, device=device, dtype=self.dtype)
+        # ``vae`` injects an instance (benchmarks with random full-size weights); else the registry's
+        self.vae = registry.load("flux.vae", preset, device=device, dtype=self.dtype) if vae is None else vae
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.latent_height = height // self.vae_scale_factor
         self.latent_width = width // self.vae_scale_factor
@@ -271,9 +272,24 @@ def box_token_weights(box: list[int] | tuple[int, int, int, int], height: int, w
 TRANSFORMER_ROLES = {"dev": "flux.transformer.dev", "depth": "flux.transformer.depth", "fill": "flux.transformer.fill"}
 
 
+def placement_for(kinds: list[str], space: FluxLatentSpace, offload: str, *, batch: int, fp8_storage: bool = False, resident_bytes: int = 0) -> registry.Placement:
+    """An offload placement for the given transformers, choosing ``auto`` from their weight
+    files, :func:`activation_bytes` and ``resident_bytes`` (models that stay on the device,
+    e.g. the VQAScore model) before anything is loaded."""
+    sizes = [registry.weight_bytes(TRANSFORMER_ROLES[kind], space.preset) for kind in kinds]
+    extra = activation_bytes(space.num_tokens, batch) + resident_bytes
+    return registry.Placement.for_sizes(offload, space.device, sizes, activation_bytes=extra, fp8_storage=fp8_storage)
+
+
+def activation_bytes(num_tokens: int, batch: int, text_tokens: int = 512, hidden: int = 3072) -> int:
+    """A rough peak-activation estimate of one FLUX forward (inference): about 64 live
+    ``(batch, tokens, hidden)`` bf16 tensors. A heuristic for ``auto`` offload only."""
+    return 64 * batch * (num_tokens + text_tokens) * hidden * 2
+
+
 def load_transformer(kind: str, space: FluxLatentSpace, placement: registry.Placement | None = None) -> torch.nn.Module:
-    """The ``kind`` ("dev", "depth", "fill") transformer, loaded once per process on the CPU
-    when a placement will move it, else directly on the device."""
+    """The ``kind`` ("dev", "depth", "fill") transformer, loaded once per process: on the CPU
+    when the placement offloads it, else directly on the device; then placed."""
     device = "cpu" if placement is not None and placement.preset != "none" else space.device
     transformer = registry.load(TRANSFORMER_ROLES[kind], space.preset, device=device, dtype=space.dtype)
     if placement is not None:

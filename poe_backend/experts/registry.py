@@ -382,6 +382,15 @@ def _free_memory() -> None:
 # Memory: offload presets
 
 
+def weight_bytes(role: str, preset: str = "default") -> int:
+    """Bytes of ``role``'s weight files on disk (``*.safetensors``, else ``*.bin``): the
+    memory it takes in its stored dtype (bf16 for FLUX and Qwen2.5-VL), known before loading
+    so an offload preset can be chosen without a CPU copy."""
+    directory = resolve(role, preset)
+    files = list(directory.glob("*.safetensors")) or list(directory.glob("*.bin"))
+    return sum(path.stat().st_size for path in files)
+
+
 def parameter_bytes(module: Any) -> int:
     """Bytes of a module's parameters and buffers."""
     tensors = list(module.parameters()) + list(module.buffers())
@@ -427,12 +436,18 @@ class Placement:
         self._placed: set[int] = set()
 
     @classmethod
-    def for_modules(cls, preset: str, device: str, modules: list[Any], *, activation_bytes: int = 0, fp8_storage: bool = False) -> "Placement":
-        """Resolve ``auto`` against ``modules``' sizes, then build the placement."""
+    def for_sizes(cls, preset: str, device: str, sizes: list[int], *, activation_bytes: int = 0, fp8_storage: bool = False) -> "Placement":
+        """Resolve ``auto`` from the models' sizes in bytes (:func:`weight_bytes`; halved
+        under ``fp8_storage``), then build the placement."""
         if preset == "auto":
-            sizes = [parameter_bytes(module) for module in modules] or [0]
+            sizes = [size // 2 if fp8_storage else size for size in sizes] or [0]
             preset = choose_offload(device, sum(sizes), max(sizes), activation_bytes)
         return cls(preset, device, fp8_storage=fp8_storage)
+
+    @classmethod
+    def for_modules(cls, preset: str, device: str, modules: list[Any], *, activation_bytes: int = 0, fp8_storage: bool = False) -> "Placement":
+        """:meth:`for_sizes` with the sizes of loaded modules."""
+        return cls.for_sizes(preset, device, [parameter_bytes(module) for module in modules], activation_bytes=activation_bytes, fp8_storage=fp8_storage)
 
     def place(self, module: Any) -> Any:
         """Prepare ``module`` once (idempotent per instance); returns it."""

@@ -42,12 +42,14 @@ class VQAScorer:
     """Qwen2.5-VL answering the VQAScore question; loaded through the registry
     (``vqa.model``, ``vqa.image_processor``, ``vqa.tokenizer``)."""
 
-    def __init__(self, preset: str = "default", *, device: str = "cpu", dtype: torch.dtype | None = None, max_pixels: int = 448 * 448, max_batch: int = 4) -> None:
+    def __init__(self, preset: str = "default", *, device: str = "cpu", dtype: torch.dtype | None = None, max_pixels: int = 448 * 448, max_batch: int = 4, components: tuple | None = None) -> None:
+        """``components`` = ``(model, image_processor, tokenizer)`` injects instances
+        (benchmarks with random full-size weights); otherwise they come from the registry."""
         self.device, self.max_pixels, self.max_batch = device, max_pixels, max_batch
         self.dtype = registry.default_dtype(device) if dtype is None else dtype
-        self.model = registry.load("vqa.model", preset, device=device, dtype=self.dtype)
-        self.image_processor = registry.load("vqa.image_processor", preset)
-        self.tokenizer = registry.load("vqa.tokenizer", preset)
+        if components is None:
+            components = (registry.load("vqa.model", preset, device=device, dtype=self.dtype), registry.load("vqa.image_processor", preset), registry.load("vqa.tokenizer", preset))
+        self.model, self.image_processor, self.tokenizer = components
         self.answer_id = self._answer_token_id()
         self.calls = 0
 

@@ -8,8 +8,8 @@ outside the object mask equal the plate exactly (the mask is feathered inwards o
 
 Baselines (``method``): ``depth`` or ``fill`` alone; ``rf_solver``: RF-Solver inversion of
 the bundle's RGB render (the naive composite; the plate if there is none) with FLUX.1 [dev]
-and ``rf_source_prompt``, then editing with the prompt (no attention-V sharing, see
-:mod:`poe_backend.experts.rf_solver`). Single-expert baselines use the summed-velocity ODE
+and ``rf_source_prompt``, then editing with the prompt, sharing attention V for the first
+``rf_inject`` steps (see :mod:`poe_backend.experts.rf_solver`). Single-expert baselines use the summed-velocity ODE
 (each model's own sampler) unless ``sampler`` is set explicitly.
 
 Bundle: passes ``plate``, ``depth`` (first frame), ``mask.<object>`` (first frame; the union
@@ -42,6 +42,8 @@ class InsertionParams(images.ImageParams):
     feather_px: int = Field(0, ge=0, le=64, description="inward feather of the blend mask")
     rf_source_prompt: str = ""
     rf_guidance: float = Field(2.0, ge=0.0, le=100.0)
+    rf_inject: int = Field(2, ge=0, le=50, description="RF-Solver V-sharing steps (0: off)")
+    rf_share_blocks: int = Field(18, ge=0, le=38, description="last single-stream blocks whose V is shared")
 
 
 class InsertionTask(Task):
@@ -138,8 +140,7 @@ def run_product(space, params: InsertionParams, embedding, plate, depth, mask, s
     from poe_backend.experts import flux, registry
 
     kinds = transformer_kinds(params.method)
-    transformers = {kind: registry.load(flux.TRANSFORMER_ROLES[kind], space.preset, device="cpu", dtype=space.dtype) for kind in kinds}
-    placement = registry.Placement.for_modules(params.offload, context.device, list(transformers.values()), fp8_storage=params.fp8_storage)
+    placement = flux.placement_for(kinds, space, params.offload, batch=params.max_batch or params.particles, fp8_storage=params.fp8_storage)
     factors = []
     if "depth" in kinds:
         condition = flux.depth_condition(space, depth)
@@ -163,11 +164,10 @@ def run_rf_solver(space, params: InsertionParams, embeddings, source: np.ndarray
     """RF-Solver baseline: invert ``source`` (t 0 -> 1, source prompt, guidance 1), edit
     (t 1 -> 0, prompt, ``rf_guidance``). Deterministic: one particle, the seed is unused."""
     from poe_backend.experts import flux, registry
-    from poe_backend.experts.rf_solver import rf_solver
+    from poe_backend.experts.rf_solver import ValueSharing, rf_solver
     from poe_backend.sampling.schedules import flux_shift_mu, shifted_levels
 
-    transformer = registry.load(flux.TRANSFORMER_ROLES["dev"], space.preset, device="cpu", dtype=space.dtype)
-    placement = registry.Placement.for_modules(params.offload, context.device, [transformer], fp8_storage=params.fp8_storage)
+    placement = flux.placement_for(["dev"], space, params.offload, batch=1, fp8_storage=params.fp8_storage)
     transformer = flux.load_transformer("dev", space, placement)
     target, source_prompt = embeddings
     invert = flux.FluxExpert(transformer, space, source_prompt, guidance=1.0, placement=placement, name="inversion")
@@ -175,9 +175,13 @@ def run_rf_solver(space, params: InsertionParams, embeddings, source: np.ndarray
     times = shifted_levels(params.levels, flux_shift_mu(space.num_tokens), t_max=1.0)
     steps = len(times) - 1
     x = space.encode_image(flux.image_tensor(source)).to(context.device)
-    noise, nfe = rf_solver(invert, x, times[::-1], callback=context.callback, should_stop=context.should_stop, num_levels=2 * steps)
-    edited, more = rf_solver(edit, noise, times, callback=context.callback, should_stop=context.should_stop, nfe_offset=nfe, level_offset=steps, num_levels=2 * steps)
-    stats = {"path": "rf-solver inversion + edit (no V sharing)", "nfe_per_particle": nfe + more, "levels": times, "placement": placement.describe()}
+    sharing = ValueSharing(transformer, steps, inject=params.rf_inject, num_blocks=params.rf_share_blocks)
+    try:
+        noise, nfe = rf_solver(invert, x, times[::-1], callback=context.callback, should_stop=context.should_stop, num_levels=2 * steps, before_forward=sharing.inversion_hook)
+        edited, more = rf_solver(edit, noise, times, callback=context.callback, should_stop=context.should_stop, nfe_offset=nfe, level_offset=steps, num_levels=2 * steps, before_forward=sharing.editing_hook)
+    finally:
+        sharing.remove()
+    stats = {"path": f"rf-solver inversion + edit (V shared in {sharing.inject} steps)", "nfe_per_particle": nfe + more, "levels": times, "placement": placement.describe()}
     return edited, torch.zeros(1), stats
 
 

@@ -68,8 +68,8 @@ class RegionalT2ITask(Task):
         space = flux.FluxLatentSpace(height, width, preset=context.models, device=context.device, max_sequence_length=params.max_sequence_length)
         region_prompts = [prompt for prompt, _ in regions] if use_regions else []
         embeddings = space.encode_prompts([global_prompt] + region_prompts)
-        transformer = registry.load("flux.transformer.dev", space.preset, device="cpu", dtype=space.dtype)
-        placement = registry.Placement.for_modules(params.offload, context.device, [transformer], fp8_storage=params.fp8_storage)
+        resident = registry.weight_bytes("vqa.model", context.models) if use_vqa else 0
+        placement = flux.placement_for(["dev"], space, params.offload, batch=params.max_batch or params.particles, fp8_storage=params.fp8_storage, resident_bytes=resident)
         transformer = flux.load_transformer("dev", space, placement)
         factors = build_factors(space, transformer, placement, embeddings, regions if use_regions else [], params)
         rewards, reward = [], None

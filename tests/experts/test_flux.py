@@ -158,3 +158,22 @@ def test_cancellation_stops_sampling(space, depth_expert):
     count = iter(range(100))
     with pytest.raises(SamplingCancelled):
         sample_fkc(product, torch.randn(1, *space.event_shape), log_snr_levels(6), generator=generator, langevin_steps=1, should_stop=lambda: next(count) >= 2)
+
+
+def test_rf_solver_value_sharing_stores_and_injects(space, prompts):
+    from poe_backend.experts.rf_solver import ValueSharing, inversion_times, rf_solver
+
+    transformer = flux.load_transformer("dev", space)
+    source = flux.FluxExpert(transformer, space, prompts[0], guidance=1.0)
+    target = flux.FluxExpert(transformer, space, prompts[1], guidance=2.0)
+    x0 = torch.randn(1, *space.event_shape, generator=torch.Generator().manual_seed(0))
+    times = inversion_times(3)
+    sharing = ValueSharing(transformer, 3, inject=2, num_blocks=1)
+    noise, _ = rf_solver(source, x0, times, before_forward=sharing.inversion_hook)
+    assert sorted(sharing.stored) == [(1, 0, 0), (1, 1, 0), (2, 0, 0), (2, 1, 0)]
+    shared, _ = rf_solver(target, noise, times[::-1], before_forward=sharing.editing_hook)
+    sharing.remove()
+    plain, _ = rf_solver(target, noise, times[::-1])
+    assert not torch.allclose(shared, plain)
+    again, _ = rf_solver(target, noise, times[::-1])
+    assert torch.equal(again, plain)  # hooks are gone

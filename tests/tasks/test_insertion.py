@@ -62,7 +62,7 @@ def test_baselines_run(tmp_path, method):
     result, out = run(tmp_path, method, {**FAST, "method": method, "particles": 1})
     manifest = json.loads((out / "result.json").read_text())
     assert np.asarray(Image.open(out / "image.png")).shape == (HEIGHT, WIDTH, 3)
-    expected = {"depth": "summed-velocity", "fill": "summed-velocity", "rf_solver": "rf-solver"}[method]
+    expected = {"depth": "summed-velocity", "fill": "summed-velocity", "rf_solver": "V shared in 2 steps"}[method]
     assert expected in manifest["sampler_stats"]["path"]
 
 
