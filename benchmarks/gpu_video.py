@@ -12,7 +12,8 @@ Rows (one per task × offload preset):
 
 Conditioning tensors (prompt/image embeddings, VACE control, history) are random of the
 real shapes; the encoders and the VAE are not timed (they run once per job). A level is
-one transport step plus ``langevin_steps`` Langevin steps of ``sample_fkc``.
+one transport step plus ``langevin_steps`` Langevin steps of ``sample_fkc``; s/level =
+sampler wall time / (levels - 1), as ``benchmarks/gpu_tasks.py`` reports it.
 
 Usage: ``python -m benchmarks.gpu_video [--offload none group ...] [--particles 1]``. Off
 CUDA it says it needs a GPU and runs a tiny smoke table (same code, tiny configs) instead.
@@ -118,7 +119,7 @@ def _measure(task: str, variant: str, offload: str, resolution: str, particles: 
     total = time.perf_counter() - start
     peak = torch.cuda.max_memory_allocated() / 2**30 if on_cuda else None
     forwards = sum(getattr(expert, "forward_count", 0) for expert in experts)
-    return VideoRow(task, variant, offload, resolution, particles, total / levels, peak, 1.0 - clock.seconds / total, product.nfe, note or f"{forwards} transformer forwards")
+    return VideoRow(task, variant, offload, resolution, particles, total / (levels - 1), peak, 1.0 - clock.seconds / total, product.nfe, note or f"{forwards} transformer forwards")
 
 
 def _place(modules: list[torch.nn.Module], offload: str, device: str):
