@@ -12,6 +12,8 @@ TASK_CLASSES: dict[str, str] = {
     "toy2d": "poe_backend.tasks.toy2d:Toy2DTask",
     "insertion": "poe_backend.tasks.insertion:InsertionTask",
     "regional_t2i": "poe_backend.tasks.regional_t2i:RegionalT2ITask",
+    "sim2video": "poe_backend.tasks.sim2video:Sim2VideoTask",
+    "sim2video_ar": "poe_backend.tasks.sim2video_ar:Sim2VideoARTask",
 }
 
 

@@ -1,0 +1,363 @@
+"""FramePack (HunyuanVideo-based autoregressive image-to-video) as a per-section expert.
+
+A FramePack video is a first frame plus ``C`` sections of ``W`` latent frames
+(``latent_window_size``, 9 by default ≈ 33 pixel frames each). Full latent, in time
+order: ``[image, section_0, …, section_{C-1}]`` of shape ``(16, 1 + C·W, H/8, W/8)``,
+VAE-scaled by ``z·0.476986`` (no mean/std); ``F = 1 + 4·C·W`` pixel frames. Each section is
+one *chunk* of autoregressive annealing (:mod:`poe_backend.sampling.autoregressive`):
+:class:`FramePackSectionExpert` is the velocity of one section's latent ``(P, 16, W, h, w)``
+given clean history latents (at 1×, 2× and 4× compression) and the first frame — the
+conditioning of diffusers' ``HunyuanVideoFramepackPipeline``, which this module reproduces
+per section (:func:`section_conditioning`) instead of running its loop.
+
+Sampling orders (``sampling_type``):
+
+* ``inverted`` (``FramePackI2V_HY``, anti-drifting): sections are generated from the
+  last to the first; generation step ``g`` makes time section ``C-1-g`` conditioned on the
+  sections after it (history sizes ``[1, 2, 16]``) and on the first frame, with the
+  pipeline's latent paddings.
+* ``vanilla`` (``FramePack_F1``): in time order, conditioned on the sections before
+  (history ``[16, 2, 1]``, the first frame's latent being the oldest history frame).
+
+Chunk ``g`` of the sampler is generation step ``g``; :func:`time_section` maps it to the
+time section and the Gaussian render expert uses that section's slice of the encoded
+render clip (:meth:`FramePackComponents.encode_video`: encode the whole clip once, since
+the causal VAE treats frame 0 specially, then slice).
+
+Decisions:
+
+* Gibbs sweeps re-sample chunk ``g`` from FramePack(``g`` | chunks generated before
+  ``g``) × Gaussian; FramePack cannot condition on chunks generated later, so a sweep is
+  a partial Gibbs step (the Gaussian expert still ties every section to its render).
+* Guidance: FramePack is guidance-distilled: ``guidance_scale`` (default 10, as
+  FramePack's demo; diffusers' pipeline passes ``guidance·1000``) goes into the model;
+  true CFG (``true_cfg_scale`` > 1, two passes) is available but off by default.
+* Time shift: FramePack's exponential shift with ``mu`` from the section's token count,
+  capped at ``log 7`` (:func:`framepack_levels`).
+* The VAE posterior's mode is used everywhere (diffusers samples it for the image latent;
+  the mode makes runs reproducible).
+* Tests use the registry's ``tiny`` preset (:func:`build_tiny_framepack`: diffusers'
+  own tiny test configs, 4 latent channels, tokenizers built in code; prompts through the
+  real Llama/CLIP encode path with the trivial template ``"{}"``).
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from poe_backend.experts import registry
+from poe_backend.sampling.experts import GenerativeExpert
+from poe_backend.sampling.schedules import flux_shift_mu, shifted_levels
+
+SamplingType = Literal["inverted", "vanilla"]
+TEMPORAL_FACTOR = 4
+SPATIAL_FACTOR = 8
+TIMESTEP_SCALE = 1000.0  # FramePack takes σ·1000 and guidance·1000 (MODELS.md)
+HISTORY_SIZES: dict[str, list[int]] = {"inverted": [1, 2, 16], "vanilla": [16, 2, 1]}
+TRANSFORMER_ROLE: dict[str, str] = {"inverted": "framepack.transformer", "vanilla": "framepack.transformer.f1"}
+TRIVIAL_TEMPLATE = {"template": "{}", "crop_start": 0}
+
+
+def num_pixel_frames(num_sections: int, window: int) -> int:
+    """Pixel frames of a video with ``num_sections`` sections of ``window`` latent frames:
+    ``1 + 4·C·W``."""
+    return 1 + TEMPORAL_FACTOR * num_sections * window
+
+
+def time_section(generation_index: int, num_sections: int, sampling_type: SamplingType) -> int:
+    """Which time section generation step ``generation_index`` makes."""
+    return num_sections - 1 - generation_index if sampling_type == "inverted" else generation_index
+
+
+def framepack_levels(num_levels: int, window: int, latent_height: int, latent_width: int, patch_size: int = 2, t_max: float = 0.98) -> list[float]:
+    """FramePack's schedule: a linear grid under the exponential shift with
+    ``mu = min(calculate_shift(tokens), log 7)``, tokens = ``W·h·w / patch²``."""
+    tokens = window * latent_height * latent_width // (patch_size * patch_size)
+    mu = min(flux_shift_mu(tokens), math.log(7.0))
+    return shifted_levels(num_levels, mu, t_max=t_max)
+
+
+@dataclass
+class SectionConditioning:
+    """Per-particle inputs of one section's forward (diffusers' names): clean latents
+    ``(P, C, 1 + n_1x, h, w)``, 2×/4× history ``(P, C, n, h, w)`` and frame indices."""
+
+    indices_latents: Tensor
+    latents_clean: Tensor
+    indices_latents_clean: Tensor
+    latents_history_2x: Tensor
+    indices_latents_history_2x: Tensor
+    latents_history_4x: Tensor
+    indices_latents_history_4x: Tensor
+
+    def reindex(self, indices: Tensor) -> None:
+        for name in ("latents_clean", "latents_history_2x", "latents_history_4x"):
+            value = getattr(self, name)
+            setattr(self, name, value[indices.to(value.device)])
+
+
+def section_conditioning(
+    image_latents: Tensor,
+    history: list[Tensor],
+    generation_index: int,
+    num_sections: int,
+    window: int,
+    sampling_type: SamplingType,
+) -> SectionConditioning:
+    """The conditioning of generation step ``generation_index`` as diffusers' FramePack
+    pipeline builds it. ``image_latents`` ``(P, C, 1, h, w)``; ``history`` the chunks
+    generated before, in generation order, each ``(P, C, W, h, w)``."""
+    sizes = HISTORY_SIZES[sampling_type]
+    count, channels, _, height, width = image_latents.shape
+    zeros = image_latents.new_zeros(count, channels, sum(sizes), height, width)
+    if sampling_type == "inverted":
+        # Generated sections sit after the current one in time: newest generated first.
+        past = torch.cat([*reversed(history), zeros], dim=2)[:, :, : sum(sizes)]
+        latents_1x, latents_2x, latents_4x = past.split(sizes, dim=2)
+        paddings = list(reversed(range(num_sections)))
+        if num_sections > 4:
+            paddings = [3] + [2] * (num_sections - 3) + [1, 0]
+        padding = paddings[generation_index] * window
+        indices = torch.arange(0, 1 + padding + window + sum(sizes))
+        prefix, _, current, indices_1x, indices_2x, indices_4x = indices.split([1, padding, window, *sizes])
+    else:
+        past = torch.cat([zeros, image_latents, *history], dim=2)[:, :, -sum(sizes) :]
+        latents_4x, latents_2x, latents_1x = past.split(sizes, dim=2)
+        indices = torch.arange(0, 1 + sum(sizes) + window)
+        prefix, indices_4x, indices_2x, indices_1x, current = indices.split([1, *sizes, window])
+    return SectionConditioning(
+        indices_latents=current,
+        latents_clean=torch.cat([image_latents, latents_1x], dim=2),
+        indices_latents_clean=torch.cat([prefix, indices_1x]),
+        latents_history_2x=latents_2x,
+        indices_latents_history_2x=indices_2x,
+        latents_history_4x=latents_4x,
+        indices_latents_history_4x=indices_4x,
+    )
+
+
+@dataclass
+class PromptEmbeddings:
+    """Llama hidden states ``(1, L, D)``, their mask ``(1, L)``, CLIP-L pooled ``(1, 768)``."""
+
+    embeds: Tensor
+    attention_mask: Tensor
+    pooled: Tensor
+
+
+class FramePackSectionExpert(GenerativeExpert):
+    """``p(section | history, first frame, prompt)`` for one generation step.
+
+    ``x`` ``(P, C, W, h, w)``. The conditioning holds per-particle history, so
+    :meth:`reindex` follows resampling. ``guidance_scale`` is the distilled guidance;
+    ``true_cfg_scale`` > 1 adds a negative-prompt pass."""
+
+    def __init__(
+        self,
+        transformer: torch.nn.Module,
+        conditioning: SectionConditioning,
+        prompt: PromptEmbeddings,
+        image_embeds: Tensor,
+        guidance_scale: float = 10.0,
+        negative_prompt: PromptEmbeddings | None = None,
+        true_cfg_scale: float = 1.0,
+        placement: registry.Placement | None = None,
+    ) -> None:
+        if true_cfg_scale != 1.0 and negative_prompt is None:
+            raise ValueError("true_cfg_scale != 1 needs negative prompt embeddings")
+        self.transformer = transformer
+        self.conditioning = conditioning
+        self.prompt = prompt
+        self.negative_prompt = negative_prompt
+        self.image_embeds = image_embeds
+        self.guidance_scale = float(guidance_scale)
+        self.true_cfg_scale = float(true_cfg_scale)
+        self.placement = placement
+        self.forward_count = 0
+
+    def reindex(self, indices: Tensor) -> None:
+        self.conditioning.reindex(indices)
+
+    def _forward(self, x: Tensor, t: float, prompt: PromptEmbeddings) -> Tensor:
+        count, dtype, device = x.shape[0], self.transformer.dtype, x.device
+        batch = lambda tensor: tensor.to(device=device).expand(count, *tensor.shape[1:])
+        cond = self.conditioning
+        self.forward_count += 1
+        return self.transformer(
+            hidden_states=x.to(dtype),
+            timestep=torch.full((count,), t * TIMESTEP_SCALE, device=device),
+            encoder_hidden_states=batch(prompt.embeds.to(dtype)),
+            encoder_attention_mask=batch(prompt.attention_mask.to(dtype)),
+            pooled_projections=batch(prompt.pooled.to(dtype)),
+            image_embeds=batch(self.image_embeds.to(dtype)),
+            indices_latents=cond.indices_latents,
+            guidance=torch.full((count,), self.guidance_scale * TIMESTEP_SCALE, device=device, dtype=dtype),
+            latents_clean=cond.latents_clean.to(device, dtype),
+            indices_latents_clean=cond.indices_latents_clean,
+            latents_history_2x=cond.latents_history_2x.to(device, dtype),
+            indices_latents_history_2x=cond.indices_latents_history_2x,
+            latents_history_4x=cond.latents_history_4x.to(device, dtype),
+            indices_latents_history_4x=cond.indices_latents_history_4x,
+            return_dict=False,
+        )[0]
+
+    @torch.no_grad()
+    def velocity(self, x: Tensor, t: float) -> Tensor:
+        if self.placement is not None:
+            self.placement.activate(self.transformer)
+        prediction = self._forward(x, t, self.prompt)
+        if self.true_cfg_scale != 1.0:
+            negative = self._forward(x, t, self.negative_prompt)
+            prediction = negative + self.true_cfg_scale * (prediction - negative)
+        return prediction.to(x.dtype)
+
+
+@dataclass
+class FramePackComponents:
+    """Loaded FramePack components (VAE, encoders, transformer)."""
+
+    vae: torch.nn.Module
+    transformer: torch.nn.Module
+    device: torch.device
+    dtype: torch.dtype
+    text_encoder: torch.nn.Module | None = None
+    tokenizer: object | None = None
+    text_encoder_2: torch.nn.Module | None = None
+    tokenizer_2: object | None = None
+    image_encoder: torch.nn.Module | None = None
+    feature_extractor: object | None = None
+    placement: registry.Placement | None = None
+    offload: str = "auto"
+    preset: str = "default"
+    sources: dict[str, dict] = field(default_factory=dict)
+
+    def place_transformer(self) -> registry.Placement:
+        """Put the transformer on the device by :attr:`offload` (once)."""
+        if self.placement is None:
+            self.placement = registry.Placement.for_modules(self.offload, str(self.device), [self.transformer])
+            self.placement.place(self.transformer)
+        return self.placement
+
+    @property
+    def latent_channels(self) -> int:
+        return self.vae.config.latent_channels
+
+    def _pipeline(self):
+        from diffusers import HunyuanVideoFramepackPipeline
+
+        return HunyuanVideoFramepackPipeline(
+            text_encoder=self.text_encoder, tokenizer=self.tokenizer, transformer=self.transformer, vae=self.vae, scheduler=None,
+            text_encoder_2=self.text_encoder_2, tokenizer_2=self.tokenizer_2, image_encoder=self.image_encoder, feature_extractor=self.feature_extractor,
+        )
+
+    @torch.no_grad()
+    def encode_prompt(self, prompt: str, max_sequence_length: int = 256) -> PromptEmbeddings:
+        """Llama (HunyuanVideo's template, cropped) + CLIP-L pooled, through the pipeline's
+        ``encode_prompt``; the tiny preset uses the template ``"{}"``."""
+        if self.text_encoder is None:
+            raise RuntimeError("the text encoders were already freed; encode prompts before free_encoders()")
+        from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video_framepack import DEFAULT_PROMPT_TEMPLATE
+
+        template = TRIVIAL_TEMPLATE if self.preset == "tiny" else DEFAULT_PROMPT_TEMPLATE
+        embeds, pooled, mask = self._pipeline().encode_prompt(
+            prompt=prompt, prompt_template=template, device=self.device, dtype=self.dtype, max_sequence_length=max_sequence_length,
+        )
+        return PromptEmbeddings(embeds, mask, pooled)
+
+    @torch.no_grad()
+    def encode_image(self, image: Tensor) -> Tensor:
+        """SigLIP ``last_hidden_state`` of ``image`` ``(3, H, W)`` in [0, 1]."""
+        if self.image_encoder is None:
+            raise RuntimeError("the image encoder was already freed")
+        return self._pipeline().encode_image(image[None].to(self.device) * 2 - 1, device=self.device, dtype=self.dtype)
+
+    def free_encoders(self) -> None:
+        """Release Llama, CLIP-L and SigLIP (needed once per run)."""
+        self.text_encoder = self.text_encoder_2 = self.image_encoder = None
+        for role in ("framepack.text_encoder", "framepack.text_encoder_2", "framepack.image_encoder"):
+            registry.release(role, self.preset)
+        gc.collect()
+
+    @torch.no_grad()
+    def encode_video(self, video: Tensor) -> Tensor:
+        """Pixel video ``(B, 3, F, H, W)`` in [-1, 1] -> scaled latents
+        ``(B, C, (F-1)/4 + 1, H/8, W/8)`` (posterior mode)."""
+        vae_device = next(self.vae.parameters()).device
+        latents = self.vae.encode(video.to(vae_device, self.vae.dtype)).latent_dist.mode()
+        return latents.float().to(self.device) * self.vae.config.scaling_factor
+
+    @torch.no_grad()
+    def decode_latents(self, latents: Tensor) -> Tensor:
+        """Scaled latents ``(B, C, F', h, w)`` -> video ``(B, 3, 4(F'-1)+1, H, W)`` in [-1, 1]."""
+        vae_device = next(self.vae.parameters()).device
+        raw = (latents.float() / self.vae.config.scaling_factor).to(vae_device, self.vae.dtype)
+        return self.vae.decode(raw, return_dict=False)[0].float().clamp(-1, 1)
+
+
+def load_framepack(preset: str = "default", *, sampling_type: SamplingType = "inverted", device: str | torch.device = "cpu", offload: str = "auto", dtype: torch.dtype | None = None, place: bool = True) -> FramePackComponents:
+    """Load FramePack's components from a registry preset; the transformer is placed by an
+    offload preset (now, or with ``place=False`` at :meth:`FramePackComponents.place_transformer`
+    after the encoders are freed), the VAE stays float32 on the device. Raises
+    ``registry.MissingWeights`` for every absent repo before loading anything."""
+    device = torch.device(device)
+    dtype = dtype or registry.default_dtype(str(device))
+    transformer_role = TRANSFORMER_ROLE[sampling_type]
+    roles = [transformer_role, "framepack.vae", "framepack.text_encoder", "framepack.tokenizer", "framepack.text_encoder_2", "framepack.tokenizer_2", "framepack.image_encoder", "framepack.feature_extractor"]
+    registry.check_available(roles, preset)
+    load = lambda role, **kwargs: registry.load(role, preset, **kwargs)
+    components = FramePackComponents(
+        vae=load("framepack.vae", device=str(device), dtype=torch.float32),
+        transformer=load(transformer_role, device="cpu", dtype=dtype),
+        device=device,
+        dtype=dtype,
+        text_encoder=load("framepack.text_encoder", device=str(device), dtype=dtype),
+        tokenizer=load("framepack.tokenizer"),
+        text_encoder_2=load("framepack.text_encoder_2", device=str(device), dtype=dtype),
+        tokenizer_2=load("framepack.tokenizer_2"),
+        image_encoder=load("framepack.image_encoder", device=str(device), dtype=dtype),
+        feature_extractor=load("framepack.feature_extractor"),
+        preset=preset,
+        sources={role: registry.get_spec(role, preset).describe() for role in roles},
+    )
+    components.offload = offload
+    if place:
+        components.place_transformer()
+    return components
+
+
+def build_tiny_framepack(directory: Path, seed: int = 0) -> None:
+    """The registry's tiny builder: diffusers' FramePack test configs (seeded random
+    weights) for every role, tokenizers built in code."""
+    from diffusers import AutoencoderKLHunyuanVideo, HunyuanVideoFramepackTransformer3DModel
+    from transformers import CLIPTextConfig, CLIPTextModel, LlamaConfig, LlamaModel, SiglipImageProcessor, SiglipVisionConfig, SiglipVisionModel
+
+    from poe_backend.experts.wan import character_tokenizer
+
+    directory = Path(directory)
+    torch.manual_seed(seed)
+    transformer = HunyuanVideoFramepackTransformer3DModel(
+        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=10, num_layers=1, num_single_layers=1,
+        num_refiner_layers=1, patch_size=2, patch_size_t=1, guidance_embeds=True, text_embed_dim=16, pooled_projection_dim=8,
+        rope_axes_dim=(2, 4, 4), image_condition_type=None, has_image_proj=True, image_proj_dim=32, has_clean_x_embedder=True,
+    )
+    transformer.save_pretrained(directory / "transformer")
+    transformer.save_pretrained(directory / "transformer_f1")
+    blocks = ("HunyuanVideoDownBlock3D",) * 4
+    AutoencoderKLHunyuanVideo(
+        in_channels=3, out_channels=3, latent_channels=4, down_block_types=blocks, up_block_types=("HunyuanVideoUpBlock3D",) * 4,
+        block_out_channels=(8, 8, 8, 8), layers_per_block=1, act_fn="silu", norm_num_groups=4, scaling_factor=0.476986,
+        spatial_compression_ratio=8, temporal_compression_ratio=4, mid_block_add_attention=True,
+    ).save_pretrained(directory / "vae")
+    LlamaModel(LlamaConfig(hidden_size=16, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, vocab_size=128, pad_token_id=0, bos_token_id=1, eos_token_id=1)).save_pretrained(directory / "text_encoder")
+    character_tokenizer(256).save_pretrained(directory / "tokenizer")
+    CLIPTextModel(CLIPTextConfig(hidden_size=8, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, vocab_size=128, pad_token_id=0, bos_token_id=1, eos_token_id=1, projection_dim=32)).save_pretrained(directory / "text_encoder_2")
+    character_tokenizer(77).save_pretrained(directory / "tokenizer_2")
+    SiglipVisionModel(SiglipVisionConfig(hidden_size=32, intermediate_size=37, num_attention_heads=2, num_hidden_layers=1, image_size=32, patch_size=16)).save_pretrained(directory / "image_encoder")
+    SiglipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(directory / "feature_extractor")

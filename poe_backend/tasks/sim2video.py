@@ -1,0 +1,207 @@
+"""``sim2video``: first frame + depth video of the baked simulation + prompt -> video.
+
+Product (paper, sim-to-video): Wan2.1 depth-to-video (VACE with the normalised-disparity
+video as control) × Wan2.1 image-to-video (the first frame), both on the Wan latent
+``(16, F', H/8, W/8)``, sampled with the score-only Feynman-Kac sampler by default.
+``pairing`` picks the I2V expert: ``i2v_vace`` = Wan2.1-I2V-14B (the paper's), or
+``shared_vace`` = the same VACE transformer with the first frame as control (half the
+memory; the ``preview`` preset's only option, as there is no 1.3B I2V).
+
+Baselines (``mode``): ``i2v`` (the I2V expert alone), ``depth`` (depth-to-video alone),
+``vace_combined`` (one VACE call with first frame + depth in one control). A single
+expert runs the same sampler (``summed_velocity`` gives that model's own ODE sampler).
+
+Inputs: the bundle's ``depth`` pass (and ``rgb`` frame 0 as first frame unless
+``first_frame`` names an image), ``prompt``. Frames: the first ``num_frames`` (default
+all), cut to 4k+1. Outputs: ``video.mp4`` (highest-weight particle), one MP4 per particle,
+``latents.pt`` (all particles), the depth control as ``control_depth.mp4``, and the
+manifest with every parameter, the seed and the model sources.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import Field
+
+from poe_backend.bundle import BundleError
+from poe_backend.sampling import Factor, ProductOfExperts
+from poe_backend.sampling.schedules import shifted_levels
+from poe_backend.tasks import video_io
+from poe_backend.tasks.base import Task, TaskContext, TaskParams, TaskResult
+
+SamplerName = Literal["fkc", "annealed_langevin", "summed_velocity"]
+
+#: Fields the ``preview`` model preset changes unless the caller set them.
+PREVIEW_PARAMS = {"num_levels": 12, "langevin_steps": 0, "num_particles": 1, "height": 240, "width": 416, "num_frames": 33}
+
+
+class Sim2VideoParams(TaskParams):
+    mode: Literal["product", "i2v", "depth", "vace_combined"] = "product"
+    pairing: Literal["auto", "i2v_vace", "shared_vace"] = Field("auto", description="auto: shared_vace for the preview preset, else i2v_vace")
+    prompt: str | None = Field(None, description="defaults to the bundle's prompt")
+    negative_prompt: str = ""
+    first_frame: str | None = Field(None, description="image path (absolute or relative to the bundle); default: the rgb pass at the first frame")
+    num_frames: int | None = Field(None, ge=5, le=241, description="first N frames, cut to 4k+1; default all")
+    height: int | None = Field(None, ge=16, le=1280, description="default: bundle height, rounded down to 16")
+    width: int | None = Field(None, ge=16, le=1280, description="default: bundle width, rounded down to 16")
+    num_particles: int = Field(2, ge=1, le=64)
+    sampler: SamplerName = "fkc"
+    num_levels: int = Field(30, ge=2, le=1000)
+    langevin_steps: int = Field(1, ge=0, le=50)
+    step_scale: float = Field(0.5, gt=0.0, le=4.0)
+    t_max: float = Field(0.98, ge=0.5, lt=1.0)
+    flow_shift: float = Field(3.0, ge=1.0, le=20.0, description="Wan's time shift (3 for 480p, 5 for 720p)")
+    i2v_weight: float = Field(1.0, gt=0.0, le=8.0)
+    depth_weight: float = Field(1.0, gt=0.0, le=8.0)
+    i2v_guidance: float = Field(5.0, ge=1.0, le=20.0)
+    depth_guidance: float = Field(5.0, ge=1.0, le=20.0)
+    control_scale: float = Field(1.0, ge=0.0, le=4.0)
+    vace_latent_mask: Literal["resize", "exact"] = "resize"
+    offload: Literal["auto", "none", "model", "group", "sequential"] = "auto"
+    seed: int | None = Field(None, description="default: the bundle's seed")
+    save_particles: bool = True
+
+
+def effective_params(params: TaskParams, preset: str) -> TaskParams:
+    """Apply the task's ``PREVIEW`` overrides (default :data:`PREVIEW_PARAMS`) for the
+    ``preview`` preset to the fields the caller left unset."""
+    overrides = getattr(type(params), "PREVIEW", PREVIEW_PARAMS) if preset == "preview" else {}
+    updates = {name: value for name, value in overrides.items() if name not in params.model_fields_set}
+    return params.model_copy(update=updates)
+
+
+def run_sampler(name: str, product: ProductOfExperts, noise: torch.Tensor, levels: list[float], generator: torch.Generator, params, context: TaskContext):
+    """Dispatch to a sampler of :mod:`poe_backend.sampling` with the task's options."""
+    from poe_backend.sampling import sample_annealed_langevin, sample_fkc, sample_summed_velocity
+
+    common = {"generator": generator, "callback": context.callback, "should_stop": context.should_stop}
+    if name == "summed_velocity":
+        return sample_summed_velocity(product, noise, levels, **common)
+    sampler = sample_fkc if name == "fkc" else sample_annealed_langevin
+    return sampler(product, noise, levels, langevin_steps=params.langevin_steps, step_scale=params.step_scale, **common)
+
+
+def sampler_function(name: str):
+    from poe_backend.sampling import sample_annealed_langevin, sample_fkc, sample_summed_velocity
+
+    return {"fkc": sample_fkc, "annealed_langevin": sample_annealed_langevin, "summed_velocity": sample_summed_velocity}[name]
+
+
+class Sim2VideoTask(Task):
+    name = "sim2video"
+    Params = Sim2VideoParams
+    kind = "video"
+
+    def run(self, context: TaskContext) -> TaskResult:
+        from poe_backend.experts import wan
+
+        started = time.perf_counter()
+        params: Sim2VideoParams = effective_params(context.params, context.models)
+        bundle = context.bundle
+        if "depth" not in bundle.passes and params.mode != "i2v":
+            raise BundleError("passes.depth", "sim2video needs the 'depth' pass")
+        pairing = wan.default_pairing(context.models) if params.pairing == "auto" else params.pairing
+        seed = bundle.seed if params.seed is None else params.seed
+        prompt = bundle.prompt if params.prompt is None else params.prompt
+        height, width = video_io.output_size(bundle, params.height, params.width)
+        frames = video_io.clip_frames(bundle, params.num_frames, strict="num_frames" in context.params.model_fields_set)
+        num_frames = len(frames)
+        first_frame = self._first_frame(context, frames[0], height, width)
+        depth_video = video_io.depth_to_disparity_video(video_io.read_depth_frames(bundle, frames, height, width)) if params.mode != "i2v" else None
+
+        needs_i2v_model = pairing == "i2v_vace" and params.mode in ("product", "i2v")
+        needs_vace = params.mode != "i2v" or pairing == "shared_vace"
+        components = wan.load_wan(context.models, vace=needs_vace, i2v=needs_i2v_model, device=context.device, offload=params.offload, place=False)
+        positive, negative = components.encode_prompt(prompt, params.negative_prompt)
+        specs = []  # (name, build(placement) -> expert, weight, description); conditioning computed now
+        if params.mode in ("product", "i2v"):
+            if needs_i2v_model:
+                condition, image_embeds = components.i2v_condition(first_frame, num_frames), components.encode_image(first_frame)
+                build = lambda placement, c=condition, e=image_embeds: wan.WanI2VExpert(components.i2v_transformer, c, e, positive, negative, params.i2v_guidance, placement=placement)
+                specs.append(("wan_i2v", build, params.i2v_weight, {"guidance": params.i2v_guidance}))
+            else:
+                control = wan.vace_first_frame_control(components, first_frame, num_frames, latent_mask=params.vace_latent_mask)
+                specs.append(("wan_vace_first_frame", self._vace(components, control, positive, negative, params.i2v_guidance, params), params.i2v_weight, {"guidance": params.i2v_guidance, "control_scale": params.control_scale}))
+        if params.mode in ("product", "depth"):
+            control = wan.vace_depth_control(components, depth_video)
+            specs.append(("wan_vace_depth", self._vace(components, control, positive, negative, params.depth_guidance, params), params.depth_weight, {"guidance": params.depth_guidance, "control_scale": params.control_scale}))
+        if params.mode == "vace_combined":
+            control = wan.vace_first_frame_and_depth_control(components, first_frame, depth_video, latent_mask=params.vace_latent_mask)
+            specs.append(("wan_vace_first_frame_and_depth", self._vace(components, control, positive, negative, params.depth_guidance, params), 1.0, {"guidance": params.depth_guidance, "control_scale": params.control_scale}))
+        components.free_encoders()
+        placement = components.place_transformers()
+        factors = [Factor(build(placement), weight) for _, build, weight, _ in specs]
+        described = [{"expert": name, "weight": weight, **extra} for name, _, weight, extra in specs]
+
+        product = ProductOfExperts(factors)
+        levels = shifted_levels(params.num_levels, math.log(params.flow_shift), t_max=params.t_max)
+        generator = torch.Generator().manual_seed(seed)
+        shape = (params.num_particles, *wan.latent_shape(num_frames, height, width))
+        noise = torch.randn(shape, generator=generator).to(context.device)
+        sampling_started = time.perf_counter()
+        result = run_sampler(params.sampler, product, noise, levels, generator, params, context)
+        sampling_seconds = time.perf_counter() - sampling_started
+
+        outputs = self._write_outputs(context, components, result, depth_video, bundle.fps, params.save_particles)
+        manifest = {
+            "task": self.name,
+            "params": params.model_dump(),
+            "seed": seed,
+            "prompt": prompt,
+            "models": context.models,
+            "model_sources": components.sources,
+            "placement": components.placement.describe() if components.placement else None,
+            "pairing": pairing,
+            "experts": described,
+            "frames": frames,
+            "size": {"height": height, "width": width, "num_frames": num_frames, "fps": bundle.fps},
+            "levels": levels,
+            "stats": result.stats(),
+            "log_weights": video_io.finite_log_weights(result.log_weights),
+            "best_particle": result.best_index(),
+            "seconds": {"sampling": sampling_seconds, "total": time.perf_counter() - started},
+            "device": str(context.device),
+        }
+        return TaskResult(kind="video", primary="video", outputs=outputs, manifest=manifest)
+
+    @staticmethod
+    def _vace(components, control, positive, negative, guidance: float, params: Sim2VideoParams):
+        from poe_backend.experts import wan
+
+        return lambda placement: wan.WanVACEExpert(components.vace_transformer, control, positive, negative, guidance, params.control_scale, placement=placement)
+
+    def _first_frame(self, context: TaskContext, frame: int, height: int, width: int) -> torch.Tensor:
+        path_text = context.params.first_frame
+        if path_text is None:
+            return video_io.read_image(context.bundle.pass_path("rgb", frame), height, width, field="passes.rgb")
+        path = Path(path_text)
+        path = path if path.is_absolute() else context.bundle.root / path
+        if not path.is_file():
+            raise BundleError("params.first_frame", f"no image at {path}")
+        return video_io.read_image(path, height, width, field="params.first_frame")
+
+    def _write_outputs(self, context: TaskContext, components, result, depth_video, fps: float, save_particles: bool) -> dict[str, Path]:
+        out_dir = context.out_dir
+        out_dir.mkdir(parents=True, exist_ok=True)
+        outputs: dict[str, Path] = {}
+        latents_path = out_dir / "latents.pt"
+        torch.save({"latents": result.particles.cpu(), "log_weights": result.log_weights.cpu()}, latents_path)
+        outputs["latents"] = latents_path
+        best = result.best_index()
+        for index in range(result.particles.shape[0]):
+            if index != best and not save_particles:
+                continue
+            video = (components.decode_latents(result.particles[index : index + 1])[0].permute(1, 0, 2, 3) + 1) / 2
+            if index == best:
+                outputs["video"] = video_io.write_mp4(out_dir / "video.mp4", video, fps)
+            if save_particles:
+                (out_dir / "particles").mkdir(exist_ok=True)
+                outputs[f"particle_{index:02d}"] = video_io.write_mp4(out_dir / "particles" / f"particle_{index:02d}.mp4", video, fps)
+        if depth_video is not None:
+            outputs["control_depth"] = video_io.write_mp4(out_dir / "control_depth.mp4", depth_video, fps)
+        return outputs

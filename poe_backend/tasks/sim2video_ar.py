@@ -1,0 +1,190 @@
+"""``sim2video_ar``: first frame + RGB renders of the simulation -> video, autoregressively.
+
+Product (paper, autoregressive sim-to-video): FramePack × a Gaussian around the
+VAE-encoded renders, ``N(z_render, s² I)`` (:mod:`poe_backend.experts.render_gaussian`),
+on FramePack's latent, one section at a time with autoregressive annealing and Gibbs
+sweeps (:func:`poe_backend.sampling.autoregressive.sample_autoregressive`). A chunk is a
+FramePack section of ``latent_window_size`` latent frames; chunk ``g``'s product is the
+FramePack expert conditioned on the chunks generated before it times the Gaussian around
+its time section's render latents (the render clip is encoded once, then sliced).
+
+Baseline (``mode="framepack"``): FramePack alone (image-to-video from the first frame),
+same sampler and sections.
+
+Inputs: the bundle's ``rgb`` pass (frames 0..F-1 with ``F = 1 + 4·sections·window``; the
+first frame is ``rgb`` frame 0 unless ``first_frame`` names an image), ``prompt``.
+Stiffness: the sampler's transport step pulls each particle by ``Δu·λ/(s² + σ²)``
+towards the render; with ``render_weight`` well above 1, a tiny ``render_std`` and few
+levels, the Euler step overshoots (observed: divergence at ``s = 0.01, λ = 4`` with 4
+levels). Keep ``render_weight`` near 1 and lower ``render_std`` instead, or add levels.
+
+Outputs: ``video.mp4`` (particle 0: the autoregressive sampler ends every chunk with an
+equal-weight resampling, so all particles are equally weighted), one MP4 per particle,
+``latents.pt``, ``renders.mp4`` (the input clip as used), and the manifest.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import ClassVar, Literal
+
+import torch
+from pydantic import Field
+
+from poe_backend.bundle import BundleError
+from poe_backend.sampling import Factor, ProductOfExperts
+from poe_backend.tasks import video_io
+from poe_backend.tasks.base import Task, TaskContext, TaskParams, TaskResult
+from poe_backend.tasks.sim2video import effective_params, sampler_function
+
+
+class Sim2VideoARParams(TaskParams):
+    mode: Literal["product", "framepack"] = "product"
+    sampling_type: Literal["inverted", "vanilla"] = Field("inverted", description="inverted: FramePackI2V_HY (anti-drifting); vanilla: FramePack-F1")
+    prompt: str | None = Field(None, description="defaults to the bundle's prompt")
+    negative_prompt: str = ""
+    first_frame: str | None = Field(None, description="image path (absolute or relative to the bundle); default: rgb frame 0")
+    latent_window_size: int = Field(9, ge=1, le=33, description="latent frames per section (9 ≈ 33 pixel frames)")
+    num_sections: int | None = Field(None, ge=1, le=64, description="default: as many as the bundle's frames allow")
+    height: int | None = Field(None, ge=16, le=1280)
+    width: int | None = Field(None, ge=16, le=1280)
+    num_particles: int = Field(2, ge=1, le=64)
+    sampler: Literal["fkc", "annealed_langevin", "summed_velocity"] = "fkc"
+    num_levels: int = Field(25, ge=2, le=1000)
+    langevin_steps: int = Field(1, ge=0, le=50)
+    step_scale: float = Field(0.5, gt=0.0, le=4.0)
+    t_max: float = Field(0.98, ge=0.5, lt=1.0)
+    gibbs_sweeps: int = Field(1, ge=0, le=10)
+    gibbs_t: float = Field(0.5, gt=0.0, lt=1.0)
+    render_std: float = Field(0.5, gt=0.0, le=100.0, description="s of N(render latent, s²I), latent units; w = 1/(2s²)")
+    render_weight: float = Field(1.0, gt=0.0, le=8.0)
+    framepack_weight: float = Field(1.0, gt=0.0, le=8.0)
+    guidance_scale: float = Field(10.0, ge=1.0, le=32.0, description="FramePack's distilled guidance")
+    true_cfg_scale: float = Field(1.0, ge=1.0, le=20.0)
+    offload: Literal["auto", "none", "model", "group", "sequential"] = "auto"
+    seed: int | None = Field(None, description="default: the bundle's seed")
+    save_particles: bool = True
+
+    PREVIEW: ClassVar[dict] = {"num_levels": 10, "langevin_steps": 0, "num_particles": 1, "height": 256, "width": 448, "gibbs_sweeps": 0}
+
+
+class Sim2VideoARTask(Task):
+    name = "sim2video_ar"
+    Params = Sim2VideoARParams
+    kind = "video"
+
+    def run(self, context: TaskContext) -> TaskResult:
+        from poe_backend.experts import framepack as fp
+        from poe_backend.experts.render_gaussian import RenderGaussianExpert
+        from poe_backend.sampling.autoregressive import sample_autoregressive
+
+        started = time.perf_counter()
+        params: Sim2VideoARParams = effective_params(context.params, context.models)
+        bundle = context.bundle
+        seed = bundle.seed if params.seed is None else params.seed
+        prompt = bundle.prompt if params.prompt is None else params.prompt
+        height, width = video_io.output_size(bundle, params.height, params.width)
+        window = params.latent_window_size
+        num_sections = self._num_sections(len(bundle.frames), window, params.num_sections)
+        frames = bundle.frames[: fp.num_pixel_frames(num_sections, window)]
+        renders = video_io.read_rgb_frames(bundle, frames, height, width)  # (F, 3, H, W) in [0, 1]
+
+        components = fp.load_framepack(context.models, sampling_type=params.sampling_type, device=context.device, offload=params.offload, place=False)
+        first_frame = renders[0] if params.first_frame is None else self._first_frame(context, height, width)
+        prompt_embeds = components.encode_prompt(prompt)
+        negative = components.encode_prompt(params.negative_prompt) if params.true_cfg_scale != 1.0 else None
+        image_embeds = components.encode_image(first_frame)
+        components.free_encoders()
+        components.place_transformer()
+        render_latents = components.encode_video(renders.permute(1, 0, 2, 3)[None] * 2 - 1)[0]  # (C, 1 + S·W, h, w)
+        image_latents = render_latents[None, :, :1] if params.first_frame is None else components.encode_video(first_frame[None, :, None] * 2 - 1)
+        count = params.num_particles
+
+        def make_product(index: int, chunks: list[torch.Tensor | None]) -> ProductOfExperts:
+            history = chunks[:index]
+            if any(chunk is None for chunk in history):
+                raise RuntimeError(f"chunk {index}: FramePack needs every earlier section")
+            conditioning = fp.section_conditioning(image_latents.expand(count, -1, -1, -1, -1), list(history), index, num_sections, window, params.sampling_type)
+            expert = fp.FramePackSectionExpert(
+                components.transformer, conditioning, prompt_embeds, image_embeds, params.guidance_scale, negative, params.true_cfg_scale, components.placement,
+            )
+            factors = [Factor(expert, params.framepack_weight)]
+            if params.mode == "product":
+                section = fp.time_section(index, num_sections, params.sampling_type)
+                center = render_latents[:, 1 + section * window : 1 + (section + 1) * window]
+                factors.append(Factor(RenderGaussianExpert(center, params.render_std), params.render_weight))
+            return ProductOfExperts(factors)
+
+        generator = torch.Generator().manual_seed(seed)
+        chunk_shape = (count, components.latent_channels, window, *render_latents.shape[-2:])
+        chunk_noise = [torch.randn(chunk_shape, generator=generator).to(context.device) for _ in range(num_sections)]
+        levels = fp.framepack_levels(params.num_levels, window, *render_latents.shape[-2:], patch_size=components.transformer.config.patch_size, t_max=params.t_max)
+        options = {} if params.sampler == "summed_velocity" else {"langevin_steps": params.langevin_steps, "step_scale": params.step_scale}
+        sampling_started = time.perf_counter()
+        result = sample_autoregressive(
+            make_product, chunk_noise, levels, generator=generator, sampler=sampler_function(params.sampler),
+            gibbs_sweeps=params.gibbs_sweeps, gibbs_t=params.gibbs_t, callback=context.callback, should_stop=context.should_stop, **options,
+        )
+        sampling_seconds = time.perf_counter() - sampling_started
+
+        in_time_order = [None] * num_sections
+        for index, chunk in enumerate(result.chunks):
+            in_time_order[fp.time_section(index, num_sections, params.sampling_type)] = chunk
+        latents = torch.cat([image_latents.to(context.device).expand(count, -1, -1, -1, -1), *in_time_order], dim=2)
+        outputs = self._write_outputs(context, components, latents, renders, bundle.fps, params.save_particles)
+        manifest = {
+            "task": self.name,
+            "params": params.model_dump(),
+            "seed": seed,
+            "prompt": prompt,
+            "models": context.models,
+            "model_sources": components.sources,
+            "placement": components.placement.describe() if components.placement else None,
+            "experts": ["framepack"] + (["render_gaussian"] if params.mode == "product" else []),
+            "frames": frames,
+            "size": {"height": height, "width": width, "num_frames": len(frames), "fps": bundle.fps, "sections": num_sections, "latent_window_size": window},
+            "levels": levels,
+            "stats": result.stats(),
+            "seconds": {"sampling": sampling_seconds, "total": time.perf_counter() - started},
+            "device": str(context.device),
+        }
+        return TaskResult(kind="video", primary="video", outputs=outputs, manifest=manifest)
+
+    @staticmethod
+    def _num_sections(available: int, window: int, requested: int | None) -> int:
+        from poe_backend.experts.framepack import num_pixel_frames
+
+        if requested is None:
+            sections = (available - 1) // (4 * window)
+            if sections < 1:
+                raise BundleError("frames", f"needs at least {num_pixel_frames(1, window)} frames for one section of {window} latent frames, the bundle has {available}")
+            return sections
+        if num_pixel_frames(requested, window) > available:
+            raise BundleError("frames", f"{requested} sections of {window} latent frames need {num_pixel_frames(requested, window)} frames, the bundle has {available}")
+        return requested
+
+    @staticmethod
+    def _first_frame(context: TaskContext, height: int, width: int) -> torch.Tensor:
+        path = Path(context.params.first_frame)
+        path = path if path.is_absolute() else context.bundle.root / path
+        if not path.is_file():
+            raise BundleError("params.first_frame", f"no image at {path}")
+        return video_io.read_image(path, height, width, field="params.first_frame")
+
+    @staticmethod
+    def _write_outputs(context: TaskContext, components, latents: torch.Tensor, renders: torch.Tensor, fps: float, save_particles: bool) -> dict[str, Path]:
+        out_dir = context.out_dir
+        out_dir.mkdir(parents=True, exist_ok=True)
+        latents_path = out_dir / "latents.pt"
+        torch.save({"latents": latents.cpu()}, latents_path)
+        outputs: dict[str, Path] = {"latents": latents_path}
+        for index in range(latents.shape[0] if save_particles else 1):
+            video = (components.decode_latents(latents[index : index + 1])[0].permute(1, 0, 2, 3) + 1) / 2
+            if index == 0:
+                outputs["video"] = video_io.write_mp4(out_dir / "video.mp4", video, fps)
+            if save_particles:
+                (out_dir / "particles").mkdir(exist_ok=True)
+                outputs[f"particle_{index:02d}"] = video_io.write_mp4(out_dir / "particles" / f"particle_{index:02d}.mp4", video, fps)
+        outputs["renders"] = video_io.write_mp4(out_dir / "renders.mp4", renders, fps)
+        return outputs

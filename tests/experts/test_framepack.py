@@ -1,0 +1,103 @@
+"""FramePack per-section expert with the tiny preset: the pipeline's section conditioning,
+velocities, history dependence, resampling, and the product with the render Gaussian."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from poe_backend.experts import framepack as fp
+from poe_backend.experts import registry
+from poe_backend.experts.render_gaussian import RenderGaussianExpert
+from poe_backend.sampling import Factor, ProductOfExperts, sample_annealed_langevin
+from poe_backend.sampling.schedules import linear_levels
+from tests.video_support import SpyExpert, tiny_data_dir  # noqa: F401 (fixture)
+
+WINDOW, SECTIONS, PARTICLES = 1, 2, 2
+
+
+@pytest.fixture(scope="module")
+def components(tiny_data_dir):  # noqa: F811
+    return fp.load_framepack("tiny", sampling_type="inverted")
+
+
+@pytest.fixture(scope="module")
+def encoded(components):
+    generator = torch.Generator().manual_seed(0)
+    video = torch.rand(1, 3, fp.num_pixel_frames(SECTIONS, WINDOW), 32, 32, generator=generator) * 2 - 1
+    return {
+        "latents": components.encode_video(video),
+        "prompt": components.encode_prompt("a box slides"),
+        "image_embeds": components.encode_image((video[0, :, 0] + 1) / 2),
+    }
+
+
+def _expert(components, encoded, generation_index, history, sampling_type="inverted"):
+    image = encoded["latents"][:, :, :1].expand(PARTICLES, -1, -1, -1, -1)
+    conditioning = fp.section_conditioning(image, history, generation_index, SECTIONS, WINDOW, sampling_type)
+    return fp.FramePackSectionExpert(components.transformer, conditioning, encoded["prompt"], encoded["image_embeds"])
+
+
+def _section(seed: int) -> torch.Tensor:
+    return torch.randn(PARTICLES, 4, WINDOW, 4, 4, generator=torch.Generator().manual_seed(seed))
+
+
+def test_video_latent_layout(components, encoded) -> None:
+    assert fp.num_pixel_frames(SECTIONS, WINDOW) == 9 and fp.num_pixel_frames(2, 9) == 73
+    assert encoded["latents"].shape == (1, 4, 1 + SECTIONS * WINDOW, 4, 4)
+    decoded = components.decode_latents(encoded["latents"])
+    assert decoded.shape == (1, 3, 9, 32, 32) and decoded.abs().max() <= 1
+
+
+def test_section_conditioning_matches_the_pipeline_layout() -> None:
+    image = torch.zeros(1, 4, 1, 2, 2)
+    sections = [torch.full((1, 4, 9, 2, 2), float(i + 1)) for i in range(3)]
+    # inverted, 3 sections, step 1 (time section 1): padding 1·9, history = step 0's section
+    inverted = fp.section_conditioning(image, sections[:1], 1, 3, 9, "inverted")
+    assert inverted.indices_latents.tolist() == list(range(10, 19))
+    assert inverted.indices_latents_clean.tolist() == [0, 19]
+    assert torch.all(inverted.latents_clean[:, :, 1] == 1)  # newest generated, next in time
+    assert inverted.latents_history_2x.shape[2] == 2 and inverted.latents_history_4x.shape[2] == 16
+    # vanilla, step 2: 1x history = last frame of section 1, 2x = section 1's frames 6, 7
+    vanilla = fp.section_conditioning(image, sections[:2], 2, 3, 9, "vanilla")
+    assert vanilla.indices_latents.tolist() == list(range(20, 29))
+    assert torch.all(vanilla.latents_clean[:, :, 1] == 2) and torch.all(vanilla.latents_history_2x == 2)
+    # the 4x history: the first frame's latent (0), section 0 (1), then section 1's start (2)
+    assert vanilla.latents_history_4x[0, 0, :, 0, 0].tolist() == [0.0] + [1.0] * 9 + [2.0] * 6
+
+
+@pytest.mark.parametrize("sampling_type", ["inverted", "vanilla"])
+def test_velocity_shape_determinism_and_history_dependence(components, encoded, sampling_type) -> None:
+    x = _section(1)
+    first = _expert(components, encoded, 1, [_section(2)], sampling_type)
+    other = _expert(components, encoded, 1, [_section(3)], sampling_type)
+    velocity = first.velocity(x, 0.6)
+    assert velocity.shape == x.shape and torch.isfinite(velocity).all()
+    torch.testing.assert_close(velocity, first.velocity(x, 0.6))
+    assert not torch.allclose(velocity, other.velocity(x, 0.6))
+
+
+def test_reindex_follows_resampling(components, encoded) -> None:
+    history = _section(4)
+    expert = _expert(components, encoded, 1, [history])
+    x = _section(5)
+    before = expert.velocity(x, 0.5)
+    expert.reindex(torch.tensor([1, 1]))
+    after = expert.velocity(x[[1, 1]], 0.5)
+    torch.testing.assert_close(after[0], before[1], atol=1e-5, rtol=1e-5)
+
+
+def test_every_expert_called_at_every_langevin_step(components, encoded) -> None:
+    framepack = SpyExpert(_expert(components, encoded, 0, []))
+    gaussian = SpyExpert(RenderGaussianExpert(encoded["latents"][0, :, 1 : 1 + WINDOW], 0.5))
+    steps = []
+    sample_annealed_langevin(ProductOfExperts([Factor(framepack), Factor(gaussian)]), _section(6), linear_levels(3, t_max=0.9), generator=torch.Generator().manual_seed(0), langevin_steps=2, callback=steps.append)
+    assert framepack.calls == gaussian.calls and len(framepack.calls) == 1 + len(steps)
+
+
+def test_missing_weights_name_the_repo(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("POE_DATA_DIR", str(tmp_path))
+    with pytest.raises(registry.MissingWeights, match="lllyasviel/FramePackI2V_HY"):
+        fp.load_framepack("default")
+    with pytest.raises(registry.MissingWeights, match="lllyasviel/FramePack_F1_I2V_HY_20250503"):
+        fp.load_framepack("default", sampling_type="vanilla")

@@ -1,0 +1,116 @@
+"""The sim2video task end to end with the tiny Wan preset on a tiny synthetic bundle."""
+
+from __future__ import annotations
+
+import json
+
+import imageio.v3 as iio
+import pytest
+import torch
+
+from poe_backend.bundle import BundleError, read_bundle
+from poe_backend.sampling import SamplingCancelled
+from poe_backend.tasks import get_task
+from poe_backend.tasks.base import TaskContext
+from poe_backend.tasks.video_io import depth_to_disparity_video
+from tests.video_support import tiny_data_dir, write_video_bundle  # noqa: F401 (fixture)
+
+FAST = {"num_levels": 3, "langevin_steps": 1, "num_particles": 2}
+
+
+def _run(bundle_dir, out_dir, models="tiny", **params):
+    task = get_task("sim2video")
+    context = TaskContext(bundle=read_bundle(bundle_dir), params=task.Params(**{**FAST, **params}), out_dir=out_dir, models=models)
+    result = task.run(context)
+    result.write(out_dir)
+    return result
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tmp_path_factory):
+    return write_video_bundle(tmp_path_factory.mktemp("bundle"), "sim2video", num_frames=6)
+
+
+def test_product_run_writes_video_particles_and_manifest(tiny_data_dir, bundle_dir, tmp_path) -> None:  # noqa: F811
+    progress = []
+    task = get_task("sim2video")
+    context = TaskContext(bundle=read_bundle(bundle_dir), params=task.Params(**FAST), out_dir=tmp_path, models="tiny", callback=progress.append)
+    result = task.run(context)
+    result.write(tmp_path)
+    manifest = json.loads((tmp_path / "result.json").read_text())
+    assert manifest["kind"] == "video" and manifest["primary"] == "video"
+    assert manifest["size"] == {"height": 32, "width": 32, "num_frames": 5, "fps": 8.0}  # 6 frames cut to 4k+1
+    assert [expert["expert"] for expert in manifest["experts"]] == ["wan_i2v", "wan_vace_depth"]
+    assert manifest["seed"] == 3 and manifest["params"]["num_levels"] == 3
+    frames = iio.imread(tmp_path / "video.mp4")
+    assert frames.shape == (5, 32, 32, 3) and frames.dtype.name == "uint8"
+    assert (tmp_path / "particles" / "particle_01.mp4").is_file()
+    latents = torch.load(tmp_path / "latents.pt")["latents"]
+    assert latents.shape == (2, 16, 2, 4, 4) and torch.isfinite(latents).all()
+    assert progress and progress[-1].level == progress[-1].num_levels == 3
+
+
+def test_same_seed_same_result_other_seed_differs(tiny_data_dir, bundle_dir, tmp_path) -> None:  # noqa: F811
+    first = _run(bundle_dir, tmp_path / "a", mode="depth")
+    second = _run(bundle_dir, tmp_path / "b", mode="depth")
+    third = _run(bundle_dir, tmp_path / "c", mode="depth", seed=11)
+    load = lambda result: torch.load(result.outputs["latents"])["latents"]
+    torch.testing.assert_close(load(first), load(second))
+    assert not torch.allclose(load(first), load(third))
+
+
+@pytest.mark.parametrize("mode, pairing, experts", [
+    ("i2v", "auto", ["wan_i2v"]),
+    ("i2v", "shared_vace", ["wan_vace_first_frame"]),
+    ("product", "shared_vace", ["wan_vace_first_frame", "wan_vace_depth"]),
+    ("vace_combined", "auto", ["wan_vace_first_frame_and_depth"]),
+])
+def test_baselines_and_pairings(tiny_data_dir, bundle_dir, tmp_path, mode, pairing, experts) -> None:  # noqa: F811
+    result = _run(bundle_dir, tmp_path, mode=mode, pairing=pairing, num_particles=1, save_particles=False, sampler="summed_velocity")
+    assert [expert["expert"] for expert in result.manifest["experts"]] == experts
+    assert result.outputs["video"].is_file()
+
+
+def test_cancellation_mid_run(tiny_data_dir, bundle_dir, tmp_path) -> None:  # noqa: F811
+    calls = []
+    task = get_task("sim2video")
+    stop_after_two = lambda: calls.append(1) or len(calls) >= 2
+    context = TaskContext(bundle=read_bundle(bundle_dir), params=task.Params(**FAST), out_dir=tmp_path, models="tiny", should_stop=stop_after_two)
+    with pytest.raises(SamplingCancelled):
+        task.run(context)
+    assert len(calls) == 2 and not (tmp_path / "video.mp4").exists()
+
+
+def test_bundle_errors_name_the_field(tiny_data_dir, tmp_path) -> None:  # noqa: F811
+    with pytest.raises(BundleError) as error:
+        _run(write_video_bundle(tmp_path / "short", "sim2video", num_frames=3), tmp_path / "o1")
+    assert error.value.field == "frames"
+    with pytest.raises(BundleError) as error:
+        _run(write_video_bundle(tmp_path / "ok", "sim2video", num_frames=5), tmp_path / "o2", first_frame="missing.png")
+    assert error.value.field == "params.first_frame"
+    with pytest.raises(ValueError):
+        get_task("sim2video").Params(num_particles=0)
+    with pytest.raises(ValueError):
+        get_task("sim2video").Params(unknown=1)
+
+
+def test_depth_becomes_normalised_disparity() -> None:
+    depth = torch.tensor([[[2.0, 4.0], [float("inf"), 1.0]]])
+    video = depth_to_disparity_video(depth)
+    assert video.shape == (1, 3, 2, 2)
+    torch.testing.assert_close(video[0, 0], torch.tensor([[0.5, 0.25], [0.0, 1.0]]))
+
+
+def test_preview_preset_uses_vace_1_3b_small_settings(tmp_path, monkeypatch, bundle_dir) -> None:
+    """``--models preview``: unset fields take the preview values, both experts run on
+    VACE-1.3B (shared mode), and missing weights name that repo before anything loads."""
+    from poe_backend.experts import registry
+    from poe_backend.tasks.sim2video import PREVIEW_PARAMS, effective_params
+
+    task = get_task("sim2video")
+    params = effective_params(task.Params(num_levels=7), "preview")
+    assert params.num_levels == 7 and params.height == PREVIEW_PARAMS["height"] and params.langevin_steps == 0
+    assert effective_params(task.Params(), "tiny") == task.Params()
+    monkeypatch.setenv("POE_DATA_DIR", str(tmp_path))
+    with pytest.raises(registry.MissingWeights, match="Wan-AI/Wan2.1-VACE-1.3B-diffusers"):
+        _run(bundle_dir, tmp_path / "out", models="preview")

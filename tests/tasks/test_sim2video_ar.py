@@ -1,0 +1,88 @@
+"""The sim2video_ar task end to end with the tiny FramePack preset: two sections of one
+latent frame each (9 pixel frames of 32x32), autoregressive annealing with a Gibbs sweep."""
+
+from __future__ import annotations
+
+import json
+
+import imageio.v3 as iio
+import pytest
+import torch
+
+from poe_backend.bundle import BundleError, read_bundle
+from poe_backend.sampling import SamplingCancelled
+from poe_backend.tasks import get_task
+from poe_backend.tasks.base import TaskContext
+from tests.video_support import tiny_data_dir, write_video_bundle  # noqa: F401 (fixture)
+
+FAST = {"latent_window_size": 1, "num_levels": 3, "langevin_steps": 1, "num_particles": 2, "gibbs_sweeps": 1}
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tmp_path_factory):
+    return write_video_bundle(tmp_path_factory.mktemp("bundle"), "sim2video_ar", num_frames=9, with_depth=False)
+
+
+def _run(bundle_dir, out_dir, callback=None, should_stop=None, **params):
+    task = get_task("sim2video_ar")
+    context = TaskContext(bundle=read_bundle(bundle_dir), params=task.Params(**{**FAST, **params}), out_dir=out_dir, models="tiny", callback=callback, should_stop=should_stop)
+    result = task.run(context)
+    result.write(out_dir)
+    return result
+
+
+@pytest.mark.parametrize("sampling_type", ["inverted", "vanilla"])
+def test_product_run_writes_video_and_manifest(tiny_data_dir, bundle_dir, tmp_path, sampling_type) -> None:  # noqa: F811
+    progress = []
+    result = _run(bundle_dir, tmp_path, callback=progress.append, sampling_type=sampling_type)
+    manifest = json.loads((tmp_path / "result.json").read_text())
+    assert manifest["experts"] == ["framepack", "render_gaussian"]
+    assert manifest["size"]["sections"] == 2 and manifest["size"]["num_frames"] == 9
+    frames = iio.imread(tmp_path / "video.mp4")
+    assert frames.shape == (9, 32, 32, 3)
+    latents = torch.load(result.outputs["latents"])["latents"]
+    assert latents.shape == (2, 4, 3, 4, 4) and torch.isfinite(latents).all()
+    # chunk 0 (3 levels), chunk 1 (3 levels), one sweep over chunks 0 and 1 (gibbs levels each)
+    assert progress[-1].level == progress[-1].num_levels and progress[-1].num_levels >= 6
+
+
+def test_tight_render_gaussian_pins_sections_to_the_renders(tiny_data_dir, bundle_dir, tmp_path) -> None:  # noqa: F811
+    """With a small s, the product's sections sit much closer to the render latents than
+    FramePack's alone (a random tiny FramePack has no meaningful density of its own, so the
+    test compares distances, not a posterior mean)."""
+    from poe_backend.experts import framepack as fp
+    from poe_backend.tasks import video_io
+
+    pinned = torch.load(_run(bundle_dir, tmp_path / "p", render_std=0.05, gibbs_sweeps=0, num_levels=6)
+                        .outputs["latents"])["latents"]
+    alone = torch.load(_run(bundle_dir, tmp_path / "a", mode="framepack", gibbs_sweeps=0, num_levels=6).outputs["latents"])["latents"]
+    components = fp.load_framepack("tiny")
+    bundle = read_bundle(bundle_dir)
+    renders = video_io.read_rgb_frames(bundle, bundle.frames, 32, 32)
+    target = components.encode_video(renders.permute(1, 0, 2, 3)[None] * 2 - 1)
+    product_error = (pinned - target)[:, :, 1:].pow(2).mean().sqrt()
+    alone_error = (alone - target)[:, :, 1:].pow(2).mean().sqrt()
+    assert torch.all(pinned[:, :, :1] == target[:, :, :1])  # the first frame's latent is given
+    assert product_error < 0.5 * alone_error, (product_error, alone_error)
+
+
+def test_same_seed_same_result(tiny_data_dir, bundle_dir, tmp_path) -> None:  # noqa: F811
+    first = _run(bundle_dir, tmp_path / "a", gibbs_sweeps=0, save_particles=False)
+    second = _run(bundle_dir, tmp_path / "b", gibbs_sweeps=0, save_particles=False)
+    torch.testing.assert_close(torch.load(first.outputs["latents"])["latents"], torch.load(second.outputs["latents"])["latents"])
+
+
+def test_cancellation_mid_run(tiny_data_dir, bundle_dir, tmp_path) -> None:  # noqa: F811
+    calls = []
+    with pytest.raises(SamplingCancelled):
+        _run(bundle_dir, tmp_path, should_stop=lambda: calls.append(1) or len(calls) >= 4)
+    assert len(calls) == 4 and not (tmp_path / "video.mp4").exists()
+
+
+def test_too_few_frames_names_the_field(tiny_data_dir, bundle_dir, tmp_path) -> None:  # noqa: F811
+    with pytest.raises(BundleError) as error:
+        _run(bundle_dir, tmp_path, num_sections=3)
+    assert error.value.field == "frames"
+    with pytest.raises(BundleError) as error:
+        _run(bundle_dir, tmp_path, latent_window_size=9)
+    assert error.value.field == "frames"
