@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import bpy
 
-from . import operators, panel, preferences, properties
+from . import operators, operators_jobs, panel, preferences, properties
 from .preferences import prefs
 
 __all__ = ["CLASSES", "prefs", "register", "unregister"]
@@ -21,6 +21,7 @@ CLASSES = (
     operators.POE_OT_capture,
     operators.POE_OT_object_add,
     operators.POE_OT_object_remove,
+    *operators_jobs.CLASSES,
     panel.POE_UL_objects,
     panel.POE_PT_main,
 )
@@ -33,6 +34,7 @@ def register() -> None:
 
 
 def unregister() -> None:
+    operators_jobs.shutdown()
     del bpy.types.Scene.poe
     for cls in reversed(CLASSES):
         bpy.utils.unregister_class(cls)

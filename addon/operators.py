@@ -45,7 +45,7 @@ class POE_OT_capture(bpy.types.Operator):
                 scene, out_dir, task=settings.task, frames=settings.frames(scene),
                 objects=[item.object.name for item in items] or None,
                 object_prompts={item.object.name: item.prompt for item in items if item.prompt} or None,
-                prompt=settings.prompt, params=settings.backend_params(), seed=settings.seed,
+                prompt=settings.prompt, params=settings.backend_params(), quality=settings.preset, seed=settings.seed,
                 resolution=settings.resolution(),
                 progress=lambda done, total: window_manager.progress_update(int(100 * done / max(total, 1))),
             )

@@ -143,7 +143,7 @@ def capture_scene(context: bpy.types.Context, config: Settings) -> tuple[Path, s
         scene, out_dir, task=poe.task, frames=poe.frames(scene),
         objects=[item.object.name for item in items] or None,
         object_prompts={item.object.name: item.prompt for item in items if item.prompt} or None,
-        prompt=poe.prompt, params=poe.backend_params(), seed=poe.seed, resolution=poe.resolution(),
+        prompt=poe.prompt, params=poe.backend_params(), quality=poe.preset, seed=poe.seed, resolution=poe.resolution(),
     )
     poe.last_bundle = str(bundle_json)
     return Path(bundle_json).parent, poe.task

@@ -4,15 +4,10 @@ from __future__ import annotations
 
 import bpy
 
-#: Action buttons in drawing order: (operator idname, icon). A button appears once its
-#: operator is registered, so adding Generate / Cancel needs no change here.
+from . import operators_jobs
+
+#: Action buttons in drawing order: (operator idname, icon).
 ACTIONS = (("poe.capture", "RENDER_STILL"), ("poe.generate", "PLAY"), ("poe.cancel", "CANCEL"))
-
-
-def operator_registered(idname: str) -> bool:
-    """``"poe.generate"`` -> is ``POE_OT_generate`` registered?"""
-    prefix, name = idname.split(".")
-    return hasattr(bpy.types, f"{prefix.upper()}_OT_{name}")
 
 
 class POE_UL_objects(bpy.types.UIList):
@@ -50,10 +45,10 @@ class POE_PT_main(bpy.types.Panel):
             column.prop(settings, name)
         row = layout.row(align=True)
         for idname, icon in ACTIONS:
-            if operator_registered(idname):
-                row.operator(idname, icon=icon)
+            row.operator(idname, icon=icon)
         if settings.last_bundle:
             layout.label(text=f"Last bundle: {settings.last_bundle}", icon="FILE")
+        operators_jobs.draw_jobs(layout, context)
 
     @staticmethod
     def _draw_frames_and_resolution(layout, settings) -> None:

@@ -29,9 +29,14 @@ class POE_AddonPreferences(bpy.types.AddonPreferences):
         description="Where scene bundles and results are written; empty: a 'poe' folder next to the .blend file, or the temporary folder for unsaved files",
     )
 
+    result_as_background: bpy.props.BoolProperty(
+        name="Result as camera background", default=False,
+        description="Show image results as the camera's background image instead of an image plane",
+    )
+
     def draw(self, context) -> None:
         layout = self.layout
-        for name in ("backend_url", "token", "backend_command", "output_dir"):
+        for name in ("backend_url", "token", "backend_command", "output_dir", "result_as_background"):
             layout.prop(self, name)
 
 

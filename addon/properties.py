@@ -1,9 +1,12 @@
 """Scene settings: every panel setting is a property saved in the .blend file (``scene.poe``).
 
 Task and quality preset are separate choices. The issue's "preview" task is a quality
-preset applied to any task: ``preset == "preview"`` (small model variants, low resolution,
-few steps on the backend; 16 Cycles samples in capture) goes into the bundle as
-``params["preset"]``, and the base task (insertion, sim2video, ...) is ``task``.
+preset applied to any task: ``preset == "preview"`` (low resolution, few levels and
+particles on the backend; 16 Cycles samples in capture) goes into the bundle as
+``params["preset"] = "preview"``; "standard" and "final" send ``"quality"`` and differ in
+capture samples, particles and levels. The base task (insertion, sim2video, ...) is
+``task``. Which model variants run (full, 1.3B/3B previews, tiny) is the backend's
+choice: ``poe-backend serve --models default|preview|tiny``.
 """
 
 from __future__ import annotations
@@ -60,4 +63,4 @@ class POE_SceneSettings(bpy.types.PropertyGroup):
 
     def backend_params(self) -> dict:
         """Sampler parameters for the bundle's ``params``."""
-        return {"preset": self.preset, "particles": self.particles, "steps": self.steps}
+        return {"preset": "preview" if self.preset == "preview" else "quality", "particles": self.particles, "levels": self.steps}

@@ -55,7 +55,7 @@ def plain_render(scene, frames: list[int], out_dir: Path) -> float:
 def timed_capture(scene, out_dir: Path, task: str, frames: list[int], samples: int, objects=None) -> tuple[float, dict]:
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    capture_bundle(scene, out_dir, task=task, frames=frames, objects=objects, params={"samples": samples}, timings=timings)
+    capture_bundle(scene, out_dir, task=task, frames=frames, objects=objects, samples=samples, timings=timings)
     return time.perf_counter() - started, timings
 
 

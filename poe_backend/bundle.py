@@ -7,7 +7,7 @@ Layout (DESIGN.md section 4)::
 
     bundle.json   {"schema": "poe-bundle/1", "task", "prompt", "seed", "width", "height",
                    "fps", "frames": [int], "camera": {...}, "passes": {...},
-                   "objects": [...], "params": {...}}
+                   "objects": [...], "params": {...}, "capture": {...}}
     rgb/####.png  8-bit sRGB, one per frame          depth/####.exr  float32 camera Z
     mask/<object>/####.png  8-bit 0/255              plate.png       scene without the object
 
@@ -16,7 +16,9 @@ Depth is camera-space Z in scene units (not the distance along the ray); pixels 
 nothing are ``+inf``. The EXR holds one float32 channel named ``Z``.
 Bounding boxes are pixel rectangles ``[x_min, y_min, x_max, y_max]`` with the origin at the
 image's top-left, x to the right, y down, max exclusive; ``null`` where the object is not
-in view on that frame.
+in view on that frame. ``params`` holds task parameters only (the backend validates them
+against the task's parameter model); ``capture`` is free-form provenance of how the bundle
+was made (renderer samples, Blender version), which the backend keeps but never reads.
 """
 
 from __future__ import annotations
@@ -70,12 +72,14 @@ class Camera:
 @dataclass(frozen=True)
 class SceneObject:
     """An object of interest: its name, object-index pass value, optional regional prompt,
-    and per-frame pixel box (``None`` when out of view)."""
+    per-frame pixel box (``None`` when out of view) and, optionally, its per-frame 4x4
+    world matrix (the baked motion of a simulated object; row-major lists)."""
 
     name: str
     pass_index: int
     prompt: str
     bbox_px: list[list[int] | None]
+    matrix_world: list[list[list[float]]] | None = None
 
 
 @dataclass(frozen=True)
@@ -94,6 +98,7 @@ class Bundle:
     passes: dict[str, str]
     objects: list[SceneObject]
     params: dict[str, Any] = field(default_factory=dict)
+    capture: dict[str, Any] = field(default_factory=dict)
 
     def pass_path(self, name: str, frame: int | None = None) -> Path:
         """The file of pass ``name`` at scene ``frame`` (frame-less passes ignore it)."""
@@ -121,6 +126,7 @@ class Bundle:
             "passes": self.passes,
             "objects": [vars(obj) for obj in self.objects],
             "params": self.params,
+            "capture": self.capture,
         }
         return json.loads(json.dumps(data))
 
@@ -171,7 +177,9 @@ def parse_bundle(data: Any, root: str | Path, *, check_files: bool = True) -> Bu
     objects = _parse_objects(data.get("objects", []), len(frames))
     params = data.get("params", {})
     _expect(isinstance(params, dict), "params", "must be an object")
-    bundle = Bundle(root, task, prompt, seed, width, height, float(fps), frames, camera, passes, objects, params)
+    capture = data.get("capture", {})
+    _expect(isinstance(capture, dict), "capture", "must be an object")
+    bundle = Bundle(root, task, prompt, seed, width, height, float(fps), frames, camera, passes, objects, params, capture)
     _check_task_passes(bundle)
     if check_files:
         _check_files(bundle)
@@ -192,8 +200,7 @@ def _parse_camera(camera: Any, num_frames: int) -> Camera | None:
     matrices = camera.get("matrix_world")
     _expect(isinstance(matrices, list) and len(matrices) == num_frames, "camera.matrix_world", f"needs one 4x4 matrix per frame ({num_frames})")
     for index, matrix in enumerate(matrices):
-        valid = isinstance(matrix, list) and len(matrix) == 4 and all(isinstance(row, list) and len(row) == 4 for row in matrix)
-        _expect(valid, f"camera.matrix_world[{index}]", "must be a 4x4 list of lists")
+        _expect(_is_matrix(matrix), f"camera.matrix_world[{index}]", "must be a 4x4 list of lists")
     return Camera(matrix_world=matrices, sensor_fit=sensor_fit, **values)
 
 
@@ -226,7 +233,12 @@ def _parse_objects(objects: Any, num_frames: int) -> list[SceneObject]:
         for frame_index, box in enumerate(boxes):
             valid = box is None or (isinstance(box, list) and len(box) == 4 and all(isinstance(v, int) for v in box) and box[0] < box[2] and box[1] < box[3])
             _expect(valid, f"{where}.bbox_px[{frame_index}]", f"must be null or [x_min, y_min, x_max, y_max] integers with min < max, got {box!r}")
-        parsed.append(SceneObject(name, pass_index, prompt, boxes))
+        matrices = obj.get("matrix_world")
+        if matrices is not None:
+            _expect(isinstance(matrices, list) and len(matrices) == num_frames, f"{where}.matrix_world", f"needs one 4x4 matrix per frame ({num_frames})")
+            for frame_index, matrix in enumerate(matrices):
+                _expect(_is_matrix(matrix), f"{where}.matrix_world[{frame_index}]", "must be a 4x4 list of lists")
+        parsed.append(SceneObject(name, pass_index, prompt, boxes, matrices))
     names = [obj.name for obj in parsed]
     _expect(len(set(names)) == len(names), "objects", "object names must be unique")
     return parsed
@@ -250,6 +262,10 @@ def _check_files(bundle: Bundle) -> None:
         for frame in frames:
             path = bundle.pass_path(name, frame)
             _expect(path.is_file(), f"passes.{name}", f"missing file {path.relative_to(bundle.root)}")
+
+
+def _is_matrix(matrix: Any) -> bool:
+    return isinstance(matrix, list) and len(matrix) == 4 and all(isinstance(row, list) and len(row) == 4 for row in matrix)
 
 
 def _typed(data: dict, name: str, kind: type | tuple[type, ...], *, default: Any) -> Any:

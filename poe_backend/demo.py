@@ -1,9 +1,11 @@
 """``poe-backend demo``: the whole round trip on a fresh machine, in one command.
 
-1. builds an example scene with bpy (camera, ground, a cube, a light);
-2. captures a bundle from it (the add-on's ``capture_bundle`` for the tasks it renders;
-   for ``toy2d``, which reads no passes, a bundle.json written from the scene's camera
-   and render settings);
+1. builds an example scene with bpy (``blend_examples``: the table with a can to insert by
+   default; the falling objects for the video tasks; the labelled layout for regional
+   generation; a plain cube scene for ``toy2d``);
+2. captures a bundle from it with the add-on's ``capture_bundle`` (Cycles passes, preview
+   quality, small resolution); ``toy2d`` reads no passes and gets a bundle.json written
+   from the scene's camera;
 3. starts the backend (``poe-backend serve`` as a subprocess on a free loopback port);
 4. submits a job through the add-on's own client and job tracker and ticks it to the end
    (the same code the Blender UI runs from a timer);
@@ -11,14 +13,16 @@
    add-on's result loader), saves ``demo.blend``, ``result.png`` and a short report
    (``report.txt`` and ``report.json``).
 
-On a machine without weights it runs ``toy2d`` (analytic Gaussian-mixture experts, no
-weights, CPU) and says so. Real tasks run with ``--task NAME --models tiny`` (their
-``preview`` parameters) once they are registered and the add-on's capture is present.
+Models: ``--models auto`` (the default) uses the real weights when the model registry finds
+them locally and otherwise the ``tiny`` preset — the same architectures, small and with
+random weights, so the pipeline runs end to end on a CPU but the picture is noise — and the
+report says which plainly.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import math
 import shutil
@@ -31,13 +35,21 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 TOY_PARAMS = {"particles": 400, "langevin_steps": 2}
+#: Per task: example scene module, objects to capture, prompt, frames, model families.
+EXAMPLES: dict[str, dict[str, Any]] = {
+    "insertion": {"scene": "insertion_table", "objects": ["Can"], "prompt": "a red soda can on a wooden table", "frames": None, "families": ("flux",)},
+    "regional_t2i": {"scene": "regional_layout", "objects": None, "prompt": "", "frames": None, "families": ("flux", "vqascore")},
+    "sim2video": {"scene": "falling_objects", "objects": None, "prompt": "balls and boxes falling onto a floor", "frames": list(range(1, 10)), "families": ("wan",)},
+    "sim2video_ar": {"scene": "falling_objects", "objects": None, "prompt": "balls and boxes falling onto a floor", "frames": list(range(1, 10)), "families": ("framepack",)},
+}
+CAPTURE_RESOLUTION = (256, 160)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("demo", help="end-to-end demo: scene -> bundle -> backend job -> result back in a .blend")
     parser.add_argument("--out", type=Path, default=Path("poe-demo"), help="folder for demo.blend, result.png and the report")
-    parser.add_argument("--task", default="toy2d", help="task to run (toy2d needs no weights)")
-    parser.add_argument("--models", default=None, help="model preset for real tasks (e.g. tiny)")
+    parser.add_argument("--task", default="insertion", choices=["toy2d", *EXAMPLES], help="task to run (toy2d: analytic experts, no models at all)")
+    parser.add_argument("--models", default="auto", help="model preset: auto (real weights if found, else tiny), default, preview, tiny")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the job")
     parser.set_defaults(func=run_demo)
 
@@ -113,21 +125,49 @@ def _box_mesh(name: str, half: tuple[float, float, float]):
     return mesh
 
 
-def capture(scene, out_dir: Path, task: str, prompt: str, params: dict[str, Any]) -> tuple[Path, str]:
-    """The bundle folder and how it was made. Uses ``addon.capture.capture_bundle`` for
-    the tasks it renders; toy2d (which reads no passes and which capture does not know)
-    gets a bundle.json written from the scene's camera and render settings."""
+def build_example(task: str, out: Path):
+    """The example scene for ``task``, opened in bpy: ``blend_examples`` for real tasks,
+    :func:`build_scene` for toy2d."""
+    import bpy
+
+    if task == "toy2d":
+        return build_scene()
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    module = importlib.import_module(f"blend_examples.{EXAMPLES[task]['scene']}")
+    path = module.build(out / "scene.blend")
+    bpy.ops.wm.open_mainfile(filepath=str(path))
+    return bpy.context.scene
+
+
+def capture(scene, out_dir: Path, task: str) -> tuple[Path, str]:
+    """The bundle folder and how it was made."""
+    if task == "toy2d":
+        return bundle_from_scene(scene, out_dir, task, "", TOY_PARAMS), "bundle.json from the scene's camera (toy2d reads no passes)"
+    from addon.capture import capture_bundle
+
+    example = EXAMPLES[task]
+    bundle_json = capture_bundle(
+        scene, out_dir, task=task, frames=example["frames"], objects=example["objects"], prompt=example["prompt"] or str(scene.get("poe_prompt", "")),
+        params={"preset": "preview"}, quality="preview", samples=8, resolution=CAPTURE_RESOLUTION,
+    )
+    return Path(bundle_json).parent, f"addon.capture.capture_bundle (Cycles, {CAPTURE_RESOLUTION[0]}x{CAPTURE_RESOLUTION[1]}, preview quality)"
+
+
+def choose_models(task: str, requested: str) -> tuple[str, str]:
+    """The model preset to run and a plain sentence about it."""
+    if task == "toy2d":
+        return "default", "no models: toy2d samples a product of analytic 2-D Gaussian-mixture experts"
+    if requested != "auto":
+        return requested, f"model preset {requested!r} as requested"
+    from poe_backend.experts import registry
+
     try:
-        from addon import capture as capture_module
-    except ImportError:
-        capture_module = None
-    if capture_module is not None and task in getattr(capture_module, "TASK_RENDERS", ()):
-        capture_bundle = capture_module.capture_bundle
-        bundle_json = capture_bundle(scene, out_dir, task=task, prompt=prompt, params=params)
-        return Path(bundle_json).parent, "addon.capture.capture_bundle (Cycles passes)"
-    if task != "toy2d":
-        raise SystemExit(f"task {task!r} needs the add-on's capture (addon/capture) to render its passes, which this checkout does not have for it")
-    return bundle_from_scene(scene, out_dir, task, prompt, params), "bundle.json from the scene's camera and render settings (toy2d reads no passes)"
+        registry.check_available([role for family in EXAMPLES[task]["families"] for role in registry.roles_of(family)], "default")
+    except registry.MissingWeights as error:
+        missing = str(error).split(" (")[0]
+        return "tiny", f"no weights found ({missing}; `poe-backend run` prints the download commands); ran the 'tiny' preset: the real architectures, small and random, so the image is noise and only the pipeline is shown"
+    return "default", "the real weights (found locally)"
 
 
 def bundle_from_scene(scene, out_dir: Path, task: str, prompt: str, params: dict[str, Any]) -> Path:
@@ -147,16 +187,27 @@ def bundle_from_scene(scene, out_dir: Path, task: str, prompt: str, params: dict
     return out_dir
 
 
+def _loaded_result(bpy, scene, job_id: str) -> str:
+    """Where the job's result landed in the .blend (image plane or movie strip)."""
+    plane = next((obj for obj in bpy.data.objects if obj.get("poe_job_id") == job_id), None)
+    if plane is not None:
+        return f"image plane {plane.name!r} in front of the camera, provenance {sorted(key for key in plane.keys() if key.startswith('poe_'))}"
+    editor = scene.sequence_editor
+    strips = getattr(editor, "strips", None) or getattr(editor, "sequences", [])
+    strip = next(strip for strip in strips if strip.get("poe_job_id") == job_id)
+    return f"VSE strip {strip.name!r} at frames {strip.frame_final_start}-{strip.frame_final_end}"
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
-def start_backend(out: Path, client_module) -> tuple[subprocess.Popen, Any, dict[str, Any]]:
+def start_backend(out: Path, client_module, models: str) -> tuple[subprocess.Popen, Any, dict[str, Any]]:
     port = _free_port()
     data_dir = out / "backend"
-    command = [sys.executable, "-m", "poe_backend", "serve", "--port", str(port), "--data-dir", str(data_dir), "--allow-root", str(out)]
+    command = [sys.executable, "-m", "poe_backend", "serve", "--port", str(port), "--data-dir", str(data_dir), "--allow-root", str(out), "--models", models]
     log = open(out / "backend.log", "ab")
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     client = client_module.Client(f"http://127.0.0.1:{port}")
@@ -183,12 +234,13 @@ def run_demo(arguments: argparse.Namespace) -> int:
     client_module, jobs_module, results_module = _import_addon()
     import bpy
 
-    scene = build_scene()
-    report.step("scene built with bpy", f"Blender {bpy.app.version_string}: ground, cube, sun, camera at {scene.render.resolution_x}x{scene.render.resolution_y}")
-    params = TOY_PARAMS if arguments.task == "toy2d" else {}  # real tasks: their preview parameters go here
-    bundle_dir, how = capture(scene, out / "bundle", arguments.task, "a cube on the ground", params)
+    scene = build_example(arguments.task, out)
+    report.step("scene built with bpy", f"Blender {bpy.app.version_string}: {EXAMPLES.get(arguments.task, {}).get('scene', 'cube on a ground plane')}")
+    bundle_dir, how = capture(scene, out / "bundle", arguments.task)
     report.step("bundle captured", f"{bundle_dir} via {how}")
-    process, client, health = start_backend(out, client_module)
+    arguments.models, models_sentence = choose_models(arguments.task, arguments.models)
+    report.facts["models"] = models_sentence
+    process, client, health = start_backend(out, client_module, arguments.models)
     report.step("backend started", f"{client.url} (pid {process.pid}), device {health['device']}, torch {health['torch']}")
     try:
         return _run_job(arguments, out, scene, bundle_dir, client, health, report, jobs_module, results_module, bpy)
@@ -199,7 +251,7 @@ def run_demo(arguments: argparse.Namespace) -> int:
 
 def _run_job(arguments, out, scene, bundle_dir, client, health, report, jobs_module, results_module, bpy) -> int:
     tracker = jobs_module.JobTracker(client, out / "results", lambda result: results_module.load_result(scene, result))
-    tracked = tracker.submit(bundle_dir, task=arguments.task, models=arguments.models)
+    tracked = tracker.submit(bundle_dir, task=arguments.task)
     report.step("job submitted", f"{tracked.job_id} ({arguments.task}, bundle sent by path)")
     deadline, last_print = time.monotonic() + arguments.timeout, 0.0
     while (delay := tracker.tick()) is not None and time.monotonic() < deadline:
@@ -213,24 +265,23 @@ def _run_job(arguments, out, scene, bundle_dir, client, health, report, jobs_mod
         print(report.write(out))
         return 1
     progress = tracked.progress or {}
-    report.step("job done", f"levels {progress.get('num_levels')}, NFE {progress.get('nfe')}, ESS {progress.get('ess') or 0:.1f} of {TOY_PARAMS['particles'] if arguments.task == 'toy2d' else '?'} particles, {progress.get('elapsed_s')} s sampling")
-    plane = next(obj for obj in bpy.data.objects if obj.get("poe_job_id") == tracked.job_id)
-    report.step("result loaded", f"image plane {plane.name!r} in front of the camera, provenance {sorted(key for key in plane.keys() if key.startswith('poe_'))}")
+    report.step("job done", f"levels {progress.get('num_levels')}, NFE {progress.get('nfe')}, ESS {progress.get('ess') or 0:.1f}, {progress.get('elapsed_s')} s sampling")
+    loaded = _loaded_result(bpy, scene, tracked.job_id)
+    report.step("result loaded", loaded)
     blend_path = out / "demo.blend"
     bpy.ops.wm.save_as_mainfile(filepath=str(blend_path))
-    shutil.copyfile(tracked.result.primary, out / "result.png")
-    report.step("saved", f"{blend_path}, {out / 'result.png'}")
-    weights = "no weights: toy2d samples a product of analytic 2-D Gaussian-mixture experts" if arguments.task == "toy2d" else f"models preset {arguments.models or 'default'}"
+    result_path = out / f"result{Path(tracked.result.primary).suffix}"
+    shutil.copyfile(tracked.result.primary, result_path)
+    report.step("saved", f"{blend_path}, {result_path}")
     report.facts.update({
         "outcome": "done",
-        "ran_on": f"{health['device']} ({'CPU only' if health['device'] == 'cpu' else 'GPU'}), {weights}",
+        "ran_on": f"{health['device']} ({'CPU only' if health['device'] == 'cpu' else 'GPU'})",
         "task": arguments.task,
         "job_id": tracked.job_id,
         "blend": str(blend_path),
-        "result_png": str(out / "result.png"),
+        "result": str(result_path),
         "bundle": str(bundle_dir),
         "backend_data": str(out / "backend"),
-        "note": "toy2d shows the machinery (capture -> IPC -> sampler -> result in Blender), not image quality; real tasks need their weights (or models=tiny for random tiny ones)" if arguments.task == "toy2d" else "",
     })
     print(report.write(out))
     return 0

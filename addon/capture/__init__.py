@@ -3,7 +3,7 @@
 Plain functions, no UI; usable from a script with bpy as a module::
 
     from addon.capture import capture_bundle
-    capture_bundle(bpy.context.scene, "/tmp/shot", task="sim2video", params={"preset": "preview"})
+    capture_bundle(bpy.context.scene, "/tmp/shot", task="sim2video", quality="preview")
 
 How each pass is made (all with Cycles, on whatever device the user's scene selects):
 
@@ -25,7 +25,7 @@ How each pass is made (all with Cycles, on whatever device the user's scene sele
   for the duration, so the user's own indices never collide; all are restored.
 * Boxes: evaluated geometry projected with the camera matrix (:mod:`.geometry`).
 * Physics: an unbaked rigid-body cache is filled by frame stepping (:mod:`.physics`);
-  each object's ``matrix_world`` per frame goes to ``params["object_motion"]``.
+  each object's ``matrix_world`` per frame goes to its bundle entry (``objects[i].matrix_world``).
 * Non-video tasks (``insertion``, ``regional_t2i``) capture one frame: the first of
   ``frames``, by default the scene's current frame. Video tasks default to the scene range,
   narrowed to the rigid-body cache's range when the scene has a rigid-body world.
@@ -78,6 +78,8 @@ def capture_bundle(
     objects: Sequence[Any] | None = None,
     prompt: str = "",
     params: dict[str, Any] | None = None,
+    quality: str = "standard",
+    samples: int | None = None,
     progress: ProgressCallback | None = None,
     object_prompts: dict[str, str] | None = None,
     resolution: tuple[int, int] | None = None,
@@ -103,7 +105,7 @@ def capture_bundle(
     """
     params = dict(params or {})
     timings = {} if timings is None else timings
-    plan = _plan(scene, out_dir, task, frames, objects, resolution, view_layer, params)
+    plan = _plan(scene, out_dir, task, frames, objects, resolution, view_layer, quality, samples)
     prompts = {obj.name: (object_prompts or {}).get(obj.name, str(obj.get("poe_prompt", ""))) for obj in plan["objects"]}
     with SceneState(scene) as state:
         _configure(state, scene, plan)
@@ -118,14 +120,17 @@ def capture_bundle(
             _configure_pass_indices(state, scene, plan["objects"])
         passes = _render_passes(state, scene, plan, progress, timings)
     motion = {obj.name: motion[obj.name] for obj in plan["objects"]}
-    params.update(preset=plan["preset"], samples=plan["samples"], object_motion=motion, blender_version=bpy.app.version_string)
     bundle = bundle_schema.Bundle(
         root=plan["out_dir"], task=task, prompt=prompt, seed=int(seed),
         width=plan["width"], height=plan["height"], fps=scene.render.fps / scene.render.fps_base,
         frames=plan["frames"], camera=bundle_schema.Camera(**geometry.camera_record(scene.camera), matrix_world=cameras),
         passes=passes,
-        objects=[bundle_schema.SceneObject(obj.name, index + 1, prompts[obj.name], boxes[obj.name]) for index, obj in enumerate(plan["objects"])],
+        objects=[
+            bundle_schema.SceneObject(obj.name, index + 1, prompts[obj.name], boxes[obj.name], motion[obj.name])
+            for index, obj in enumerate(plan["objects"])
+        ],
         params=params,
+        capture={"quality": plan["quality"], "samples": plan["samples"], "blender_version": bpy.app.version_string},
     )
     try:
         return bundle_schema.write_bundle(bundle)
@@ -133,7 +138,7 @@ def capture_bundle(
         raise CaptureError(f"the bundle would not be valid: {error}") from None
 
 
-def _plan(scene, out_dir, task, frames, objects, resolution, view_layer, params) -> dict[str, Any]:
+def _plan(scene, out_dir, task, frames, objects, resolution, view_layer, quality, samples) -> dict[str, Any]:
     """Check the request against the scene; everything capture needs, decided up front."""
     if task not in TASK_RENDERS:
         raise CaptureError(f"unknown task {task!r}; choose one of {', '.join(TASK_RENDERS)}")
@@ -150,13 +155,12 @@ def _plan(scene, out_dir, task, frames, objects, resolution, view_layer, params)
     width, height = resolution or _scene_resolution(scene)
     if width <= 0 or height <= 0:
         raise CaptureError(f"resolution must be positive, got {width}x{height}")
-    preset = params.get("preset", "standard")
-    if preset not in PRESET_SAMPLES:
-        raise CaptureError(f"unknown preset {preset!r}; choose one of {', '.join(PRESET_SAMPLES)}")
+    if quality not in PRESET_SAMPLES:
+        raise CaptureError(f"unknown quality preset {quality!r}; choose one of {', '.join(PRESET_SAMPLES)}")
     layer = view_layer or _default_view_layer(scene)
     return {
         "task": task, "frames": frames, "objects": chosen, "objects_given": objects is not None, "width": int(width), "height": int(height),
-        "preset": preset, "samples": int(params.get("samples", PRESET_SAMPLES[preset])), "view_layer": layer,
+        "quality": quality, "samples": int(samples or PRESET_SAMPLES[quality]), "view_layer": layer,
         "out_dir": _writable_dir(out_dir), "use_denoising": bool(scene.cycles.use_denoising),
     }
 

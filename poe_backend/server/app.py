@@ -203,6 +203,6 @@ def _build_job(job_id: str, fields: dict[str, Any], bundle_dir: Path, default_mo
     if not isinstance(models, str):
         raise InputError("models", "must be a preset name such as 'tiny' or 'default'")
     summary = {"prompt": bundle.prompt, "seed": bundle.seed, "width": bundle.width, "height": bundle.height, "fps": bundle.fps, "frames": bundle.frames}
-    return Job(id=job_id, task=bundle.task, bundle_dir=str(bundle_dir), params=params.model_dump(mode="json"), models=models, bundle=summary)
+    return Job(id=job_id, task=bundle.task, bundle_dir=str(bundle_dir), params=params.model_dump(mode="json", exclude_unset=True), models=models, bundle=summary)
 
 

@@ -36,11 +36,12 @@ from poe_backend.tasks.base import Task, TaskContext, TaskParams, TaskResult
 
 SamplerName = Literal["fkc", "annealed_langevin", "summed_velocity"]
 
-#: Fields the ``preview`` model preset changes unless the caller set them.
-PREVIEW_PARAMS = {"num_levels": 12, "langevin_steps": 0, "num_particles": 1, "height": 240, "width": 416, "num_frames": 33}
+#: Fields the ``preview`` preset changes unless the caller set them.
+PREVIEW_PARAMS = {"levels": 12, "langevin_steps": 0, "particles": 1, "height": 240, "width": 416, "num_frames": 33}
 
 
 class Sim2VideoParams(TaskParams):
+    preset: Literal["quality", "preview"] = Field("quality", description="preview: small and fast defaults for fields left unset")
     mode: Literal["product", "i2v", "depth", "vace_combined"] = "product"
     pairing: Literal["auto", "i2v_vace", "shared_vace"] = Field("auto", description="auto: shared_vace for the preview preset, else i2v_vace")
     prompt: str | None = Field(None, description="defaults to the bundle's prompt")
@@ -49,9 +50,9 @@ class Sim2VideoParams(TaskParams):
     num_frames: int | None = Field(None, ge=5, le=241, description="first N frames, cut to 4k+1; default all")
     height: int | None = Field(None, ge=16, le=1280, description="default: bundle height, rounded down to 16")
     width: int | None = Field(None, ge=16, le=1280, description="default: bundle width, rounded down to 16")
-    num_particles: int = Field(2, ge=1, le=64)
+    particles: int = Field(2, ge=1, le=64)
     sampler: SamplerName = "fkc"
-    num_levels: int = Field(30, ge=2, le=1000)
+    levels: int = Field(30, ge=2, le=1000)
     langevin_steps: int = Field(1, ge=0, le=50)
     step_scale: float = Field(0.5, gt=0.0, le=4.0)
     t_max: float = Field(0.98, ge=0.5, lt=1.0)
@@ -67,10 +68,10 @@ class Sim2VideoParams(TaskParams):
     save_particles: bool = True
 
 
-def effective_params(params: TaskParams, preset: str) -> TaskParams:
+def effective_params(params: TaskParams) -> TaskParams:
     """Apply the task's ``PREVIEW`` overrides (default :data:`PREVIEW_PARAMS`) for the
     ``preview`` preset to the fields the caller left unset."""
-    overrides = getattr(type(params), "PREVIEW", PREVIEW_PARAMS) if preset == "preview" else {}
+    overrides = getattr(type(params), "PREVIEW", PREVIEW_PARAMS) if params.preset == "preview" else {}
     updates = {name: value for name, value in overrides.items() if name not in params.model_fields_set}
     return params.model_copy(update=updates)
 
@@ -101,7 +102,7 @@ class Sim2VideoTask(Task):
         from poe_backend.experts import wan
 
         started = time.perf_counter()
-        params: Sim2VideoParams = effective_params(context.params, context.models)
+        params: Sim2VideoParams = effective_params(context.params)
         bundle = context.bundle
         if "depth" not in bundle.passes and params.mode != "i2v":
             raise BundleError("passes.depth", "sim2video needs the 'depth' pass")
@@ -139,9 +140,9 @@ class Sim2VideoTask(Task):
         described = [{"expert": name, "weight": weight, **extra} for name, _, weight, extra in specs]
 
         product = ProductOfExperts(factors)
-        levels = shifted_levels(params.num_levels, math.log(params.flow_shift), t_max=params.t_max)
+        levels = shifted_levels(params.levels, math.log(params.flow_shift), t_max=params.t_max)
         generator = torch.Generator().manual_seed(seed)
-        shape = (params.num_particles, *wan.latent_shape(num_frames, height, width))
+        shape = (params.particles, *wan.latent_shape(num_frames, height, width))
         noise = torch.randn(shape, generator=generator).to(context.device)
         sampling_started = time.perf_counter()
         result = run_sampler(params.sampler, product, noise, levels, generator, params, context)

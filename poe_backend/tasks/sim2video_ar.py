@@ -14,9 +14,9 @@ same sampler and sections.
 Inputs: the bundle's ``rgb`` pass (frames 0..F-1 with ``F = 1 + 4·sections·window``; the
 first frame is ``rgb`` frame 0 unless ``first_frame`` names an image), ``prompt``.
 Stiffness: the sampler's transport step pulls each particle by ``Δu·λ/(s² + σ²)``
-towards the render; with ``render_weight`` well above 1, a tiny ``render_std`` and few
-levels, the Euler step overshoots (observed: divergence at ``s = 0.01, λ = 4`` with 4
-levels). Keep ``render_weight`` near 1 and lower ``render_std`` instead, or add levels.
+towards the render; ``sample_fkc`` splits level gaps that are too wide for a stable step
+into substeps (more NFE), so a large ``render_weight`` with few levels costs time rather
+than diverging; ``render_weight`` near 1 with a lower ``render_std`` is the cheaper pull.
 
 Outputs: ``video.mp4`` (particle 0: the autoregressive sampler ends every chunk with an
 equal-weight resampling, so all particles are equally weighted), one MP4 per particle,
@@ -40,6 +40,7 @@ from poe_backend.tasks.sim2video import effective_params, sampler_function
 
 
 class Sim2VideoARParams(TaskParams):
+    preset: Literal["quality", "preview"] = Field("quality", description="preview: small and fast defaults for fields left unset")
     mode: Literal["product", "framepack"] = "product"
     sampling_type: Literal["inverted", "vanilla"] = Field("inverted", description="inverted: FramePackI2V_HY (anti-drifting); vanilla: FramePack-F1")
     prompt: str | None = Field(None, description="defaults to the bundle's prompt")
@@ -49,9 +50,9 @@ class Sim2VideoARParams(TaskParams):
     num_sections: int | None = Field(None, ge=1, le=64, description="default: as many as the bundle's frames allow")
     height: int | None = Field(None, ge=16, le=1280)
     width: int | None = Field(None, ge=16, le=1280)
-    num_particles: int = Field(2, ge=1, le=64)
+    particles: int = Field(2, ge=1, le=64)
     sampler: Literal["fkc", "annealed_langevin", "summed_velocity"] = "fkc"
-    num_levels: int = Field(25, ge=2, le=1000)
+    levels: int = Field(25, ge=2, le=1000)
     langevin_steps: int = Field(1, ge=0, le=50)
     step_scale: float = Field(0.5, gt=0.0, le=4.0)
     t_max: float = Field(0.98, ge=0.5, lt=1.0)
@@ -66,7 +67,7 @@ class Sim2VideoARParams(TaskParams):
     seed: int | None = Field(None, description="default: the bundle's seed")
     save_particles: bool = True
 
-    PREVIEW: ClassVar[dict] = {"num_levels": 10, "langevin_steps": 0, "num_particles": 1, "height": 256, "width": 448, "gibbs_sweeps": 0}
+    PREVIEW: ClassVar[dict] = {"levels": 10, "langevin_steps": 0, "particles": 1, "height": 256, "width": 448, "gibbs_sweeps": 0}
 
 
 class Sim2VideoARTask(Task):
@@ -80,7 +81,7 @@ class Sim2VideoARTask(Task):
         from poe_backend.sampling.autoregressive import sample_autoregressive
 
         started = time.perf_counter()
-        params: Sim2VideoARParams = effective_params(context.params, context.models)
+        params: Sim2VideoARParams = effective_params(context.params)
         bundle = context.bundle
         seed = bundle.seed if params.seed is None else params.seed
         prompt = bundle.prompt if params.prompt is None else params.prompt
@@ -99,7 +100,7 @@ class Sim2VideoARTask(Task):
         components.place_transformer()
         render_latents = components.encode_video(renders.permute(1, 0, 2, 3)[None] * 2 - 1)[0]  # (C, 1 + S·W, h, w)
         image_latents = render_latents[None, :, :1] if params.first_frame is None else components.encode_video(first_frame[None, :, None] * 2 - 1)
-        count = params.num_particles
+        count = params.particles
 
         def make_product(index: int, chunks: list[torch.Tensor | None]) -> ProductOfExperts:
             history = chunks[:index]
@@ -119,7 +120,7 @@ class Sim2VideoARTask(Task):
         generator = torch.Generator().manual_seed(seed)
         chunk_shape = (count, components.latent_channels, window, *render_latents.shape[-2:])
         chunk_noise = [torch.randn(chunk_shape, generator=generator).to(context.device) for _ in range(num_sections)]
-        levels = fp.framepack_levels(params.num_levels, window, *render_latents.shape[-2:], patch_size=components.transformer.config.patch_size, t_max=params.t_max)
+        levels = fp.framepack_levels(params.levels, window, *render_latents.shape[-2:], patch_size=components.transformer.config.patch_size, t_max=params.t_max)
         options = {} if params.sampler == "summed_velocity" else {"langevin_steps": params.langevin_steps, "step_scale": params.step_scale}
         sampling_started = time.perf_counter()
         result = sample_autoregressive(

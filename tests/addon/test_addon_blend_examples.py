@@ -23,7 +23,7 @@ def test_insertion_table_captures_plate_depth_and_mask(tmp_path):
     bpy.ops.wm.open_mainfile(filepath=str(tmp_path / "table.blend"))
     scene = bpy.context.scene
     scene.cycles.use_denoising = False
-    path = capture_bundle(scene, tmp_path / "bundle", task="insertion", objects=["Can"], resolution=(64, 40), params={"samples": 1})
+    path = capture_bundle(scene, tmp_path / "bundle", task="insertion", objects=["Can"], resolution=(64, 40), samples=1)
     bundle = bpy_free_read(path)
     assert set(bundle.passes) == {"plate", "depth", "mask.Can"}
     assert bundle.objects[0].prompt == "a red soda can"

@@ -53,8 +53,8 @@ def test_insertion_needs_an_object_and_tasks_are_known(plane_and_cube, tmp_path)
         capture_bundle(plane_and_cube, tmp_path, task="insertion")
     with pytest.raises(CaptureError, match="unknown task"):
         capture_bundle(plane_and_cube, tmp_path, task="preview", objects=["Cube"])
-    with pytest.raises(CaptureError, match="unknown preset"):
-        capture_bundle(plane_and_cube, tmp_path, task="insertion", objects=["Cube"], params={"preset": "ultra"})
+    with pytest.raises(CaptureError, match="unknown quality preset"):
+        capture_bundle(plane_and_cube, tmp_path, task="insertion", objects=["Cube"], quality="ultra")
 
 
 def test_regional_generation_needs_prompts(plane_and_cube, tmp_path):

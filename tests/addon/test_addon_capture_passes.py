@@ -21,7 +21,7 @@ WIDTH, HEIGHT = 128, 96
 def captured(plane_and_cube, tmp_path):
     """One frame of sim2video (RGB + depth + masks) at 128x96, 2 samples."""
     path = capture_bundle(plane_and_cube, tmp_path / "bundle", task="sim2video", frames=[1],
-                          objects=["Cube", "Plane"], prompt="a cube", resolution=(WIDTH, HEIGHT), params={"preset": "preview", "samples": 2})
+                          objects=["Cube", "Plane"], prompt="a cube", resolution=(WIDTH, HEIGHT), params={"preset": "preview"}, quality="preview", samples=2)
     return plane_and_cube, path
 
 
@@ -89,7 +89,8 @@ def test_bundle_validates_with_the_backend_schema(captured):
     assert (bundle.width, bundle.height) == (WIDTH, HEIGHT)
     assert set(bundle.passes) == {"rgb", "depth", "mask.Cube", "mask.Plane"}
     assert [obj.name for obj in bundle.objects] == ["Cube", "Plane"]
-    assert bundle.params["preset"] == "preview"
+    assert bundle.params == {"preset": "preview"}  # task parameters pass through untouched
+    assert bundle.capture["quality"] == "preview" and bundle.capture["samples"] == 2
 
 
 def test_depth_is_camera_z_with_infinite_background(captured):

@@ -58,10 +58,10 @@ def test_falling_ball_follows_the_baked_cache_and_free_fall(tmp_path):
     blend = tmp_path / "falling.blend"
     scene = falling_ball_scene(blend)
     assert not scene.rigidbody_world.point_cache.is_baked
-    path = capture_bundle(scene, tmp_path / "bundle", task="sim2video_ar", frames=FRAMES, params={"samples": 1})
+    path = capture_bundle(scene, tmp_path / "bundle", task="sim2video_ar", frames=FRAMES, samples=1)
     import json
-    params = json.loads(path.read_text())["params"]
-    captured = np.array([matrix[2][3] for matrix in params["object_motion"]["Ball"]])
+    (ball,) = [obj for obj in json.loads(path.read_text())["objects"] if obj["name"] == "Ball"]
+    captured = np.array([matrix[2][3] for matrix in ball["matrix_world"]])
     assert not scene.rigidbody_world.point_cache.is_baked, "capture must not mark the user's cache as baked"
     expected = baked_heights(blend)
     np.testing.assert_allclose(captured, expected, atol=1e-4)

@@ -54,7 +54,7 @@ def user_scene(plane_and_cube):
 @pytest.mark.parametrize("task", ["insertion", "sim2video"])
 def test_settings_identical_after_capture(user_scene, tmp_path, task):
     before = user_settings(user_scene)
-    capture_bundle(user_scene, tmp_path / task, task=task, frames=[1, 2], objects=["Cube"], params={"samples": 1})
+    capture_bundle(user_scene, tmp_path / task, task=task, frames=[1, 2], objects=["Cube"], samples=1)
     assert user_settings(user_scene) == before
 
 
@@ -69,7 +69,7 @@ def test_settings_identical_after_failure_mid_capture(user_scene, tmp_path):
 
     with pytest.raises(RuntimeError, match="induced failure"):
         capture_bundle(user_scene, tmp_path / "failed", task="sim2video", frames=[1, 2, 3], objects=["Cube", "Plane"],
-                       params={"samples": 1}, progress=fail_on_second_frame)
+                       samples=1, progress=fail_on_second_frame)
     assert calls == [(1, 3), (2, 3)]
     assert user_settings(user_scene) == before
     assert not (tmp_path / "failed" / "bundle.json").exists()

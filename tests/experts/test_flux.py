@@ -148,7 +148,10 @@ def test_every_expert_is_called_at_every_langevin_step(space, prompts, depth_map
     assert [(level, step) for level, step, _, _ in seen] == [(2, 0), (2, 1), (2, 2), (3, 0)]
     calls = [(d, f) for _, _, d, f in seen]
     assert all(d == f for d, f in calls)  # both experts every time
-    assert [d for d, _ in calls] == [2, 3, 4, 5]  # one more call per step (1 at the start)
+    counts = [d for d, _ in calls]
+    assert counts[1] - counts[0] == counts[2] - counts[1] == 1  # one call per Langevin step
+    assert counts[0] >= 2 and counts[3] > counts[2]  # the start, then the transport (maybe in substeps)
+    assert product.nfe == depth.calls + fill.calls
     assert product.nfe == 2 * depth.calls
 
 

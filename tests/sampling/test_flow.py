@@ -8,9 +8,6 @@ import torch
 from poe_backend.experts.gmm import GaussianMixture, GaussianMixtureExpert
 from poe_backend.sampling import flow
 
-torch.set_default_dtype(torch.float64)
-
-
 def _gaussian() -> tuple[np.ndarray, np.ndarray]:
     return np.array([0.7, -1.2]), np.array([[1.3, 0.4], [0.4, 0.6]])
 

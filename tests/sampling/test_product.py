@@ -6,9 +6,6 @@ import torch
 from poe_backend.experts.gmm import GaussianMixture, GaussianMixtureExpert, product_of_mixtures
 from poe_backend.sampling import Factor, ProductOfExperts
 
-torch.set_default_dtype(torch.float64)
-
-
 def _mixture_a() -> GaussianMixture:
     return GaussianMixture(torch.tensor([0.3, 0.7]), torch.tensor([[-1.0, 0.5], [2.0, -1.0]]), torch.stack([torch.tensor([[0.5, 0.1], [0.1, 0.4]]), torch.eye(2) * 1.5]))
 

@@ -7,9 +7,6 @@ import torch
 
 from poe_backend.sampling import resampling
 
-torch.set_default_dtype(torch.float64)
-
-
 @pytest.mark.parametrize("resampler", [resampling.systematic, resampling.multinomial])
 def test_resampler_is_unbiased(resampler) -> None:
     """Average offspring counts equal N·w_i within 4 standard errors over 4000 draws."""

@@ -15,7 +15,7 @@ from poe_backend.tasks.base import TaskContext
 from poe_backend.tasks.video_io import depth_to_disparity_video
 from tests.video_support import tiny_data_dir, write_video_bundle  # noqa: F401 (fixture)
 
-FAST = {"num_levels": 3, "langevin_steps": 1, "num_particles": 2}
+FAST = {"levels": 3, "langevin_steps": 1, "particles": 2}
 
 
 def _run(bundle_dir, out_dir, models="tiny", **params):
@@ -41,7 +41,7 @@ def test_product_run_writes_video_particles_and_manifest(tiny_data_dir, bundle_d
     assert manifest["kind"] == "video" and manifest["primary"] == "video"
     assert manifest["size"] == {"height": 32, "width": 32, "num_frames": 5, "fps": 8.0}  # 6 frames cut to 4k+1
     assert [expert["expert"] for expert in manifest["experts"]] == ["wan_i2v", "wan_vace_depth"]
-    assert manifest["seed"] == 3 and manifest["params"]["num_levels"] == 3
+    assert manifest["seed"] == 3 and manifest["params"]["levels"] == 3
     frames = iio.imread(tmp_path / "video.mp4")
     assert frames.shape == (5, 32, 32, 3) and frames.dtype.name == "uint8"
     assert (tmp_path / "particles" / "particle_01.mp4").is_file()
@@ -66,7 +66,7 @@ def test_same_seed_same_result_other_seed_differs(tiny_data_dir, bundle_dir, tmp
     ("vace_combined", "auto", ["wan_vace_first_frame_and_depth"]),
 ])
 def test_baselines_and_pairings(tiny_data_dir, bundle_dir, tmp_path, mode, pairing, experts) -> None:  # noqa: F811
-    result = _run(bundle_dir, tmp_path, mode=mode, pairing=pairing, num_particles=1, save_particles=False, sampler="summed_velocity")
+    result = _run(bundle_dir, tmp_path, mode=mode, pairing=pairing, particles=1, save_particles=False, sampler="summed_velocity")
     assert [expert["expert"] for expert in result.manifest["experts"]] == experts
     assert result.outputs["video"].is_file()
 
@@ -89,7 +89,7 @@ def test_bundle_errors_name_the_field(tiny_data_dir, tmp_path) -> None:  # noqa:
         _run(write_video_bundle(tmp_path / "ok", "sim2video", num_frames=5), tmp_path / "o2", first_frame="missing.png")
     assert error.value.field == "params.first_frame"
     with pytest.raises(ValueError):
-        get_task("sim2video").Params(num_particles=0)
+        get_task("sim2video").Params(particles=0)
     with pytest.raises(ValueError):
         get_task("sim2video").Params(unknown=1)
 
@@ -108,9 +108,9 @@ def test_preview_preset_uses_vace_1_3b_small_settings(tmp_path, monkeypatch, bun
     from poe_backend.tasks.sim2video import PREVIEW_PARAMS, effective_params
 
     task = get_task("sim2video")
-    params = effective_params(task.Params(num_levels=7), "preview")
-    assert params.num_levels == 7 and params.height == PREVIEW_PARAMS["height"] and params.langevin_steps == 0
-    assert effective_params(task.Params(), "tiny") == task.Params()
+    params = effective_params(task.Params(levels=7, preset="preview"))
+    assert params.levels == 7 and params.height == PREVIEW_PARAMS["height"] and params.langevin_steps == 0
+    assert effective_params(task.Params()) == task.Params()
     monkeypatch.setenv("POE_DATA_DIR", str(tmp_path))
     with pytest.raises(registry.MissingWeights, match="Wan-AI/Wan2.1-VACE-1.3B-diffusers"):
         _run(bundle_dir, tmp_path / "out", models="preview")

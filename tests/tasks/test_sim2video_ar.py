@@ -15,7 +15,7 @@ from poe_backend.tasks import get_task
 from poe_backend.tasks.base import TaskContext
 from tests.video_support import tiny_data_dir, write_video_bundle  # noqa: F401 (fixture)
 
-FAST = {"latent_window_size": 1, "num_levels": 3, "langevin_steps": 1, "num_particles": 2, "gibbs_sweeps": 1}
+FAST = {"latent_window_size": 1, "levels": 3, "langevin_steps": 1, "particles": 2, "gibbs_sweeps": 1}
 
 
 @pytest.fixture(scope="module")
@@ -53,9 +53,9 @@ def test_tight_render_gaussian_pins_sections_to_the_renders(tiny_data_dir, bundl
     from poe_backend.experts import framepack as fp
     from poe_backend.tasks import video_io
 
-    pinned = torch.load(_run(bundle_dir, tmp_path / "p", render_std=0.05, gibbs_sweeps=0, num_levels=6)
+    pinned = torch.load(_run(bundle_dir, tmp_path / "p", render_std=0.05, gibbs_sweeps=0, levels=6)
                         .outputs["latents"])["latents"]
-    alone = torch.load(_run(bundle_dir, tmp_path / "a", mode="framepack", gibbs_sweeps=0, num_levels=6).outputs["latents"])["latents"]
+    alone = torch.load(_run(bundle_dir, tmp_path / "a", mode="framepack", gibbs_sweeps=0, levels=6).outputs["latents"])["latents"]
     components = fp.load_framepack("tiny")
     bundle = read_bundle(bundle_dir)
     renders = video_io.read_rgb_frames(bundle, bundle.frames, 32, 32)
