@@ -12,9 +12,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Literal
+from typing import Any, Callable, ClassVar, Literal, Self
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from poe_backend.bundle import Bundle
 from poe_backend.sampling.run import Progress
@@ -24,9 +24,23 @@ ResultKind = Literal["image", "video", "points"]
 
 
 class TaskParams(BaseModel):
-    """Base of every task's parameters: unknown names are errors, so typos are caught."""
+    """Base of every task's parameters: unknown names are errors, so typos are caught.
+
+    ``preset`` "preview" gives the fields the caller did not set the task's :attr:`PREVIEW`
+    values (small and fast: resolution, levels, particles); "quality" keeps the defaults.
+    Tasks read their parameters through :meth:`effective`."""
 
     model_config = ConfigDict(extra="forbid")
+
+    preset: Literal["quality", "preview"] = Field("quality", description="preview: small and fast defaults for the fields left unset")
+
+    PREVIEW: ClassVar[dict[str, Any]] = {}
+
+    def effective(self) -> Self:
+        """These parameters with the preview values applied where the caller set nothing."""
+        if self.preset != "preview":
+            return self
+        return self.model_copy(update={name: value for name, value in self.PREVIEW.items() if name not in self.model_fields_set})
 
 
 @dataclass

@@ -32,10 +32,9 @@ OffloadName = Literal["auto", "none", "model", "group", "sequential"]
 
 
 class ImageParams(TaskParams):
-    """Parameters every image task shares. ``preset`` "preview" replaces the defaults of the
-    fields the caller did not set by :attr:`PREVIEW` (small and fast); "quality" keeps them."""
+    """Parameters every image task shares (``preset`` and :meth:`effective` come from
+    :class:`TaskParams`)."""
 
-    preset: Literal["quality", "preview"] = "quality"
     seed: int | None = Field(None, ge=0, le=2**63 - 1, description="None: the bundle's seed")
     max_side: int = Field(1024, ge=16, le=4096, description="longest side in pixels (rounded down to a multiple of 16)")
     sampler: SamplerName = "fkc"
@@ -54,12 +53,6 @@ class ImageParams(TaskParams):
 
     PREVIEW: ClassVar[dict[str, Any]] = {"max_side": 512, "levels": 8, "langevin_steps": 1, "particles": 1}
 
-    def effective(self) -> "ImageParams":
-        """This object with the preview defaults applied where the caller set nothing."""
-        if self.preset != "preview":
-            return self
-        updates = {name: value for name, value in self.PREVIEW.items() if name not in self.model_fields_set}
-        return self.model_copy(update=updates)
 
 
 def resolution(bundle: Bundle, max_side: int) -> tuple[int, int]:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -36,12 +36,9 @@ from poe_backend.tasks.base import Task, TaskContext, TaskParams, TaskResult
 
 SamplerName = Literal["fkc", "annealed_langevin", "summed_velocity"]
 
-#: Fields the ``preview`` preset changes unless the caller set them.
-PREVIEW_PARAMS = {"levels": 12, "langevin_steps": 0, "particles": 1, "height": 240, "width": 416, "num_frames": 33}
 
 
 class Sim2VideoParams(TaskParams):
-    preset: Literal["quality", "preview"] = Field("quality", description="preview: small and fast defaults for fields left unset")
     mode: Literal["product", "i2v", "depth", "vace_combined"] = "product"
     pairing: Literal["auto", "i2v_vace", "shared_vace"] = Field("auto", description="auto: shared_vace for the preview preset, else i2v_vace")
     prompt: str | None = Field(None, description="defaults to the bundle's prompt")
@@ -67,13 +64,7 @@ class Sim2VideoParams(TaskParams):
     seed: int | None = Field(None, description="default: the bundle's seed")
     save_particles: bool = True
 
-
-def effective_params(params: TaskParams) -> TaskParams:
-    """Apply the task's ``PREVIEW`` overrides (default :data:`PREVIEW_PARAMS`) for the
-    ``preview`` preset to the fields the caller left unset."""
-    overrides = getattr(type(params), "PREVIEW", PREVIEW_PARAMS) if params.preset == "preview" else {}
-    updates = {name: value for name, value in overrides.items() if name not in params.model_fields_set}
-    return params.model_copy(update=updates)
+    PREVIEW: ClassVar[dict] = {"levels": 12, "langevin_steps": 0, "particles": 1, "height": 240, "width": 416, "num_frames": 33}
 
 
 def run_sampler(name: str, product: ProductOfExperts, noise: torch.Tensor, levels: list[float], generator: torch.Generator, params, context: TaskContext):
@@ -102,7 +93,7 @@ class Sim2VideoTask(Task):
         from poe_backend.experts import wan
 
         started = time.perf_counter()
-        params: Sim2VideoParams = effective_params(context.params)
+        params: Sim2VideoParams = context.params.effective()
         bundle = context.bundle
         if "depth" not in bundle.passes and params.mode != "i2v":
             raise BundleError("passes.depth", "sim2video needs the 'depth' pass")

@@ -36,11 +36,10 @@ from poe_backend.bundle import BundleError
 from poe_backend.sampling import Factor, ProductOfExperts
 from poe_backend.tasks import video_io
 from poe_backend.tasks.base import Task, TaskContext, TaskParams, TaskResult
-from poe_backend.tasks.sim2video import effective_params, sampler_function
+from poe_backend.tasks.sim2video import sampler_function
 
 
 class Sim2VideoARParams(TaskParams):
-    preset: Literal["quality", "preview"] = Field("quality", description="preview: small and fast defaults for fields left unset")
     mode: Literal["product", "framepack"] = "product"
     sampling_type: Literal["inverted", "vanilla"] = Field("inverted", description="inverted: FramePackI2V_HY (anti-drifting); vanilla: FramePack-F1")
     prompt: str | None = Field(None, description="defaults to the bundle's prompt")
@@ -81,7 +80,7 @@ class Sim2VideoARTask(Task):
         from poe_backend.sampling.autoregressive import sample_autoregressive
 
         started = time.perf_counter()
-        params: Sim2VideoARParams = effective_params(context.params)
+        params: Sim2VideoARParams = context.params.effective()
         bundle = context.bundle
         seed = bundle.seed if params.seed is None else params.seed
         prompt = bundle.prompt if params.prompt is None else params.prompt

@@ -105,12 +105,11 @@ def test_preview_preset_uses_vace_1_3b_small_settings(tmp_path, monkeypatch, bun
     """``--models preview``: unset fields take the preview values, both experts run on
     VACE-1.3B (shared mode), and missing weights name that repo before anything loads."""
     from poe_backend.experts import registry
-    from poe_backend.tasks.sim2video import PREVIEW_PARAMS, effective_params
 
     task = get_task("sim2video")
-    params = effective_params(task.Params(levels=7, preset="preview"))
-    assert params.levels == 7 and params.height == PREVIEW_PARAMS["height"] and params.langevin_steps == 0
-    assert effective_params(task.Params()) == task.Params()
+    params = task.Params(levels=7, preset="preview").effective()
+    assert params.levels == 7 and params.height == task.Params.PREVIEW["height"] and params.langevin_steps == 0
+    assert task.Params().effective() == task.Params()
     monkeypatch.setenv("POE_DATA_DIR", str(tmp_path))
     with pytest.raises(registry.MissingWeights, match="Wan-AI/Wan2.1-VACE-1.3B-diffusers"):
         _run(bundle_dir, tmp_path / "out", models="preview")
