@@ -70,18 +70,25 @@ class Factor:
 class Evaluation:
     """Everything a sampler needs from one batched evaluation of all experts at ``(x, t)``.
 
-    ``scores[i]`` is expert i's score (unweighted), ``score`` is ``Σ λ_i s_i``, ``x0`` the
-    λ-weighted average of the experts' clean predictions, ``velocities`` the experts' raw
-    velocities (``None`` when energies were requested instead), ``log_density`` the
-    unnormalised ``log π_t`` (``None`` unless energies were requested). All in x-space.
+    ``scores[i]`` is expert i's score (unweighted), ``score`` is ``Σ λ_i s_i``,
+    ``velocities`` the experts' raw velocities (``None`` when energies were requested
+    instead), ``log_density`` the unnormalised ``log π_t`` (``None`` unless energies were
+    requested). All in x-space.
     """
 
     t: float
+    x: Tensor
     scores: list[Tensor]
     score: Tensor
-    x0: Tensor
+    total_weight: float | Tensor
     velocities: list[Tensor] | None = None
     log_density: Tensor | None = None
+
+    @property
+    def x0(self) -> Tensor:
+        """The λ-weighted mean of the experts' clean predictions, from the product score:
+        ``(x + t² S / Σλ) / (1 - t)`` (computed on demand; needs t < 1)."""
+        return flow.x0_from_score(self.x, self.t, self.score / self.total_weight)
 
 
 class ProductOfExperts:
@@ -109,7 +116,7 @@ class ProductOfExperts:
 
     def evaluate(self, x: Tensor, t: float, *, with_energy: bool = False) -> Evaluation:
         """Call every expert once at ``(x, t)``; ``with_energy`` needs :attr:`has_energy`."""
-        scores, x0s, velocities, log_density = [], [], [], None
+        scores, velocities, log_density = [], [], None
         for factor in self.factors:
             if with_energy:
                 if isinstance(factor.weight, Tensor):
@@ -117,31 +124,42 @@ class ProductOfExperts:
                 log_p, score = factor.expert.log_density_and_score(x, t)
                 weighted = factor.weight * log_p
                 log_density = weighted if log_density is None else log_density + weighted
-                x0s.append(flow.x0_from_score(x, t, score) if t < 1.0 else torch.zeros_like(x))
             else:
                 velocity = factor.expert.velocity(x, t)
                 velocities.append(velocity)
                 score = flow.score_from_velocity(x, t, velocity) if t > 0.0 else torch.zeros_like(x)
-                x0s.append(flow.x0_from_velocity(x, t, velocity))
             scores.append(score)
             self.nfe += 1
         return Evaluation(
             t=t,
+            x=x,
             scores=scores,
             score=self.weighted_sum(scores),
-            x0=self.weighted_sum(x0s) / self.total_weight(),
+            total_weight=self.total_weight(),
             velocities=None if with_energy else velocities,
             log_density=log_density,
         )
 
     def weighted_sum(self, values: Sequence[Tensor]) -> Tensor:
-        """``Σ_i λ_i · values[i]`` (elementwise for map weights)."""
-        return sum(factor.weight * value for factor, value in zip(self.factors, values))
+        """``Σ_i λ_i · values[i]`` (elementwise for map weights); unit weights cost no
+        multiplication."""
+        total = None
+        for factor, value in zip(self.factors, values):
+            term = value if isinstance(factor.weight, float | int) and factor.weight == 1 else factor.weight * value
+            total = term if total is None else total + term
+        return total
 
     def reindex(self, indices: Tensor) -> None:
         """Tell every expert that particles were resampled (``indices`` of shape ``(P,)``)."""
         for factor in self.factors:
             factor.expert.reindex(indices)
+
+    def twist(self, evaluation: Evaluation) -> Tensor:
+        """``log φ_t`` of every particle at an evaluation (its clean prediction is computed
+        only when there are rewards)."""
+        if not self.rewards:
+            return torch.zeros(evaluation.x.shape[0], dtype=evaluation.x.dtype, device=evaluation.x.device)
+        return self.log_potential(evaluation.x0, evaluation.t)
 
     def log_potential(self, x0: Tensor, t: float) -> Tensor:
         """``Σ_j log φ_j(x0, t)``, shape ``(P,)``; zeros when there are no rewards."""

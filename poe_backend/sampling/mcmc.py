@@ -6,7 +6,6 @@ the level's noise (``η = α · t²`` in x-space, ``α · σ²`` in y-space).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable
 

@@ -80,9 +80,10 @@ class Observer:
     callback: Callable[[Progress], None] | None = None
     should_stop: Callable[[], bool] | None = None
 
-    def step(self, level: int, step: int, t: float, nfe: int, particles: Tensor, log_weights: Tensor | None = None) -> None:
+    def step(self, level: int, step: int, t: float, nfe: int, particles: Callable[[], Tensor], log_weights: Tensor | None = None) -> None:
+        """``particles()`` gives the x-space particles; it runs only when there is a callback."""
         if self.callback is not None:
             ess = None if log_weights is None else resampling.effective_sample_size(log_weights)
-            self.callback(Progress(level, self.num_levels, step, t, nfe, ess, particles))
+            self.callback(Progress(level, self.num_levels, step, t, nfe, ess, particles()))
         if self.should_stop is not None and self.should_stop():
             raise SamplingCancelled(f"cancelled at level {level}, step {step}")

@@ -76,11 +76,11 @@ def sample_ais(
         state = _twisted_energy_state(product, x, t)
         log_weights = log_weights + state.log_density - (0.0 if previous is None else previous)
         state, log_weights = tracker.maybe_resample(generator, product, log_weights, ess_threshold, state, _index_energy_state)
-        observer.step(level, 0, t, product.nfe, state.x, log_weights)
+        observer.step(level, 0, t, product.nfe, lambda: state.x, log_weights)
         for step in range(1, langevin_steps + 1):
             state, accepted = mcmc.mala_step(generator, state, step_size, lambda z: _twisted_energy_state(product, z, t))
             step_size *= math.exp(tracker.record_acceptance(accepted) - TARGET_ACCEPTANCE)
-            observer.step(level, step, t, product.nfe, state.x, log_weights)
+            observer.step(level, step, t, product.nfe, lambda: state.x, log_weights)
         x, previous = state.x, state.log_density
     return tracker.finish(product, state.x, log_weights, "ais (energies, MALA)")
 
@@ -114,22 +114,21 @@ def sample_fkc(
     y = _initial_y(product, noise, levels[0], start)
     log_weights = torch.zeros(noise.shape[0], dtype=noise.dtype, device=noise.device)
     evaluation = product.evaluate(flow.x_from_y(y, levels[0]), levels[0])
-    twist = product.log_potential(evaluation.x0, levels[0])
+    twist = product.twist(evaluation)
     for level, (t, t_next) in enumerate(zip(levels[:-1], levels[1:]), start=2):
         for t_from, t_to in _substeps(product, t, t_next):
             delta_u = flow.sigma_from_t(t_from) ** 2 - flow.sigma_from_t(t_to) ** 2
-            scores = [(1.0 - t_from) * score for score in evaluation.scores]
-            total_score = (1.0 - t_from) * evaluation.score
-            squared = product.weighted_sum([score**2 for score in scores])
-            log_weights = log_weights + 0.5 * delta_u * flow.batch_sum(total_score**2 - squared)
-            y = y + delta_u * total_score + math.sqrt(delta_u) * flow.standard_normal_like(y, generator)
+            scale = 1.0 - t_from  # x-space scores to y-space: s_y = (1 - t) s_x
+            squared = product.weighted_sum([score * score for score in evaluation.scores])
+            log_weights = log_weights + 0.5 * delta_u * scale**2 * flow.batch_sum(evaluation.score * evaluation.score - squared)
+            y = y + (delta_u * scale) * evaluation.score + math.sqrt(delta_u) * flow.standard_normal_like(y, generator)
             evaluation = product.evaluate(flow.x_from_y(y, t_to), t_to)
-            new_twist = product.log_potential(evaluation.x0, t_to)
+            new_twist = product.twist(evaluation)
             log_weights, twist = log_weights + new_twist - twist, new_twist
         (y, evaluation, twist), log_weights = tracker.maybe_resample(
             generator, product, log_weights, ess_threshold, (y, evaluation, twist), _index_y_state
         )
-        observer.step(level, 0, t_next, product.nfe, flow.x_from_y(y, t_next), log_weights)
+        observer.step(level, 0, t_next, product.nfe, lambda: flow.x_from_y(y, t_next), log_weights)
         y, evaluation, twist = _langevin_correctors(product, y, evaluation, twist, langevin_steps, step_scale, generator, observer, level, log_weights)
     return tracker.finish(product, flow.x_from_y(y, levels[-1]), log_weights, "fkc (score-only, Feynman-Kac weights)")
 
@@ -154,9 +153,10 @@ def sample_annealed_langevin(
     y = _initial_y(product, noise, levels[0], start)
     evaluation = product.evaluate(flow.x_from_y(y, levels[0]), levels[0])
     for level, (t, t_next) in enumerate(zip(levels[:-1], levels[1:]), start=2):
-        y = evaluation.x0 + (flow.sigma_from_t(t_next) / flow.sigma_from_t(t)) * (y - evaluation.x0)
+        x0 = evaluation.x0
+        y = x0 + (flow.sigma_from_t(t_next) / flow.sigma_from_t(t)) * (y - x0)
         evaluation = product.evaluate(flow.x_from_y(y, t_next), t_next)
-        observer.step(level, 0, t_next, product.nfe, flow.x_from_y(y, t_next))
+        observer.step(level, 0, t_next, product.nfe, lambda: flow.x_from_y(y, t_next))
         y, evaluation, _ = _langevin_correctors(product, y, evaluation, None, langevin_steps, step_scale, generator, observer, level, None)
         if product.rewards and t_next > 0.0:
             log_potential = product.log_potential(evaluation.x0, t_next)
@@ -185,7 +185,7 @@ def sample_summed_velocity(
     x = noise * levels[0] if start is None else start
     for level, (t, t_next) in enumerate(zip(levels[:-1], levels[1:]), start=2):
         x = x + (t_next - t) * product.weighted_sum(product.evaluate(x, t).velocities)
-        observer.step(level, 0, t_next, product.nfe, x)
+        observer.step(level, 0, t_next, product.nfe, lambda: x)
     return tracker.finish(product, x, product.log_potential(x, 0.0), "summed-velocity ODE (naive)")
 
 
@@ -235,12 +235,12 @@ def _langevin_correctors(
         proposal = mcmc.ula_step(y, (1.0 - t) * evaluation.score, step_size, flow.standard_normal_like(y, generator))
         proposed = product.evaluate(flow.x_from_y(proposal, t), t)
         if twist is not None and product.rewards:
-            proposed_twist = product.log_potential(proposed.x0, t)
+            proposed_twist = product.twist(proposed)
             accepted = torch.log(flow.uniform_like(proposed_twist, generator)) < proposed_twist - twist
             (y, evaluation, twist) = _where(accepted, (proposal, proposed, proposed_twist), (y, evaluation, twist))
         else:
             y, evaluation = proposal, proposed
-        observer.step(level, step, t, product.nfe, flow.x_from_y(y, t), log_weights)
+        observer.step(level, step, t, product.nfe, lambda: flow.x_from_y(y, t), log_weights)
     return y, evaluation, twist
 
 
@@ -248,7 +248,7 @@ def _twisted_energy_state(product: ProductOfExperts, x: Tensor, t: float) -> mcm
     """``log γ_t(x) = log π_t(x) + log φ_t(x0_hat)`` with the score of ``π_t`` (the MALA
     proposal's drift; the accept step uses the full twisted density)."""
     evaluation = product.evaluate(x, t, with_energy=True)
-    return mcmc.EnergyState(x, evaluation.log_density + product.log_potential(evaluation.x0, t), evaluation.score)
+    return mcmc.EnergyState(x, evaluation.log_density + product.twist(evaluation), evaluation.score)
 
 
 def _index_energy_state(state: mcmc.EnergyState, indices: Tensor) -> mcmc.EnergyState:
@@ -285,8 +285,8 @@ def _map_evaluations(function: Callable[..., Tensor], *evaluations: Evaluation) 
         return function(*values)
 
     first = evaluations[0]
-    fields = ("scores", "score", "x0", "velocities", "log_density")
-    return Evaluation(first.t, **{name: each([getattr(e, name) for e in evaluations]) for name in fields})
+    fields = ("x", "scores", "score", "velocities", "log_density")
+    return Evaluation(t=first.t, total_weight=first.total_weight, **{name: each([getattr(e, name) for e in evaluations]) for name in fields})
 
 
 class _Tracker:

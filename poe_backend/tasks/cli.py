@@ -57,7 +57,6 @@ def run_command(arguments: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from poe_backend.bundle import BundleError, read_bundle
-    from poe_backend.sampling import SamplingCancelled
     from poe_backend.tasks import get_task
     from poe_backend.tasks.base import TaskContext
 

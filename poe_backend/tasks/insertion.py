@@ -139,7 +139,7 @@ def read_source(bundle, plate: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def run_product(space, params: InsertionParams, embedding, plate, depth, mask, seed: int, context: TaskContext):
     """Depth × Fill (or one of them) on the packed latent; returns particles, log-weights,
     sampler stats."""
-    from poe_backend.experts import flux, registry
+    from poe_backend.experts import flux
 
     kinds = transformer_kinds(params.method)
     placement = flux.placement_for(kinds, space, params.offload, batch=params.max_batch or params.particles, fp8_storage=params.fp8_storage)
@@ -163,7 +163,7 @@ def run_product(space, params: InsertionParams, embedding, plate, depth, mask, s
 def run_rf_solver(space, params: InsertionParams, embeddings, source: np.ndarray, seed: int, context: TaskContext):
     """RF-Solver baseline: invert ``source`` (t 0 -> 1, source prompt, guidance 1), edit
     (t 1 -> 0, prompt, ``rf_guidance``). Deterministic: one particle, the seed is unused."""
-    from poe_backend.experts import flux, registry
+    from poe_backend.experts import flux
     from poe_backend.experts.rf_solver import ValueSharing, rf_solver
     from poe_backend.sampling.schedules import flux_shift_mu, shifted_levels
 

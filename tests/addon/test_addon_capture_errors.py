@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-import bpy
 
 from addon.capture import CaptureError, capture_bundle
 

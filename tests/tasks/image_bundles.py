@@ -8,7 +8,7 @@ import numpy as np
 import OpenEXR
 from PIL import Image
 
-from poe_backend.bundle import SCHEMA, read_bundle, write_bundle, parse_bundle
+from poe_backend.bundle import SCHEMA, Bundle, parse_bundle, read_bundle, write_bundle
 
 WIDTH, HEIGHT = 48, 32
 
@@ -25,7 +25,7 @@ def write_png(path: Path, array: np.ndarray) -> None:
     Image.fromarray(array).save(path)
 
 
-def insertion_bundle(root: Path, *, params: dict | None = None, prompt: str = "a red ball on a table") -> "Bundle":
+def insertion_bundle(root: Path, *, params: dict | None = None, prompt: str = "a red ball on a table") -> Bundle:
     """Plate (gradient), depth with a near box (the object) in front of a far wall and a
     background strip (+inf), the object's mask, and an RGB render."""
     rng = np.random.default_rng(0)
@@ -61,7 +61,7 @@ def insertion_bundle(root: Path, *, params: dict | None = None, prompt: str = "a
     return read_bundle(root)
 
 
-def regional_bundle(root: Path, *, params: dict | None = None, prompt: str = "a park") -> "Bundle":
+def regional_bundle(root: Path, *, params: dict | None = None, prompt: str = "a park") -> Bundle:
     """Two boxed objects with prompts and one prompted object out of view."""
     root.mkdir(parents=True, exist_ok=True)
     data = {
