@@ -140,6 +140,12 @@ class ProductOfExperts:
             log_density=log_density,
         )
 
+    def velocities(self, x: Tensor, t: float) -> list[Tensor]:
+        """Every expert's velocity at ``(x, t)``, nothing derived (the ODE baselines need no
+        scores)."""
+        self.nfe += len(self.factors)
+        return [factor.expert.velocity(x, t) for factor in self.factors]
+
     def weighted_sum(self, values: Sequence[Tensor]) -> Tensor:
         """``Σ_i λ_i · values[i]`` (elementwise for map weights); unit weights cost no
         multiplication."""

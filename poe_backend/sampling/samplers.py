@@ -184,7 +184,7 @@ def sample_summed_velocity(
     observer, tracker = Observer(len(levels), callback, should_stop), _Tracker(noise.shape[0])
     x = noise * levels[0] if start is None else start
     for level, (t, t_next) in enumerate(zip(levels[:-1], levels[1:]), start=2):
-        x = x + (t_next - t) * product.weighted_sum(product.evaluate(x, t).velocities)
+        x = x + (t_next - t) * product.weighted_sum(product.velocities(x, t))
         observer.step(level, 0, t_next, product.nfe, lambda: x)
     return tracker.finish(product, x, product.log_potential(x, 0.0), "summed-velocity ODE (naive)")
 
