@@ -7,14 +7,14 @@ Revisions are left at ``main``; pin one with a JSON preset (see the registry doc
 
 from __future__ import annotations
 
-from poe_backend.experts.registry import ModelSpec, register_family, tiny_dir
+from poe_backend.experts.registry import Components, hub_specs, register_family, tiny_specs
 
 DEV = "black-forest-labs/FLUX.1-dev"
 DEPTH = "black-forest-labs/FLUX.1-Depth-dev"
 FILL = "black-forest-labs/FLUX.1-Fill-dev"
 
 #: role -> (loader, repo, subfolder, is_module)
-_COMPONENTS: dict[str, tuple[str, str, str, bool]] = {
+_COMPONENTS: Components = {
     "flux.vae": ("diffusers:AutoencoderKL", DEV, "vae", True),
     "flux.text_encoder": ("transformers:CLIPTextModel", DEV, "text_encoder", True),
     "flux.tokenizer": ("transformers:CLIPTokenizer", DEV, "tokenizer", False),
@@ -26,26 +26,7 @@ _COMPONENTS: dict[str, tuple[str, str, str, bool]] = {
 }
 
 
-def _tiny_subfolder(role: str) -> str:
-    return role.removeprefix("flux.").replace(".", "_")
-
-
 register_family(
     "flux",
-    {
-        "default": {
-            role: ModelSpec(loader, repo_id=repo, subfolder=subfolder, is_module=is_module)
-            for role, (loader, repo, subfolder, is_module) in _COMPONENTS.items()
-        },
-        "tiny": {
-            role: ModelSpec(
-                loader,
-                local_dir=tiny_dir("flux"),
-                subfolder=_tiny_subfolder(role),
-                builder="poe_backend.experts.flux_tiny:build_tiny",
-                is_module=is_module,
-            )
-            for role, (loader, _, _, is_module) in _COMPONENTS.items()
-        },
-    },
+    {"default": hub_specs(_COMPONENTS), "tiny": tiny_specs("flux", _COMPONENTS, "poe_backend.experts.flux_tiny:build_tiny")},
 )

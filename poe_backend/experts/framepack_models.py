@@ -9,7 +9,7 @@ come from ``hunyuanvideo-community/HunyuanVideo``; the SigLIP image encoder from
 
 from __future__ import annotations
 
-from poe_backend.experts.registry import ModelSpec, register_family, tiny_dir
+from poe_backend.experts.registry import Components, hub_specs, register_family, tiny_specs
 
 INVERTED = "lllyasviel/FramePackI2V_HY"
 F1 = "lllyasviel/FramePack_F1_I2V_HY_20250503"
@@ -17,7 +17,7 @@ HUNYUAN = "hunyuanvideo-community/HunyuanVideo"
 REDUX = "lllyasviel/flux_redux_bfl"
 
 #: role -> (loader, repo, subfolder, is_module)
-_COMPONENTS: dict[str, tuple[str, str, str | None, bool]] = {
+_COMPONENTS: Components = {
     "framepack.transformer": ("diffusers:HunyuanVideoFramepackTransformer3DModel", INVERTED, None, True),
     "framepack.transformer.f1": ("diffusers:HunyuanVideoFramepackTransformer3DModel", F1, None, True),
     "framepack.vae": ("diffusers:AutoencoderKLHunyuanVideo", HUNYUAN, "vae", True),
@@ -31,20 +31,5 @@ _COMPONENTS: dict[str, tuple[str, str, str | None, bool]] = {
 
 register_family(
     "framepack",
-    {
-        "default": {
-            role: ModelSpec(loader, repo_id=repo, subfolder=subfolder, is_module=is_module)
-            for role, (loader, repo, subfolder, is_module) in _COMPONENTS.items()
-        },
-        "tiny": {
-            role: ModelSpec(
-                loader,
-                local_dir=tiny_dir("framepack"),
-                subfolder=role.removeprefix("framepack.").replace(".", "_"),
-                builder="poe_backend.experts.framepack:build_tiny_framepack",
-                is_module=is_module,
-            )
-            for role, (loader, _, _, is_module) in _COMPONENTS.items()
-        },
-    },
+    {"default": hub_specs(_COMPONENTS), "tiny": tiny_specs("framepack", _COMPONENTS, "poe_backend.experts.framepack:build_tiny_framepack")},
 )

@@ -141,6 +141,24 @@ def register_family(family: str, presets: Mapping[str, Mapping[str, ModelSpec]])
         _FAMILIES[family] = {preset: dict(roles) for preset, roles in presets.items()}
 
 
+#: role -> (loader, repo id, subfolder or None, is_module): a family's components on the Hub.
+Components = Mapping[str, tuple[str, str, str | None, bool]]
+
+
+def hub_specs(components: Components) -> dict[str, ModelSpec]:
+    """Specs that resolve every component from its Hugging Face repo."""
+    return {role: ModelSpec(loader, repo_id=repo, subfolder=subfolder, is_module=is_module) for role, (loader, repo, subfolder, is_module) in components.items()}
+
+
+def tiny_specs(family: str, components: Components, builder: str) -> dict[str, ModelSpec]:
+    """Specs of the tiny preset: role ``family.a.b`` lives in ``tiny/<family>/a_b``, made by
+    ``builder`` ("module:function", called with the family's tiny directory) on first use."""
+    return {
+        role: ModelSpec(loader, local_dir=tiny_dir(family), subfolder=role.removeprefix(f"{family}.").replace(".", "_"), builder=builder, is_module=is_module)
+        for role, (loader, _, _, is_module) in components.items()
+    }
+
+
 def tiny_dir(family: str) -> Path:
     """Where the tiny preset of ``family`` is built: ``tiny/<family>``, a relative path,
     which :func:`resolve` reads under the data directory at lookup time (so pointing

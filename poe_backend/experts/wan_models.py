@@ -10,7 +10,7 @@ not registered (see :data:`poe_backend.experts.wan.UNSUPPORTED_MODELS`).
 
 from __future__ import annotations
 
-from poe_backend.experts.registry import ModelSpec, register_family, tiny_dir
+from poe_backend.experts.registry import Components, hub_specs, register_family, tiny_specs
 
 I2V_480P = "Wan-AI/Wan2.1-I2V-14B-480P-Diffusers"
 I2V_720P = "Wan-AI/Wan2.1-I2V-14B-720P-Diffusers"
@@ -18,7 +18,7 @@ VACE_14B = "Wan-AI/Wan2.1-VACE-14B-diffusers"
 VACE_1_3B = "Wan-AI/Wan2.1-VACE-1.3B-diffusers"
 
 #: role -> (loader, repo, subfolder, is_module)
-_DEFAULT: dict[str, tuple[str, str, str, bool]] = {
+_DEFAULT: Components = {
     "wan.vae": ("diffusers:AutoencoderKLWan", VACE_14B, "vae", True),
     "wan.text_encoder": ("transformers:UMT5EncoderModel", VACE_14B, "text_encoder", True),
     "wan.tokenizer": ("transformers:AutoTokenizer", VACE_14B, "tokenizer", False),
@@ -30,24 +30,11 @@ _DEFAULT: dict[str, tuple[str, str, str, bool]] = {
 _PREVIEW = {role: (loader, VACE_1_3B, subfolder, is_module) for role, (loader, repo, subfolder, is_module) in _DEFAULT.items() if repo == VACE_14B}
 
 
-def _spec(loader: str, repo: str, subfolder: str, is_module: bool) -> ModelSpec:
-    return ModelSpec(loader, repo_id=repo, subfolder=subfolder, is_module=is_module)
-
-
 register_family(
     "wan",
     {
-        "default": {role: _spec(*entry) for role, entry in _DEFAULT.items()},
-        "preview": {role: _spec(*entry) for role, entry in _PREVIEW.items()},
-        "tiny": {
-            role: ModelSpec(
-                loader,
-                local_dir=tiny_dir("wan"),
-                subfolder=role.removeprefix("wan.").replace(".", "_"),
-                builder="poe_backend.experts.wan:build_tiny_wan",
-                is_module=is_module,
-            )
-            for role, (loader, _, _, is_module) in _DEFAULT.items()
-        },
+        "default": hub_specs(_DEFAULT),
+        "preview": hub_specs(_PREVIEW),
+        "tiny": tiny_specs("wan", _DEFAULT, "poe_backend.experts.wan:build_tiny_wan"),
     },
 )

@@ -1,5 +1,6 @@
 """Sampling from products of experts; imports torch only (no model code)."""
 
+from poe_backend.sampling.autoregressive import AutoregressiveResult, sample_autoregressive
 from poe_backend.sampling.experts import Evaluation, Factor, GenerativeExpert, ProductOfExperts, Reward
 from poe_backend.sampling.run import Progress, SampleResult, SamplingCancelled
 from poe_backend.sampling.samplers import (
@@ -10,6 +11,7 @@ from poe_backend.sampling.samplers import (
 )
 
 __all__ = [
+    "AutoregressiveResult",
     "Evaluation",
     "Factor",
     "GenerativeExpert",
@@ -20,6 +22,7 @@ __all__ = [
     "SamplingCancelled",
     "sample_ais",
     "sample_annealed_langevin",
+    "sample_autoregressive",
     "sample_fkc",
     "sample_summed_velocity",
 ]
