@@ -35,9 +35,6 @@ STATE_FILE = "state.json"
 FINISHED = frozenset({"done", "failed", "cancelled"})
 PERSIST_INTERVAL_S = 0.5
 #: The scalar fields of sampler Progress reports that a job's status shows.
-PROGRESS_FIELDS = ("level", "num_levels", "step", "t", "nfe", "ess")
-
-
 @dataclass
 class Job:
     """One job's state as served by ``GET /v1/jobs/{id}``. ``progress`` holds level,
@@ -95,8 +92,7 @@ class ProgressMeter:
         self.fraction = min(1.0, max(self.fraction, fraction))
         elapsed = time.monotonic() - self.start
         eta = elapsed * (1.0 - self.fraction) / self.fraction if self.fraction > 0 else None
-        reported = {key: _plain(getattr(progress, key)) for key in PROGRESS_FIELDS}
-        return {**reported, "fraction": round(self.fraction, 4), "elapsed_s": round(elapsed, 2), "eta_s": None if eta is None else round(eta, 2)}
+        return {**progress.summary(), "fraction": round(self.fraction, 4), "elapsed_s": round(elapsed, 2), "eta_s": None if eta is None else round(eta, 2)}
 
 
 class JobStore:
@@ -252,11 +248,6 @@ class JobStore:
                 self._finish(job, "failed", describe_failure(error))
         finally:
             self._cancel_requested.discard(job.id)
-
-
-def _plain(value: Any) -> Any:
-    """A JSON-ready number (samplers may report 0-d tensors)."""
-    return value.item() if hasattr(value, "item") else value
 
 
 def _release_device_memory() -> None:
