@@ -109,8 +109,9 @@ class Client:
 
     def submit(self, bundle_dir: str | Path, *, task: str | None = None, params: dict[str, Any] | None = None, models: str | None = None, upload: bool | None = None) -> dict[str, Any]:
         """Submit a bundle directory; ``upload=None`` sends the path to a local backend
-        (uploading instead if the backend refuses the path as outside its roots) and
-        uploads to a remote one. Returns the new job's state."""
+        (uploading instead if the backend refuses the path: outside its roots, or not there,
+        as through an SSH tunnel to another machine) and uploads to a remote one. Returns
+        the new job's state."""
         bundle_dir = Path(bundle_dir).resolve()
         if upload is None:
             upload = not is_local_url(self.url)
@@ -119,7 +120,7 @@ class Client:
             try:
                 return self._json("POST", "/jobs", {key: value for key, value in payload.items() if value is not None})
             except BackendError as error:
-                if error.code != "outside_roots":
+                if error.field != "bundle_path":
                     raise
         return self.upload(bundle_dir, task=task, params=params, models=models)
 

@@ -100,7 +100,8 @@ class Session:
 
     def ensure_timer(self) -> None:
         if not bpy.app.timers.is_registered(_timer):
-            bpy.app.timers.register(_timer, first_interval=jobs.POLL_INTERVAL_S)
+            # persistent: polling goes on when the user opens another .blend file
+            bpy.app.timers.register(_timer, first_interval=jobs.POLL_INTERVAL_S, persistent=True)
 
 
 SESSION = Session()

@@ -3,8 +3,9 @@
 Task and quality preset are separate choices. The issue's "preview" task is a quality
 preset applied to any task: ``preset == "preview"`` (low resolution, few levels and
 particles on the backend; 16 Cycles samples in capture) goes into the bundle as
-``params["preset"] = "preview"``; "standard" and "final" send ``"quality"`` and differ in
-capture samples, particles and levels. The base task (insertion, sim2video, ...) is
+``params["preset"] = "preview"`` (the task's preview values for levels and particles);
+"standard" and "final" send ``"quality"`` with the panel's particles and levels and differ
+in capture samples (64 and 256). The base task (insertion, sim2video, ...) is
 ``task``. Which model variants run (full, 1.3B/3B previews, tiny) is the backend's
 choice: ``poe-backend serve --models default|preview|tiny``.
 """
@@ -49,7 +50,7 @@ class POE_SceneSettings(bpy.types.PropertyGroup):
     resolution_y: bpy.props.IntProperty(name="Height", default=480, min=16, max=8192, subtype="PIXEL")
     seed: bpy.props.IntProperty(name="Seed", default=0, min=0)
     particles: bpy.props.IntProperty(name="Particles", default=4, min=1, max=256, description="Number of sampler particles")
-    steps: bpy.props.IntProperty(name="Steps", default=28, min=1, max=1000, description="Annealing levels (sampler steps)")
+    steps: bpy.props.IntProperty(name="Steps", default=28, min=2, max=1000, description="Annealing levels (sampler steps)")
     last_bundle: bpy.props.StringProperty(name="Last bundle", default="", subtype="FILE_PATH", description="bundle.json written by the last capture")
 
     def frames(self, scene) -> list[int] | None:
@@ -62,5 +63,8 @@ class POE_SceneSettings(bpy.types.PropertyGroup):
         return None if self.use_scene_resolution else (self.resolution_x, self.resolution_y)
 
     def backend_params(self) -> dict:
-        """Sampler parameters for the bundle's ``params``."""
-        return {"preset": "preview" if self.preset == "preview" else "quality", "particles": self.particles, "levels": self.steps}
+        """Sampler parameters for the bundle's ``params``: the preview preset leaves levels
+        and particles to the task's preview values; the others send the panel's."""
+        if self.preset == "preview":
+            return {"preset": "preview"}
+        return {"preset": "quality", "particles": self.particles, "levels": self.steps}

@@ -159,7 +159,7 @@ def load_video(scene: bpy.types.Scene, path: Path, props: dict[str, Any], frame_
     """A movie strip (or image-sequence strip) at ``frame_start`` on the job's channel."""
     strips, all_strips = _strips(scene)
     channel = None
-    for old in find_tagged(all_strips, props["poe_job_id"]):
+    for old in find_tagged(strips, props["poe_job_id"]):  # top level only: remove() cannot reach into meta strips
         channel = old.channel
         strips.remove(old)
     if channel is None:

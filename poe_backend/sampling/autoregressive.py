@@ -13,7 +13,8 @@ A first pass over chunk c is a sequential-Monte-Carlo step over whole sequences:
 weights (which carry the change of the conditional's normaliser with the history) may
 resample particles, histories included. A Gibbs sweep must keep the other chunks'
 distribution, so it neither resamples nor weights: each particle re-draws its chunk given
-its own context (``ess_threshold=0``; the sampler must accept it, as ``sample_fkc`` does).
+its own context (``ess_threshold=0`` for samplers that take it; the paper's sampler still
+resamples by rewards).
 
 ``make_product(index, chunks)`` builds the product over chunk ``index``'s latent given
 ``chunks``: the current value ``(P, *chunk_shape)`` of every chunk, ``None`` for chunk
@@ -24,6 +25,7 @@ an equally weighted resampling.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
@@ -89,7 +91,7 @@ def sample_autoregressive(
             noise = flow.standard_normal_like(chunks[index], generator)
             scale = torch.sqrt(torch.as_tensor(product.total_weight(), dtype=noise.dtype, device=noise.device))
             start = (1.0 - gibbs_t) * chunks[index] + gibbs_t * noise / scale
-        options = {**sampler_options, "ess_threshold": 0.0} if sweep else sampler_options
+        options = {**sampler_options, "ess_threshold": 0.0} if sweep and "ess_threshold" in inspect.signature(sampler).parameters else sampler_options
         result = sampler(
             product,
             noise,

@@ -147,11 +147,14 @@ def sample_annealed_langevin(
 ) -> SampleResult:
     """The paper's annealed sampler: per level an MCMC-init step (DDIM-style,
     ``y' = x0_hat + (σ'/σ)(y - x0_hat)``, stable even for a handful of levels),
-    ``langevin_steps`` ULA steps, then resampling by the rewards' potentials alone (every
-    level, when there are rewards). No transport weights. ``start`` as in :func:`sample_fkc`."""
+    ``langevin_steps`` ULA steps, then (when there are rewards) resampling at every level by
+    the increment of the rewards' potentials, ``log φ_t - log φ_{t_prev}``, so the final
+    selection is by the reward itself, not a power of it. No transport weights: biased in
+    the experts' mode weights. ``start`` as in :func:`sample_fkc`."""
     observer, tracker = Observer(len(levels), callback, should_stop), _Tracker(noise.shape[0])
     y = _initial_y(product, noise, levels[0], start)
     evaluation = product.evaluate(flow.x_from_y(y, levels[0]), levels[0])
+    previous = product.twist(evaluation)
     for level, (t, t_next) in enumerate(zip(levels[:-1], levels[1:]), start=2):
         x0 = evaluation.x0
         y = x0 + (flow.sigma_from_t(t_next) / flow.sigma_from_t(t)) * (y - x0)
@@ -159,12 +162,12 @@ def sample_annealed_langevin(
         observer.step(level, 0, t_next, product.nfe, lambda: flow.x_from_y(y, t_next))
         y, evaluation, _ = _langevin_correctors(product, y, evaluation, None, langevin_steps, step_scale, generator, observer, level, None)
         if product.rewards and t_next > 0.0:
-            log_potential = product.log_potential(evaluation.x0, t_next)
-            indices = resampling.systematic(generator, log_potential, log_potential.numel())
-            y, evaluation = y[indices], _index_evaluation(evaluation, indices)
+            potential = product.twist(evaluation)
+            indices = resampling.systematic(generator, potential - previous, potential.numel())
+            y, evaluation, previous = y[indices], _index_evaluation(evaluation, indices), potential[indices]
             tracker.record_resampling(product, indices)
     x = flow.x_from_y(y, levels[-1])
-    return tracker.finish(product, x, product.log_potential(x, 0.0), "annealed langevin (paper, unweighted)")
+    return tracker.finish(product, x, product.log_potential(x, 0.0) - previous, "annealed langevin (paper, unweighted)")
 
 
 def sample_summed_velocity(

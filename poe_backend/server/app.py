@@ -148,6 +148,8 @@ def _required(fields: dict[str, Any], name: str) -> Any:
 
 
 def _precheck_task(name: Any) -> None:
+    if name is not None and not isinstance(name, str):
+        raise InputError("task", f"must be a task name, got {name!r}", code="unknown_task")
     if name is not None and name not in TASK_CLASSES and name not in TASK_PASSES:
         raise InputError("task", f"unknown task {name!r}; known: {', '.join(TASK_CLASSES)}", code="unknown_task")
 

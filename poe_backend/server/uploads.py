@@ -80,6 +80,8 @@ def extract_tar(fileobj, destination: Path, limit_bytes: int) -> Path:
             _extract_plain(first, fileobj, destination, limit_bytes)
     except (tarfile.TarError, EOFError) as error:
         raise InputError("bundle", f"not a valid tar archive ({error or 'truncated'})", code="bad_tar") from None
+    except OSError as error:  # members that collide: a file named '.', a folder over a file
+        raise InputError("bundle", f"the tar's members cannot be written ({error.strerror}: {Path(error.filename or '').name})", code="bad_tar") from None
     return bundle_root(destination)
 
 
@@ -222,11 +224,21 @@ class StreamReader:
     def close(self) -> None:
         self._closed.set()
 
+    def _next_chunk(self) -> bytes:
+        """The next queued chunk; ``EOFError`` once the producer closed the reader (an
+        aborted or refused upload), so the extractor thread never waits forever."""
+        while True:
+            try:
+                return self._chunks.get(timeout=0.1)
+            except queue.Empty:
+                if self._closed.is_set():
+                    raise EOFError("upload aborted") from None
+
     def read(self, size: int = -1) -> bytes:
         parts, wanted = [], size if size >= 0 else float("inf")
         while wanted > 0:
             if not self._buffer:
-                chunk = self._chunks.get()
+                chunk = self._next_chunk()
                 if not chunk:  # end of stream
                     self._chunks.put(b"")
                     break

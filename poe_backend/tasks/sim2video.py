@@ -43,7 +43,7 @@ class Sim2VideoParams(TaskParams):
     pairing: Literal["auto", "i2v_vace", "shared_vace"] = Field("auto", description="auto: shared_vace for the preview preset, else i2v_vace")
     prompt: str | None = Field(None, description="defaults to the bundle's prompt")
     negative_prompt: str = ""
-    first_frame: str | None = Field(None, description="image path (absolute or relative to the bundle); default: the rgb pass at the first frame")
+    first_frame: str | None = Field(None, description="image path relative to the bundle (inside it); default: the rgb pass at the first frame")
     num_frames: int | None = Field(None, ge=5, le=241, description="first N frames, cut to 4k+1; default all")
     height: int | None = Field(None, ge=16, le=1280, description="default: bundle height, rounded down to 16")
     width: int | None = Field(None, ge=16, le=1280, description="default: bundle width, rounded down to 16")
@@ -171,11 +171,7 @@ class Sim2VideoTask(Task):
         path_text = context.params.first_frame
         if path_text is None:
             return video_io.read_image(context.bundle.pass_path("rgb", frame), height, width, field="passes.rgb")
-        path = Path(path_text)
-        path = path if path.is_absolute() else context.bundle.root / path
-        if not path.is_file():
-            raise BundleError("params.first_frame", f"no image at {path}")
-        return video_io.read_image(path, height, width, field="params.first_frame")
+        return video_io.read_first_frame(context.bundle, path_text, height, width)
 
     def _write_outputs(self, context: TaskContext, components, result, depth_video, fps: float, save_particles: bool) -> dict[str, Path]:
         out_dir = context.out_dir

@@ -44,7 +44,7 @@ class Sim2VideoARParams(TaskParams):
     sampling_type: Literal["inverted", "vanilla"] = Field("inverted", description="inverted: FramePackI2V_HY (anti-drifting); vanilla: FramePack-F1")
     prompt: str | None = Field(None, description="defaults to the bundle's prompt")
     negative_prompt: str = ""
-    first_frame: str | None = Field(None, description="image path (absolute or relative to the bundle); default: rgb frame 0")
+    first_frame: str | None = Field(None, description="image path relative to the bundle (inside it); default: rgb frame 0")
     latent_window_size: int = Field(9, ge=1, le=33, description="latent frames per section (9 ≈ 33 pixel frames)")
     num_sections: int | None = Field(None, ge=1, le=64, description="default: as many as the bundle's frames allow")
     height: int | None = Field(None, ge=16, le=1280)
@@ -91,7 +91,7 @@ class Sim2VideoARTask(Task):
         renders = video_io.read_rgb_frames(bundle, frames, height, width)  # (F, 3, H, W) in [0, 1]
 
         components = fp.load_framepack(context.models, sampling_type=params.sampling_type, device=context.device, offload=params.offload, place=False)
-        first_frame = renders[0] if params.first_frame is None else self._first_frame(context, height, width)
+        first_frame = renders[0] if params.first_frame is None else video_io.read_first_frame(bundle, params.first_frame, height, width)
         prompt_embeds = components.encode_prompt(prompt)
         negative = components.encode_prompt(params.negative_prompt) if params.true_cfg_scale != 1.0 else None
         image_embeds = components.encode_image(first_frame)
@@ -163,14 +163,6 @@ class Sim2VideoARTask(Task):
         if num_pixel_frames(requested, window) > available:
             raise BundleError("frames", f"{requested} sections of {window} latent frames need {num_pixel_frames(requested, window)} frames, the bundle has {available}")
         return requested
-
-    @staticmethod
-    def _first_frame(context: TaskContext, height: int, width: int) -> torch.Tensor:
-        path = Path(context.params.first_frame)
-        path = path if path.is_absolute() else context.bundle.root / path
-        if not path.is_file():
-            raise BundleError("params.first_frame", f"no image at {path}")
-        return video_io.read_image(path, height, width, field="params.first_frame")
 
     @staticmethod
     def _write_outputs(context: TaskContext, components, latents: torch.Tensor, renders: torch.Tensor, fps: float, save_particles: bool) -> dict[str, Path]:

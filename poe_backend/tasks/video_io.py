@@ -19,6 +19,18 @@ from torch import Tensor
 from poe_backend.bundle import Bundle, BundleError
 
 
+def read_first_frame(bundle: Bundle, relative: str, height: int, width: int) -> Tensor:
+    """The ``first_frame`` parameter's image, a path relative to the bundle that must stay
+    inside it (a job may come from a remote client: it must not read the server's files)."""
+    root = bundle.root.resolve()
+    path = (root / relative).resolve()
+    if not path.is_relative_to(root):
+        raise BundleError("params.first_frame", f"must be a path inside the bundle, got {relative!r}")
+    if not path.is_file():
+        raise BundleError("params.first_frame", f"no image at {relative!r} in the bundle")
+    return read_image(path, height, width, field="params.first_frame")
+
+
 def read_image(path: Path, height: int, width: int, *, field: str) -> Tensor:
     """An RGB image ``(3, height, width)`` in [0, 1] (bicubic resize when sizes differ);
     :class:`BundleError` naming ``field`` when it cannot be read."""

@@ -58,7 +58,9 @@ def test_capture_operator_writes_a_bundle(registered, tmp_path, monkeypatch):
     from addon.bundle_schema import read_bundle
     bundle = read_bundle(bpy.path.abspath(settings.last_bundle).rsplit("/", 1)[0])
     assert [(obj.name, obj.prompt) for obj in bundle.objects] == [("Cube", "a crate"), ("Plane", "a poster")]
-    assert bundle.params["preset"] == "preview" and bundle.params["particles"] == 4
+    assert bundle.params == {"preset": "preview"}  # the task's preview values fill levels and particles
+    settings.preset = "final"
+    assert settings.backend_params() == {"preset": "quality", "particles": 4, "levels": 28}
 
 
 def test_capture_operator_reports_errors(registered, tmp_path, monkeypatch):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +52,12 @@ def _special(name: str, kind: bytes, linkname: str = ""):
     return add
 
 
+def _directory(name: str) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.DIRTYPE
+    return info
+
+
 def _post_tar(backend, body: bytes, **query):
     return backend.client().post("/v1/jobs", params={"task": "toy2d", **query}, content=body, headers={"content-type": "application/x-tar"})
 
@@ -63,6 +70,7 @@ def _assert_field(response, status: int, field: str) -> None:
 
 @pytest.mark.parametrize("fields,field", [
     ({"task": "nope"}, "task"),
+    ({"task": ["toy2d"]}, "task"),
     ({"params": {"particles": 0}}, "params.particles"),
     ({"params": {"particles": "many"}}, "params.particles"),
     ({"params": {"unknown_knob": 1}}, "params.unknown_knob"),
@@ -122,6 +130,7 @@ def test_paths_outside_the_allowed_roots(backend, tmp_path):
     (_special("dev", tarfile.CHRTYPE), "bundle:dev"),
     (_special("fifo", tarfile.FIFOTYPE), "bundle:fifo"),
     (lambda archive: _file(archive, "other.txt"), "bundle"),  # no bundle.json
+    (lambda archive: (_file(archive, "sub"), archive.addfile(_directory("sub/"))), "bundle"),  # a folder over a file
 ])
 def test_unsafe_or_invalid_tars(backend, add, field):
     _assert_field(_post_tar(backend, _tar_bytes(add)), 400, field)
@@ -169,3 +178,27 @@ def test_multipart_upload_and_wrong_content_type(backend):
     assert response.status_code == 201, response.text
     response = backend.client().post("/v1/jobs", content=b"hello", headers={"content-type": "text/plain"})
     _assert_field(response, 415, "content-type")
+
+
+def test_an_aborted_upload_frees_the_extractor():
+    """The extractor thread waits on the upload's chunks; when the producer gives up
+    (client gone, limit hit), it must stop waiting instead of hanging the request."""
+    import threading
+
+    from poe_backend.server.uploads import StreamReader, extract_tar
+
+    reader, errors = StreamReader(), []
+    partial = _tar_bytes(lambda archive: _file(archive, "bundle.json", b"{}" * 4096))[:1024]
+
+    def extract(destination=Path(tempfile.mkdtemp())):
+        try:
+            extract_tar(reader, destination, 1 << 20)
+        except Exception as error:  # noqa: BLE001 - recorded for the assertion
+            errors.append(error)
+
+    thread = threading.Thread(target=extract)
+    thread.start()
+    assert reader.put(partial)
+    reader.close()
+    thread.join(timeout=5)
+    assert not thread.is_alive() and errors and "bundle" in str(errors[0])
