@@ -25,11 +25,17 @@ from __future__ import annotations
 
 import argparse
 import gc
+import sys
 import time
-from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
+
+if str(Path(__file__).resolve().parents[1]) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import Row, table  # noqa: E402
 
 OFFLOADS = ("none", "model", "group", "sequential")
 
@@ -38,20 +44,6 @@ WAN_1_3B = {**WAN_14B, "num_attention_heads": 12, "ffn_dim": 8960, "num_layers":
 WAN_TINY = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8, out_channels=16, text_dim=32, freq_dim=32, ffn_dim=32, num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=32)
 FRAMEPACK_13B = dict(in_channels=16, out_channels=16, has_image_proj=True, image_proj_dim=1152, has_clean_x_embedder=True, image_condition_type=None, guidance_embeds=True)
 FRAMEPACK_TINY = dict(in_channels=16, out_channels=16, num_attention_heads=2, attention_head_dim=10, num_layers=1, num_single_layers=1, num_refiner_layers=1, text_embed_dim=16, pooled_projection_dim=8, rope_axes_dim=(2, 4, 4), has_image_proj=True, image_proj_dim=32, has_clean_x_embedder=True, image_condition_type=None, guidance_embeds=True)
-
-
-@dataclass
-class VideoRow:
-    task: str
-    variant: str
-    offload: str
-    resolution: str
-    particles: int
-    seconds_per_level: float | None
-    peak_vram_gib: float | None
-    outside_forward_share: float | None
-    nfe: int
-    note: str = ""
 
 
 def random_module(build: Callable[[], torch.nn.Module], device: str, dtype: torch.dtype) -> torch.nn.Module:
@@ -100,7 +92,7 @@ class _Clock:
             torch.cuda.synchronize()
 
 
-def _measure(task: str, variant: str, offload: str, resolution: str, particles: int, device: str, experts: list, event_shape: tuple, levels: int, langevin_steps: int, note: str = "") -> VideoRow:
+def _measure(task: str, variant: str, offload: str, resolution: str, particles: int, device: str, experts: list, event_shape: tuple, levels: int, langevin_steps: int, note: str = "") -> Row:
     from poe_backend.sampling import Factor, ProductOfExperts, sample_fkc
     from poe_backend.sampling.schedules import linear_levels
 
@@ -119,7 +111,7 @@ def _measure(task: str, variant: str, offload: str, resolution: str, particles: 
     total = time.perf_counter() - start
     peak = torch.cuda.max_memory_allocated() / 2**30 if on_cuda else None
     forwards = sum(getattr(expert, "forward_count", 0) for expert in experts)
-    return VideoRow(task, variant, offload, resolution, particles, total / (levels - 1), peak, 1.0 - clock.seconds / total, product.nfe, note or f"{forwards} transformer forwards")
+    return Row(task, variant, offload, resolution, particles, total / (levels - 1), peak, 1.0 - clock.seconds / total, product.nfe, note or f"{forwards} transformer forwards")
 
 
 def _place(modules: list[torch.nn.Module], offload: str, device: str):
@@ -131,7 +123,7 @@ def _place(modules: list[torch.nn.Module], offload: str, device: str):
     return placement
 
 
-def bench_sim2video(device: str, offload: str, full: bool, preview: bool, particles: int, levels: int, langevin_steps: int) -> VideoRow:
+def bench_sim2video(device: str, offload: str, full: bool, preview: bool, particles: int, levels: int, langevin_steps: int) -> Row:
     from diffusers import WanTransformer3DModel, WanVACETransformer3DModel
 
     from poe_backend.experts.wan import WanI2VExpert, WanVACEExpert, latent_shape
@@ -168,7 +160,7 @@ def bench_sim2video(device: str, offload: str, full: bool, preview: bool, partic
     return row
 
 
-def bench_sim2video_ar(device: str, offload: str, full: bool, particles: int, levels: int, langevin_steps: int) -> VideoRow:
+def bench_sim2video_ar(device: str, offload: str, full: bool, particles: int, levels: int, langevin_steps: int) -> Row:
     from diffusers import HunyuanVideoFramepackTransformer3DModel
 
     from poe_backend.experts.framepack import FramePackSectionExpert, PromptEmbeddings, section_conditioning
@@ -201,7 +193,7 @@ def _free() -> None:
         torch.cuda.empty_cache()
 
 
-def video_rows(device: str, full: bool, offloads: tuple[str, ...] = OFFLOADS, particles: int = 1, levels: int = 3, langevin_steps: int = 1, tasks: tuple[str, ...] = ()) -> list[VideoRow]:
+def video_rows(device: str, full: bool, offloads: tuple[str, ...] = OFFLOADS, particles: int = 1, levels: int = 3, langevin_steps: int = 1, tasks: tuple[str, ...] = ()) -> list[Row]:
     """Every row; a configuration that fails (e.g. out of memory under ``none``) gives a
     row with the error as its note instead of stopping the table."""
     wants = lambda task: not tasks or task in tasks
@@ -219,7 +211,7 @@ def video_rows(device: str, full: bool, offloads: tuple[str, ...] = OFFLOADS, pa
             rows.append(job())
         except Exception as error:  # noqa: BLE001 - a benchmark row records any failure
             task, offload = name.split("/")
-            rows.append(VideoRow(task, "-", offload, "-", particles, None, None, None, 0, f"failed: {type(error).__name__}: {str(error)[:80]}"))
+            rows.append(Row(task, "-", offload, "-", particles, None, None, None, 0, f"failed: {type(error).__name__}: {str(error)[:80]}"))
             _free()
     return rows
 
@@ -227,26 +219,7 @@ def video_rows(device: str, full: bool, offloads: tuple[str, ...] = OFFLOADS, pa
 def run(settings) -> list:
     """Entry point for ``benchmarks/gpu_tasks.py`` (``settings``: device, full, offloads,
     particles, levels, langevin_steps, tasks)."""
-    rows = video_rows(settings.device, settings.full, tuple(settings.offloads), settings.particles, settings.levels, settings.langevin_steps, tuple(settings.tasks))
-    try:
-        from benchmarks.common import Row
-    except ImportError:
-        return rows
-    return [Row(**vars(row)) for row in rows]
-
-
-def format_table(rows: list[VideoRow]) -> str:
-    header = ("task", "variant", "offload", "resolution", "P", "s/level", "peak VRAM GiB", "outside fwd", "NFE", "note")
-    number = lambda value, digits: "-" if value is None else f"{value:.{digits}f}"
-    cells = [header] + [
-        (r.task, r.variant, r.offload, r.resolution, str(r.particles), number(r.seconds_per_level, 3), number(r.peak_vram_gib, 2),
-         "-" if r.outside_forward_share is None else f"{100 * r.outside_forward_share:.1f}%", str(r.nfe), r.note)
-        for r in rows
-    ]
-    widths = [max(len(line[i]) for line in cells) for i in range(len(header))]
-    lines = [" | ".join(value.ljust(width) for value, width in zip(line, widths)) for line in cells]
-    lines.insert(1, "-+-".join("-" * width for width in widths))
-    return "\n".join(lines)
+    return video_rows(settings.device, settings.full, tuple(settings.offloads), settings.particles, settings.levels, settings.langevin_steps, tuple(settings.tasks))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -265,7 +238,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(1)
         print("benchmarks/gpu_video.py needs a CUDA GPU for the full-size rows; running a tiny smoke table on the CPU instead.")
         args.offload = ["none"]
-    print(format_table(video_rows(device, full, tuple(args.offload), args.particles, args.levels, args.langevin_steps, tuple(args.task))))
+    print(table(video_rows(device, full, tuple(args.offload), args.particles, args.levels, args.langevin_steps, tuple(args.task))))
 
 
 if __name__ == "__main__":
