@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import tarfile
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -180,7 +179,7 @@ def test_multipart_upload_and_wrong_content_type(backend):
     _assert_field(response, 415, "content-type")
 
 
-def test_an_aborted_upload_frees_the_extractor():
+def test_an_aborted_upload_frees_the_extractor(tmp_path):
     """The extractor thread waits on the upload's chunks; when the producer gives up
     (client gone, limit hit), it must stop waiting instead of hanging the request."""
     import threading
@@ -190,9 +189,9 @@ def test_an_aborted_upload_frees_the_extractor():
     reader, errors = StreamReader(), []
     partial = _tar_bytes(lambda archive: _file(archive, "bundle.json", b"{}" * 4096))[:1024]
 
-    def extract(destination=Path(tempfile.mkdtemp())):
+    def extract():
         try:
-            extract_tar(reader, destination, 1 << 20)
+            extract_tar(reader, tmp_path / "upload", 1 << 20)
         except Exception as error:  # noqa: BLE001 - recorded for the assertion
             errors.append(error)
 
