@@ -9,6 +9,7 @@ interface; progress goes through ``context.callback`` and cancellation through
 
 from __future__ import annotations
 
+import inspect
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,10 +18,19 @@ from typing import Any, Callable, ClassVar, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field
 
 from poe_backend.bundle import Bundle
+from poe_backend.sampling import SampleResult, sample_annealed_langevin, sample_fkc, sample_summed_velocity
 from poe_backend.sampling.run import Progress
 
 RESULT_FILE = "result.json"
 ResultKind = Literal["image", "video", "points"]
+
+#: The samplers a task's ``sampler`` parameter may name (score-only: neural experts).
+SAMPLERS: dict[str, Callable[..., SampleResult]] = {
+    "fkc": sample_fkc,
+    "annealed_langevin": sample_annealed_langevin,
+    "summed_velocity": sample_summed_velocity,
+}
+SamplerName = Literal["fkc", "annealed_langevin", "summed_velocity"]
 
 
 class TaskParams(BaseModel):
@@ -81,6 +91,20 @@ class TaskResult:
         temporary.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
         temporary.replace(path)
         return path
+
+
+def seed_for(context: TaskContext) -> int:
+    """The run's seed: the ``seed`` parameter when given, else the bundle's."""
+    return context.bundle.seed if context.params.seed is None else context.params.seed
+
+
+def run_sampler(name: SamplerName, product: Any, noise: Any, levels: list[float], generator: Any, context: TaskContext, **options: Any) -> SampleResult:
+    """Run sampler ``name`` with the task's callback and cancel flag; ``options`` (e.g.
+    ``langevin_steps``, ``step_scale``, ``ess_threshold``) go to the samplers that take them."""
+    sampler = SAMPLERS[name]
+    accepted = inspect.signature(sampler).parameters
+    taken = {key: value for key, value in options.items() if key in accepted}
+    return sampler(product, noise, levels, generator=generator, callback=context.callback, should_stop=context.should_stop, **taken)
 
 
 class Task:

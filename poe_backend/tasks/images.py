@@ -22,12 +22,11 @@ from PIL import Image
 from pydantic import Field
 
 from poe_backend.bundle import Bundle, BundleError
-from poe_backend.sampling import SampleResult, sample_annealed_langevin, sample_fkc, sample_summed_velocity
+from poe_backend.sampling import SampleResult
 from poe_backend.sampling.schedules import flux_shift_mu, log_snr_levels, shifted_levels
-from poe_backend.tasks.base import TaskContext, TaskParams
+from poe_backend.tasks import base
+from poe_backend.tasks.base import SamplerName, TaskContext, TaskParams
 
-SamplerName = Literal["fkc", "annealed_langevin", "summed_velocity"]
-SAMPLERS = {"fkc": sample_fkc, "annealed_langevin": sample_annealed_langevin, "summed_velocity": sample_summed_velocity}
 OffloadName = Literal["auto", "none", "model", "group", "sequential"]
 
 
@@ -128,10 +127,6 @@ def levels_for(params: ImageParams, num_tokens: int) -> list[float]:
     return shifted_levels(params.levels, flux_shift_mu(num_tokens), t_max=params.t_max)
 
 
-def seed_of(params: ImageParams, bundle: Bundle) -> int:
-    return bundle.seed if params.seed is None else params.seed
-
-
 def start_noise(seed: int, num_particles: int, event_shape: tuple[int, ...]) -> tuple[torch.Generator, torch.Tensor]:
     """A CPU generator seeded with ``seed`` and standard normal noise ``(P, *event_shape)``
     drawn from it first (CPU, so a seed gives the same run on any device)."""
@@ -141,13 +136,8 @@ def start_noise(seed: int, num_particles: int, event_shape: tuple[int, ...]) -> 
 
 
 def run_sampler(params: ImageParams, product: Any, noise: torch.Tensor, levels: list[float], generator: torch.Generator, context: TaskContext) -> SampleResult:
-    """Run the chosen sampler with the task's callback and cancel flag."""
-    options: dict[str, Any] = {"generator": generator, "callback": context.callback, "should_stop": context.should_stop}
-    if params.sampler != "summed_velocity":
-        options.update(langevin_steps=params.langevin_steps, step_scale=params.step_scale)
-    if params.sampler == "fkc":
-        options["ess_threshold"] = params.ess_threshold
-    return SAMPLERS[params.sampler](product, noise, levels, **options)
+    """Run the chosen sampler with the image parameters' options."""
+    return base.run_sampler(params.sampler, product, noise, levels, generator, context, langevin_steps=params.langevin_steps, step_scale=params.step_scale, ess_threshold=params.ess_threshold)
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:

@@ -28,7 +28,7 @@ from pydantic import Field
 from poe_backend.bundle import BundleError
 from poe_backend.sampling import Factor, ProductOfExperts
 from poe_backend.tasks import images
-from poe_backend.tasks.base import Task, TaskContext, TaskResult
+from poe_backend.tasks.base import Task, TaskContext, TaskResult, seed_for
 
 
 class InsertionParams(images.ImageParams):
@@ -66,7 +66,7 @@ class InsertionTask(Task):
         roles = ["flux.vae", "flux.text_encoder", "flux.tokenizer", "flux.text_encoder_2", "flux.tokenizer_2"]
         roles += [flux.TRANSFORMER_ROLES[kind] for kind in transformer_kinds(params.method)]
         registry.check_available(roles, context.models)
-        seed = images.seed_of(params, bundle)
+        seed = seed_for(context)
 
         space = flux.FluxLatentSpace(height, width, preset=context.models, device=context.device, max_sequence_length=params.max_sequence_length)
         prompts = [prompt, params.rf_source_prompt] if params.method == "rf_solver" else [prompt]

@@ -29,7 +29,7 @@ from pydantic import Field
 from poe_backend.bundle import BundleError
 from poe_backend.sampling import Factor
 from poe_backend.tasks import images
-from poe_backend.tasks.base import Task, TaskContext, TaskResult
+from poe_backend.tasks.base import Task, TaskContext, TaskResult, seed_for
 
 
 class RegionalParams(images.ImageParams):
@@ -73,7 +73,7 @@ class RegionalT2ITask(Task):
             regions, answer = LayoutParser(context.models, device=context.device)(global_prompt, width, height)
             layout = {"answer": answer, "regions": len(regions)}
         use_regions = params.method == "regional" and bool(regions)
-        seed = images.seed_of(params, bundle)
+        seed = seed_for(context)
 
         space = flux.FluxLatentSpace(height, width, preset=context.models, device=context.device, max_sequence_length=params.max_sequence_length)
         region_prompts = [prompt for prompt, _ in regions] if use_regions else []

@@ -32,9 +32,8 @@ from poe_backend.bundle import BundleError
 from poe_backend.sampling import Factor, ProductOfExperts
 from poe_backend.sampling.schedules import shifted_levels
 from poe_backend.tasks import video_io
-from poe_backend.tasks.base import Task, TaskContext, TaskParams, TaskResult
+from poe_backend.tasks.base import SamplerName, Task, TaskContext, TaskParams, TaskResult, run_sampler, seed_for
 
-SamplerName = Literal["fkc", "annealed_langevin", "summed_velocity"]
 
 
 
@@ -67,23 +66,6 @@ class Sim2VideoParams(TaskParams):
     PREVIEW: ClassVar[dict] = {"levels": 12, "langevin_steps": 0, "particles": 1, "height": 240, "width": 416, "num_frames": 33}
 
 
-def run_sampler(name: str, product: ProductOfExperts, noise: torch.Tensor, levels: list[float], generator: torch.Generator, params, context: TaskContext):
-    """Dispatch to a sampler of :mod:`poe_backend.sampling` with the task's options."""
-    from poe_backend.sampling import sample_annealed_langevin, sample_fkc, sample_summed_velocity
-
-    common = {"generator": generator, "callback": context.callback, "should_stop": context.should_stop}
-    if name == "summed_velocity":
-        return sample_summed_velocity(product, noise, levels, **common)
-    sampler = sample_fkc if name == "fkc" else sample_annealed_langevin
-    return sampler(product, noise, levels, langevin_steps=params.langevin_steps, step_scale=params.step_scale, **common)
-
-
-def sampler_function(name: str):
-    from poe_backend.sampling import sample_annealed_langevin, sample_fkc, sample_summed_velocity
-
-    return {"fkc": sample_fkc, "annealed_langevin": sample_annealed_langevin, "summed_velocity": sample_summed_velocity}[name]
-
-
 class Sim2VideoTask(Task):
     name = "sim2video"
     Params = Sim2VideoParams
@@ -98,7 +80,7 @@ class Sim2VideoTask(Task):
         if "depth" not in bundle.passes and params.mode != "i2v":
             raise BundleError("passes.depth", "sim2video needs the 'depth' pass")
         pairing = wan.default_pairing(context.models) if params.pairing == "auto" else params.pairing
-        seed = bundle.seed if params.seed is None else params.seed
+        seed = seed_for(context)
         prompt = bundle.prompt if params.prompt is None else params.prompt
         height, width = video_io.output_size(bundle, params.height, params.width)
         frames = video_io.clip_frames(bundle, params.num_frames, strict="num_frames" in context.params.model_fields_set)
@@ -136,7 +118,7 @@ class Sim2VideoTask(Task):
         shape = (params.particles, *wan.latent_shape(num_frames, height, width))
         noise = torch.randn(shape, generator=generator).to(context.device)
         sampling_started = time.perf_counter()
-        result = run_sampler(params.sampler, product, noise, levels, generator, params, context)
+        result = run_sampler(params.sampler, product, noise, levels, generator, context, langevin_steps=params.langevin_steps, step_scale=params.step_scale)
         sampling_seconds = time.perf_counter() - sampling_started
 
         outputs = self._write_outputs(context, components, result, depth_video, bundle.fps, params.save_particles)

@@ -35,8 +35,7 @@ from pydantic import Field
 from poe_backend.bundle import BundleError
 from poe_backend.sampling import Factor, ProductOfExperts
 from poe_backend.tasks import video_io
-from poe_backend.tasks.base import Task, TaskContext, TaskParams, TaskResult
-from poe_backend.tasks.sim2video import sampler_function
+from poe_backend.tasks.base import SAMPLERS, SamplerName, Task, TaskContext, TaskParams, TaskResult, seed_for
 
 
 class Sim2VideoARParams(TaskParams):
@@ -50,7 +49,7 @@ class Sim2VideoARParams(TaskParams):
     height: int | None = Field(None, ge=16, le=1280)
     width: int | None = Field(None, ge=16, le=1280)
     particles: int = Field(2, ge=1, le=64)
-    sampler: Literal["fkc", "annealed_langevin", "summed_velocity"] = "fkc"
+    sampler: SamplerName = "fkc"
     levels: int = Field(25, ge=2, le=1000)
     langevin_steps: int = Field(1, ge=0, le=50)
     step_scale: float = Field(0.5, gt=0.0, le=4.0)
@@ -82,7 +81,7 @@ class Sim2VideoARTask(Task):
         started = time.perf_counter()
         params: Sim2VideoARParams = context.params.effective()
         bundle = context.bundle
-        seed = bundle.seed if params.seed is None else params.seed
+        seed = seed_for(context)
         prompt = bundle.prompt if params.prompt is None else params.prompt
         height, width = video_io.output_size(bundle, params.height, params.width)
         window = params.latent_window_size
@@ -123,7 +122,7 @@ class Sim2VideoARTask(Task):
         options = {} if params.sampler == "summed_velocity" else {"langevin_steps": params.langevin_steps, "step_scale": params.step_scale}
         sampling_started = time.perf_counter()
         result = sample_autoregressive(
-            make_product, chunk_noise, levels, generator=generator, sampler=sampler_function(params.sampler),
+            make_product, chunk_noise, levels, generator=generator, sampler=SAMPLERS[params.sampler],
             gibbs_sweeps=params.gibbs_sweeps, gibbs_t=params.gibbs_t, callback=context.callback, should_stop=context.should_stop, **options,
         )
         sampling_seconds = time.perf_counter() - sampling_started

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from pydantic import Field, field_validator
 
-from poe_backend.tasks.base import Task, TaskContext, TaskParams, TaskResult
+from poe_backend.tasks.base import Task, TaskContext, TaskParams, TaskResult, seed_for
 from poe_backend.toy import figures
 from poe_backend.toy.run import SAMPLER_NAMES, run_toy
 from poe_backend.toy.spec import SpecError, parse_spec
@@ -49,7 +49,7 @@ class Toy2DTask(Task):
     def run(self, context: TaskContext) -> TaskResult:
         params: Toy2DParams = context.params
         spec = parse_spec(params.spec)
-        seed = context.bundle.seed if params.seed is None else params.seed
+        seed = seed_for(context)
         run = run_toy(
             spec,
             num_particles=params.particles,
