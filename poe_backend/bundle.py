@@ -283,3 +283,27 @@ def _positive_int(data: dict, name: str) -> int:
 def _expect(condition: bool, field: str, message: str) -> None:
     if not condition:
         raise BundleError(field, message)
+
+
+#: The video models' native size: Wan2.1 480p (832×480) and 81 frames (5 s at 16 fps).
+VIDEO_MAX_SIDE = 832
+VIDEO_MAX_FRAMES = 81
+
+
+def capped_video_size(width: int, height: int, num_frames: int, *, max_side: int = VIDEO_MAX_SIDE,
+                      max_frames: int = VIDEO_MAX_FRAMES, multiple: int = 16, frame_multiple: int = 4) -> tuple[int, int, int]:
+    """What a video task generates from a bundle of ``width``×``height`` pixels and
+    ``num_frames`` frames: the size scaled down (aspect kept, never up) so that its longer
+    side is at most ``max_side``, each side then rounded down to a multiple of ``multiple``
+    (at least ``multiple``); the frame count cut to at most ``max_frames`` and down to the
+    form ``frame_multiple·k + 1`` (video VAEs compress time by 4 after the first frame).
+
+    Returns ``(width, height, num_frames)``. One rule for both sides: the backend applies it,
+    the add-on shows it before sending. ``num_frames`` below ``frame_multiple + 1`` is
+    returned as 0 (too short to generate)."""
+    scale = min(1.0, max_side / max(width, height))
+    width = max(multiple, int(width * scale) // multiple * multiple)
+    height = max(multiple, int(height * scale) // multiple * multiple)
+    frames = min(num_frames, max_frames)
+    frames = (frames - 1) // frame_multiple * frame_multiple + 1 if frames >= frame_multiple + 1 else 0
+    return width, height, frames
