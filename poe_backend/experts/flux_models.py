@@ -7,7 +7,7 @@ Revisions are left at ``main``; pin one with a JSON preset (see the registry doc
 
 from __future__ import annotations
 
-from poe_backend.experts.registry import Components, hub_specs, register_family, tiny_specs
+from poe_backend.experts.specs import Components, hub_specs, register_family, tiny_specs
 
 DEV = "black-forest-labs/FLUX.1-dev"
 DEPTH = "black-forest-labs/FLUX.1-Depth-dev"

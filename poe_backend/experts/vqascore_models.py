@@ -10,7 +10,7 @@ placeholder tokens itself (the processor's three-line ``replace_image_token``).
 
 from __future__ import annotations
 
-from poe_backend.experts.registry import ModelSpec, register_family, tiny_dir
+from poe_backend.experts.specs import ModelSpec, register_family, tiny_dir
 
 QWEN_7B = "Qwen/Qwen2.5-VL-7B-Instruct"
 QWEN_3B = "Qwen/Qwen2.5-VL-3B-Instruct"

@@ -52,7 +52,7 @@ def test_tiny_transformer_round_trips_through_save_and_from_pretrained(tmp_path)
 def test_prompt_encoding_shapes_and_text_encoders_are_freed(space, prompts):
     assert prompts[0].embeds.shape == (1, 16, 32) and prompts[0].pooled.shape == (1, 32)
     assert not torch.equal(prompts[0].embeds, prompts[1].embeds)
-    assert not any("text_encoder" in path for path in registry.loaded())
+    assert not any("text_encoder" in path for path in registry.loaded_models())
 
 
 def test_encode_decode_shapes_and_ranges(space):
