@@ -18,14 +18,19 @@ every encoding so that a seed fully determines a run.
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as functional
 from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
 from torch import Tensor
 
-from poe_backend.experts import registry
+from poe_backend.experts.lookup import weight_bytes
+from poe_backend.experts.model_cache import MODEL_CACHE, default_dtype
+from poe_backend.experts.placement import Budget, Placement, PlacementPlan, auto_plan, placement_for_offload
 from poe_backend.sampling import GenerativeExpert, ProductOfExperts
 
 LATENT_CHANNELS = 16
@@ -63,10 +68,10 @@ class FluxLatentSpace:
     def __init__(self, height: int, width: int, *, preset: str = "default", device: str = "cpu", dtype: torch.dtype | None = None, max_sequence_length: int = 512, vae: torch.nn.Module | None = None) -> None:
         check_size(height, width)
         self.height, self.width, self.preset, self.device = height, width, preset, device
-        self.dtype = registry.default_dtype(device) if dtype is None else dtype
+        self.dtype = default_dtype(device) if dtype is None else dtype
         self.max_sequence_length = max_sequence_length
         # ``vae`` injects an instance (benchmarks with random full-size weights); else the registry's
-        self.vae = registry.load("flux.vae", preset, device=device, dtype=self.dtype) if vae is None else vae
+        self.vae = MODEL_CACHE.load("flux.vae", preset, device=device, dtype=self.dtype) if vae is None else vae
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.latent_height = height // self.vae_scale_factor
         self.latent_width = width // self.vae_scale_factor
@@ -90,9 +95,8 @@ class FluxLatentSpace:
     def encode_prompts(self, prompts: list[str]) -> list[PromptEmbedding]:
         """Encode every prompt of a run at once (CLIP-L pooled + T5), then release the text
         encoders (MODELS.md: encode once, then free)."""
-        roles = ("flux.text_encoder", "flux.tokenizer", "flux.text_encoder_2", "flux.tokenizer_2")
         encoder_device = self.device
-        text_encoder, tokenizer, text_encoder_2, tokenizer_2 = (registry.load(role, self.preset, device=encoder_device, dtype=self.dtype) for role in roles)
+        text_encoder, tokenizer, text_encoder_2, tokenizer_2 = (MODEL_CACHE.load(role, self.preset, device=encoder_device, dtype=self.dtype) for role in TEXT_ROLES)
         pipeline = FluxPipeline(
             scheduler=FlowMatchEulerDiscreteScheduler(),
             vae=None,
@@ -106,8 +110,8 @@ class FluxLatentSpace:
         embeds, pooled, _ = pipeline.encode_prompt(unique, unique, device=torch.device(encoder_device), max_sequence_length=self.max_sequence_length)
         by_prompt = {prompt: PromptEmbedding(prompt, embeds[i : i + 1].to(self.dtype), pooled[i : i + 1].to(self.dtype)) for i, prompt in enumerate(unique)}
         del pipeline, text_encoder, text_encoder_2
-        for role in roles:
-            registry.release(role, self.preset)
+        for role in TEXT_ROLES:
+            MODEL_CACHE.release(role, self.preset)
         return [by_prompt[prompt] for prompt in prompts]
 
     # -- images -----------------------------------------------------------------------
@@ -131,12 +135,18 @@ class FluxLatentSpace:
         return self.pack(latents).float()
 
     @torch.inference_mode()
-    def decode(self, packed: Tensor, *, max_batch: int = 4) -> Tensor:
+    def decode(self, packed: Tensor, *, max_batch: int = 4, max_pixels: int | None = None) -> Tensor:
         """Normalised packed latents ``(P, N, 64)`` -> images ``(P, 3, H, W)`` in [0, 1]
-        (float32, on the CPU), decoded ``max_batch`` at a time."""
+        (float32, on the CPU), decoded ``max_batch`` at a time. With ``max_pixels`` below
+        ``H·W`` the latents are area-downsampled first, giving ``(P, 3, h, w)`` with
+        ``h·w <= max_pixels`` (a preview for rewards)."""
         images = []
         for chunk in packed.split(max_batch):
             latents = self.unpack(chunk.to(self.device, self.dtype))
+            if max_pixels is not None and max_pixels < self.height * self.width:
+                scale = math.sqrt(max_pixels / (self.height * self.width))
+                size = (max(1, int(self.latent_height * scale)), max(1, int(self.latent_width * scale)))
+                latents = functional.interpolate(latents, size=size, mode="area")
             latents = latents / self.vae.config.scaling_factor + self.vae.config.shift_factor
             decoded = self.vae.decode(latents, return_dict=False)[0]
             images.append(((decoded.float() + 1.0) / 2.0).clamp(0.0, 1.0).cpu())
@@ -165,7 +175,7 @@ class FluxExpert(GenerativeExpert):
     transformer before each forward). ``max_batch`` splits large particle batches.
     """
 
-    def __init__(self, transformer: torch.nn.Module, space: FluxLatentSpace, prompt: PromptEmbedding, *, guidance: float, condition: Tensor | None = None, placement: registry.Placement | None = None, max_batch: int | None = None, name: str = "flux") -> None:
+    def __init__(self, transformer: torch.nn.Module, space: FluxLatentSpace, prompt: PromptEmbedding, *, guidance: float, condition: Tensor | None = None, placement: Placement | None = None, max_batch: int | None = None, name: str = "flux") -> None:
         expected = transformer.config.in_channels - PACKED_CHANNELS
         got = 0 if condition is None else condition.shape[-1]
         if expected != got:
@@ -267,34 +277,128 @@ def box_token_weights(box: list[int] | tuple[int, int, int, int], height: int, w
 
 
 # ---------------------------------------------------------------------------------------
-# Building experts from the registry
+# The runtime: what a FLUX pipeline owns, for one job
 
 TRANSFORMER_ROLES = {"dev": "flux.transformer.dev", "depth": "flux.transformer.depth", "fill": "flux.transformer.fill"}
-
-
-def placement_for(kinds: list[str], space: FluxLatentSpace, offload: str, *, batch: int, fp8_storage: bool = False, resident_bytes: int = 0) -> registry.Placement:
-    """An offload placement for the given transformers, choosing ``auto`` from their weight
-    files, :func:`activation_bytes` and ``resident_bytes`` (models that stay on the device,
-    e.g. the VQAScore model) before anything is loaded."""
-    sizes = [registry.weight_bytes(TRANSFORMER_ROLES[kind], space.preset) for kind in kinds]
-    extra = activation_bytes(space.num_tokens, batch) + resident_bytes
-    return registry.Placement.for_sizes(offload, space.device, sizes, activation_bytes=extra, fp8_storage=fp8_storage)
+TEXT_ROLES = ("flux.text_encoder", "flux.tokenizer", "flux.text_encoder_2", "flux.tokenizer_2")
+#: Prompt embeddings kept across jobs, keyed by (preset, max length, dtype, device, prompt).
+PROMPT_CACHE_SIZE = 64
+_PROMPT_CACHE: OrderedDict[tuple[str, int, str, str, str], PromptEmbedding] = OrderedDict()
 
 
 def activation_bytes(num_tokens: int, batch: int, text_tokens: int = 512, hidden: int = 3072) -> int:
     """A rough peak-activation estimate of one FLUX forward (inference): about 64 live
-    ``(batch, tokens, hidden)`` bf16 tensors. A heuristic for ``auto`` offload only."""
+    ``(batch, tokens, hidden)`` bf16 tensors. 1024² (4096 tokens), batch 2: ~3.6 GB."""
     return 64 * batch * (num_tokens + text_tokens) * hidden * 2
 
 
-def load_transformer(kind: str, space: FluxLatentSpace, placement: registry.Placement | None = None) -> torch.nn.Module:
-    """The ``kind`` ("dev", "depth", "fill") transformer, loaded once per process: on the CPU
-    when the placement offloads it, else directly on the device; then placed."""
-    device = "cpu" if placement is not None and placement.preset != "none" else space.device
-    transformer = registry.load(TRANSFORMER_ROLES[kind], space.preset, device=device, dtype=space.dtype)
-    if placement is not None:
-        placement.place(transformer)
-    return transformer
+class FluxRuntime:
+    """The FLUX family for one job at one resolution, owning what a diffusers pipeline owns.
+
+    * components through the model cache: the VAE (kept), the text encoders (loaded only for
+      prompts not encoded before, then released: embeddings are cached per prompt across
+      jobs), the transformers (placed by :meth:`plan`);
+    * condition encoding (:meth:`depth_condition`, :meth:`fill_condition`,
+      :meth:`encode_image`), latent packing and ids (:attr:`space`, a :class:`FluxLatentSpace`);
+    * experts for the sampler (:meth:`expert`) and decoding (:meth:`decode`,
+      :meth:`decode_preview` at a reduced size for rewards).
+
+    ``budget`` (default :meth:`Budget.detect`; None on CPU) is what ``auto`` plans against.
+    """
+
+    def __init__(self, height: int, width: int, *, preset: str = "default", device: str = "cpu", dtype: torch.dtype | None = None, max_sequence_length: int = 512, budget: Budget | None | str = "detect") -> None:
+        self.space = FluxLatentSpace(height, width, preset=preset, device=device, dtype=dtype, max_sequence_length=max_sequence_length)
+        self.preset, self.device, self.dtype = preset, device, self.space.dtype
+        self.budget = Budget.detect(device) if budget == "detect" else budget
+        self.placement_plan: PlacementPlan | None = None
+
+    @staticmethod
+    def roles(kinds: list[str]) -> list[str]:
+        """Every role a job with the ``kinds`` transformers ("dev", "depth", "fill") uses."""
+        return ["flux.vae", *TEXT_ROLES, *(TRANSFORMER_ROLES[kind] for kind in kinds)]
+
+    @property
+    def num_tokens(self) -> int:
+        return self.space.num_tokens
+
+    @property
+    def event_shape(self) -> tuple[int, int]:
+        return self.space.event_shape
+
+    # -- text -------------------------------------------------------------------------
+
+    def encode_prompts(self, prompts: list[str]) -> list[PromptEmbedding]:
+        """Embeddings of ``prompts``; only prompts never encoded before (with this preset,
+        length, dtype and device) load the text encoders, which are released afterwards."""
+        keys = {prompt: (self.preset, self.space.max_sequence_length, str(self.dtype), str(self.device), prompt) for prompt in prompts}
+        missing = [prompt for prompt in dict.fromkeys(prompts) if keys[prompt] not in _PROMPT_CACHE]
+        if missing:
+            for embedding in self.space.encode_prompts(missing):
+                _PROMPT_CACHE[keys[embedding.prompt]] = embedding
+        for prompt in prompts:
+            _PROMPT_CACHE.move_to_end(keys[prompt])
+        embeddings = [_PROMPT_CACHE[keys[prompt]] for prompt in prompts]
+        while len(_PROMPT_CACHE) > PROMPT_CACHE_SIZE:
+            _PROMPT_CACHE.popitem(last=False)
+        return embeddings
+
+    # -- conditions -------------------------------------------------------------------
+
+    def depth_condition(self, depth: np.ndarray) -> Tensor:
+        """FLUX.1 Depth's control latents ``(1, N, 64)`` from camera-Z depth ``(H, W)``."""
+        return depth_condition(self.space, depth)
+
+    def fill_condition(self, image: np.ndarray, mask: np.ndarray) -> Tensor:
+        """FLUX.1 Fill's condition ``(1, N, 320)`` from ``(H, W, 3)`` and a mask ``(H, W)``."""
+        return fill_condition(self.space, image, mask)
+
+    def encode_image(self, image: np.ndarray) -> Tensor:
+        """``(H, W, 3)`` uint8 -> packed normalised latents ``(1, N, 64)`` (float32)."""
+        return self.space.encode_image(image_tensor(image))
+
+    # -- transformers -----------------------------------------------------------------
+
+    def plan(self, kinds: list[str], *, offload: str = "auto", fp8_storage: bool = False, batch: int = 1, resident_bytes: int = 0) -> PlacementPlan:
+        """Decide where each transformer lives for this job, from the weight files'
+        sizes before anything loads. ``auto`` plans against :attr:`budget` with
+        :func:`activation_bytes` plus ``resident_bytes`` (models that stay on the device,
+        e.g. VQAScore); another ``offload`` names the placement explicitly."""
+        sizes = {TRANSFORMER_ROLES[kind]: weight_bytes(TRANSFORMER_ROLES[kind], self.preset) for kind in kinds}
+        activations = activation_bytes(self.num_tokens, batch) + resident_bytes
+        if offload == "auto":
+            self.placement_plan = auto_plan(sizes, activations, self.budget, allow_fp8=fp8_storage)
+        else:
+            name = placement_for_offload(offload, fp8_storage)
+            self.placement_plan = PlacementPlan({role: name for role in sizes}, sizes, activations, self.budget, f"offload={offload!r} requested")
+        return self.placement_plan
+
+    def transformer(self, kind: str) -> torch.nn.Module:
+        """The ``kind`` transformer, loaded once per process and placed as planned."""
+        if self.placement_plan is None or TRANSFORMER_ROLES[kind] not in self.placement_plan.placements:
+            raise RuntimeError(f"plan the {kind!r} transformer first (FluxRuntime.plan)")
+        role = TRANSFORMER_ROLES[kind]
+        return MODEL_CACHE.place(role, self.preset, self.placement_plan.placements[role], self.device, dtype=self.dtype)
+
+    def expert(self, kind: str, prompt: PromptEmbedding, *, guidance: float, condition: Tensor | None = None, max_batch: int | None = None, name: str | None = None) -> "FluxExpert":
+        """A velocity expert of the ``kind`` transformer with fixed conditioning."""
+        return FluxExpert(self.transformer(kind), self.space, prompt, guidance=guidance, condition=condition, max_batch=max_batch, name=name or kind)
+
+    # -- outputs ----------------------------------------------------------------------
+
+    def decode(self, packed: Tensor, *, max_batch: int = 4) -> Tensor:
+        """Packed latents ``(P, N, 64)`` -> images ``(P, 3, H, W)`` in [0, 1] (CPU, float32)."""
+        return self.space.decode(packed, max_batch=max_batch)
+
+    def decode_preview(self, packed: Tensor, max_pixels: int) -> Tensor:
+        """Packed latents ``(P, N, 64)`` -> images ``(P, 3, h, w)`` in [0, 1] with
+        ``h·w <= max_pixels``: the latent is area-downsampled before the VAE decode, so a
+        reward's images (VQAScore: 448² by default) cost a fraction of a full decode
+        (1024² -> 448²: ~5x fewer pixels). All P particles in one batch."""
+        return self.space.decode(packed, max_batch=packed.shape[0], max_pixels=max_pixels)
+
+    def describe(self) -> dict[str, Any]:
+        """The placement plan as JSON (``result.json``'s ``placement``)."""
+        return {"device": str(self.device), "dtype": str(self.dtype), **({} if self.placement_plan is None else self.placement_plan.to_json())}
 
 
 def regional_weights(boxes: list[list[int]], height: int, width: int, *, region_strength: float = 0.8) -> tuple[Tensor, list[Tensor]]:

@@ -15,7 +15,7 @@ import re
 
 import torch
 
-from poe_backend.experts import registry
+from poe_backend.experts.model_cache import MODEL_CACHE
 
 INSTRUCTION = (
     "You plan image layouts. For an image of {width}x{height} pixels described as \"{prompt}\", "
@@ -56,8 +56,8 @@ class LayoutParser:
 
     def __init__(self, preset: str = "default", *, device: str = "cpu", max_new_tokens: int = 256) -> None:
         self.device, self.max_new_tokens = device, max_new_tokens
-        self.model = registry.load("vqa.model", preset, device=device)
-        self.tokenizer = registry.load("vqa.tokenizer", preset)
+        self.model = MODEL_CACHE.load("vqa.model", preset, device=device)
+        self.tokenizer = MODEL_CACHE.load("vqa.tokenizer", preset)
 
     @torch.inference_mode()
     def __call__(self, prompt: str, width: int, height: int) -> tuple[list[tuple[str, list[int]]], str]:

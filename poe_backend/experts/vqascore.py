@@ -1,7 +1,9 @@
 """VQAScore (Lin et al. 2024) as a discriminative expert, from Qwen2.5-VL via transformers.
 
 Score = ``P("Yes" | image, 'Does this figure show "{prompt}"? Please answer Yes or No.')``
-from the last-position logits of one forward pass (linzhiqiu/t2v_metrics, v3.1 template),
+from the last-position logits of one forward pass (linzhiqiu/t2v_metrics, v3.1 template;
+``logits_to_keep=1``: the LM head runs on the last position only, not on all ~300 positions
+times a 152k vocabulary),
 with Qwen's default chat framing (system "You are a helpful assistant.", the image first in
 the user turn, then the assistant header) -- exactly what ``apply_chat_template`` writes.
 
@@ -25,8 +27,11 @@ import torch
 import torch.nn.functional as functional
 from torch import Tensor
 
-from poe_backend.experts import registry
+from poe_backend.experts.model_cache import MODEL_CACHE, default_dtype
 from poe_backend.sampling import Reward
+
+#: The roles one VQAScore model uses (see ``vqascore_models``).
+ROLES = ("vqa.model", "vqa.image_processor", "vqa.tokenizer")
 
 QUESTION = 'Does this figure show "{prompt}"? Please answer Yes or No.'
 CHAT = (
@@ -46,9 +51,9 @@ class VQAScorer:
         """``components`` = ``(model, image_processor, tokenizer)`` injects instances
         (benchmarks with random full-size weights); otherwise they come from the registry."""
         self.device, self.max_pixels, self.max_batch = device, max_pixels, max_batch
-        self.dtype = registry.default_dtype(device) if dtype is None else dtype
+        self.dtype = default_dtype(device) if dtype is None else dtype
         if components is None:
-            components = (registry.load("vqa.model", preset, device=device, dtype=self.dtype), registry.load("vqa.image_processor", preset), registry.load("vqa.tokenizer", preset))
+            components = (MODEL_CACHE.load("vqa.model", preset, device=device, dtype=self.dtype), MODEL_CACHE.load("vqa.image_processor", preset), MODEL_CACHE.load("vqa.tokenizer", preset))
         self.model, self.image_processor, self.tokenizer = components
         self.answer_id = self._answer_token_id()
         self.calls = 0
@@ -82,6 +87,7 @@ class VQAScorer:
             attention_mask=tokens.attention_mask.to(self.device),
             pixel_values=vision["pixel_values"].to(self.device, self.dtype),
             image_grid_thw=vision["image_grid_thw"].to(self.device),
+            logits_to_keep=1,
         ).logits[:, -1].float()
         return torch.log_softmax(logits, dim=-1)[:, self.answer_id].cpu()
 
@@ -100,8 +106,10 @@ def shrink(images: Tensor, max_pixels: int) -> Tensor:
 class VQAScoreReward(Reward):
     """``r(x0) = Π_prompts P("Yes" | decode(x0), prompt)^strength``, tempered by ``(1 - t)``.
 
-    ``decode`` maps particles ``(P, ...)`` in the sampler's x-space to images ``(P, 3, H, W)``
-    in [0, 1] (e.g. :meth:`FluxLatentSpace.decode`). Several prompts (the global one and each
+    ``decode`` maps particles ``(P, ...)`` in the sampler's x-space to images ``(P, 3, h, w)``
+    in [0, 1], called once per twist for all P particles and every prompt (e.g.
+    :meth:`FluxRuntime.decode_preview` at the scorer's ``max_pixels``, 448² by default,
+    rather than a full-size decode that the scorer would shrink anyway). Several prompts (the global one and each
     region's) multiply. ``last_scores`` keeps the latest ``P("Yes")`` per prompt for reports.
     """
 

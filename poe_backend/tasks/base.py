@@ -5,12 +5,22 @@ experts, and writes its outputs plus ``result.json`` (:data:`RESULT_FILE`) into
 ``context.out_dir``. The server and ``poe-backend run`` drive every task through this one
 interface; progress goes through ``context.callback`` and cancellation through
 ``context.should_stop`` (both handed to the samplers).
+
+Every subclass's ``run`` is a job entry (:func:`job_entry`, applied by
+:meth:`Task.__init_subclass__`), so the server and the CLI get the same lifetime rules
+without calling anything else: before the job, the model cache keeps only the roles the task
+names in :meth:`Task.model_roles` (the previous job's other models are freed); after it, the
+result's manifest gains ``memory`` — the peak device memory of the job
+(``torch.cuda.max_memory_allocated``, reset at the start) and the process's peak host RSS
+(``resource.getrusage``; a lifetime peak, the OS keeps no per-job figure).
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
+import resource
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Literal, Self
@@ -108,11 +118,60 @@ def run_sampler(name: SamplerName, product: Any, noise: Any, levels: list[float]
 
 
 class Task:
-    """A task: subclasses set ``name``, ``Params`` and implement :meth:`run`."""
+    """A task: subclasses set ``name``, ``Params`` and implement :meth:`run` (wrapped by
+    :func:`job_entry`) and, to keep models loaded across jobs, :meth:`model_roles`."""
 
     name: ClassVar[str]
     Params: ClassVar[type[TaskParams]] = TaskParams
     kind: ClassVar[ResultKind] = "image"
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "run" in cls.__dict__:
+            cls.run = job_entry(cls.__dict__["run"])
+
+    def model_roles(self, context: TaskContext) -> list[str]:
+        """Registry roles this job may load; cached models of other roles are freed before
+        it runs. The default, none, frees every cached model."""
+        return []
+
     def run(self, context: TaskContext) -> TaskResult:
         raise NotImplementedError
+
+
+def job_entry(run: Callable[[Task, TaskContext], TaskResult]) -> Callable[[Task, TaskContext], TaskResult]:
+    """Wrap a task's ``run``: evict models the job does not need, reset the device's peak
+    counter, run, and add ``manifest["memory"]`` (:func:`memory_report`)."""
+
+    @functools.wraps(run)
+    def run_job(self: Task, context: TaskContext) -> TaskResult:
+        import torch
+
+        from poe_backend.experts.model_cache import MODEL_CACHE
+
+        evicted = MODEL_CACHE.ensure_only(self.model_roles(context))
+        on_cuda = str(context.device).startswith("cuda") and torch.cuda.is_available()
+        if on_cuda:
+            torch.cuda.reset_peak_memory_stats(torch.device(context.device))
+        result = run(self, context)
+        result.manifest["memory"] = memory_report(context.device, evicted)
+        return result
+
+    return run_job
+
+
+def memory_report(device: str, evicted: list[str]) -> dict[str, Any]:
+    """``peak_device_bytes`` (CUDA: ``max_memory_allocated`` since the job began; None
+    elsewhere), ``peak_host_rss_bytes`` (process lifetime peak, ``ru_maxrss`` in KiB on
+    Linux), the models evicted before the job and those loaded after it."""
+    import torch
+
+    from poe_backend.experts.model_cache import MODEL_CACHE
+
+    on_cuda = str(device).startswith("cuda") and torch.cuda.is_available()
+    return {
+        "peak_device_bytes": torch.cuda.max_memory_allocated(torch.device(device)) if on_cuda else None,
+        "peak_host_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "evicted_before": evicted,
+        "loaded_after": MODEL_CACHE.loaded_models(),
+    }

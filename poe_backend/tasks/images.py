@@ -27,7 +27,7 @@ from poe_backend.sampling.schedules import flux_shift_mu, log_snr_levels, shifte
 from poe_backend.tasks import base
 from poe_backend.tasks.base import SamplerName, TaskContext, TaskParams
 
-OffloadName = Literal["auto", "none", "model", "group", "sequential"]
+OffloadName = Literal["auto", "none", "group", "sequential"]
 
 
 class ImageParams(TaskParams):

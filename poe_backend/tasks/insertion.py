@@ -51,8 +51,14 @@ class InsertionTask(Task):
     Params = InsertionParams
     kind = "image"
 
+    def model_roles(self, context: TaskContext) -> list[str]:
+        from poe_backend.experts.flux import FluxRuntime
+
+        return FluxRuntime.roles(transformer_kinds(context.params.effective().method))
+
     def run(self, context: TaskContext) -> TaskResult:
-        from poe_backend.experts import flux, registry
+        from poe_backend.experts import registry
+        from poe_backend.experts.flux import FluxRuntime
 
         params: InsertionParams = context.params.effective()
         if params.method in ("depth", "fill") and "sampler" not in params.model_fields_set:
@@ -63,22 +69,21 @@ class InsertionTask(Task):
         height, width = images.resolution(bundle, params.max_side)
         plate, depth, mask = read_inputs(bundle, params, (height, width))
         prompt = insertion_prompt(bundle)
-        roles = ["flux.vae", "flux.text_encoder", "flux.tokenizer", "flux.text_encoder_2", "flux.tokenizer_2"]
-        roles += [flux.TRANSFORMER_ROLES[kind] for kind in transformer_kinds(params.method)]
+        roles = FluxRuntime.roles(transformer_kinds(params.method))
         registry.check_available(roles, context.models)
         seed = seed_for(context)
 
-        space = flux.FluxLatentSpace(height, width, preset=context.models, device=context.device, max_sequence_length=params.max_sequence_length)
+        runtime = FluxRuntime(height, width, preset=context.models, device=context.device, max_sequence_length=params.max_sequence_length)
         prompts = [prompt, params.rf_source_prompt] if params.method == "rf_solver" else [prompt]
-        embeddings = space.encode_prompts(prompts)
+        embeddings = runtime.encode_prompts(prompts)
         timer.mark("load_and_encode")
         if params.method == "rf_solver":
             source = read_source(bundle, plate, (height, width))
-            particles, log_weights, stats = run_rf_solver(space, params, embeddings, source, seed, context)
+            particles, log_weights, stats = run_rf_solver(runtime, params, embeddings, source, context)
         else:
-            particles, log_weights, stats = run_product(space, params, embeddings[0], plate, depth, mask, seed, context)
+            particles, log_weights, stats = run_product(runtime, params, embeddings[0], plate, depth, mask, seed, context)
         timer.mark("sample")
-        decoded = images.to_uint8(space.decode(particles))
+        decoded = images.to_uint8(runtime.decode(particles))
         best = int(torch.argmax(log_weights))
         blend_mask = feathered(mask, params.feather_px)
         final = blend(decoded[best], plate, blend_mask) if params.blend else decoded[best]
@@ -96,6 +101,7 @@ class InsertionTask(Task):
             best_index=best,
             log_weights=log_weights.tolist(),
             sampler_stats=stats,
+            placement=runtime.describe(),
             mask_pixels=int(mask.sum()),
             model_specs={role: registry.get_spec(role, context.models).describe() for role in roles},
             seconds=timer.seconds,
@@ -136,52 +142,46 @@ def read_source(bundle, plate: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return plate
 
 
-def run_product(space, params: InsertionParams, embedding, plate, depth, mask, seed: int, context: TaskContext):
-    """Depth × Fill (or one of them) on the packed latent; returns particles, log-weights,
+def run_product(runtime, params: InsertionParams, embedding, plate, depth, mask, seed: int, context: TaskContext):
+    """Depth × Fill (or one of them) on the runtime's latent; returns particles, log-weights,
     sampler stats."""
-    from poe_backend.experts import flux
-
     kinds = transformer_kinds(params.method)
-    placement = flux.placement_for(kinds, space, params.offload, batch=params.max_batch or params.particles, fp8_storage=params.fp8_storage)
+    runtime.plan(kinds, offload=params.offload, fp8_storage=params.fp8_storage, batch=params.max_batch or params.particles)
     factors = []
     if "depth" in kinds:
-        condition = flux.depth_condition(space, depth)
-        expert = flux.FluxExpert(flux.load_transformer("depth", space, placement), space, embedding, guidance=params.guidance_depth, condition=condition, placement=placement, max_batch=params.max_batch, name="depth")
+        expert = runtime.expert("depth", embedding, guidance=params.guidance_depth, condition=runtime.depth_condition(depth), max_batch=params.max_batch)
         factors.append(Factor(expert, params.depth_weight))
     if "fill" in kinds:
-        condition = flux.fill_condition(space, plate, mask)
-        expert = flux.FluxExpert(flux.load_transformer("fill", space, placement), space, embedding, guidance=params.guidance_fill, condition=condition, placement=placement, max_batch=params.max_batch, name="fill")
+        expert = runtime.expert("fill", embedding, guidance=params.guidance_fill, condition=runtime.fill_condition(plate, mask), max_batch=params.max_batch)
         factors.append(Factor(expert, params.fill_weight))
     product = ProductOfExperts(factors)
-    generator, noise = images.start_noise(seed, params.particles, space.event_shape)
-    levels = images.levels_for(params, space.num_tokens)
+    generator, noise = images.start_noise(seed, params.particles, runtime.event_shape)
+    levels = images.levels_for(params, runtime.num_tokens)
     result = images.run_sampler(params, product, noise.to(context.device), levels, generator, context)
-    stats = {**result.stats(), "sampler": params.sampler, "levels": levels, "placement": placement.describe(), "expert_calls": {f.expert.name: f.expert.calls for f in factors}}
+    stats = {**result.stats(), "sampler": params.sampler, "levels": levels, "expert_calls": {f.expert.name: f.expert.calls for f in factors}}
     return result.particles, result.log_weights.float().cpu(), stats
 
 
-def run_rf_solver(space, params: InsertionParams, embeddings, source: np.ndarray, seed: int, context: TaskContext):
+def run_rf_solver(runtime, params: InsertionParams, embeddings, source: np.ndarray, context: TaskContext):
     """RF-Solver baseline: invert ``source`` (t 0 -> 1, source prompt, guidance 1), edit
-    (t 1 -> 0, prompt, ``rf_guidance``). Deterministic: one particle, the seed is unused."""
-    from poe_backend.experts import flux
+    (t 1 -> 0, prompt, ``rf_guidance``). Deterministic: one particle, no seed."""
     from poe_backend.experts.rf_solver import ValueSharing, rf_solver
     from poe_backend.sampling.schedules import flux_shift_mu, shifted_levels
 
-    placement = flux.placement_for(["dev"], space, params.offload, batch=1, fp8_storage=params.fp8_storage)
-    transformer = flux.load_transformer("dev", space, placement)
+    runtime.plan(["dev"], offload=params.offload, fp8_storage=params.fp8_storage, batch=1)
     target, source_prompt = embeddings
-    invert = flux.FluxExpert(transformer, space, source_prompt, guidance=1.0, placement=placement, name="inversion")
-    edit = flux.FluxExpert(transformer, space, target, guidance=params.rf_guidance, placement=placement, name="edit")
-    times = shifted_levels(params.levels, flux_shift_mu(space.num_tokens), t_max=1.0)
+    invert = runtime.expert("dev", source_prompt, guidance=1.0, name="inversion")
+    edit = runtime.expert("dev", target, guidance=params.rf_guidance, name="edit")
+    times = shifted_levels(params.levels, flux_shift_mu(runtime.num_tokens), t_max=1.0)
     steps = len(times) - 1
-    x = space.encode_image(flux.image_tensor(source)).to(context.device)
-    sharing = ValueSharing(transformer, steps, inject=params.rf_inject, num_blocks=params.rf_share_blocks)
+    x = runtime.encode_image(source).to(context.device)
+    sharing = ValueSharing(invert.transformer, steps, inject=params.rf_inject, num_blocks=params.rf_share_blocks)
     try:
         noise, nfe = rf_solver(invert, x, times[::-1], callback=context.callback, should_stop=context.should_stop, num_levels=2 * steps, before_forward=sharing.inversion_hook)
         edited, more = rf_solver(edit, noise, times, callback=context.callback, should_stop=context.should_stop, nfe_offset=nfe, level_offset=steps, num_levels=2 * steps, before_forward=sharing.editing_hook)
     finally:
         sharing.remove()
-    stats = {"path": f"rf-solver inversion + edit (V shared in {sharing.inject} steps)", "nfe_per_particle": nfe + more, "levels": times, "placement": placement.describe()}
+    stats = {"path": f"rf-solver inversion + edit (V shared in {sharing.inject} steps)", "nfe_per_particle": nfe + more, "levels": times}
     return edited, torch.zeros(1), stats
 
 

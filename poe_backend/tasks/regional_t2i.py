@@ -49,8 +49,17 @@ class RegionalT2ITask(Task):
     Params = RegionalParams
     kind = "image"
 
+    def model_roles(self, context: TaskContext) -> list[str]:
+        from poe_backend.experts.flux import FluxRuntime
+        from poe_backend.experts.vqascore import ROLES
+
+        params: RegionalParams = context.params.effective()
+        uses_vqa = params.method == "regional" and (params.vqascore or params.layout_parser)
+        return FluxRuntime.roles(["dev"]) + (list(ROLES) if uses_vqa else [])
+
     def run(self, context: TaskContext) -> TaskResult:
         from poe_backend.experts import flux, registry
+        from poe_backend.experts.vqascore import ROLES
 
         params: RegionalParams = context.params.effective()
         bundle, timer = context.bundle, images.Timer()
@@ -63,8 +72,7 @@ class RegionalT2ITask(Task):
             raise BundleError("prompt", "regional_t2i needs a prompt or per-object prompts")
         use_vqa = params.method == "regional" and params.vqascore
         parse = params.method == "regional" and params.layout_parser and not regions
-        roles = ["flux.vae", "flux.text_encoder", "flux.tokenizer", "flux.text_encoder_2", "flux.tokenizer_2", "flux.transformer.dev"]
-        roles += ["vqa.model", "vqa.image_processor", "vqa.tokenizer"] if use_vqa or parse else []
+        roles = flux.FluxRuntime.roles(["dev"]) + (list(ROLES) if use_vqa or parse else [])
         registry.check_available(roles, context.models)
         layout = None
         if parse:
@@ -75,32 +83,31 @@ class RegionalT2ITask(Task):
         use_regions = params.method == "regional" and bool(regions)
         seed = seed_for(context)
 
-        space = flux.FluxLatentSpace(height, width, preset=context.models, device=context.device, max_sequence_length=params.max_sequence_length)
+        runtime = flux.FluxRuntime(height, width, preset=context.models, device=context.device, max_sequence_length=params.max_sequence_length)
         region_prompts = [prompt for prompt, _ in regions] if use_regions else []
-        embeddings = space.encode_prompts([global_prompt] + region_prompts)
+        embeddings = runtime.encode_prompts([global_prompt] + region_prompts)
         resident = registry.weight_bytes("vqa.model", context.models) if use_vqa else 0
-        placement = flux.placement_for(["dev"], space, params.offload, batch=params.max_batch or params.particles, fp8_storage=params.fp8_storage, resident_bytes=resident)
-        transformer = flux.load_transformer("dev", space, placement)
-        factors = build_factors(space, transformer, placement, embeddings, regions if use_regions else [], params)
+        runtime.plan(["dev"], offload=params.offload, fp8_storage=params.fp8_storage, batch=params.max_batch or params.particles, resident_bytes=resident)
+        factors = build_factors(runtime, embeddings, regions if use_regions else [], params)
         rewards, reward = [], None
         if use_vqa:
             from poe_backend.experts.vqascore import VQAScorer, VQAScoreReward
 
             scorer = VQAScorer(context.models, device=context.device, max_pixels=params.vqa_max_pixels)
             vqa_prompts = {"global": [global_prompt], "regions": region_prompts or [global_prompt], "all": [global_prompt] + region_prompts}[params.vqa_prompts]
-            reward = VQAScoreReward(scorer, space.decode, vqa_prompts, strength=params.vqa_strength)
+            reward = VQAScoreReward(scorer, lambda x0: runtime.decode_preview(x0, params.vqa_max_pixels), vqa_prompts, strength=params.vqa_strength)
             rewards.append(reward)
         if params.method == "flux" and "sampler" not in params.model_fields_set:
             params = params.model_copy(update={"sampler": "summed_velocity"})
         timer.mark("load_and_encode")
 
         product = flux.RegionalProduct(factors, rewards)
-        generator, noise = images.start_noise(seed, params.particles, space.event_shape)
-        levels = images.levels_for(params, space.num_tokens)
+        generator, noise = images.start_noise(seed, params.particles, runtime.event_shape)
+        levels = images.levels_for(params, runtime.num_tokens)
         result = images.run_sampler(params, product, noise.to(context.device), levels, generator, context)
         timer.mark("sample")
         log_weights = result.log_weights.float().cpu()
-        decoded = images.to_uint8(space.decode(result.particles))
+        decoded = images.to_uint8(runtime.decode(result.particles))
         best = int(torch.argmax(log_weights))
         outputs = images.write_outputs(context.out_dir, decoded[best], decoded if params.save_particles else None, log_weights)
         timer.mark("decode_and_write")
@@ -117,7 +124,8 @@ class RegionalT2ITask(Task):
             best_index=best,
             log_weights=log_weights.tolist(),
             vqascore=None if reward is None else reward.last_scores,
-            sampler_stats={**result.stats(), "sampler": params.sampler, "levels": levels, "placement": placement.describe(), "expert_calls": [f.expert.calls for f in factors]},
+            sampler_stats={**result.stats(), "sampler": params.sampler, "levels": levels, "expert_calls": [f.expert.calls for f in factors]},
+            placement=runtime.describe(),
             model_specs={role: registry.get_spec(role, context.models).describe() for role in roles},
             seconds=timer.seconds,
         )
@@ -141,18 +149,18 @@ def read_regions(bundle, height: int, width: int) -> tuple[list[tuple[str, list[
     return regions, skipped
 
 
-def build_factors(space, transformer, placement, embeddings, regions, params: RegionalParams) -> list[Factor]:
+def build_factors(runtime, embeddings, regions, params: RegionalParams) -> list[Factor]:
     """The global expert and one expert per region, sharing one transformer."""
     from poe_backend.experts import flux
 
-    global_map, region_maps = flux.regional_weights([box for _, box in regions], space.height, space.width, region_strength=params.region_strength)
+    global_map, region_maps = flux.regional_weights([box for _, box in regions], runtime.space.height, runtime.space.width, region_strength=params.region_strength)
 
     def expert(embedding, name: str) -> flux.FluxExpert:
-        return flux.FluxExpert(transformer, space, embedding, guidance=params.guidance, placement=placement, max_batch=params.max_batch, name=name)
+        return runtime.expert("dev", embedding, guidance=params.guidance, max_batch=params.max_batch, name=name)
 
     if not regions:
         return [Factor(expert(embeddings[0], "global"), 1.0)]
-    factors = [Factor(expert(embeddings[0], "global"), global_map.to(space.device))]
+    factors = [Factor(expert(embeddings[0], "global"), global_map.to(runtime.device))]
     for index, (weights, embedding) in enumerate(zip(region_maps, embeddings[1:])):
-        factors.append(Factor(expert(embedding, f"region{index}"), weights.to(space.device)))
+        factors.append(Factor(expert(embedding, f"region{index}"), weights.to(runtime.device)))
     return factors

@@ -33,7 +33,7 @@ def depth_map() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def depth_expert(space, prompts, depth_map) -> flux.FluxExpert:
-    return flux.FluxExpert(flux.load_transformer("depth", space), space, prompts[0], guidance=10.0, condition=flux.depth_condition(space, depth_map), name="depth")
+    return flux.FluxExpert(registry.load(flux.TRANSFORMER_ROLES["depth"], "tiny"), space, prompts[0], guidance=10.0, condition=flux.depth_condition(space, depth_map), name="depth")
 
 
 def test_tiny_transformer_round_trips_through_save_and_from_pretrained(tmp_path):
@@ -87,7 +87,7 @@ def test_regional_weights_sum_to_one_and_product_total_is_scalar(space, prompts)
     total = global_map + sum(region_maps)
     assert torch.allclose(total, torch.ones_like(total))
     assert global_map.min() >= 0 and torch.isclose(global_map.reshape(2, 3)[0, 1], torch.tensor(0.2))
-    expert = flux.FluxExpert(flux.load_transformer("dev", space), space, prompts[0], guidance=3.5)
+    expert = flux.FluxExpert(registry.load(flux.TRANSFORMER_ROLES["dev"], "tiny"), space, prompts[0], guidance=3.5)
     product = flux.RegionalProduct([Factor(expert, global_map)] + [Factor(expert, m) for m in region_maps])
     assert product.total_weight() == pytest.approx(1.0)
 
@@ -106,7 +106,7 @@ def test_fill_condition_masks_the_image_and_packs_the_mask(space):
 
 def test_condition_channel_mismatch_is_named(space, prompts):
     with pytest.raises(ValueError, match="condition channels"):
-        flux.FluxExpert(flux.load_transformer("fill", space), space, prompts[0], guidance=30.0, condition=None, name="fill")
+        flux.FluxExpert(registry.load(flux.TRANSFORMER_ROLES["fill"], "tiny"), space, prompts[0], guidance=30.0, condition=None, name="fill")
 
 
 def test_depth_velocity_shape_dtype_and_determinism(space, depth_expert):
@@ -133,8 +133,8 @@ def test_every_expert_is_called_at_every_langevin_step(space, prompts, depth_map
     image = np.zeros((HEIGHT, WIDTH, 3), dtype=np.uint8)
     mask = np.zeros((HEIGHT, WIDTH), dtype=np.float32)
     mask[8:24, 16:32] = 1
-    depth = flux.FluxExpert(flux.load_transformer("depth", space), space, prompts[0], guidance=10.0, condition=flux.depth_condition(space, depth_map), name="depth")
-    fill = flux.FluxExpert(flux.load_transformer("fill", space), space, prompts[0], guidance=30.0, condition=flux.fill_condition(space, image, mask), name="fill")
+    depth = flux.FluxExpert(registry.load(flux.TRANSFORMER_ROLES["depth"], "tiny"), space, prompts[0], guidance=10.0, condition=flux.depth_condition(space, depth_map), name="depth")
+    fill = flux.FluxExpert(registry.load(flux.TRANSFORMER_ROLES["fill"], "tiny"), space, prompts[0], guidance=30.0, condition=flux.fill_condition(space, image, mask), name="fill")
     product = ProductOfExperts([Factor(depth), Factor(fill)])
     seen = []
 
@@ -166,7 +166,7 @@ def test_cancellation_stops_sampling(space, depth_expert):
 def test_rf_solver_value_sharing_stores_and_injects(space, prompts):
     from poe_backend.experts.rf_solver import ValueSharing, inversion_times, rf_solver
 
-    transformer = flux.load_transformer("dev", space)
+    transformer = registry.load(flux.TRANSFORMER_ROLES["dev"], "tiny")
     source = flux.FluxExpert(transformer, space, prompts[0], guidance=1.0)
     target = flux.FluxExpert(transformer, space, prompts[1], guidance=2.0)
     x0 = torch.randn(1, *space.event_shape, generator=torch.Generator().manual_seed(0))
@@ -180,3 +180,38 @@ def test_rf_solver_value_sharing_stores_and_injects(space, prompts):
     assert not torch.allclose(shared, plain)
     again, _ = rf_solver(target, noise, times[::-1])
     assert torch.equal(again, plain)  # hooks are gone
+
+
+def test_runtime_caches_prompt_embeddings_across_jobs(monkeypatch):
+    from poe_backend.experts import model_cache
+
+    first = flux.FluxRuntime(HEIGHT, WIDTH, preset="tiny", max_sequence_length=16).encode_prompts(["a blue cube", "a lamp"])
+    loads = []
+    original = model_cache._from_pretrained
+    monkeypatch.setattr(model_cache, "_from_pretrained", lambda spec, path, *rest: loads.append(path) or original(spec, path, *rest))
+    again = flux.FluxRuntime(HEIGHT, WIDTH, preset="tiny", max_sequence_length=16).encode_prompts(["a lamp", "a blue cube"])
+    assert not any("text_encoder" in path for path in loads)  # no encoder loaded for known prompts
+    assert again[0] is first[1] and again[1] is first[0]
+    new = flux.FluxRuntime(HEIGHT, WIDTH, preset="tiny", max_sequence_length=16).encode_prompts(["a green cone"])
+    assert any("text_encoder" in path for path in loads) and new[0].embeds.shape == (1, 16, 32)
+    assert not any("text_encoder" in path for path in registry.loaded_models())  # released after encoding
+
+
+def test_decode_preview_is_smaller_and_matches_full_decode_at_full_size(space):
+    runtime = flux.FluxRuntime(HEIGHT, WIDTH, preset="tiny", max_sequence_length=16)
+    packed = torch.randn(3, *runtime.event_shape, generator=torch.Generator().manual_seed(3))
+    preview = runtime.decode_preview(packed, max_pixels=16 * 24)
+    assert preview.shape == (3, 3, 16, 24) and preview.shape[-1] * preview.shape[-2] <= 16 * 24
+    assert torch.equal(runtime.decode_preview(packed, max_pixels=HEIGHT * WIDTH), runtime.decode(packed))
+
+
+def test_runtime_plans_before_loading_and_reports_the_plan():
+    runtime = flux.FluxRuntime(HEIGHT, WIDTH, preset="tiny", max_sequence_length=16)
+    with pytest.raises(RuntimeError, match="plan"):
+        runtime.transformer("depth")
+    plan = runtime.plan(["depth", "fill"], offload="group")
+    assert plan.placements == {"flux.transformer.depth": "group_offload", "flux.transformer.fill": "group_offload"}
+    assert runtime.describe()["placements"] == plan.placements and runtime.describe()["weight_bytes"]["flux.transformer.depth"] > 0
+    runtime.plan(["depth"])  # auto on CPU: resident
+    assert runtime.describe()["placements"] == {"flux.transformer.depth": "resident"}
+    registry.clear_cache()

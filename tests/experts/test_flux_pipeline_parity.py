@@ -31,7 +31,7 @@ def test_expert_matches_every_pipeline_transformer_call(kind, pipeline_class, gu
 
     monkeypatch.setattr(DiagonalGaussianDistribution, "sample", lambda self, generator=None: self.mode())
     space = flux.FluxLatentSpace(HEIGHT, WIDTH, preset="tiny", max_sequence_length=16)
-    transformer = flux.load_transformer(kind, space)
+    transformer = registry.load(flux.TRANSFORMER_ROLES[kind], "tiny")
     components = {name: registry.load(f"flux.{name}", "tiny") for name in ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")}
     pipeline = pipeline_class(scheduler=scheduler(), vae=space.vae, transformer=transformer, **components)
     generator = torch.Generator().manual_seed(0)

@@ -61,3 +61,24 @@ def test_rf_solver_inversion_then_editing_reconstructs():
     assert torch.allclose(back, x0, atol=1e-3)
     # the flow maps N(0, s²) to N(0, 1): scale grows by 1/s
     assert noise.norm() / x0.norm() == pytest.approx(1 / 0.5, rel=0.01)
+
+
+def test_only_the_last_position_goes_through_the_lm_head(scorer):
+    images = torch.rand(2, 3, 32, 48, generator=torch.Generator().manual_seed(4))
+    seen = []
+    head = scorer.model.lm_head
+    handle = head.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0].shape[1]))
+    try:
+        scores = scorer.log_prob_yes(images, "a red ball")
+    finally:
+        handle.remove()
+    assert seen == [1]
+    # the same value as the last row of all positions' logits
+    vision = scorer.image_processor(images=list(vqascore.shrink(images, scorer.max_pixels)), return_tensors="pt", do_rescale=False)
+    count = int(vision["image_grid_thw"][0].prod()) // scorer.image_processor.merge_size**2
+    text = vqascore.CHAT.format(image=vqascore.IMAGE_TOKEN * count, question=vqascore.QUESTION.format(prompt="a red ball"))
+    tokens = scorer.tokenizer([text] * 2, return_tensors="pt")
+    with torch.inference_mode():
+        logits = scorer.model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask, pixel_values=vision["pixel_values"], image_grid_thw=vision["image_grid_thw"]).logits
+    assert logits.shape[1] > 1
+    assert torch.allclose(torch.log_softmax(logits[:, -1].float(), dim=-1)[:, scorer.answer_id], scores, atol=1e-5)
