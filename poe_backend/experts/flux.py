@@ -1,5 +1,11 @@
 """FLUX.1 experts on one packed latent: [dev] (global and regional), Depth [dev], Fill [dev].
 
+:class:`FluxRuntime` is what a task uses: it owns the family's components (through the model
+cache), prompt encoding (cached across jobs), conditions, the latent layout
+(:class:`FluxLatentSpace`), the placement of the transformers and decoding, and hands the
+sampler :class:`FluxExpert` velocity fields. The module-level condition helpers and
+:class:`FluxLatentSpace` stay usable alone (benchmarks inject full-size random models).
+
 Shapes (MODELS.md "FLUX family"): images ``(B, 3, H, W)`` with H, W multiples of 16; the VAE
 latent ``(B, 16, H/8, W/8)`` is normalised ``(z - shift) · scale`` and packed 2×2 into tokens,
 ``x`` of shape ``(P, N, 64)`` with ``N = (H/16)(W/16)``. This packed, normalised latent is the
@@ -57,9 +63,9 @@ def check_size(height: int, width: int) -> None:
 
 
 class FluxLatentSpace:
-    """The shared parts of the FLUX family at one resolution: VAE (loaded once per process
-    through the registry), prompt encoding (text encoders loaded, used once, released) and
-    packing/ids.
+    """The latent layout of the FLUX family at one resolution: the VAE (loaded once per
+    process through the model cache), prompt encoding (text encoders loaded, used, released;
+    :meth:`FluxRuntime.encode_prompts` caches the results) and packing/ids.
 
     ``preset`` is a registry preset; ``device`` a torch device string; ``dtype`` the model
     dtype (bf16 on GPU, fp32 on CPU by default).
@@ -171,8 +177,10 @@ class FluxExpert(GenerativeExpert):
     ``condition`` (``(1, N, C)`` or None) is concatenated to the particles on the channel
     dimension before the forward: Depth's control latents (C = 64) or Fill's masked-image
     latents plus mask (C = 320). ``guidance`` is the distilled guidance value (raw; the
-    model scales it). ``placement`` handles offloading (model offload activates the
-    transformer before each forward). ``max_batch`` splits large particle batches.
+    model scales it). ``placement`` is only for the ``model`` offload preset of
+    :class:`~poe_backend.experts.placement.Placement` (benchmarks), which activates the
+    transformer before each forward; :class:`FluxRuntime` places transformers itself.
+    ``max_batch`` splits large particle batches.
     """
 
     def __init__(self, transformer: torch.nn.Module, space: FluxLatentSpace, prompt: PromptEmbedding, *, guidance: float, condition: Tensor | None = None, placement: Placement | None = None, max_batch: int | None = None, name: str = "flux") -> None:
@@ -303,7 +311,8 @@ class FluxRuntime:
     * experts for the sampler (:meth:`expert`) and decoding (:meth:`decode`,
       :meth:`decode_preview` at a reduced size for rewards).
 
-    ``budget`` (default :meth:`Budget.detect`; None on CPU) is what ``auto`` plans against.
+    ``budget`` is what ``auto`` plans against: ``"detect"`` (default) asks
+    :meth:`Budget.detect` (free VRAM and host RAM; None off CUDA, where all is resident).
     """
 
     def __init__(self, height: int, width: int, *, preset: str = "default", device: str = "cpu", dtype: torch.dtype | None = None, max_sequence_length: int = 512, budget: Budget | None | str = "detect") -> None:

@@ -101,7 +101,19 @@ def _run(task: Any, context: Any, bar: "_ProgressBar") -> int:
         bar.close()
     path = result.write(context.out_dir)
     print(f"wrote {path}")
+    print(memory_summary(result.manifest))
     return 0
+
+
+def memory_summary(manifest: dict[str, Any]) -> str:
+    """One line: the placement per role and the job's peak device memory / host RSS in GiB."""
+    placements = manifest.get("placement", {}).get("placements", {})
+    memory = manifest.get("memory", {})
+    device = memory.get("peak_device_bytes")
+    host = memory.get("peak_host_rss_bytes")
+    where = ", ".join(f"{role}: {name}" for role, name in placements.items()) or "-"
+    gib = lambda value: "-" if value is None else f"{value / 2**30:.2f} GiB"
+    return f"placement {where}; peak device {gib(device)}; peak host RSS {gib(host)}"
 
 
 def _fail(message: str, code: int) -> int:

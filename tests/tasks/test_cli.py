@@ -28,6 +28,10 @@ def test_run_writes_result(tmp_path, capsys):
     assert main(argv) == 0
     manifest = json.loads((tmp_path / "out" / "result.json").read_text())
     assert manifest["task"] == "insertion" and manifest["params"]["sampler"] == "fkc"
+    assert manifest["placement"]["placements"] == {"flux.transformer.depth": "resident", "flux.transformer.fill": "resident"}
+    assert manifest["memory"]["peak_host_rss_bytes"] > 0
+    printed = capsys.readouterr().out
+    assert "placement flux.transformer.depth: resident, flux.transformer.fill: resident; peak device -; peak host RSS" in printed
 
 
 @pytest.mark.parametrize(
