@@ -192,9 +192,12 @@ _PRESET_PLACEMENT: dict[str, PlacementName] = {"none": "resident", "group": "gro
 def placement_for_offload(offload: str, fp8_storage: bool = False) -> PlacementName:
     """The placement an explicit ``offload`` preset names: ``none`` -> ``resident`` (or
     ``fp8_resident`` with ``fp8_storage``), ``group`` -> ``group_offload``, ``sequential``
-    -> ``leaf_offload``. (``model`` has no per-role placement: see :class:`Placement`.)"""
+    -> ``leaf_offload``. (``model`` has no per-role placement: see :class:`Placement`.)
+    fp8 storage with group offload is not a planner placement, so it is refused."""
     if offload == "none":
         return "fp8_resident" if fp8_storage else "resident"
+    if fp8_storage:
+        raise ValueError(f"fp8_storage: combines with offload 'none' or 'auto', not {offload!r}")
     if offload not in _PRESET_PLACEMENT:
         raise ValueError(f"offload: {offload!r} names no placement; choose one of auto, none, group, sequential")
     return _PRESET_PLACEMENT[offload]

@@ -39,6 +39,8 @@ def test_explicit_offload_names_map_to_placements():
     assert placement.placement_for_offload("group") == "group_offload"
     with pytest.raises(ValueError, match="model"):
         placement.placement_for_offload("model")
+    with pytest.raises(ValueError, match="fp8_storage"):
+        placement.placement_for_offload("group", fp8_storage=True)
 
 
 def test_hooks_are_applied_once_per_module_and_removed_on_change(monkeypatch):
