@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -375,11 +375,19 @@ class FluxRuntime:
         sizes = {TRANSFORMER_ROLES[kind]: weight_bytes(TRANSFORMER_ROLES[kind], self.preset) for kind in kinds}
         activations = activation_bytes(self.num_tokens, batch) + resident_bytes
         if offload == "auto":
-            self.placement_plan = auto_plan(sizes, activations, self.budget, allow_fp8=fp8_storage)
+            self.placement_plan = auto_plan(sizes, activations, self._budget_for(sizes), allow_fp8=fp8_storage)
         else:
             name = placement_for_offload(offload, fp8_storage)
             self.placement_plan = PlacementPlan({role: name for role in sizes}, sizes, activations, self.budget, f"offload={offload!r} requested")
         return self.placement_plan
+
+    def _budget_for(self, sizes: dict[str, int]) -> Budget | None:
+        """:attr:`budget` plus the device memory these roles already hold from an earlier
+        job (resident there, so a repeated job keeps them resident instead of offloading)."""
+        if self.budget is None:
+            return None
+        held = MODEL_CACHE.resident_bytes(sizes, self.device)
+        return replace(self.budget, device_bytes=self.budget.device_bytes + held)
 
     def transformer(self, kind: str) -> torch.nn.Module:
         """The ``kind`` transformer, loaded once per process and placed as planned."""

@@ -145,6 +145,16 @@ class ModelCache:
         """Bytes of every cached module's parameters and buffers."""
         return sum(entry.size_bytes for entry in self._entries.values())
 
+    def resident_bytes(self, roles: Iterable[str], device: str) -> int:
+        """Bytes of the cached modules of ``roles`` placed ``resident``/``fp8_resident`` on
+        ``device``: memory a new plan for those roles may count as free (it is theirs)."""
+        wanted = set(roles)
+        return sum(
+            parameter_bytes(entry.component)
+            for entry in self._entries.values()
+            if entry.roles & wanted and getattr(entry.component, "_poe_placement", None) in (("resident", str(device)), ("fp8_resident", str(device)))
+        )
+
     def loaded_models(self) -> list[str]:
         """Paths of the components loaded now (the server's health route reports them)."""
         return sorted({key[0] for key in self._entries})

@@ -215,3 +215,19 @@ def test_runtime_plans_before_loading_and_reports_the_plan():
     runtime.plan(["depth"])  # auto on CPU: resident
     assert runtime.describe()["placements"] == {"flux.transformer.depth": "resident"}
     registry.clear_cache()
+
+
+def test_models_resident_from_an_earlier_job_count_as_free_memory(monkeypatch):
+    from poe_backend.experts.placement import Budget
+
+    registry.clear_cache()
+    monkeypatch.setattr(flux, "activation_bytes", lambda num_tokens, batch: 0)
+    size = registry.weight_bytes("flux.transformer.depth", "tiny")
+    first = flux.FluxRuntime(HEIGHT, WIDTH, preset="tiny", max_sequence_length=16, budget=Budget(device_bytes=10 * size, host_bytes=2**34))
+    first.plan(["depth"])
+    first.transformer("depth")  # resident now, holding its bytes of the device
+    after = flux.FluxRuntime(HEIGHT, WIDTH, preset="tiny", max_sequence_length=16, budget=Budget(device_bytes=size // 2, host_bytes=2**34))
+    plan = after.plan(["depth"])
+    assert plan.placements == {"flux.transformer.depth": "resident"}
+    assert plan.budget.device_bytes == size // 2 + registry.parameter_bytes(registry.load("flux.transformer.depth", "tiny"))
+    registry.clear_cache()
