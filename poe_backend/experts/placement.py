@@ -96,7 +96,9 @@ def auto_plan(weight_bytes: Mapping[str, int], activation_bytes: int, budget: Bu
     all ``resident`` when every model plus ``activation_bytes`` fits; else, when
     ``allow_fp8``, all ``fp8_resident`` when half the weights fit; else every role
     ``group_offload`` (one block per model on the device, never a whole-model move per
-    evaluation, which alternating experts would pay at every call)."""
+    evaluation, which alternating experts would pay at every call). Offloaded weights live
+    in host RAM: when they do not fit ``HEADROOM`` of it, raises MemoryError before anything
+    loads (rather than the OS killing the process half-way)."""
     total = sum(weight_bytes.values())
     roles = list(weight_bytes)
 
@@ -110,6 +112,11 @@ def auto_plan(weight_bytes: Mapping[str, int], activation_bytes: int, budget: Bu
         return every("resident", f"weights {total} B + activations {activation_bytes} B fit {usable:.0f} B")
     if allow_fp8 and total // 2 + activation_bytes <= usable:
         return every("fp8_resident", f"bf16 weights {total} B do not fit {usable:.0f} B; fp8 storage {total // 2} B does")
+    if total > HEADROOM * budget.host_bytes:
+        raise MemoryError(
+            f"offloading needs the weights ({total / 2**30:.1f} GiB) in host RAM, but only {budget.host_bytes / 2**30:.1f} GiB is available "
+            f"and the device has {budget.device_bytes / 2**30:.1f} GiB free: free host RAM, use a larger card, or the preview preset"
+        )
     return every("group_offload", f"weights {total} B + activations {activation_bytes} B exceed {usable:.0f} B: stream blocks")
 
 

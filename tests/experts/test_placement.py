@@ -24,6 +24,8 @@ def test_auto_plan_never_moves_whole_models_for_alternating_experts():
     assert set(auto_plan(sizes, activations, Budget(48 * GIB, 128 * GIB), allow_fp8=True).placements.values()) == {"fp8_resident"}
     plan = auto_plan(sizes, activations, Budget(24 * GIB, 64 * GIB), allow_fp8=True)
     assert set(plan.placements.values()) == {"group_offload"} and plan.to_json()["budget"]["device_bytes"] == 24 * GIB
+    with pytest.raises(MemoryError, match="host RAM"):
+        auto_plan(sizes, activations, Budget(24 * GIB, 32 * GIB))
 
 
 def test_auto_offload_preset_is_never_model_for_several_models(monkeypatch):
