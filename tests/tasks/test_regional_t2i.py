@@ -71,3 +71,18 @@ def test_layout_parser_parses_json_and_runs_without_boxes(tmp_path):
     result = task.run(TaskContext(bundle=bundle, params=params, out_dir=out, models="tiny"))
     assert isinstance(result.manifest["layout_parser"]["answer"], str)
     assert result.manifest["skipped_regions"] == ["dog", "cat", "bird"]
+
+
+def test_vqascore_twists_decode_all_particles_once_at_the_reduced_size(tmp_path, monkeypatch):
+    from poe_backend.experts.flux import FluxLatentSpace
+    from poe_backend.experts.vqascore import VQAScorer
+
+    decodes, scored = [], []
+    original_decode, original_score = FluxLatentSpace.decode, VQAScorer.log_prob_yes
+    monkeypatch.setattr(FluxLatentSpace, "decode", lambda space, packed, **options: decodes.append(options) or original_decode(space, packed, **options))
+    monkeypatch.setattr(VQAScorer, "log_prob_yes", lambda scorer, images, prompt: scored.append(tuple(images.shape)) or original_score(scorer, images, prompt))
+    manifest, _ = run(tmp_path, "preview-decode", {**FAST, "vqa_max_pixels": 28 * 28})
+    twists = [options for options in decodes if options.get("max_pixels") == 28 * 28]
+    assert len(twists) == len(scored) // 3 and len(twists) >= 3  # one decode per twist, three prompts scored on it
+    assert set(scored) == {(3, 3, 16, 32)}  # all particles at once, 16 x 32 <= 28² pixels, not 32 x 48
+    assert manifest["placement"]["placements"] == {"flux.transformer.dev": "resident"}
