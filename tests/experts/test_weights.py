@@ -264,3 +264,28 @@ def test_required_roles_follow_the_tasks_modes():
         required_roles("sim2video", {"mode": "nonsense"})
     with pytest.raises(KeyError, match="known"):
         required_roles("nonsense")
+
+
+def test_online_sizes_are_exact_from_the_hub_file_metadata(cache, data, monkeypatch):
+    """The Hub's answer is replaced by a ModelInfo built from the API's JSON shape (no
+    network); sizes are the sums of the files the role's patterns select."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.hf_api import ModelInfo
+
+    siblings = [
+        {"rfilename": "transformer/diffusion_pytorch_model-00001-of-00002.safetensors", "size": 9_000_000_000},
+        {"rfilename": "transformer/diffusion_pytorch_model-00002-of-00002.safetensors", "size": 3_000_000_000},
+        {"rfilename": "transformer/config.json", "size": 500},
+        {"rfilename": "vae/diffusion_pytorch_model.safetensors", "size": 167_000_000},
+        {"rfilename": "flux1-fill-dev.safetensors", "size": 23_800_000_000},
+    ]
+    asked = []
+
+    def model_info(self, repo_id, *, revision=None, files_metadata=False, **kwargs):
+        asked.append((repo_id, revision, files_metadata))
+        return ModelInfo(id=repo_id, siblings=siblings)
+
+    monkeypatch.setattr(HfApi, "model_info", model_info)
+    (item,) = weights.status(["flux.transformer.fill"], "default", data, online=True)
+    assert (item.size_bytes, item.size_exact, item.download_bytes) == (12_000_000_500, True, 12_000_000_500)
+    assert asked == [(FILL, None, True)]
