@@ -14,7 +14,9 @@ the repo's top-level config and weight files (:func:`allow_patterns`). A part is
 :func:`locate` looks in ``<data dir>/models/<owner>/<name>``, then in the Hugging Face cache
 snapshot of the spec's revision, then, for the parts in :data:`SHAREABLE_SUBFOLDERS`, in the
 other repos of the spec's :data:`SHARED_GROUPS` entry that carry the identical files
-(FLUX.1-Depth-dev's ``vae/`` and ``text_encoder_2/`` are FLUX.1-dev's). :func:`pull`
+(FLUX.1-Depth-dev's ``vae/`` and ``text_encoder_2/`` are FLUX.1-dev's). Only cache snapshots
+are borrowed from: their files are named by blob hash, so identity can be checked; a
+data-dir copy serves its own repo only. :func:`pull`
 downloads with ``snapshot_download(allow_patterns=...)``, one call per repo with the
 patterns of every role that needs it, skipping parts found anywhere, after checking the
 disk has room. Download sizes are exact (``HfApi.model_info(files_metadata=True)``) when
@@ -258,8 +260,10 @@ def check_disk(needed_bytes: int) -> None:
 
 
 def format_bytes(size: int) -> str:
-    """``size`` bytes in decimal GB (``"23.80 GB"``), MB under 1 GB."""
-    return f"{size / _GB:.2f} GB" if size >= _GB else f"{size / 10**6:.1f} MB"
+    """``size`` bytes in decimal units: ``"23.80 GB"``, ``"167.6 MB"``, ``"1.0 kB"``."""
+    if size >= _GB:
+        return f"{size / _GB:.2f} GB"
+    return f"{size / 10**6:.1f} MB" if size >= 10**6 else f"{size / 10**3:.1f} kB"
 
 
 # ---------------------------------------------------------------------------------------
