@@ -398,13 +398,13 @@ class _SizeLookup:
     def _hub_files(self, repo_id: str, revision: str | None) -> dict[str, int] | None:
         key = (repo_id, revision)
         if key not in self._files:
-            import httpx
+            import httpx2  # huggingface_hub's HTTP client: its errors when the Hub is unreachable
             from huggingface_hub import HfApi
             from huggingface_hub.errors import HfHubHTTPError
 
             try:
                 info = HfApi().model_info(repo_id, revision=revision, files_metadata=True)
                 self._files[key] = {sibling.rfilename: sibling.size or 0 for sibling in info.siblings or []}
-            except (HfHubHTTPError, httpx.HTTPError, OSError):
+            except (HfHubHTTPError, httpx2.HTTPError, OSError):
                 self._files[key] = None
         return self._files[key]

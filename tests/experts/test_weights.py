@@ -289,3 +289,10 @@ def test_online_sizes_are_exact_from_the_hub_file_metadata(cache, data, monkeypa
     (item,) = weights.status(["flux.transformer.fill"], "default", data, online=True)
     assert (item.size_bytes, item.size_exact, item.download_bytes) == (12_000_000_500, True, 12_000_000_500)
     assert asked == [(FILL, None, True)]
+
+
+def test_an_unreachable_hub_falls_back_to_estimates(cache, data, monkeypatch):
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # a closed local port: refused at once
+    (item,) = weights.status(["flux.transformer.depth"], "default", data, online=True)
+    assert (item.size_bytes, item.size_exact) == (weights.ESTIMATED_BYTES[(DEPTH, "transformer", True)], False)
