@@ -98,7 +98,7 @@ def _models_pull(arguments: argparse.Namespace) -> int:
         return 0
     try:
         weights.download(downloads)
-    except weights.InsufficientDisk as error:
+    except OSError as error:  # too little disk, offline, no access to a gated repo, no network
         print(f"error: {error}", file=sys.stderr)
         return 1
     return 0

@@ -296,3 +296,12 @@ def test_an_unreachable_hub_falls_back_to_estimates(cache, data, monkeypatch):
     monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # a closed local port: refused at once
     (item,) = weights.status(["flux.transformer.depth"], "default", data, online=True)
     assert (item.size_bytes, item.size_exact) == (weights.ESTIMATED_BYTES[(DEPTH, "transformer", True)], False)
+
+
+def test_cli_pull_offline_fails_with_the_reason(cache, data, capsys):
+    add_snapshot(cache, DEPTH, FLUX_SHARED_FILES | transformer_files("depth"))
+    assert cli.main(["models", "pull", "--task", "insertion"]) == 1
+    captured = capsys.readouterr()
+    assert f"download {FILL}@main transformer/*" in captured.out
+    # offline here (HF_HUB_OFFLINE); on a small disk the space check speaks first
+    assert captured.err.startswith("error: ") and ("HF_HUB_OFFLINE" in captured.err or "not enough disk space" in captured.err)
