@@ -305,3 +305,13 @@ def test_cli_pull_offline_fails_with_the_reason(cache, data, capsys):
     assert f"download {FILL}@main transformer/*" in captured.out
     # offline here (HF_HUB_OFFLINE); on a small disk the space check speaks first
     assert captured.err.startswith("error: ") and ("HF_HUB_OFFLINE" in captured.err or "not enough disk space" in captured.err)
+
+
+def test_wan_preview_borrows_the_vae_and_umt5_of_a_cached_14b_repo(cache, data):
+    wan_files = {"vae/config.json": b"{}", "vae/diffusion_pytorch_model.safetensors": b"wan vae", "text_encoder/config.json": b"{}", "text_encoder/model.safetensors": b"umt5"}
+    vace_14b = add_snapshot(cache, weights.WAN_VACE_14B, wan_files | transformer_files("vace14"))
+    items = by_role(weights.status(required_roles("sim2video", preset="preview"), "preview", data))
+    assert (items["wan.vae"].path, items["wan.vae"].found_in) == (vace_14b / "vae", weights.WAN_VACE_14B)
+    assert items["wan.text_encoder"].found_in == weights.WAN_VACE_14B
+    assert (items["wan.transformer.vace"].repo_id, items["wan.transformer.vace"].state) == (weights.WAN_VACE_1_3B, "missing")
+    assert items["wan.tokenizer"].state == "missing"
