@@ -64,7 +64,8 @@ _GB = 10**9
 _BF16, _FP32 = 2, 4
 #: Offline download-size estimates in bytes, per (repo, subfolder or None for the root,
 #: is_module): parameter count × bytes of the stored dtype; tokenizers and processors by
-#: their file sizes. FLUX and Qwen store bf16; the Wan and HunyuanVideo VAEs fp32.
+#: their file sizes. FLUX and Qwen store bf16; the Wan and HunyuanVideo VAEs fp32 (assumed;
+#: the Wan transformers are counted as bf16). A repo not listed (a JSON preset's) counts 0.
 ESTIMATED_BYTES: dict[tuple[str, str | None, bool], int] = {
     **{(repo, "transformer", True): int(11.9e9 * _BF16) for repo in (FLUX_DEV, FLUX_DEPTH, FLUX_FILL)},
     **{(repo, sub, True): size for repo in (FLUX_DEV, FLUX_DEPTH, FLUX_FILL) for sub, size in (("vae", int(83.8e6 * _BF16)), ("text_encoder", int(123e6 * _BF16)), ("text_encoder_2", int(4.76e9 * _BF16)))},
