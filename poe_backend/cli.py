@@ -22,7 +22,99 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(subparsers)
+    register_models(subparsers)
     return parser
+
+
+def register_models(subparsers: argparse._SubParsersAction) -> None:
+    """``poe-backend models list|pull|check [--task T] [--preset P]``: the weights manager
+    (:mod:`poe_backend.experts.weights`). Without ``--task``, every task's roles."""
+    models = subparsers.add_parser("models", help="list, download or check the model weights a task needs")
+    actions = models.add_subparsers(dest="action", required=True)
+    for action, help_text, func in (
+        ("list", "table of roles: repo, subfolders, size, present/partial/missing, path", _models_list),
+        ("pull", "download only the missing subfolders (snapshot_download allow_patterns)", _models_pull),
+        ("check", "exit 1 with the pull command when something is missing", _models_check),
+    ):
+        parser = actions.add_parser(action, help=help_text)
+        parser.add_argument("--task", default=None, help="a task name (default: every task)")
+        parser.add_argument("--preset", default="default", help="registry preset: default, preview, tiny or a JSON preset")
+        if action == "pull":
+            parser.add_argument("--dry-run", action="store_true", help="print what would be downloaded and stop")
+        parser.set_defaults(func=func)
+
+
+def _models_roles(arguments: argparse.Namespace) -> list[str]:
+    from poe_backend.tasks.requirements import required_roles, task_names
+
+    tasks = [arguments.task] if arguments.task else task_names()
+    return list(dict.fromkeys(role for task in tasks for role in required_roles(task, None, arguments.preset)))
+
+
+def _models_status(arguments: argparse.Namespace) -> list:
+    from poe_backend.experts import weights
+    from poe_backend.experts.registry import data_dir
+
+    return weights.status(_models_roles(arguments), arguments.preset, data_dir())
+
+
+def _models_list(arguments: argparse.Namespace) -> int:
+    from poe_backend.experts import weights
+
+    statuses = _models_status(arguments)
+    rows = [("role", "repo", "subfolders", "size", "state", "path")]
+    for item in statuses:
+        size = weights.format_bytes(item.size_bytes) if item.size_exact else "~" + weights.format_bytes(item.size_bytes)
+        path = f"{item.path} (shared, from {item.found_in})" if item.found_in else str(item.path or "-")
+        rows.append((item.role, item.repo_id or "local", " ".join(item.allow_patterns) or "-", size, item.state, path))
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]) - 1)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1])
+    needed, to_download = weights.totals(statuses)
+    exact = all(item.size_exact for item in statuses)
+    directory, free = weights.disk_free()
+    print(f"total {weights.format_bytes(needed)}{'' if exact else ' (estimate)'}; to download {weights.format_bytes(to_download)}; disk free {weights.format_bytes(free)} at {directory}")
+    for hint in dict.fromkeys(item.gated for item in statuses if item.gated and item.state != "present"):
+        print(hint)
+    return 0
+
+
+def _models_pull(arguments: argparse.Namespace) -> int:
+    from poe_backend.experts import weights
+
+    statuses = _models_status(arguments)
+    for item in statuses:
+        if item.state == "present" and item.repo_id is not None:
+            print(f"present {item.role}: {item.path}")
+    downloads = weights.plan(statuses)
+    for download in downloads:
+        size = weights.format_bytes(download.size_bytes) if download.size_exact else "~" + weights.format_bytes(download.size_bytes)
+        print(f"download {download.repo_id}@{download.revision or 'main'} {' '.join(download.allow_patterns)} ({size}; for {', '.join(download.roles)})")
+        if download.gated:
+            print(f"  {download.gated}")
+    if not downloads:
+        print("nothing to download")
+    if arguments.dry_run or not downloads:
+        return 0
+    try:
+        weights.download(downloads)
+    except OSError as error:  # too little disk, offline, no access to a gated repo, no network
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _models_check(arguments: argparse.Namespace) -> int:
+    from poe_backend.experts import weights
+
+    lacking = [item for item in _models_status(arguments) if item.state != "present"]
+    for item in lacking:
+        print(f"{item.state} {item.role}: {item.repo_id} {' '.join(item.allow_patterns)}")
+    if lacking:
+        print(f"run: {weights.pull_command(arguments.task, arguments.preset)}")
+        return 1
+    print("all weights present")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
