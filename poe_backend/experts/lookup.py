@@ -68,22 +68,16 @@ def hub_search_paths(repo_id: str) -> list[Path]:
 
 
 def _resolve_hub(role: str, spec: ModelSpec) -> Path:
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
+    """The complete copy that :func:`poe_backend.experts.weights.locate` finds (data dir,
+    the HF cache snapshot, or a sibling repo carrying identical shared files)."""
+    from poe_backend.experts.weights import locate
 
+    found = locate(spec, data_dir=data_dir())
+    if found is not None:
+        return found
     local, cache = hub_search_paths(spec.repo_id)
     searched = [f"local dir {local}", f"Hugging Face cache {cache} (HF_HUB_CACHE)"]
-    candidates = [local] if local.is_dir() else []
-    try:
-        candidates.append(Path(snapshot_download(spec.repo_id, revision=spec.revision, local_files_only=True)))
-    except (LocalEntryNotFoundError, FileNotFoundError, OSError, ValueError):
-        pass
-    for root in candidates:
-        target = root / spec.subfolder if spec.subfolder else root
-        if target.exists():
-            return target
-    hint = f"found {', '.join(map(str, candidates))} but without its subfolder '{spec.subfolder}'" if candidates else ""
-    raise MissingWeights(role, spec.repo_id, spec.revision, searched, hint)
+    raise MissingWeights(role, spec.repo_id, spec.revision, searched, subfolder=spec.subfolder)
 
 
 def check_available(roles: Iterable[str], preset: str) -> None:

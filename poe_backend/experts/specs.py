@@ -39,17 +39,24 @@ from typing import Any, Iterator, Mapping
 BUILTIN_PRESETS: tuple[str, ...] = ("default", "preview", "tiny")
 
 
+def download_command(repo_id: str, revision: str | None, subfolders: list[str | None]) -> str:
+    """The ``hf download`` command that fetches only ``subfolders`` of a repo (the whole
+    repo when one of them is None, i.e. the model is the repo root)."""
+    revision_flag = f" --revision {revision}" if revision else ""
+    includes = "" if None in subfolders else "".join(f" --include '{folder}/*'" for folder in dict.fromkeys(subfolders))
+    return f"hf download {repo_id}{revision_flag}{includes}"
+
+
 class MissingWeights(RuntimeError):
     """A model is not on this machine. The message says what to download and where it was
     looked for; ``repo_id``, ``revision`` and ``searched`` hold the same as data."""
 
-    def __init__(self, role: str, repo_id: str | None, revision: str | None, searched: list[str], hint: str = "") -> None:
-        self.role, self.repo_id, self.revision, self.searched = role, repo_id, revision, searched
+    def __init__(self, role: str, repo_id: str | None, revision: str | None, searched: list[str], hint: str = "", subfolder: str | None = None) -> None:
+        self.role, self.repo_id, self.revision, self.searched, self.subfolder = role, repo_id, revision, searched, subfolder
         self.missing: list[tuple[str | None, str | None]] = [(repo_id, revision)]
         if repo_id is not None:
-            revision_flag = f" --revision {revision}" if revision else ""
             what = f"model '{role}' needs the Hugging Face repo {repo_id} (revision {revision or 'main'})"
-            how = f"download it with `huggingface-cli download {repo_id}{revision_flag}` (or `hf download {repo_id}{revision_flag}`)"
+            how = f"download what it needs with `{download_command(repo_id, revision, [subfolder])}`, or every model of the task with `poe-backend models pull --task <task>`"
         else:
             what, how = f"model '{role}' has no weights on this machine", "put the model there"
         where = "; ".join(searched)
@@ -68,8 +75,8 @@ class MissingWeights(RuntimeError):
             if repo_id is None:
                 parts.append(f"{roles}: no weights at {'; '.join(s for m in members for s in m.searched)}")
                 continue
-            flag = f" --revision {revision}" if revision else ""
-            parts.append(f"{repo_id} (revision {revision or 'main'}; for {roles}): `huggingface-cli download {repo_id}{flag}`; searched: {'; '.join(members[0].searched)}")
+            command = download_command(repo_id, revision, [member.subfolder for member in members])
+            parts.append(f"{repo_id} (revision {revision or 'main'}; for {roles}): `{command}`; searched: {'; '.join(members[0].searched)}")
         first = errors[0]
         combined = cls(first.role, first.repo_id, first.revision, [s for e in errors for s in e.searched])
         combined.missing = [(repo_id, revision) for repo_id, revision in groups]

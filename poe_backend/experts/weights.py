@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Literal
 
-from poe_backend.experts.registry import ModelSpec, get_spec
+from poe_backend.experts.specs import ModelSpec, get_spec
 
 State = Literal["present", "partial", "missing"]
 

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import json
 
+import shutil
+
 import pytest
 
 from poe_backend.experts import registry
@@ -14,7 +16,7 @@ def test_missing_weights_names_repo_revision_command_and_searched_paths(tmp_path
     message = str(caught.value)
     assert "black-forest-labs/FLUX.1-Depth-dev" in message
     assert "revision main" in message
-    assert "huggingface-cli download black-forest-labs/FLUX.1-Depth-dev" in message
+    assert "hf download black-forest-labs/FLUX.1-Depth-dev --include 'transformer/*'" in message  # only the subfolder the role needs
     assert str(registry.data_dir() / "models" / "black-forest-labs/FLUX.1-Depth-dev") in message
     assert "models--black-forest-labs--FLUX.1-Depth-dev" in message
     assert caught.value.repo_id == "black-forest-labs/FLUX.1-Depth-dev"
@@ -46,10 +48,12 @@ def test_json_preset_overrides_a_role_with_a_local_directory(tmp_path):
 def test_local_models_dir_is_found_before_the_cache():
     local = registry.data_dir() / "models" / "black-forest-labs/FLUX.1-Fill-dev" / "transformer"
     local.mkdir(parents=True)
+    (local / "config.json").write_text("{}")
+    (local / "diffusion_pytorch_model.safetensors").write_bytes(b"")
     try:
         assert registry.resolve("flux.transformer.fill") == local
     finally:
-        local.rmdir()
+        shutil.rmtree(local.parent)
 
 
 def test_placement_rejects_unknown_offload():

@@ -60,4 +60,4 @@ def test_bad_bundle_and_missing_weights(tmp_path, capsys, monkeypatch):
     code = main(["run", "--bundle", str(tmp_path / "b"), "--out", str(tmp_path / "o"), "--models", "default", "--device", "cpu", "--quiet"])
     error = capsys.readouterr().err
     assert code == 3
-    assert "black-forest-labs/FLUX.1-Depth-dev" in error and "black-forest-labs/FLUX.1-Fill-dev" in error and "huggingface-cli download" in error
+    assert "black-forest-labs/FLUX.1-Depth-dev" in error and "black-forest-labs/FLUX.1-Fill-dev" in error and "hf download" in error and "--include" in error
