@@ -37,23 +37,42 @@ class JobFailure:
 
 
 OUT_OF_MEMORY_ADVICE = (
-    "out of memory while running the task. Try the 'preview' parameters, fewer particles or "
-    "frames, a lower resolution, or a stronger offload preset (models='offload' keeps only the "
-    "active model on the GPU; models='sequential' streams layers, slowest but smallest)."
+    "out of memory while running the task. Lower what the job holds at once: params.preset="
+    "'preview' (small and fast defaults), fewer params.particles or a smaller params.max_batch, "
+    "a smaller params.max_side (and params.max_frames for video), or params.offload='group' "
+    "(streams transformer blocks; slower, far smaller); image tasks also take "
+    "params.fp8_storage=true."
 )
 
-#: Exception class names the model registry raises when weights are missing or unloadable;
-#: their message already says which weights and where they were looked for.
-MODEL_ERROR_NAMES = frozenset({"ModelNotFoundError", "MissingWeightsError", "ModelLoadError", "WeightsNotFoundError"})
+#: Exception class names of a model whose files are there but cannot be loaded.
+MODEL_ERROR_NAMES = frozenset({"ModelNotFoundError", "ModelLoadError"})
 
 
-def describe_failure(error: BaseException) -> JobFailure:
-    """Map an exception raised by a task to a :class:`JobFailure` (never re-raises)."""
+def describe_failure(error: BaseException, *, task: str | None = None, models: str | None = None) -> JobFailure:
+    """Map an exception raised by a task to a :class:`JobFailure` (never re-raises).
+
+    Missing weights become ``missing_weights`` with the exact ``poe-backend models pull``
+    command for the job's ``task`` and registry preset ``models`` (the add-on shows it)."""
+    from poe_backend.experts.specs import MissingWeights
+
+    if isinstance(error, MissingWeights):
+        command = pull_command(task, models)
+        return JobFailure("missing_weights", f"model weights are missing on the backend machine; run `{command}` there ({error})")
     if isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError":
         return JobFailure("out_of_memory", f"{OUT_OF_MEMORY_ADVICE} ({type(error).__name__}: {error})")
-    if type(error).__name__ in MODEL_ERROR_NAMES or any(cls.__name__ in MODEL_ERROR_NAMES for cls in type(error).__mro__):
+    if any(cls.__name__ in MODEL_ERROR_NAMES for cls in type(error).__mro__):
         return JobFailure("model_unavailable", f"a model could not be loaded: {error}")
     field = getattr(error, "field", None)
     if type(error).__name__ == "BundleError" and field:
         return JobFailure("invalid_bundle", str(error))
     return JobFailure("task_error", f"{type(error).__name__}: {error} (the job's log has the traceback)")
+
+
+def pull_command(task: str | None, models: str | None) -> str:
+    """``poe-backend models pull`` for a task and registry preset; the preset's name only
+    when it is a built-in one (a JSON preset's roles are the user's own)."""
+    from poe_backend.experts.specs import BUILTIN_PRESETS
+    from poe_backend.experts.weights import pull_command as weights_pull_command
+
+    preset = models if models in BUILTIN_PRESETS else "default"
+    return weights_pull_command(task, preset) if task else f"poe-backend models pull --preset {preset}"

@@ -245,7 +245,7 @@ class JobStore:
             self._log(job.id, traceback.format_exc())
             _release_device_memory()
             with self._lock:
-                self._finish(job, "failed", describe_failure(error))
+                self._finish(job, "failed", describe_failure(error, task=job.task, models=job.models))
         finally:
             self._cancel_requested.discard(job.id)
 
