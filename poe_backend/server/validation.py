@@ -77,20 +77,21 @@ def depth_size(path: Path, field: str) -> tuple[int, int]:
         raise
     except Exception as error:  # OpenEXR raises plain RuntimeError / OSError for bad files
         raise InputError(field, f"{path.name} is not a readable OpenEXR file ({error})", code="invalid_bundle") from None
-    check_depth_values(depth, f"{field} ({path.name})")
+    check_depth_values(depth, field, path.name)
     return depth.shape[1], depth.shape[0]
 
 
-def check_depth_values(depth: np.ndarray, field: str) -> None:
-    """Camera Z ``(H, W)``: no NaN, nothing negative (``-inf`` included), not all ``+inf``."""
+def check_depth_values(depth: np.ndarray, field: str, name: str) -> None:
+    """Camera Z ``(H, W)`` of file ``name``: no NaN, nothing negative (``-inf`` included),
+    not all ``+inf``."""
     if depth.ndim != 2 or not np.issubdtype(depth.dtype, np.floating):
-        raise InputError(field, f"channel 'Z' must be a 2-D float image, got {depth.dtype} of shape {depth.shape}", code="invalid_bundle")
+        raise InputError(field, f"{name}: channel 'Z' must be a 2-D float image, got {depth.dtype} of shape {depth.shape}", code="invalid_bundle")
     for what, bad in (("NaN", np.isnan(depth)), ("negative", depth < 0)):
         if bad.any():
             row, column = np.argwhere(bad)[0]
-            raise InputError(field, f"depth has {what} values ({int(bad.sum())} pixels, first at x={column}, y={row}); camera Z must be >= 0, +inf for background", code="invalid_bundle")
+            raise InputError(field, f"{name}: depth has {what} values ({int(bad.sum())} pixels, first at x={column}, y={row}); camera Z must be >= 0, +inf for background", code="invalid_bundle")
     if not np.isfinite(depth).any():
-        raise InputError(field, "every depth pixel is background (+inf): nothing in view", code="invalid_bundle")
+        raise InputError(field, f"{name}: every depth pixel is background (+inf): nothing in view", code="invalid_bundle")
 
 
 def check_pass_files(bundle: Bundle) -> None:
