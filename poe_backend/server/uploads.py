@@ -22,7 +22,7 @@ import contextlib
 import gzip
 import tarfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -89,14 +89,11 @@ def check_declared_length(request: Request, limit: int) -> None:
 
 async def receive_tar(request: Request, upload_dir: Path, limits: UploadLimits) -> Path:
     """Receive a tar body into ``upload_dir.parent`` and extract it into ``upload_dir``;
-    returns the bundle root. The temporary body file is removed either way; on an error
-    the caller removes ``upload_dir`` (the job's directory)."""
+    returns the bundle root. On an error the caller removes ``upload_dir.parent`` (the
+    job's directory), which holds everything this wrote."""
     body_path = upload_dir.with_name("upload.tar.part")
-    try:
-        await receive_body(request, body_path, limits)
-        return await asyncio.get_running_loop().run_in_executor(DISK_THREADS, extract_tar_file, body_path, upload_dir, limits)
-    finally:
-        body_path.unlink(missing_ok=True)
+    await receive_body(request, body_path, limits)
+    return await asyncio.get_running_loop().run_in_executor(DISK_THREADS, extract_tar_file, body_path, upload_dir, limits)
 
 
 async def receive_body(request: Request, path: Path, limits: UploadLimits) -> int:
@@ -105,10 +102,16 @@ async def receive_body(request: Request, path: Path, limits: UploadLimits) -> in
     ``limits.read_timeout_s``, 400 when the client went away."""
     check_declared_length(request, limits.max_bytes)
     path.parent.mkdir(parents=True, exist_ok=True)
-    loop = asyncio.get_running_loop()
-    chunks = aiter(request.stream())
-    received, batch, batch_bytes = 0, [], 0
     with open(path, "wb") as handle:
+        return await _write_body(aiter(request.stream()), handle, limits)
+
+
+async def _write_body(chunks: AsyncIterator[bytes], handle: BinaryIO, limits: UploadLimits) -> int:
+    """Gather ``chunks`` into batches of :data:`WRITE_BATCH` bytes; each batch is written
+    in :data:`DISK_THREADS` while the next one is received (one write in flight)."""
+    loop = asyncio.get_running_loop()
+    received, batch, batch_bytes, writing = 0, [], 0, None
+    try:
         while (chunk := await _next_chunk(chunks, limits.read_timeout_s)) is not None:
             received += len(chunk)
             if received > limits.max_bytes:
@@ -116,13 +119,20 @@ async def receive_body(request: Request, path: Path, limits: UploadLimits) -> in
             batch.append(chunk)
             batch_bytes += len(chunk)
             if batch_bytes >= WRITE_BATCH:
-                await loop.run_in_executor(DISK_THREADS, handle.writelines, batch)
+                if writing is not None:
+                    await writing
+                writing = loop.run_in_executor(DISK_THREADS, handle.writelines, batch)
                 batch, batch_bytes = [], 0
+        if writing is not None:
+            await writing
         await loop.run_in_executor(DISK_THREADS, handle.writelines, batch)
+    finally:
+        if writing is not None and not writing.done():
+            await asyncio.wait([writing])  # the file closes after this; never under a write
     return received
 
 
-async def _next_chunk(chunks, timeout_s: float) -> bytes | None:
+async def _next_chunk(chunks: AsyncIterator[bytes], timeout_s: float) -> bytes | None:
     """The next piece of the body, or None at its end."""
     try:
         return await asyncio.wait_for(anext(chunks), timeout_s)
@@ -135,9 +145,12 @@ async def _next_chunk(chunks, timeout_s: float) -> bytes | None:
 
 
 def extract_tar_file(path: Path, destination: Path, limits: UploadLimits) -> Path:
-    """:func:`extract_tar` of the file at ``path``."""
-    with open(path, "rb") as source:
-        return extract_tar(source, destination, limits)
+    """:func:`extract_tar` of the file at ``path``, which is removed afterwards."""
+    try:
+        with open(path, "rb") as source:
+            return extract_tar(source, destination, limits)
+    finally:
+        path.unlink(missing_ok=True)
 
 
 def extract_tar(source: BinaryIO, destination: Path, limits: UploadLimits) -> Path:
