@@ -164,6 +164,8 @@ def extract_tar(source: BinaryIO, destination: Path, limits: UploadLimits) -> Pa
             _extract_members(archive, destination, limits)
     except tarfile.FilterError as error:
         raise InputError(f"bundle:{error.tarinfo.name}", f"refused by the tar data filter ({error})", code="bad_tar") from None
+    except RecursionError:  # tarfile reads a chain of pax/GNU headers recursively
+        raise InputError("bundle", "the tar chains too many extended (pax or GNU long-name) headers", code="bad_tar") from None
     except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as error:
         raise InputError("bundle", f"not a valid tar archive ({error or 'truncated'})", code="bad_tar") from None
     except OSError as error:  # members that collide: a file named '.', a folder over a file

@@ -197,6 +197,22 @@ def test_a_flood_of_empty_entries_is_refused_by_the_entry_limit(backend):
     _wait_until_clean(backend.data_dir)
 
 
+def _pax_header(comment: bytes = b"x") -> bytes:
+    """One pax extended header block (a ``comment`` record) that applies to the next member."""
+    record = b" comment=" + comment + b"\n"
+    record = str(len(record) + 2).encode() + record
+    info = tarfile.TarInfo("././@PaxHeader")
+    info.type, info.size = tarfile.XHDTYPE, len(record)
+    return info.tobuf(format=tarfile.USTAR_FORMAT) + record + b"\0" * (-len(record) % tarfile.BLOCKSIZE)
+
+
+def test_a_chain_of_extended_headers_is_a_400_not_a_crash(backend):
+    """5000 pax headers in a row (tarfile reads such a chain recursively)."""
+    body = _pax_header() * 5000 + _tar({"bundle.json": _bundle_json()})
+    _assert_field(_post_tar(backend, body), 400, "bundle")
+    _wait_until_clean(backend.data_dir)
+
+
 def _png(path: Path, width: int = 64, height: int = 48, format: str = "PNG") -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.new("RGB", (width, height), (90, 120, 30)).save(path, format=format)
