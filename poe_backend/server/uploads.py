@@ -188,15 +188,18 @@ def open_tar(source: BinaryIO, max_bytes: int) -> Iterator[tarfile.TarFile]:
 
 class _CappedReader:
     """``read``/``seek``/``tell`` over a binary stream that fails with a 413 once more
-    than ``limit`` bytes would be read, whatever size tarfile asks for (a gzip bomb, or a
-    pax header claiming gigabytes, stops at the limit)."""
+    than ``limit`` bytes would be read (a gzip bomb stops at the limit). tarfile reads
+    member data in pieces of at most :data:`COPY_CHUNK`; only an extended (pax or GNU
+    long-name) header is read in one piece, so a larger read is refused before it
+    allocates (a header claiming gigabytes)."""
 
     def __init__(self, stream: BinaryIO, limit: int) -> None:
         self.stream, self.limit = stream, limit
 
     def read(self, size: int = -1) -> bytes:
-        allowed = self.limit + 1 - self.stream.tell()
-        data = self.stream.read(allowed if size < 0 else min(size, allowed))
+        if not 0 <= size <= COPY_CHUNK:
+            raise InputError("bundle", f"the tar has an extended header larger than {COPY_CHUNK >> 20} MiB", code="bad_tar")
+        data = self.stream.read(min(size, self.limit + 1 - self.stream.tell()))
         if self.stream.tell() > self.limit:
             raise too_large(self.limit)
         return data

@@ -206,10 +206,13 @@ def _pax_header(comment: bytes = b"x") -> bytes:
     return info.tobuf(format=tarfile.USTAR_FORMAT) + record + b"\0" * (-len(record) % tarfile.BLOCKSIZE)
 
 
-def test_a_chain_of_extended_headers_is_a_400_not_a_crash(backend):
-    """5000 pax headers in a row (tarfile reads such a chain recursively)."""
-    body = _pax_header() * 5000 + _tar({"bundle.json": _bundle_json()})
-    _assert_field(_post_tar(backend, body), 400, "bundle")
+@pytest.mark.parametrize("headers,words", [
+    (_pax_header() * 5000, "chains too many extended"),  # tarfile reads such a chain recursively
+    (_pax_header(b"x" * (2 << 20)), "extended header larger than 1 MiB"),  # read in one piece
+])
+def test_hostile_extended_headers_are_a_400_not_a_crash(backend, headers, words):
+    error = _assert_field(_post_tar(backend, headers + _tar({"bundle.json": _bundle_json()})), 400, "bundle")
+    assert words in error["message"], error
     _wait_until_clean(backend.data_dir)
 
 
