@@ -47,6 +47,7 @@ WIDTH, HEIGHT = 832, 480
 #: The bundle is submitted as a toy2d job (accepted, so the timing covers upload,
 #: extraction and validation, with nothing thrown away); the job is tiny and cancelled.
 TINY_JOB = {"particles": 8, "levels": 2, "langevin_steps": 0}
+FINISHED = frozenset({"done", "failed", "cancelled"})
 
 
 def make_bundle(root: Path, frames: int) -> int:
@@ -141,13 +142,16 @@ def cpu_seconds(pid: int) -> float:
 
 def timed_upload(client: Client, bundle: Path, server_pid: int) -> tuple[float, float]:
     """Wall seconds and CPU seconds (client + server) of one upload; its job is cancelled
-    at once (its sampling would compete with the next measurement)."""
-    time.sleep(0.5)  # let the previously cancelled job wind down
+    at once and waited for (its sampling and plots would compete with the next
+    measurement)."""
     start, start_cpu, start_server = time.perf_counter(), time.process_time(), cpu_seconds(server_pid)
     uploaded = client.upload(bundle, params=TINY_JOB)
     wall = time.perf_counter() - start
     cpu = time.process_time() - start_cpu + cpu_seconds(server_pid) - start_server
     client.cancel(uploaded["id"])
+    deadline = time.monotonic() + 60
+    while client.job(uploaded["id"])["state"] not in FINISHED and time.monotonic() < deadline:
+        time.sleep(0.05)
     return wall, cpu
 
 
