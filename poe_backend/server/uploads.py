@@ -3,9 +3,9 @@ uploads received in two bounded steps.
 
 1. :func:`receive_body` streams the request body into a temporary file in the job's
    directory: every wait for the next piece of the body has a timeout, and the body has a
-   size limit, so a stalled or abandoned upload ends (its file removed by the caller) and
-   never holds a thread: the waiting is done by the event loop, the writes by
-   :data:`DISK_THREADS`, whose work never waits on the network.
+   size limit, so a stalled or abandoned upload ends (the caller then removes the job's
+   directory) and never holds a thread: the waiting is done by the event loop, the
+   writes by :data:`DISK_THREADS`, whose work never waits on the network.
 2. :func:`extract_tar` extracts the complete file with the standard library's
    :mod:`tarfile` and its ``data`` filter, after our own stricter rule per member (plain
    files and directories only, no absolute names, no ``..``). gzip is decoded by
