@@ -185,15 +185,12 @@ def _query_fields(request: Request) -> dict[str, Any]:
 
 
 async def _multipart(request: Request, upload_dir: Path, limits: uploads.UploadLimits, roots: list[Path]) -> tuple[dict[str, Any], Path]:
-    uploads.check_declared_length(request, limits.max_bytes)
-    form = await request.form()
+    form = await uploads.receive_form(request, limits)
     fields = {"task": form.get("task"), "params": _parse_params_text(form.get("params")), "models": form.get("models")}
     upload = form.get("bundle")
     if upload is None or isinstance(upload, str):
         bundle_dir = await run_in_threadpool(uploads.check_under_roots, _required({"bundle_path": form.get("bundle_path")}, "bundle_path"), roots)
         return fields, bundle_dir
-    if upload.size is not None and upload.size > limits.max_bytes:
-        raise uploads.too_large(limits.max_bytes)
     return fields, await run_in_threadpool(uploads.extract_tar, upload.file, upload_dir, limits)
 
 

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
+from starlette.datastructures import FormData
+from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect, Request
 
 from poe_backend.bundle import BUNDLE_FILE
@@ -83,7 +85,7 @@ def check_under_roots(path_text: object, roots: list[Path]) -> Path:
     return resolved
 
 
-def check_declared_length(request: Request, limit: int) -> None:
+def _check_declared_length(request: Request, limit: int) -> None:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise too_large(limit)
@@ -100,24 +102,43 @@ async def receive_tar(request: Request, upload_dir: Path, limits: UploadLimits) 
 
 async def receive_body(request: Request, path: Path, limits: UploadLimits) -> int:
     """Write the request body to ``path`` (created with its parents); returns its size in
-    bytes. Raises 413 past ``limits.max_bytes``, 408 when no data came for
-    ``limits.read_timeout_s``, 400 when the client went away."""
-    check_declared_length(request, limits.max_bytes)
+    bytes (errors as :func:`limited_body`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as handle:
-        return await _write_body(aiter(request.stream()), handle, limits)
+        return await _write_body(limited_body(request, limits), handle)
 
 
-async def _write_body(chunks: AsyncIterator[bytes], handle: BinaryIO, limits: UploadLimits) -> int:
+async def receive_form(request: Request, limits: UploadLimits) -> FormData:
+    """The multipart form of ``request``, read under the same limits as a tar body
+    (starlette spools its file parts to temporary files); at most one file part."""
+    parser = MultiPartParser(request.headers, limited_body(request, limits), max_files=1, max_fields=8)
+    try:
+        return await parser.parse()
+    except MultiPartException as error:
+        raise InputError("body", f"not a valid multipart form ({error.message})") from None
+
+
+async def limited_body(request: Request, limits: UploadLimits) -> AsyncIterator[bytes]:
+    """The pieces of the request body. Raises 413 past ``limits.max_bytes`` (declared or
+    received), 408 when no data came for ``limits.read_timeout_s``, 400 when the client
+    went away."""
+    _check_declared_length(request, limits.max_bytes)
+    chunks, received = aiter(request.stream()), 0
+    while (chunk := await _next_chunk(chunks, limits.read_timeout_s)) is not None:
+        received += len(chunk)
+        if received > limits.max_bytes:
+            raise too_large(limits.max_bytes)
+        yield chunk
+
+
+async def _write_body(chunks: AsyncIterator[bytes], handle: BinaryIO) -> int:
     """Gather ``chunks`` into batches of :data:`WRITE_BATCH` bytes; each batch is written
     in :data:`DISK_THREADS` while the next one is received (one write in flight)."""
     loop = asyncio.get_running_loop()
     received, batch, batch_bytes, writing = 0, [], 0, None
     try:
-        while (chunk := await _next_chunk(chunks, limits.read_timeout_s)) is not None:
+        async for chunk in chunks:
             received += len(chunk)
-            if received > limits.max_bytes:
-                raise too_large(limits.max_bytes)
             batch.append(chunk)
             batch_bytes += len(chunk)
             if batch_bytes >= WRITE_BATCH:

@@ -110,13 +110,13 @@ def _wait_until_clean(data_dir: Path, timeout: float = 10.0) -> None:
     assert not _leftovers(data_dir), _leftovers(data_dir)
 
 
-def _stalled_upload(backend: Backend) -> socket.socket:
-    """A tar upload that announces 10 MiB, sends 1 KiB and then nothing."""
+def _stalled_upload(backend: Backend, content_type: str = "application/x-tar", body: bytes | None = None) -> socket.socket:
+    """An upload that announces 10 MiB, sends ``body`` (1 KiB of a tar) and then nothing."""
     port = int(backend.url.rsplit(":", 1)[1])
     sock = socket.create_connection(("127.0.0.1", port), timeout=10)
     head = (f"POST /v1/jobs?task=toy2d HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {backend.token}\r\n"
-            f"Content-Type: application/x-tar\r\nContent-Length: {10 << 20}\r\n\r\n")
-    sock.sendall(head.encode() + _tar({"bundle.json": b"{}" * 2048})[:1024])
+            f"Content-Type: {content_type}\r\nContent-Length: {10 << 20}\r\n\r\n")
+    sock.sendall(head.encode() + (_tar({"bundle.json": b"{}" * 2048})[:1024] if body is None else body))
     return sock
 
 
@@ -148,6 +148,12 @@ def test_stalled_uploads_neither_hang_the_service_nor_leave_files(backend):
         assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
         assert b'"field":"bundle"' in answer and b"stalled" in answer
     _wait_until_clean(backend.data_dir)
+
+
+def test_a_stalled_multipart_upload_times_out_too(backend):
+    part = b'--xyz\r\nContent-Disposition: form-data; name="bundle"; filename="b.tar"\r\nContent-Type: application/x-tar\r\n\r\n'
+    answer = _read_to_close(_stalled_upload(backend, "multipart/form-data; boundary=xyz", part + b"\0" * 1024))
+    assert answer.startswith(b"HTTP/1.1 408") and b"stalled" in answer, answer[:300]
 
 
 def _gzip_bomb(member_mib: int = 1, members: int = 256) -> bytes:
