@@ -92,7 +92,7 @@ def _bundle_json(**overrides) -> bytes:
     return json.dumps(data).encode()
 
 
-def _post_tar(backend: Backend, body: bytes | object, timeout: float = 30.0) -> httpx.Response:
+def _post_tar(backend: Backend, body: bytes, timeout: float = 30.0) -> httpx.Response:
     with backend.client() as client:
         return client.post("/v1/jobs", params={"task": "toy2d"}, content=body, headers={"content-type": "application/x-tar"}, timeout=timeout)
 
@@ -136,6 +136,7 @@ def test_stalled_uploads_neither_hang_the_service_nor_leave_files(backend):
     stalled = [_stalled_upload(backend) for _ in range(min(32, (os.cpu_count() or 1) + 4))]
     time.sleep(0.3)  # let the server start receiving all of them
     started = time.monotonic()
+    assert _healthy(backend)
     response = _post_tar(backend, _tar({"bundle.json": _bundle_json()}), timeout=20)
     assert response.status_code == 201, response.text
     with backend.client() as client:
