@@ -5,7 +5,7 @@ uploads received in two bounded steps.
    directory: every wait for the next piece of the body has a timeout, and the body has a
    size limit, so a stalled or abandoned upload ends (the caller then removes the job's
    directory) and never holds a thread: the waiting is done by the event loop, the
-   writes by :data:`DISK_THREADS`, whose work never waits on the network.
+   writes by :data:`WRITE_THREADS`, whose work never waits on the network.
 2. :func:`extract_tar` extracts the complete file with the standard library's
    :mod:`tarfile` and its ``data`` filter, after our own stricter rule per member (plain
    files and directories only, no absolute names, no ``..``). gzip is decoded by
@@ -40,9 +40,12 @@ COPY_CHUNK = 1 << 20
 #: Body bytes gathered from the socket before one write to the temporary file.
 WRITE_BATCH = 4 << 20
 GZIP_MAGIC = b"\x1f\x8b"
-#: Writes of upload bodies and tar extraction. Its own pool, so that uploads never take
-#: the threads the synchronous routes run on; nothing it runs waits on a client.
-DISK_THREADS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="poe-upload")
+#: Writes of upload bodies (each at most :data:`WRITE_BATCH` bytes), and extractions
+#: (each bounded by :class:`UploadLimits`): pools of their own, so that uploads never take
+#: the threads the synchronous routes run on, and long extractions never delay the writes
+#: of other uploads. Nothing they run waits on a client.
+WRITE_THREADS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="poe-upload-write")
+EXTRACT_THREADS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="poe-upload-extract")
 
 
 @dataclass(frozen=True)
@@ -97,7 +100,7 @@ async def receive_tar(request: Request, upload_dir: Path, limits: UploadLimits) 
     job's directory), which holds everything this wrote."""
     body_path = upload_dir.with_name("upload.tar.part")
     await receive_body(request, body_path, limits)
-    return await asyncio.get_running_loop().run_in_executor(DISK_THREADS, extract_tar_file, body_path, upload_dir, limits)
+    return await asyncio.get_running_loop().run_in_executor(EXTRACT_THREADS, extract_tar_file, body_path, upload_dir, limits)
 
 
 async def receive_body(request: Request, path: Path, limits: UploadLimits) -> int:
@@ -133,7 +136,7 @@ async def limited_body(request: Request, limits: UploadLimits) -> AsyncIterator[
 
 async def _write_body(chunks: AsyncIterator[bytes], handle: BinaryIO) -> int:
     """Gather ``chunks`` into batches of :data:`WRITE_BATCH` bytes; each batch is written
-    in :data:`DISK_THREADS` while the next one is received (one write in flight)."""
+    in :data:`WRITE_THREADS` while the next one is received (one write in flight)."""
     loop = asyncio.get_running_loop()
     received, batch, batch_bytes, writing = 0, [], 0, None
     try:
@@ -144,11 +147,11 @@ async def _write_body(chunks: AsyncIterator[bytes], handle: BinaryIO) -> int:
             if batch_bytes >= WRITE_BATCH:
                 if writing is not None:
                     await writing
-                writing = loop.run_in_executor(DISK_THREADS, handle.writelines, batch)
+                writing = loop.run_in_executor(WRITE_THREADS, handle.writelines, batch)
                 batch, batch_bytes = [], 0
         if writing is not None:
             await writing
-        await loop.run_in_executor(DISK_THREADS, handle.writelines, batch)
+        await loop.run_in_executor(WRITE_THREADS, handle.writelines, batch)
     finally:
         if writing is not None and not writing.done():
             await asyncio.wait([writing])  # the file closes after this; never under a write
