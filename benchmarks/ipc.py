@@ -6,10 +6,14 @@ Starts the real backend on a free loopback port (CPU), then
    call, as the add-on's timer does): median and p95 round trip;
 2. generates a synthetic sim2video-sized bundle (49 frames of 832x480: RGB PNG, float32
    depth EXR, mask PNG; noise, so PNG compression cannot cheat) and uploads it with the
-   add-on's streamed tar (the remote-backend path) until the server has extracted it and
-   validated it (the job is accepted), and compares with ``shutil.copytree`` of the same
-   files on the same storage (by default /dev/shm, so both sides measure CPU and IPC,
-   not the disk's writeback). Goal: upload throughput > 0.5 x copy throughput.
+   add-on's streamed tar (the remote-backend path) until the job is accepted, and
+   compares with ``shutil.copytree`` of the same files on the same storage (by default
+   /dev/shm, so both sides measure CPU and IPC, not the disk's writeback). It is
+   uploaded twice per repeat: as a *transfer* (the same files, but a bundle.json that
+   lists no passes, so the server receives, extracts and reads bundle.json only) and
+   *validated* (every pass checked at submit: PNG headers, and every depth EXR decoded
+   and its values checked). Goal: transfer throughput > 0.5 x copy throughput; the
+   difference between the two rows is the cost of submit-time validation.
 
 Run: ``python benchmarks/ipc.py [--frames 49] [--calls 200] [--repeats 5] [--tmp DIR]`` from the
 repository root. Prints a table (and writes the numbers with ``--json FILE``).
@@ -43,6 +47,7 @@ WIDTH, HEIGHT = 832, 480
 #: The bundle is submitted as a toy2d job (accepted, so the timing covers upload,
 #: extraction and validation, with nothing thrown away); the job is tiny and cancelled.
 TINY_JOB = {"particles": 8, "levels": 2, "langevin_steps": 0}
+FINISHED = frozenset({"done", "failed", "cancelled"})
 
 
 def make_bundle(root: Path, frames: int) -> int:
@@ -66,6 +71,14 @@ def make_bundle(root: Path, frames: int) -> int:
     }
     (root / "bundle.json").write_text(json.dumps(bundle))
     return sum(path.stat().st_size for path in root.rglob("*") if path.is_file())
+
+
+def make_transfer_twin(bundle: Path, twin: Path) -> None:
+    """``twin``: the files of ``bundle`` (hard links) with a bundle.json that lists no
+    passes or objects, so submitting it costs the transfer and extraction only."""
+    shutil.copytree(bundle, twin, copy_function=os.link, ignore=shutil.ignore_patterns("bundle.json"))
+    data = json.loads((bundle / "bundle.json").read_text())
+    (twin / "bundle.json").write_text(json.dumps({**data, "passes": {}, "objects": []}))
 
 
 def free_port() -> int:
@@ -102,6 +115,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=arguments.tmp, prefix="poe-ipc-") as temporary:
         root = Path(temporary)
         size = make_bundle(root / "bundle", arguments.frames)
+        make_transfer_twin(root / "bundle", root / "transfer")
         process, client = start_backend(root / "data")
         try:
             report = run(client, root, size, arguments, process.pid)
@@ -126,6 +140,31 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def timed_upload(client: Client, bundle: Path, server_pid: int) -> tuple[float, float]:
+    """Wall seconds and CPU seconds (client + server) of one upload; its job is cancelled
+    at once and waited for (its sampling and plots would compete with the next
+    measurement)."""
+    start, start_cpu, start_server = time.perf_counter(), time.process_time(), cpu_seconds(server_pid)
+    uploaded = client.upload(bundle, params=TINY_JOB)
+    wall = time.perf_counter() - start
+    cpu = time.process_time() - start_cpu + cpu_seconds(server_pid) - start_server
+    client.cancel(uploaded["id"])
+    deadline = time.monotonic() + 60
+    while client.job(uploaded["id"])["state"] not in FINISHED and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return wall, cpu
+
+
+def timed_copy(root: Path, repeat: int) -> tuple[float, float]:
+    """Wall and CPU seconds of ``shutil.copytree`` of the bundle."""
+    target = root / f"copy-{repeat}"
+    start, start_cpu = time.perf_counter(), time.process_time()
+    shutil.copytree(root / "bundle", target)
+    wall, cpu = time.perf_counter() - start, time.process_time() - start_cpu
+    shutil.rmtree(target)
+    return wall, cpu
+
+
 def run(client: Client, root: Path, size: int, arguments: argparse.Namespace, server_pid: int) -> dict:
     job_id = upload_and_cancel(client, root / "bundle")  # also the warm-up upload
     latencies = []
@@ -133,34 +172,28 @@ def run(client: Client, root: Path, size: int, arguments: argparse.Namespace, se
         start = time.perf_counter()
         client.job(job_id)
         latencies.append(time.perf_counter() - start)
-    copies, uploads, copy_cpu, upload_cpu = [], [], [], []
-    for repeat in range(arguments.repeats):
-        target = root / f"copy-{repeat}"
-        start, start_cpu = time.perf_counter(), time.process_time()
-        shutil.copytree(root / "bundle", target)
-        copies.append(time.perf_counter() - start)
-        copy_cpu.append(time.process_time() - start_cpu)
-        shutil.rmtree(target)
-        time.sleep(0.5)  # let the cancelled job of the previous upload wind down
-        start, start_cpu, start_server = time.perf_counter(), time.process_time(), cpu_seconds(server_pid)
-        uploaded = client.upload(root / "bundle", params=TINY_JOB)
-        uploads.append(time.perf_counter() - start)
-        upload_cpu.append(time.process_time() - start_cpu + cpu_seconds(server_pid) - start_server)
-        client.cancel(uploaded["id"])  # its sampling and plotting would compete with the next repeat
     latencies.sort()
-    copy_s, upload_s = statistics.median(copies), statistics.median(uploads)
-    pair_ratios = sorted(copy / upload for copy, upload in zip(copies, uploads))
-    return {
+    samples: dict[str, list[tuple[float, float]]] = {"copy": [], "transfer": [], "validated": []}
+    for repeat in range(arguments.repeats):
+        samples["copy"].append(timed_copy(root, repeat))
+        samples["transfer"].append(timed_upload(client, root / "transfer", server_pid))
+        samples["validated"].append(timed_upload(client, root / "bundle", server_pid))
+    report = {
         "status_median_ms": 1000 * statistics.median(latencies),
         "status_p95_ms": 1000 * latencies[int(0.95 * (len(latencies) - 1))],
         "status_calls": arguments.calls,
         "bundle_frames": arguments.frames, "bundle_mib": size / 2**20,
-        "copy_s": copy_s, "upload_s": upload_s,
-        "copy_mib_s": size / 2**20 / copy_s, "upload_mib_s": size / 2**20 / upload_s,
-        "ratio": copy_s / upload_s,
-        "copy_cpu_s": statistics.median(copy_cpu), "upload_cpu_s": statistics.median(upload_cpu),
-        "cpu_ratio": statistics.median(copy_cpu) / statistics.median(upload_cpu), "pair_ratios": pair_ratios, "storage": str(root), "repeats": arguments.repeats, "cpu_count": os.cpu_count(),
+        "storage": str(root), "repeats": arguments.repeats, "cpu_count": os.cpu_count(),
     }
+    for name, pairs in samples.items():
+        report[f"{name}_s"] = statistics.median(wall for wall, _ in pairs)
+        report[f"{name}_cpu_s"] = statistics.median(cpu for _, cpu in pairs)
+        report[f"{name}_mib_s"] = size / 2**20 / report[f"{name}_s"]
+    for name in ("transfer", "validated"):
+        report[f"{name}_ratio"] = report["copy_s"] / report[f"{name}_s"]
+        report[f"{name}_cpu_ratio"] = report["copy_cpu_s"] / report[f"{name}_cpu_s"]
+        report[f"{name}_pair_ratios"] = sorted(copy[0] / upload[0] for copy, upload in zip(samples["copy"], samples[name]))
+    return report
 
 
 def print_table(report: dict) -> None:
@@ -169,12 +202,15 @@ def print_table(report: dict) -> None:
         ("status round trip median", f"{report['status_median_ms']:.2f} ms"),
         ("status round trip p95", f"{report['status_p95_ms']:.2f} ms"),
         ("bundle", f"{report['bundle_frames']} frames 832x480 RGB PNG + depth EXR + mask PNG, {report['bundle_mib']:.1f} MiB"),
-        ("local copy (copytree)", f"{report['copy_s']:.3f} s = {report['copy_mib_s']:.0f} MiB/s"),
-        ("upload (streamed tar, extracted + validated)", f"{report['upload_s']:.3f} s = {report['upload_mib_s']:.0f} MiB/s"),
-        ("upload / copy throughput ratio (goal > 0.5)", f"{report['ratio']:.2f} (per repeat: {', '.join(f'{ratio:.2f}' for ratio in report['pair_ratios'])})"),
-        ("CPU seconds: copy / upload (client + server)", f"{report['copy_cpu_s']:.3f} s / {report['upload_cpu_s']:.3f} s = ratio {report['cpu_ratio']:.2f} (load-independent)"),
-        ("storage", report["storage"]),
+        ("local copy (copytree)", f"{report['copy_s']:.3f} s = {report['copy_mib_s']:.0f} MiB/s, CPU {report['copy_cpu_s']:.3f} s"),
     ]
+    for name, what in (("transfer", "upload: streamed tar, extracted, bundle.json read"), ("validated", "upload + every pass validated at submit")):
+        rows += [
+            (what, f"{report[f'{name}_s']:.3f} s = {report[f'{name}_mib_s']:.0f} MiB/s, CPU (client + server) {report[f'{name}_cpu_s']:.3f} s"),
+            (f"  / copy: throughput ratio{' (goal > 0.5)' if name == 'transfer' else ''}", f"{report[f'{name}_ratio']:.2f} (per repeat: {', '.join(f'{ratio:.2f}' for ratio in report[f'{name}_pair_ratios'])})"),
+            ("  / copy: CPU-seconds ratio (load-independent)", f"{report[f'{name}_cpu_ratio']:.2f}"),
+        ]
+    rows += [("storage, repeats, CPUs", f"{report['storage']}, {report['repeats']} (medians), {report['cpu_count']}")]
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         print(f"{name:<{width}}  {value}")

@@ -101,7 +101,11 @@ class Bundle:
     capture: dict[str, Any] = field(default_factory=dict)
 
     def pass_path(self, name: str, frame: int | None = None) -> Path:
-        """The file of pass ``name`` at scene ``frame`` (frame-less passes ignore it)."""
+        """The file of pass ``name`` at scene ``frame`` (frame-less passes ignore it).
+
+        The path must stay inside :attr:`root` once symlinks are resolved (a pass file or
+        folder that links out of the bundle is refused), so a bundle under an allowed
+        root cannot make the backend read files outside it."""
         if name not in self.passes:
             raise BundleError(f"passes.{name}", f"this bundle has no '{name}' pass")
         pattern = self.passes[name]
@@ -109,7 +113,10 @@ class Bundle:
             if frame is None:
                 raise ValueError(f"pass '{name}' is per frame: give a frame")
             pattern = pattern.replace(FRAME_TOKEN, f"{frame:04d}")
-        return self.root / pattern
+        path = self.root / pattern
+        resolved = path.resolve()
+        _expect(resolved.is_relative_to(self.root.resolve()), f"passes.{name}", f"{pattern} links outside the bundle (to {resolved}); pass files must be inside it")
+        return path
 
     def to_json(self) -> dict[str, Any]:
         """The bundle.json dictionary (without :attr:`root`)."""

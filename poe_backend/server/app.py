@@ -45,6 +45,8 @@ class ServerConfig:
     token: str
     allowed_roots: list[Path] = field(default_factory=list)
     max_upload_bytes: int = 8 << 30
+    max_upload_entries: int = uploads.UploadLimits.max_entries
+    upload_read_timeout_s: float = uploads.UploadLimits.read_timeout_s
     device: str = "cpu"
     models: str = "default"
 
@@ -52,6 +54,7 @@ class ServerConfig:
 def create_app(config: ServerConfig, store: JobStore | None = None) -> FastAPI:
     store = store or JobStore(config.data_dir, device=config.device)
     roots = [config.data_dir, *config.allowed_roots]
+    limits = uploads.UploadLimits(config.max_upload_bytes, config.max_upload_entries, config.upload_read_timeout_s)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -118,11 +121,11 @@ def create_app(config: ServerConfig, store: JobStore | None = None) -> FastAPI:
                 fields = await _json_body(request)
                 bundle_dir = await run_in_threadpool(uploads.check_under_roots, _required(fields, "bundle_path"), roots)
             elif content_type == "multipart/form-data":
-                fields, bundle_dir = await _multipart(request, upload_dir, config.max_upload_bytes, roots)
+                fields, bundle_dir = await _multipart(request, upload_dir, limits, roots)
             elif content_type in TAR_TYPES:
                 fields = _query_fields(request)
                 _precheck_task(fields.get("task"))
-                bundle_dir = await uploads.receive_tar(request, upload_dir, config.max_upload_bytes)
+                bundle_dir = await uploads.receive_tar(request, upload_dir, limits)
             else:
                 raise InputError("content-type", f"{content_type or 'none'} is not accepted: send JSON with bundle_path, a tar body, or multipart", status=415)
             job = await run_in_threadpool(_build_job, job_id, fields, bundle_dir, config.models)
@@ -181,17 +184,14 @@ def _query_fields(request: Request) -> dict[str, Any]:
     return {"task": query.get("task"), "params": _parse_params_text(query.get("params")), "models": query.get("models")}
 
 
-async def _multipart(request: Request, upload_dir: Path, limit: int, roots: list[Path]) -> tuple[dict[str, Any], Path]:
-    uploads.check_declared_length(request, limit)
-    form = await request.form()
+async def _multipart(request: Request, upload_dir: Path, limits: uploads.UploadLimits, roots: list[Path]) -> tuple[dict[str, Any], Path]:
+    form = await uploads.receive_form(request, limits)
     fields = {"task": form.get("task"), "params": _parse_params_text(form.get("params")), "models": form.get("models")}
     upload = form.get("bundle")
     if upload is None or isinstance(upload, str):
         bundle_dir = await run_in_threadpool(uploads.check_under_roots, _required({"bundle_path": form.get("bundle_path")}, "bundle_path"), roots)
         return fields, bundle_dir
-    if upload.size is not None and upload.size > limit:
-        raise uploads.too_large(limit)
-    return fields, await run_in_threadpool(uploads.extract_tar, upload.file, upload_dir, limit)
+    return fields, await run_in_threadpool(uploads.extract_tar, upload.file, upload_dir, limits)
 
 
 def _build_job(job_id: str, fields: dict[str, Any], bundle_dir: Path, default_models: str) -> Job:

@@ -1,22 +1,22 @@
 """Checks a submission before it is queued, so bad input fails fast with the field named:
-the task, the bundle (schema, passes, files, image sizes from PNG/EXR headers) and the
-parameters (the task's pydantic model; errors mapped to ``params.<path>``)."""
+the task, the bundle (schema, passes, files: PNG headers through PIL, depth EXRs through
+OpenEXR with their values checked, image sizes) and the parameters (the task's pydantic
+model; errors mapped to ``params.<path>``)."""
 
 from __future__ import annotations
 
-import struct
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import OpenEXR
+from PIL import Image
 from pydantic import ValidationError
 
 from poe_backend.bundle import FRAME_TOKEN, Bundle, BundleError, read_bundle
 from poe_backend.server.errors import InputError
 from poe_backend.tasks import TASK_CLASSES, get_task
 from poe_backend.tasks.base import Task, TaskParams
-
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-EXR_MAGIC = 20000630
 
 
 def resolve_task(name: Any) -> Task:
@@ -33,7 +33,7 @@ def load_bundle(root: Path, task_name: str | None) -> Bundle:
         raise InputError(error.field, error.message, code="invalid_bundle") from None
     if task_name is not None and bundle.task != task_name:
         raise InputError("task", f"the bundle was captured for task {bundle.task!r}, not {task_name!r}", code="invalid_bundle")
-    check_image_sizes(bundle)
+    check_pass_files(bundle)
     return bundle
 
 
@@ -50,45 +50,60 @@ def validate_params(task: Task, bundle_params: dict[str, Any], request_params: d
         raise InputError(field, f"{first['msg']} (got {first.get('input')!r})", code="invalid_params") from None
 
 
-def image_size(path: Path) -> tuple[int, int] | None:
-    """``(width, height)`` from a PNG or OpenEXR header; None for other formats."""
-    with open(path, "rb") as handle:
-        head = handle.read(65536)
-    if head.startswith(PNG_SIGNATURE) and head[12:16] == b"IHDR":
-        return struct.unpack(">II", head[16:24])
-    if len(head) >= 8 and struct.unpack("<i", head[:4])[0] == EXR_MAGIC:
-        return _exr_data_window(head)
-    return None
+def png_size(path: Path, field: str) -> tuple[int, int]:
+    """``(width, height)`` of a PNG, from its header (PIL reads no pixels here)."""
+    try:
+        with Image.open(path) as image:
+            kind, size = image.format, image.size
+    except Exception as error:  # PIL raises OSError, ValueError, DecompressionBombError, ...
+        raise InputError(field, f"{path.name} is not a readable PNG ({error})", code="invalid_bundle") from None
+    if kind != "PNG":
+        raise InputError(field, f"{path.name} must be a PNG, but it is {kind or 'not an image'}", code="invalid_bundle")
+    return size
 
 
-def _exr_data_window(head: bytes) -> tuple[int, int] | None:
-    position = 8
-    while position < len(head):
-        name_end = head.index(b"\0", position)
-        name = head[position:name_end]
-        if not name:
-            return None
-        type_end = head.index(b"\0", name_end + 1)
-        (size,) = struct.unpack("<i", head[type_end + 1 : type_end + 5])
-        value = head[type_end + 5 : type_end + 5 + size]
-        if name == b"dataWindow":
-            x_min, y_min, x_max, y_max = struct.unpack("<iiii", value)
-            return x_max - x_min + 1, y_max - y_min + 1
-        position = type_end + 5 + size
-    return None
+def depth_size(path: Path, field: str) -> tuple[int, int]:
+    """``(width, height)`` of a depth EXR, after checking its values: channel ``Z``,
+    camera Z in scene units, each pixel either finite and >= 0 or ``+inf`` (background),
+    and at least one finite pixel. OpenEXR parses the file (it refuses malformed headers
+    at once, rather than looping on them)."""
+    try:
+        with OpenEXR.File(str(path), separate_channels=True) as exr:
+            channels = exr.channels()
+            if "Z" not in channels:
+                raise InputError(field, f"{path.name} has no channel 'Z' (has {', '.join(channels) or 'none'})", code="invalid_bundle")
+            depth = np.asarray(channels["Z"].pixels)
+    except InputError:
+        raise
+    except Exception as error:  # OpenEXR raises plain RuntimeError / OSError for bad files
+        raise InputError(field, f"{path.name} is not a readable OpenEXR file ({error})", code="invalid_bundle") from None
+    check_depth_values(depth, field, path.name)
+    return depth.shape[1], depth.shape[0]
 
 
-def check_image_sizes(bundle: Bundle) -> None:
-    """Every pass image must be ``width x height`` (read from the file headers)."""
+def check_depth_values(depth: np.ndarray, field: str, name: str) -> None:
+    """Camera Z ``(H, W)`` of file ``name``: no NaN, nothing negative (``-inf`` included),
+    not all ``+inf``."""
+    if depth.ndim != 2 or not np.issubdtype(depth.dtype, np.floating):
+        raise InputError(field, f"{name}: channel 'Z' must be a 2-D float image, got {depth.dtype} of shape {depth.shape}", code="invalid_bundle")
+    for what, bad in (("NaN", np.isnan(depth)), ("negative", depth < 0)):
+        if bad.any():
+            row, column = np.argwhere(bad)[0]
+            raise InputError(field, f"{name}: depth has {what} values ({int(bad.sum())} pixels, first at x={column}, y={row}); camera Z must be >= 0, +inf for background", code="invalid_bundle")
+    if not np.isfinite(depth).any():
+        raise InputError(field, f"{name}: every depth pixel is background (+inf): nothing in view", code="invalid_bundle")
+
+
+def check_pass_files(bundle: Bundle) -> None:
+    """Every pass file must be of its format (``depth``: OpenEXR with valid values, every
+    other pass: PNG) and ``width x height`` as bundle.json says."""
     for name, pattern in bundle.passes.items():
-        frames = bundle.frames if FRAME_TOKEN in pattern else [None]
-        for frame in frames:
+        field = f"passes.{name}"
+        read_size = depth_size if name == "depth" else png_size
+        for frame in bundle.frames if FRAME_TOKEN in pattern else [None]:
             path = bundle.pass_path(name, frame)
-            try:
-                size = image_size(path)
-            except (OSError, ValueError, struct.error) as error:
-                raise InputError(f"passes.{name}", f"cannot read the header of {path.name} ({error})", code="invalid_bundle") from None
-            if size is not None and size != (bundle.width, bundle.height):
+            size = read_size(path, field)
+            if size != (bundle.width, bundle.height):
                 relative = path.relative_to(bundle.root)
                 message = f"{relative} is {size[0]}x{size[1]} but bundle.json says width={bundle.width}, height={bundle.height}"
-                raise InputError(f"passes.{name}", message, code="invalid_bundle")
+                raise InputError(field, message, code="invalid_bundle")
