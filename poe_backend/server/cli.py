@@ -22,7 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="jobs, uploads and the token live here")
     parser.add_argument("--allow-remote", action="store_true", help="allow binding a non-loopback address (use a tunnel if you can)")
     parser.add_argument("--allow-root", type=Path, action="append", default=[], help="a folder whose bundles may be submitted by path (repeatable; the data dir always is)")
-    parser.add_argument("--max-upload-mb", type=float, default=8192, help="largest accepted bundle upload")
+    parser.add_argument("--max-upload-mb", type=float, default=8192, help="largest accepted bundle upload (MiB, also after gzip decoding)")
+    parser.add_argument("--max-upload-entries", type=int, default=20_000, help="most tar members in one upload (empty files and folders count)")
+    parser.add_argument("--upload-timeout-s", type=float, default=60.0, help="longest wait for the next piece of an upload's body (seconds)")
     parser.add_argument("--device", default=None, help="torch device for jobs (default: cuda if available, else cpu)")
     parser.add_argument("--models", default="default", help="model preset when a job names none (e.g. tiny, default)")
 
@@ -53,6 +55,8 @@ def serve(arguments: argparse.Namespace) -> int:
         token=load_or_create_token(data_dir),
         allowed_roots=[root.expanduser().resolve() for root in arguments.allow_root],
         max_upload_bytes=int(arguments.max_upload_mb * 2**20),
+        max_upload_entries=arguments.max_upload_entries,
+        upload_read_timeout_s=arguments.upload_timeout_s,
         device=device,
         models=arguments.models,
     )
