@@ -460,7 +460,7 @@ def _tiny_transformer_config() -> dict:
     return dict(
         patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8, out_channels=LATENT_CHANNELS,
         text_dim=TINY_TEXT_DIM, freq_dim=32, ffn_dim=32, num_layers=1, cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
+        qk_norm="rms_norm_across_heads", rope_max_seq_len=128,
     )
 
 

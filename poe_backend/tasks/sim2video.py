@@ -28,7 +28,7 @@ from typing import ClassVar, Literal
 import torch
 from pydantic import Field
 
-from poe_backend.bundle import BundleError
+from poe_backend.bundle import VIDEO_MAX_FRAMES, VIDEO_MAX_SIDE, BundleError
 from poe_backend.sampling import Factor, ProductOfExperts
 from poe_backend.sampling.schedules import shifted_levels
 from poe_backend.tasks import video_io
@@ -43,9 +43,11 @@ class Sim2VideoParams(TaskParams):
     prompt: str | None = Field(None, description="defaults to the bundle's prompt")
     negative_prompt: str = ""
     first_frame: str | None = Field(None, description="image path relative to the bundle (inside it); default: the rgb pass at the first frame")
-    num_frames: int | None = Field(None, ge=5, le=241, description="first N frames, cut to 4k+1; default all")
-    height: int | None = Field(None, ge=16, le=1280, description="default: bundle height, rounded down to 16")
-    width: int | None = Field(None, ge=16, le=1280, description="default: bundle width, rounded down to 16")
+    num_frames: int | None = Field(None, ge=5, le=241, description="first N frames, cut to 4k+1 (at most max_frames); default all up to max_frames")
+    height: int | None = Field(None, ge=16, le=1280, description="at most max_side; default: the bundle's, scaled so its longer side fits max_side, rounded down to 16")
+    width: int | None = Field(None, ge=16, le=1280, description="at most max_side; default: the bundle's, scaled so its longer side fits max_side, rounded down to 16")
+    max_side: int = Field(VIDEO_MAX_SIDE, ge=16, le=1280, description="cap on the longer side (Wan2.1's native 832 at 480p)")
+    max_frames: int = Field(VIDEO_MAX_FRAMES, ge=5, le=241, description="cap on the frame count (Wan2.1's native 81)")
     particles: int = Field(2, ge=1, le=64)
     sampler: SamplerName = "fkc"
     levels: int = Field(30, ge=2, le=1000)
@@ -82,8 +84,9 @@ class Sim2VideoTask(Task):
         pairing = wan.default_pairing(context.models) if params.pairing == "auto" else params.pairing
         seed = seed_for(context)
         prompt = bundle.prompt if params.prompt is None else params.prompt
-        height, width = video_io.output_size(bundle, params.height, params.width)
-        frames = video_io.clip_frames(bundle, params.num_frames, strict="num_frames" in context.params.model_fields_set)
+        size = video_io.capped_size(bundle, params.height, params.width, params.num_frames, max_side=params.max_side, max_frames=params.max_frames)
+        height, width = size.height, size.width
+        frames = video_io.clip_frames(bundle, size.max_frames, strict="num_frames" in context.params.model_fields_set)
         num_frames = len(frames)
         first_frame = self._first_frame(context, frames[0], height, width)
         depth_video = video_io.depth_to_disparity_video(video_io.read_depth_frames(bundle, frames, height, width)) if params.mode != "i2v" else None
@@ -133,7 +136,7 @@ class Sim2VideoTask(Task):
             "pairing": pairing,
             "experts": described,
             "frames": frames,
-            "size": {"height": height, "width": width, "num_frames": num_frames, "fps": bundle.fps},
+            "size": {"height": height, "width": width, "num_frames": num_frames, "fps": bundle.fps, "capped_from": size.capped_from},
             "levels": levels,
             "stats": result.stats(),
             "log_weights": video_io.finite_log_weights(result.log_weights),

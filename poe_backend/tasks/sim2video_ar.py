@@ -32,7 +32,7 @@ from typing import ClassVar, Literal
 import torch
 from pydantic import Field
 
-from poe_backend.bundle import BundleError
+from poe_backend.bundle import VIDEO_MAX_FRAMES, VIDEO_MAX_SIDE, BundleError
 from poe_backend.sampling import Factor, ProductOfExperts
 from poe_backend.tasks import video_io
 from poe_backend.tasks.base import SAMPLERS, SamplerName, Task, TaskContext, TaskParams, TaskResult, seed_for
@@ -46,8 +46,10 @@ class Sim2VideoARParams(TaskParams):
     first_frame: str | None = Field(None, description="image path relative to the bundle (inside it); default: rgb frame 0")
     latent_window_size: int = Field(9, ge=1, le=33, description="latent frames per section (9 ≈ 33 pixel frames)")
     num_sections: int | None = Field(None, ge=1, le=64, description="default: as many as the bundle's frames allow")
-    height: int | None = Field(None, ge=16, le=1280)
-    width: int | None = Field(None, ge=16, le=1280)
+    height: int | None = Field(None, ge=16, le=1280, description="at most max_side; default: the bundle's, scaled so its longer side fits max_side, rounded down to 16")
+    width: int | None = Field(None, ge=16, le=1280, description="at most max_side; default: the bundle's, scaled so its longer side fits max_side, rounded down to 16")
+    max_side: int = Field(VIDEO_MAX_SIDE, ge=16, le=1280, description="cap on the longer side")
+    max_frames: int = Field(VIDEO_MAX_FRAMES, ge=5, le=241, description="cap on the frame count (sections are dropped to fit)")
     particles: int = Field(2, ge=1, le=64)
     sampler: SamplerName = "fkc"
     levels: int = Field(25, ge=2, le=1000)
@@ -83,9 +85,10 @@ class Sim2VideoARTask(Task):
         bundle = context.bundle
         seed = seed_for(context)
         prompt = bundle.prompt if params.prompt is None else params.prompt
-        height, width = video_io.output_size(bundle, params.height, params.width)
+        size = video_io.capped_size(bundle, params.height, params.width, None, max_side=params.max_side, max_frames=params.max_frames)
+        height, width = size.height, size.width
         window = params.latent_window_size
-        num_sections = self._num_sections(len(bundle.frames), window, params.num_sections)
+        num_sections = self._num_sections(len(bundle.frames), size.max_frames, window, params.num_sections)
         frames = bundle.frames[: fp.num_pixel_frames(num_sections, window)]
         renders = video_io.read_rgb_frames(bundle, frames, height, width)  # (F, 3, H, W) in [0, 1]
 
@@ -142,7 +145,7 @@ class Sim2VideoARTask(Task):
             "placement": components.placement.describe() if components.placement else None,
             "experts": ["framepack"] + (["render_gaussian"] if params.mode == "product" else []),
             "frames": frames,
-            "size": {"height": height, "width": width, "num_frames": len(frames), "fps": bundle.fps, "sections": num_sections, "latent_window_size": window},
+            "size": {"height": height, "width": width, "num_frames": len(frames), "fps": bundle.fps, "sections": num_sections, "latent_window_size": window, "capped_from": size.capped_from},
             "levels": levels,
             "stats": result.stats(),
             "seconds": {"sampling": sampling_seconds, "total": time.perf_counter() - started},
@@ -151,16 +154,21 @@ class Sim2VideoARTask(Task):
         return TaskResult(kind="video", primary="video", outputs=outputs, manifest=manifest)
 
     @staticmethod
-    def _num_sections(available: int, window: int, requested: int | None) -> int:
+    def _num_sections(available: int, max_frames: int, window: int, requested: int | None) -> int:
+        """Sections of ``window`` latent frames: ``requested``, else as many as fit in
+        ``min(available, max_frames)`` pixel frames (``1 + 4·sections·window``)."""
         from poe_backend.experts.framepack import num_pixel_frames
 
         if requested is None:
-            sections = (available - 1) // (4 * window)
+            sections = (max_frames - 1) // (4 * window)
             if sections < 1:
-                raise BundleError("frames", f"needs at least {num_pixel_frames(1, window)} frames for one section of {window} latent frames, the bundle has {available}")
+                raise BundleError("frames", f"needs at least {num_pixel_frames(1, window)} frames for one section of {window} latent frames, the bundle has {available} (max_frames {max_frames})")
             return sections
-        if num_pixel_frames(requested, window) > available:
-            raise BundleError("frames", f"{requested} sections of {window} latent frames need {num_pixel_frames(requested, window)} frames, the bundle has {available}")
+        needed = num_pixel_frames(requested, window)
+        if needed > available:
+            raise BundleError("frames", f"{requested} sections of {window} latent frames need {needed} frames, the bundle has {available}")
+        if needed > max_frames:
+            raise BundleError("params.num_sections", f"{requested} sections of {window} latent frames are {needed} frames, above max_frames={max_frames}")
         return requested
 
     @staticmethod

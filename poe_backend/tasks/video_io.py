@@ -9,6 +9,7 @@ want: :func:`depth_to_disparity_video`.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from poe_backend.bundle import Bundle, BundleError
+from poe_backend.bundle import Bundle, BundleError, capped_video_size
 
 
 def read_first_frame(bundle: Bundle, relative: str, height: int, width: int) -> Tensor:
@@ -106,14 +107,39 @@ def clip_frames(bundle: Bundle, num_frames: int | None, *, multiple: int = 4, st
     return bundle.frames[:usable]
 
 
-def output_size(bundle: Bundle, height: int | None, width: int | None, multiple: int = 16) -> tuple[int, int]:
-    """Generation size: the parameters, else the bundle's, rounded down to ``multiple``."""
-    height = bundle.height if height is None else height
-    width = bundle.width if width is None else width
-    height, width = height // multiple * multiple, width // multiple * multiple
+@dataclass(frozen=True)
+class CappedSize:
+    """What a video task generates: ``height``×``width`` pixels (multiples of 16) and at
+    most ``max_frames`` frames (the frame count actually used is decided by the task's
+    frame rule from this cap). ``capped_from`` is the bundle's ``{"width", "height",
+    "num_frames"}`` when the cap changed any of them, else None; ``result.json`` records it."""
+
+    height: int
+    width: int
+    max_frames: int
+    capped_from: dict[str, int] | None
+
+
+def capped_size(bundle: Bundle, height: int | None, width: int | None, num_frames: int | None, *, max_side: int, max_frames: int, multiple: int = 16) -> CappedSize:
+    """The generation size of a video task (:func:`poe_backend.bundle.capped_video_size`,
+    the rule the add-on shows). Unset sizes take the bundle's, scaled down (aspect kept) so
+    the longer side is at most ``max_side`` and rounded down to ``multiple``; the frame cap
+    is ``min(num_frames or all, max_frames)``. Explicit values above a cap raise
+    :class:`BundleError` naming the field (``params.width``/``height``/``num_frames``)."""
+    for name, value, limit in (("width", width, max_side), ("height", height, max_side), ("num_frames", num_frames, max_frames)):
+        if value is not None and value > limit:
+            raise BundleError(f"params.{name}", f"{name}={value} is above the cap max_{'side' if name != 'num_frames' else 'frames'}={limit}; raise the cap to generate it")
+    capped_width, capped_height, _ = capped_video_size(bundle.width, bundle.height, len(bundle.frames), max_side=max_side, max_frames=max_frames, multiple=multiple)
+    height = capped_height if height is None else height // multiple * multiple
+    width = capped_width if width is None else width // multiple * multiple
     if height < multiple or width < multiple:
-        raise BundleError("width", f"generation size must be at least {multiple}x{multiple}, got {width}x{height}")
-    return height, width
+        raise BundleError("params.width", f"generation size must be at least {multiple}x{multiple}, got {width}x{height}")
+    size_capped = (width, height) == (capped_width, capped_height) != (bundle.width, bundle.height)
+    frames_capped = num_frames is None and len(bundle.frames) > max_frames
+    changed = size_capped or frames_capped
+    frame_cap = min(len(bundle.frames), max_frames)
+    capped_from = {"width": bundle.width, "height": bundle.height, "num_frames": len(bundle.frames)} if changed else None
+    return CappedSize(height, width, frame_cap if num_frames is None else num_frames, capped_from)
 
 
 def to_uint8_frames(video: Tensor) -> np.ndarray:

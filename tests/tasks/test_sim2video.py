@@ -39,7 +39,7 @@ def test_product_run_writes_video_particles_and_manifest(tiny_data_dir, bundle_d
     result.write(tmp_path)
     manifest = json.loads((tmp_path / "result.json").read_text())
     assert manifest["kind"] == "video" and manifest["primary"] == "video"
-    assert manifest["size"] == {"height": 32, "width": 32, "num_frames": 5, "fps": 8.0}  # 6 frames cut to 4k+1
+    assert manifest["size"] == {"height": 32, "width": 32, "num_frames": 5, "fps": 8.0, "capped_from": None}  # 6 frames cut to 4k+1
     assert [expert["expert"] for expert in manifest["experts"]] == ["wan_i2v", "wan_vace_depth"]
     assert manifest["seed"] == 3 and manifest["params"]["levels"] == 3
     frames = iio.imread(tmp_path / "video.mp4")
@@ -113,3 +113,34 @@ def test_preview_preset_uses_vace_1_3b_small_settings(tmp_path, monkeypatch, bun
     monkeypatch.setenv("POE_DATA_DIR", str(tmp_path))
     with pytest.raises(registry.MissingWeights, match="Wan-AI/Wan2.1-VACE-1.3B-diffusers"):
         _run(bundle_dir, tmp_path / "out", models="preview")
+
+
+CAP_RUN = {"mode": "depth", "particles": 1, "levels": 2, "langevin_steps": 0, "save_particles": False}
+
+
+def test_full_hd_bundle_is_resized_to_the_cap_and_the_result_says_so(tiny_data_dir, tmp_path) -> None:  # noqa: F811
+    """A 1920×1080 scene (Blender's default) becomes 832×464: longer side 832, aspect kept,
+    sides rounded down to 16 (1080·832/1920 = 468 -> 464)."""
+    bundle = write_video_bundle(tmp_path / "hd", "sim2video", num_frames=5, height=1080, width=1920)
+    _run(bundle, tmp_path / "out", **CAP_RUN)
+    manifest = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert manifest["size"]["width"] == 832 and manifest["size"]["height"] == 464
+    assert manifest["size"]["capped_from"] == {"width": 1920, "height": 1080, "num_frames": 5}
+    assert iio.imread(tmp_path / "out" / "video.mp4").shape == (5, 464, 832, 3)
+
+
+def test_long_bundle_is_cut_to_max_frames(tiny_data_dir, tmp_path) -> None:  # noqa: F811
+    bundle = write_video_bundle(tmp_path / "long", "sim2video", num_frames=90)
+    _run(bundle, tmp_path / "out", **CAP_RUN)
+    manifest = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert manifest["size"]["num_frames"] == 81 and manifest["frames"] == list(range(1, 82))
+    assert manifest["size"]["capped_from"] == {"width": 32, "height": 32, "num_frames": 90}
+    _run(bundle, tmp_path / "lower", **CAP_RUN, max_frames=20)  # 20 -> 17 = 4·4 + 1
+    assert json.loads((tmp_path / "lower" / "result.json").read_text())["size"]["num_frames"] == 17
+
+
+@pytest.mark.parametrize("field, value", [("width", 848), ("height", 848), ("num_frames", 85)])
+def test_explicit_sizes_above_the_caps_name_the_field(tiny_data_dir, bundle_dir, tmp_path, field, value) -> None:  # noqa: F811
+    with pytest.raises(BundleError) as error:
+        _run(bundle_dir, tmp_path, **{field: value})
+    assert error.value.field == f"params.{field}"

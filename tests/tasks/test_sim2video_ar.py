@@ -86,3 +86,12 @@ def test_too_few_frames_names_the_field(tiny_data_dir, bundle_dir, tmp_path) -> 
     with pytest.raises(BundleError) as error:
         _run(bundle_dir, tmp_path, latent_window_size=9)
     assert error.value.field == "frames"
+
+
+def test_max_frames_drops_sections_and_the_result_says_so(tiny_data_dir, bundle_dir, tmp_path) -> None:  # noqa: F811
+    result = _run(bundle_dir, tmp_path, max_frames=8, gibbs_sweeps=0, save_particles=False)  # 8 -> one section, 5 frames
+    assert result.manifest["size"]["sections"] == 1 and result.manifest["size"]["num_frames"] == 5
+    assert result.manifest["size"]["capped_from"] == {"width": 32, "height": 32, "num_frames": 9}
+    with pytest.raises(BundleError) as error:
+        _run(bundle_dir, tmp_path / "b", max_frames=8, num_sections=2)
+    assert error.value.field == "params.num_sections"
