@@ -34,9 +34,10 @@ import torch.nn.functional as functional
 from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
 from torch import Tensor
 
-from poe_backend.experts.lookup import weight_bytes
 from poe_backend.experts.model_cache import MODEL_CACHE, default_dtype
-from poe_backend.experts.placement import Budget, Placement, PlacementPlan, auto_plan, placement_for_offload
+from poe_backend.experts import memory_plan
+from poe_backend.experts.memory_plan import Budget
+from poe_backend.experts.placement import Placement, PlacementPlan, placement_for_offload, placement_name
 from poe_backend.sampling import GenerativeExpert, ProductOfExperts
 
 LATENT_CHANNELS = 16
@@ -294,12 +295,6 @@ PROMPT_CACHE_SIZE = 64
 _PROMPT_CACHE: OrderedDict[tuple[str, int, str, str, str], PromptEmbedding] = OrderedDict()
 
 
-def activation_bytes(num_tokens: int, batch: int, text_tokens: int = 512, hidden: int = 3072) -> int:
-    """A rough peak-activation estimate of one FLUX forward (inference): about 64 live
-    ``(batch, tokens, hidden)`` bf16 tensors. 1024² (4096 tokens), batch 2: ~3.6 GB."""
-    return 64 * batch * (num_tokens + text_tokens) * hidden * 2
-
-
 class FluxRuntime:
     """The FLUX family for one job at one resolution, owning what a diffusers pipeline owns.
 
@@ -312,13 +307,14 @@ class FluxRuntime:
       :meth:`decode_preview` at a reduced size for rewards).
 
     ``budget`` is what ``auto`` plans against: ``"detect"`` (default) asks
-    :meth:`Budget.detect` (free VRAM and host RAM; None off CUDA, where all is resident).
+    :func:`memory_plan.device_budget` (free VRAM and host RAM; None off CUDA, where
+    everything is resident).
     """
 
     def __init__(self, height: int, width: int, *, preset: str = "default", device: str = "cpu", dtype: torch.dtype | None = None, max_sequence_length: int = 512, budget: Budget | None | str = "detect") -> None:
         self.space = FluxLatentSpace(height, width, preset=preset, device=device, dtype=dtype, max_sequence_length=max_sequence_length)
         self.preset, self.device, self.dtype = preset, device, self.space.dtype
-        self.budget = Budget.detect(device) if budget == "detect" else budget
+        self.budget = memory_plan.device_budget(device) if budget == "detect" else budget
         self.placement_plan: PlacementPlan | None = None
 
     @staticmethod
@@ -368,26 +364,39 @@ class FluxRuntime:
     # -- transformers -----------------------------------------------------------------
 
     def plan(self, kinds: list[str], *, offload: str = "auto", fp8_storage: bool = False, batch: int = 1, resident_bytes: int = 0) -> PlacementPlan:
-        """Decide where each transformer lives for this job, from the weight files'
-        sizes before anything loads. ``auto`` plans against :attr:`budget` with
-        :func:`activation_bytes` plus ``resident_bytes`` (models that stay on the device,
-        e.g. VQAScore); another ``offload`` names the placement explicitly."""
-        sizes = {TRANSFORMER_ROLES[kind]: weight_bytes(TRANSFORMER_ROLES[kind], self.preset) for kind in kinds}
-        activations = activation_bytes(self.num_tokens, batch) + resident_bytes
-        if offload == "auto":
-            self.placement_plan = auto_plan(sizes, activations, self._budget_for(sizes), allow_fp8=fp8_storage)
-        else:
+        """Decide where each transformer lives for this job before anything loads. ``auto``
+        asks :func:`memory_plan.plan` with the models' exact sizes (their configs built on
+        the meta device), one batched forward's activations plus ``resident_bytes`` (models
+        that stay on the device, e.g. VQAScore) and the decode, against :attr:`budget`;
+        ``fp8_storage`` allows fp8 placements. Another ``offload`` names the placement.
+        Raises :class:`memory_plan.PlanError` (a MemoryError) when nothing fits."""
+        sizes = [memory_plan.installed_size(TRANSFORMER_ROLES[kind], self.preset) for kind in kinds]
+        roles, weight_bytes = [size.role for size in sizes], {size.role: size.weight_bytes for size in sizes}
+        if offload != "auto":
             name = placement_for_offload(offload, fp8_storage)
-            self.placement_plan = PlacementPlan({role: name for role in sizes}, sizes, activations, self.budget, f"offload={offload!r} requested")
+            self.placement_plan = PlacementPlan({role: name for role in roles}, weight_bytes, f"offload={offload!r} requested")
+        elif self.budget is None:
+            self.placement_plan = PlacementPlan({role: "resident" for role in roles}, weight_bytes, "no CUDA device: models stay in host memory")
+        else:
+            height, width = self.space.height, self.space.width
+            planned = memory_plan.plan(
+                sizes,
+                memory_plan.flux_activation_bytes(self.num_tokens, self.space.max_sequence_length, batch) + resident_bytes,
+                memory_plan.vae_decode_bytes("flux", 1, height, width, False),
+                self._budget_for(roles),
+                alternating=len(roles) > 1,
+                allow_fp8=fp8_storage,
+                tiled_decode_bytes=memory_plan.vae_decode_bytes("flux", 1, height, width, True),
+            )
+            placements = {role: placement_name(role_plan) for role, role_plan in planned.placements.items()}
+            self.placement_plan = PlacementPlan(placements, weight_bytes, "; ".join(planned.reasons), planned)
         return self.placement_plan
 
-    def _budget_for(self, sizes: dict[str, int]) -> Budget | None:
+    def _budget_for(self, roles: list[str]) -> Budget:
         """:attr:`budget` plus the device memory these roles already hold from an earlier
         job (resident there, so a repeated job keeps them resident instead of offloading)."""
-        if self.budget is None:
-            return None
-        held = MODEL_CACHE.resident_bytes(sizes, self.device)
-        return replace(self.budget, device_bytes=self.budget.device_bytes + held)
+        held = MODEL_CACHE.resident_bytes(roles, self.device)
+        return replace(self.budget, vram_free_bytes=self.budget.vram_free_bytes + held)
 
     def transformer(self, kind: str) -> torch.nn.Module:
         """The ``kind`` transformer, loaded once per process and placed as planned."""

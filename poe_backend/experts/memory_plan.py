@@ -5,6 +5,7 @@ Public API (stable; all sizes in bytes unless a name says GiB):
 
 * ``FULL_CONFIGS[role] -> (loader, config)``: full-size configs of the big models, with the
   registry's role names and loader strings.
+* ``installed_size(role, preset)``: the same for the files a job will load.
 * ``ModelSize(role, weight_bytes, fp8_weight_bytes, num_blocks, largest_block_bytes,
   non_block_bytes, largest_leaf_bytes)`` and ``model_size(role, loader, config,
   dtype=torch.bfloat16)``: exact sizes, built on the meta device (no memory, no download).
@@ -13,7 +14,7 @@ Public API (stable; all sizes in bytes unless a name says GiB):
   ``wan_activation_bytes(latent_frames, latent_h, latent_w, batch, vace_layers=0)``,
   ``framepack_activation_bytes(section_frames, latent_h, latent_w, batch)``,
   ``vae_decode_bytes(family, frames, height, width, tiled)``.
-* ``Budget(vram_free_bytes, ram_free_bytes)``, ``Budget.detect(device)``,
+* ``Budget(vram_free_bytes, ram_free_bytes)``, ``Budget.detect(device)``, ``device_budget(device)``,
   ``Budget.nominal(vram_gib, ram_gib)`` (a card/RAM size minus context and OS baselines).
 * ``plan(models, activation_bytes, decode_bytes, budget, *, alternating,
   allow_fp8=True, tiled_decode_bytes=None) -> Plan``; ``Plan.placements[role]`` is a
@@ -107,7 +108,7 @@ FULL_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
-class PlanError(RuntimeError):
+class PlanError(MemoryError):
     """No placement fits the budget; the message says what to lower."""
 
 
@@ -179,6 +180,18 @@ def model_size(role: str, loader: str, config: dict[str, Any], dtype: torch.dtyp
     leaves = [_tensor_bytes(m, dtype_bytes) for m in model.modules() if not list(m.children())]
     fp8 = _fp8_bytes(model, dtype_bytes) if module_name == "diffusers" else total
     return ModelSize(role, total, fp8, len(blocks), max(block_bytes), total - sum(block_bytes), max(leaves))
+
+
+@functools.lru_cache(maxsize=64)
+def installed_size(role: str, preset: str) -> ModelSize:
+    """:func:`model_size` of ``role`` from the config of its files on this machine (the
+    registry's lookup; diffusers' ``_``-prefixed bookkeeping keys dropped), so a job plans
+    with the exact sizes of what it will load, before loading it."""
+    from poe_backend.experts.lookup import resolve
+    from poe_backend.experts.specs import get_spec
+
+    config = json.loads((resolve(role, preset) / "config.json").read_text())
+    return model_size(role, get_spec(role, preset).loader, {key: value for key, value in config.items() if not key.startswith("_")})
 
 
 @functools.lru_cache(maxsize=None)
@@ -270,6 +283,12 @@ class Budget:
     @property
     def reserve_bytes(self) -> int:
         return max(GiB, self.vram_free_bytes // 20)
+
+
+def device_budget(device: str | torch.device) -> Budget | None:
+    """:meth:`Budget.detect` of a CUDA ``device``; None off CUDA (models stay in host
+    memory there: nothing to plan)."""
+    return Budget.detect(device) if str(device).startswith("cuda") and torch.cuda.is_available() else None
 
 
 def _mem_available() -> int:

@@ -26,10 +26,10 @@ from typing import Any, Iterable
 import torch
 
 from poe_backend.experts.lookup import resolve
-from poe_backend.experts.placement import PlacementChangeNeedsReload, PlacementName, apply_placement, parameter_bytes, placement_of
+from poe_backend.experts.placement import PLACEMENT_NAMES, PlacementChangeNeedsReload, PlacementName, apply_placement, parameter_bytes, placement_of
 from poe_backend.experts.specs import ModelSpec, get_spec
 
-_HOOKED = ("group_offload", "leaf_offload", "fp8_resident")
+_HOOKED = tuple(name for name in PLACEMENT_NAMES if name != "resident")
 
 
 def default_dtype(device: str) -> torch.dtype:

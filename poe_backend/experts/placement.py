@@ -1,13 +1,16 @@
 """Putting loaded modules on a device according to a per-role placement decision.
 
-A decision is one of the memory planner's names (:data:`PLACEMENT_NAMES`):
+The decision is made by :func:`poe_backend.experts.memory_plan.plan` (the one place that
+decides); this module applies it. A name (:data:`PLACEMENT_NAMES`) is the planner's
+placement, prefixed ``fp8_`` when its ``fp8_storage`` is set (:func:`placement_name`):
 
 * ``resident`` — the whole module on the device.
-* ``fp8_resident`` — on the device, weights stored in float8_e4m3fn and cast per layer to the
-  compute dtype (diffusers ``enable_layerwise_casting``; FLUX 12B: ~24 -> ~12 GB).
 * ``group_offload`` — diffusers ``apply_group_offloading(block_level, 1 block per group)``:
   one transformer block at a time on the device, the next streamed in while one computes.
 * ``leaf_offload`` — ``apply_group_offloading(leaf_level)``: smallest memory, slowest.
+* ``fp8_...`` — the same, weights stored in float8_e4m3fn and cast per layer to the compute
+  dtype (diffusers ``enable_layerwise_casting``, applied before any offload hooks; FLUX 12B:
+  ~24 -> ~12 GB).
 
 Host memory (issue 9, finding 3): with ``use_stream=True`` diffusers 0.42.1 keeps, per group,
 ``param.data.cpu().pin_memory()`` unless ``low_cpu_mem_usage`` — for parameters already on
@@ -21,103 +24,49 @@ again does nothing, and a different one removes the group-offload hooks before a
 new one. Switching fp8 storage cannot be undone in place (the weights were cast); the model
 cache reloads the module instead (:class:`PlacementChangeNeedsReload`).
 
-Whole-model moves per evaluation are never planned: :func:`auto_plan` chooses between the
-decisions above only (issue 9, finding 2: two alternating 22 GiB FLUX transformers swapped
-over PCIe cost 10-16 s per evaluation against ~1.4 s of compute).
+Whole-model moves per evaluation are never planned: the planner chooses between the
+decisions above only (two alternating 22 GiB FLUX transformers swapped over PCIe cost
+10-16 s per evaluation against ~1.4 s of compute).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any, Literal, Mapping
 
 import torch
 
-PlacementName = Literal["resident", "fp8_resident", "group_offload", "leaf_offload"]
-PLACEMENT_NAMES: tuple[str, ...] = ("resident", "fp8_resident", "group_offload", "leaf_offload")
-#: Fraction of the budget that weights + activations may fill (allocator fragmentation, CUDA context).
-HEADROOM = 0.9
+from poe_backend.experts.memory_plan import Plan, RolePlan, device_budget
+
+PlacementName = Literal["resident", "group_offload", "leaf_offload", "fp8_resident", "fp8_group_offload", "fp8_leaf_offload"]
+PLACEMENT_NAMES: tuple[str, ...] = ("resident", "group_offload", "leaf_offload", "fp8_resident", "fp8_group_offload", "fp8_leaf_offload")
+FP8_PREFIX = "fp8_"
 
 
 class PlacementChangeNeedsReload(RuntimeError):
     """The module was placed with a different fp8 storage; reload it from disk first."""
 
 
-@dataclass(frozen=True)
-class Budget:
-    """Memory a job may use, in bytes: free device memory and free host RAM."""
-
-    device_bytes: int
-    host_bytes: int
-
-    @classmethod
-    def detect(cls, device: str) -> "Budget | None":
-        """Free VRAM of a CUDA ``device`` and available host RAM; None off CUDA (everything
-        is resident in host memory there, nothing to plan)."""
-        if not str(device).startswith("cuda") or not torch.cuda.is_available():
-            return None
-        free, _ = torch.cuda.mem_get_info(torch.device(device))
-        return cls(device_bytes=int(free), host_bytes=_available_host_bytes())
-
-
-def _available_host_bytes() -> int:
-    with open("/proc/meminfo", encoding="ascii") as meminfo:
-        for line in meminfo:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no MemAvailable in /proc/meminfo")
+def placement_name(role_plan: RolePlan) -> PlacementName:
+    """The name of a planner's :class:`~poe_backend.experts.memory_plan.RolePlan`."""
+    return (FP8_PREFIX if role_plan.fp8_storage else "") + role_plan.placement
 
 
 @dataclass(frozen=True)
 class PlacementPlan:
-    """Per-role placement decisions of one job (the memory planner's ``Plan`` has the same
-    ``placements`` mapping and ``to_json``), with the figures the choice was made from."""
+    """The placements of one job's big models as applied (role -> name), why, and the
+    planner's :class:`~poe_backend.experts.memory_plan.Plan` when ``auto`` decided (its
+    estimated peaks, decode settings and reasons)."""
 
     placements: Mapping[str, PlacementName]
     weight_bytes: Mapping[str, int]
-    activation_bytes: int
-    budget: Budget | None
     reason: str
+    planned: Plan | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "placements": dict(self.placements),
-            "weight_bytes": dict(self.weight_bytes),
-            "activation_bytes": self.activation_bytes,
-            "budget": None if self.budget is None else {"device_bytes": self.budget.device_bytes, "host_bytes": self.budget.host_bytes},
-            "reason": self.reason,
-        }
-
-
-def auto_plan(weight_bytes: Mapping[str, int], activation_bytes: int, budget: Budget | None, *, allow_fp8: bool = False) -> PlacementPlan:
-    """Choose one placement for every role in ``weight_bytes`` (bf16 bytes on disk).
-
-    No budget (CPU): all ``resident``. Otherwise, with ``HEADROOM`` of the device budget:
-    all ``resident`` when every model plus ``activation_bytes`` fits; else, when
-    ``allow_fp8``, all ``fp8_resident`` when half the weights fit; else every role
-    ``group_offload`` (one block per model on the device, never a whole-model move per
-    evaluation, which alternating experts would pay at every call). Offloaded weights live
-    in host RAM: when they do not fit ``HEADROOM`` of it, raises MemoryError before anything
-    loads (rather than the OS killing the process half-way)."""
-    total = sum(weight_bytes.values())
-    roles = list(weight_bytes)
-
-    def every(name: PlacementName, reason: str) -> PlacementPlan:
-        return PlacementPlan({role: name for role in roles}, dict(weight_bytes), activation_bytes, budget, reason)
-
-    if budget is None:
-        return every("resident", "no CUDA device: models stay in host memory")
-    usable = HEADROOM * budget.device_bytes
-    if total + activation_bytes <= usable:
-        return every("resident", f"weights {total} B + activations {activation_bytes} B fit {usable:.0f} B")
-    if allow_fp8 and total // 2 + activation_bytes <= usable:
-        return every("fp8_resident", f"bf16 weights {total} B do not fit {usable:.0f} B; fp8 storage {total // 2} B does")
-    if total > HEADROOM * budget.host_bytes:
-        raise MemoryError(
-            f"offloading needs the weights ({total / 2**30:.1f} GiB) in host RAM, but only {budget.host_bytes / 2**30:.1f} GiB is available "
-            f"and the device has {budget.device_bytes / 2**30:.1f} GiB free: free host RAM, use a larger card, or the preview preset"
-        )
-    return every("group_offload", f"weights {total} B + activations {activation_bytes} B exceed {usable:.0f} B: stream blocks")
+        planned = None if self.planned is None else json.loads(self.planned.to_json())
+        return {"placements": dict(self.placements), "weight_bytes": dict(self.weight_bytes), "reason": self.reason, "plan": planned}
 
 
 def apply_placement(module: torch.nn.Module, name: PlacementName, device: str) -> torch.nn.Module:
@@ -131,16 +80,17 @@ def apply_placement(module: torch.nn.Module, name: PlacementName, device: str) -
     previous = getattr(module, "_poe_placement", None)
     if previous == (name, str(device)):
         return module
-    if previous is not None and (previous[0] == "fp8_resident") != (name == "fp8_resident"):
+    fp8, base = name.startswith(FP8_PREFIX), name.removeprefix(FP8_PREFIX)
+    if previous is not None and previous[0].startswith(FP8_PREFIX) != fp8:
         raise PlacementChangeNeedsReload(f"module placed as {previous[0]}, now {name}: reload it")
-    if previous is not None and previous[0] in ("group_offload", "leaf_offload"):
+    if previous is not None and previous[0].removeprefix(FP8_PREFIX) != "resident":
         _remove_group_offloading(module)
-    if name == "fp8_resident" and previous is None:
+    if fp8 and previous is None:
         module.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=module.dtype)
-    if name in ("resident", "fp8_resident"):
+    if base == "resident":
         module.to(device)
     else:
-        _apply_group_offloading(module, name, device)
+        _apply_group_offloading(module, base, device)
     module._poe_placement = (name, str(device))
     return module
 
@@ -151,7 +101,7 @@ def placement_of(module: torch.nn.Module) -> str | None:
     return None if previous is None else previous[0]
 
 
-def _apply_group_offloading(module: torch.nn.Module, name: PlacementName, device: str) -> None:
+def _apply_group_offloading(module: torch.nn.Module, name: str, device: str) -> None:
     from diffusers.hooks import apply_group_offloading
 
     module.to("cpu")
@@ -197,30 +147,26 @@ _PRESET_PLACEMENT: dict[str, PlacementName] = {"none": "resident", "group": "gro
 
 
 def placement_for_offload(offload: str, fp8_storage: bool = False) -> PlacementName:
-    """The placement an explicit ``offload`` preset names: ``none`` -> ``resident`` (or
-    ``fp8_resident`` with ``fp8_storage``), ``group`` -> ``group_offload``, ``sequential``
-    -> ``leaf_offload``. (``model`` has no per-role placement: see :class:`Placement`.)
-    fp8 storage with group offload is not a planner placement, so it is refused."""
-    if offload == "none":
-        return "fp8_resident" if fp8_storage else "resident"
-    if fp8_storage:
-        raise ValueError(f"fp8_storage: combines with offload 'none' or 'auto', not {offload!r}")
+    """The placement an explicit ``offload`` preset names: ``none`` -> ``resident``,
+    ``group`` -> ``group_offload``, ``sequential`` -> ``leaf_offload``, each ``fp8_``
+    with ``fp8_storage``. (``model`` has no per-role placement: see :class:`Placement`.)"""
     if offload not in _PRESET_PLACEMENT:
         raise ValueError(f"offload: {offload!r} names no placement; choose one of auto, none, group, sequential")
-    return _PRESET_PLACEMENT[offload]
+    return (FP8_PREFIX if fp8_storage else "") + _PRESET_PLACEMENT[offload]
 
 
 def choose_offload(device: str, resident_bytes: int, largest_bytes: int, activation_bytes: int = 0, *, alternating: bool = True) -> str:
-    """Resolve ``auto`` from free VRAM: ``none`` when everything fits (with headroom);
-    ``model`` only for a single, non-alternating model whose weights plus activations fit
-    (one move per job, not per evaluation); else ``group``. Always ``none`` off CUDA."""
-    budget = Budget.detect(device)
+    """Resolve ``auto`` from free VRAM (less the planner's reserve): ``none`` when
+    everything fits; ``model`` only for a single, non-alternating model whose weights plus
+    activations fit (one move per job, not per evaluation); else ``group``. Always ``none``
+    off CUDA."""
+    budget = device_budget(device)
     if budget is None:
         return "none"
-    usable = HEADROOM * budget.device_bytes
-    if resident_bytes + activation_bytes <= usable:
+    room = budget.vram_free_bytes - budget.reserve_bytes
+    if resident_bytes + activation_bytes <= room:
         return "none"
-    if not alternating and largest_bytes + activation_bytes <= usable:
+    if not alternating and largest_bytes + activation_bytes <= room:
         return "model"
     return "group"
 

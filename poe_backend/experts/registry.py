@@ -7,8 +7,10 @@
 * :mod:`~poe_backend.experts.model_cache` — loaded instances, one per weights (path, dtype)
   whatever the device or placement; LRU eviction (``MODEL_CACHE.ensure_only``,
   ``evict_lru``); :func:`load`, :func:`release`.
-* :mod:`~poe_backend.experts.placement` — putting a module on a device: per-role decisions
-  (``apply_placement``, ``auto_plan``) and the ``offload`` task presets (:class:`Placement`).
+* :mod:`~poe_backend.experts.memory_plan` — the one place that decides placements, from
+  exact sizes (configs on the meta device), activations, decode and free memory.
+* :mod:`~poe_backend.experts.placement` — applying a decision to a module
+  (``apply_placement``) and the ``offload`` task presets (:class:`Placement`).
 
 New code may import those modules directly; every name here keeps its earlier behaviour,
 except that ``auto`` offload no longer picks whole-model offload for several experts and

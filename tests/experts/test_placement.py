@@ -8,28 +8,16 @@ from diffusers.hooks import group_offloading
 
 from poe_backend.experts import placement
 from poe_backend.experts.model_cache import ModelCache
-from poe_backend.experts.placement import Budget, apply_placement, auto_plan, placement_of
+from poe_backend.experts.memory_plan import Budget, RolePlan
+from poe_backend.experts.placement import apply_placement, placement_name, placement_of
 
 GIB = 2**30
 FLUX_12B = 23_800_000_000  # bf16 bytes of a FLUX.1 transformer (11.9B parameters)
 
 
-def test_auto_plan_never_moves_whole_models_for_alternating_experts():
-    sizes = {"flux.transformer.depth": FLUX_12B, "flux.transformer.fill": FLUX_12B}
-    activations = 4 * GIB
-    assert set(auto_plan(sizes, activations, None).placements.values()) == {"resident"}
-    assert set(auto_plan(sizes, activations, Budget(141 * GIB, 256 * GIB)).placements.values()) == {"resident"}
-    # one model fits a 48 GB card, both do not: stream blocks, do not swap models
-    assert set(auto_plan(sizes, activations, Budget(48 * GIB, 128 * GIB)).placements.values()) == {"group_offload"}
-    assert set(auto_plan(sizes, activations, Budget(48 * GIB, 128 * GIB), allow_fp8=True).placements.values()) == {"fp8_resident"}
-    plan = auto_plan(sizes, activations, Budget(24 * GIB, 64 * GIB), allow_fp8=True)
-    assert set(plan.placements.values()) == {"group_offload"} and plan.to_json()["budget"]["device_bytes"] == 24 * GIB
-    with pytest.raises(MemoryError, match="host RAM"):
-        auto_plan(sizes, activations, Budget(24 * GIB, 32 * GIB))
-
-
 def test_auto_offload_preset_is_never_model_for_several_models(monkeypatch):
-    monkeypatch.setattr(Budget, "detect", classmethod(lambda cls, device: Budget(48 * GIB, 128 * GIB)))
+    # 40 GiB free: one 22.2 GiB transformer fits beside the planner's reserve, two do not
+    monkeypatch.setattr(placement, "device_budget", lambda device: Budget(40 * GIB, 128 * GIB))
     assert placement.Placement.for_sizes("auto", "cuda", [FLUX_12B, FLUX_12B]).preset == "group"
     assert placement.Placement.for_sizes("auto", "cuda", [FLUX_12B]).preset == "none"
     assert placement.choose_offload("cuda", 2 * FLUX_12B, FLUX_12B, alternating=False) == "model"
@@ -39,10 +27,15 @@ def test_explicit_offload_names_map_to_placements():
     assert placement.placement_for_offload("none") == "resident"
     assert placement.placement_for_offload("none", fp8_storage=True) == "fp8_resident"
     assert placement.placement_for_offload("group") == "group_offload"
+    assert placement.placement_for_offload("group", fp8_storage=True) == "fp8_group_offload"
     with pytest.raises(ValueError, match="model"):
         placement.placement_for_offload("model")
-    with pytest.raises(ValueError, match="fp8_storage"):
-        placement.placement_for_offload("group", fp8_storage=True)
+
+
+def test_planner_decisions_name_placements():
+    assert placement_name(RolePlan("resident", False)) == "resident"
+    assert placement_name(RolePlan("resident", True)) == "fp8_resident"
+    assert placement_name(RolePlan("group_offload", True)) == "fp8_group_offload"
 
 
 def test_hooks_are_applied_once_per_module_and_removed_on_change(monkeypatch):
