@@ -378,6 +378,23 @@ class WanVACEExpert(_WanExpert):
         )[0]
 
 
+@torch.no_grad()
+def invert(expert: GenerativeExpert, latents: Tensor, levels: list[float]) -> Tensor:
+    """DDIM inversion for a rectified flow: Euler steps of the expert's own deterministic
+    ODE ``dx/dt = v(x, t)`` from ``t = 0`` up to ``levels[0]`` (``levels`` descend from
+    t_max to 0, as the samplers take them; the inversion walks them backwards). ``latents``
+    ``(P, 16, F', h, w)`` clean; returns the latents at ``t = levels[0]``, the start of a
+    regeneration (``sample_summed_velocity(..., start=...)``). Use guidance 1 (no CFG) and
+    the source prompt: guided inversion does not retrace. Each step reads the velocity at
+    the step's lower end, the regeneration at its upper end, so reconstruction error is
+    first order in the step (it shrinks like ``1/len(levels)``). NFE ``len(levels) - 1``."""
+    ascending = levels[::-1]
+    x = latents
+    for t, t_next in zip(ascending[:-1], ascending[1:]):
+        x = x + (t_next - t) * expert.velocity(x, t)
+    return x
+
+
 # ----------------------------------------------------------------------------- loading
 
 

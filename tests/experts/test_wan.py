@@ -7,8 +7,10 @@ import pytest
 import torch
 
 from poe_backend.experts import registry, wan
-from poe_backend.sampling import Factor, ProductOfExperts, sample_annealed_langevin, sample_fkc
-from poe_backend.sampling.schedules import linear_levels
+import math
+
+from poe_backend.sampling import Factor, ProductOfExperts, sample_annealed_langevin, sample_fkc, sample_summed_velocity
+from poe_backend.sampling.schedules import linear_levels, shifted_levels
 from tests.video_support import SpyExpert, tiny_data_dir  # noqa: F401 (fixture)
 
 NUM_FRAMES, SIZE = 5, 32
@@ -139,3 +141,20 @@ def test_missing_weights_name_the_repo(tmp_path, monkeypatch) -> None:
     with pytest.raises(registry.MissingWeights, match="Wan-AI/Wan2.1-VACE-1.3B-diffusers"):
         wan.load_wan("preview", i2v=False)
     assert "Fun" in next(iter(wan.UNSUPPORTED_MODELS))
+
+
+def test_ddim_inversion_then_regeneration_reconstructs_within_a_first_order_error(components, conditions) -> None:
+    """Invert a VAE-encoded clip with the expert's own ODE (guidance 1), regenerate with the
+    same expert and prompt: the relative RMS error is first order in the step (measured
+    0.40 at 8 levels, 0.090 at 32, 0.044 at 64 on the tiny VACE), so it must be below 0.5
+    at 8 levels, below 0.12 at 32, and fall by at least 3x from 8 to 32 levels."""
+    video = torch.rand(1, 3, NUM_FRAMES, SIZE, SIZE, generator=torch.Generator().manual_seed(4)) * 2 - 1
+    source = components.encode_video(video)
+    expert = wan.WanVACEExpert(components.vace_transformer, conditions["depth_control"], conditions["positive"], None, 1.0)
+    errors = {}
+    for count in (8, 32):
+        levels = shifted_levels(count, math.log(3.0), t_max=0.98)
+        start = wan.invert(expert, source, levels)
+        regenerated = sample_summed_velocity(ProductOfExperts([Factor(expert)]), start, levels, generator=torch.Generator(), start=start).particles
+        errors[count] = float((regenerated - source).pow(2).mean().sqrt() / source.pow(2).mean().sqrt())
+    assert errors[8] < 0.5 and errors[32] < 0.12 and errors[32] < errors[8] / 3, errors
