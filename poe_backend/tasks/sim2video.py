@@ -102,7 +102,7 @@ class Sim2VideoTask(Task):
         uses_i2v = params.mode in ("product", "i2v", "ddim_inversion")
         needs_i2v_model = pairing == "i2v_vace" and uses_i2v
         needs_vace = uses_depth or pairing == "shared_vace"
-        components = wan.load_wan(context.models, vace=needs_vace, i2v=needs_i2v_model, device=context.device, offload=params.offload, place=False)
+        components = wan.load_wan(context.models, vace=needs_vace, i2v=needs_i2v_model, device=context.device, offload=params.offload)
         positive, negative = components.encode_prompt(prompt, params.negative_prompt)
         specs = []  # (name, build(placement) -> expert, weight, description); conditioning computed now
         make_i2v = None  # (prompt embeds, negative, guidance, placement) -> the I2V expert
@@ -128,14 +128,14 @@ class Sim2VideoTask(Task):
             control = wan.vace_first_frame_and_depth_control(components, first_frame, depth_video, latent_mask=params.vace_latent_mask)
             specs.append(("wan_vace_first_frame_and_depth", self._vace(components, control, positive, negative, params.depth_guidance, params), 1.0, {"guidance": params.depth_guidance, "control_scale": params.control_scale}))
         components.free_encoders()
-        placement = components.place_transformers()
+        shape = (params.particles, *wan.latent_shape(num_frames, height, width))
+        placement = components.place_transformers(params.particles, shape[1:])
         factors = [Factor(build(placement), weight) for _, build, weight, _ in specs]
         described = [{"expert": name, "weight": weight, **extra} for name, _, weight, extra in specs]
 
         product = ProductOfExperts(factors)
         levels = shifted_levels(params.levels, math.log(params.flow_shift), t_max=params.t_max)
         generator = torch.Generator().manual_seed(seed)
-        shape = (params.particles, *wan.latent_shape(num_frames, height, width))
         noise = torch.randn(shape, generator=generator).to(context.device)
         sampling_started = time.perf_counter()
         if params.mode == "ddim_inversion":
@@ -146,6 +146,7 @@ class Sim2VideoTask(Task):
             result = run_sampler(params.sampler, product, noise, levels, generator, context, langevin_steps=params.langevin_steps, step_scale=params.step_scale)
         sampling_seconds = time.perf_counter() - sampling_started
 
+        components.make_room_for_decode()
         outputs = self._write_outputs(context, components, result, depth_video, bundle.fps, params.save_particles)
         manifest = {
             "task": self.name,

@@ -158,3 +158,28 @@ def test_ddim_inversion_then_regeneration_reconstructs_within_a_first_order_erro
         regenerated = sample_summed_velocity(ProductOfExperts([Factor(expert)]), start, levels, generator=torch.Generator(), start=start).particles
         errors[count] = float((regenerated - source).pow(2).mean().sqrt() / source.pow(2).mean().sqrt())
     assert errors[8] < 0.5 and errors[32] < 0.12 and errors[32] < errors[8] / 3, errors
+
+
+def test_prompt_embeddings_are_cached_across_jobs_without_umt5(components, monkeypatch) -> None:
+    """A second job with the same prompt gets the same embeddings and never loads UMT5."""
+    first = components.encode_prompt("a cached prompt", "")
+    components.free_encoders()
+    loads = []
+    original = registry.load
+    monkeypatch.setattr(registry, "load", lambda role, *args, **kwargs: loads.append(role) or original(role, *args, **kwargs))
+    again = wan.load_wan("tiny", i2v=False).encode_prompt("a cached prompt", "")
+    assert "wan.text_encoder" not in loads
+    torch.testing.assert_close(first[0], again[0])
+    torch.testing.assert_close(first[1], again[1])
+    components.encode_prompt("a new prompt")
+    assert "wan.text_encoder" in loads
+
+
+def test_activation_estimate_of_the_full_size_14b_models() -> None:
+    """N = 21·30·52 = 32,760 tokens at 832×480×81; P = 2 in bf16: I2V (D 5120, FFN 13824)
+    2·N·(7·5120 + 13824)·2 bytes; VACE adds 8 hints of N·D per sample."""
+    config = {"patch_size": (1, 2, 2), "num_attention_heads": 40, "attention_head_dim": 128, "ffn_dim": 13824}
+    latent = wan.latent_shape(81, 480, 832)
+    assert wan.activation_bytes(config, *latent[1:], 2) == 2 * 32760 * (7 * 5120 + 13824) * 2
+    vace = {**config, "vace_layers": list(range(0, 40, 5))}
+    assert wan.activation_bytes(vace, *latent[1:], 2) - wan.activation_bytes(config, *latent[1:], 2) == 2 * 32760 * 8 * 5120 * 2
