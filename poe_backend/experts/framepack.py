@@ -84,6 +84,20 @@ def framepack_levels(num_levels: int, window: int, latent_height: int, latent_wi
     return shifted_levels(num_levels, mu, t_max=t_max)
 
 
+def activation_bytes(transformer_config: dict, window: int, latent_height: int, latent_width: int, batch: int, text_tokens: int = 256, bytes_per_element: int = 2) -> int:
+    """Peak activation bytes of one batched section forward (an estimate, to be replaced by
+    the memory planner's ``framepack_activation_bytes``). Tokens per sample: the section's
+    ``W·hw/4`` plus the clean latents (first frame + 1× history, 2 frames at ``hw/4``), 2×
+    history (2 frames at ``hw/32``), 4× history (16 frames at ``hw/256``) and the text;
+    per token ``7·D + 4·D`` elements (residual, fp32 norm, q/k/v/attention output, FFN
+    hidden ``4·D``), as :func:`poe_backend.experts.wan.activation_bytes`. FramePack 13B
+    (D 3072) at 832×480, W = 9, P = 2: 18,196 tokens, ~2.3 GiB."""
+    area = latent_height * latent_width
+    tokens = (window + 2) * area // 4 + 2 * area // 32 + 16 * area // 256 + text_tokens
+    width = transformer_config["num_attention_heads"] * transformer_config["attention_head_dim"]
+    return batch * tokens * 11 * width * bytes_per_element
+
+
 @dataclass
 class SectionConditioning:
     """Per-particle inputs of one section's forward (diffusers' names): clean latents
@@ -238,10 +252,12 @@ class FramePackComponents:
     preset: str = "default"
     sources: dict[str, dict] = field(default_factory=dict)
 
-    def place_transformer(self) -> registry.Placement:
-        """Put the transformer on the device by :attr:`offload` (once)."""
+    def place_transformer(self, num_particles: int, window: int, latent_height: int, latent_width: int) -> registry.Placement:
+        """Put the transformer on the device by :attr:`offload` (once); ``auto`` counts its
+        weights plus :func:`activation_bytes` of a section forward on ``num_particles``."""
         if self.placement is None:
-            self.placement = registry.Placement.for_modules(self.offload, str(self.device), [self.transformer])
+            activations = activation_bytes(self.transformer.config, window, latent_height, latent_width, num_particles)
+            self.placement = registry.Placement.for_modules(self.offload, str(self.device), [self.transformer], activation_bytes=activations)
             self.placement.place(self.transformer)
         return self.placement
 
@@ -301,10 +317,10 @@ class FramePackComponents:
         return self.vae.decode(raw, return_dict=False)[0].float().clamp(-1, 1)
 
 
-def load_framepack(preset: str = "default", *, sampling_type: SamplingType = "inverted", device: str | torch.device = "cpu", offload: str = "auto", dtype: torch.dtype | None = None, place: bool = True) -> FramePackComponents:
+def load_framepack(preset: str = "default", *, sampling_type: SamplingType = "inverted", device: str | torch.device = "cpu", offload: str = "auto", dtype: torch.dtype | None = None) -> FramePackComponents:
     """Load FramePack's components from a registry preset; the transformer is placed by an
-    offload preset (now, or with ``place=False`` at :meth:`FramePackComponents.place_transformer`
-    after the encoders are freed), the VAE stays float32 on the device. Raises
+    offload preset at :meth:`FramePackComponents.place_transformer`, after the encoders are
+    freed), the VAE stays float32 on the device. Raises
     ``registry.MissingWeights`` for every absent repo before loading anything."""
     device = torch.device(device)
     dtype = dtype or registry.default_dtype(str(device))
@@ -312,8 +328,10 @@ def load_framepack(preset: str = "default", *, sampling_type: SamplingType = "in
     roles = [transformer_role, "framepack.vae", "framepack.text_encoder", "framepack.tokenizer", "framepack.text_encoder_2", "framepack.tokenizer_2", "framepack.image_encoder", "framepack.feature_extractor"]
     registry.check_available(roles, preset)
     load = lambda role, **kwargs: registry.load(role, preset, **kwargs)
+    vae = load("framepack.vae", device=str(device), dtype=torch.float32)
+    vae.enable_tiling()  # HunyuanVideo VAE: spatial and temporal tiles (issue 9: no video decode untiled)
     components = FramePackComponents(
-        vae=load("framepack.vae", device=str(device), dtype=torch.float32),
+        vae=vae,
         transformer=load(transformer_role, device="cpu", dtype=dtype),
         device=device,
         dtype=dtype,
@@ -327,8 +345,6 @@ def load_framepack(preset: str = "default", *, sampling_type: SamplingType = "in
         sources={role: registry.get_spec(role, preset).describe() for role in roles},
     )
     components.offload = offload
-    if place:
-        components.place_transformer()
     return components
 
 
