@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from poe_backend.experts import registry, wan
+from poe_backend.experts import registry, wan, wan_tiny
 import math
 
 from poe_backend.sampling import Factor, ProductOfExperts, sample_annealed_langevin, sample_fkc, sample_summed_velocity
@@ -54,7 +54,7 @@ def test_latent_shape_and_size_checks() -> None:
 
 def test_conditioning_shapes(components, conditions) -> None:
     latent = wan.latent_shape(NUM_FRAMES, SIZE, SIZE)
-    assert conditions["positive"].shape == (1, 512, wan.TINY_TEXT_DIM)
+    assert conditions["positive"].shape == (1, 512, wan_tiny.TINY_TEXT_DIM)
     assert conditions["i2v_condition"].shape == (1, 20, *latent[1:])
     assert conditions["depth_control"].shape == (1, 96, *latent[1:])
     # I2V mask: 4 channels, all 1 on latent frame 0 (the given image), 0 after.
