@@ -36,7 +36,7 @@ Decisions:
   capped at ``log 7`` (:func:`framepack_levels`).
 * The VAE posterior's mode is used everywhere (diffusers samples it for the image latent;
   the mode makes runs reproducible).
-* Tests use the registry's ``tiny`` preset (:func:`build_tiny_framepack`: diffusers'
+* Tests use the registry's ``tiny`` preset (:mod:`poe_backend.experts.framepack_tiny`: diffusers'
   own tiny test configs, 4 latent channels, tokenizers built in code; prompts through the
   real Llama/CLIP encode path with the trivial template ``"{}"``).
 """
@@ -46,7 +46,6 @@ from __future__ import annotations
 import gc
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
 import torch
@@ -82,6 +81,20 @@ def framepack_levels(num_levels: int, window: int, latent_height: int, latent_wi
     tokens = window * latent_height * latent_width // (patch_size * patch_size)
     mu = min(flux_shift_mu(tokens), math.log(7.0))
     return shifted_levels(num_levels, mu, t_max=t_max)
+
+
+def activation_bytes(transformer_config: dict, window: int, latent_height: int, latent_width: int, batch: int, text_tokens: int = 256, bytes_per_element: int = 2) -> int:
+    """Peak activation bytes of one batched section forward (an estimate, to be replaced by
+    the memory planner's ``framepack_activation_bytes``). Tokens per sample: the section's
+    ``W·hw/4`` plus the clean latents (first frame + 1× history, 2 frames at ``hw/4``), 2×
+    history (2 frames at ``hw/32``), 4× history (16 frames at ``hw/256``) and the text;
+    per token ``7·D + 4·D`` elements (residual, fp32 norm, q/k/v/attention output, FFN
+    hidden ``4·D``), as :func:`poe_backend.experts.wan.activation_bytes`. FramePack 13B
+    (D 3072) at 832×480, W = 9, P = 2: 18,196 tokens, ~2.3 GiB."""
+    area = latent_height * latent_width
+    tokens = (window + 2) * area // 4 + 2 * area // 32 + 16 * area // 256 + text_tokens
+    width = transformer_config["num_attention_heads"] * transformer_config["attention_head_dim"]
+    return batch * tokens * 11 * width * bytes_per_element
 
 
 @dataclass
@@ -238,10 +251,12 @@ class FramePackComponents:
     preset: str = "default"
     sources: dict[str, dict] = field(default_factory=dict)
 
-    def place_transformer(self) -> registry.Placement:
-        """Put the transformer on the device by :attr:`offload` (once)."""
+    def place_transformer(self, num_particles: int, window: int, latent_height: int, latent_width: int) -> registry.Placement:
+        """Put the transformer on the device by :attr:`offload` (once); ``auto`` counts its
+        weights plus :func:`activation_bytes` of a section forward on ``num_particles``."""
         if self.placement is None:
-            self.placement = registry.Placement.for_modules(self.offload, str(self.device), [self.transformer])
+            activations = activation_bytes(self.transformer.config, window, latent_height, latent_width, num_particles)
+            self.placement = registry.Placement.for_modules(self.offload, str(self.device), [self.transformer], activation_bytes=activations)
             self.placement.place(self.transformer)
         return self.placement
 
@@ -301,10 +316,10 @@ class FramePackComponents:
         return self.vae.decode(raw, return_dict=False)[0].float().clamp(-1, 1)
 
 
-def load_framepack(preset: str = "default", *, sampling_type: SamplingType = "inverted", device: str | torch.device = "cpu", offload: str = "auto", dtype: torch.dtype | None = None, place: bool = True) -> FramePackComponents:
+def load_framepack(preset: str = "default", *, sampling_type: SamplingType = "inverted", device: str | torch.device = "cpu", offload: str = "auto", dtype: torch.dtype | None = None) -> FramePackComponents:
     """Load FramePack's components from a registry preset; the transformer is placed by an
-    offload preset (now, or with ``place=False`` at :meth:`FramePackComponents.place_transformer`
-    after the encoders are freed), the VAE stays float32 on the device. Raises
+    offload preset at :meth:`FramePackComponents.place_transformer`, after the encoders are
+    freed), the VAE stays float32 on the device. Raises
     ``registry.MissingWeights`` for every absent repo before loading anything."""
     device = torch.device(device)
     dtype = dtype or registry.default_dtype(str(device))
@@ -312,8 +327,10 @@ def load_framepack(preset: str = "default", *, sampling_type: SamplingType = "in
     roles = [transformer_role, "framepack.vae", "framepack.text_encoder", "framepack.tokenizer", "framepack.text_encoder_2", "framepack.tokenizer_2", "framepack.image_encoder", "framepack.feature_extractor"]
     registry.check_available(roles, preset)
     load = lambda role, **kwargs: registry.load(role, preset, **kwargs)
+    vae = load("framepack.vae", device=str(device), dtype=torch.float32)
+    vae.enable_tiling()  # HunyuanVideo VAE: spatial and temporal tiles (issue 9: no video decode untiled)
     components = FramePackComponents(
-        vae=load("framepack.vae", device=str(device), dtype=torch.float32),
+        vae=vae,
         transformer=load(transformer_role, device="cpu", dtype=dtype),
         device=device,
         dtype=dtype,
@@ -327,37 +344,4 @@ def load_framepack(preset: str = "default", *, sampling_type: SamplingType = "in
         sources={role: registry.get_spec(role, preset).describe() for role in roles},
     )
     components.offload = offload
-    if place:
-        components.place_transformer()
     return components
-
-
-def build_tiny_framepack(directory: Path, seed: int = 0) -> None:
-    """The registry's tiny builder: diffusers' FramePack test configs (seeded random
-    weights) for every role, tokenizers built in code."""
-    from diffusers import AutoencoderKLHunyuanVideo, HunyuanVideoFramepackTransformer3DModel
-    from transformers import CLIPTextConfig, CLIPTextModel, LlamaConfig, LlamaModel, SiglipImageProcessor, SiglipVisionConfig, SiglipVisionModel
-
-    from poe_backend.experts.wan import character_tokenizer
-
-    directory = Path(directory)
-    torch.manual_seed(seed)
-    transformer = HunyuanVideoFramepackTransformer3DModel(
-        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=10, num_layers=1, num_single_layers=1,
-        num_refiner_layers=1, patch_size=2, patch_size_t=1, guidance_embeds=True, text_embed_dim=16, pooled_projection_dim=8,
-        rope_axes_dim=(2, 4, 4), image_condition_type=None, has_image_proj=True, image_proj_dim=32, has_clean_x_embedder=True,
-    )
-    transformer.save_pretrained(directory / "transformer")
-    transformer.save_pretrained(directory / "transformer_f1")
-    blocks = ("HunyuanVideoDownBlock3D",) * 4
-    AutoencoderKLHunyuanVideo(
-        in_channels=3, out_channels=3, latent_channels=4, down_block_types=blocks, up_block_types=("HunyuanVideoUpBlock3D",) * 4,
-        block_out_channels=(8, 8, 8, 8), layers_per_block=1, act_fn="silu", norm_num_groups=4, scaling_factor=0.476986,
-        spatial_compression_ratio=8, temporal_compression_ratio=4, mid_block_add_attention=True,
-    ).save_pretrained(directory / "vae")
-    LlamaModel(LlamaConfig(hidden_size=16, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, vocab_size=128, pad_token_id=0, bos_token_id=1, eos_token_id=1)).save_pretrained(directory / "text_encoder")
-    character_tokenizer(256).save_pretrained(directory / "tokenizer")
-    CLIPTextModel(CLIPTextConfig(hidden_size=8, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, vocab_size=128, pad_token_id=0, bos_token_id=1, eos_token_id=1, projection_dim=32)).save_pretrained(directory / "text_encoder_2")
-    character_tokenizer(77).save_pretrained(directory / "tokenizer_2")
-    SiglipVisionModel(SiglipVisionConfig(hidden_size=32, intermediate_size=37, num_attention_heads=2, num_hidden_layers=1, image_size=32, patch_size=16)).save_pretrained(directory / "image_encoder")
-    SiglipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(directory / "feature_extractor")

@@ -31,5 +31,5 @@ _COMPONENTS: Components = {
 
 register_family(
     "framepack",
-    {"default": hub_specs(_COMPONENTS), "tiny": tiny_specs("framepack", _COMPONENTS, "poe_backend.experts.framepack:build_tiny_framepack")},
+    {"default": hub_specs(_COMPONENTS), "tiny": tiny_specs("framepack", _COMPONENTS, "poe_backend.experts.framepack_tiny:build_tiny_framepack")},
 )

@@ -40,7 +40,7 @@ Decisions:
   48 input channels = latents + control latents + reference); it is listed in
   :data:`WAN_MODELS` for completeness and :func:`load_wan` refuses it with that reason.
 * Models come from the registry (roles ``wan.*`` in :mod:`poe_backend.experts.wan_models`).
-  Tests use its ``tiny`` preset (:func:`build_tiny_wan`): every class at minimal size
+  Tests use its ``tiny`` preset (:mod:`poe_backend.experts.wan_tiny`): every class at minimal size
   (1-layer transformers, 3-channel-base VAE, 1-layer UMT5 with a character-level tokenizer
   built in code, 2-layer CLIP vision), saved with ``save_pretrained`` and loaded back
   through :func:`load_wan`, the path real weights take; the real encoders run too.
@@ -50,8 +50,7 @@ from __future__ import annotations
 
 import gc
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Literal
+from typing import Literal, Mapping
 
 import torch
 from torch import Tensor
@@ -94,7 +93,27 @@ def latent_shape(num_frames: int, height: int, width: int) -> tuple[int, int, in
     return (LATENT_CHANNELS, (num_frames - 1) // TEMPORAL_FACTOR + 1, height // SPATIAL_FACTOR, width // SPATIAL_FACTOR)
 
 
+def activation_bytes(transformer_config: Mapping, latent_frames: int, latent_height: int, latent_width: int, batch: int, bytes_per_element: int = 2) -> int:
+    """Peak activation bytes of one batched transformer forward (an estimate, to be replaced
+    by the memory planner's ``wan_activation_bytes``). Tokens ``N = F'·(h/2)·(w/2)`` per
+    sample; per block a sample holds the residual stream, fp32 norm output (2 elements per
+    token and channel), q, k, v and the attention output (memory-efficient SDPA: no N²
+    matrix) and the FFN hidden: ``N·(7·D + ffn_dim)`` elements; VACE keeps one hint
+    ``N·D`` per VACE layer for the whole forward. CFG runs its passes one after the other,
+    so ``batch`` is the particle count. 14B at 832×480×81, P=2: N = 32,760,
+    ~6.1 GiB (I2V), ~11.1 GiB (VACE, 8 hints)."""
+    patch_frames, patch_height, patch_width = transformer_config["patch_size"]
+    tokens = (latent_frames // patch_frames) * (latent_height // patch_height) * (latent_width // patch_width)
+    width = transformer_config["num_attention_heads"] * transformer_config["attention_head_dim"]
+    per_token = 7 * width + transformer_config["ffn_dim"] + len(transformer_config.get("vace_layers") or ()) * width
+    return batch * tokens * per_token * bytes_per_element
+
+
 # ----------------------------------------------------------------------------- components
+
+#: UMT5 embeddings on the CPU by ``(preset, text, max_sequence_length)``, oldest dropped first.
+_PROMPT_CACHE: dict[tuple[str, str, int], Tensor] = {}
+PROMPT_CACHE_SIZE = 32
 
 
 @dataclass
@@ -116,14 +135,28 @@ class WanComponents:
     preset: str = "default"
     sources: dict[str, dict] = field(default_factory=dict)
 
-    def place_transformers(self) -> registry.Placement:
-        """Put the loaded transformers on the device by :attr:`offload` (once)."""
+    def place_transformers(self, num_particles: int, latent: tuple[int, int, int, int]) -> registry.Placement:
+        """Put the loaded transformers on the device by :attr:`offload` (once). ``auto``
+        counts every transformer's weights plus the largest :func:`activation_bytes` of a
+        forward on ``num_particles`` latents of shape ``latent`` (finding 5 of issue 9:
+        weights alone under-count a 480p 81-frame run by ~10 GiB)."""
         if self.placement is None:
             transformers = [module for module in (self.vace_transformer, self.i2v_transformer) if module is not None]
-            self.placement = registry.Placement.for_modules(self.offload, str(self.device), transformers)
+            activations = max(activation_bytes(module.config, *latent[1:], num_particles) for module in transformers)
+            self.placement = registry.Placement.for_modules(self.offload, str(self.device), transformers, activation_bytes=activations)
             for transformer in transformers:
                 self.placement.place(transformer)
         return self.placement
+
+    def make_room_for_decode(self) -> None:
+        """Before the VAE decodes: send resident transformers to the CPU (once per job, never
+        per evaluation) so the decode does not run beside ~2×28 GiB of idle weights. The VAE
+        decodes with diffusers' spatial tiling (enabled at load), so its peak is per tile."""
+        if self.placement is None or self.placement.preset != "none":
+            return  # group/sequential keep weights on the CPU already; model offload holds one
+        for module in (self.vace_transformer, self.i2v_transformer):
+            if module is not None:
+                module.to("cpu")
 
     def free_encoders(self) -> None:
         """Release UMT5 and CLIP (they are needed once per run)."""
@@ -153,10 +186,21 @@ class WanComponents:
         """UMT5 embeddings ``(1, max_sequence_length, D)`` of the prompt and the negative
         prompt, zero past the tokens (as diffusers' ``WanPipeline._get_t5_prompt_embeds``,
         written out because its ``prompt_clean`` needs ``ftfy``, which this environment
-        lacks; with ftfy installed the text is cleaned the same way)."""
-        if self.text_encoder is None:
-            raise RuntimeError("the text encoder was already freed; encode every prompt before free_encoders()")
-        return tuple(self._t5_embeds(text, max_sequence_length) for text in (prompt, negative_prompt))
+        lacks; with ftfy installed the text is cleaned the same way). Cached per
+        ``(preset, text, length)`` for the life of the process (:data:`PROMPT_CACHE_SIZE`
+        entries, 4 MiB each at full size), so a job whose prompts are cached never loads
+        UMT5-XXL (~11 GB); on a miss UMT5 is loaded and :meth:`free_encoders` drops it."""
+        return tuple(self._cached_embeds(text, max_sequence_length) for text in (prompt, negative_prompt))
+
+    def _cached_embeds(self, text: str, max_sequence_length: int) -> Tensor:
+        key = (self.preset, text, max_sequence_length)
+        if key not in _PROMPT_CACHE:
+            if self.text_encoder is None:
+                self.text_encoder = registry.load("wan.text_encoder", self.preset, device=str(self.device), dtype=self.dtype)
+            _PROMPT_CACHE[key] = self._t5_embeds(text, max_sequence_length).cpu()
+            while len(_PROMPT_CACHE) > PROMPT_CACHE_SIZE:
+                del _PROMPT_CACHE[next(iter(_PROMPT_CACHE))]
+        return _PROMPT_CACHE[key].to(self.device, self.dtype)
 
     def _t5_embeds(self, text: str, max_sequence_length: int) -> Tensor:
         tokens = self.tokenizer(
@@ -378,6 +422,23 @@ class WanVACEExpert(_WanExpert):
         )[0]
 
 
+@torch.no_grad()
+def invert(expert: GenerativeExpert, latents: Tensor, levels: list[float]) -> Tensor:
+    """DDIM inversion for a rectified flow: Euler steps of the expert's own deterministic
+    ODE ``dx/dt = v(x, t)`` from ``t = 0`` up to ``levels[0]`` (``levels`` descend from
+    t_max to 0, as the samplers take them; the inversion walks them backwards). ``latents``
+    ``(P, 16, F', h, w)`` clean; returns the latents at ``t = levels[0]``, the start of a
+    regeneration (``sample_summed_velocity(..., start=...)``). Use guidance 1 (no CFG) and
+    the source prompt: guided inversion does not retrace. Each step reads the velocity at
+    the step's lower end, the regeneration at its upper end, so reconstruction error is
+    first order in the step (it shrinks like ``1/len(levels)``). NFE ``len(levels) - 1``."""
+    ascending = levels[::-1]
+    x = latents
+    for t, t_next in zip(ascending[:-1], ascending[1:]):
+        x = x + (t_next - t) * expert.velocity(x, t)
+    return x
+
+
 # ----------------------------------------------------------------------------- loading
 
 
@@ -389,14 +450,13 @@ def load_wan(
     device: str | torch.device = "cpu",
     offload: str = "auto",
     dtype: torch.dtype | None = None,
-    place: bool = True,
 ) -> WanComponents:
     """Load the Wan components of a registry preset: the shared VAE (float32, as Wan
-    recommends), tokenizer and UMT5 once, plus the VACE and/or I2V transformer (and CLIP
-    for I2V). Transformers are placed by an offload preset (registry ``Placement``;
-    ``auto`` picks from free VRAM). ``place=False`` leaves them on the CPU until
-    :meth:`WanComponents.place_transformers` (call it after :meth:`~WanComponents.free_encoders`,
-    so ``auto`` sees the memory UMT5 gave back). Raises ``registry.MissingWeights`` for
+    recommends) and tokenizer once (UMT5 on the first uncached prompt), plus the VACE and/or I2V transformer (and CLIP
+    for I2V). Transformers stay on the CPU until
+    :meth:`WanComponents.place_transformers` places them by an offload preset (registry
+    ``Placement``; ``auto`` weighs weights + activations against free VRAM): call it after
+    :meth:`~WanComponents.free_encoders`, so ``auto`` sees the memory UMT5 gave back. Raises ``registry.MissingWeights`` for
     every absent repo before loading anything."""
     device = torch.device(device)
     dtype = dtype or registry.default_dtype(str(device))
@@ -406,10 +466,12 @@ def load_wan(
     if not (vace or i2v):
         raise ValueError("load_wan needs the VACE transformer, the I2V transformer, or both")
     registry.check_available(roles, preset)
+    vae = registry.load("wan.vae", preset, device=str(device), dtype=torch.float32)
+    vae.enable_tiling()  # spatial tiles for encode and decode (issue 9: no video decode untiled)
     components = WanComponents(
-        vae=registry.load("wan.vae", preset, device=str(device), dtype=torch.float32),
+        vae=vae,
         tokenizer=registry.load("wan.tokenizer", preset),
-        text_encoder=registry.load("wan.text_encoder", preset, device=str(device), dtype=dtype),
+        text_encoder=None,
         device=device,
         dtype=dtype,
         preset=preset,
@@ -425,58 +487,4 @@ def load_wan(
         components.image_processor = registry.load("wan.image_processor", preset)
         transformers.append(components.i2v_transformer)
     components.offload = offload
-    if place:
-        components.place_transformers()
     return components
-
-
-# ----------------------------------------------------------------------------- tiny preset
-
-
-def character_tokenizer(model_max_length: int = 512):
-    """A character-level fast tokenizer built in code (no download): BPE with no merges over
-    printable ASCII, with ``<pad>`` = 0, ``</s>`` = 1, ``<unk>`` = 2."""
-    import string
-
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    vocabulary = {"<pad>": 0, "</s>": 1, "<unk>": 2}
-    for character in string.ascii_letters + string.digits + string.punctuation:
-        vocabulary.setdefault(character, len(vocabulary))
-    tokenizer = Tokenizer(models.BPE(vocabulary, [], unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", model_max_length=model_max_length
-    )
-
-
-TINY_TEXT_DIM = 32
-TINY_IMAGE_DIM = 8
-
-
-def _tiny_transformer_config() -> dict:
-    return dict(
-        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8, out_channels=LATENT_CHANNELS,
-        text_dim=TINY_TEXT_DIM, freq_dim=32, ffn_dim=32, num_layers=1, cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads", rope_max_seq_len=128,
-    )
-
-
-def build_tiny_wan(directory: Path, seed: int = 0) -> None:
-    """Write every tiny Wan component (seeded random weights) under ``directory/<role
-    subfolder>``: the registry's tiny builder for the ``wan`` family."""
-    from diffusers import AutoencoderKLWan, WanTransformer3DModel, WanVACETransformer3DModel
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel
-
-    directory = Path(directory)
-    torch.manual_seed(seed)
-    AutoencoderKLWan(base_dim=3, z_dim=LATENT_CHANNELS, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]).save_pretrained(directory / "vae")
-    UMT5EncoderModel(UMT5Config(vocab_size=128, d_model=TINY_TEXT_DIM, d_kv=8, d_ff=32, num_layers=1, num_heads=2, relative_attention_num_buckets=8)).save_pretrained(directory / "text_encoder")
-    character_tokenizer().save_pretrained(directory / "tokenizer")
-    WanVACETransformer3DModel(in_channels=LATENT_CHANNELS, vace_layers=[0], vace_in_channels=96, **_tiny_transformer_config()).save_pretrained(directory / "transformer_vace")
-    WanTransformer3DModel(in_channels=LATENT_CHANNELS * 2 + 4, image_dim=TINY_IMAGE_DIM, added_kv_proj_dim=16, **_tiny_transformer_config()).save_pretrained(directory / "transformer_i2v")
-    vision = CLIPVisionConfig(hidden_size=TINY_IMAGE_DIM, projection_dim=8, num_hidden_layers=2, num_attention_heads=2, image_size=32, intermediate_size=16, patch_size=16)
-    CLIPVisionModel(vision).save_pretrained(directory / "image_encoder")
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(directory / "image_processor")

@@ -35,6 +35,6 @@ register_family(
     {
         "default": hub_specs(_DEFAULT),
         "preview": hub_specs(_PREVIEW),
-        "tiny": tiny_specs("wan", _DEFAULT, "poe_backend.experts.wan:build_tiny_wan"),
+        "tiny": tiny_specs("wan", _DEFAULT, "poe_backend.experts.wan_tiny:build_tiny_wan"),
     },
 )

@@ -8,8 +8,14 @@ video as control) × Wan2.1 image-to-video (the first frame), both on the Wan la
 memory; the ``preview`` preset's only option, as there is no 1.3B I2V).
 
 Baselines (``mode``): ``i2v`` (the I2V expert alone), ``depth`` (depth-to-video alone),
-``vace_combined`` (one VACE call with first frame + depth in one control). A single
-expert runs the same sampler (``summed_velocity`` gives that model's own ODE sampler).
+``vace_combined`` (one VACE call with first frame + depth in one control), and
+``ddim_inversion`` (the full-scene baseline: the rendered RGB clip is encoded with the Wan
+VAE, inverted with the I2V expert's own ODE from t = 0 to t_max under ``source_prompt`` with
+guidance 1 (:func:`poe_backend.experts.wan.invert`), then regenerated from there under
+``prompt`` with ``i2v_guidance`` by the same ODE; always ``summed_velocity``, one expert).
+A single expert runs the same sampler (``summed_velocity`` gives that model's own ODE
+sampler). Trajectory-to-video, the paper's other baseline, needs a model diffusers does
+not ship, so it is not here.
 
 Inputs: the bundle's ``depth`` pass (and ``rgb`` frame 0 as first frame unless
 ``first_frame`` names an image), ``prompt``. Frames: the first ``num_frames`` (default
@@ -38,10 +44,11 @@ from poe_backend.tasks.base import SamplerName, Task, TaskContext, TaskParams, T
 
 
 class Sim2VideoParams(TaskParams):
-    mode: Literal["product", "i2v", "depth", "vace_combined"] = "product"
+    mode: Literal["product", "i2v", "depth", "vace_combined", "ddim_inversion"] = "product"
     pairing: Literal["auto", "i2v_vace", "shared_vace"] = Field("auto", description="auto: shared_vace for the preview preset, else i2v_vace")
     prompt: str | None = Field(None, description="defaults to the bundle's prompt")
     negative_prompt: str = ""
+    source_prompt: str | None = Field(None, description="ddim_inversion: the prompt the render is inverted under (default: prompt)")
     first_frame: str | None = Field(None, description="image path relative to the bundle (inside it); default: the rgb pass at the first frame")
     num_frames: int | None = Field(None, ge=5, le=241, description="first N frames, cut to 4k+1 (at most max_frames); default all up to max_frames")
     height: int | None = Field(None, ge=16, le=1280, description="at most max_side; default: the bundle's, scaled so its longer side fits max_side, rounded down to 16")
@@ -79,7 +86,7 @@ class Sim2VideoTask(Task):
         started = time.perf_counter()
         params: Sim2VideoParams = context.params.effective()
         bundle = context.bundle
-        if "depth" not in bundle.passes and params.mode != "i2v":
+        if "depth" not in bundle.passes and params.mode not in ("i2v", "ddim_inversion"):
             raise BundleError("passes.depth", "sim2video needs the 'depth' pass")
         pairing = wan.default_pairing(context.models) if params.pairing == "auto" else params.pairing
         seed = seed_for(context)
@@ -89,21 +96,31 @@ class Sim2VideoTask(Task):
         frames = video_io.clip_frames(bundle, size.max_frames, strict="num_frames" in context.params.model_fields_set)
         num_frames = len(frames)
         first_frame = self._first_frame(context, frames[0], height, width)
-        depth_video = video_io.depth_to_disparity_video(video_io.read_depth_frames(bundle, frames, height, width)) if params.mode != "i2v" else None
+        uses_depth = params.mode in ("product", "depth", "vace_combined")
+        depth_video = video_io.depth_to_disparity_video(video_io.read_depth_frames(bundle, frames, height, width)) if uses_depth else None
 
-        needs_i2v_model = pairing == "i2v_vace" and params.mode in ("product", "i2v")
-        needs_vace = params.mode != "i2v" or pairing == "shared_vace"
-        components = wan.load_wan(context.models, vace=needs_vace, i2v=needs_i2v_model, device=context.device, offload=params.offload, place=False)
+        uses_i2v = params.mode in ("product", "i2v", "ddim_inversion")
+        needs_i2v_model = pairing == "i2v_vace" and uses_i2v
+        needs_vace = uses_depth or pairing == "shared_vace"
+        components = wan.load_wan(context.models, vace=needs_vace, i2v=needs_i2v_model, device=context.device, offload=params.offload)
         positive, negative = components.encode_prompt(prompt, params.negative_prompt)
         specs = []  # (name, build(placement) -> expert, weight, description); conditioning computed now
-        if params.mode in ("product", "i2v"):
+        make_i2v = None  # (prompt embeds, negative, guidance, placement) -> the I2V expert
+        if uses_i2v:
             if needs_i2v_model:
                 condition, image_embeds = components.i2v_condition(first_frame, num_frames), components.encode_image(first_frame)
-                build = lambda placement, c=condition, e=image_embeds: wan.WanI2VExpert(components.i2v_transformer, c, e, positive, negative, params.i2v_guidance, placement=placement)
-                specs.append(("wan_i2v", build, params.i2v_weight, {"guidance": params.i2v_guidance}))
+                make_i2v = lambda embeds, negatives, guidance, placement: wan.WanI2VExpert(components.i2v_transformer, condition, image_embeds, embeds, negatives, guidance, placement=placement)
+                name = "wan_i2v"
             else:
                 control = wan.vace_first_frame_control(components, first_frame, num_frames, latent_mask=params.vace_latent_mask)
-                specs.append(("wan_vace_first_frame", self._vace(components, control, positive, negative, params.i2v_guidance, params), params.i2v_weight, {"guidance": params.i2v_guidance, "control_scale": params.control_scale}))
+                make_i2v = lambda embeds, negatives, guidance, placement: wan.WanVACEExpert(components.vace_transformer, control, embeds, negatives, guidance, params.control_scale, placement=placement)
+                name = "wan_vace_first_frame"
+            build = lambda placement: make_i2v(positive, negative, params.i2v_guidance, placement)
+            specs.append((name, build, params.i2v_weight, {"guidance": params.i2v_guidance}))
+        if params.mode == "ddim_inversion":
+            renders = video_io.read_rgb_frames(bundle, frames, height, width)
+            source_latents = components.encode_video(renders.permute(1, 0, 2, 3)[None] * 2 - 1)
+            source_embeds = components.encode_prompt(prompt if params.source_prompt is None else params.source_prompt)[0]
         if params.mode in ("product", "depth"):
             control = wan.vace_depth_control(components, depth_video)
             specs.append(("wan_vace_depth", self._vace(components, control, positive, negative, params.depth_guidance, params), params.depth_weight, {"guidance": params.depth_guidance, "control_scale": params.control_scale}))
@@ -111,19 +128,25 @@ class Sim2VideoTask(Task):
             control = wan.vace_first_frame_and_depth_control(components, first_frame, depth_video, latent_mask=params.vace_latent_mask)
             specs.append(("wan_vace_first_frame_and_depth", self._vace(components, control, positive, negative, params.depth_guidance, params), 1.0, {"guidance": params.depth_guidance, "control_scale": params.control_scale}))
         components.free_encoders()
-        placement = components.place_transformers()
+        shape = (params.particles, *wan.latent_shape(num_frames, height, width))
+        placement = components.place_transformers(params.particles, shape[1:])
         factors = [Factor(build(placement), weight) for _, build, weight, _ in specs]
         described = [{"expert": name, "weight": weight, **extra} for name, _, weight, extra in specs]
 
         product = ProductOfExperts(factors)
         levels = shifted_levels(params.levels, math.log(params.flow_shift), t_max=params.t_max)
         generator = torch.Generator().manual_seed(seed)
-        shape = (params.particles, *wan.latent_shape(num_frames, height, width))
         noise = torch.randn(shape, generator=generator).to(context.device)
         sampling_started = time.perf_counter()
-        result = run_sampler(params.sampler, product, noise, levels, generator, context, langevin_steps=params.langevin_steps, step_scale=params.step_scale)
+        if params.mode == "ddim_inversion":
+            inverting = make_i2v(source_embeds, None, 1.0, placement)
+            start = wan.invert(inverting, source_latents.expand(params.particles, *shape[1:]), levels)
+            result = run_sampler("summed_velocity", product, noise, levels, generator, context, start=start)
+        else:
+            result = run_sampler(params.sampler, product, noise, levels, generator, context, langevin_steps=params.langevin_steps, step_scale=params.step_scale)
         sampling_seconds = time.perf_counter() - sampling_started
 
+        components.make_room_for_decode()
         outputs = self._write_outputs(context, components, result, depth_video, bundle.fps, params.save_particles)
         manifest = {
             "task": self.name,

@@ -92,13 +92,13 @@ class Sim2VideoARTask(Task):
         frames = bundle.frames[: fp.num_pixel_frames(num_sections, window)]
         renders = video_io.read_rgb_frames(bundle, frames, height, width)  # (F, 3, H, W) in [0, 1]
 
-        components = fp.load_framepack(context.models, sampling_type=params.sampling_type, device=context.device, offload=params.offload, place=False)
+        components = fp.load_framepack(context.models, sampling_type=params.sampling_type, device=context.device, offload=params.offload)
         first_frame = renders[0] if params.first_frame is None else video_io.read_first_frame(bundle, params.first_frame, height, width)
         prompt_embeds = components.encode_prompt(prompt)
         negative = components.encode_prompt(params.negative_prompt) if params.true_cfg_scale != 1.0 else None
         image_embeds = components.encode_image(first_frame)
         components.free_encoders()
-        components.place_transformer()
+        components.place_transformer(params.particles, window, height // fp.SPATIAL_FACTOR, width // fp.SPATIAL_FACTOR)
         render_latents = components.encode_video(renders.permute(1, 0, 2, 3)[None] * 2 - 1)[0]  # (C, 1 + S·W, h, w)
         image_latents = render_latents[None, :, :1] if params.first_frame is None else components.encode_video(first_frame[None, :, None] * 2 - 1)
         count = params.particles

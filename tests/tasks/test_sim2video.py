@@ -64,6 +64,8 @@ def test_same_seed_same_result_other_seed_differs(tiny_data_dir, bundle_dir, tmp
     ("i2v", "shared_vace", ["wan_vace_first_frame"]),
     ("product", "shared_vace", ["wan_vace_first_frame", "wan_vace_depth"]),
     ("vace_combined", "auto", ["wan_vace_first_frame_and_depth"]),
+    ("ddim_inversion", "auto", ["wan_i2v"]),
+    ("ddim_inversion", "shared_vace", ["wan_vace_first_frame"]),
 ])
 def test_baselines_and_pairings(tiny_data_dir, bundle_dir, tmp_path, mode, pairing, experts) -> None:  # noqa: F811
     result = _run(bundle_dir, tmp_path, mode=mode, pairing=pairing, particles=1, save_particles=False, sampler="summed_velocity")
@@ -144,3 +146,9 @@ def test_explicit_sizes_above_the_caps_name_the_field(tiny_data_dir, bundle_dir,
     with pytest.raises(BundleError) as error:
         _run(bundle_dir, tmp_path, **{field: value})
     assert error.value.field == f"params.{field}"
+
+
+def test_ddim_inversion_is_one_deterministic_solve_from_the_inverted_render(tiny_data_dir, bundle_dir, tmp_path) -> None:  # noqa: F811
+    result = _run(bundle_dir, tmp_path / "out", mode="ddim_inversion", particles=2, source_prompt="a rendering of a box")
+    latents = torch.load(result.outputs["latents"])["latents"]
+    torch.testing.assert_close(latents[0], latents[1])  # deterministic: every particle is the same ODE solve
