@@ -120,7 +120,9 @@ def sample_fkc(
     for level, (t, t_next) in enumerate(zip(levels[:-1], levels[1:]), start=2):
         if t_next == 0.0:
             break
-        for t_from, t_to in _substeps(_max_weight(product), t, t_next):
+        steps = _substeps(_max_weight(product), t, t_next)
+        tracker.substeps += len(steps) - 1
+        for t_from, t_to in steps:
             delta_u = flow.sigma_from_t(t_from) ** 2 - flow.sigma_from_t(t_to) ** 2
             log_weights = log_weights + _transport_log_weight(product, evaluation, delta_u)
             y = y + (delta_u * (1.0 - t_from)) * evaluation.score + math.sqrt(delta_u) * flow.standard_normal_like(y, generator)
@@ -324,6 +326,7 @@ class _Tracker:
         self.resample_count = 0
         self.acceptances: list[float] = []
         self.ancestors = torch.arange(num_particles)
+        self.substeps = 0
 
     def maybe_resample(self, generator: torch.Generator, product: ProductOfExperts, log_weights: Tensor, ess_threshold: float, state, index):
         """Systematic resampling of ``state`` (through ``index(state, indices)``) when the
@@ -358,4 +361,5 @@ class _Tracker:
             resample_count=self.resample_count,
             ancestors=self.ancestors,
             acceptance_rate=sum(self.acceptances) / len(self.acceptances) if self.acceptances else None,
+            substeps=self.substeps,
         )

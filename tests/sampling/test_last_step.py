@@ -48,3 +48,12 @@ def test_no_substeps_when_gaps_are_stable() -> None:
     """One expert (Σλ = 1) never needs substeps; two experts on 8 log-SNR levels do."""
     assert transport_substeps(log_snr_levels(8), 1.0) == 0
     assert transport_substeps(log_snr_levels(8), 2.0) > 0
+
+
+def test_fkc_reports_its_substeps() -> None:
+    spec = parse_spec(products.two_experts_2d())
+    generator = torch.Generator().manual_seed(0)
+    levels = log_snr_levels(8)
+    result = sample_fkc(spec.product(), torch.randn(4, 2, generator=generator, dtype=torch.float64), levels, generator=generator, langevin_steps=1)
+    assert result.substeps == transport_substeps(levels, 2.0) > 0
+    assert result.stats()["substeps"] == result.substeps
