@@ -8,8 +8,8 @@ from poe_backend.experts.gmm import GaussianMixture, GaussianMixtureExpert
 from poe_backend.sampling import Factor, ProductOfExperts, sample_annealed_langevin, sample_fkc, sample_summed_velocity
 from poe_backend.sampling.budget import planned_nfe, transport_substeps
 from poe_backend.sampling.schedules import log_snr_levels, shifted_levels
-from tests.toy import products
 from poe_backend.toy.spec import parse_spec
+from tests.toy import products
 
 POINT = torch.tensor([0.7, -1.3], dtype=torch.float64)
 SAMPLERS = {"fkc": sample_fkc, "annealed_langevin": sample_annealed_langevin}
