@@ -39,7 +39,9 @@ class Progress:
 class SampleResult:
     """Particles ``(P, ...)`` in x-space at t = 0, their log-weights ``(P,)`` (unnormalised;
     all equal after a final resampling) and statistics. ``ancestors[i]`` is the starting
-    slot of particle i (resampling copies particles)."""
+    slot of particle i (resampling copies particles). ``substeps`` counts the extra
+    transport evaluations per expert that split wide level gaps (Feynman-Kac only; known
+    before a run from :func:`poe_backend.sampling.budget.planned_nfe`)."""
 
     particles: Tensor
     log_weights: Tensor
@@ -49,6 +51,7 @@ class SampleResult:
     resample_count: int = 0
     ancestors: Tensor | None = None
     acceptance_rate: float | None = None
+    substeps: int = 0
 
     def best_index(self) -> int:
         """Index of the particle with the largest weight."""
@@ -68,6 +71,7 @@ class SampleResult:
             "min_ess": min(self.ess_history) if self.ess_history else None,
             "resample_count": self.resample_count,
             "acceptance_rate": self.acceptance_rate,
+            "substeps": self.substeps,
         }
 
 

@@ -107,8 +107,10 @@ def sample_fkc(
     signs) is split into geometric substeps, each one more evaluation. Resample on low ESS, then
     ``langevin_steps`` ULA correctors with ``η = step_scale · σ² / Σλ``. ``start`` (x-space,
     at ``levels[0]``) replaces the Gaussian start, e.g. a re-noised chunk in a Gibbs sweep.
-    NFE per expert without substeps: ``1 + (len(levels) - 1) · (1 + langevin_steps)``, less
-    ``langevin_steps`` when the last level is t = 0 (no correctors there).
+    The last step, to t = 0, is deterministic: the product's clean prediction (Tweedie,
+    :attr:`Evaluation.x0`) at the last level, with that step's weight increment and the
+    exact rewards; it needs no forward, so no level's noise is left in the output. Exact
+    cost: :func:`poe_backend.sampling.budget.planned_nfe`.
     """
     observer, tracker = Observer(len(levels), callback, should_stop), _Tracker(noise.shape[0])
     y = _initial_y(product, noise, levels[0], start)
@@ -116,12 +118,14 @@ def sample_fkc(
     evaluation = product.evaluate(flow.x_from_y(y, levels[0]), levels[0])
     twist = product.twist(evaluation)
     for level, (t, t_next) in enumerate(zip(levels[:-1], levels[1:]), start=2):
-        for t_from, t_to in _substeps(product, t, t_next):
+        if t_next == 0.0:
+            break
+        steps = _substeps(_max_weight(product), t, t_next)
+        tracker.substeps += len(steps) - 1
+        for t_from, t_to in steps:
             delta_u = flow.sigma_from_t(t_from) ** 2 - flow.sigma_from_t(t_to) ** 2
-            scale = 1.0 - t_from  # x-space scores to y-space: s_y = (1 - t) s_x
-            squared = product.weighted_sum([score * score for score in evaluation.scores])
-            log_weights = log_weights + 0.5 * delta_u * scale**2 * flow.batch_sum(evaluation.score * evaluation.score - squared)
-            y = y + (delta_u * scale) * evaluation.score + math.sqrt(delta_u) * flow.standard_normal_like(y, generator)
+            log_weights = log_weights + _transport_log_weight(product, evaluation, delta_u)
+            y = y + (delta_u * (1.0 - t_from)) * evaluation.score + math.sqrt(delta_u) * flow.standard_normal_like(y, generator)
             evaluation = product.evaluate(flow.x_from_y(y, t_to), t_to)
             new_twist = product.twist(evaluation)
             log_weights, twist = log_weights + new_twist - twist, new_twist
@@ -130,7 +134,12 @@ def sample_fkc(
         )
         observer.step(level, 0, t_next, product.nfe, lambda: flow.x_from_y(y, t_next), log_weights)
         y, evaluation, twist = _langevin_correctors(product, y, evaluation, twist, langevin_steps, step_scale, generator, observer, level, log_weights)
-    return tracker.finish(product, flow.x_from_y(y, levels[-1]), log_weights, "fkc (score-only, Feynman-Kac weights)")
+    if levels[-1] > 0.0:
+        return tracker.finish(product, flow.x_from_y(y, levels[-1]), log_weights, "fkc (score-only, Feynman-Kac weights)")
+    x = evaluation.x0 if evaluation.t > 0.0 else evaluation.x
+    log_weights = log_weights + _transport_log_weight(product, evaluation, flow.sigma_from_t(evaluation.t) ** 2) + product.log_potential(x, 0.0) - twist
+    observer.step(len(levels), 0, 0.0, product.nfe, lambda: x, log_weights)
+    return tracker.finish(product, x, log_weights, "fkc (score-only, Feynman-Kac weights)")
 
 
 def sample_annealed_langevin(
@@ -150,13 +159,18 @@ def sample_annealed_langevin(
     ``langevin_steps`` ULA steps, then (when there are rewards) resampling at every level by
     the increment of the rewards' potentials, ``log φ_t - log φ_{t_prev}``, so the final
     selection is by the reward itself, not a power of it. No transport weights: biased in
-    the experts' mode weights. ``start`` as in :func:`sample_fkc`."""
+    the experts' mode weights. The step to t = 0 is the clean prediction (no forward
+    there). ``start`` as in :func:`sample_fkc`."""
     observer, tracker = Observer(len(levels), callback, should_stop), _Tracker(noise.shape[0])
     y = _initial_y(product, noise, levels[0], start)
     evaluation = product.evaluate(flow.x_from_y(y, levels[0]), levels[0])
     previous = product.twist(evaluation)
     for level, (t, t_next) in enumerate(zip(levels[:-1], levels[1:]), start=2):
         x0 = evaluation.x0
+        if t_next == 0.0:
+            y = x0  # the clean prediction: no forward at t = 0, no noise left
+            observer.step(level, 0, 0.0, product.nfe, lambda: y)
+            break
         y = x0 + (flow.sigma_from_t(t_next) / flow.sigma_from_t(t)) * (y - x0)
         evaluation = product.evaluate(flow.x_from_y(y, t_next), t_next)
         observer.step(level, 0, t_next, product.nfe, lambda: flow.x_from_y(y, t_next))
@@ -192,6 +206,19 @@ def sample_summed_velocity(
     return tracker.finish(product, x, product.log_potential(x, 0.0), "summed-velocity ODE (naive)")
 
 
+def _transport_log_weight(product: ProductOfExperts, evaluation: Evaluation, delta_u: float) -> Tensor:
+    """Feynman-Kac increment ``½ Δu (‖S‖² - Σ λ_i ‖s_i‖²)`` of a transport step of
+    ``Δu = σ² - σ'²`` from the evaluation's level (y-space scores), shape ``(P,)``."""
+    scale = 1.0 - evaluation.t  # x-space scores to y-space: s_y = (1 - t) s_x
+    squared = product.weighted_sum([score * score for score in evaluation.scores])
+    return 0.5 * delta_u * scale**2 * flow.batch_sum(evaluation.score * evaluation.score - squared)
+
+
+def _max_weight(product: ProductOfExperts) -> float:
+    """The largest ``Σ λ_i`` over the event (map weights: its largest element)."""
+    return float(torch.as_tensor(product.total_weight()).max())
+
+
 def _initial_y(product: ProductOfExperts, noise: Tensor, t: float, start: Tensor | None) -> Tensor:
     """y-space start at level t: the product of the experts' top levels,
     ``N(0, σ² / Σλ)``, or the given x-space ``start``."""
@@ -200,12 +227,11 @@ def _initial_y(product: ProductOfExperts, noise: Tensor, t: float, start: Tensor
     return noise * flow.sigma_from_t(t) / torch.sqrt(torch.as_tensor(product.total_weight(), dtype=noise.dtype))
 
 
-def _substeps(product: ProductOfExperts, t: float, t_next: float) -> list[tuple[float, float]]:
+def _substeps(total: float, t: float, t_next: float) -> list[tuple[float, float]]:
     """Split ``t -> t_next`` geometrically in σ so that every step keeps
-    ``Σλ (1 - σ'²/σ²) <= STABLE_TRANSPORT`` (the Euler-Maruyama step of the product's score
-    is stable for curvatures up to ``Σλ / σ²``)."""
+    ``total · (1 - σ'²/σ²) <= STABLE_TRANSPORT`` (``total`` = the largest Σλ; the
+    Euler-Maruyama step of the product's score is stable for curvatures up to ``Σλ / σ²``)."""
     sigma, sigma_next = flow.sigma_from_t(t), flow.sigma_from_t(t_next)
-    total = float(torch.as_tensor(product.total_weight()).max())
     if sigma_next == 0.0 or total * (1.0 - (sigma_next / sigma) ** 2) <= STABLE_TRANSPORT:
         return [(t, t_next)]
     ratio = math.sqrt(max(1.0 - STABLE_TRANSPORT / total, 1e-12))
@@ -300,6 +326,7 @@ class _Tracker:
         self.resample_count = 0
         self.acceptances: list[float] = []
         self.ancestors = torch.arange(num_particles)
+        self.substeps = 0
 
     def maybe_resample(self, generator: torch.Generator, product: ProductOfExperts, log_weights: Tensor, ess_threshold: float, state, index):
         """Systematic resampling of ``state`` (through ``index(state, indices)``) when the
@@ -334,4 +361,5 @@ class _Tracker:
             resample_count=self.resample_count,
             ancestors=self.ancestors,
             acceptance_rate=sum(self.acceptances) / len(self.acceptances) if self.acceptances else None,
+            substeps=self.substeps,
         )

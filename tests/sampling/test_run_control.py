@@ -46,7 +46,7 @@ def test_nfe_matches_documented_budget() -> None:
     sample_ais(ais, noise, log_snr_levels(100), generator=generator)
     sample_fkc(fkc, noise, log_snr_levels(100), generator=generator)
     assert ais.nfe == 2 * 100 * 5
-    assert fkc.nfe == 2 * (1 + 98 * 5 + 1)  # no correctors at t = 0
+    assert fkc.nfe == 2 * (1 + 98 * 5)  # no correctors and no forward at t = 0
 
 
 def test_wide_level_gaps_are_split_into_stable_substeps() -> None:

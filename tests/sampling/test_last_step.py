@@ -1,0 +1,59 @@
+"""The last step to t = 0 is the product's clean prediction (no fresh noise, no forward at
+t = 0), and the planned cost of a run equals what it reports."""
+
+import pytest
+import torch
+
+from poe_backend.experts.gmm import GaussianMixture, GaussianMixtureExpert
+from poe_backend.sampling import Factor, ProductOfExperts, sample_annealed_langevin, sample_fkc, sample_summed_velocity
+from poe_backend.sampling.budget import planned_nfe, transport_substeps
+from poe_backend.sampling.schedules import log_snr_levels, shifted_levels
+from poe_backend.toy.spec import parse_spec
+from tests.toy import products
+
+POINT = torch.tensor([0.7, -1.3], dtype=torch.float64)
+SAMPLERS = {"fkc": sample_fkc, "annealed_langevin": sample_annealed_langevin}
+
+
+def _point_mass_product(num_experts: int = 2) -> ProductOfExperts:
+    """Experts that are each (numerically) a point mass at ``POINT``: variance 1e-24."""
+    mixture = GaussianMixture(torch.ones(1, dtype=torch.float64), POINT[None], 1e-24 * torch.eye(2, dtype=torch.float64)[None])
+    return ProductOfExperts([Factor(GaussianMixtureExpert(mixture)) for _ in range(num_experts)])
+
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+@pytest.mark.parametrize("levels", [8, 28])
+def test_point_mass_product_returns_the_point_exactly(name: str, levels: int) -> None:
+    """With the old stochastic last step the output was the point plus σ_last · z
+    (σ_last ≈ 0.01-0.3): far outside 1e-9."""
+    generator = torch.Generator().manual_seed(0)
+    noise = torch.randn(16, 2, generator=generator, dtype=torch.float64)
+    result = SAMPLERS[name](_point_mass_product(), noise, shifted_levels(levels, 1.0, t_max=0.999), generator=generator, langevin_steps=2)
+    assert torch.allclose(result.particles, POINT.expand(16, 2), atol=1e-9, rtol=0.0)
+
+
+@pytest.mark.parametrize("name", ["fkc", "annealed_langevin", "summed_velocity"])
+@pytest.mark.parametrize("levels", [log_snr_levels(8), log_snr_levels(28), shifted_levels(8, 1.0, t_max=0.999), shifted_levels(28, 1.0, t_max=0.999)])
+def test_planned_nfe_equals_the_runs_count(name: str, levels: list[float]) -> None:
+    spec = parse_spec(products.two_experts_2d())
+    generator = torch.Generator().manual_seed(0)
+    product = spec.product()
+    function = {"fkc": sample_fkc, "annealed_langevin": sample_annealed_langevin, "summed_velocity": sample_summed_velocity}[name]
+    options = {} if name == "summed_velocity" else {"langevin_steps": 2}
+    result = function(product, torch.randn(4, 2, generator=generator, dtype=torch.float64), levels, generator=generator, **options)
+    assert result.nfe == planned_nfe(name, levels, num_experts=2, langevin_steps=options.get("langevin_steps", 0))
+
+
+def test_no_substeps_when_gaps_are_stable() -> None:
+    """One expert (Σλ = 1) never needs substeps; two experts on 8 log-SNR levels do."""
+    assert transport_substeps(log_snr_levels(8), 1.0) == 0
+    assert transport_substeps(log_snr_levels(8), 2.0) > 0
+
+
+def test_fkc_reports_its_substeps() -> None:
+    spec = parse_spec(products.two_experts_2d())
+    generator = torch.Generator().manual_seed(0)
+    levels = log_snr_levels(8)
+    result = sample_fkc(spec.product(), torch.randn(4, 2, generator=generator, dtype=torch.float64), levels, generator=generator, langevin_steps=1)
+    assert result.substeps == transport_substeps(levels, 2.0) > 0
+    assert result.stats()["substeps"] == result.substeps
