@@ -57,7 +57,7 @@ class POE_SceneSettings(bpy.types.PropertyGroup):
 
 
 # Plain methods on a ``bpy.types.PropertyGroup`` subclass make bpy 4.2 (as a Python module)
-# segfault at interpreter exit once the add-on is registered (rc 139 after the work
+# segfault at interpreter exit once the add-on is registered (SIGSEGV, rc 139, after the work
 # succeeded; 4.5 and 5.0 exit 0). The crash is in 4.2's teardown of the registered RNA
 # class, not in this code: a PropertyGroup with only properties exits 0. So the classes
 # above hold properties only, and the logic that reads them lives in these functions.
