@@ -10,6 +10,7 @@ import bpy
 
 from .capture import CaptureError, capture_bundle
 from .preferences import prefs
+from .properties import backend_params, capture_frames, capture_resolution
 
 
 def output_root(context) -> Path:
@@ -42,11 +43,11 @@ class POE_OT_capture(bpy.types.Operator):
         window_manager.progress_begin(0, 100)
         try:
             path = capture_bundle(
-                scene, out_dir, task=settings.task, frames=settings.frames(scene),
+                scene, out_dir, task=settings.task, frames=capture_frames(settings),
                 objects=[item.object.name for item in items] or None,
                 object_prompts={item.object.name: item.prompt for item in items if item.prompt} or None,
-                prompt=settings.prompt, params=settings.backend_params(), quality=settings.preset, seed=settings.seed,
-                resolution=settings.resolution(),
+                prompt=settings.prompt, params=backend_params(settings), quality=settings.preset, seed=settings.seed,
+                resolution=capture_resolution(settings),
                 progress=lambda done, total: window_manager.progress_update(int(100 * done / max(total, 1))),
             )
         except CaptureError as error:

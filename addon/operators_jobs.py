@@ -6,8 +6,8 @@ bpy-free tracker (:mod:`.jobs`) or client (:mod:`.client`), report errors with
 Uses from the rest of the add-on (the capture branch): ``prefs(context)`` in
 ``addon/__init__.py`` (``backend_url``, ``token``, ``backend_command``, ``output_dir``;
 optional ``result_as_background``; None when registered by a script), the scene settings
-``scene.poe`` (``task``, ``prompt``, ``objects``, ``seed``, ``frames(scene)``,
-``resolution()``, ``backend_params()``, ``last_bundle``) and
+``scene.poe`` (``task``, ``prompt``, ``objects``, ``seed``, ``last_bundle``; the functions
+``capture_frames``, ``capture_resolution`` and ``backend_params`` in :mod:`.properties`) and
 ``addon.capture.capture_bundle``, called exactly as the Capture operator calls it.
 
 One :class:`Session` per Blender process holds the tracker, the started backend process
@@ -26,6 +26,7 @@ import bpy
 
 from . import jobs
 from .client import BackendError, Client
+from .properties import backend_params, capture_frames, capture_resolution
 
 BL_PREFIX = "poe"
 
@@ -141,10 +142,10 @@ def capture_scene(context: bpy.types.Context, config: Settings) -> tuple[Path, s
     items = [item for item in poe.objects if item.object is not None]
     out_dir = config.output_dir / f"{bpy.path.clean_name(scene.name)}_{poe.task}_{time.strftime('%Y%m%d-%H%M%S')}"
     bundle_json = capture_bundle(
-        scene, out_dir, task=poe.task, frames=poe.frames(scene),
+        scene, out_dir, task=poe.task, frames=capture_frames(poe),
         objects=[item.object.name for item in items] or None,
         object_prompts={item.object.name: item.prompt for item in items if item.prompt} or None,
-        prompt=poe.prompt, params=poe.backend_params(), quality=poe.preset, seed=poe.seed, resolution=poe.resolution(),
+        prompt=poe.prompt, params=backend_params(poe), quality=poe.preset, seed=poe.seed, resolution=capture_resolution(poe),
     )
     poe.last_bundle = str(bundle_json)
     return Path(bundle_json).parent, poe.task

@@ -5,6 +5,7 @@ from __future__ import annotations
 import bpy
 
 from . import operators_jobs
+from .properties import video_output_label
 
 #: Action buttons in drawing order: (operator idname, icon).
 ACTIONS = (("poe.capture", "RENDER_STILL"), ("poe.generate", "PLAY"), ("poe.cancel", "CANCEL"))
@@ -40,6 +41,9 @@ class POE_PT_main(bpy.types.Panel):
         column.operator("poe.object_add", text="", icon="ADD")
         column.operator("poe.object_remove", text="", icon="REMOVE")
         self._draw_frames_and_resolution(layout, settings)
+        label = video_output_label(settings, context.scene)
+        if label:
+            layout.label(text=label, icon="INFO")
         column = layout.column(align=True)
         for name in ("seed", "particles", "steps"):
             column.prop(settings, name)

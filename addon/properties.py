@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import bpy
 
+from .bundle_schema import VIDEO_TASKS, capped_video_size
+
 TASK_ITEMS = [
     ("insertion", "Object insertion", "Insert the chosen object into the rendered plate (FLUX depth x fill)"),
     ("sim2video", "Sim to video", "Video from the baked simulation's depth and the first frame (Wan2.1 experts)"),
@@ -53,18 +55,49 @@ class POE_SceneSettings(bpy.types.PropertyGroup):
     steps: bpy.props.IntProperty(name="Steps", default=28, min=2, max=1000, description="Annealing levels (sampler steps)")
     last_bundle: bpy.props.StringProperty(name="Last bundle", default="", subtype="FILE_PATH", description="bundle.json written by the last capture")
 
-    def frames(self, scene) -> list[int] | None:
-        """Frames to capture: ``None`` (the capture default) with the scene range on."""
-        if self.use_scene_range:
-            return None
-        return list(range(self.frame_start, self.frame_end + 1))
 
-    def resolution(self) -> tuple[int, int] | None:
-        return None if self.use_scene_resolution else (self.resolution_x, self.resolution_y)
+# Plain methods on a ``bpy.types.PropertyGroup`` subclass make bpy 4.2 (as a Python module)
+# segfault at interpreter exit once the add-on is registered (SIGSEGV, rc 139, after the work
+# succeeded; 4.5 and 5.0 exit 0). The crash is in 4.2's teardown of the registered RNA
+# class, not in this code: a PropertyGroup with only properties exits 0. So the classes
+# above hold properties only, and the logic that reads them lives in these functions.
 
-    def backend_params(self) -> dict:
-        """Sampler parameters for the bundle's ``params``: the preview preset leaves levels
-        and particles to the task's preview values; the others send the panel's."""
-        if self.preset == "preview":
-            return {"preset": "preview"}
-        return {"preset": "quality", "particles": self.particles, "levels": self.steps}
+
+def capture_frames(settings) -> list[int] | None:
+    """Frames to capture: ``None`` (the capture default) with the scene range on."""
+    if settings.use_scene_range:
+        return None
+    return list(range(settings.frame_start, settings.frame_end + 1))
+
+
+def capture_resolution(settings) -> tuple[int, int] | None:
+    return None if settings.use_scene_resolution else (settings.resolution_x, settings.resolution_y)
+
+
+def backend_params(settings) -> dict:
+    """Sampler parameters for the bundle's ``params``: the preview preset leaves levels
+    and particles to the task's preview values; the others send the panel's."""
+    if settings.preset == "preview":
+        return {"preset": "preview"}
+    return {"preset": "quality", "particles": settings.particles, "levels": settings.steps}
+
+
+def video_output_size(settings, scene) -> tuple[int, int, int] | None:
+    """What a video task will generate, ``(width, height, frames)`` after the backend's caps
+    (:func:`bundle_schema.capped_video_size`, the rule the backend applies), from the size
+    and frames the capture would write; ``None`` for image tasks."""
+    if settings.task not in VIDEO_TASKS:
+        return None
+    size = capture_resolution(settings)
+    if size is None:
+        scale = scene.render.resolution_percentage / 100.0
+        size = round(scene.render.resolution_x * scale), round(scene.render.resolution_y * scale)
+    frames = capture_frames(settings)
+    count = len(frames) if frames is not None else scene.frame_end - scene.frame_start + 1
+    return capped_video_size(size[0], size[1], max(count, 0))
+
+
+def video_output_label(settings, scene) -> str | None:
+    """The panel's line for :func:`video_output_size`, e.g. ``Generates 832×464×81``."""
+    size = video_output_size(settings, scene)
+    return None if size is None else "Generates {}×{}×{} (backend caps)".format(*size)

@@ -57,3 +57,5 @@ def test_extension_builds_validates_installs_and_enables(tmp_path):
         capture_output=True, text=True, env=environment, cwd=tmp_path, timeout=300,
     )
     assert "ENABLED OK" in result.stdout, result.stdout + result.stderr
+    # The exit status too: bpy 4.2 crashed at interpreter exit (SIGSEGV: -11 here, 139 in a shell) after printing OK.
+    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}{result.stderr}"

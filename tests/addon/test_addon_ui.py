@@ -60,7 +60,7 @@ def test_capture_operator_writes_a_bundle(registered, tmp_path, monkeypatch):
     assert [(obj.name, obj.prompt) for obj in bundle.objects] == [("Cube", "a crate"), ("Plane", "a poster")]
     assert bundle.params == {"preset": "preview"}  # the task's preview values fill levels and particles
     settings.preset = "final"
-    assert settings.backend_params() == {"preset": "quality", "particles": 4, "levels": 28}
+    assert properties.backend_params(settings) == {"preset": "quality", "particles": 4, "levels": 28}
 
 
 def test_capture_operator_reports_errors(registered, tmp_path, monkeypatch):
@@ -107,3 +107,32 @@ def test_panel_draws_every_setting_and_every_button(registered):
     panel.POE_PT_main.draw(stub, context)
     for name in ("task", "preset", "prompt", "objects", "frame_start", "frame_end", "resolution_x", "seed", "particles", "steps", "poe.capture", "poe.generate", "poe.cancel", "poe.start_backend"):
         assert name in drawn
+
+
+class _RecordingLayout:
+    """Stands in for ``UILayout`` while the real panel draws with the real scene: every call
+    returns another recorder, ``label`` texts are kept."""
+
+    def __init__(self, labels):
+        self.labels = labels
+
+    def label(self, text="", **_):
+        self.labels.append(text)
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: _RecordingLayout(self.labels)
+
+
+def test_panel_shows_the_capped_video_size(registered):
+    scene, settings = registered, registered.poe
+    scene.render.resolution_x, scene.render.resolution_y, scene.render.resolution_percentage = 1920, 1080, 100
+    scene.frame_start, scene.frame_end = 1, 250
+    settings.task = "sim2video"
+    labels = []
+    panel.POE_PT_main.draw(type("Panel", (), {"layout": _RecordingLayout(labels),
+                                              "_draw_frames_and_resolution": staticmethod(panel.POE_PT_main._draw_frames_and_resolution)})(),
+                           bpy.context)
+    assert any("832×464×81" in text for text in labels), labels
+    settings.task = "insertion"
+    labels.clear()
+    assert properties.video_output_label(settings, scene) is None
