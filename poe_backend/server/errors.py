@@ -27,31 +27,51 @@ class InputError(Exception):
 
 @dataclass(frozen=True)
 class JobFailure:
-    """Why a job failed: a stable ``code`` and a message a person can act on."""
+    """Why a job failed: a stable ``code``, a message a person can act on and, where one
+    command fixes it, that ``command`` (the add-on shows it to copy)."""
 
     code: str
     message: str
+    command: str | None = None
 
     def to_json(self) -> dict[str, str]:
-        return {"code": self.code, "message": self.message}
+        body = {"code": self.code, "message": self.message}
+        return body if self.command is None else {**body, "command": self.command}
 
 
+#: Every name below is a real parameter of the tasks' params models (tasks/*.py) or the
+#: job's ``models`` field.
 OUT_OF_MEMORY_ADVICE = (
-    "out of memory while running the task. Try the 'preview' parameters, fewer particles or "
-    "frames, a lower resolution, or a stronger offload preset (models='offload' keeps only the "
-    "active model on the GPU; models='sequential' streams layers, slowest but smallest)."
+    "out of memory while running the task. Try params preset: 'preview' (small and fast defaults), "
+    "fewer 'particles' or 'levels', a smaller 'max_side' or 'max_batch', or params offload: "
+    "'group' (layers streamed in groups) or 'sequential' (slowest, smallest); models: 'preview' "
+    "picks smaller model variants where a family has them."
 )
 
-#: Exception class names the model registry raises when weights are missing or unloadable;
-#: their message already says which weights and where they were looked for.
-MODEL_ERROR_NAMES = frozenset({"ModelNotFoundError", "MissingWeightsError", "ModelLoadError", "WeightsNotFoundError"})
+#: Exception class names of a model that exists but cannot be loaded.
+MODEL_ERROR_NAMES = frozenset({"ModelNotFoundError", "ModelLoadError"})
 
 
-def describe_failure(error: BaseException) -> JobFailure:
-    """Map an exception raised by a task to a :class:`JobFailure` (never re-raises)."""
+def _is_named(error: BaseException, names: frozenset[str]) -> bool:
+    return any(cls.__name__ in names for cls in type(error).__mro__)
+
+
+def pull_command(task: str, models: str) -> str:
+    """The ``poe-backend models pull`` command that fetches what ``task`` needs in preset
+    ``models`` (a JSON preset is named by its file stem, as ``<data dir>/presets`` holds it)."""
+    preset = models.rsplit("/", 1)[-1].removesuffix(".json")
+    return f"poe-backend models pull --task {task} --preset {preset}"
+
+
+def describe_failure(error: BaseException, *, task: str = "", models: str = "default") -> JobFailure:
+    """Map an exception raised by ``task`` run with model preset ``models`` to a
+    :class:`JobFailure` (never re-raises)."""
     if isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError":
         return JobFailure("out_of_memory", f"{OUT_OF_MEMORY_ADVICE} ({type(error).__name__}: {error})")
-    if type(error).__name__ in MODEL_ERROR_NAMES or any(cls.__name__ in MODEL_ERROR_NAMES for cls in type(error).__mro__):
+    if _is_named(error, frozenset({"MissingWeights"})):
+        command = pull_command(task, models)
+        return JobFailure("missing_weights", f"the weights for this job are not on the backend machine: run `{command}` there, then submit again ({error})", command)
+    if _is_named(error, MODEL_ERROR_NAMES):
         return JobFailure("model_unavailable", f"a model could not be loaded: {error}")
     field = getattr(error, "field", None)
     if type(error).__name__ == "BundleError" and field:
