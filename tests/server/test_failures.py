@@ -3,9 +3,12 @@ goes on with the next job. In-process JobStore, with two small failing tasks."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
+
+from poe_backend.experts import registry
 
 from poe_backend.server.errors import describe_failure
 from poe_backend.server.jobs import Job, JobStore, new_job_id
@@ -32,8 +35,19 @@ class MissingWeightsTask(Task):
         raise ModelNotFoundError("FLUX.1-Depth-dev weights not found; looked in $POE_MODELS/flux-depth and the Hugging Face cache")
 
 
+class TinyVaeTask(Task):
+    """Resolves one role through the real registry, as the image tasks do first."""
+
+    name = "test_tiny_vae"
+
+    def run(self, context: TaskContext) -> TaskResult:
+        registry.check_available(["flux.vae"], context.models)
+        raise AssertionError("the weights should have been missing")
+
+
 @pytest.fixture
 def store(tmp_path, monkeypatch):
+    monkeypatch.setitem(TASK_CLASSES, "test_tiny_vae", f"{__name__}:TinyVaeTask")
     monkeypatch.setitem(TASK_CLASSES, "test_oom", f"{__name__}:OutOfMemoryTask")
     monkeypatch.setitem(TASK_CLASSES, "test_missing_weights", f"{__name__}:MissingWeightsTask")
     job_store = JobStore(tmp_path / "data")
@@ -62,7 +76,7 @@ def test_out_of_memory_and_missing_weights_fail_the_job_not_the_worker(store, tm
     fine = _submit(store, bundle, "toy2d", QUICK)
     oom_job, missing_job = _wait(store, oom), _wait(store, missing)
     assert oom_job["state"] == "failed" and oom_job["error"]["code"] == "out_of_memory"
-    assert "offload" in oom_job["error"]["message"] and "preview" in oom_job["error"]["message"]
+    assert all(name in oom_job["error"]["message"] for name in ("preset: 'preview'", "'particles'", "'levels'", "offload: 'group'"))
     assert missing_job["error"]["code"] == "model_unavailable" and "$POE_MODELS/flux-depth" in missing_job["error"]["message"]
     assert _wait(store, fine)["state"] == "done"
     assert "MemoryError" in (store.job_dir(oom) / "log.txt").read_text()
@@ -74,3 +88,15 @@ def test_cuda_out_of_memory_is_recognised_by_name():
 
     assert describe_failure(OutOfMemoryError("CUDA out of memory")).code == "out_of_memory"
     assert describe_failure(ValueError("bad")).code == "task_error"
+
+
+def test_missing_weights_reach_the_job_with_the_pull_command(store, tmp_path):
+    preset = tmp_path / "data" / "presets" / "lean.json"
+    preset.parent.mkdir(parents=True)
+    preset.write_text(json.dumps({"base": "tiny", "roles": {"flux.vae": {"repo_id": "nobody/no-such-repo"}}}))
+    bundle = write_bundle(tmp_path / "bundle")
+    job = Job(id=new_job_id(), task="test_tiny_vae", bundle_dir=str(bundle), params={}, models=str(preset), bundle={})
+    store.submit(job)
+    error = _wait(store, job.id)["error"]
+    assert error["code"] == "missing_weights" and error["command"] == "poe-backend models pull --task test_tiny_vae --preset lean"
+    assert f"`{error['command']}`" in error["message"] and "no-such-repo" in error["message"]
