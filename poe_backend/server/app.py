@@ -76,13 +76,8 @@ def create_app(config: ServerConfig, store: JobStore | None = None) -> FastAPI:
     app = FastAPI(title="poe-backend", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.store = store
 
-    @app.middleware("http")
-    async def check_host(request: Request, call_next):
-        host = request.headers.get("host", "")
-        name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
-        if not config.allow_remote and name.lower() not in LOCAL_HOSTS:
-            return JSONResponse(InputError("host", "this backend answers only requests addressed to localhost (start it with --allow-remote to serve other names)", code="bad_host", status=421).body(), status_code=421)
-        return await call_next(request)
+    if not config.allow_remote:
+        app.add_middleware(LocalHostOnly)
 
     @app.exception_handler(InputError)
     async def input_error(request: Request, error: InputError) -> JSONResponse:
@@ -94,7 +89,7 @@ def create_app(config: ServerConfig, store: JobStore | None = None) -> FastAPI:
         field_path = ".".join(str(part) for part in first["loc"] if part not in ("body", "query", "path"))
         return JSONResponse(InputError(field_path or "request", first["msg"]).body(), status_code=400)
 
-    def require_token(request: Request) -> None:
+    async def require_token(request: Request) -> None:
         header = request.headers.get("authorization")
         if not token_matches(header, config.token):
             reason = "missing bearer token" if not header else "wrong token"
@@ -174,6 +169,24 @@ def create_app(config: ServerConfig, store: JobStore | None = None) -> FastAPI:
 
     app.include_router(api)
     return app
+
+
+class LocalHostOnly:
+    """ASGI middleware: answers 421 to any HTTP request whose ``Host`` is not a localhost
+    name (:data:`LOCAL_HOSTS`), so a DNS-rebound page cannot reach the service."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            host = dict(scope["headers"]).get(b"host", b"").decode("latin-1").lower()
+            name = host if host.endswith("]") else host.rsplit(":", 1)[0]
+            if name not in LOCAL_HOSTS:
+                error = InputError("host", "this backend answers only requests addressed to localhost (start it with --allow-remote to serve other names)", code="bad_host", status=421)
+                await JSONResponse(error.body(), status_code=421)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def _found(job: dict[str, Any] | None, job_id: str) -> dict[str, Any]:
