@@ -1,4 +1,11 @@
-"""The HTTP routes (``/v1``). Everything but ``/v1/health`` needs the bearer token.
+"""The HTTP routes (``/v1``). Everything but ``/v1/health`` needs the bearer token; every
+request needs a ``Host`` header naming this machine (localhost, 127.0.0.1, [::1]) unless
+the server was started with ``--allow-remote`` (defeats DNS rebinding). ``/docs`` and
+``/openapi.json`` are off.
+
+``GET /v1/jobs?limit=&offset=`` pages through jobs oldest first (limit 1..500, default
+100) with short entries; ``GET /v1/jobs/{id}`` has the whole status; ``DELETE
+/v1/jobs/{id}`` removes a finished job and its files.
 
 ``POST /v1/jobs`` takes one of three bodies:
 
@@ -20,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
@@ -31,11 +38,15 @@ from poe_backend.server import uploads, validation
 from poe_backend.server.auth import token_matches
 from poe_backend.server.errors import InputError
 from poe_backend.server.info import describe_task, device_info, loaded_models
-from poe_backend.server.jobs import Job, JobStore, new_job_id
+from poe_backend.server.jobs import Job, JobStore, disk_full_error, is_disk_full, new_job_id
+from poe_backend.server.presets import allowed_model_roots, check_models
 from poe_backend.tasks import TASK_CLASSES
 
 #: Bumped when a route or a body changes incompatibly; the add-on checks it.
 API_VERSION = 1
+LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]", "::1"})
+#: Longest prompt or other text field accepted in a request or bundle, in characters.
+MAX_TEXT_CHARS = 10_000
 TAR_TYPES = frozenset({"application/x-tar", "application/tar", "application/gzip", "application/x-gzip", "application/octet-stream"})
 
 
@@ -47,22 +58,29 @@ class ServerConfig:
     max_upload_bytes: int = 8 << 30
     max_upload_entries: int = uploads.UploadLimits.max_entries
     upload_read_timeout_s: float = uploads.UploadLimits.read_timeout_s
-    device: str = "cpu"
+    devices: list[str] = field(default_factory=lambda: ["cpu"])
     models: str = "default"
+    allow_remote: bool = False
+    keep_jobs: int | None = None
+    keep_days: float | None = None
 
 
 def create_app(config: ServerConfig, store: JobStore | None = None) -> FastAPI:
-    store = store or JobStore(config.data_dir, device=config.device)
+    store = store or JobStore(config.data_dir, devices=config.devices, keep_jobs=config.keep_jobs, keep_days=config.keep_days)
     roots = [config.data_dir, *config.allowed_roots]
     limits = uploads.UploadLimits(config.max_upload_bytes, config.max_upload_entries, config.upload_read_timeout_s)
+    model_roots = allowed_model_roots(config.data_dir, config.allowed_roots)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         store.start()
         yield
 
-    app = FastAPI(title="poe-backend", version=__version__, lifespan=lifespan)
+    app = FastAPI(title="poe-backend", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.store = store
+
+    if not config.allow_remote:
+        app.add_middleware(LocalHostOnly)
 
     @app.exception_handler(InputError)
     async def input_error(request: Request, error: InputError) -> JSONResponse:
@@ -74,16 +92,16 @@ def create_app(config: ServerConfig, store: JobStore | None = None) -> FastAPI:
         field_path = ".".join(str(part) for part in first["loc"] if part not in ("body", "query", "path"))
         return JSONResponse(InputError(field_path or "request", first["msg"]).body(), status_code=400)
 
-    def require_token(request: Request) -> None:
+    async def require_token(request: Request) -> None:
         header = request.headers.get("authorization")
         if not token_matches(header, config.token):
             reason = "missing bearer token" if not header else "wrong token"
-            message = f"{reason}: use the token in {config.data_dir / 'token'} (add-on preferences: Token)"
+            message = f"{reason}: use the token in the backend's data dir, file 'token' (add-on preferences: Token)"
             raise InputError("authorization", message, code="unauthorized", status=401)
 
     @app.get("/v1/health")
     def health() -> dict[str, Any]:
-        return {"status": "ok", "version": __version__, "api_version": API_VERSION, **device_info(config.device), "loaded_models": loaded_models(), "queued": store.queue_length(), "max_upload_bytes": config.max_upload_bytes}
+        return {"status": "ok", "version": __version__, "api_version": API_VERSION, **device_info(config.devices[0]), "devices": config.devices, "loaded_models": loaded_models(), "queued": store.queue_length(), "max_upload_bytes": config.max_upload_bytes}
 
     api = APIRouter(prefix="/v1", dependencies=[Depends(require_token)])
 
@@ -92,12 +110,22 @@ def create_app(config: ServerConfig, store: JobStore | None = None) -> FastAPI:
         return {"tasks": [describe_task(name) for name in TASK_CLASSES]}
 
     @api.get("/jobs")
-    def list_jobs() -> dict[str, Any]:
-        return {"jobs": store.list()}
+    async def list_jobs(limit: int = Query(100, ge=1, le=500), offset: int = Query(0, ge=0)) -> dict[str, Any]:
+        jobs, total = store.list(limit, offset)
+        return {"jobs": jobs, "total": total, "limit": limit, "offset": offset}
 
     @api.get("/jobs/{job_id}")
-    def get_job(job_id: str) -> dict[str, Any]:
+    async def get_job(job_id: str) -> dict[str, Any]:
         return _found(store.get(job_id), job_id)
+
+    @api.delete("/jobs/{job_id}")
+    def delete_job(job_id: str) -> dict[str, Any]:
+        deleted = store.delete(job_id)
+        if deleted is None:
+            _found(None, job_id)
+        if not deleted:
+            raise InputError("job_id", f"job {job_id} is queued or running: cancel it first", code="job_active", status=409)
+        return {"id": job_id, "deleted": True}
 
     @api.post("/jobs/{job_id}/cancel")
     def cancel_job(job_id: str) -> dict[str, Any]:
@@ -117,6 +145,8 @@ def create_app(config: ServerConfig, store: JobStore | None = None) -> FastAPI:
         job_id = new_job_id()
         upload_dir = store.job_dir(job_id) / "bundle"
         try:
+            if content_type != "application/json":
+                store.prepare_dir(job_id)
             if content_type == "application/json":
                 fields = await _json_body(request)
                 bundle_dir = await run_in_threadpool(uploads.check_under_roots, _required(fields, "bundle_path"), roots)
@@ -129,13 +159,37 @@ def create_app(config: ServerConfig, store: JobStore | None = None) -> FastAPI:
             else:
                 raise InputError("content-type", f"{content_type or 'none'} is not accepted: send JSON with bundle_path, a tar body, or multipart", status=415)
             job = await run_in_threadpool(_build_job, job_id, fields, bundle_dir, config.models)
+            job.models = check_models(job.models, config.data_dir, model_roots)
+            return await run_in_threadpool(store.submit, job)
+        except OSError as error:
+            shutil.rmtree(store.job_dir(job_id), ignore_errors=True)
+            if is_disk_full(error):
+                raise disk_full_error(config.data_dir) from None
+            raise
         except BaseException:
             shutil.rmtree(store.job_dir(job_id), ignore_errors=True)
             raise
-        return store.submit(job)
 
     app.include_router(api)
     return app
+
+
+class LocalHostOnly:
+    """ASGI middleware: answers 421 to any HTTP request whose ``Host`` is not a localhost
+    name (:data:`LOCAL_HOSTS`), so a DNS-rebound page cannot reach the service."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            host = dict(scope["headers"]).get(b"host", b"").decode("latin-1").lower()
+            name = host if host.endswith("]") else host.rsplit(":", 1)[0]
+            if name not in LOCAL_HOSTS:
+                error = InputError("host", "this backend answers only requests addressed to localhost (start it with --allow-remote to serve other names)", code="bad_host", status=421)
+                await JSONResponse(error.body(), status_code=421)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def _found(job: dict[str, Any] | None, job_id: str) -> dict[str, Any]:
@@ -202,8 +256,8 @@ def _build_job(job_id: str, fields: dict[str, Any], bundle_dir: Path, default_mo
     task = validation.resolve_task(bundle.task)
     params = validation.validate_params(task, bundle.params, fields.get("params"))
     models = fields.get("models") or default_models
-    if not isinstance(models, str):
-        raise InputError("models", "must be a preset name such as 'tiny' or 'default'")
+    if isinstance(bundle.prompt, str) and len(bundle.prompt) > MAX_TEXT_CHARS:
+        raise InputError("prompt", f"is {len(bundle.prompt)} characters; at most {MAX_TEXT_CHARS}")
     summary = {"prompt": bundle.prompt, "seed": bundle.seed, "width": bundle.width, "height": bundle.height, "fps": bundle.fps, "frames": bundle.frames}
     return Job(id=job_id, task=bundle.task, bundle_dir=str(bundle_dir), params=params.model_dump(mode="json", exclude_unset=True), models=models, bundle=summary)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import os
 import sys
 from pathlib import Path
 
@@ -25,7 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-upload-mb", type=float, default=8192, help="largest accepted bundle upload (MiB, also after gzip decoding)")
     parser.add_argument("--max-upload-entries", type=int, default=20_000, help="most tar members in one upload (empty files and folders count)")
     parser.add_argument("--upload-timeout-s", type=float, default=60.0, help="longest wait for the next piece of an upload's body (seconds)")
-    parser.add_argument("--device", default=None, help="torch device for jobs (default: cuda if available, else cpu)")
+    parser.add_argument("--devices", default=None, help="comma-separated torch devices, one worker (one job at a time) each, e.g. cuda:0,cuda:1; a name may repeat (cpu,cpu runs two CPU jobs at once). Default: every visible GPU, else cpu")
+    parser.add_argument("--keep-jobs", type=int, default=None, help="keep only the newest N finished jobs (default: all)")
+    parser.add_argument("--keep-days", type=float, default=None, help="delete finished jobs older than D days (default: never)")
     parser.add_argument("--models", default="default", help="model preset when a job names none (e.g. tiny, default)")
 
 
@@ -38,30 +41,48 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def default_devices() -> list[str]:
+    """Every visible GPU (``cuda:0`` ...), else ``["cpu"]``."""
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return [f"cuda:{index}" for index in range(count)] or ["cpu"]
+
+
 def serve(arguments: argparse.Namespace) -> int:
     if not is_loopback(arguments.host) and not arguments.allow_remote:
         print(f"poe-backend: refusing to bind {arguments.host}, which is not a loopback address; pass --allow-remote (the token is then the only protection)", file=sys.stderr)
         return 2
-    import torch
     import uvicorn
 
     from poe_backend.server.app import ServerConfig, create_app
-    from poe_backend.server.auth import load_or_create_token
+    from poe_backend.server.auth import TokenRefused, load_or_create_token
+    from poe_backend.server.datadir import DataDirBusy, lock_data_dir, make_private_dir
 
-    data_dir = arguments.data_dir.expanduser().resolve()
-    device = arguments.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    data_dir = make_private_dir(arguments.data_dir.expanduser().resolve())
+    try:
+        lock = lock_data_dir(data_dir, arguments.port)
+        token = load_or_create_token(data_dir)
+    except (DataDirBusy, TokenRefused) as error:
+        print(f"poe-backend: {error}", file=sys.stderr)
+        return 3
+    devices = [name.strip() for name in arguments.devices.split(",") if name.strip()] if arguments.devices else default_devices()
     config = ServerConfig(
         data_dir=data_dir,
-        token=load_or_create_token(data_dir),
+        token=token,
         allowed_roots=[root.expanduser().resolve() for root in arguments.allow_root],
         max_upload_bytes=int(arguments.max_upload_mb * 2**20),
         max_upload_entries=arguments.max_upload_entries,
         upload_read_timeout_s=arguments.upload_timeout_s,
-        device=device,
+        devices=devices,
         models=arguments.models,
+        allow_remote=arguments.allow_remote,
+        keep_jobs=arguments.keep_jobs,
+        keep_days=arguments.keep_days,
     )
-    print(f"poe-backend: serving http://{arguments.host}:{arguments.port}/v1 on {device}; token in {data_dir / 'token'}", flush=True)
+    print(f"poe-backend: serving http://{arguments.host}:{arguments.port}/v1 on {', '.join(devices)}; token in {data_dir / 'token'}", flush=True)
     uvicorn.run(create_app(config), host=arguments.host, port=arguments.port, log_level="warning")
+    os.close(lock)
     return 0
 
 

@@ -27,52 +27,54 @@ class InputError(Exception):
 
 @dataclass(frozen=True)
 class JobFailure:
-    """Why a job failed: a stable ``code`` and a message a person can act on."""
+    """Why a job failed: a stable ``code``, a message a person can act on and, where one
+    command fixes it, that ``command`` (the add-on shows it to copy)."""
 
     code: str
     message: str
+    command: str | None = None
 
     def to_json(self) -> dict[str, str]:
-        return {"code": self.code, "message": self.message}
+        body = {"code": self.code, "message": self.message}
+        return body if self.command is None else {**body, "command": self.command}
 
 
+#: Every name below is a real parameter of the tasks' params models (tasks/*.py) or the
+#: job's ``models`` field.
 OUT_OF_MEMORY_ADVICE = (
-    "out of memory while running the task. Lower what the job holds at once: params.preset="
-    "'preview' (small and fast defaults), fewer params.particles or a smaller params.max_batch, "
-    "a smaller params.max_side (and params.max_frames for video), or params.offload='group' "
-    "(streams transformer blocks; slower, far smaller); image tasks also take "
-    "params.fp8_storage=true."
+    "out of memory while running the task. Try params preset: 'preview' (small and fast defaults), "
+    "fewer 'particles' or 'levels', a smaller 'max_side' or 'max_batch', or params offload: "
+    "'group' (layers streamed in groups) or 'sequential' (slowest, smallest); models: 'preview' "
+    "picks smaller model variants where a family has them."
 )
 
-#: Exception class names of a model whose files are there but cannot be loaded.
+#: Exception class names of a model that exists but cannot be loaded.
 MODEL_ERROR_NAMES = frozenset({"ModelNotFoundError", "ModelLoadError"})
 
 
-def describe_failure(error: BaseException, *, task: str | None = None, models: str | None = None) -> JobFailure:
-    """Map an exception raised by a task to a :class:`JobFailure` (never re-raises).
+def _is_named(error: BaseException, names: frozenset[str]) -> bool:
+    return any(cls.__name__ in names for cls in type(error).__mro__)
 
-    Missing weights become ``missing_weights`` with the exact ``poe-backend models pull``
-    command for the job's ``task`` and registry preset ``models`` (the add-on shows it)."""
-    from poe_backend.experts.specs import MissingWeights
 
-    if isinstance(error, MissingWeights):
-        command = pull_command(task, models)
-        return JobFailure("missing_weights", f"model weights are missing on the backend machine; run `{command}` there ({error})")
+def pull_command(task: str, models: str) -> str:
+    """The ``poe-backend models pull`` command that fetches what ``task`` needs in preset
+    ``models`` (a JSON preset is named by its file stem, as ``<data dir>/presets`` holds it)."""
+    from poe_backend.experts.weights import pull_command as weights_pull_command
+
+    return weights_pull_command(task, models.rsplit("/", 1)[-1].removesuffix(".json"))
+
+
+def describe_failure(error: BaseException, *, task: str = "", models: str = "default") -> JobFailure:
+    """Map an exception raised by ``task`` run with model preset ``models`` to a
+    :class:`JobFailure` (never re-raises)."""
     if isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError":
         return JobFailure("out_of_memory", f"{OUT_OF_MEMORY_ADVICE} ({type(error).__name__}: {error})")
-    if any(cls.__name__ in MODEL_ERROR_NAMES for cls in type(error).__mro__):
+    if _is_named(error, frozenset({"MissingWeights"})):
+        command = pull_command(task, models)
+        return JobFailure("missing_weights", f"the weights for this job are not on the backend machine: run `{command}` there, then submit again ({error})", command)
+    if _is_named(error, MODEL_ERROR_NAMES):
         return JobFailure("model_unavailable", f"a model could not be loaded: {error}")
     field = getattr(error, "field", None)
     if type(error).__name__ == "BundleError" and field:
         return JobFailure("invalid_bundle", str(error))
     return JobFailure("task_error", f"{type(error).__name__}: {error} (the job's log has the traceback)")
-
-
-def pull_command(task: str | None, models: str | None) -> str:
-    """``poe-backend models pull`` for a task and registry preset; the preset's name only
-    when it is a built-in one (a JSON preset's roles are the user's own)."""
-    from poe_backend.experts.specs import BUILTIN_PRESETS
-    from poe_backend.experts.weights import pull_command as weights_pull_command
-
-    preset = models if models in BUILTIN_PRESETS else "default"
-    return weights_pull_command(task, preset) if task else f"poe-backend models pull --preset {preset}"

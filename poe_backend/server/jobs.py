@@ -1,10 +1,19 @@
-"""The job store and its single worker thread.
+"""The job store and its workers: one thread per device, all taking from one queue.
 
-A job is a directory ``<data>/jobs/<id>/`` holding ``state.json`` (rewritten atomically:
-temporary file + rename), ``request.json`` (what was asked), ``bundle/`` (uploaded
-bundles only; local ones are read in place), ``outputs/`` (the task's files and
-result.json) and ``log.txt``. One worker runs jobs in submission order, so one device is
-never shared; the HTTP side only reads in-memory copies and never waits for a job.
+A job is a directory ``<data>/jobs/<id>/`` (0700) holding ``state.json`` (rewritten
+atomically: temporary file + rename), ``request.json`` (what was asked), ``bundle/``
+(uploaded bundles only; local ones are read in place), ``outputs/`` (the task's files and
+result.json) and ``log.txt``. Each device runs one job at a time, in submission order;
+the HTTP side only reads in-memory copies and never waits for a job.
+
+Why a state file per job and not SQLite: outputs are files in the job's directory anyway,
+so with the state inside it too a job is one directory and there is one source of truth.
+Submission is atomic without a transaction: ``state.json`` is written last (rename), so a
+job exists exactly when its state file does, and a directory without one is an unfinished
+submission, removed at start; with SQLite a row and a directory could disagree after a
+crash or a full disk. The data-dir lock (:mod:`poe_backend.server.datadir`) makes this
+process the only writer, and retention deletes a directory. Listings and their pages come
+from the in-memory index, so no file is read per request.
 
 After a restart every job directory is read back: finished jobs are listed as they were,
 a job that was running is marked failed (code ``interrupted``), and queued jobs are queued
@@ -13,10 +22,12 @@ again in their original order (they never started, so nothing is lost by running
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import queue
 import secrets
+import shutil
 import threading
 import time
 import traceback
@@ -27,14 +38,18 @@ from typing import Any
 
 from poe_backend.bundle import read_bundle
 from poe_backend.sampling import Progress, SamplingCancelled
-from poe_backend.server.errors import JobFailure, describe_failure
+from poe_backend.server.datadir import free_bytes, make_private_dir
+from poe_backend.server.errors import InputError, JobFailure, describe_failure
 from poe_backend.tasks import get_task
 from poe_backend.tasks.base import RESULT_FILE, TaskContext
 
 STATE_FILE = "state.json"
 FINISHED = frozenset({"done", "failed", "cancelled"})
 PERSIST_INTERVAL_S = 0.5
-#: The scalar fields of sampler Progress reports that a job's status shows.
+#: Characters of a prompt shown in a job listing entry (the job's own status has it all).
+LISTED_PROMPT_CHARS = 200
+
+
 @dataclass
 class Job:
     """One job's state as served by ``GET /v1/jobs/{id}``. ``progress`` holds level,
@@ -59,6 +74,23 @@ class Job:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+    def summary(self) -> dict[str, Any]:
+        """The listing entry: the status without params, and the prompt cut to
+        :data:`LISTED_PROMPT_CHARS` characters."""
+        prompt = str(self.bundle.get("prompt") or "")
+        cut = prompt[:LISTED_PROMPT_CHARS] + ("…" if len(prompt) > LISTED_PROMPT_CHARS else "")
+        return {"id": self.id, "task": self.task, "state": self.state, "created": self.created, "started": self.started, "finished": self.finished, "progress": self.progress, "error": self.error, "kind": self.kind, "primary": self.primary, "prompt": cut}
+
+
+def is_disk_full(error: BaseException) -> bool:
+    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full_error(directory: Path) -> InputError:
+    """507 naming the free space left where jobs are stored."""
+    free = free_bytes(directory)
+    return InputError("bundle", f"the backend's disk is full ({free / 2**20:.1f} MiB free under its data dir); free space or delete finished jobs (DELETE /v1/jobs/<id>)", code="insufficient_storage", status=507)
 
 
 def new_job_id() -> str:
@@ -98,16 +130,20 @@ class ProgressMeter:
 class JobStore:
     """All jobs, their directories and the worker that runs them."""
 
-    def __init__(self, data_dir: Path, *, device: str = "cpu") -> None:
-        self.jobs_dir = data_dir / "jobs"
-        self.jobs_dir.mkdir(parents=True, exist_ok=True)
-        self.device = device
+    def __init__(self, data_dir: Path, *, devices: list[str] | None = None, keep_jobs: int | None = None, keep_days: float | None = None) -> None:
+        """``devices``: one worker per entry (``["cpu", "cpu"]`` runs two CPU jobs at once);
+        ``keep_jobs``/``keep_days``: finished jobs beyond the newest N, or older than D
+        days, are deleted at start and after each job (None keeps them)."""
+        self.jobs_dir = make_private_dir(data_dir / "jobs")
+        self.devices = devices or ["cpu"]
+        self.keep_jobs, self.keep_days = keep_jobs, keep_days
         self._jobs: dict[str, Job] = {}
         self._lock = threading.Lock()
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._cancel_requested: set[str] = set()
-        self._thread = threading.Thread(target=self._work, name="poe-job-worker", daemon=True)
+        self._threads = [threading.Thread(target=self._work, args=(device,), name=f"poe-job-worker-{index}-{device}", daemon=True) for index, device in enumerate(self.devices)]
         self._recover()
+        self._apply_retention()
 
     # ---- directories and persistence -------------------------------------------------
     def job_dir(self, job_id: str) -> Path:
@@ -122,6 +158,11 @@ class JobStore:
             handle.write(f"{stamp} {message}\n")
 
     def _recover(self) -> None:
+        """Read every job back; directories without a state file (a submission cut off by
+        a crash, kill -9 mid-upload or a full disk) are removed."""
+        for directory in self.jobs_dir.iterdir():
+            if not (directory / STATE_FILE).is_file():
+                shutil.rmtree(directory, ignore_errors=True) if directory.is_dir() and not directory.is_symlink() else directory.unlink(missing_ok=True)
         pending = []
         for state_path in sorted(self.jobs_dir.glob(f"*/{STATE_FILE}")):
             try:
@@ -135,32 +176,69 @@ class JobStore:
                 pending.append(job)
             self._jobs[job.id] = job
         for job in sorted(pending, key=lambda job: job.created):
-            self._log(job.id, "queued again after a backend restart")
+            self._log_quietly(job.id, "queued again after a backend restart")
             self._queue.put(job.id)
 
     # ---- the HTTP side ----------------------------------------------------------------
     def start(self) -> None:
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
+
+    def prepare_dir(self, job_id: str) -> Path:
+        """The new job's directory (0700), created before an upload is written into it."""
+        return make_private_dir(self.job_dir(job_id))
 
     def submit(self, job: Job) -> dict[str, Any]:
-        directory = self.job_dir(job.id)
-        (directory / "outputs").mkdir(parents=True, exist_ok=True)
-        write_json_atomically(directory / "request.json", {"task": job.task, "bundle_dir": job.bundle_dir, "params": job.params, "models": job.models})
+        """Commit a job: its files, then ``state.json`` last; only then is it listed and
+        queued. On any failure the directory is removed; a full disk is a 507."""
+        directory = self.prepare_dir(job.id)
+        try:
+            (directory / "outputs").mkdir(mode=0o700, exist_ok=True)
+            write_json_atomically(directory / "request.json", {"task": job.task, "bundle_dir": job.bundle_dir, "params": job.params, "models": job.models})
+            self._log(job.id, f"queued task {job.task} on bundle {job.bundle_dir}")
+            self._persist(job)
+        except OSError as error:
+            shutil.rmtree(directory, ignore_errors=True)
+            if is_disk_full(error):
+                raise disk_full_error(self.jobs_dir) from None
+            raise
         with self._lock:
             self._jobs[job.id] = job
-            self._persist(job)
-        self._log(job.id, f"queued task {job.task} on bundle {job.bundle_dir}")
         self._queue.put(job.id)
         return job.to_json()
+
+    def delete(self, job_id: str) -> bool | None:
+        """Remove a finished job and its files: True; None when unknown; False when it is
+        queued or running (cancel it first)."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None:
+                return None
+            if job.state not in FINISHED:
+                return False
+            del self._jobs[job_id]
+        shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
+        return True
+
+    def _apply_retention(self) -> None:
+        with self._lock:
+            finished = sorted((job for job in self._jobs.values() if job.state in FINISHED), key=lambda job: job.created, reverse=True)
+        cutoff = None if self.keep_days is None else time.time() - self.keep_days * 86400
+        for rank, job in enumerate(finished):
+            if (self.keep_jobs is not None and rank >= self.keep_jobs) or (cutoff is not None and (job.finished or job.created) < cutoff):
+                self.delete(job.id)
 
     def get(self, job_id: str) -> dict[str, Any] | None:
         with self._lock:
             job = self._jobs.get(job_id)
             return None if job is None else job.to_json()
 
-    def list(self) -> list[dict[str, Any]]:
+    def list(self, limit: int, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
+        """Listing entries (:meth:`Job.summary`) oldest first, ``limit`` of them from
+        ``offset``; and the total number of jobs."""
         with self._lock:
-            return [job.to_json() for job in sorted(self._jobs.values(), key=lambda job: job.created)]
+            ordered = sorted(self._jobs.values(), key=lambda job: (job.created, job.id))
+            return [job.summary() for job in ordered[offset : offset + limit]], len(ordered)
 
     def queue_length(self) -> int:
         with self._lock:
@@ -189,24 +267,39 @@ class JobStore:
     def _finish(self, job: Job, state: str, failure: JobFailure | None = None) -> None:
         job.state, job.finished = state, time.time()
         job.error = None if failure is None else failure.to_json()
-        self._persist(job)
-        self._log(job.id, state if failure is None else f"{state}: [{failure.code}] {failure.message}")
+        self._persist_quietly(job)
+        self._log_quietly(job.id, state if failure is None else f"{state}: [{failure.code}] {failure.message}")
 
-    def _work(self) -> None:
+    def _persist_quietly(self, job: Job) -> None:
+        """Persist from a worker: a full disk must not kill the worker (the in-memory
+        state stays right; the file catches up at the next write)."""
+        try:
+            self._persist(job)
+        except OSError as error:
+            print(f"poe-backend: could not write the state of job {job.id}: {error}", flush=True)
+
+    def _log_quietly(self, job_id: str, message: str) -> None:
+        try:
+            self._log(job_id, message)
+        except OSError:
+            pass
+
+    def _work(self, device: str) -> None:
         while True:
             job_id = self._queue.get()
             if job_id is None:
                 return
             with self._lock:
-                job = self._jobs[job_id]
-                if job.state != "queued":
+                job = self._jobs.get(job_id)
+                if job is None or job.state != "queued":
                     continue
                 job.state, job.started = "running", time.time()
-                self._persist(job)
-            self._log(job_id, f"running on {self.device}")
-            self._run(job)
+                self._persist_quietly(job)
+            self._log_quietly(job_id, f"running on {device}")
+            self._run(job, device)
+            self._apply_retention()
 
-    def _run(self, job: Job) -> None:
+    def _run(self, job: Job, device: str) -> None:
         out_dir = self.job_dir(job.id) / "outputs"
         meter, last_write = ProgressMeter(), [0.0]
 
@@ -216,7 +309,7 @@ class JobStore:
                 job.progress = report
                 if time.monotonic() - last_write[0] > PERSIST_INTERVAL_S:
                     last_write[0] = time.monotonic()
-                    self._persist(job)
+                    self._persist_quietly(job)
 
         try:
             task = get_task(job.task)
@@ -225,7 +318,7 @@ class JobStore:
                 params=task.Params.model_validate(job.params),
                 out_dir=out_dir,
                 models=job.models,
-                device=self.device,
+                device=device,
                 callback=on_progress,
                 should_stop=lambda: job.id in self._cancel_requested,
             )
@@ -242,7 +335,7 @@ class JobStore:
             with self._lock:
                 self._finish(job, "cancelled", JobFailure("cancelled", f"cancelled by request ({error})"))
         except Exception as error:  # noqa: BLE001 - a failing job must never take the server down
-            self._log(job.id, traceback.format_exc())
+            self._log_quietly(job.id, traceback.format_exc())
             _release_device_memory()
             with self._lock:
                 self._finish(job, "failed", describe_failure(error, task=job.task, models=job.models))
