@@ -53,18 +53,30 @@ class POE_SceneSettings(bpy.types.PropertyGroup):
     steps: bpy.props.IntProperty(name="Steps", default=28, min=2, max=1000, description="Annealing levels (sampler steps)")
     last_bundle: bpy.props.StringProperty(name="Last bundle", default="", subtype="FILE_PATH", description="bundle.json written by the last capture")
 
-    def frames(self, scene) -> list[int] | None:
-        """Frames to capture: ``None`` (the capture default) with the scene range on."""
-        if self.use_scene_range:
-            return None
-        return list(range(self.frame_start, self.frame_end + 1))
 
-    def resolution(self) -> tuple[int, int] | None:
-        return None if self.use_scene_resolution else (self.resolution_x, self.resolution_y)
+# The helpers below are module functions, not methods of POE_SceneSettings, on purpose:
+# under bpy 4.2 as a module, a PropertyGroup subclass with a plain Python method makes the
+# interpreter segfault at exit (rc 139) after the script's work succeeded (bpy's RNA class
+# teardown at Py_Finalize; 4.5 and 5.0 are not affected). Keeping PropertyGroup classes to
+# property declarations only makes every version exit 0; tests/addon/test_addon_extension.py
+# asserts the exit status.
 
-    def backend_params(self) -> dict:
-        """Sampler parameters for the bundle's ``params``: the preview preset leaves levels
-        and particles to the task's preview values; the others send the panel's."""
-        if self.preset == "preview":
-            return {"preset": "preview"}
-        return {"preset": "quality", "particles": self.particles, "levels": self.steps}
+def capture_frames(settings: POE_SceneSettings) -> list[int] | None:
+    """Frames to capture: ``None`` (the capture default: the scene range) with the scene
+    range on, else ``frame_start..frame_end`` inclusive."""
+    if settings.use_scene_range:
+        return None
+    return list(range(settings.frame_start, settings.frame_end + 1))
+
+
+def capture_resolution(settings: POE_SceneSettings) -> tuple[int, int] | None:
+    """``None`` (the scene's render size) or the panel's width and height in pixels."""
+    return None if settings.use_scene_resolution else (settings.resolution_x, settings.resolution_y)
+
+
+def backend_params(settings: POE_SceneSettings) -> dict:
+    """Sampler parameters for the bundle's ``params``: the preview preset leaves levels
+    and particles to the task's preview values; the others send the panel's."""
+    if settings.preset == "preview":
+        return {"preset": "preview"}
+    return {"preset": "quality", "particles": settings.particles, "levels": settings.steps}

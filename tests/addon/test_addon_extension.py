@@ -57,3 +57,4 @@ def test_extension_builds_validates_installs_and_enables(tmp_path):
         capture_output=True, text=True, env=environment, cwd=tmp_path, timeout=300,
     )
     assert "ENABLED OK" in result.stdout, result.stdout + result.stderr
+    assert result.returncode == 0, f"exit status {result.returncode} after enabling (139: the bpy 4.2 exit segfault)\n{result.stderr}"

@@ -7,7 +7,7 @@ import pytest
 import bpy
 
 import addon
-from addon import panel, properties
+from addon import panel, preferences, properties
 
 pytestmark = pytest.mark.blender
 
@@ -47,8 +47,7 @@ def test_settings_are_scene_properties_saved_in_the_blend(registered, tmp_path):
 
 
 def test_capture_operator_writes_a_bundle(registered, tmp_path, monkeypatch):
-    from addon import operators
-    monkeypatch.setattr(operators, "output_root", lambda context: tmp_path)
+    monkeypatch.setattr(preferences, "output_root", lambda configured: tmp_path)
     settings = registered.poe
     settings.task, settings.preset, settings.prompt = "regional_t2i", "preview", "two things"
     for name, prompt in (("Cube", "a crate"), ("Plane", "a poster")):
@@ -60,12 +59,11 @@ def test_capture_operator_writes_a_bundle(registered, tmp_path, monkeypatch):
     assert [(obj.name, obj.prompt) for obj in bundle.objects] == [("Cube", "a crate"), ("Plane", "a poster")]
     assert bundle.params == {"preset": "preview"}  # the task's preview values fill levels and particles
     settings.preset = "final"
-    assert settings.backend_params() == {"preset": "quality", "particles": 4, "levels": 28}
+    assert properties.backend_params(settings) == {"preset": "quality", "particles": 4, "levels": 28}
 
 
 def test_capture_operator_reports_errors(registered, tmp_path, monkeypatch):
-    from addon import operators
-    monkeypatch.setattr(operators, "output_root", lambda context: tmp_path)
+    monkeypatch.setattr(preferences, "output_root", lambda configured: tmp_path)
     registered.poe.task = "insertion"  # no object chosen
     with pytest.raises(RuntimeError, match="needs the object to insert"):
         bpy.ops.poe.capture()
