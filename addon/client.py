@@ -17,15 +17,14 @@ import json
 import os
 import socket
 import tarfile
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any, Iterator
 
-#: The backend API version this add-on speaks (``api_version`` in ``GET /v1/health``).
-API_VERSION = 1
+from .bundle_schema import API_VERSION
+
 READ_CHUNK = 1 << 20
 
 
@@ -160,17 +159,6 @@ class Client:
                 raise BackendError(f"the backend named an unsafe output path {relative!r}")
             paths[name] = self.download(job["id"], name, directory / relative_path)
         return paths
-
-    def wait_until_healthy(self, timeout: float = 60.0, interval: float = 0.25) -> dict[str, Any]:
-        """Poll ``/v1/health`` until it answers (or raise the last error after ``timeout``)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                return self.health()
-            except BackendNotRunning:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(interval)
 
 
 def _http_error(error: urllib.error.HTTPError) -> BackendError:

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from .bundle_schema import FINISHED_STATES
 from .client import BackendError, BackendNotRunning, Client
 
-FINISHED = frozenset({"done", "failed", "cancelled"})
 POLL_INTERVAL_S = 0.5
 
 
@@ -54,7 +54,7 @@ class TrackedJob:
 
     @property
     def finished(self) -> bool:
-        return self.state in FINISHED and (self.state != "done" or self.loaded or self.gave_up)
+        return self.state in FINISHED_STATES and (self.state != "done" or self.loaded or self.gave_up)
 
     def status_line(self) -> str:
         """One short line, e.g. ``toy2d running 40% level 4/10 NFE 37 ESS 51 ETA 3s``."""

@@ -2,26 +2,32 @@
 
 from __future__ import annotations
 
-import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import bpy
 
+from . import preferences, properties
 from .capture import CaptureError, capture_bundle
-from .preferences import prefs
-from .properties import backend_params, capture_frames, capture_resolution
 
 
-def output_root(context) -> Path:
-    """The preferences' output folder; else ``poe/`` beside the saved .blend; else a temp dir."""
-    preferences = prefs(context)
-    configured = preferences.output_dir if preferences is not None else ""
-    if configured:
-        return Path(bpy.path.abspath(configured))
-    if bpy.data.filepath:
-        return Path(bpy.data.filepath).parent / "poe"
-    return Path(tempfile.gettempdir()) / "poe"
+def capture_scene(context, output_dir: Path, progress: Callable[[int, int], None] | None = None) -> Path:
+    """Capture ``context.scene`` with its PoE settings (``scene.poe``) into a new bundle
+    folder under ``output_dir``; returns bundle.json (also stored as ``last_bundle``).
+    The one capture call of the add-on: Capture and Generate both use it."""
+    scene, settings = context.scene, context.scene.poe
+    out_dir = output_dir / f"{bpy.path.clean_name(scene.name)}_{settings.task}_{time.strftime('%Y%m%d-%H%M%S')}"
+    items = [item for item in settings.objects if item.object is not None]
+    path = capture_bundle(
+        scene, out_dir, task=settings.task, frames=properties.capture_frames(settings),
+        objects=[item.object.name for item in items] or None,
+        object_prompts={item.object.name: item.prompt for item in items if item.prompt} or None,
+        prompt=settings.prompt, params=properties.backend_params(settings), quality=settings.preset, seed=settings.seed,
+        resolution=properties.capture_resolution(settings), progress=progress,
+    )
+    settings.last_bundle = str(path)
+    return Path(path)
 
 
 class POE_OT_capture(bpy.types.Operator):
@@ -36,18 +42,11 @@ class POE_OT_capture(bpy.types.Operator):
         return context.scene is not None and context.scene.camera is not None
 
     def execute(self, context):
-        scene, settings = context.scene, context.scene.poe
-        out_dir = output_root(context) / f"{bpy.path.clean_name(scene.name)}_{settings.task}_{time.strftime('%Y%m%d-%H%M%S')}"
-        items = [item for item in settings.objects if item.object is not None]
         window_manager = context.window_manager
         window_manager.progress_begin(0, 100)
         try:
-            path = capture_bundle(
-                scene, out_dir, task=settings.task, frames=capture_frames(settings),
-                objects=[item.object.name for item in items] or None,
-                object_prompts={item.object.name: item.prompt for item in items if item.prompt} or None,
-                prompt=settings.prompt, params=backend_params(settings), quality=settings.preset, seed=settings.seed,
-                resolution=capture_resolution(settings),
+            path = capture_scene(
+                context, preferences.backend_settings(context).output_dir,
                 progress=lambda done, total: window_manager.progress_update(int(100 * done / max(total, 1))),
             )
         except CaptureError as error:
@@ -55,7 +54,6 @@ class POE_OT_capture(bpy.types.Operator):
             return {"CANCELLED"}
         finally:
             window_manager.progress_end()
-        settings.last_bundle = str(path)
         self.report({"INFO"}, f"Captured {path}")
         return {"FINISHED"}
 

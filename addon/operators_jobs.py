@@ -3,12 +3,8 @@ result, plus ``draw_jobs`` for the panel. Operators stay thin: read settings, ca
 bpy-free tracker (:mod:`.jobs`) or client (:mod:`.client`), report errors with
 ``self.report({'ERROR'}, message)`` — never a traceback.
 
-Uses from the rest of the add-on (the capture branch): ``prefs(context)`` in
-``addon/__init__.py`` (``backend_url``, ``token``, ``backend_command``, ``output_dir``;
-optional ``result_as_background``; None when registered by a script), the scene settings
-``scene.poe`` (``task``, ``prompt``, ``objects``, ``seed``, ``last_bundle``; the functions
-``capture_frames``, ``capture_resolution`` and ``backend_params`` in :mod:`.properties`) and
-``addon.capture.capture_bundle``, called exactly as the Capture operator calls it.
+Settings come from :func:`.preferences.backend_settings`; Generate captures through
+:func:`.operators.capture_scene`, the same call as the Capture operator.
 
 One :class:`Session` per Blender process holds the tracker, the started backend process
 and the timer; Blender's timers and operators need such a place to meet.
@@ -16,57 +12,18 @@ and the timer; Blender's timers and operators need such a place to meet.
 
 from __future__ import annotations
 
-import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import bpy
 
-from . import jobs
+from . import job_view, jobs, operators, preferences
+from .bundle_schema import FINISHED_STATES
 from .client import BackendError, Client
-from .properties import backend_params, capture_frames, capture_resolution
+from .preferences import Settings
 
 BL_PREFIX = "poe"
-
-
-@dataclass
-class Settings:
-    url: str
-    token: str
-    command: str
-    output_dir: Path
-    as_background: bool = False
-
-
-DEFAULT_URL = "http://127.0.0.1:7860"
-DEFAULT_COMMAND = "poe-backend serve"
-
-
-def settings(context: bpy.types.Context) -> Settings:
-    """Backend settings from the add-on preferences (defaults when the add-on's classes
-    were registered by a script and ``prefs`` returns None)."""
-    from . import prefs  # the add-on's helper; imported late to avoid a cycle
-
-    preferences = prefs(context)
-    return Settings(
-        url=getattr(preferences, "backend_url", "") or DEFAULT_URL,
-        token=getattr(preferences, "token", "") or "",
-        command=getattr(preferences, "backend_command", "") or DEFAULT_COMMAND,
-        output_dir=output_root(getattr(preferences, "output_dir", "") or ""),
-        as_background=bool(getattr(preferences, "result_as_background", False)),
-    )
-
-
-def output_root(configured: str) -> Path:
-    """The preferences' output folder; else ``poe/`` beside the saved .blend; else a temp
-    dir (the same rule as the capture operator)."""
-    if configured:
-        return Path(bpy.path.abspath(configured))
-    if bpy.data.filepath:
-        return Path(bpy.data.filepath).parent / "poe"
-    return Path(tempfile.gettempdir()) / "poe"
 
 
 @dataclass
@@ -78,6 +35,14 @@ class Session:
     scenes: dict[str, str] = field(default_factory=dict)
     backend: Any = None
     as_background: bool = False
+    tasks: list[dict[str, Any]] | None = None  # GET /v1/tasks, for the panel's size preview
+
+    def refresh_tasks(self, client: Client) -> None:
+        """Remember the backend's task list (its caps); keeps the last one when unreachable."""
+        try:
+            self.tasks = client.tasks()
+        except BackendError:
+            pass
 
     def tracker_for(self, config: Settings) -> jobs.JobTracker:
         client = Client(config.url, config.token)
@@ -130,35 +95,15 @@ def _redraw_panels() -> None:
                 area.tag_redraw()
 
 
-def capture_scene(context: bpy.types.Context, config: Settings) -> tuple[Path, str]:
-    """Capture the scene with its PoE settings (``scene.poe``), as the Capture operator
-    does; returns the bundle folder and the task."""
-    from .capture import capture_bundle
-
-    scene = context.scene
-    poe = getattr(scene, "poe", None)
-    if poe is None:
-        raise ValueError("the scene has no PoE settings (scene.poe); is the add-on enabled?")
-    items = [item for item in poe.objects if item.object is not None]
-    out_dir = config.output_dir / f"{bpy.path.clean_name(scene.name)}_{poe.task}_{time.strftime('%Y%m%d-%H%M%S')}"
-    bundle_json = capture_bundle(
-        scene, out_dir, task=poe.task, frames=capture_frames(poe),
-        objects=[item.object.name for item in items] or None,
-        object_prompts={item.object.name: item.prompt for item in items if item.prompt} or None,
-        prompt=poe.prompt, params=backend_params(poe), quality=poe.preset, seed=poe.seed, resolution=capture_resolution(poe),
-    )
-    poe.last_bundle = str(bundle_json)
-    return Path(bundle_json).parent, poe.task
-
-
 def capture_and_submit(context: bpy.types.Context, config: Settings, bundle_dir: str) -> jobs.TrackedJob:
     """Submit ``bundle_dir`` as is, or capture the scene into a new bundle first."""
     tracker = SESSION.tracker_for(config)
+    SESSION.refresh_tasks(tracker.client)
     if bundle_dir:
         tracked = tracker.submit(Path(bpy.path.abspath(bundle_dir)))
     else:
-        captured, task = capture_scene(context, config)
-        tracked = tracker.submit(captured, task=task)
+        bundle_json = operators.capture_scene(context, config.output_dir)
+        tracked = tracker.submit(bundle_json.parent, task=context.scene.poe.task)
     SESSION.scenes[tracked.job_id] = context.scene.name
     SESSION.ensure_timer()
     return tracked
@@ -175,7 +120,7 @@ class POE_OT_generate(bpy.types.Operator):
 
     def execute(self, context: bpy.types.Context) -> set[str]:
         try:
-            tracked = capture_and_submit(context, settings(context), self.bundle_dir)
+            tracked = capture_and_submit(context, preferences.backend_settings(context), self.bundle_dir)
         except BackendError as error:
             self.report({"ERROR"}, error.message)
             return {"CANCELLED"}
@@ -196,7 +141,7 @@ class POE_OT_cancel(bpy.types.Operator):
     job_id: bpy.props.StringProperty(name="Job", default="")
 
     def execute(self, context: bpy.types.Context) -> set[str]:
-        tracker = SESSION.tracker_for(settings(context))
+        tracker = SESSION.tracker_for(preferences.backend_settings(context))
         job_id = self.job_id or next((job.job_id for job in reversed(tracker.active())), "")
         if not job_id:
             self.report({"WARNING"}, "no active job to cancel")
@@ -220,7 +165,7 @@ class POE_OT_start_backend(bpy.types.Operator):
     timeout: bpy.props.FloatProperty(name="Timeout", default=120.0, min=1.0)
 
     def execute(self, context: bpy.types.Context) -> set[str]:
-        config = settings(context)
+        config = preferences.backend_settings(context)
         client = Client(config.url, config.token)
         try:
             health = client.health()
@@ -231,13 +176,12 @@ class POE_OT_start_backend(bpy.types.Operator):
         try:
             SESSION.backend = jobs.start_backend(config.command, client, config.output_dir / "backend.log", timeout=self.timeout)
             health = client.health()
+            SESSION.refresh_tasks(client)
             token_path = jobs.token_path_from_command(config.command)
             if not config.token and token_path.is_file():  # first start: fill in the new token
-                from . import prefs
-
-                preferences = prefs(context)
-                if preferences is not None:
-                    preferences.token = token_path.read_text(encoding="utf-8").strip()
+                addon_preferences = preferences.prefs(context)
+                if addon_preferences is not None:
+                    addon_preferences.token = token_path.read_text(encoding="utf-8").strip()
         except BackendError as error:
             self.report({"ERROR"}, error.message)
             return {"CANCELLED"}
@@ -257,7 +201,7 @@ class POE_OT_load_result(bpy.types.Operator):
     def execute(self, context: bpy.types.Context) -> set[str]:
         from . import results
 
-        config = settings(context)
+        config = preferences.backend_settings(context)
         tracker = SESSION.tracker_for(config)
         job_id = self.job_id or next((job.job_id for job in reversed(list(tracker.jobs.values())) if job.state == "done"), "")
         if not job_id:
@@ -282,14 +226,29 @@ class POE_OT_load_result(bpy.types.Operator):
 CLASSES = (POE_OT_generate, POE_OT_cancel, POE_OT_start_backend, POE_OT_load_result)
 
 
+STATE_ICONS = {"done": "CHECKMARK", "failed": "ERROR", "cancelled": "CANCEL", "running": "PLAY"}
+
+
 def draw_jobs(layout: bpy.types.UILayout, context: bpy.types.Context, *, max_rows: int = 5) -> None:
-    """The panel's backend section (Generate and Cancel sit in the panel's action row):
-    Start local backend, then one status line per recent job with a Load button."""
+    """The panel's backend section: Start local backend, then a box per recent job: task
+    and state with Cancel (while active) or Load (when done); a progress bar with level,
+    NFE, ESS, ETA and elapsed time while it runs; the reason and what to do when it failed."""
     layout.operator(POE_OT_start_backend.bl_idname, icon="PLAY")
     tracker = SESSION.tracker
     for tracked in list(tracker.jobs.values())[-max_rows:] if tracker else []:
-        row = layout.row()
-        icon = {"done": "CHECKMARK", "failed": "ERROR", "cancelled": "CANCEL"}.get(tracked.state, "TIME")
-        row.label(text=tracked.status_line(), icon=icon)
-        if tracked.state == "done":
+        box = layout.box()
+        row = box.row()
+        row.label(text=f"{tracked.task} {tracked.state}", icon=STATE_ICONS.get(tracked.state, "TIME"))
+        if tracked.state not in FINISHED_STATES:
+            row.operator(POE_OT_cancel.bl_idname, text="", icon="CANCEL").job_id = tracked.job_id
+        elif tracked.state == "done":
             row.operator(POE_OT_load_result.bl_idname, text="", icon="FILE_REFRESH").job_id = tracked.job_id
+        if tracked.state == "running" and tracked.progress:
+            fraction = float(tracked.progress.get("fraction", 0.0))
+            box.progress(factor=fraction, type="BAR", text=f"{100 * fraction:.0f}%")
+            box.label(text=job_view.progress_details(tracked.progress))
+        if tracked.state == "failed":
+            for line in job_view.failure_lines(tracked.record.get("error"), tracked.message):
+                box.label(text=line)
+        elif tracked.message:
+            box.label(text=tracked.message)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import bpy
 
-from . import operators_jobs
-from .properties import video_output_label
+from . import job_view, operators_jobs, properties
+from .capture import CaptureError, planned_size
 
 #: Action buttons in drawing order: (operator idname, icon).
 ACTIONS = (("poe.capture", "RENDER_STILL"), ("poe.generate", "PLAY"), ("poe.cancel", "CANCEL"))
@@ -41,9 +41,7 @@ class POE_PT_main(bpy.types.Panel):
         column.operator("poe.object_add", text="", icon="ADD")
         column.operator("poe.object_remove", text="", icon="REMOVE")
         self._draw_frames_and_resolution(layout, settings)
-        label = video_output_label(settings, context.scene)
-        if label:
-            layout.label(text=label, icon="INFO")
+        layout.label(text=generation_summary(context.scene), icon="INFO")
         column = layout.column(align=True)
         for name in ("seed", "particles", "steps"):
             column.prop(settings, name)
@@ -67,3 +65,15 @@ class POE_PT_main(bpy.types.Panel):
             row = column.row(align=True)
             row.prop(settings, "resolution_x")
             row.prop(settings, "resolution_y")
+
+
+def generation_summary(scene) -> str:
+    """``Will generate: 832x464, 81 frames``: the capture's size after the backend's caps
+    (the task's defaults from ``/v1/tasks`` when the backend answered), or why the scene
+    cannot be captured as set."""
+    settings = scene.poe
+    try:
+        width, height, num_frames = planned_size(scene, settings.task, properties.capture_frames(settings), properties.capture_resolution(settings))
+    except CaptureError as error:
+        return f"Cannot capture: {error}"
+    return f"Will generate: {job_view.generated_size(settings.task, width, height, num_frames, operators_jobs.SESSION.tasks)}"

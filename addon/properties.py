@@ -80,24 +80,3 @@ def backend_params(settings) -> dict:
     if settings.preset == "preview":
         return {"preset": "preview"}
     return {"preset": "quality", "particles": settings.particles, "levels": settings.steps}
-
-
-def video_output_size(settings, scene) -> tuple[int, int, int] | None:
-    """What a video task will generate, ``(width, height, frames)`` after the backend's caps
-    (:func:`bundle_schema.capped_video_size`, the rule the backend applies), from the size
-    and frames the capture would write; ``None`` for image tasks."""
-    if settings.task not in VIDEO_TASKS:
-        return None
-    size = capture_resolution(settings)
-    if size is None:
-        scale = scene.render.resolution_percentage / 100.0
-        size = round(scene.render.resolution_x * scale), round(scene.render.resolution_y * scale)
-    frames = capture_frames(settings)
-    count = len(frames) if frames is not None else scene.frame_end - scene.frame_start + 1
-    return capped_video_size(size[0], size[1], max(count, 0))
-
-
-def video_output_label(settings, scene) -> str | None:
-    """The panel's line for :func:`video_output_size`, e.g. ``Generates 832×464×81``."""
-    size = video_output_size(settings, scene)
-    return None if size is None else "Generates {}×{}×{} (backend caps)".format(*size)

@@ -31,12 +31,16 @@ from pathlib import Path
 from typing import Any
 
 SCHEMA = "poe-bundle/1"
+#: The service API version both sides speak (``api_version`` in ``GET /v1/health``).
+API_VERSION = 1
+#: Job states after which nothing changes (the server's worker and the add-on's tracker).
+FINISHED_STATES = frozenset({"done", "failed", "cancelled"})
 BUNDLE_FILE = "bundle.json"
 FRAME_TOKEN = "####"
 
 #: Passes each task needs. ``mask`` means one ``mask.<object>`` pass per listed object.
 TASK_PASSES: dict[str, tuple[str, ...]] = {
-    "insertion": ("plate", "depth", "mask"),
+    "insertion": ("plate", "rgb", "depth", "mask"),
     "sim2video": ("rgb", "depth"),
     "sim2video_ar": ("rgb",),
     "regional_t2i": (),

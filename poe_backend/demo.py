@@ -25,6 +25,7 @@ import argparse
 import importlib
 import json
 import math
+import shlex
 import shutil
 import socket
 import subprocess
@@ -165,7 +166,7 @@ def choose_models(task: str, requested: str) -> tuple[str, str]:
     try:
         registry.check_available([role for family in EXAMPLES[task]["families"] for role in registry.roles_of(family)], "default")
     except registry.MissingWeights as error:
-        missing = str(error).split(" (")[0]
+        missing = ", ".join(repo_id for repo_id, _ in error.missing if repo_id) or f"model '{error.role}'"
         return "tiny", f"no weights found ({missing}; `poe-backend run` prints the download commands); ran the 'tiny' preset: the real architectures, small and random, so the image is noise and only the pipeline is shown"
     return "default", "the real weights (found locally)"
 
@@ -204,27 +205,18 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_backend(out: Path, client_module, models: str) -> tuple[subprocess.Popen, Any, dict[str, Any]]:
+def start_backend(out: Path, client_module, jobs_module, models: str) -> tuple[subprocess.Popen, Any, dict[str, Any]]:
+    """``poe-backend serve`` on a free loopback port through the add-on's own
+    ``start_backend`` (the Start local backend button's code); its log is backend.log."""
     port = _free_port()
-    data_dir = out / "backend"
-    command = [sys.executable, "-m", "poe_backend", "serve", "--port", str(port), "--data-dir", str(data_dir), "--allow-root", str(out), "--models", models]
-    log = open(out / "backend.log", "ab")
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    command = shlex.join([sys.executable, "-m", "poe_backend", "serve", "--port", str(port), "--data-dir", str(out / "backend"), "--allow-root", str(out), "--models", models])
     client = client_module.Client(f"http://127.0.0.1:{port}")
-    deadline = time.monotonic() + 120
-    while True:
-        if process.poll() is not None:
-            raise SystemExit(f"the backend exited with code {process.returncode}; see {out / 'backend.log'}")
-        try:
-            health = client.health()
-            break
-        except client_module.BackendNotRunning:
-            if time.monotonic() > deadline:
-                process.terminate()
-                raise SystemExit(f"the backend did not start within 120 s; see {out / 'backend.log'}") from None
-            time.sleep(0.2)
-    client.token = (data_dir / "token").read_text(encoding="utf-8").strip()
-    return process, client, health
+    try:
+        process = jobs_module.start_backend(command, client, out / "backend.log")
+    except client_module.BackendError as error:
+        raise SystemExit(error.message) from None
+    client.token = jobs_module.token_path_from_command(command).read_text(encoding="utf-8").strip()
+    return process, client, client.health()
 
 
 def run_demo(arguments: argparse.Namespace) -> int:
@@ -240,7 +232,7 @@ def run_demo(arguments: argparse.Namespace) -> int:
     report.step("bundle captured", f"{bundle_dir} via {how}")
     arguments.models, models_sentence = choose_models(arguments.task, arguments.models)
     report.facts["models"] = models_sentence
-    process, client, health = start_backend(out, client_module, arguments.models)
+    process, client, health = start_backend(out, client_module, jobs_module, arguments.models)
     report.step("backend started", f"{client.url} (pid {process.pid}), device {health['device']}, torch {health['torch']}")
     try:
         return _run_job(arguments, out, scene, bundle_dir, client, health, report, jobs_module, results_module, bpy)
@@ -253,12 +245,15 @@ def _run_job(arguments, out, scene, bundle_dir, client, health, report, jobs_mod
     tracker = jobs_module.JobTracker(client, out / "results", lambda result: results_module.load_result(scene, result))
     tracked = tracker.submit(bundle_dir, task=arguments.task)
     report.step("job submitted", f"{tracked.job_id} ({arguments.task}, bundle sent by path)")
-    deadline, last_print = time.monotonic() + arguments.timeout, 0.0
-    while (delay := tracker.tick()) is not None and time.monotonic() < deadline:
-        if time.monotonic() - last_print > 2.0:
+    last_print = [0.0]
+
+    def sleep_and_report(delay: float) -> None:
+        if time.monotonic() - last_print[0] > 2.0:
             print(f"           {tracked.status_line()}", flush=True)
-            last_print = time.monotonic()
+            last_print[0] = time.monotonic()
         time.sleep(delay)
+
+    tracker.wait(arguments.timeout, sleep=sleep_and_report)
     if not tracked.loaded:
         report.step("job did not finish", tracked.status_line())
         report.facts["outcome"] = f"failed: {tracked.status_line()}"

@@ -54,13 +54,6 @@ from .state import SceneState
 
 #: Cycles samples for the RGB and plate renders per quality preset.
 PRESET_SAMPLES = {"preview": 16, "standard": 64, "final": 256}
-#: Which passes each task renders: (rgb per frame, plate, depth + masks per frame).
-TASK_RENDERS = {
-    "insertion": (False, True, True),
-    "sim2video": (True, False, True),
-    "sim2video_ar": (True, False, True),
-    "regional_t2i": (False, False, False),
-}
 BACKGROUND_DEPTH = 1e9  # Cycles writes 1e10 where a ray hits nothing
 ProgressCallback = Callable[[int, int], None]
 
@@ -89,7 +82,7 @@ def capture_bundle(
 ) -> Path:
     """Render ``scene`` into a bundle directory ``out_dir``; returns the bundle.json path.
 
-    ``task``: one of :data:`TASK_RENDERS`. ``frames``: scene frame numbers (see module doc
+    ``task``: one of :data:`bundle_schema.TASK_PASSES` (the one table of which passes each task gets). ``frames``: scene frame numbers (see module doc
     for defaults). ``objects``: objects or object names (masks, boxes, motion); by default
     the task picks them (active rigid bodies for video tasks, objects with a ``poe_prompt``
     custom property for ``regional_t2i``), dropping those never in view, whereas an object
@@ -140,8 +133,8 @@ def capture_bundle(
 
 def _plan(scene, out_dir, task, frames, objects, resolution, view_layer, quality, samples) -> dict[str, Any]:
     """Check the request against the scene; everything capture needs, decided up front."""
-    if task not in TASK_RENDERS:
-        raise CaptureError(f"unknown task {task!r}; choose one of {', '.join(TASK_RENDERS)}")
+    if task not in bundle_schema.TASK_PASSES:
+        raise CaptureError(f"unknown task {task!r}; choose one of {', '.join(bundle_schema.TASK_PASSES)}")
     if scene.camera is None:
         raise CaptureError(f"scene '{scene.name}' has no active camera")
     if scene.camera.type != "CAMERA":
@@ -201,6 +194,13 @@ def _objects(scene, task: str, objects) -> list:
         if obj not in chosen:
             chosen.append(obj)
     return chosen
+
+
+def planned_size(scene, task: str, frames=None, resolution: tuple[int, int] | None = None) -> tuple[int, int, int]:
+    """``(width, height, num_frames)`` a capture with these arguments would write (the
+    same frame and resolution rules as :func:`capture_bundle`); for the panel."""
+    width, height = resolution or _scene_resolution(scene)
+    return width, height, len(_frames(scene, task, frames))
 
 
 def _scene_resolution(scene) -> tuple[int, int]:
@@ -276,7 +276,8 @@ def _check_visible(scene, objects, boxes: dict[str, list]) -> None:
 
 def _render_passes(state: SceneState, scene, plan, progress, timings) -> dict[str, str]:
     """Render what the task needs; returns the bundle's ``passes`` patterns."""
-    with_rgb, with_plate, with_data = TASK_RENDERS[plan["task"]]
+    needed = bundle_schema.TASK_PASSES[plan["task"]]
+    with_rgb, with_plate, with_data = "rgb" in needed, "plate" in needed, "depth" in needed
     passes = _pass_patterns(plan, with_rgb, with_data)
     per_frame = with_rgb or with_data
     steps, total = itertools.count(1), len(plan["frames"]) * per_frame + with_plate

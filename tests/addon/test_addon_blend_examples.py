@@ -25,7 +25,7 @@ def test_insertion_table_captures_plate_depth_and_mask(tmp_path):
     scene.cycles.use_denoising = False
     path = capture_bundle(scene, tmp_path / "bundle", task="insertion", objects=["Can"], resolution=(64, 40), samples=1)
     bundle = bpy_free_read(path)
-    assert set(bundle.passes) == {"plate", "depth", "mask.Can"}
+    assert set(bundle.passes) == {"plate", "rgb", "depth", "mask.Can"}  # rgb: the render with the object (RF-Solver source)
     assert bundle.objects[0].prompt == "a red soda can"
 
 

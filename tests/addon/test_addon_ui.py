@@ -7,7 +7,7 @@ import pytest
 import bpy
 
 import addon
-from addon import panel, properties
+from addon import panel, preferences, properties
 
 pytestmark = pytest.mark.blender
 
@@ -47,8 +47,7 @@ def test_settings_are_scene_properties_saved_in_the_blend(registered, tmp_path):
 
 
 def test_capture_operator_writes_a_bundle(registered, tmp_path, monkeypatch):
-    from addon import operators
-    monkeypatch.setattr(operators, "output_root", lambda context: tmp_path)
+    monkeypatch.setattr(preferences, "output_root", lambda configured: tmp_path)
     settings = registered.poe
     settings.task, settings.preset, settings.prompt = "regional_t2i", "preview", "two things"
     for name, prompt in (("Cube", "a crate"), ("Plane", "a poster")):
@@ -64,8 +63,7 @@ def test_capture_operator_writes_a_bundle(registered, tmp_path, monkeypatch):
 
 
 def test_capture_operator_reports_errors(registered, tmp_path, monkeypatch):
-    from addon import operators
-    monkeypatch.setattr(operators, "output_root", lambda context: tmp_path)
+    monkeypatch.setattr(preferences, "output_root", lambda configured: tmp_path)
     registered.poe.task = "insertion"  # no object chosen
     with pytest.raises(RuntimeError, match="needs the object to insert"):
         bpy.ops.poe.capture()
@@ -129,10 +127,10 @@ def test_panel_shows_the_capped_video_size(registered):
     scene.frame_start, scene.frame_end = 1, 250
     settings.task = "sim2video"
     labels = []
-    panel.POE_PT_main.draw(type("Panel", (), {"layout": _RecordingLayout(labels),
-                                              "_draw_frames_and_resolution": staticmethod(panel.POE_PT_main._draw_frames_and_resolution)})(),
-                           bpy.context)
-    assert any("832×464×81" in text for text in labels), labels
+    stub = type("Panel", (), {"layout": _RecordingLayout(labels), "_draw_frames_and_resolution": staticmethod(panel.POE_PT_main._draw_frames_and_resolution)})()
+    panel.POE_PT_main.draw(stub, bpy.context)
+    assert "Will generate: 832x464, 81 frames" in labels, labels
     settings.task = "insertion"
     labels.clear()
-    assert properties.video_output_label(settings, scene) is None
+    panel.POE_PT_main.draw(stub, bpy.context)
+    assert not any("81 frames" in text for text in labels), labels

@@ -96,7 +96,8 @@ def test_backend_down_gives_a_clear_message(tmp_path, scene):
     data_dir.mkdir()
     running = start_backend(data_dir)
     tracker = JobTracker(Client(running.url, running.token, timeout=2), tmp_path / "results")
-    tracked = tracker.submit(write_bundle(data_dir / "b"), params=LONG)
+    # submitted with the default timeout: on a loaded 2-core CI machine a submit can take > 2 s
+    tracked = tracker.track(Client(running.url, running.token).submit(write_bundle(data_dir / "b"), params=LONG))
     running.stop(signal.SIGKILL)
     assert tracker.tick() is not None  # keeps polling: the backend may come back
     assert "not reachable" in tracked.message and running.url in tracked.message
@@ -108,7 +109,7 @@ def test_backend_down_gives_a_clear_message(tmp_path, scene):
 @pytest.fixture
 def operators(backend, tmp_path, monkeypatch):
     preferences = types.SimpleNamespace(backend_url=backend.url, token=backend.token, backend_command="", output_dir=str(tmp_path / "poe"), result_as_background=False)
-    monkeypatch.setattr(addon, "prefs", lambda context: preferences, raising=False)
+    monkeypatch.setattr(addon.preferences, "prefs", lambda context: preferences)
     monkeypatch.setattr(operators_jobs, "SESSION", operators_jobs.Session())
     for cls in operators_jobs.CLASSES:
         bpy.utils.register_class(cls)
@@ -135,14 +136,41 @@ def test_generate_load_and_cancel_operators(operators, backend, scene):
 
     long_bundle = write_bundle(backend.data_dir / "op-long", params=LONG)
     bpy.ops.poe.generate(bundle_dir=str(long_bundle))
-    assert bpy.ops.poe.cancel() == {"FINISHED"}
+    running = list(operators_jobs.SESSION.tracker.jobs.values())[-1]
+    deadline = time.monotonic() + 60
+    while not (running.state == "running" and (running.progress or {}).get("level")):
+        assert time.monotonic() < deadline, running.status_line()
+        operators_jobs.SESSION.tick()
+        time.sleep(0.05)
+    layout = RecordingLayout()
+    operators_jobs.draw_jobs(layout, bpy.context)
+    level = running.progress["level"]
+    (bar,) = [call for call in layout.calls if call[0] == "progress"]
+    assert bar[1] == pytest.approx(running.progress["fraction"]) and 0 < bar[1] < 1
+    assert any(kind == "label" and text.startswith(f"level {level}/{running.progress['num_levels']}") and "NFE" in text and "ETA" in text for kind, text in layout.calls)
+    assert ("operator", "poe.cancel") in layout.calls  # the running job's own Cancel button
+    assert bpy.ops.poe.cancel(job_id=running.job_id) == {"FINISHED"}
     _drive_session()
     assert [job.state for job in operators_jobs.SESSION.tracker.jobs.values()] == ["done", "cancelled"]
+    stopped_at = operators_jobs.SESSION.tracker.client.job(running.job_id)["progress"]["level"]
+    assert stopped_at - level <= 1, (level, stopped_at)  # stopped within one sampler step
     layout = RecordingLayout()
     operators_jobs.draw_jobs(layout, bpy.context)
     labels = [text for kind, text in layout.calls if kind == "label"]
-    assert labels[0].startswith("toy2d done") and labels[1].startswith("toy2d cancelled - cancelled")
+    assert labels[0] == "toy2d done" and labels[1] == "toy2d cancelled" and "cancelled" in labels[2]
     assert ("operator", "poe.start_backend") in layout.calls and ("operator", "poe.load_result") in layout.calls
+
+
+def test_a_failed_jobs_reason_and_remedy_are_drawn(operators, backend):
+    tracker = operators_jobs.SESSION.tracker_for(addon.preferences.backend_settings())
+    command = "poe-backend models pull --task insertion --preset default"
+    failed = tracker.track({"id": "f1", "task": "insertion", "state": "queued"})
+    tracker._update(failed, {"id": "f1", "task": "insertion", "state": "failed", "error": {"code": "missing_weights", "message": f"no weights for flux depth: run {command}"}})
+    layout = RecordingLayout()
+    operators_jobs.draw_jobs(layout, bpy.context)
+    labels = [text for kind, text in layout.calls if kind == "label"]
+    assert labels[0] == "insertion failed" and labels[1].startswith("no weights for flux depth") and labels[-1] == f"Run: {command}"
+    assert ("operator", "poe.cancel") not in layout.calls
 
 
 class RecordingLayout:
@@ -154,8 +182,13 @@ class RecordingLayout:
     def row(self, **kwargs):
         return RecordingLayout(self.calls)
 
+    box = row
+
     def label(self, text: str = "", **kwargs) -> None:
         self.calls.append(("label", text))
+
+    def progress(self, factor: float = 0.0, **kwargs) -> None:
+        self.calls.append(("progress", factor))
 
     def operator(self, idname: str, **kwargs):
         self.calls.append(("operator", idname))

@@ -36,7 +36,7 @@ def test_generate_captures_the_scene_and_submits_it(backend, tmp_path, monkeypat
     scene.cycles.use_denoising = False
     scene.render.resolution_x, scene.render.resolution_y = 64, 48
     preferences = types.SimpleNamespace(backend_url=backend.url, token=backend.token, backend_command="", output_dir=str(tmp_path / "poe"))
-    monkeypatch.setattr(addon, "prefs", lambda context=None: preferences)
+    monkeypatch.setattr(addon.preferences, "prefs", lambda context=None: preferences)
     monkeypatch.setattr(operators_jobs, "SESSION", operators_jobs.Session())
     registered = [cls for cls in addon.CLASSES if not getattr(cls, "is_registered", False)]
     for cls in registered:

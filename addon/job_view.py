@@ -1,0 +1,73 @@
+"""What the panel shows for jobs and for the next generation, in plain Python (no bpy).
+
+The panel (:func:`.operators_jobs.draw_jobs`, :class:`.panel.POE_PT_main`) only lays out
+what these functions return, so they are tested directly.
+"""
+
+from __future__ import annotations
+
+import re
+import textwrap
+from typing import Any
+
+from .bundle_schema import VIDEO_MAX_FRAMES, VIDEO_MAX_SIDE, VIDEO_TASKS, capped_video_size
+
+#: The parameters an out-of-memory failure asks to lower (the server's advice names them).
+OUT_OF_MEMORY_PARAMETERS = ("preset", "particles", "levels", "offload")
+PULL_COMMAND = re.compile(r"poe-backend models pull[^;)\n`'\"]*")
+LINE_WIDTH = 60
+
+
+def progress_details(progress: dict[str, Any] | None) -> str:
+    """``level 4/10  NFE 37  ESS 51  ETA 3s  elapsed 12s`` from a job's ``progress``
+    record (fields that are missing are left out)."""
+    progress = progress or {}
+    parts = []
+    if progress.get("num_levels"):
+        parts.append(f"level {progress.get('level', 0)}/{progress['num_levels']}")
+    if progress.get("nfe") is not None:
+        parts.append(f"NFE {progress['nfe']}")
+    if progress.get("ess") is not None:
+        parts.append(f"ESS {progress['ess']:.0f}")
+    if progress.get("eta_s") is not None:
+        parts.append(f"ETA {progress['eta_s']:.0f}s")
+    if progress.get("elapsed_s") is not None:
+        parts.append(f"elapsed {progress['elapsed_s']:.0f}s")
+    return "  ".join(parts)
+
+
+def failure_lines(error: dict[str, Any] | None, fallback: str = "") -> list[str]:
+    """A failed job's reason and what to do, as short lines: the reason first, then for
+    ``missing_weights`` the exact ``poe-backend models pull ...`` command and for
+    ``out_of_memory`` the parameters to lower."""
+    error = error or {}
+    message, code = str(error.get("message") or fallback), error.get("code")
+    lines = textwrap.wrap(message, LINE_WIDTH)[:3] or [code or "failed"]
+    if code == "missing_weights" and (command := PULL_COMMAND.search(message)):
+        lines.append(f"Run: {command.group(0).strip()}")
+    elif code == "out_of_memory":
+        lines.append(f"Lower one of: {', '.join(OUT_OF_MEMORY_PARAMETERS)}")
+    return lines
+
+
+def task_defaults(tasks: list[dict[str, Any]] | None, task: str) -> dict[str, Any]:
+    """Parameter defaults of ``task`` from ``GET /v1/tasks`` (empty when unknown)."""
+    for entry in tasks or []:
+        if entry.get("name") == task:
+            return {parameter["name"]: parameter.get("default") for parameter in entry.get("parameters", [])}
+    return {}
+
+
+def generated_size(task: str, width: int, height: int, num_frames: int, tasks: list[dict[str, Any]] | None = None) -> str:
+    """What the backend will generate, e.g. ``832x464, 81 frames`` for a 1920x1080x250
+    sim2video capture: video tasks go through the backend's cap rule with the task's
+    ``max_side``/``max_frames`` defaults from ``/v1/tasks`` (the constants when the backend
+    was not reached); image tasks are one frame at the captured size."""
+    if task not in VIDEO_TASKS:
+        return f"{width}x{height}, 1 image"
+    defaults = task_defaults(tasks, task)
+    capped_width, capped_height, frames = capped_video_size(
+        width, height, num_frames,
+        max_side=defaults.get("max_side") or VIDEO_MAX_SIDE, max_frames=defaults.get("max_frames") or VIDEO_MAX_FRAMES,
+    )
+    return f"{capped_width}x{capped_height}, {frames} frames"
