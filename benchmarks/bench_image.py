@@ -7,8 +7,10 @@ of the real shapes (T5-XXL 512x4096, CLIP-L pooled 768): text encoding runs once
 is not part of a sampler level. The VQA model stays resident under every offload preset (only
 the FLUX transformers are offloaded). Tiny (CPU): the tiny preset's classes at 32x32.
 
-Configs were written from the published ``config.json`` files of black-forest-labs/FLUX.1-dev
-(transformer, vae) and Qwen/Qwen2.5-VL-7B-Instruct; they cannot be downloaded here.
+The transformer and Qwen2.5-VL-7B configs are the planner's
+(``poe_backend.experts.memory_plan.FULL_CONFIGS``); the VAE config was written from the
+published ``config.json`` of black-forest-labs/FLUX.1-dev. Peak VRAM and host RSS are measured
+from after the models are built (in bf16 directly on the device) and placed.
 """
 
 from __future__ import annotations
@@ -18,21 +20,8 @@ import time
 import numpy as np
 import torch
 
-from benchmarks.common import ForwardClock, Row, Settings, free, peak_vram, random_model
+from benchmarks.common import ForwardClock, Row, Settings, free, peak_host, peak_vram, random_model
 
-FLUX_TRANSFORMER = dict(
-    patch_size=1,
-    in_channels=64,
-    out_channels=None,
-    num_layers=19,
-    num_single_layers=38,
-    attention_head_dim=128,
-    num_attention_heads=24,
-    joint_attention_dim=4096,
-    pooled_projection_dim=768,
-    guidance_embeds=True,
-    axes_dims_rope=(16, 56, 56),
-)
 FLUX_VAE = dict(
     in_channels=3,
     out_channels=3,
@@ -49,36 +38,6 @@ FLUX_VAE = dict(
     use_quant_conv=False,
     use_post_quant_conv=False,
 )
-QWEN_7B_TEXT = dict(
-    vocab_size=152064,
-    hidden_size=3584,
-    intermediate_size=18944,
-    num_hidden_layers=28,
-    num_attention_heads=28,
-    num_key_value_heads=4,
-    max_position_embeddings=128000,
-    rms_norm_eps=1e-6,
-    rope_theta=1000000.0,
-    rope_scaling={"type": "mrope", "mrope_section": [16, 24, 24]},
-    tie_word_embeddings=False,
-)
-QWEN_7B_VISION = dict(
-    depth=32,
-    hidden_size=1280,
-    intermediate_size=3420,
-    num_heads=16,
-    out_hidden_size=3584,
-    patch_size=14,
-    spatial_merge_size=2,
-    temporal_patch_size=2,
-    window_size=112,
-    fullatt_block_indexes=[7, 15, 23, 31],
-    tokens_per_second=2,
-    in_channels=3,
-    hidden_act="silu",
-)
-
-
 def run(settings: Settings) -> list[Row]:
     rows = []
     for task, bench in (("insertion", insertion), ("regional_t2i", regional)):
@@ -117,7 +76,9 @@ def _transformer(settings: Settings, in_channels: int):
     from poe_backend.experts import flux_tiny
 
     if settings.full:
-        config = {**FLUX_TRANSFORMER, "in_channels": in_channels, "out_channels": 64}
+        from poe_backend.experts.memory_plan import FULL_CONFIGS
+
+        config = {**FULL_CONFIGS["flux.transformer.dev"][1], "in_channels": in_channels}
         return random_model(lambda: FluxTransformer2DModel(**config), settings.device, _dtype(settings))
     return flux_tiny.transformer(in_channels).to(settings.device).eval().requires_grad_(False)
 
@@ -146,7 +107,8 @@ def _sample(settings: Settings, product, space, clock: ForwardClock):
     if str(settings.device).startswith("cuda"):
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    return result, seconds / (len(levels) - 1), 1.0 - clock.seconds / seconds
+    timing = dict(seconds_per_forward=clock.seconds / max(clock.calls, 1), seconds_per_job=seconds)
+    return result, seconds / (len(levels) - 1), 1.0 - clock.seconds / seconds, timing
 
 
 def insertion(settings: Settings, offload: str) -> Row:
@@ -166,19 +128,21 @@ def insertion(settings: Settings, offload: str) -> Row:
     depth_model, fill_model = _transformer(settings, 128), _transformer(settings, 384)
     placement = registry.Placement(offload, device)
     clock = ForwardClock(device)
-    with peak_vram(device) as peak:
-        for model in (depth_model, fill_model):
-            placement.place(model)
+    for model in (depth_model, fill_model):
+        placement.place(model)
+    with peak_vram(device) as peak, peak_host() as host:  # after building and placing
         experts = [
             flux.FluxExpert(depth_model, space, prompt, guidance=10.0, condition=flux.depth_condition(space, depth), placement=placement, name="depth"),
             flux.FluxExpert(fill_model, space, prompt, guidance=30.0, condition=flux.fill_condition(space, plate, mask), placement=placement, name="fill"),
         ]
         product = ProductOfExperts([Factor(clock.wrap(expert)) for expert in experts])
-        result, per_level, outside = _sample(settings, product, space, clock)
+        result, per_level, outside, timing = _sample(settings, product, space, clock)
         space.decode(result.particles)
-        peak_gib = peak()
-    free(depth_model, fill_model, vae, experts, product)
-    return Row("insertion", "depth x fill (fkc)", offload, f"{size}x{size}", settings.particles, per_level, peak_gib, outside, result.nfe)
+        peak_gib, host_gib = peak(), host()
+    nfe = result.nfe
+    del depth_model, fill_model, vae, experts, product, placement, result
+    free()
+    return Row("insertion", "depth x fill (fkc)", offload, f"{size}x{size}", settings.particles, per_level, peak_gib, outside, nfe, peak_host_gib=host_gib, **timing)
 
 
 def _vqa_components(settings: Settings):
@@ -191,9 +155,10 @@ def _vqa_components(settings: Settings):
     if not settings.full:
         model = vqascore_tiny.model(ids, len(tokenizer)).to(settings.device).eval().requires_grad_(False)
         return model, vqascore_tiny.image_processor(), tokenizer
+    from poe_backend.experts.memory_plan import FULL_CONFIGS
+
     config = Qwen2_5_VLConfig(
-        text_config=QWEN_7B_TEXT,
-        vision_config=QWEN_7B_VISION,
+        **FULL_CONFIGS["vqa.model"][1],
         image_token_id=ids["<|image_pad|>"],
         video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"],
@@ -219,14 +184,16 @@ def regional(settings: Settings, offload: str) -> Row:
     clock = ForwardClock(device)
     boxes = [[0, 0, size // 2, size], [size // 2, size // 4, size, 3 * size // 4]]
     global_map, region_maps = flux.regional_weights(boxes, size, size, region_strength=0.8)
-    with peak_vram(device) as peak:
-        placement.place(transformer)
+    placement.place(transformer)
+    with peak_vram(device) as peak, peak_host() as host:  # after building and placing
         maps = [global_map] + region_maps
         experts = [flux.FluxExpert(transformer, space, _prompt(settings, f"p{i}"), guidance=3.5, placement=placement, name=f"e{i}") for i in range(3)]
         factors = [Factor(clock.wrap(expert), weights.to(device)) for expert, weights in zip(experts, maps)]
         reward = VQAScoreReward(scorer, space.decode, ["a park", "a dog", "a cat"])
         product = flux.RegionalProduct(factors, [reward])
-        result, per_level, outside = _sample(settings, product, space, clock)
-        peak_gib = peak()
-    free(transformer, vae, components, experts, product, scorer)
-    return Row("regional_t2i", "3 regional x vqascore (fkc)", offload, f"{size}x{size}", settings.particles, per_level, peak_gib, outside, result.nfe, "VQA model resident")
+        result, per_level, outside, timing = _sample(settings, product, space, clock)
+        peak_gib, host_gib = peak(), host()
+    nfe = result.nfe
+    del transformer, vae, components, experts, factors, reward, product, scorer, placement, result
+    free()
+    return Row("regional_t2i", "3 regional x vqascore (fkc)", offload, f"{size}x{size}", settings.particles, per_level, peak_gib, outside, nfe, "VQA model resident", peak_host_gib=host_gib, **timing)

@@ -1,5 +1,5 @@
 """What every per-family benchmark module shares: the result row, timing of expert forwards,
-peak-VRAM measurement and building random-weight models from configs (no downloads).
+peak-VRAM and host-RSS measurement and building random-weight models from configs (no downloads).
 
 A family module is ``benchmarks/bench_<family>.py`` exposing
 ``run(settings: Settings) -> list[Row]``; ``gpu_tasks.py`` discovers and runs every one.
@@ -45,15 +45,18 @@ class Row:
     outside_forward_share: float | None
     nfe: int
     note: str = ""
+    seconds_per_forward: float | None = None  # one batched expert forward (all particles)
+    seconds_per_job: float | None = None  # sampler wall time of the whole run
+    peak_host_gib: float | None = None  # RSS high-water since the row's models were placed
 
-    HEADER = ("task", "variant", "offload", "resolution", "P", "s/level", "peak VRAM GiB", "outside fwd", "NFE", "note")
+    HEADER = ("task", "variant", "offload", "resolution", "P", "s/level", "s/forward", "s/job", "peak VRAM GiB", "peak host GiB", "outside fwd", "NFE", "note")
 
     def cells(self) -> tuple[str, ...]:
         def number(value: float | None, digits: int) -> str:
             return "-" if value is None else f"{value:.{digits}f}"
 
         share = "-" if self.outside_forward_share is None else f"{100 * self.outside_forward_share:.1f}%"
-        return (self.task, self.variant, self.offload, self.resolution, str(self.particles), number(self.seconds_per_level, 3), number(self.peak_vram_gib, 2), share, str(self.nfe), self.note)
+        return (self.task, self.variant, self.offload, self.resolution, str(self.particles), number(self.seconds_per_level, 3), number(self.seconds_per_forward, 3), number(self.seconds_per_job, 2), number(self.peak_vram_gib, 2), number(self.peak_host_gib, 2), share, str(self.nfe), self.note)
 
 
 def table(rows: list[Row]) -> str:
@@ -71,31 +74,41 @@ def synchronize(device: str) -> None:
 
 @dataclass
 class ForwardClock:
-    """Wraps experts' ``velocity`` methods and sums the wall time spent inside them."""
+    """Sums the wall time (seconds, CUDA-synchronised) spent inside experts' ``velocity``."""
 
     device: str
     seconds: float = 0.0
     calls: int = 0
 
-    def wrap(self, expert: Any) -> Any:
-        inner = expert.velocity
+    def wrap(self, expert: Any) -> "TimedExpert":
+        return TimedExpert(expert, self)
 
-        def timed(x: torch.Tensor, t: float) -> torch.Tensor:
-            synchronize(self.device)
-            start = time.perf_counter()
-            result = inner(x, t)
-            synchronize(self.device)
-            self.seconds += time.perf_counter() - start
-            self.calls += 1
-            return result
 
-        expert.velocity = timed
-        return expert
+class TimedExpert:
+    """An expert whose ``velocity`` is timed by a :class:`ForwardClock`; other attributes
+    are the expert's. It refers to the expert, never the reverse, so dropping the row's
+    references frees the expert and its transformer (no cycle through a patched method)."""
+
+    def __init__(self, expert: Any, clock: ForwardClock) -> None:
+        self.expert, self.clock = expert, clock
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.__dict__["expert"], name)
+
+    def velocity(self, x: torch.Tensor, t: float) -> torch.Tensor:
+        synchronize(self.clock.device)
+        start = time.perf_counter()
+        result = self.expert.velocity(x, t)
+        synchronize(self.clock.device)
+        self.clock.seconds += time.perf_counter() - start
+        self.clock.calls += 1
+        return result
 
 
 @contextlib.contextmanager
 def peak_vram(device: str) -> Iterator[Callable[[], float | None]]:
-    """Yields a function giving the peak allocated GiB since entry (None off CUDA)."""
+    """Yields a function giving the peak allocated GiB since entry (None off CUDA). Enter
+    it after the models are built and placed, so offload rows measure the run."""
     on_cuda = str(device).startswith("cuda")
     if on_cuda:
         torch.cuda.synchronize()
@@ -103,24 +116,55 @@ def peak_vram(device: str) -> Iterator[Callable[[], float | None]]:
     yield (lambda: torch.cuda.max_memory_allocated() / 2**30) if on_cuda else (lambda: None)
 
 
-def random_model(build: Callable[[], torch.nn.Module], device: str, dtype: torch.dtype) -> torch.nn.Module:
-    """Build a model with random init directly on ``device`` in ``dtype`` (fast on a GPU, and
-    never a full fp32 copy), in eval mode without gradients."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
+@contextlib.contextmanager
+def peak_host() -> Iterator[Callable[[], float]]:
+    """Yields a function giving the process's RSS high-water in GiB since entry (Linux:
+    resets ``VmHWM`` through ``/proc/self/clear_refs``, then reads it)."""
     try:
-        with torch.device(device):
-            model = build()
-    finally:
-        torch.set_default_dtype(previous)
-    return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as clear:
+            clear.write("5")
+    except OSError:
+        pass
+    yield _vm_hwm_gib
 
 
-def free(*modules: Any) -> None:
-    """Drop modules and return their memory."""
+def _vm_hwm_gib() -> float:
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**20
+    return float("nan")
+
+
+def random_model(build: Callable[[], torch.nn.Module], device: str, dtype: torch.dtype) -> torch.nn.Module:
+    """Build on the meta device, materialise with ``to_empty`` directly on ``device`` in
+    ``dtype`` and fill there with N(0, 0.02²) (1-D norm weights 1, scale-shift tables 0,
+    buffers recomputed as zeros; fp32-kept modules as ``from_pretrained`` keeps them): no
+    fp32 copy on the CPU, no slow default init of billions of weights."""
+    with torch.device("meta"):
+        model = build()
+    model = model.to_empty(device=device).to(dtype)
+    keep = getattr(model, "_keep_in_fp32_modules", None) or []
+    for name, child in model.named_modules():
+        if any(part in keep for part in name.split(".")):
+            child.to(torch.float32)
+    generator = torch.Generator(device=device).manual_seed(0)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if parameter.dim() == 1 and ("norm" in name or name.endswith("scale_shift_table")):
+                parameter.fill_(1.0 if "norm" in name else 0.0)
+            else:
+                parameter.normal_(0.0, 0.02, generator=generator)
+        for buffer in model.buffers():
+            buffer.zero_()
+    return model.eval().requires_grad_(False)
+
+
+def free() -> None:
+    """Collect garbage and return cached CUDA memory; callers drop their own references to
+    the row's models first (``del``), so the next row starts from an empty device."""
     import gc
 
-    del modules
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

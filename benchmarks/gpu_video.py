@@ -15,10 +15,16 @@ real shapes; the encoders and the VAE are not timed (they run once per job). A l
 one transport step plus ``langevin_steps`` Langevin steps of ``sample_fkc``; s/level =
 sampler wall time / (levels - 1), as ``benchmarks/gpu_tasks.py`` reports it.
 
+Models are built with ``benchmarks.common.random_model`` (meta device, ``to_empty`` on the
+target device, bf16 on CUDA, init there), then placed; the VRAM peak counter and the host
+RSS high-water are reset after that, so offload rows measure the run, not the build. Each
+row drops every reference to its models before the next starts. Columns: s/level, s per
+batched forward (one expert, all particles), s per job (sampler wall time), peak VRAM and
+peak host RSS.
+
 Usage: ``python -m benchmarks.gpu_video [--offload none group ...] [--particles 1]``. Off
 CUDA it says it needs a GPU and runs a tiny smoke table (same code, tiny configs) instead.
-``run(settings)`` returns rows for ``benchmarks/gpu_tasks.py`` (``benchmarks.common``'s
-``Settings``/``Row`` when that module exists, else this module's own).
+``run(settings)`` returns rows for ``benchmarks/gpu_tasks.py``.
 """
 
 from __future__ import annotations
@@ -28,90 +34,47 @@ import gc
 import sys
 import time
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 if str(Path(__file__).resolve().parents[1]) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import Row, table  # noqa: E402
+from poe_backend.experts.memory_plan import FULL_CONFIGS  # noqa: E402
+from benchmarks.common import ForwardClock, Row, peak_host, peak_vram, random_model, synchronize, table  # noqa: E402
 
 OFFLOADS = ("none", "model", "group", "sequential")
 
-WAN_14B = dict(patch_size=(1, 2, 2), num_attention_heads=40, attention_head_dim=128, out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=13824, num_layers=40, cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024)
-WAN_1_3B = {**WAN_14B, "num_attention_heads": 12, "ffn_dim": 8960, "num_layers": 30}
+_VACE_KEYS = ("in_channels", "vace_layers", "vace_in_channels")  # set per row below
+WAN_14B = {k: v for k, v in FULL_CONFIGS["wan.transformer.vace"][1].items() if k not in _VACE_KEYS}
+WAN_1_3B = {k: v for k, v in FULL_CONFIGS["wan.transformer.vace.preview"][1].items() if k not in _VACE_KEYS}
 WAN_TINY = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8, out_channels=16, text_dim=32, freq_dim=32, ffn_dim=32, num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=32)
 FRAMEPACK_13B = dict(in_channels=16, out_channels=16, has_image_proj=True, image_proj_dim=1152, has_clean_x_embedder=True, image_condition_type=None, guidance_embeds=True)
 FRAMEPACK_TINY = dict(in_channels=16, out_channels=16, num_attention_heads=2, attention_head_dim=10, num_layers=1, num_single_layers=1, num_refiner_layers=1, text_embed_dim=16, pooled_projection_dim=8, rope_axes_dim=(2, 4, 4), has_image_proj=True, image_proj_dim=32, has_clean_x_embedder=True, image_condition_type=None, guidance_embeds=True)
 
 
-def random_module(build: Callable[[], torch.nn.Module], device: str, dtype: torch.dtype) -> torch.nn.Module:
-    """Build on the meta device, materialise on ``device`` and fill with N(0, 0.02²)
-    (norm scales 1): no fp32 copy, no slow default init of billions of weights."""
-    with torch.device("meta"):
-        module = build()
-    module = module.to_empty(device=device).to(dtype)
-    for name, child in module.named_modules():  # as from_pretrained(torch_dtype=...) does
-        if any(part in (module._keep_in_fp32_modules or []) for part in name.split(".")):
-            child.to(torch.float32)
-    generator = torch.Generator(device=device).manual_seed(0)
-    with torch.no_grad():
-        for name, parameter in module.named_parameters():
-            if parameter.dim() == 1 and ("norm" in name or name.endswith("scale_shift_table")):
-                parameter.fill_(1.0 if "norm" in name else 0.0)
-            else:
-                parameter.normal_(0.0, 0.02, generator=generator)
-        for buffer in module.buffers():
-            buffer.zero_()
-    return module.eval().requires_grad_(False)
-
-
-class _Clock:
-    """Sums wall time inside experts' ``velocity`` (CUDA-synchronised)."""
-
-    def __init__(self, device: str) -> None:
-        self.device, self.seconds = device, 0.0
-
-    def wrap(self, expert):
-        inner = expert.velocity
-
-        def timed(x, t):
-            self._sync()
-            start = time.perf_counter()
-            value = inner(x, t)
-            self._sync()
-            self.seconds += time.perf_counter() - start
-            return value
-
-        expert.velocity = timed
-        return expert
-
-    def _sync(self) -> None:
-        if self.device.startswith("cuda"):
-            torch.cuda.synchronize()
-
-
-def _measure(task: str, variant: str, offload: str, resolution: str, particles: int, device: str, experts: list, event_shape: tuple, levels: int, langevin_steps: int, note: str = "") -> Row:
+def _measure(task: str, variant: str, offload: str, resolution: str, particles: int, device: str, experts: list, event_shape: tuple, levels: int, langevin_steps: int) -> Row:
+    """Run the sampler once; the peak counters start here, after the models were built and
+    placed. Drops its own references to the experts before returning."""
     from poe_backend.sampling import Factor, ProductOfExperts, sample_fkc
     from poe_backend.sampling.schedules import linear_levels
 
-    clock = _Clock(device)
+    clock = ForwardClock(device)
     product = ProductOfExperts([Factor(clock.wrap(expert)) for expert in experts])
     generator = torch.Generator().manual_seed(0)
     noise = torch.randn((particles, *event_shape), generator=generator).to(device)
-    on_cuda = device.startswith("cuda")
-    if on_cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    sample_fkc(product, noise, linear_levels(levels, t_max=0.95), generator=generator, langevin_steps=langevin_steps)
-    if on_cuda:
-        torch.cuda.synchronize()
-    total = time.perf_counter() - start
-    peak = torch.cuda.max_memory_allocated() / 2**30 if on_cuda else None
-    forwards = sum(getattr(expert, "forward_count", 0) for expert in experts)
-    return Row(task, variant, offload, resolution, particles, total / (levels - 1), peak, 1.0 - clock.seconds / total, product.nfe, note or f"{forwards} transformer forwards")
+    forwards_before = sum(getattr(expert, "forward_count", 0) for expert in experts)
+    with peak_vram(device) as vram, peak_host() as host:
+        start = time.perf_counter()
+        sample_fkc(product, noise, linear_levels(levels, t_max=0.95), generator=generator, langevin_steps=langevin_steps)
+        synchronize(device)
+        total = time.perf_counter() - start
+        peak_gib, host_gib = vram(), host()
+    forwards = sum(getattr(expert, "forward_count", 0) for expert in experts) - forwards_before
+    nfe = product.nfe
+    del product
+    per_forward = clock.seconds / clock.calls if clock.calls else None
+    return Row(task, variant, offload, resolution, particles, total / (levels - 1), peak_gib, 1.0 - clock.seconds / total, nfe, f"{forwards} transformer forwards", per_forward, total, host_gib)
 
 
 def _place(modules: list[torch.nn.Module], offload: str, device: str):
@@ -129,7 +92,6 @@ def bench_sim2video(device: str, offload: str, full: bool, preview: bool, partic
     from poe_backend.experts.wan import WanI2VExpert, WanVACEExpert, latent_shape
 
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    build_device = device if offload == "none" else "cpu"
     if full and preview:
         config, vace_layers, (frames, height, width), variant = WAN_1_3B, list(range(0, 30, 2)), (33, 240, 416), "VACE-1.3B shared"
     elif full:
@@ -138,7 +100,7 @@ def bench_sim2video(device: str, offload: str, full: bool, preview: bool, partic
         config, vace_layers, (frames, height, width), variant = WAN_TINY, [0], (5, 32, 32), "tiny"
     text_dim = config["text_dim"]
     shape = latent_shape(frames, height, width)
-    vace = random_module(lambda: WanVACETransformer3DModel(in_channels=16, vace_layers=vace_layers, vace_in_channels=96, **config), build_device, dtype)
+    vace = random_model(lambda: WanVACETransformer3DModel(in_channels=16, vace_layers=vace_layers, vace_in_channels=96, **config), device, dtype)
     modules = [vace]
     rand = lambda *size: torch.randn(*size, device=device, dtype=dtype)
     prompt, negative = rand(1, 512, text_dim), rand(1, 512, text_dim)
@@ -148,14 +110,16 @@ def bench_sim2video(device: str, offload: str, full: bool, preview: bool, partic
     else:
         image_dim = 1280 if full else 8
         inner = config["num_attention_heads"] * config["attention_head_dim"]
-        i2v = random_module(lambda: WanTransformer3DModel(in_channels=36, image_dim=image_dim, added_kv_proj_dim=inner, **config), build_device, dtype)
+        i2v = random_model(lambda: WanTransformer3DModel(in_channels=36, image_dim=image_dim, added_kv_proj_dim=inner, **config), device, dtype)
         modules.append(i2v)
         experts.append(WanI2VExpert(i2v, rand(1, 20, *shape[1:]), rand(1, 257 if full else 5, image_dim), prompt, negative, 5.0))
     placement = _place(modules, offload, device)
     for expert in experts:
         expert.placement = placement
     row = _measure("sim2video", variant, offload, f"{width}x{height}x{frames}", particles, device, experts, shape, levels, langevin_steps)
-    del experts, modules, vace
+    del experts, modules, vace, placement
+    if not preview:
+        del i2v
     _free()
     return row
 
@@ -170,7 +134,7 @@ def bench_sim2video_ar(device: str, offload: str, full: bool, particles: int, le
     config = FRAMEPACK_13B if full else FRAMEPACK_TINY
     window, (height, width) = (9, (480, 832)) if full else (1, (32, 32))
     text_dim, pooled_dim, image_dim = (4096, 768, 1152) if full else (16, 8, 32)
-    transformer = random_module(lambda: HunyuanVideoFramepackTransformer3DModel(**config), device if offload == "none" else "cpu", dtype)
+    transformer = random_model(lambda: HunyuanVideoFramepackTransformer3DModel(**config), device, dtype)
     placement = _place([transformer], offload, device)
     latent = (16, window, height // 8, width // 8)
     rand = lambda *size: torch.randn(*size, device=device)
@@ -182,7 +146,7 @@ def bench_sim2video_ar(device: str, offload: str, full: bool, particles: int, le
         RenderGaussianExpert(rand(*latent), 0.5),
     ]
     row = _measure("sim2video_ar", "FramePack-13B x render" if full else "tiny", offload, f"{width}x{height}, section of {window}", particles, device, experts, latent, levels, langevin_steps)
-    del experts, transformer
+    del experts, transformer, placement
     _free()
     return row
 

@@ -106,3 +106,58 @@ def test_activation_estimates_scale_with_tokens_and_batch():
     assert mp.flux_activation_bytes(4096, 512, 2) == 2 * mp.flux_activation_bytes(4096, 512, 1)
     assert mp.wan_activation_bytes(21, 60, 104, 2, vace_layers=8) > mp.wan_activation_bytes(21, 60, 104, 2)
     assert mp.vae_decode_bytes("wan", 81, 480, 832, True) < mp.vae_decode_bytes("wan", 81, 480, 832, False)
+
+
+_MEASURE = """
+import sys, torch
+torch.manual_seed(0); torch.set_num_threads(1)
+def status(key):
+    with open("/proc/self/status", encoding="ascii") as lines:
+        return next(int(line.split()[1]) * 1024 for line in lines if line.startswith(key))
+{build}
+with torch.no_grad():
+    run()  # warm-up: lazy initialisation is not counted
+    with open("/proc/self/clear_refs", "w", encoding="ascii") as clear:
+        clear.write("5")
+    before = status("VmRSS:")
+    run()
+    print(status("VmHWM:") - before)
+"""
+
+
+def _rss_peak_bytes(build: str) -> int:
+    """Extra resident bytes at the peak of ``run()`` (defined by ``build``), measured in a
+    fresh process (Linux VmHWM after clear_refs), so no earlier test's freed heap hides it."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _MEASURE.format(build=build)], capture_output=True, text=True, timeout=300, check=True)
+    return int(done.stdout.split()[-1])
+
+
+def test_flux_activation_estimate_matches_a_cpu_forward_within_a_small_factor():
+    """Order of magnitude on CPU (fp32, SDPA, 1 thread): FLUX blocks at 1/8 of the real width
+    (one double, one single), 4096 image + 64 text tokens. Measured ≈ 0.7× the estimate
+    (108 MiB against 146 MiB); unverified on a GPU."""
+    peak = _rss_peak_bytes("""
+from diffusers import FluxTransformer2DModel
+tokens, text = 4096, 64
+model = FluxTransformer2DModel(in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=64, num_attention_heads=6, joint_attention_dim=64, pooled_projection_dim=32, axes_dims_rope=(8, 28, 28)).eval()
+inputs = dict(hidden_states=torch.randn(1, tokens, 64), encoder_hidden_states=torch.randn(1, text, 64), pooled_projections=torch.randn(1, 32), timestep=torch.tensor([0.5]), img_ids=torch.zeros(tokens, 3), txt_ids=torch.zeros(text, 3))
+run = lambda: model(**inputs)
+""")
+    estimate = mp.flux_activation_bytes(4096, 64, 1, hidden=384) * 2  # fp32 here
+    assert estimate / 4 < peak < estimate * 2.5, (peak, estimate)  # RSS can only undercount (paging)
+
+
+def test_flux_vae_decode_estimate_matches_a_cpu_decode_within_a_small_factor():
+    """The real FLUX VAE decoder (fp32 on CPU) at 128²: the estimate is linear in pixels."""
+    peak = _rss_peak_bytes("""
+from diffusers import AutoencoderKL
+from benchmarks.bench_image import FLUX_VAE
+vae = AutoencoderKL(**FLUX_VAE).eval()
+latents = torch.randn(1, 16, 16, 16)
+run = lambda: vae.decode(latents)
+""")
+    estimate = 2 * mp.vae_decode_bytes("flux", 1, 128, 128, tiled=False)  # fp32 here
+    assert estimate / 4 < peak < estimate * 2.5, (peak, estimate)  # RSS can only undercount (paging)
