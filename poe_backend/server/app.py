@@ -33,7 +33,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from poe_backend import __version__
-from poe_backend.bundle import TASK_PASSES
+from poe_backend.bundle import API_VERSION, TASK_PASSES
 from poe_backend.server import uploads, validation
 from poe_backend.server.auth import token_matches
 from poe_backend.server.errors import InputError
@@ -42,8 +42,6 @@ from poe_backend.server.jobs import Job, JobStore, disk_full_error, is_disk_full
 from poe_backend.server.presets import allowed_model_roots, check_models
 from poe_backend.tasks import TASK_CLASSES
 
-#: Bumped when a route or a body changes incompatibly; the add-on checks it.
-API_VERSION = 1
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]", "::1"})
 #: Longest prompt or other text field accepted in a request or bundle, in characters.
 MAX_TEXT_CHARS = 10_000

@@ -36,7 +36,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from poe_backend.bundle import read_bundle
+from poe_backend.bundle import FINISHED_STATES as FINISHED, read_bundle
 from poe_backend.sampling import Progress, SamplingCancelled
 from poe_backend.server.datadir import free_bytes, make_private_dir
 from poe_backend.server.errors import InputError, JobFailure, describe_failure
@@ -44,7 +44,6 @@ from poe_backend.tasks import get_task
 from poe_backend.tasks.base import RESULT_FILE, TaskContext
 
 STATE_FILE = "state.json"
-FINISHED = frozenset({"done", "failed", "cancelled"})
 PERSIST_INTERVAL_S = 0.5
 #: Characters of a prompt shown in a job listing entry (the job's own status has it all).
 LISTED_PROMPT_CHARS = 200
