@@ -152,8 +152,11 @@ def test_generate_load_and_cancel_operators(operators, backend, scene):
     assert bpy.ops.poe.cancel(job_id=running.job_id) == {"FINISHED"}
     _drive_session()
     assert [job.state for job in operators_jobs.SESSION.tracker.jobs.values()] == ["done", "cancelled"]
-    stopped_at = operators_jobs.SESSION.tracker.client.job(running.job_id)["progress"]["level"]
-    assert stopped_at - level <= 1, (level, stopped_at)  # stopped within one sampler step
+    stopped = operators_jobs.SESSION.tracker.client.job(running.job_id)["progress"]
+    # The status's level is persisted at most every 0.5 s, and toy levels take milliseconds,
+    # so the row's level may be many levels old: the panel's Cancel must stop the job before
+    # its last level (within one sampler step of the request is tested in tests/server).
+    assert level <= stopped["level"] < stopped["num_levels"], (level, stopped)
     layout = RecordingLayout()
     operators_jobs.draw_jobs(layout, bpy.context)
     labels = [text for kind, text in layout.calls if kind == "label"]

@@ -128,9 +128,10 @@ def test_every_expert_called_at_every_langevin_step(components, conditions) -> N
     levels = linear_levels(3, t_max=0.9)
     sample_annealed_langevin(ProductOfExperts([Factor(i2v), Factor(depth)]), _noise(), levels, generator=torch.Generator().manual_seed(0), langevin_steps=2, callback=steps.append)
     assert i2v.calls == depth.calls
-    # one evaluation at the start and one per observed step (transport + each Langevin step)
-    assert len(i2v.calls) == 1 + len(steps)
-    assert [progress.t for progress in steps] == i2v.calls[1:]
+    # one evaluation at the start and one per observed step (transport + each Langevin step),
+    # except the last step to t=0: it is the clean prediction of the last level's evaluation
+    assert len(i2v.calls) == len(steps) and steps[-1].t == 0.0
+    assert [progress.t for progress in steps[:-1]] == i2v.calls[1:]
 
 
 def test_missing_weights_name_the_repo(tmp_path, monkeypatch) -> None:

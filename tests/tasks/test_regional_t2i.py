@@ -43,7 +43,7 @@ def test_regional_product_with_vqascore(tmp_path):
     assert set(manifest["vqascore"]) == {"a park", "a dog", "a cat"}
     assert all(0 < score < 1 for scores in manifest["vqascore"].values() for score in scores)
     assert manifest["skipped_regions"] == ["bird"]
-    assert manifest["sampler_stats"]["expert_calls"] == [4, 4, 4]
+    assert manifest["sampler_stats"]["expert_calls"] == [3, 3, 3]  # start, Langevin step, transport; none at t=0
     assert manifest["sampler_stats"]["resample_count"] >= 1  # ess_threshold 1 resamples
 
 
