@@ -301,6 +301,14 @@ VIDEO_MAX_SIDE = 832
 VIDEO_MAX_FRAMES = 81
 
 
+def capped_size(width: int, height: int, *, max_side: int, multiple: int = 16) -> tuple[int, int]:
+    """``(width, height)`` scaled down (aspect kept, never up) so the longer side is at most
+    ``max_side``, each side then rounded down to a multiple of ``multiple`` (at least
+    ``multiple``): the generation size of every task."""
+    scale = min(1.0, max_side / max(width, height))
+    return max(multiple, int(width * scale) // multiple * multiple), max(multiple, int(height * scale) // multiple * multiple)
+
+
 def capped_video_size(width: int, height: int, num_frames: int, *, max_side: int = VIDEO_MAX_SIDE,
                       max_frames: int = VIDEO_MAX_FRAMES, multiple: int = 16, frame_multiple: int = 4) -> tuple[int, int, int]:
     """What a video task generates from a bundle of ``width``×``height`` pixels and
@@ -312,9 +320,7 @@ def capped_video_size(width: int, height: int, num_frames: int, *, max_side: int
     Returns ``(width, height, num_frames)``. One rule for both sides: the backend applies it,
     the add-on shows it before sending. ``num_frames`` below ``frame_multiple + 1`` is
     returned as 0 (too short to generate)."""
-    scale = min(1.0, max_side / max(width, height))
-    width = max(multiple, int(width * scale) // multiple * multiple)
-    height = max(multiple, int(height * scale) // multiple * multiple)
+    width, height = capped_size(width, height, max_side=max_side, multiple=multiple)
     frames = min(num_frames, max_frames)
     frames = (frames - 1) // frame_multiple * frame_multiple + 1 if frames >= frame_multiple + 1 else 0
     return width, height, frames

@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 from pydantic import Field
 
-from poe_backend.bundle import Bundle, BundleError
+from poe_backend.bundle import Bundle, BundleError, capped_size
 from poe_backend.sampling import SampleResult
 from poe_backend.sampling.schedules import flux_shift_mu, log_snr_levels, shifted_levels
 from poe_backend.tasks import base
@@ -57,9 +57,7 @@ class ImageParams(TaskParams):
 def resolution(bundle: Bundle, max_side: int) -> tuple[int, int]:
     """``(height, width)``: the bundle's size scaled so the longest side is at most
     ``max_side``, each rounded down to a multiple of 16 (at least 16)."""
-    scale = min(1.0, max_side / max(bundle.width, bundle.height))
-    height = max(16, int(bundle.height * scale) // 16 * 16)
-    width = max(16, int(bundle.width * scale) // 16 * 16)
+    width, height = capped_size(bundle.width, bundle.height, max_side=max_side)
     return height, width
 
 
