@@ -109,7 +109,7 @@ def test_activation_estimates_scale_with_tokens_and_batch():
 
 
 _MEASURE = """
-import sys, torch
+import ctypes, sys, torch
 torch.manual_seed(0); torch.set_num_threads(1)
 def status(key):
     with open("/proc/self/status", encoding="ascii") as lines:
@@ -117,6 +117,7 @@ def status(key):
 {build}
 with torch.no_grad():
     run()  # warm-up: lazy initialisation is not counted
+    ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand the warm-up's freed heap back to the OS
     with open("/proc/self/clear_refs", "w", encoding="ascii") as clear:
         clear.write("5")
     before = status("VmRSS:")
@@ -128,10 +129,15 @@ with torch.no_grad():
 def _rss_peak_bytes(build: str) -> int:
     """Extra resident bytes at the peak of ``run()`` (defined by ``build``), measured in a
     fresh process (Linux VmHWM after clear_refs), so no earlier test's freed heap hides it."""
+    import os
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-c", _MEASURE.format(build=build)], capture_output=True, text=True, timeout=300, check=True)
+    # A fixed mmap threshold keeps glibc from raising it after the warm-up frees its large
+    # buffers; otherwise the measured run reuses heap that is already resident and the peak
+    # reads 0 on some machines.
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+    done = subprocess.run([sys.executable, "-c", _MEASURE.format(build=build)], capture_output=True, text=True, timeout=300, check=True, env=env)
     return int(done.stdout.split()[-1])
 
 
