@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -34,7 +36,7 @@ import torch.nn.functional as functional
 from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
 from torch import Tensor
 
-from poe_backend.experts.model_cache import MODEL_CACHE, default_dtype
+from poe_backend.experts.model_cache import MODEL_CACHE, default_dtype, free_memory
 from poe_backend.experts import memory_plan
 from poe_backend.experts.memory_plan import Budget
 from poe_backend.experts.placement import Placement, PlacementPlan, placement_for_offload, placement_name
@@ -61,6 +63,23 @@ def check_size(height: int, width: int) -> None:
     for name, value in (("height", height), ("width", width)):
         if value <= 0 or value % TOKEN_PIXELS:
             raise ValueError(f"{name}: must be a positive multiple of {TOKEN_PIXELS}, got {value}")
+
+
+@contextmanager
+def _tiled(vae: torch.nn.Module, tile: int | None) -> Iterator[None]:
+    """Within the block, ``vae`` decodes in ``tile``-pixel tiles (None: untouched). The FLUX
+    VAE's own tile is its ``sample_size`` (1024), so ``enable_tiling()`` alone never tiles a
+    1024² image; the tile sizes are set here and restored after, as the VAE is shared."""
+    if tile is None:
+        yield
+        return
+    saved = vae.use_tiling, vae.tile_sample_min_size, vae.tile_latent_min_size
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    vae.use_tiling, vae.tile_sample_min_size, vae.tile_latent_min_size = True, tile, tile // factor
+    try:
+        yield
+    finally:
+        vae.use_tiling, vae.tile_sample_min_size, vae.tile_latent_min_size = saved
 
 
 class FluxLatentSpace:
@@ -142,21 +161,24 @@ class FluxLatentSpace:
         return self.pack(latents).float()
 
     @torch.inference_mode()
-    def decode(self, packed: Tensor, *, max_batch: int = 4, max_pixels: int | None = None) -> Tensor:
+    def decode(self, packed: Tensor, *, max_batch: int = 4, max_pixels: int | None = None, tile: int | None = None) -> Tensor:
         """Normalised packed latents ``(P, N, 64)`` -> images ``(P, 3, H, W)`` in [0, 1]
         (float32, on the CPU), decoded ``max_batch`` at a time. With ``max_pixels`` below
         ``H·W`` the latents are area-downsampled first, giving ``(P, 3, h, w)`` with
-        ``h·w <= max_pixels`` (a preview for rewards)."""
+        ``h·w <= max_pixels`` (a preview for rewards). ``tile`` (pixels) decodes in
+        overlapping tiles of that side (diffusers' VAE tiling, blended over 1/4 of a tile):
+        the peak is per tile, not per image."""
         images = []
-        for chunk in packed.split(max_batch):
-            latents = self.unpack(chunk.to(self.device, self.dtype))
-            if max_pixels is not None and max_pixels < self.height * self.width:
-                scale = math.sqrt(max_pixels / (self.height * self.width))
-                size = (max(1, int(self.latent_height * scale)), max(1, int(self.latent_width * scale)))
-                latents = functional.interpolate(latents, size=size, mode="area")
-            latents = latents / self.vae.config.scaling_factor + self.vae.config.shift_factor
-            decoded = self.vae.decode(latents, return_dict=False)[0]
-            images.append(((decoded.float() + 1.0) / 2.0).clamp(0.0, 1.0).cpu())
+        with _tiled(self.vae, tile):
+            for chunk in packed.split(max_batch):
+                latents = self.unpack(chunk.to(self.device, self.dtype))
+                if max_pixels is not None and max_pixels < self.height * self.width:
+                    scale = math.sqrt(max_pixels / (self.height * self.width))
+                    size = (max(1, int(self.latent_height * scale)), max(1, int(self.latent_width * scale)))
+                    latents = functional.interpolate(latents, size=size, mode="area")
+                latents = latents / self.vae.config.scaling_factor + self.vae.config.shift_factor
+                decoded = self.vae.decode(latents, return_dict=False)[0]
+                images.append(((decoded.float() + 1.0) / 2.0).clamp(0.0, 1.0).cpu())
         return torch.cat(images)
 
     def mask_tokens(self, mask: Tensor) -> Tensor:
@@ -412,8 +434,25 @@ class FluxRuntime:
     # -- outputs ----------------------------------------------------------------------
 
     def decode(self, packed: Tensor, *, max_batch: int = 4) -> Tensor:
-        """Packed latents ``(P, N, 64)`` -> images ``(P, 3, H, W)`` in [0, 1] (CPU, float32)."""
-        return self.space.decode(packed, max_batch=max_batch)
+        """Packed latents ``(P, N, 64)`` -> images ``(P, 3, H, W)`` in [0, 1] (CPU, float32),
+        as the plan's decode says: one image at a time, the transformers released first
+        (the next job loads them again) and/or tiled in :data:`memory_plan.DECODE_TILE`
+        ["flux"]-pixel tiles when the planner found the untiled decode would not fit."""
+        decode = None if self.placement_plan is None or self.placement_plan.planned is None else self.placement_plan.planned.decode
+        if decode is None:
+            return self.space.decode(packed, max_batch=max_batch)
+        if decode.free_transformers:
+            self.free_transformers()
+        return self.space.decode(packed, max_batch=1 if decode.per_image else max_batch, tile=memory_plan.DECODE_TILE["flux"] if decode.tiled else None)
+
+    def free_transformers(self) -> None:
+        """Give back the device memory of this job's transformers now, although the job's
+        experts still reference them: their parameters move to the meta device (no copy, no
+        host RAM) and they leave the model cache, so the next job loads them afresh."""
+        for role, name in self.placement_plan.placements.items():
+            MODEL_CACHE.place(role, self.preset, name, self.device, dtype=self.dtype).to("meta")
+            MODEL_CACHE.release(role, self.preset)
+        free_memory()
 
     def decode_preview(self, packed: Tensor, max_pixels: int) -> Tensor:
         """Packed latents ``(P, N, 64)`` -> images ``(P, 3, h, w)`` in [0, 1] with

@@ -245,6 +245,8 @@ def framepack_activation_bytes(section_frames: int, latent_h: int, latent_w: int
 #: at a time, 192 channels × 4. HunyuanVideo: all frames at once untiled (16 with tiling),
 #: 256 × 4.
 _DECODERS: dict[str, tuple[int, int, int]] = {"flux": (1024, 1, 512), "wan": (768, 4, 256), "framepack": (1024, 0, 256)}
+#: family -> the tile side (pixels) a tiled decode uses; the runtimes set it on the VAE.
+DECODE_TILE: dict[str, int] = {family: tile for family, (_, _, tile) in _DECODERS.items()}
 
 
 def vae_decode_bytes(family: str, frames: int, height: int, width: int, tiled: bool) -> int:

@@ -236,3 +236,34 @@ def test_models_resident_from_an_earlier_job_count_as_free_memory(monkeypatch):
     after = flux.FluxRuntime(HEIGHT, WIDTH, preset="tiny", max_sequence_length=16, budget=small)
     assert after.plan(["depth"]).placements == {"flux.transformer.depth": "resident"}  # its own bytes count as free
     registry.clear_cache()
+
+
+def test_tiled_decode_changes_only_how_the_vae_runs(space):
+    packed = torch.randn(2, *space.event_shape, generator=torch.Generator().manual_seed(4))
+    whole, tiled = space.decode(packed), space.decode(packed, tile=32)
+    assert tiled.shape == whole.shape == (2, 3, HEIGHT, WIDTH) and 0.0 <= tiled.min() and tiled.max() <= 1.0
+    assert not torch.equal(tiled, whole)  # 32-pixel tiles blended: a different computation ran
+    assert not space.vae.use_tiling and space.vae.tile_sample_min_size == space.vae.config.sample_size  # restored
+    assert torch.equal(space.decode(packed), whole)
+
+
+def test_decode_follows_the_plan_freeing_and_tiling(monkeypatch):
+    from dataclasses import replace
+
+    from poe_backend.experts import memory_plan
+    from poe_backend.experts.memory_plan import Budget, DecodePlan
+
+    registry.clear_cache()
+    monkeypatch.setitem(memory_plan.DECODE_TILE, "flux", 32)  # tiny images: a tile smaller than the image
+    runtime = flux.FluxRuntime(HEIGHT, WIDTH, preset="tiny", max_sequence_length=16, budget=Budget(vram_free_bytes=64 * memory_plan.GiB, ram_free_bytes=64 * memory_plan.GiB))
+    planned = runtime.plan(["depth"])
+    assert planned.planned is not None and planned.planned.decode == DecodePlan(tiled=False, per_image=True, free_transformers=False)
+    packed = torch.randn(2, *runtime.event_shape, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(runtime.decode(packed), runtime.space.decode(packed, max_batch=1))
+    transformer = runtime.transformer("depth")
+    runtime.placement_plan = replace(planned, planned=replace(planned.planned, decode=DecodePlan(tiled=True, per_image=True, free_transformers=True)))
+    images = runtime.decode(packed)
+    assert torch.equal(images, runtime.space.decode(packed, max_batch=1, tile=32))
+    assert next(transformer.parameters()).is_meta  # its memory is given back though the job still holds it
+    assert not any("transformer" in path for path in registry.loaded_models())
+    registry.clear_cache()
