@@ -8,7 +8,12 @@ and plain :class:`BackendError` for 4xx/5xx answers, whose message is the server
 
 Bundles go by path to a backend on this machine and as a tar stream to a remote one. The
 tar is generated on the fly (headers from :class:`tarfile.TarInfo`, file bytes straight
-from disk), so no temporary archive is written.
+from disk), so no temporary archive is written. Outputs come back the same way round:
+hard-linked from the job's folder when the backend is on this machine, downloaded
+otherwise (:meth:`Client.fetch_outputs`).
+
+Every call waits on the network: the add-on makes them on its worker thread
+(:mod:`.worker`), never in a timer callback.
 """
 
 from __future__ import annotations
@@ -148,18 +153,57 @@ class Client:
         os.replace(temporary, destination)
         return destination
 
+    def fetch_outputs(self, job: dict[str, Any], directory: str | Path) -> dict[str, Path]:
+        """Every output of a done job in ``directory`` (the server's relative paths kept);
+        returns name -> local path. Read from the job's directory when it is on this
+        machine (:meth:`local_output_dir`), downloaded over HTTP otherwise."""
+        source = self.local_output_dir(job)
+        if source is None:
+            return self.download_outputs(job, directory)
+        return {name: _link_or_in_place(source / relative, Path(directory) / relative) for name, relative in _output_paths(job)}
+
+    def local_output_dir(self, job: dict[str, Any]) -> Path | None:
+        """The job's ``outputs/`` folder when this machine can read it: the backend is on
+        a loopback address and every listed output is a file at ``job["output_dir"]``
+        (the status of ``GET /v1/jobs/{id}`` names it). A backend on another machine,
+        reached through an SSH tunnel to localhost, fails the file test. None otherwise."""
+        output_dir = job.get("output_dir")
+        if not output_dir or not is_local_url(self.url):
+            return None
+        source = Path(output_dir)
+        if all((source / relative).is_file() for _, relative in _output_paths(job)):
+            return source
+        return None
+
     def download_outputs(self, job: dict[str, Any], directory: str | Path) -> dict[str, Path]:
         """Download every output of a finished job into ``directory``, keeping the
         server's relative paths; returns name -> local path."""
-        directory = Path(directory)
-        paths = {}
-        for name, relative in job.get("outputs", {}).items():
-            relative_path = Path(relative)
-            if relative_path.is_absolute() or ".." in relative_path.parts:
-                raise BackendError(f"the backend named an unsafe output path {relative!r}")
-            paths[name] = self.download(job["id"], name, directory / relative_path)
-        return paths
+        return {name: self.download(job["id"], name, Path(directory) / relative) for name, relative in _output_paths(job)}
 
+
+def _output_paths(job: dict[str, Any]) -> list[tuple[str, Path]]:
+    """(name, path relative to the job's outputs folder) for each output; refuses
+    absolute paths and ``..``."""
+    paths = []
+    for name, relative in job.get("outputs", {}).items():
+        relative_path = Path(relative)
+        if relative_path.is_absolute() or ".." in relative_path.parts:
+            raise BackendError(f"the backend named an unsafe output path {relative!r}")
+        paths.append((name, relative_path))
+    return paths
+
+
+def _link_or_in_place(source: Path, destination: Path) -> Path:
+    """A hard link of ``source`` at ``destination`` (no bytes copied; the file outlives
+    the backend deleting the job), or ``source`` itself where the filesystem refuses
+    links (another disk, or one without them)."""
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    destination.unlink(missing_ok=True)
+    try:
+        os.link(source, destination)
+    except OSError:
+        return source
+    return destination
 
 def _http_error(error: urllib.error.HTTPError) -> BackendError:
     try:

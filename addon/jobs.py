@@ -1,11 +1,13 @@
 """Job tracking for the add-on in plain Python (no bpy), so tests drive it directly.
 
 The UI registers a ``bpy.app.timers`` callback that calls :meth:`JobTracker.tick`; the
-callback's return value (seconds until the next call, or None to stop) is tick's. Each
-tick polls every unfinished job once, updates its progress and, when a job is done,
-downloads its outputs and result.json into ``<results_dir>/<job id>/`` and hands a
-:class:`JobResult` to the loader (which creates the image plane or movie strip). A tick
-never raises: network trouble and loader errors end up in ``TrackedJob.message``.
+callback's return value (seconds until the next call, or None to stop) is tick's. The
+polls run on a :class:`.worker.Worker` thread: each asks for one unfinished job's status
+and, once the job is done, brings its outputs and result.json into
+``<results_dir>/<job id>/``; the next tick applies the status to the job's row and hands
+the :class:`JobResult` to the loader (which creates the image plane or movie strip) on
+the main thread. A tick never waits on the network and never raises: network trouble and
+loader errors end up in ``TrackedJob.message``.
 """
 
 from __future__ import annotations
@@ -15,11 +17,13 @@ import shlex
 import subprocess
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
 from .bundle_schema import FINISHED_STATES
 from .client import BackendError, BackendNotRunning, Client
+from .worker import Worker
 
 POLL_INTERVAL_S = 0.5
 
@@ -92,15 +96,23 @@ def provenance(result: JobResult) -> dict[str, Any]:
 
 
 class JobTracker:
-    """Submits bundles, polls jobs and hands finished results to ``loader``."""
+    """Submits bundles, follows jobs and hands finished results to ``loader``.
 
-    def __init__(self, client: Client, results_dir: str | Path, loader: Callable[[JobResult], None] | None = None) -> None:
+    Status polls, result fetches and cancel requests run on ``worker``; :meth:`tick`
+    (the timer callback's work) only applies their outcomes, calls ``loader`` on this
+    thread and queues the next polls, so it never waits on the network."""
+
+    def __init__(self, client: Client, results_dir: str | Path, loader: Callable[[JobResult], None] | None = None, worker: Worker | None = None) -> None:
         self.client = client
         self.results_dir = Path(results_dir)
         self.loader = loader
+        self.worker = worker or Worker()
         self.jobs: dict[str, TrackedJob] = {}
+        self._polling: set[str] = set()  # job ids with a poll on the worker
 
     def submit(self, bundle_dir: str | Path, *, task: str | None = None, params: dict[str, Any] | None = None, models: str | None = None) -> TrackedJob:
+        """Submit and follow a bundle; waits for the backend's answer (its validation
+        errors are the operator's to report)."""
         record = self.client.submit(bundle_dir, task=task, params=params, models=models)
         return self.track(record)
 
@@ -111,52 +123,96 @@ class JobTracker:
         return tracked
 
     def cancel(self, job_id: str) -> None:
-        record = self.client.cancel(job_id)
-        self._update(self.jobs.setdefault(job_id, TrackedJob(job_id, record.get("task", ""))), record)
+        """Ask the backend to cancel ``job_id``; a later tick shows its answer."""
+        tracked = self.jobs.setdefault(job_id, TrackedJob(job_id, ""))
+        self.worker.submit(partial(self.client.cancel, job_id), partial(self._apply_cancel, tracked))
+
+    def reload(self, job_id: str) -> TrackedJob:
+        """Bring a done job's result in again (it replaces what it created before), by the
+        path every finished job takes: the next ticks poll it and call the loader."""
+        tracked = self.jobs.get(job_id) or self.track({"id": job_id})
+        tracked.loaded = tracked.gave_up = False
+        return tracked
 
     def active(self) -> list[TrackedJob]:
         return [job for job in self.jobs.values() if not job.finished]
 
     def tick(self) -> float | None:
-        """Poll once; returns the delay until the next tick, None when nothing is active."""
+        """Apply what the worker finished, then queue one poll for each active job that
+        has none under way; returns the delay until the next tick, None when nothing is
+        active. Never waits on the network and never raises."""
+        self.worker.apply_finished()
         for tracked in self.active():
-            try:
-                record = self.client.job(tracked.job_id)
-            except BackendNotRunning as error:
-                tracked.message = error.message
-                continue
-            except BackendError as error:
-                tracked.state, tracked.message = "failed", error.message
-                continue
+            if tracked.job_id not in self._polling:
+                self._polling.add(tracked.job_id)
+                self.worker.submit(partial(self._poll, tracked.job_id, tracked.result), partial(self._apply_poll, tracked))
+        return POLL_INTERVAL_S if self.active() else None
+
+    def _poll(self, job_id: str, result: JobResult | None) -> tuple[dict[str, Any], JobResult | None, Exception | None]:
+        """Worker thread: the job's status and, once it is done, its result (fetched once:
+        ``result`` is the one already here). A failed fetch is returned, not raised, so
+        the status still reaches the panel."""
+        record = self.client.job(job_id)
+        if record.get("state") != "done" or result is not None:
+            return record, result, None
+        try:
+            return record, self.fetch_result(record), None
+        except Exception as error:  # noqa: BLE001 - shown in the panel by _deliver
+            return record, None, error
+
+    def _apply_poll(self, tracked: TrackedJob, outcome: tuple[dict[str, Any], JobResult | None, Exception | None] | None, error: Exception | None) -> None:
+        self._polling.discard(tracked.job_id)
+        if isinstance(error, BackendNotRunning):
+            tracked.message = error.message  # keeps polling: the backend may come back
+        elif isinstance(error, BackendError):
+            tracked.state, tracked.message = "failed", error.message
+        elif error is not None:
+            tracked.message = f"could not read the job's status: {type(error).__name__}: {error}"
+        else:
+            record, result, fetch_error = outcome
             tracked.message = ""
             self._update(tracked, record)
-        return POLL_INTERVAL_S if self.active() else None
+            if tracked.state == "done" and not tracked.loaded:
+                self._deliver(tracked, result, fetch_error)
+
+    def _apply_cancel(self, tracked: TrackedJob, record: dict[str, Any] | None, error: Exception | None) -> None:
+        if error is not None:
+            tracked.message = f"could not cancel: {getattr(error, 'message', error)}"
+        else:
+            self._update(tracked, record)
 
     def _update(self, tracked: TrackedJob, record: dict[str, Any]) -> None:
         tracked.record, tracked.state, tracked.progress = record, record.get("state", tracked.state), record.get("progress")
+        tracked.task = tracked.task or record.get("task", "")
         if tracked.state in ("failed", "cancelled"):
             error = record.get("error") or {}
             tracked.message = error.get("message", tracked.state)
-        elif tracked.state == "done" and not tracked.loaded:
-            self._deliver(tracked, record)
 
-    def _deliver(self, tracked: TrackedJob, record: dict[str, Any]) -> None:
-        try:
-            tracked.result = self.fetch_result(record)
-            if self.loader is not None:
-                self.loader(tracked.result)
-            tracked.loaded = True
-        except BackendNotRunning as error:
+    def _deliver(self, tracked: TrackedJob, result: JobResult | None, error: Exception | None) -> None:
+        """Main thread: hand a fetched result to the loader, or say why there is none."""
+        if isinstance(error, BackendNotRunning):
             tracked.message = f"could not download the result yet: {error.message}"
-        except BackendError as error:
+            return
+        if isinstance(error, BackendError):
             tracked.message, tracked.gave_up = f"could not download the result: {error.message}", True
+            return
+        if error is not None:
+            tracked.message, tracked.gave_up = f"could not load the result: {type(error).__name__}: {error}", True
+            return
+        tracked.result = result
+        try:
+            if self.loader is not None:
+                self.loader(result)
+            tracked.loaded = True
         except Exception as error:  # noqa: BLE001 - shown in the panel, never a traceback in a timer
             tracked.message, tracked.gave_up = f"could not load the result: {type(error).__name__}: {error}", True
 
     def fetch_result(self, record: dict[str, Any]) -> JobResult:
-        """Download a done job's outputs (once) and read its result.json."""
+        """A done job's outputs in ``<results_dir>/<job id>/`` (hard-linked from the job's
+        folder when the backend is on this machine, downloaded otherwise) and its
+        result.json read. Waits on disk and network: call it off the main thread."""
         directory = self.results_dir / record["id"]
-        outputs = self.client.download_outputs(record, directory)
+        outputs = self.client.fetch_outputs(record, directory)
         manifest = json.loads(outputs["result.json"].read_text(encoding="utf-8"))
         primary = outputs[record.get("primary") or manifest["primary"]]
         return JobResult(record["id"], record.get("kind") or manifest.get("kind", "image"), primary, outputs, manifest, record)

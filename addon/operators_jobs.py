@@ -6,13 +6,20 @@ bpy-free tracker (:mod:`.jobs`) or client (:mod:`.client`), report errors with
 Settings come from :func:`.preferences.backend_settings`; Generate captures through
 :func:`.operators.capture_scene`, the same call as the Capture operator.
 
-One :class:`Session` per Blender process holds the tracker, the started backend process
-and the timer; Blender's timers and operators need such a place to meet.
+Operators never wait on the network, except Generate for the backend's answer to the
+submission (its validation errors are reported at once): Start local backend, Cancel and
+Load hand their requests to the session's worker thread (:mod:`.worker`), and the timer
+shows the outcome in the panel (Load result goes through the same path as a job that has
+just finished).
+
+One :class:`Session` per Blender process holds the tracker, the started backend process,
+the worker and the timer; Blender's timers and operators need such a place to meet.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,33 +29,93 @@ from . import job_view, jobs, operators, preferences
 from .bundle_schema import FINISHED_STATES
 from .client import BackendError, Client
 from .preferences import Settings
+from .worker import Worker
 
 BL_PREFIX = "poe"
 
 
 @dataclass
+class BackendUp:
+    """What starting (or finding) the backend learnt: ``process`` when this Blender
+    started it, the health answer, the task list (None when it could not be read) and
+    the token a first start wrote (empty when the preferences had one)."""
+
+    process: Any
+    health: dict[str, Any]
+    tasks: list[dict[str, Any]] | None
+    token: str
+
+
+def bring_up_backend(config: Settings, timeout: float) -> BackendUp:
+    """Worker thread: find the backend at ``config.url`` or start it with the
+    preferences' command line and wait until it answers (raises :class:`BackendError`)."""
+    client = Client(config.url, config.token)
+    process = None
+    try:
+        health = client.health()
+    except BackendError:
+        process = jobs.start_backend(config.command, client, config.output_dir / "backend.log", timeout=timeout)
+        health = client.health()
+    token_path = jobs.token_path_from_command(config.command)
+    token = token_path.read_text(encoding="utf-8").strip() if not config.token and token_path.is_file() else ""
+    try:
+        tasks = Client(config.url, token or config.token).tasks()
+    except BackendError:
+        tasks = None
+    return BackendUp(process, health, tasks, token)
+
+
+@dataclass
 class Session:
     """The tracker (recreated when URL or token change), the scene each job loads into,
-    and the backend process this Blender started."""
+    the backend process this Blender started, and the one worker thread all of them
+    wait on (:mod:`.worker`): the timer applies its outcomes."""
 
     tracker: jobs.JobTracker | None = None
     scenes: dict[str, str] = field(default_factory=dict)
     backend: Any = None
+    backend_status: str = ""  # the panel's line about Start local backend
+    starting: bool = False
     as_background: bool = False
     tasks: list[dict[str, Any]] | None = None  # GET /v1/tasks, for the panel's size preview
+    worker: Worker = field(default_factory=Worker)
 
     def refresh_tasks(self, client: Client) -> None:
-        """Remember the backend's task list (its caps); keeps the last one when unreachable."""
-        try:
-            self.tasks = client.tasks()
-        except BackendError:
-            pass
+        """Fetch the backend's task list (its caps) on the worker; keeps the last one
+        when unreachable."""
+        self.worker.submit(client.tasks, self._apply_tasks)
+
+    def _apply_tasks(self, tasks: list[dict[str, Any]] | None, error: Exception | None) -> None:
+        if error is None:
+            self.tasks = tasks
+
+    def start_backend(self, config: Settings, timeout: float) -> None:
+        """Find or start the backend on the worker; the panel shows how it went."""
+        if self.starting:
+            return
+        self.starting, self.backend_status = True, f"waiting for the backend at {config.url}"
+        self.worker.submit(partial(bring_up_backend, config, timeout), partial(self._apply_backend, config))
+        self.ensure_timer()
+
+    def _apply_backend(self, config: Settings, up: BackendUp | None, error: Exception | None) -> None:
+        self.starting = False
+        if error is not None:
+            self.backend_status = getattr(error, "message", None) or f"could not start the backend: {type(error).__name__}: {error}"
+            return
+        if up.process is not None:
+            self.backend = up.process
+        self.tasks = up.tasks or self.tasks
+        addon_preferences = preferences.prefs(bpy.context)
+        if up.token and addon_preferences is not None:  # first start: fill in the new token
+            addon_preferences.token = up.token
+        started = "running" if up.process is not None else "already running"
+        self.backend_status = f"backend {up.health.get('version')} {started} on {up.health.get('device')} at {config.url}"
 
     def tracker_for(self, config: Settings) -> jobs.JobTracker:
         client = Client(config.url, config.token)
         if self.tracker is None or (self.tracker.client.url, self.tracker.client.token) != (client.url, client.token):
             previous = self.tracker.jobs if self.tracker else {}
-            self.tracker = jobs.JobTracker(client, config.output_dir / "results", self.load)
+            self.tracker = jobs.JobTracker(client, config.output_dir / "results", self.load, self.worker)
             self.tracker.jobs.update(previous)
         self.as_background = config.as_background
         return self.tracker
@@ -60,9 +127,12 @@ class Session:
         results.load_result(scene, result, as_background=self.as_background)
 
     def tick(self) -> float | None:
+        """The timer's work: apply what the worker finished (backend start, task list,
+        job polls) and queue the next polls; never waits on the network."""
+        self.worker.apply_finished()
         delay = self.tracker.tick() if self.tracker else None
         _redraw_panels()
-        return delay
+        return jobs.POLL_INTERVAL_S if delay is None and self.worker.busy else delay
 
     def ensure_timer(self) -> None:
         if not bpy.app.timers.is_registered(_timer):
@@ -146,17 +216,14 @@ class POE_OT_cancel(bpy.types.Operator):
         if not job_id:
             self.report({"WARNING"}, "no active job to cancel")
             return {"CANCELLED"}
-        try:
-            tracker.cancel(job_id)
-        except BackendError as error:
-            self.report({"ERROR"}, error.message)
-            return {"CANCELLED"}
+        tracker.cancel(job_id)
+        SESSION.ensure_timer()
         self.report({"INFO"}, f"cancelling job {job_id}")
         return {"FINISHED"}
 
 
 class POE_OT_start_backend(bpy.types.Operator):
-    """Start the local backend with the command line from the preferences and wait until it answers"""
+    """Start the local backend with the command line from the preferences (in the background; the panel says when it answers)"""
 
     bl_idname = f"{BL_PREFIX}.start_backend"
     bl_label = "Start local backend"
@@ -166,26 +233,8 @@ class POE_OT_start_backend(bpy.types.Operator):
 
     def execute(self, context: bpy.types.Context) -> set[str]:
         config = preferences.backend_settings(context)
-        client = Client(config.url, config.token)
-        try:
-            health = client.health()
-            self.report({"INFO"}, f"a backend is already running at {config.url} ({health['device']})")
-            return {"FINISHED"}
-        except BackendError:
-            pass
-        try:
-            SESSION.backend = jobs.start_backend(config.command, client, config.output_dir / "backend.log", timeout=self.timeout)
-            health = client.health()
-            SESSION.refresh_tasks(client)
-            token_path = jobs.token_path_from_command(config.command)
-            if not config.token and token_path.is_file():  # first start: fill in the new token
-                addon_preferences = preferences.prefs(context)
-                if addon_preferences is not None:
-                    addon_preferences.token = token_path.read_text(encoding="utf-8").strip()
-        except BackendError as error:
-            self.report({"ERROR"}, error.message)
-            return {"CANCELLED"}
-        self.report({"INFO"}, f"backend {health['version']} running on {health['device']} at {config.url}")
+        SESSION.start_backend(config, self.timeout)
+        self.report({"INFO"}, f"starting the backend at {config.url}; the panel shows when it answers")
         return {"FINISHED"}
 
 
@@ -199,27 +248,15 @@ class POE_OT_load_result(bpy.types.Operator):
     job_id: bpy.props.StringProperty(name="Job", default="")
 
     def execute(self, context: bpy.types.Context) -> set[str]:
-        from . import results
-
-        config = preferences.backend_settings(context)
-        tracker = SESSION.tracker_for(config)
+        tracker = SESSION.tracker_for(preferences.backend_settings(context))
         job_id = self.job_id or next((job.job_id for job in reversed(list(tracker.jobs.values())) if job.state == "done"), "")
         if not job_id:
             self.report({"WARNING"}, "no finished job to load; give a job id")
             return {"CANCELLED"}
-        try:
-            record = tracker.client.job(job_id)
-            if record["state"] != "done":
-                self.report({"ERROR"}, f"job {job_id} is {record['state']}, not done")
-                return {"CANCELLED"}
-            results.load_result(context.scene, tracker.fetch_result(record), as_background=config.as_background)
-        except BackendError as error:
-            self.report({"ERROR"}, error.message)
-            return {"CANCELLED"}
-        except Exception as error:  # noqa: BLE001 - reported in the UI, never a traceback
-            self.report({"ERROR"}, f"could not load job {job_id}: {type(error).__name__}: {error}")
-            return {"CANCELLED"}
-        self.report({"INFO"}, f"loaded job {job_id}")
+        tracker.reload(job_id)
+        SESSION.scenes[job_id] = context.scene.name
+        SESSION.ensure_timer()
+        self.report({"INFO"}, f"loading job {job_id}")
         return {"FINISHED"}
 
 
@@ -234,6 +271,8 @@ def draw_jobs(layout: bpy.types.UILayout, context: bpy.types.Context, *, max_row
     and state with Cancel (while active) or Load (when done); a progress bar with level,
     NFE, ESS, ETA and elapsed time while it runs; the reason and what to do when it failed."""
     layout.operator(POE_OT_start_backend.bl_idname, icon="PLAY")
+    if SESSION.backend_status:
+        layout.label(text=SESSION.backend_status)
     tracker = SESSION.tracker
     for tracked in list(tracker.jobs.values())[-max_rows:] if tracker else []:
         box = layout.box()

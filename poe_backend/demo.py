@@ -17,12 +17,15 @@ Models: ``--models auto`` (the default) uses the real weights when the model reg
 them locally and otherwise the ``tiny`` preset — the same architectures, small and with
 random weights, so the pipeline runs end to end on a CPU but the picture is noise — and the
 report says which plainly.
+
+The add-on and the example scenes are not installed with poe-backend: they are loaded
+from this checkout by path (:func:`load_checkout_package`), never by editing ``sys.path``.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
+import importlib.util
 import json
 import math
 import shlex
@@ -78,16 +81,36 @@ class Report:
         return text
 
 
-def _import_addon():
-    """The add-on package of this checkout (it is not installed into the venv)."""
-    if (REPO / "addon" / "client.py").is_file() and str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))
+def load_checkout_package(name: str):
+    """``addon`` or ``blend_examples`` of this checkout, imported from its folder by path.
+
+    Neither is part of the poe-backend distribution (the wheel and the editable install
+    hold ``poe_backend`` only; Blender installs the add-on from its own extension zip), so
+    neither is on ``sys.path`` when ``poe-backend demo`` runs. Putting the checkout root on
+    ``sys.path`` would change how every later import in the process resolves and make all
+    its top-level folders (``tests``, ``benchmarks``, ...) importable; ``importlib`` loads
+    exactly the one folder under its own name, and its submodules (``addon.client``, ...)
+    then import as usual from it."""
+    if name in sys.modules:
+        return sys.modules[name]
+    init = REPO / name / "__init__.py"
+    if not init.is_file():
+        raise SystemExit(f"poe-backend demo needs the repository checkout ({init} is missing)")
+    spec = importlib.util.spec_from_file_location(name, init, submodule_search_locations=[str(init.parent)])
+    package = importlib.util.module_from_spec(spec)
+    sys.modules[name] = package
     try:
-        import addon  # noqa: F401
-        from addon import client, jobs, results
+        spec.loader.exec_module(package)
     except ImportError as error:
-        raise SystemExit(f"poe-backend demo needs the repository checkout with addon/ (and bpy: ./dev setup): {error}") from None
-    return client, jobs, results
+        del sys.modules[name]
+        raise SystemExit(f"poe-backend demo needs bpy (./dev setup): {error}") from None
+    return package
+
+
+def _import_addon():
+    """The add-on's client, job tracker and result loader (the code the Blender UI runs)."""
+    load_checkout_package("addon")
+    return tuple(importlib.import_module(f"addon.{name}") for name in ("client", "jobs", "results"))
 
 
 def build_scene():
@@ -133,8 +156,7 @@ def build_example(task: str, out: Path):
 
     if task == "toy2d":
         return build_scene()
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))
+    load_checkout_package("blend_examples")
     module = importlib.import_module(f"blend_examples.{EXAMPLES[task]['scene']}")
     path = module.build(out / "scene.blend")
     bpy.ops.wm.open_mainfile(filepath=str(path))

@@ -4,7 +4,8 @@ the server was started with ``--allow-remote`` (defeats DNS rebinding). ``/docs`
 ``/openapi.json`` are off.
 
 ``GET /v1/jobs?limit=&offset=`` pages through jobs oldest first (limit 1..500, default
-100) with short entries; ``GET /v1/jobs/{id}`` has the whole status; ``DELETE
+100) with short entries; ``GET /v1/jobs/{id}`` has the whole status
+(with ``output_dir``, the job's outputs folder on this machine); ``DELETE
 /v1/jobs/{id}`` removes a finished job and its files.
 
 ``POST /v1/jobs`` takes one of three bodies:
@@ -114,7 +115,8 @@ def create_app(config: ServerConfig, store: JobStore | None = None) -> FastAPI:
 
     @api.get("/jobs/{job_id}")
     async def get_job(job_id: str) -> dict[str, Any]:
-        return _found(store.get(job_id), job_id)
+        # output_dir: a client on this machine reads the outputs there instead of downloading them
+        return {**_found(store.get(job_id), job_id), "output_dir": str(store.job_dir(job_id) / "outputs")}
 
     @api.delete("/jobs/{job_id}")
     def delete_job(job_id: str) -> dict[str, Any]:

@@ -78,7 +78,7 @@ class InsertionTask(Task):
         embeddings = runtime.encode_prompts(prompts)
         timer.mark("load_and_encode")
         if params.method == "rf_solver":
-            source = read_source(bundle, plate, (height, width))
+            source = read_source(bundle, (height, width))
             particles, log_weights, stats = run_rf_solver(runtime, params, embeddings, source, context)
         else:
             particles, log_weights, stats = run_product(runtime, params, embeddings[0], plate, depth, mask, seed, context)
@@ -135,11 +135,11 @@ def read_inputs(bundle, params: InsertionParams, size: tuple[int, int]) -> tuple
     return plate, depth, np.maximum.reduce(masks)
 
 
-def read_source(bundle, plate: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """RF-Solver's source image: the RGB render of the first frame, else the plate."""
-    if "rgb" in bundle.passes:
-        return images.read_rgb(bundle.pass_path("rgb", bundle.frames[0]), size, "passes.rgb")
-    return plate
+def read_source(bundle, size: tuple[int, int]) -> np.ndarray:
+    """RF-Solver's source image: the first frame's RGB render with the object in it,
+    ``size`` (height, width), uint8. Every insertion bundle has the pass (the loader
+    refuses one without it: ``bundle.TASK_PASSES``)."""
+    return images.read_rgb(bundle.pass_path("rgb", bundle.frames[0]), size, "passes.rgb")
 
 
 def run_product(runtime, params: InsertionParams, embedding, plate, depth, mask, seed: int, context: TaskContext):

@@ -35,6 +35,15 @@ def scene():
     return scene
 
 
+def _tick_until(tick, condition, timeout: float = 60.0) -> None:
+    """Call ``tick`` (what the timer runs) every 50 ms until ``condition()`` holds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline
+        tick()
+        time.sleep(0.05)
+
+
 def _drive(tracker: JobTracker, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while tracker.tick() is not None:
@@ -99,6 +108,7 @@ def test_backend_down_gives_a_clear_message(tmp_path, scene):
     # submitted with the default timeout: on a loaded 2-core CI machine a submit can take > 2 s
     tracked = tracker.track(Client(running.url, running.token).submit(write_bundle(data_dir / "b"), params=LONG))
     running.stop(signal.SIGKILL)
+    _tick_until(tracker.tick, lambda: tracked.message, timeout=30)
     assert tracker.tick() is not None  # keeps polling: the backend may come back
     assert "not reachable" in tracked.message and running.url in tracked.message
     assert "not reachable" in tracked.status_line()
@@ -131,7 +141,10 @@ def test_generate_load_and_cancel_operators(operators, backend, scene):
     _drive_session()
     (tracked,) = operators_jobs.SESSION.tracker.jobs.values()
     assert tracked.state == "done" and len(_planes(tracked.job_id)) == 1
+    before = tracked.result.primary
     assert bpy.ops.poe.load_result(job_id=tracked.job_id) == {"FINISHED"}
+    _drive_session()  # Load goes the way of a job that has just finished: worker, then the timer
+    assert tracked.loaded and tracked.result.primary == before
     assert len(_planes(tracked.job_id)) == 1 and _planes(tracked.job_id)[0]["poe_prompt"] == "from the operator"
 
     long_bundle = write_bundle(backend.data_dir / "op-long", params=LONG)
@@ -207,8 +220,12 @@ def test_operator_errors_are_reports_not_tracebacks(operators, backend, scene, t
     with pytest.raises(RuntimeError, match="could not capture or submit"):
         bpy.ops.poe.generate()  # capture needs addon.capture and scene.poe (the capture branch)
     operators.backend_command = f"{Path('/nonexistent/poe-backend')} serve"
-    with pytest.raises(RuntimeError, match="could not run"):
-        bpy.ops.poe.start_backend()
+    assert bpy.ops.poe.start_backend() == {"FINISHED"}  # the start and its error happen on the worker
+    _tick_until(operators_jobs.SESSION.tick, lambda: not operators_jobs.SESSION.starting)
+    assert "could not run" in operators_jobs.SESSION.backend_status
+    layout = RecordingLayout()
+    operators_jobs.draw_jobs(layout, bpy.context)
+    assert ("label", operators_jobs.SESSION.backend_status) in layout.calls
 
 
 def test_start_local_backend_runs_the_command_and_picks_up_the_token(operators, tmp_path):
@@ -225,6 +242,8 @@ def test_start_local_backend_runs_the_command_and_picks_up_the_token(operators, 
     assert token_path_from_command(operators.backend_command) == data_dir / "token"
     try:
         assert bpy.ops.poe.start_backend() == {"FINISHED"}
+        _tick_until(operators_jobs.SESSION.tick, lambda: not operators_jobs.SESSION.starting, timeout=120)
+        assert operators_jobs.SESSION.backend_status.startswith("backend ") and " running on " in operators_jobs.SESSION.backend_status
         assert operators.token == (data_dir / "token").read_text().strip()
         assert Client(operators.backend_url, operators.token).jobs() == []
     finally:
