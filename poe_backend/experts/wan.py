@@ -43,7 +43,6 @@ Decisions:
 
 from __future__ import annotations
 
-from typing import Literal
 
 import torch
 from torch import Tensor
@@ -61,16 +60,6 @@ UNSUPPORTED_MODELS: dict[str, str] = {
     "alibaba-pai/Wan2.1-Fun-14B-Control": "VideoX-Fun checkpoint layout (48 input channels); no diffusers class in 0.42",
     "alibaba-pai/Wan2.1-Fun-1.3B-Control": "VideoX-Fun checkpoint layout (48 input channels); no diffusers class in 0.42",
 }
-
-#: How the two sim-to-video experts are made: ``i2v_vace`` is the paper's pairing (Wan2.1
-#: I2V-14B × VACE depth), ``shared_vace`` runs both on one VACE transformer.
-Pairing = Literal["i2v_vace", "shared_vace"]
-
-
-def default_pairing(preset: str) -> Pairing:
-    """``shared_vace`` for ``preview`` (no 1.3B I2V exists), else the paper's pairing."""
-    return "shared_vace" if preset == "preview" else "i2v_vace"
-
 
 def check_video_size(num_frames: int, height: int, width: int) -> None:
     """``F = 4k + 1`` and ``H, W`` multiples of 16 (VAE ×8, patch ×2); raises ValueError."""

@@ -46,6 +46,7 @@ from poe_backend.sampling.schedules import shifted_levels
 from poe_backend.tasks import video_io
 from poe_backend.tasks.base import SamplerName, Task, TaskContext, TaskParams, TaskResult, run_sampler, seed_for
 from poe_backend.tasks.images import OffloadName
+from poe_backend.tasks.requirements import sim2video_pairing, sim2video_transformers
 
 class Sim2VideoParams(TaskParams):
     mode: Literal["product", "i2v", "depth", "vace_combined", "ddim_inversion"] = "product"
@@ -89,7 +90,7 @@ class Sim2VideoTask(Task):
         from poe_backend.experts.wan_runtime import WanRuntime
 
         params: Sim2VideoParams = context.params.effective()
-        return WanRuntime.roles(transformer_kinds(params.mode, pairing_of(params, context.models)))
+        return WanRuntime.roles(sim2video_transformers(params.mode, sim2video_pairing(params.pairing, context.models)))
 
     def run(self, context: TaskContext) -> TaskResult:
         from poe_backend.experts.specs import get_spec
@@ -101,14 +102,14 @@ class Sim2VideoTask(Task):
         for name in required_passes(self.name, params.model_dump()):
             if name not in bundle.passes:
                 raise BundleError(f"passes.{name}", f"sim2video mode {params.mode!r} needs the {name!r} pass")
-        pairing = pairing_of(params, context.models)
+        pairing = sim2video_pairing(params.pairing, context.models)
         seed = seed_for(context)
         prompt = bundle.prompt if params.prompt is None else params.prompt
         size = video_io.capped_size(bundle, params.height, params.width, params.num_frames, max_side=params.max_side, max_frames=params.max_frames)
         frames = video_io.clip_frames(bundle, size.max_frames, strict="num_frames" in context.params.model_fields_set)
         inputs = read_inputs(context, params, frames, size.height, size.width)
 
-        runtime = WanRuntime(transformer_kinds(params.mode, pairing), len(frames), size.height, size.width, preset=context.models, device=context.device)
+        runtime = WanRuntime(sim2video_transformers(params.mode, pairing), len(frames), size.height, size.width, preset=context.models, device=context.device)
         sampling_started = time.perf_counter()
         result, described, levels = sample(runtime, params, pairing, prompt, inputs, seed, context)
         sampling_seconds = time.perf_counter() - sampling_started
@@ -133,21 +134,6 @@ class Sim2VideoTask(Task):
             "device": str(context.device),
         }
         return TaskResult(kind="video", primary="video", outputs=outputs, manifest=manifest)
-
-
-def pairing_of(params: Sim2VideoParams, preset: str) -> str:
-    """``pairing``, with ``auto`` resolved for the registry preset."""
-    from poe_backend.experts.wan import default_pairing
-
-    return default_pairing(preset) if params.pairing == "auto" else params.pairing
-
-
-def transformer_kinds(mode: str, pairing: str) -> list[str]:
-    """The Wan transformers a mode loads: VACE for the depth control (and, shared, for the
-    first frame), the I2V model for the first frame when paired with it."""
-    uses_first_frame_expert = mode in ("product", "i2v", "ddim_inversion")
-    uses_vace = mode in ("product", "depth", "vace_combined") or (pairing == "shared_vace" and uses_first_frame_expert)
-    return (["vace"] if uses_vace else []) + (["i2v"] if pairing == "i2v_vace" and uses_first_frame_expert else [])
 
 
 def read_inputs(context: TaskContext, params: Sim2VideoParams, frames: list[int], height: int, width: int) -> dict[str, torch.Tensor]:

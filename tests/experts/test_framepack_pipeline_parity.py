@@ -9,7 +9,6 @@ import pytest
 import torch
 from PIL import Image
 
-from poe_backend.experts import framepack as fp
 from poe_backend.experts import registry
 from poe_backend.experts.framepack_runtime import FramePackRuntime
 from poe_backend.sampling import Factor, ProductOfExperts, sample_summed_velocity

@@ -95,3 +95,12 @@ def test_max_frames_drops_sections_and_the_result_says_so(tiny_data_dir, bundle_
     with pytest.raises(BundleError) as error:
         _run(bundle_dir, tmp_path / "b", max_frames=8, num_sections=2)
     assert error.value.field == "params.num_sections"
+
+
+@pytest.mark.parametrize("sampling_type", ["inverted", "vanilla"])
+def test_the_task_keeps_exactly_the_roles_the_weights_manager_downloads(bundle_dir, tmp_path, sampling_type) -> None:
+    from poe_backend.tasks.requirements import required_roles
+
+    task = get_task("sim2video_ar")
+    context = TaskContext(bundle=read_bundle(bundle_dir), params=task.Params(sampling_type=sampling_type), out_dir=tmp_path, models="default")
+    assert task.model_roles(context) == required_roles("sim2video_ar", {"sampling_type": sampling_type})
