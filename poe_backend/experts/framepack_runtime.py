@@ -60,7 +60,7 @@ class FramePackRuntime:
         self.transformer_role = TRANSFORMER_ROLE[sampling_type]
         check_available(self.roles(sampling_type), preset)
         self.vae = MODEL_CACHE.load("framepack.vae", preset, device=self.device, dtype=torch.float32)
-        self.budget = memory_plan.device_budget(self.device) if budget == "detect" else budget
+        self.budget = budget
         self.job_plan: JobPlan | None = None
         self._transformer_freed = False
 
@@ -143,9 +143,13 @@ class FramePackRuntime:
         config = memory_plan.installed_config(self.transformer_role, self.preset)
         activation, decode, tiled = memory_plan.framepack_job_bytes(config, self.window, self.num_sections, self.height, self.width, batch)
         self.job_plan = plan_transformers([self.transformer_role], self.preset, self.device, offload=offload, fp8_storage=fp8_storage,
-                                          activation_bytes=activation, decode_bytes=decode, tiled_decode_bytes=tiled, budget=self.budget, alternating=False)
+                                          activation_bytes=activation, decode_bytes=decode, tiled_decode_bytes=tiled, budget=self._budget(), alternating=False)
         self._set_tiling(self.job_plan.decode.tiled or self.job_plan.decode.free_transformers)
         return self.job_plan
+
+    def _budget(self) -> Budget | None:
+        """:attr:`budget`, detected now when ``"detect"`` (after the encoders are gone)."""
+        return memory_plan.device_budget(self.device) if self.budget == "detect" else self.budget
 
     @property
     def transformer(self) -> torch.nn.Module:

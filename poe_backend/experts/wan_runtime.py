@@ -65,7 +65,7 @@ class WanRuntime:
         check_available(self.roles(self.kinds), preset)
         self.vae = MODEL_CACHE.load("wan.vae", preset, device=self.device, dtype=torch.float32)  # fp32, as Wan recommends
         self.tokenizer = MODEL_CACHE.load("wan.tokenizer", preset)
-        self.budget = memory_plan.device_budget(self.device) if budget == "detect" else budget
+        self.budget = budget
         self.job_plan: JobPlan | None = None
         self._transformers_freed = False
 
@@ -136,9 +136,13 @@ class WanRuntime:
         configs = [memory_plan.installed_config(role, self.preset) for role in roles]
         activation, decode, tiled = memory_plan.wan_job_bytes(configs, self.num_frames, self.height, self.width, batch)
         self.job_plan = plan_transformers(roles, self.preset, self.device, offload=offload, fp8_storage=fp8_storage, activation_bytes=activation,
-                                          decode_bytes=decode, tiled_decode_bytes=tiled, budget=self.budget, alternating=len(roles) > 1)
+                                          decode_bytes=decode, tiled_decode_bytes=tiled, budget=self._budget(), alternating=len(roles) > 1)
         self._set_tiling(self.job_plan.decode.tiled or self.job_plan.decode.free_transformers)
         return self.job_plan
+
+    def _budget(self) -> Budget | None:
+        """:attr:`budget`, detected now when ``"detect"`` (after the encoders are gone)."""
+        return memory_plan.device_budget(self.device) if self.budget == "detect" else self.budget
 
     def transformer(self, kind: str) -> torch.nn.Module:
         """The ``kind`` transformer, loaded once per process and placed as planned."""
