@@ -110,9 +110,7 @@ class Sim2VideoTask(Task):
         inputs = read_inputs(context, params, frames, size.height, size.width)
 
         runtime = WanRuntime(sim2video_transformers(params.mode, pairing), len(frames), size.height, size.width, preset=context.models, device=context.device)
-        sampling_started = time.perf_counter()
-        result, described, levels = sample(runtime, params, pairing, prompt, inputs, seed, context)
-        sampling_seconds = time.perf_counter() - sampling_started
+        result, described, levels, seconds = sample(runtime, params, pairing, prompt, inputs, seed, context)
         outputs = write_outputs(context, runtime, result, inputs.get("depth"), bundle.fps, params.save_particles)
         manifest = {
             "task": self.name,
@@ -130,7 +128,7 @@ class Sim2VideoTask(Task):
             "stats": result.stats(),
             "log_weights": video_io.finite_log_weights(result.log_weights),
             "best_particle": result.best_index(),
-            "seconds": {"sampling": sampling_seconds, "total": time.perf_counter() - started},
+            "seconds": {**seconds, "total": time.perf_counter() - started},
             "device": str(context.device),
         }
         return TaskResult(kind="video", primary="video", outputs=outputs, manifest=manifest)
@@ -151,12 +149,15 @@ def read_inputs(context: TaskContext, params: Sim2VideoParams, frames: list[int]
     return inputs
 
 
-def sample(runtime, params: Sim2VideoParams, pairing: str, prompt: str, inputs: dict[str, torch.Tensor], seed: int, context: TaskContext) -> tuple[SampleResult, list[dict], list[float]]:
+def sample(runtime, params: Sim2VideoParams, pairing: str, prompt: str, inputs: dict[str, torch.Tensor], seed: int,
+           context: TaskContext) -> tuple[SampleResult, list[dict], list[float], dict[str, float]]:
     """Encode, plan, build the mode's experts and run the sampler; returns the result, the
-    experts as the manifest lists them and the levels. The experts (and with them every
-    reference to the transformers) die with this call, before the decode."""
+    experts as the manifest lists them, the levels and the seconds spent loading/encoding
+    and sampling (inversion included). The experts (and with them every reference to the
+    transformers) die with this call, before the decode."""
     from poe_backend.experts import wan
 
+    started = time.perf_counter()
     source_prompt = prompt if params.source_prompt is None else params.source_prompt
     positive, negative, source = runtime.encode_prompts([prompt, params.negative_prompt, source_prompt])
     image_embeds = runtime.encode_image(inputs["first_frame"]) if "i2v" in runtime.kinds else None
@@ -191,10 +192,14 @@ def sample(runtime, params: Sim2VideoParams, pairing: str, prompt: str, inputs: 
     if params.mode == "ddim_inversion":
         source_latents = runtime.encode_video(inputs["renders"].permute(1, 0, 2, 3)[None] * 2 - 1)
         _, inverting = first_frame_expert(source, None, 1.0)
+        sampling_started = time.perf_counter()
         start = wan.invert(inverting, source_latents.expand(*shape), levels)
-        return run_sampler("summed_velocity", product, noise, levels, generator, context, start=start), described, levels
-    result = run_sampler(params.sampler, product, noise, levels, generator, context, langevin_steps=params.langevin_steps, step_scale=params.step_scale)
-    return result, described, levels
+        result = run_sampler("summed_velocity", product, noise, levels, generator, context, start=start)
+    else:
+        sampling_started = time.perf_counter()
+        result = run_sampler(params.sampler, product, noise, levels, generator, context, langevin_steps=params.langevin_steps, step_scale=params.step_scale)
+    seconds = {"load_and_encode": sampling_started - started, "sampling": time.perf_counter() - sampling_started}
+    return result, described, levels, seconds
 
 
 def write_outputs(context: TaskContext, runtime, result: SampleResult, depth_video: torch.Tensor | None, fps: float, save_particles: bool) -> dict[str, Path]:

@@ -106,9 +106,7 @@ class Sim2VideoARTask(Task):
         first_frame = renders[0] if params.first_frame is None else video_io.read_first_frame(bundle, params.first_frame, size.height, size.width)
 
         runtime = FramePackRuntime(params.sampling_type, window, num_sections, size.height, size.width, preset=context.models, device=context.device)
-        sampling_started = time.perf_counter()
-        result, image_latents, levels = sample(runtime, params, prompt, renders, first_frame, seed, context)
-        sampling_seconds = time.perf_counter() - sampling_started
+        result, image_latents, levels, seconds = sample(runtime, params, prompt, renders, first_frame, seed, context)
         latents = runtime.assemble(image_latents.expand(params.particles, -1, -1, -1, -1), result.chunks)
         outputs = self._write_outputs(context, runtime, latents, renders, bundle.fps, params.save_particles)
         manifest = {
@@ -124,7 +122,7 @@ class Sim2VideoARTask(Task):
             "size": {"height": size.height, "width": size.width, "num_frames": len(frames), "fps": bundle.fps, "sections": num_sections, "latent_window_size": window, "capped_from": size.capped_from},
             "levels": levels,
             "stats": result.stats(),
-            "seconds": {"sampling": sampling_seconds, "total": time.perf_counter() - started},
+            "seconds": {**seconds, "total": time.perf_counter() - started},
             "device": str(context.device),
         }
         return TaskResult(kind="video", primary="video", outputs=outputs, manifest=manifest)
@@ -165,13 +163,15 @@ class Sim2VideoARTask(Task):
 
 
 def sample(runtime, params: Sim2VideoARParams, prompt: str, renders: torch.Tensor, first_frame: torch.Tensor, seed: int,
-           context: TaskContext) -> tuple[AutoregressiveResult, torch.Tensor, list[float]]:
+           context: TaskContext) -> tuple[AutoregressiveResult, torch.Tensor, list[float], dict[str, float]]:
     """Encode, plan and run autoregressive annealing (FramePack × the render Gaussian per
-    section); returns the result, the first frame's latent ``(1, C, 1, h, w)`` and the
-    levels. The section experts die with this call, before the decode."""
+    section); returns the result, the first frame's latent ``(1, C, 1, h, w)``, the levels
+    and the seconds spent loading/encoding and sampling. The section experts die with this
+    call, before the decode."""
     from poe_backend.experts.render_gaussian import RenderGaussianExpert
     from poe_backend.sampling.autoregressive import sample_autoregressive
 
+    started = time.perf_counter()
     texts = [prompt] + ([params.negative_prompt] if params.true_cfg_scale != 1.0 else [])
     embeddings = runtime.encode_prompts(texts)
     prompt_embeds, negative = embeddings[0], (embeddings[1] if len(embeddings) > 1 else None)
@@ -196,8 +196,10 @@ def sample(runtime, params: Sim2VideoARParams, prompt: str, renders: torch.Tenso
     chunk_noise = [torch.randn((count, *runtime.chunk_shape), generator=generator).to(context.device) for _ in range(runtime.num_sections)]
     levels = runtime.levels(params.levels, params.t_max)
     options = {} if params.sampler == "summed_velocity" else {"langevin_steps": params.langevin_steps, "step_scale": params.step_scale}
+    sampling_started = time.perf_counter()
     result = sample_autoregressive(
         make_product, chunk_noise, levels, generator=generator, sampler=SAMPLERS[params.sampler],
         gibbs_sweeps=params.gibbs_sweeps, gibbs_t=params.gibbs_t, callback=context.callback, should_stop=context.should_stop, **options,
     )
-    return result, image_latents, levels
+    seconds = {"load_and_encode": sampling_started - started, "sampling": time.perf_counter() - sampling_started}
+    return result, image_latents, levels, seconds
