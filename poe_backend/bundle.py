@@ -275,7 +275,7 @@ def required_passes(task: str, params: dict[str, Any]) -> tuple[str, ...]:
     if task != "sim2video":
         return TASK_PASSES[task]
     mode = params.get("mode", "product")
-    passes = SIM2VIDEO_MODE_PASSES.get(mode, TASK_PASSES[task])
+    passes = SIM2VIDEO_MODE_PASSES.get(mode, TASK_PASSES[task]) if isinstance(mode, str) else TASK_PASSES[task]  # a bad mode fails in the params check
     if params.get("first_frame") and mode != "ddim_inversion":
         passes = tuple(name for name in passes if name != "rgb")
     return passes

@@ -179,6 +179,9 @@ def test_modes_with_a_depth_control_still_need_the_depth_pass(tiny_data_dir, tmp
     with pytest.raises(BundleError) as error:
         _run(_with_params(bundle, {"mode": "i2v"}), tmp_path / "out", mode="depth")  # the job's mode overrides the bundle's
     assert error.value.field == "passes.depth"
+    with pytest.raises(BundleError) as error:
+        read_bundle(_with_params(bundle, {"mode": ["not", "a", "mode"]}))  # a hostile value: the full requirement, no crash
+    assert error.value.field == "passes.depth"
     depth_only = write_video_bundle(tmp_path / "depth", "sim2video", num_frames=5)
     (depth_only / "rgb" / "0001.png").unlink()
     read_bundle(_with_params(depth_only, {"mode": "depth"}), check_files=False)  # depth-to-video needs no first frame
