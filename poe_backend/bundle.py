@@ -255,8 +255,34 @@ def _parse_objects(objects: Any, num_frames: int) -> list[SceneObject]:
     return parsed
 
 
+#: sim2video ``mode`` -> the passes it reads: ``depth`` for the VACE depth control, ``rgb``
+#: for the first frame (unless ``params.first_frame`` names an image) and, for
+#: ``ddim_inversion``, the whole clip it inverts. ``TASK_PASSES["sim2video"]`` is their
+#: union: what the add-on captures.
+SIM2VIDEO_MODE_PASSES: dict[str, tuple[str, ...]] = {
+    "product": ("rgb", "depth"),
+    "i2v": ("rgb",),
+    "depth": ("depth",),
+    "vace_combined": ("rgb", "depth"),
+    "ddim_inversion": ("rgb",),
+}
+
+
+def required_passes(task: str, params: dict[str, Any]) -> tuple[str, ...]:
+    """The passes ``task`` reads with ``params`` (task parameters; missing ones take the
+    defaults): :data:`TASK_PASSES`, narrowed per mode for sim2video. The bundle check uses
+    the bundle's params; the task checks again with the job's (a request may override)."""
+    if task != "sim2video":
+        return TASK_PASSES[task]
+    mode = params.get("mode", "product")
+    passes = SIM2VIDEO_MODE_PASSES.get(mode, TASK_PASSES[task]) if isinstance(mode, str) else TASK_PASSES[task]  # a bad mode fails in the params check
+    if params.get("first_frame") and mode != "ddim_inversion":
+        passes = tuple(name for name in passes if name != "rgb")
+    return passes
+
+
 def _check_task_passes(bundle: Bundle) -> None:
-    for required in TASK_PASSES[bundle.task]:
+    for required in required_passes(bundle.task, bundle.params):
         if required == "mask":
             _expect(bool(bundle.objects), "objects", f"task '{bundle.task}' needs at least one object")
             for obj in bundle.objects:

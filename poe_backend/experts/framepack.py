@@ -21,8 +21,12 @@ Sampling orders (``sampling_type``):
 
 Chunk ``g`` of the sampler is generation step ``g``; :func:`time_section` maps it to the
 time section and the Gaussian render expert uses that section's slice of the encoded
-render clip (:meth:`FramePackComponents.encode_video`: encode the whole clip once, since
+render clip (:meth:`FramePackRuntime.encode_video`: encode the whole clip once, since
 the causal VAE treats frame 0 specially, then slice).
+
+This module holds the layout and the expert;
+:class:`~poe_backend.experts.framepack_runtime.FramePackRuntime` owns the components
+(loading, prompt cache, placement, section experts, decode).
 
 Decisions:
 
@@ -36,22 +40,21 @@ Decisions:
   capped at ``log 7`` (:func:`framepack_levels`).
 * The VAE posterior's mode is used everywhere (diffusers samples it for the image latent;
   the mode makes runs reproducible).
-* Tests use the registry's ``tiny`` preset (:mod:`poe_backend.experts.framepack_tiny`: diffusers'
-  own tiny test configs, 4 latent channels, tokenizers built in code; prompts through the
-  real Llama/CLIP encode path with the trivial template ``"{}"``).
+* The prompt template follows the tokenizer (:func:`prompt_template`): HunyuanVideo's
+  Llama-3 chat template where the tokenizer has its header tokens, the bare prompt
+  otherwise (the tiny preset's character tokenizers, :mod:`poe_backend.experts.framepack_tiny`).
 """
 
 from __future__ import annotations
 
-import gc
 import math
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
-from poe_backend.experts import registry
+from poe_backend.experts.placement import Placement
 from poe_backend.sampling.experts import GenerativeExpert
 from poe_backend.sampling.schedules import flux_shift_mu, shifted_levels
 
@@ -61,7 +64,9 @@ SPATIAL_FACTOR = 8
 TIMESTEP_SCALE = 1000.0  # FramePack takes σ·1000 and guidance·1000 (MODELS.md)
 HISTORY_SIZES: dict[str, list[int]] = {"inverted": [1, 2, 16], "vanilla": [16, 2, 1]}
 TRANSFORMER_ROLE: dict[str, str] = {"inverted": "framepack.transformer", "vanilla": "framepack.transformer.f1"}
-TRIVIAL_TEMPLATE = {"template": "{}", "crop_start": 0}
+#: Llama-3's chat header tokens, which HunyuanVideo's prompt template is written in.
+LLAMA3_HEADER_TOKENS = ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")
+BARE_TEMPLATE = {"template": "{}", "crop_start": 0}
 
 
 def num_pixel_frames(num_sections: int, window: int) -> int:
@@ -81,20 +86,6 @@ def framepack_levels(num_levels: int, window: int, latent_height: int, latent_wi
     tokens = window * latent_height * latent_width // (patch_size * patch_size)
     mu = min(flux_shift_mu(tokens), math.log(7.0))
     return shifted_levels(num_levels, mu, t_max=t_max)
-
-
-def activation_bytes(transformer_config: dict, window: int, latent_height: int, latent_width: int, batch: int, text_tokens: int = 256, bytes_per_element: int = 2) -> int:
-    """Peak activation bytes of one batched section forward (an estimate, to be replaced by
-    the memory planner's ``framepack_activation_bytes``). Tokens per sample: the section's
-    ``W·hw/4`` plus the clean latents (first frame + 1× history, 2 frames at ``hw/4``), 2×
-    history (2 frames at ``hw/32``), 4× history (16 frames at ``hw/256``) and the text;
-    per token ``7·D + 4·D`` elements (residual, fp32 norm, q/k/v/attention output, FFN
-    hidden ``4·D``), as :func:`poe_backend.experts.wan.activation_bytes`. FramePack 13B
-    (D 3072) at 832×480, W = 9, P = 2: 18,196 tokens, ~2.3 GiB."""
-    area = latent_height * latent_width
-    tokens = (window + 2) * area // 4 + 2 * area // 32 + 16 * area // 256 + text_tokens
-    width = transformer_config["num_attention_heads"] * transformer_config["attention_head_dim"]
-    return batch * tokens * 11 * width * bytes_per_element
 
 
 @dataclass
@@ -181,7 +172,7 @@ class FramePackSectionExpert(GenerativeExpert):
         guidance_scale: float = 10.0,
         negative_prompt: PromptEmbeddings | None = None,
         true_cfg_scale: float = 1.0,
-        placement: registry.Placement | None = None,
+        placement: Placement | None = None,
     ) -> None:
         if true_cfg_scale != 1.0 and negative_prompt is None:
             raise ValueError("true_cfg_scale != 1 needs negative prompt embeddings")
@@ -192,7 +183,7 @@ class FramePackSectionExpert(GenerativeExpert):
         self.image_embeds = image_embeds
         self.guidance_scale = float(guidance_scale)
         self.true_cfg_scale = float(true_cfg_scale)
-        self.placement = placement
+        self.placement = placement  # only for the ``model`` offload preset (benchmarks)
         self.forward_count = 0
 
     def reindex(self, indices: Tensor) -> None:
@@ -232,116 +223,14 @@ class FramePackSectionExpert(GenerativeExpert):
         return prediction.to(x.dtype)
 
 
-@dataclass
-class FramePackComponents:
-    """Loaded FramePack components (VAE, encoders, transformer)."""
+def prompt_template(tokenizer: Any) -> dict[str, Any]:
+    """The Llama prompt template for ``tokenizer``: HunyuanVideo's (diffusers'
+    ``DEFAULT_PROMPT_TEMPLATE``, its system prompt cropped at token 95) when the tokenizer
+    has Llama-3's chat header tokens (:data:`LLAMA3_HEADER_TOKENS`), which the template is
+    written in. A tokenizer without them (a test's character-level one) would spell the
+    template out piece by piece until the prompt is truncated away, so it gets the bare
+    prompt (``"{}"``, nothing cropped)."""
+    from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video_framepack import DEFAULT_PROMPT_TEMPLATE
 
-    vae: torch.nn.Module
-    transformer: torch.nn.Module
-    device: torch.device
-    dtype: torch.dtype
-    text_encoder: torch.nn.Module | None = None
-    tokenizer: object | None = None
-    text_encoder_2: torch.nn.Module | None = None
-    tokenizer_2: object | None = None
-    image_encoder: torch.nn.Module | None = None
-    feature_extractor: object | None = None
-    placement: registry.Placement | None = None
-    offload: str = "auto"
-    preset: str = "default"
-    sources: dict[str, dict] = field(default_factory=dict)
-
-    def place_transformer(self, num_particles: int, window: int, latent_height: int, latent_width: int) -> registry.Placement:
-        """Put the transformer on the device by :attr:`offload` (once); ``auto`` counts its
-        weights plus :func:`activation_bytes` of a section forward on ``num_particles``."""
-        if self.placement is None:
-            activations = activation_bytes(self.transformer.config, window, latent_height, latent_width, num_particles)
-            self.placement = registry.Placement.for_modules(self.offload, str(self.device), [self.transformer], activation_bytes=activations)
-            self.placement.place(self.transformer)
-        return self.placement
-
-    @property
-    def latent_channels(self) -> int:
-        return self.vae.config.latent_channels
-
-    def _pipeline(self):
-        from diffusers import HunyuanVideoFramepackPipeline
-
-        return HunyuanVideoFramepackPipeline(
-            text_encoder=self.text_encoder, tokenizer=self.tokenizer, transformer=self.transformer, vae=self.vae, scheduler=None,
-            text_encoder_2=self.text_encoder_2, tokenizer_2=self.tokenizer_2, image_encoder=self.image_encoder, feature_extractor=self.feature_extractor,
-        )
-
-    @torch.no_grad()
-    def encode_prompt(self, prompt: str, max_sequence_length: int = 256) -> PromptEmbeddings:
-        """Llama (HunyuanVideo's template, cropped) + CLIP-L pooled, through the pipeline's
-        ``encode_prompt``; the tiny preset uses the template ``"{}"``."""
-        if self.text_encoder is None:
-            raise RuntimeError("the text encoders were already freed; encode prompts before free_encoders()")
-        from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video_framepack import DEFAULT_PROMPT_TEMPLATE
-
-        template = TRIVIAL_TEMPLATE if self.preset == "tiny" else DEFAULT_PROMPT_TEMPLATE
-        embeds, pooled, mask = self._pipeline().encode_prompt(
-            prompt=prompt, prompt_template=template, device=self.device, dtype=self.dtype, max_sequence_length=max_sequence_length,
-        )
-        return PromptEmbeddings(embeds, mask, pooled)
-
-    @torch.no_grad()
-    def encode_image(self, image: Tensor) -> Tensor:
-        """SigLIP ``last_hidden_state`` of ``image`` ``(3, H, W)`` in [0, 1]."""
-        if self.image_encoder is None:
-            raise RuntimeError("the image encoder was already freed")
-        return self._pipeline().encode_image(image[None].to(self.device) * 2 - 1, device=self.device, dtype=self.dtype)
-
-    def free_encoders(self) -> None:
-        """Release Llama, CLIP-L and SigLIP (needed once per run)."""
-        self.text_encoder = self.text_encoder_2 = self.image_encoder = None
-        for role in ("framepack.text_encoder", "framepack.text_encoder_2", "framepack.image_encoder"):
-            registry.release(role, self.preset)
-        gc.collect()
-
-    @torch.no_grad()
-    def encode_video(self, video: Tensor) -> Tensor:
-        """Pixel video ``(B, 3, F, H, W)`` in [-1, 1] -> scaled latents
-        ``(B, C, (F-1)/4 + 1, H/8, W/8)`` (posterior mode)."""
-        vae_device = next(self.vae.parameters()).device
-        latents = self.vae.encode(video.to(vae_device, self.vae.dtype)).latent_dist.mode()
-        return latents.float().to(self.device) * self.vae.config.scaling_factor
-
-    @torch.no_grad()
-    def decode_latents(self, latents: Tensor) -> Tensor:
-        """Scaled latents ``(B, C, F', h, w)`` -> video ``(B, 3, 4(F'-1)+1, H, W)`` in [-1, 1]."""
-        vae_device = next(self.vae.parameters()).device
-        raw = (latents.float() / self.vae.config.scaling_factor).to(vae_device, self.vae.dtype)
-        return self.vae.decode(raw, return_dict=False)[0].float().clamp(-1, 1)
-
-
-def load_framepack(preset: str = "default", *, sampling_type: SamplingType = "inverted", device: str | torch.device = "cpu", offload: str = "auto", dtype: torch.dtype | None = None) -> FramePackComponents:
-    """Load FramePack's components from a registry preset; the transformer is placed by an
-    offload preset at :meth:`FramePackComponents.place_transformer`, after the encoders are
-    freed), the VAE stays float32 on the device. Raises
-    ``registry.MissingWeights`` for every absent repo before loading anything."""
-    device = torch.device(device)
-    dtype = dtype or registry.default_dtype(str(device))
-    transformer_role = TRANSFORMER_ROLE[sampling_type]
-    roles = [transformer_role, "framepack.vae", "framepack.text_encoder", "framepack.tokenizer", "framepack.text_encoder_2", "framepack.tokenizer_2", "framepack.image_encoder", "framepack.feature_extractor"]
-    registry.check_available(roles, preset)
-    load = lambda role, **kwargs: registry.load(role, preset, **kwargs)
-    vae = load("framepack.vae", device=str(device), dtype=torch.float32)
-    vae.enable_tiling()  # HunyuanVideo VAE: spatial and temporal tiles (issue 9: no video decode untiled)
-    components = FramePackComponents(
-        vae=vae,
-        transformer=load(transformer_role, device="cpu", dtype=dtype),
-        device=device,
-        dtype=dtype,
-        text_encoder=load("framepack.text_encoder", device=str(device), dtype=dtype),
-        tokenizer=load("framepack.tokenizer"),
-        text_encoder_2=load("framepack.text_encoder_2", device=str(device), dtype=dtype),
-        tokenizer_2=load("framepack.tokenizer_2"),
-        image_encoder=load("framepack.image_encoder", device=str(device), dtype=dtype),
-        feature_extractor=load("framepack.feature_extractor"),
-        preset=preset,
-        sources={role: registry.get_spec(role, preset).describe() for role in roles},
-    )
-    components.offload = offload
-    return components
+    vocabulary = tokenizer.get_vocab()
+    return DEFAULT_PROMPT_TEMPLATE if all(token in vocabulary for token in LLAMA3_HEADER_TOKENS) else BARE_TEMPLATE

@@ -21,7 +21,13 @@ Public API (stable; all sizes in bytes unless a name says GiB):
   ``RolePlan(placement, fp8_storage)`` with placement in ``PLACEMENTS``; ``Plan`` also holds
   ``decode`` (``DecodePlan(tiled, per_image, free_transformers)``), ``peak_vram_bytes``,
   ``peak_host_bytes``, ``reasons`` and ``to_json()``. ``PlanError`` when nothing fits; its
-  message names what to lower.
+  message names what to lower. ``decode_plan(models, placements, decode_bytes, budget,
+  tiled_decode_bytes=None)``: rule 7 alone, for placements an explicit ``offload`` named.
+* Jobs from configs: ``installed_config(role, preset)``, ``wan_job_bytes(configs, frames,
+  height, width, particles)`` and ``framepack_job_bytes(config, window, sections, height,
+  width, particles)`` give ``(activations, decode, tiled decode)``; the video runtimes plan
+  with them and :func:`plan_table` (``python -m poe_backend.experts.memory_plan``) prints
+  the same estimates for the full-size models.
 
 Placements (one way each, applied by the runtime with diffusers' mechanisms):
 
@@ -183,15 +189,34 @@ def model_size(role: str, loader: str, config: dict[str, Any], dtype: torch.dtyp
 
 
 @functools.lru_cache(maxsize=64)
-def installed_size(role: str, preset: str) -> ModelSize:
-    """:func:`model_size` of ``role`` from the config of its files on this machine (the
-    registry's lookup; diffusers' ``_``-prefixed bookkeeping keys dropped), so a job plans
-    with the exact sizes of what it will load, before loading it."""
+def installed_config(role: str, preset: str) -> dict[str, Any]:
+    """The ``config.json`` of ``role``'s files on this machine (the registry's lookup),
+    without diffusers' ``_``-prefixed bookkeeping keys. Read it, never mutate it (cached)."""
     from poe_backend.experts.lookup import resolve
-    from poe_backend.experts.specs import get_spec
 
     config = json.loads((resolve(role, preset) / "config.json").read_text())
-    return model_size(role, get_spec(role, preset).loader, {key: value for key, value in config.items() if not key.startswith("_")})
+    return {key: value for key, value in config.items() if not key.startswith("_")}
+
+
+@functools.lru_cache(maxsize=64)
+def installed_size(role: str, preset: str) -> ModelSize:
+    """:func:`model_size` of ``role`` from :func:`installed_config`, so a job plans with the
+    exact sizes of what it will load, before loading it."""
+    from poe_backend.experts.specs import get_spec
+
+    return model_size(role, get_spec(role, preset).loader, installed_config(role, preset))
+
+
+def config_value(loader: str, config: dict[str, Any], key: str) -> Any:
+    """``config[key]``, else the default of that argument of ``loader``'s class (the full
+    FramePack config above lists only what differs from the class defaults)."""
+    import importlib
+    import inspect
+
+    if key in config:
+        return config[key]
+    module_name, class_name = loader.split(":")
+    return inspect.signature(getattr(importlib.import_module(module_name), class_name).__init__).parameters[key].default
 
 
 @functools.lru_cache(maxsize=None)
@@ -407,6 +432,14 @@ def plan(models: list[ModelSize], activation_bytes: int, decode_bytes: int, budg
     raise PlanError(f"even leaf offload of every model needs more than {room / GiB:.1f} GiB of VRAM: lower the resolution, frames or particles, or use the preview preset")
 
 
+def decode_plan(models: list[ModelSize], placements: dict[str, RolePlan], decode_bytes: int, budget: Budget, *, tiled_decode_bytes: int | None = None) -> DecodePlan:
+    """Rule 7 for models placed by an explicit ``offload`` (no search): decode beside them,
+    else free them first, else tiled after freeing; :class:`PlanError` when even that does
+    not fit."""
+    resident = _sampling_vram(models, placements, 0)
+    return _decode(resident, decode_bytes, tiled_decode_bytes, budget.vram_free_bytes - budget.reserve_bytes, [])[0]
+
+
 def _decode(resident_bytes: int, decode_bytes: int, tiled_bytes: int | None, room: int, reasons: list[str]) -> tuple[DecodePlan, int]:
     if resident_bytes + decode_bytes <= room:
         return DecodePlan(False, True, False), resident_bytes + decode_bytes
@@ -436,20 +469,54 @@ def insertion_job(height: int = 1024, width: int = 1024, particles: int = 2) -> 
     return models, flux_activation_bytes(tokens, 512, particles), vae_decode_bytes("flux", 1, height, width, False), vae_decode_bytes("flux", 1, height, width, True)
 
 
+def wan_job_bytes(configs: list[dict[str, Any]], frames: int, height: int, width: int, particles: int) -> tuple[int, int, int]:
+    """``(activations, decode, tiled decode)`` bytes of a Wan job: the largest one batched
+    forward of the transformers with these configs (hidden = heads · head dim, VACE hints
+    from ``vace_layers``; CFG runs as separate passes, so batch = particles) on the latent
+    ``((F-1)/4 + 1, H/8, W/8)``, and one video's decode (:func:`vae_decode_bytes`). The
+    Wan runtime plans with exactly this, from the installed configs."""
+    latent = ((frames - 1) // 4 + 1, height // 8, width // 8)
+    activation = max(
+        wan_activation_bytes(*latent, particles, vace_layers=len(config.get("vace_layers") or ()), hidden=config["num_attention_heads"] * config["attention_head_dim"])
+        for config in configs
+    )
+    return activation, vae_decode_bytes("wan", frames, height, width, False), vae_decode_bytes("wan", frames, height, width, True)
+
+
+def framepack_job_bytes(config: dict[str, Any], window: int, sections: int, height: int, width: int, particles: int) -> tuple[int, int, int]:
+    """``(activations, decode, tiled decode)`` bytes of a FramePack job: one section forward
+    (:func:`framepack_activation_bytes`, hidden from the config or the class defaults; true
+    CFG runs as a separate pass) and the decode of one whole video of ``1 + 4·C·W``
+    frames. The FramePack runtime plans with exactly this."""
+    loader = "diffusers:HunyuanVideoFramepackTransformer3DModel"
+    hidden = config_value(loader, config, "num_attention_heads") * config_value(loader, config, "attention_head_dim")
+    frames = 1 + 4 * sections * window
+    activation = framepack_activation_bytes(window, height // 8, width // 8, particles, hidden=hidden)
+    return activation, vae_decode_bytes("framepack", frames, height, width, False), vae_decode_bytes("framepack", frames, height, width, True)
+
+
 def sim2video_job(frames: int = 81, height: int = 480, width: int = 832, particles: int = 2, preview: bool = False) -> tuple[list[ModelSize], int, int, int]:
     """Wan VACE-14B × I2V-14B (preview: VACE-1.3B as both experts), CFG as separate passes."""
-    latent = ((frames - 1) // 4 + 1, height // 8, width // 8)
-    if preview:
-        models, vace_layers, hidden = [full_size("wan.transformer.vace.preview")], 15, 1536
-    else:
-        models, vace_layers, hidden = [full_size("wan.transformer.vace"), full_size("wan.transformer.i2v")], 8, 5120
-    activation = wan_activation_bytes(*latent, particles, vace_layers=vace_layers, hidden=hidden)
-    return models, activation, vae_decode_bytes("wan", frames, height, width, False), vae_decode_bytes("wan", frames, height, width, True)
+    roles = ["wan.transformer.vace.preview"] if preview else ["wan.transformer.vace", "wan.transformer.i2v"]
+    return [full_size(role) for role in roles], *wan_job_bytes([FULL_CONFIGS[role][1] for role in roles], frames, height, width, particles)
+
+
+def sim2video_ar_job(sections: int = 2, window: int = 9, height: int = 480, width: int = 832, particles: int = 2) -> tuple[list[ModelSize], int, int, int]:
+    """FramePack (HunyuanVideo 13B) sections of ``window`` latent frames; the render
+    Gaussian has no weights. Two sections of 9 are 73 frames (the most under 81)."""
+    role = "framepack.transformer"
+    return [full_size(role)], *framepack_job_bytes(FULL_CONFIGS[role][1], window, sections, height, width, particles)
 
 
 def plan_table(cards_gib: tuple[int, ...] = (24, 48, 80, 141), rams_gib: tuple[int, ...] = (32, 64, 128)) -> str:
-    """Text table of insertion and sim2video plans over a grid of cards and host RAM."""
-    jobs = {"insertion 1024² P=2": insertion_job(), "sim2video 832x480x81 P=2": sim2video_job(), "preview 1.3B 832x480x81 P=2": sim2video_job(preview=True)}
+    """Text table of insertion, sim2video and sim2video_ar plans over a grid of cards and
+    host RAM."""
+    jobs = {
+        "insertion 1024² P=2": insertion_job(),
+        "sim2video 832x480x81 P=2": sim2video_job(),
+        "preview 1.3B 832x480x81 P=2": sim2video_job(preview=True),
+        "sim2video_ar 832x480x73 (2 sections of 9) P=2": sim2video_ar_job(),
+    }
     lines = []
     for name, (models, activation, decode, tiled) in jobs.items():
         lines.append(f"{name}: weights {sum(m.weight_bytes for m in models) / GiB:.1f} GiB (fp8 {sum(m.fp8_weight_bytes for m in models) / GiB:.1f}), activations {activation / GiB:.2f} GiB, decode {decode / GiB:.2f} GiB (tiled {tiled / GiB:.2f})")

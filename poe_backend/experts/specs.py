@@ -217,9 +217,11 @@ def _custom_spec(role: str, preset: str) -> ModelSpec:
     override = data.get("roles", {}).get(role)
     if override is None:
         return spec
+    # An override names real files: never the base preset's tiny builder (it would write
+    # random weights into the user's directory when it is missing).
     if "local_dir" in override:
-        return replace(spec, repo_id=None, revision=None, local_dir=Path(override["local_dir"]), subfolder=override.get("subfolder"))
-    return replace(spec, repo_id=override["repo_id"], revision=override.get("revision"), subfolder=override.get("subfolder", spec.subfolder), local_dir=None)
+        return replace(spec, repo_id=None, revision=None, local_dir=Path(override["local_dir"]), subfolder=override.get("subfolder"), builder=None)
+    return replace(spec, repo_id=override["repo_id"], revision=override.get("revision"), subfolder=override.get("subfolder", spec.subfolder), local_dir=None, builder=None)
 
 
 def _discover() -> None:

@@ -1,8 +1,9 @@
 """The Wan family's tiny preset: every class at minimal size with seeded random weights
 (1-layer transformers, 3-channel-base VAE, 1-layer UMT5 with a character-level tokenizer
 built in code, 2-layer CLIP vision), written with ``save_pretrained`` so that tests load
-them through :func:`poe_backend.experts.wan.load_wan`, the path real weights take. Only
-the registry's tiny specs name this module; production code never imports it."""
+them through :class:`poe_backend.experts.wan_runtime.WanRuntime` (the model cache), the path
+real weights take. Only the registry's tiny specs name this module; production code never
+imports it."""
 
 from __future__ import annotations
 

@@ -27,7 +27,7 @@ VQA = ["vqa.model", "vqa.image_processor", "vqa.tokenizer"]
 WAN_SHARED = ["wan.vae", "wan.tokenizer", "wan.text_encoder"]
 #: The I2V-14B transformer with its CLIP ViT-H image encoder (first-frame conditioning).
 WAN_I2V = ["wan.transformer.i2v", "wan.image_encoder", "wan.image_processor"]
-SIM2VIDEO_MODES = ("product", "i2v", "depth", "vace_combined")
+SIM2VIDEO_MODES = ("product", "i2v", "depth", "vace_combined", "ddim_inversion")
 #: FramePack ``sampling_type`` -> transformer (inverted anti-drifting or F1 "vanilla").
 FRAMEPACK_TRANSFORMERS = {"inverted": "framepack.transformer", "vanilla": "framepack.transformer.f1"}
 #: What every FramePack run loads besides the transformer (HunyuanVideo VAE, Llama, CLIP-L,
@@ -81,17 +81,29 @@ def _regional_t2i(params: dict, preset: str) -> list[str]:
     return FLUX_SHARED + ["flux.transformer.dev"] + (VQA if uses_qwen else [])
 
 
-def _sim2video(params: dict, preset: str) -> list[str]:
-    """``pairing="auto"`` is ``shared_vace`` under the ``preview`` preset (no 1.3B I2V exists,
-    so VACE serves both experts) and ``i2v_vace`` otherwise. VACE runs in every mode but
-    ``i2v`` with the I2V model; the I2V model runs for ``product`` and ``i2v`` when paired."""
-    mode = _choice(params, "mode", "product", SIM2VIDEO_MODES)
-    pairing = _choice(params, "pairing", "auto", ("auto", "i2v_vace", "shared_vace"))
+def sim2video_pairing(pairing: str, preset: str) -> str:
+    """``pairing="auto"`` is ``shared_vace`` under the ``preview`` preset (no 1.3B I2V
+    exists, so VACE serves both experts) and ``i2v_vace`` otherwise."""
     if pairing == "auto":
-        pairing = "shared_vace" if preset == "preview" else "i2v_vace"
-    needs_vace = mode != "i2v" or pairing == "shared_vace"
-    needs_i2v = pairing == "i2v_vace" and mode in ("product", "i2v")
-    return WAN_SHARED + (["wan.transformer.vace"] if needs_vace else []) + (WAN_I2V if needs_i2v else [])
+        return "shared_vace" if preset == "preview" else "i2v_vace"
+    return pairing
+
+
+def sim2video_transformers(mode: str, pairing: str) -> list[str]:
+    """The Wan transformers (``"vace"``, ``"i2v"``) a sim2video mode loads with a resolved
+    pairing: VACE for a depth control (``product``, ``depth``, ``vace_combined``) and, when
+    shared, for the first-frame expert; the I2V model for the first-frame expert
+    (``product``, ``i2v``, ``ddim_inversion``) when paired with it."""
+    first_frame_expert = mode in ("product", "i2v", "ddim_inversion")
+    vace = mode in ("product", "depth", "vace_combined") or (pairing == "shared_vace" and first_frame_expert)
+    return (["vace"] if vace else []) + (["i2v"] if pairing == "i2v_vace" and first_frame_expert else [])
+
+
+def _sim2video(params: dict, preset: str) -> list[str]:
+    mode = _choice(params, "mode", "product", SIM2VIDEO_MODES)
+    pairing = sim2video_pairing(_choice(params, "pairing", "auto", ("auto", "i2v_vace", "shared_vace")), preset)
+    kinds = sim2video_transformers(mode, pairing)
+    return WAN_SHARED + (["wan.transformer.vace"] if "vace" in kinds else []) + (WAN_I2V if "i2v" in kinds else [])
 
 
 def _sim2video_ar(params: dict, preset: str) -> list[str]:

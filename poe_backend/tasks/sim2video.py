@@ -17,9 +17,15 @@ A single expert runs the same sampler (``summed_velocity`` gives that model's ow
 sampler). Trajectory-to-video, the paper's other baseline, needs a model diffusers does
 not ship, so it is not here.
 
-Inputs: the bundle's ``depth`` pass (and ``rgb`` frame 0 as first frame unless
-``first_frame`` names an image), ``prompt``. Frames: the first ``num_frames`` (default
-all), cut to 4k+1. Outputs: ``video.mp4`` (highest-weight particle), one MP4 per particle,
+Inputs (per mode, :func:`poe_backend.bundle.required_passes`): the ``depth`` pass for the
+modes with a depth control, ``rgb`` frame 0 as first frame unless ``first_frame`` names an
+image, the whole ``rgb`` clip for ``ddim_inversion``; ``prompt``. Frames: the first
+``num_frames`` (default all), cut to 4k+1.
+
+The task is bundle → conditions → :class:`~poe_backend.experts.wan_runtime.WanRuntime`
+experts → sampler → outputs: the runtime loads, encodes, plans (``offload``,
+``fp8_storage``), places and decodes; :meth:`Sim2VideoTask.model_roles` names what the
+model cache keeps across jobs. Outputs: ``video.mp4`` (highest-weight particle), one MP4 per particle,
 ``latents.pt`` (all particles), the depth control as ``control_depth.mp4``, and the
 manifest with every parameter, the seed and the model sources.
 """
@@ -34,14 +40,13 @@ from typing import ClassVar, Literal
 import torch
 from pydantic import Field
 
-from poe_backend.bundle import VIDEO_MAX_FRAMES, VIDEO_MAX_SIDE, BundleError
-from poe_backend.sampling import Factor, ProductOfExperts
+from poe_backend.bundle import VIDEO_MAX_FRAMES, VIDEO_MAX_SIDE, BundleError, required_passes
+from poe_backend.sampling import Factor, ProductOfExperts, SampleResult
 from poe_backend.sampling.schedules import shifted_levels
 from poe_backend.tasks import video_io
 from poe_backend.tasks.base import SamplerName, Task, TaskContext, TaskParams, TaskResult, run_sampler, seed_for
-
-
-
+from poe_backend.tasks.images import OffloadName
+from poe_backend.tasks.requirements import sim2video_pairing, sim2video_transformers
 
 class Sim2VideoParams(TaskParams):
     mode: Literal["product", "i2v", "depth", "vace_combined", "ddim_inversion"] = "product"
@@ -68,7 +73,8 @@ class Sim2VideoParams(TaskParams):
     depth_guidance: float = Field(5.0, ge=1.0, le=20.0)
     control_scale: float = Field(1.0, ge=0.0, le=4.0)
     vace_latent_mask: Literal["resize", "exact"] = "resize"
-    offload: Literal["auto", "none", "model", "group", "sequential"] = "auto"
+    offload: OffloadName = "auto"
+    fp8_storage: bool = Field(False, description="auto may store transformer weights in fp8 (half the memory, compute stays bf16)")
     seed: int | None = Field(None, description="default: the bundle's seed")
     save_particles: bool = True
 
@@ -80,124 +86,139 @@ class Sim2VideoTask(Task):
     Params = Sim2VideoParams
     kind = "video"
 
+    def model_roles(self, context: TaskContext) -> list[str]:
+        from poe_backend.experts.wan_runtime import WanRuntime
+
+        params: Sim2VideoParams = context.params.effective()
+        return WanRuntime.roles(sim2video_transformers(params.mode, sim2video_pairing(params.pairing, context.models)))
+
     def run(self, context: TaskContext) -> TaskResult:
-        from poe_backend.experts import wan
+        from poe_backend.experts.specs import get_spec
+        from poe_backend.experts.wan_runtime import WanRuntime
 
         started = time.perf_counter()
         params: Sim2VideoParams = context.params.effective()
         bundle = context.bundle
-        if "depth" not in bundle.passes and params.mode not in ("i2v", "ddim_inversion"):
-            raise BundleError("passes.depth", "sim2video needs the 'depth' pass")
-        pairing = wan.default_pairing(context.models) if params.pairing == "auto" else params.pairing
+        for name in required_passes(self.name, params.model_dump()):
+            if name not in bundle.passes:
+                raise BundleError(f"passes.{name}", f"sim2video mode {params.mode!r} needs the {name!r} pass")
+        pairing = sim2video_pairing(params.pairing, context.models)
         seed = seed_for(context)
         prompt = bundle.prompt if params.prompt is None else params.prompt
         size = video_io.capped_size(bundle, params.height, params.width, params.num_frames, max_side=params.max_side, max_frames=params.max_frames)
-        height, width = size.height, size.width
         frames = video_io.clip_frames(bundle, size.max_frames, strict="num_frames" in context.params.model_fields_set)
-        num_frames = len(frames)
-        first_frame = self._first_frame(context, frames[0], height, width)
-        uses_depth = params.mode in ("product", "depth", "vace_combined")
-        depth_video = video_io.depth_to_disparity_video(video_io.read_depth_frames(bundle, frames, height, width)) if uses_depth else None
+        inputs = read_inputs(context, params, frames, size.height, size.width)
 
-        uses_i2v = params.mode in ("product", "i2v", "ddim_inversion")
-        needs_i2v_model = pairing == "i2v_vace" and uses_i2v
-        needs_vace = uses_depth or pairing == "shared_vace"
-        components = wan.load_wan(context.models, vace=needs_vace, i2v=needs_i2v_model, device=context.device, offload=params.offload)
-        positive, negative = components.encode_prompt(prompt, params.negative_prompt)
-        specs = []  # (name, build(placement) -> expert, weight, description); conditioning computed now
-        make_i2v = None  # (prompt embeds, negative, guidance, placement) -> the I2V expert
-        if uses_i2v:
-            if needs_i2v_model:
-                condition, image_embeds = components.i2v_condition(first_frame, num_frames), components.encode_image(first_frame)
-                make_i2v = lambda embeds, negatives, guidance, placement: wan.WanI2VExpert(components.i2v_transformer, condition, image_embeds, embeds, negatives, guidance, placement=placement)
-                name = "wan_i2v"
-            else:
-                control = wan.vace_first_frame_control(components, first_frame, num_frames, latent_mask=params.vace_latent_mask)
-                make_i2v = lambda embeds, negatives, guidance, placement: wan.WanVACEExpert(components.vace_transformer, control, embeds, negatives, guidance, params.control_scale, placement=placement)
-                name = "wan_vace_first_frame"
-            build = lambda placement: make_i2v(positive, negative, params.i2v_guidance, placement)
-            specs.append((name, build, params.i2v_weight, {"guidance": params.i2v_guidance}))
-        if params.mode == "ddim_inversion":
-            renders = video_io.read_rgb_frames(bundle, frames, height, width)
-            source_latents = components.encode_video(renders.permute(1, 0, 2, 3)[None] * 2 - 1)
-            source_embeds = components.encode_prompt(prompt if params.source_prompt is None else params.source_prompt)[0]
-        if params.mode in ("product", "depth"):
-            control = wan.vace_depth_control(components, depth_video)
-            specs.append(("wan_vace_depth", self._vace(components, control, positive, negative, params.depth_guidance, params), params.depth_weight, {"guidance": params.depth_guidance, "control_scale": params.control_scale}))
-        if params.mode == "vace_combined":
-            control = wan.vace_first_frame_and_depth_control(components, first_frame, depth_video, latent_mask=params.vace_latent_mask)
-            specs.append(("wan_vace_first_frame_and_depth", self._vace(components, control, positive, negative, params.depth_guidance, params), 1.0, {"guidance": params.depth_guidance, "control_scale": params.control_scale}))
-        components.free_encoders()
-        shape = (params.particles, *wan.latent_shape(num_frames, height, width))
-        placement = components.place_transformers(params.particles, shape[1:])
-        factors = [Factor(build(placement), weight) for _, build, weight, _ in specs]
-        described = [{"expert": name, "weight": weight, **extra} for name, _, weight, extra in specs]
-
-        product = ProductOfExperts(factors)
-        levels = shifted_levels(params.levels, math.log(params.flow_shift), t_max=params.t_max)
-        generator = torch.Generator().manual_seed(seed)
-        noise = torch.randn(shape, generator=generator).to(context.device)
-        sampling_started = time.perf_counter()
-        if params.mode == "ddim_inversion":
-            inverting = make_i2v(source_embeds, None, 1.0, placement)
-            start = wan.invert(inverting, source_latents.expand(params.particles, *shape[1:]), levels)
-            result = run_sampler("summed_velocity", product, noise, levels, generator, context, start=start)
-        else:
-            result = run_sampler(params.sampler, product, noise, levels, generator, context, langevin_steps=params.langevin_steps, step_scale=params.step_scale)
-        sampling_seconds = time.perf_counter() - sampling_started
-
-        components.make_room_for_decode()
-        outputs = self._write_outputs(context, components, result, depth_video, bundle.fps, params.save_particles)
+        runtime = WanRuntime(sim2video_transformers(params.mode, pairing), len(frames), size.height, size.width, preset=context.models, device=context.device)
+        result, described, levels, seconds = sample(runtime, params, pairing, prompt, inputs, seed, context)
+        outputs = write_outputs(context, runtime, result, inputs.get("depth"), bundle.fps, params.save_particles)
         manifest = {
             "task": self.name,
             "params": params.model_dump(),
             "seed": seed,
             "prompt": prompt,
             "models": context.models,
-            "model_sources": components.sources,
-            "placement": components.placement.describe() if components.placement else None,
+            "model_sources": {role: get_spec(role, context.models).describe() for role in WanRuntime.roles(runtime.kinds)},
+            "placement": runtime.describe(),
             "pairing": pairing,
             "experts": described,
             "frames": frames,
-            "size": {"height": height, "width": width, "num_frames": num_frames, "fps": bundle.fps, "capped_from": size.capped_from},
+            "size": {"height": size.height, "width": size.width, "num_frames": len(frames), "fps": bundle.fps, "capped_from": size.capped_from},
             "levels": levels,
             "stats": result.stats(),
             "log_weights": video_io.finite_log_weights(result.log_weights),
             "best_particle": result.best_index(),
-            "seconds": {"sampling": sampling_seconds, "total": time.perf_counter() - started},
+            "seconds": {**seconds, "total": time.perf_counter() - started},
             "device": str(context.device),
         }
         return TaskResult(kind="video", primary="video", outputs=outputs, manifest=manifest)
 
-    @staticmethod
-    def _vace(components, control, positive, negative, guidance: float, params: Sim2VideoParams):
-        from poe_backend.experts import wan
 
-        return lambda placement: wan.WanVACEExpert(components.vace_transformer, control, positive, negative, guidance, params.control_scale, placement=placement)
+def read_inputs(context: TaskContext, params: Sim2VideoParams, frames: list[int], height: int, width: int) -> dict[str, torch.Tensor]:
+    """What the mode reads from the bundle: ``first_frame`` ``(3, H, W)``, ``depth`` (the
+    normalised-disparity control video ``(F, 3, H, W)``), ``renders`` (the RGB clip
+    ``(F, 3, H, W)`` for ddim_inversion), all in [0, 1]."""
+    bundle, inputs = context.bundle, {}
+    if params.mode != "depth":
+        inputs["first_frame"] = (video_io.read_image(bundle.pass_path("rgb", frames[0]), height, width, field="passes.rgb")
+                                 if params.first_frame is None else video_io.read_first_frame(bundle, params.first_frame, height, width))
+    if params.mode in ("product", "depth", "vace_combined"):
+        inputs["depth"] = video_io.depth_to_disparity_video(video_io.read_depth_frames(bundle, frames, height, width))
+    if params.mode == "ddim_inversion":
+        inputs["renders"] = video_io.read_rgb_frames(bundle, frames, height, width)
+    return inputs
 
-    def _first_frame(self, context: TaskContext, frame: int, height: int, width: int) -> torch.Tensor:
-        path_text = context.params.first_frame
-        if path_text is None:
-            return video_io.read_image(context.bundle.pass_path("rgb", frame), height, width, field="passes.rgb")
-        return video_io.read_first_frame(context.bundle, path_text, height, width)
 
-    def _write_outputs(self, context: TaskContext, components, result, depth_video, fps: float, save_particles: bool) -> dict[str, Path]:
-        out_dir = context.out_dir
-        out_dir.mkdir(parents=True, exist_ok=True)
-        outputs: dict[str, Path] = {}
-        latents_path = out_dir / "latents.pt"
-        torch.save({"latents": result.particles.cpu(), "log_weights": result.log_weights.cpu()}, latents_path)
-        outputs["latents"] = latents_path
-        best = result.best_index()
-        for index in range(result.particles.shape[0]):
-            if index != best and not save_particles:
-                continue
-            video = (components.decode_latents(result.particles[index : index + 1])[0].permute(1, 0, 2, 3) + 1) / 2
-            if index == best:
-                outputs["video"] = video_io.write_mp4(out_dir / "video.mp4", video, fps)
-            if save_particles:
-                (out_dir / "particles").mkdir(exist_ok=True)
-                outputs[f"particle_{index:02d}"] = video_io.write_mp4(out_dir / "particles" / f"particle_{index:02d}.mp4", video, fps)
-        if depth_video is not None:
-            outputs["control_depth"] = video_io.write_mp4(out_dir / "control_depth.mp4", depth_video, fps)
-        return outputs
+def sample(runtime, params: Sim2VideoParams, pairing: str, prompt: str, inputs: dict[str, torch.Tensor], seed: int,
+           context: TaskContext) -> tuple[SampleResult, list[dict], list[float], dict[str, float]]:
+    """Encode, plan, build the mode's experts and run the sampler; returns the result, the
+    experts as the manifest lists them, the levels and the seconds spent loading/encoding
+    and sampling (inversion included). The experts (and with them every reference to the
+    transformers) die with this call, before the decode."""
+    from poe_backend.experts import wan
+
+    started = time.perf_counter()
+    source_prompt = prompt if params.source_prompt is None else params.source_prompt
+    positive, negative, source = runtime.encode_prompts([prompt, params.negative_prompt, source_prompt])
+    image_embeds = runtime.encode_image(inputs["first_frame"]) if "i2v" in runtime.kinds else None
+    runtime.plan(offload=params.offload, fp8_storage=params.fp8_storage, batch=params.particles)
+    num_frames = runtime.num_frames
+
+    factors, described = [], []
+    if params.mode in ("product", "i2v", "ddim_inversion"):
+        if pairing == "i2v_vace":
+            condition = runtime.i2v_condition(inputs["first_frame"])
+            first_frame_expert = lambda embeds, negatives, guidance: ("wan_i2v", runtime.i2v_expert(condition, image_embeds, embeds, negatives, guidance))
+        else:
+            control = runtime.vace_control(*wan.first_frame_control_inputs(inputs["first_frame"], num_frames), latent_mask=params.vace_latent_mask)
+            first_frame_expert = lambda embeds, negatives, guidance: ("wan_vace_first_frame", runtime.vace_expert(control, embeds, negatives, guidance, params.control_scale))
+        name, expert = first_frame_expert(positive, negative, params.i2v_guidance)
+        factors.append(Factor(expert, params.i2v_weight))
+        described.append({"expert": name, "weight": params.i2v_weight, "guidance": params.i2v_guidance})
+    if params.mode in ("product", "depth"):
+        control = runtime.vace_control(*wan.depth_control_inputs(inputs["depth"]))
+        factors.append(Factor(runtime.vace_expert(control, positive, negative, params.depth_guidance, params.control_scale), params.depth_weight))
+        described.append({"expert": "wan_vace_depth", "weight": params.depth_weight, "guidance": params.depth_guidance, "control_scale": params.control_scale})
+    if params.mode == "vace_combined":
+        control = runtime.vace_control(*wan.first_frame_and_depth_control_inputs(inputs["first_frame"], inputs["depth"]), latent_mask=params.vace_latent_mask)
+        factors.append(Factor(runtime.vace_expert(control, positive, negative, params.depth_guidance, params.control_scale), 1.0))
+        described.append({"expert": "wan_vace_first_frame_and_depth", "weight": 1.0, "guidance": params.depth_guidance, "control_scale": params.control_scale})
+
+    product = ProductOfExperts(factors)
+    levels = shifted_levels(params.levels, math.log(params.flow_shift), t_max=params.t_max)
+    generator = torch.Generator().manual_seed(seed)
+    shape = (params.particles, *runtime.event_shape)
+    noise = torch.randn(shape, generator=generator).to(context.device)
+    if params.mode == "ddim_inversion":
+        source_latents = runtime.encode_video(inputs["renders"].permute(1, 0, 2, 3)[None] * 2 - 1)
+        _, inverting = first_frame_expert(source, None, 1.0)
+        sampling_started = time.perf_counter()
+        start = wan.invert(inverting, source_latents.expand(*shape), levels)
+        result = run_sampler("summed_velocity", product, noise, levels, generator, context, start=start)
+    else:
+        sampling_started = time.perf_counter()
+        result = run_sampler(params.sampler, product, noise, levels, generator, context, langevin_steps=params.langevin_steps, step_scale=params.step_scale)
+    seconds = {"load_and_encode": sampling_started - started, "sampling": time.perf_counter() - sampling_started}
+    return result, described, levels, seconds
+
+
+def write_outputs(context: TaskContext, runtime, result: SampleResult, depth_video: torch.Tensor | None, fps: float, save_particles: bool) -> dict[str, Path]:
+    """``latents.pt`` (all particles), ``video.mp4`` (the best), ``particles/*.mp4`` and the
+    depth control as ``control_depth.mp4``; decoding through the runtime's plan."""
+    out_dir = context.out_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    latents_path = out_dir / "latents.pt"
+    torch.save({"latents": result.particles.cpu(), "log_weights": result.log_weights.cpu()}, latents_path)
+    outputs: dict[str, Path] = {"latents": latents_path}
+    best = result.best_index()
+    indices = list(range(result.particles.shape[0])) if save_particles else [best]
+    videos = runtime.decode(result.particles[indices])
+    for index, video in zip(indices, videos):
+        if index == best:
+            outputs["video"] = video_io.write_mp4(out_dir / "video.mp4", video, fps)
+        if save_particles:
+            (out_dir / "particles").mkdir(exist_ok=True)
+            outputs[f"particle_{index:02d}"] = video_io.write_mp4(out_dir / "particles" / f"particle_{index:02d}.mp4", video, fps)
+    if depth_video is not None:
+        outputs["control_depth"] = video_io.write_mp4(out_dir / "control_depth.mp4", depth_video, fps)
+    return outputs

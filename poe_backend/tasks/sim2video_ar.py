@@ -18,6 +18,11 @@ towards the render; ``sample_fkc`` splits level gaps that are too wide for a sta
 into substeps (more NFE), so a large ``render_weight`` with few levels costs time rather
 than diverging; ``render_weight`` near 1 with a lower ``render_std`` is the cheaper pull.
 
+The task is bundle → conditions → :class:`~poe_backend.experts.framepack_runtime.FramePackRuntime`
+experts → sampler → outputs: the runtime loads, encodes (prompt embeddings cached across
+jobs), plans (``offload``, ``fp8_storage``), owns the section layout and decodes;
+:meth:`Sim2VideoARTask.model_roles` names what the model cache keeps across jobs.
+
 Outputs: ``video.mp4`` (particle 0: the autoregressive sampler ends every chunk with an
 equal-weight resampling, so all particles are equally weighted), one MP4 per particle,
 ``latents.pt``, ``renders.mp4`` (the input clip as used), and the manifest.
@@ -34,8 +39,10 @@ from pydantic import Field
 
 from poe_backend.bundle import VIDEO_MAX_FRAMES, VIDEO_MAX_SIDE, BundleError
 from poe_backend.sampling import Factor, ProductOfExperts
+from poe_backend.sampling.autoregressive import AutoregressiveResult
 from poe_backend.tasks import video_io
 from poe_backend.tasks.base import SAMPLERS, SamplerName, Task, TaskContext, TaskParams, TaskResult, seed_for
+from poe_backend.tasks.images import OffloadName
 
 
 class Sim2VideoARParams(TaskParams):
@@ -63,7 +70,8 @@ class Sim2VideoARParams(TaskParams):
     framepack_weight: float = Field(1.0, gt=0.0, le=8.0)
     guidance_scale: float = Field(10.0, ge=1.0, le=32.0, description="FramePack's distilled guidance")
     true_cfg_scale: float = Field(1.0, ge=1.0, le=20.0)
-    offload: Literal["auto", "none", "model", "group", "sequential"] = "auto"
+    offload: OffloadName = "auto"
+    fp8_storage: bool = Field(False, description="auto may store the transformer's weights in fp8 (half the memory, compute stays bf16)")
     seed: int | None = Field(None, description="default: the bundle's seed")
     save_particles: bool = True
 
@@ -75,10 +83,15 @@ class Sim2VideoARTask(Task):
     Params = Sim2VideoARParams
     kind = "video"
 
+    def model_roles(self, context: TaskContext) -> list[str]:
+        from poe_backend.experts.framepack_runtime import FramePackRuntime
+
+        return FramePackRuntime.roles(context.params.effective().sampling_type)
+
     def run(self, context: TaskContext) -> TaskResult:
-        from poe_backend.experts import framepack as fp
-        from poe_backend.experts.render_gaussian import RenderGaussianExpert
-        from poe_backend.sampling.autoregressive import sample_autoregressive
+        from poe_backend.experts.framepack import num_pixel_frames
+        from poe_backend.experts.framepack_runtime import FramePackRuntime
+        from poe_backend.experts.specs import get_spec
 
         started = time.perf_counter()
         params: Sim2VideoARParams = context.params.effective()
@@ -86,69 +99,30 @@ class Sim2VideoARTask(Task):
         seed = seed_for(context)
         prompt = bundle.prompt if params.prompt is None else params.prompt
         size = video_io.capped_size(bundle, params.height, params.width, None, max_side=params.max_side, max_frames=params.max_frames)
-        height, width = size.height, size.width
         window = params.latent_window_size
         num_sections = self._num_sections(len(bundle.frames), size.max_frames, window, params.num_sections)
-        frames = bundle.frames[: fp.num_pixel_frames(num_sections, window)]
-        renders = video_io.read_rgb_frames(bundle, frames, height, width)  # (F, 3, H, W) in [0, 1]
+        frames = bundle.frames[: num_pixel_frames(num_sections, window)]
+        renders = video_io.read_rgb_frames(bundle, frames, size.height, size.width)  # (F, 3, H, W) in [0, 1]
+        first_frame = renders[0] if params.first_frame is None else video_io.read_first_frame(bundle, params.first_frame, size.height, size.width)
 
-        components = fp.load_framepack(context.models, sampling_type=params.sampling_type, device=context.device, offload=params.offload)
-        first_frame = renders[0] if params.first_frame is None else video_io.read_first_frame(bundle, params.first_frame, height, width)
-        prompt_embeds = components.encode_prompt(prompt)
-        negative = components.encode_prompt(params.negative_prompt) if params.true_cfg_scale != 1.0 else None
-        image_embeds = components.encode_image(first_frame)
-        components.free_encoders()
-        components.place_transformer(params.particles, window, height // fp.SPATIAL_FACTOR, width // fp.SPATIAL_FACTOR)
-        render_latents = components.encode_video(renders.permute(1, 0, 2, 3)[None] * 2 - 1)[0]  # (C, 1 + S·W, h, w)
-        image_latents = render_latents[None, :, :1] if params.first_frame is None else components.encode_video(first_frame[None, :, None] * 2 - 1)
-        count = params.particles
-
-        def make_product(index: int, chunks: list[torch.Tensor | None]) -> ProductOfExperts:
-            history = chunks[:index]
-            if any(chunk is None for chunk in history):
-                raise RuntimeError(f"chunk {index}: FramePack needs every earlier section")
-            conditioning = fp.section_conditioning(image_latents.expand(count, -1, -1, -1, -1), list(history), index, num_sections, window, params.sampling_type)
-            expert = fp.FramePackSectionExpert(
-                components.transformer, conditioning, prompt_embeds, image_embeds, params.guidance_scale, negative, params.true_cfg_scale, components.placement,
-            )
-            factors = [Factor(expert, params.framepack_weight)]
-            if params.mode == "product":
-                section = fp.time_section(index, num_sections, params.sampling_type)
-                center = render_latents[:, 1 + section * window : 1 + (section + 1) * window]
-                factors.append(Factor(RenderGaussianExpert(center, params.render_std), params.render_weight))
-            return ProductOfExperts(factors)
-
-        generator = torch.Generator().manual_seed(seed)
-        chunk_shape = (count, components.latent_channels, window, *render_latents.shape[-2:])
-        chunk_noise = [torch.randn(chunk_shape, generator=generator).to(context.device) for _ in range(num_sections)]
-        levels = fp.framepack_levels(params.levels, window, *render_latents.shape[-2:], patch_size=components.transformer.config.patch_size, t_max=params.t_max)
-        options = {} if params.sampler == "summed_velocity" else {"langevin_steps": params.langevin_steps, "step_scale": params.step_scale}
-        sampling_started = time.perf_counter()
-        result = sample_autoregressive(
-            make_product, chunk_noise, levels, generator=generator, sampler=SAMPLERS[params.sampler],
-            gibbs_sweeps=params.gibbs_sweeps, gibbs_t=params.gibbs_t, callback=context.callback, should_stop=context.should_stop, **options,
-        )
-        sampling_seconds = time.perf_counter() - sampling_started
-
-        in_time_order = [None] * num_sections
-        for index, chunk in enumerate(result.chunks):
-            in_time_order[fp.time_section(index, num_sections, params.sampling_type)] = chunk
-        latents = torch.cat([image_latents.to(context.device).expand(count, -1, -1, -1, -1), *in_time_order], dim=2)
-        outputs = self._write_outputs(context, components, latents, renders, bundle.fps, params.save_particles)
+        runtime = FramePackRuntime(params.sampling_type, window, num_sections, size.height, size.width, preset=context.models, device=context.device)
+        result, image_latents, levels, seconds = sample(runtime, params, prompt, renders, first_frame, seed, context)
+        latents = runtime.assemble(image_latents.expand(params.particles, -1, -1, -1, -1), result.chunks)
+        outputs = self._write_outputs(context, runtime, latents, renders, bundle.fps, params.save_particles)
         manifest = {
             "task": self.name,
             "params": params.model_dump(),
             "seed": seed,
             "prompt": prompt,
             "models": context.models,
-            "model_sources": components.sources,
-            "placement": components.placement.describe() if components.placement else None,
+            "model_sources": {role: get_spec(role, context.models).describe() for role in FramePackRuntime.roles(params.sampling_type)},
+            "placement": runtime.describe(),
             "experts": ["framepack"] + (["render_gaussian"] if params.mode == "product" else []),
             "frames": frames,
-            "size": {"height": height, "width": width, "num_frames": len(frames), "fps": bundle.fps, "sections": num_sections, "latent_window_size": window, "capped_from": size.capped_from},
+            "size": {"height": size.height, "width": size.width, "num_frames": len(frames), "fps": bundle.fps, "sections": num_sections, "latent_window_size": window, "capped_from": size.capped_from},
             "levels": levels,
             "stats": result.stats(),
-            "seconds": {"sampling": sampling_seconds, "total": time.perf_counter() - started},
+            "seconds": {**seconds, "total": time.perf_counter() - started},
             "device": str(context.device),
         }
         return TaskResult(kind="video", primary="video", outputs=outputs, manifest=manifest)
@@ -172,18 +146,60 @@ class Sim2VideoARTask(Task):
         return requested
 
     @staticmethod
-    def _write_outputs(context: TaskContext, components, latents: torch.Tensor, renders: torch.Tensor, fps: float, save_particles: bool) -> dict[str, Path]:
+    def _write_outputs(context: TaskContext, runtime, latents: torch.Tensor, renders: torch.Tensor, fps: float, save_particles: bool) -> dict[str, Path]:
         out_dir = context.out_dir
         out_dir.mkdir(parents=True, exist_ok=True)
         latents_path = out_dir / "latents.pt"
         torch.save({"latents": latents.cpu()}, latents_path)
         outputs: dict[str, Path] = {"latents": latents_path}
-        for index in range(latents.shape[0] if save_particles else 1):
-            video = (components.decode_latents(latents[index : index + 1])[0].permute(1, 0, 2, 3) + 1) / 2
-            if index == 0:
-                outputs["video"] = video_io.write_mp4(out_dir / "video.mp4", video, fps)
-            if save_particles:
-                (out_dir / "particles").mkdir(exist_ok=True)
+        videos = runtime.decode(latents if save_particles else latents[:1])
+        outputs["video"] = video_io.write_mp4(out_dir / "video.mp4", videos[0], fps)
+        if save_particles:
+            (out_dir / "particles").mkdir(exist_ok=True)
+            for index, video in enumerate(videos):
                 outputs[f"particle_{index:02d}"] = video_io.write_mp4(out_dir / "particles" / f"particle_{index:02d}.mp4", video, fps)
         outputs["renders"] = video_io.write_mp4(out_dir / "renders.mp4", renders, fps)
         return outputs
+
+
+def sample(runtime, params: Sim2VideoARParams, prompt: str, renders: torch.Tensor, first_frame: torch.Tensor, seed: int,
+           context: TaskContext) -> tuple[AutoregressiveResult, torch.Tensor, list[float], dict[str, float]]:
+    """Encode, plan and run autoregressive annealing (FramePack × the render Gaussian per
+    section); returns the result, the first frame's latent ``(1, C, 1, h, w)``, the levels
+    and the seconds spent loading/encoding and sampling. The section experts die with this
+    call, before the decode."""
+    from poe_backend.experts.render_gaussian import RenderGaussianExpert
+    from poe_backend.sampling.autoregressive import sample_autoregressive
+
+    started = time.perf_counter()
+    texts = [prompt] + ([params.negative_prompt] if params.true_cfg_scale != 1.0 else [])
+    embeddings = runtime.encode_prompts(texts)
+    prompt_embeds, negative = embeddings[0], (embeddings[1] if len(embeddings) > 1 else None)
+    image_embeds = runtime.encode_image(first_frame)
+    runtime.plan(offload=params.offload, fp8_storage=params.fp8_storage, batch=params.particles)
+    render_latents = runtime.encode_video(renders.permute(1, 0, 2, 3)[None] * 2 - 1)[0]  # (C, 1 + S·W, h, w)
+    image_latents = render_latents[None, :, :1] if params.first_frame is None else runtime.encode_video(first_frame[None, :, None] * 2 - 1)
+    count = params.particles
+
+    def make_product(index: int, chunks: list[torch.Tensor | None]) -> ProductOfExperts:
+        history = chunks[:index]
+        if any(chunk is None for chunk in history):
+            raise RuntimeError(f"chunk {index}: FramePack needs every earlier section")
+        expert = runtime.section_expert(index, list(history), image_latents.expand(count, -1, -1, -1, -1), prompt_embeds, image_embeds,
+                                        params.guidance_scale, negative, params.true_cfg_scale)
+        factors = [Factor(expert, params.framepack_weight)]
+        if params.mode == "product":
+            factors.append(Factor(RenderGaussianExpert(runtime.render_section(render_latents, index), params.render_std), params.render_weight))
+        return ProductOfExperts(factors)
+
+    generator = torch.Generator().manual_seed(seed)
+    chunk_noise = [torch.randn((count, *runtime.chunk_shape), generator=generator).to(context.device) for _ in range(runtime.num_sections)]
+    levels = runtime.levels(params.levels, params.t_max)
+    options = {} if params.sampler == "summed_velocity" else {"langevin_steps": params.langevin_steps, "step_scale": params.step_scale}
+    sampling_started = time.perf_counter()
+    result = sample_autoregressive(
+        make_product, chunk_noise, levels, generator=generator, sampler=SAMPLERS[params.sampler],
+        gibbs_sweeps=params.gibbs_sweeps, gibbs_t=params.gibbs_t, callback=context.callback, should_stop=context.should_stop, **options,
+    )
+    seconds = {"load_and_encode": sampling_started - started, "sampling": time.perf_counter() - sampling_started}
+    return result, image_latents, levels, seconds

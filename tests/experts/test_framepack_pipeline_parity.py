@@ -9,30 +9,28 @@ import pytest
 import torch
 from PIL import Image
 
-from poe_backend.experts import framepack as fp
+from poe_backend.experts import registry
+from poe_backend.experts.framepack_runtime import FramePackRuntime
 from poe_backend.sampling import Factor, ProductOfExperts, sample_summed_velocity
 from tests.video_support import tiny_data_dir  # noqa: F401 (fixture)
 
 SIZE, SECTIONS, WINDOW, GUIDANCE = 32, 2, 1, 6.0
 
 
-@pytest.fixture(scope="module")
-def components(tiny_data_dir):  # noqa: F811
-    return fp.load_framepack("tiny")
-
-
 @pytest.mark.parametrize("sampling_type", ["inverted", "vanilla"])
-def test_sections_match_the_framepack_pipeline(components, sampling_type) -> None:
+def test_sections_match_the_framepack_pipeline(tiny_data_dir, sampling_type) -> None:  # noqa: F811
     from diffusers import FlowMatchEulerDiscreteScheduler, HunyuanVideoFramepackPipeline
 
     pixels = np.random.default_rng(0).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
     image = Image.fromarray(pixels)
     image_tensor = torch.from_numpy(pixels.astype(np.float32) / 255.0).permute(2, 0, 1)
-    prompt = components.encode_prompt("a box slides")
-    image_embeds = components.encode_image(image_tensor)
+    runtime = FramePackRuntime(sampling_type, WINDOW, SECTIONS, SIZE, SIZE, preset="tiny")
+    runtime.plan()
+    prompt = runtime.encode_prompts(["a box slides"])[0]
+    image_embeds = runtime.encode_image(image_tensor)
     pipeline = HunyuanVideoFramepackPipeline(
-        text_encoder=None, tokenizer=None, transformer=components.transformer, vae=components.vae, scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0),
-        text_encoder_2=None, tokenizer_2=None, image_encoder=components.image_encoder, feature_extractor=components.feature_extractor,
+        text_encoder=None, tokenizer=None, transformer=runtime.transformer, vae=runtime.vae, scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0),
+        text_encoder_2=None, tokenizer_2=None, image_encoder=registry.load("framepack.image_encoder", "tiny"), feature_extractor=registry.load("framepack.feature_extractor", "tiny"),
     )
     reference = pipeline(
         image=image, prompt_embeds=prompt.embeds, pooled_prompt_embeds=prompt.pooled, prompt_attention_mask=prompt.attention_mask,
@@ -45,14 +43,12 @@ def test_sections_match_the_framepack_pipeline(components, sampling_type) -> Non
     # The pipeline samples the image latent from the VAE posterior with the same generator.
     generator = torch.Generator().manual_seed(3)
     with torch.no_grad():
-        posterior = components.vae.encode(image_tensor[None, :, None] * 2 - 1).latent_dist
-        image_latents = posterior.sample(generator=generator) * components.vae.config.scaling_factor
+        posterior = runtime.vae.encode(image_tensor[None, :, None] * 2 - 1).latent_dist
+        image_latents = posterior.sample(generator=generator) * runtime.vae.config.scaling_factor
     chunks = []
     for index in range(SECTIONS):
         noise = torch.randn((1, 4, WINDOW, SIZE // 8, SIZE // 8), generator=generator)
-        conditioning = fp.section_conditioning(image_latents, chunks, index, SECTIONS, WINDOW, sampling_type)
-        expert = fp.FramePackSectionExpert(components.transformer, conditioning, prompt, image_embeds, GUIDANCE)
+        expert = runtime.section_expert(index, chunks, image_latents, prompt, image_embeds, GUIDANCE)
         chunks.append(sample_summed_velocity(ProductOfExperts([Factor(expert)]), noise, sigmas, generator=torch.Generator()).particles)
-    in_time_order = list(reversed(chunks)) if sampling_type == "inverted" else chunks
-    ours = torch.cat([image_latents, *in_time_order], dim=2)
+    ours = runtime.assemble(image_latents, chunks)
     torch.testing.assert_close(ours, reference.float(), atol=1e-4, rtol=1e-4)

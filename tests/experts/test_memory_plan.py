@@ -93,6 +93,46 @@ def test_preview_is_all_resident_on_24gb():
     assert not result.decode.free_transformers
 
 
+def test_wan_job_bytes_from_the_full_configs():
+    """The Wan runtime's estimate (the same function, on the installed configs): the larger
+    of the two forwards, VACE-14B with its 8 hints, at 832×480×81 (latent 21×60×104), P=2;
+    the I2V model alone has no hints."""
+    vace, i2v = (mp.FULL_CONFIGS[role][1] for role in ("wan.transformer.vace", "wan.transformer.i2v"))
+    activation, decode, tiled = mp.wan_job_bytes([vace, i2v], 81, 480, 832, 2)
+    assert activation == mp.wan_activation_bytes(21, 60, 104, 2, vace_layers=8, hidden=5120)
+    assert mp.wan_job_bytes([i2v], 81, 480, 832, 2)[0] == mp.wan_activation_bytes(21, 60, 104, 2, hidden=5120)
+    assert (decode, tiled) == (mp.vae_decode_bytes("wan", 81, 480, 832, False), mp.vae_decode_bytes("wan", 81, 480, 832, True))
+
+
+def test_framepack_job_reads_the_hidden_size_from_the_class_defaults():
+    """The full FramePack config lists only what differs from the class defaults: hidden
+    24 heads × 128 = 3072; two sections of 9 latent frames decode 73 frames."""
+    config = mp.FULL_CONFIGS["framepack.transformer"][1]
+    activation, decode, _ = mp.framepack_job_bytes(config, 9, 2, 480, 832, 2)
+    assert activation == mp.framepack_activation_bytes(9, 60, 104, 2, hidden=3072)
+    assert decode == mp.vae_decode_bytes("framepack", 73, 480, 832, False)
+
+
+def test_sim2video_ar_grid():
+    """FramePack 13B (~24 GiB bf16): streamed on a 24 GiB card without fp8, resident from
+    48 GiB; HunyuanVideo's untiled decode of 73 frames (~56 GiB) needs the transformer
+    freed first below 141 GiB and tiles below 80."""
+    job = mp.sim2video_ar_job()
+    assert _placements(_plan(job, 24, 64, allow_fp8=False)) == {"transformer": ("group_offload", False)}
+    assert _placements(_plan(job, 24, 64)) == {"transformer": ("resident", True)}
+    for card, tiled, free in ((24, True, True), (48, True, True), (80, False, True), (141, False, False)):
+        result = _plan(job, card, 64)
+        assert (result.decode.tiled, result.decode.free_transformers) == (tiled, free), card
+    assert _placements(_plan(job, 48, 32)) == {"transformer": ("resident", False)}
+
+
+def test_plan_table_prints_every_job_on_every_card():
+    table = mp.plan_table(cards_gib=(24, 141), rams_gib=(64,))
+    for job in ("insertion 1024² P=2", "sim2video 832x480x81 P=2", "preview 1.3B", "sim2video_ar 832x480x73"):
+        assert sum(line.startswith(job) for line in table.splitlines()) == 1, job
+    assert "141 GiB card,  64 GiB RAM, fp8 off: vace=resident i2v=resident | decode full" in table
+
+
 def test_decode_frees_then_tiles_when_short():
     model = mp.ModelSize("m", 10 * GiB, 5 * GiB, 10, GiB, 0, GiB // 8)
     budget = Budget(int(14 * GiB), 64 * GiB)  # reserve 1 GiB -> 13 GiB room

@@ -45,6 +45,20 @@ def test_json_preset_overrides_a_role_with_a_local_directory(tmp_path):
     assert registry.get_spec("flux.text_encoder", str(preset)).repo_id == "black-forest-labs/FLUX.1-dev"
 
 
+def test_json_preset_on_the_tiny_base_loads_real_files_never_the_tiny_builder(tmp_path):
+    """A ``local_dir`` override of a tiny role names the user's files: when they are missing
+    the lookup says so instead of building random weights there."""
+    missing = tmp_path / "my-transformer"
+    preset = tmp_path / "on-tiny.json"
+    preset.write_text(json.dumps({"base": "tiny", "roles": {"wan.transformer.vace": {"local_dir": str(missing)}}}))
+    spec = registry.get_spec("wan.transformer.vace", str(preset))
+    assert spec.builder is None and spec.local_dir == missing and spec.subfolder is None
+    with pytest.raises(registry.MissingWeights, match="my-transformer"):
+        registry.resolve("wan.transformer.vace", str(preset))
+    assert not missing.exists()
+    assert registry.get_spec("wan.vae", str(preset)).builder is not None  # roles not overridden stay tiny
+
+
 def test_local_models_dir_is_found_before_the_cache():
     local = registry.data_dir() / "models" / "black-forest-labs/FLUX.1-Fill-dev" / "transformer"
     local.mkdir(parents=True)

@@ -6,9 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from poe_backend.experts import registry, wan, wan_tiny
 import math
 
+from poe_backend.experts import registry, wan, wan_tiny
+from poe_backend.experts.model_cache import MODEL_CACHE
+from poe_backend.experts.wan_runtime import WanRuntime
 from poe_backend.sampling import Factor, ProductOfExperts, sample_annealed_langevin, sample_fkc, sample_summed_velocity
 from poe_backend.sampling.schedules import linear_levels, shifted_levels
 from tests.video_support import SpyExpert, tiny_data_dir  # noqa: F401 (fixture)
@@ -17,25 +19,27 @@ NUM_FRAMES, SIZE = 5, 32
 
 
 @pytest.fixture(scope="module")
-def components(tiny_data_dir):  # noqa: F811
-    return wan.load_wan("tiny", device="cpu")
+def runtime(tiny_data_dir):  # noqa: F811
+    runtime = WanRuntime(["vace", "i2v"], NUM_FRAMES, SIZE, SIZE, preset="tiny", device="cpu")
+    runtime.plan()
+    return runtime
 
 
 @pytest.fixture(scope="module")
-def conditions(components):
+def conditions(runtime):
     generator = torch.Generator().manual_seed(0)
     image = torch.rand(3, SIZE, SIZE, generator=generator)
     depth = torch.rand(NUM_FRAMES, 1, SIZE, SIZE, generator=generator).expand(-1, 3, -1, -1)
-    positive, negative = components.encode_prompt("a ball rolls", "")
+    positive, negative = runtime.encode_prompts(["a ball rolls", ""])
     return {
         "image": image,
         "depth": depth,
         "positive": positive,
         "negative": negative,
-        "image_embeds": components.encode_image(image),
-        "i2v_condition": components.i2v_condition(image, NUM_FRAMES),
-        "depth_control": wan.vace_depth_control(components, depth),
-        "first_frame_control": wan.vace_first_frame_control(components, image, NUM_FRAMES),
+        "image_embeds": runtime.encode_image(image),
+        "i2v_condition": runtime.i2v_condition(image),
+        "depth_control": runtime.vace_control(*wan.depth_control_inputs(depth)),
+        "first_frame_control": runtime.vace_control(*wan.first_frame_control_inputs(image, NUM_FRAMES)),
     }
 
 
@@ -52,7 +56,7 @@ def test_latent_shape_and_size_checks() -> None:
         wan.latent_shape(81, 480, 830)
 
 
-def test_conditioning_shapes(components, conditions) -> None:
+def test_conditioning_shapes(runtime, conditions) -> None:
     latent = wan.latent_shape(NUM_FRAMES, SIZE, SIZE)
     assert conditions["positive"].shape == (1, 512, wan_tiny.TINY_TEXT_DIM)
     assert conditions["i2v_condition"].shape == (1, 20, *latent[1:])
@@ -62,29 +66,30 @@ def test_conditioning_shapes(components, conditions) -> None:
     assert torch.all(mask[:, 0] == 1) and torch.all(mask[:, 1:] == 0)
 
 
-def test_vace_masks(components, conditions) -> None:
+def test_vace_masks(runtime, conditions) -> None:
     """Depth: every latent frame generated. First frame: diffusers' resize marks latent
     frame 0 'generate' too (MODELS.md's flag); latent_mask='exact' keeps it."""
     assert torch.all(conditions["depth_control"][0, 32:] == 1)
     resized = conditions["first_frame_control"][0, 32:]
     assert torch.all(resized == 1)
-    exact = wan.vace_first_frame_control(components, conditions["image"], NUM_FRAMES, latent_mask="exact")[0, 32:]
+    exact = runtime.vace_control(*wan.first_frame_control_inputs(conditions["image"], NUM_FRAMES), latent_mask="exact")[0, 32:]
     assert torch.all(exact[:, 0] == 0) and torch.all(exact[:, 1:] == 1)
     # The first frame is in the inactive latents either way.
-    torch.testing.assert_close(conditions["first_frame_control"][:, :32], wan.vace_first_frame_control(components, conditions["image"], NUM_FRAMES, latent_mask="exact")[:, :32])
+    exact_control = runtime.vace_control(*wan.first_frame_control_inputs(conditions["image"], NUM_FRAMES), latent_mask="exact")
+    torch.testing.assert_close(conditions["first_frame_control"][:, :32], exact_control[:, :32])
 
 
-def test_vae_round_trip_shapes_and_range(components) -> None:
+def test_vae_round_trip_shapes_and_range(runtime) -> None:
     video = torch.rand(1, 3, NUM_FRAMES, SIZE, SIZE) * 2 - 1
-    latents = components.encode_video(video)
+    latents = runtime.encode_video(video)
     assert latents.shape == (1, *wan.latent_shape(NUM_FRAMES, SIZE, SIZE))
-    decoded = components.decode_latents(latents)
-    assert decoded.shape == video.shape
-    assert decoded.min() >= -1 and decoded.max() <= 1
+    decoded = runtime.decode(latents)
+    assert decoded.shape == (1, NUM_FRAMES, 3, SIZE, SIZE)  # (B, F, 3, H, W), what write_mp4 takes
+    assert decoded.min() >= 0 and decoded.max() <= 1
 
 
-def test_i2v_velocity_shape_determinism_and_guidance(components, conditions) -> None:
-    make = lambda guidance: wan.WanI2VExpert(components.i2v_transformer, conditions["i2v_condition"], conditions["image_embeds"], conditions["positive"], conditions["negative"], guidance)
+def test_i2v_velocity_shape_determinism_and_guidance(runtime, conditions) -> None:
+    make = lambda guidance: wan.WanI2VExpert(runtime.transformer("i2v"), conditions["i2v_condition"], conditions["image_embeds"], conditions["positive"], conditions["negative"], guidance)
     x = _noise()
     guided, unguided = make(4.0), make(1.0)
     velocity = guided.velocity(x, 0.7)
@@ -93,15 +98,15 @@ def test_i2v_velocity_shape_determinism_and_guidance(components, conditions) -> 
     assert guided.forward_count == 4
     conditional = unguided.velocity(x, 0.7)
     assert unguided.forward_count == 1
-    unconditional = wan.WanI2VExpert(components.i2v_transformer, conditions["i2v_condition"], conditions["image_embeds"], conditions["negative"], None, 1.0).velocity(x, 0.7)
+    unconditional = wan.WanI2VExpert(runtime.transformer("i2v"), conditions["i2v_condition"], conditions["image_embeds"], conditions["negative"], None, 1.0).velocity(x, 0.7)
     torch.testing.assert_close(velocity, unconditional + 4.0 * (conditional - unconditional), atol=1e-5, rtol=1e-4)
 
 
-def test_vace_velocity_depends_on_control(components, conditions) -> None:
+def test_vace_velocity_depends_on_control(runtime, conditions) -> None:
     x = _noise()
-    depth = wan.WanVACEExpert(components.vace_transformer, conditions["depth_control"], conditions["positive"], conditions["negative"], 3.0)
-    first = wan.WanVACEExpert(components.vace_transformer, conditions["first_frame_control"], conditions["positive"], conditions["negative"], 3.0)
-    off = wan.WanVACEExpert(components.vace_transformer, conditions["depth_control"], conditions["positive"], conditions["negative"], 3.0, control_scale=0.0)
+    depth = wan.WanVACEExpert(runtime.transformer("vace"), conditions["depth_control"], conditions["positive"], conditions["negative"], 3.0)
+    first = wan.WanVACEExpert(runtime.transformer("vace"), conditions["first_frame_control"], conditions["positive"], conditions["negative"], 3.0)
+    off = wan.WanVACEExpert(runtime.transformer("vace"), conditions["depth_control"], conditions["positive"], conditions["negative"], 3.0, control_scale=0.0)
     v_depth, v_first, v_off = depth.velocity(x, 0.5), first.velocity(x, 0.5), off.velocity(x, 0.5)
     assert v_depth.shape == x.shape
     assert not torch.allclose(v_depth, v_first)
@@ -109,10 +114,10 @@ def test_vace_velocity_depends_on_control(components, conditions) -> None:
     assert depth.transformer is first.transformer  # shared mode: one model, two experts
 
 
-def test_product_of_depth_expert_with_itself_is_doubled_weight(components, conditions) -> None:
+def test_product_of_depth_expert_with_itself_is_doubled_weight(runtime, conditions) -> None:
     """Π = p·p and p² give the same scores, hence the same FKC run (the weight increment
     ½Δu(‖2s‖² − 2‖s‖²) is the same for both)."""
-    expert = wan.WanVACEExpert(components.vace_transformer, conditions["depth_control"], conditions["positive"], conditions["negative"], 2.0)
+    expert = wan.WanVACEExpert(runtime.transformer("vace"), conditions["depth_control"], conditions["positive"], conditions["negative"], 2.0)
     levels, results = linear_levels(4, t_max=0.95), []
     for factors in ([Factor(expert), Factor(expert)], [Factor(expert, 2.0)]):
         generator = torch.Generator().manual_seed(5)
@@ -121,9 +126,9 @@ def test_product_of_depth_expert_with_itself_is_doubled_weight(components, condi
     torch.testing.assert_close(results[0].log_weights, results[1].log_weights, atol=1e-3, rtol=1e-3)
 
 
-def test_every_expert_called_at_every_langevin_step(components, conditions) -> None:
-    i2v = SpyExpert(wan.WanI2VExpert(components.i2v_transformer, conditions["i2v_condition"], conditions["image_embeds"], conditions["positive"], None, 1.0))
-    depth = SpyExpert(wan.WanVACEExpert(components.vace_transformer, conditions["depth_control"], conditions["positive"], None, 1.0))
+def test_every_expert_called_at_every_langevin_step(runtime, conditions) -> None:
+    i2v = SpyExpert(wan.WanI2VExpert(runtime.transformer("i2v"), conditions["i2v_condition"], conditions["image_embeds"], conditions["positive"], None, 1.0))
+    depth = SpyExpert(wan.WanVACEExpert(runtime.transformer("vace"), conditions["depth_control"], conditions["positive"], None, 1.0))
     steps = []
     levels = linear_levels(3, t_max=0.9)
     sample_annealed_langevin(ProductOfExperts([Factor(i2v), Factor(depth)]), _noise(), levels, generator=torch.Generator().manual_seed(0), langevin_steps=2, callback=steps.append)
@@ -138,20 +143,20 @@ def test_missing_weights_name_the_repo(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("POE_DATA_DIR", str(tmp_path))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     with pytest.raises(registry.MissingWeights, match="Wan-AI/Wan2.1-VACE-14B-diffusers"):
-        wan.load_wan("default", i2v=False)
+        WanRuntime(["vace"], NUM_FRAMES, SIZE, SIZE, preset="default")
     with pytest.raises(registry.MissingWeights, match="Wan-AI/Wan2.1-VACE-1.3B-diffusers"):
-        wan.load_wan("preview", i2v=False)
+        WanRuntime(["vace"], NUM_FRAMES, SIZE, SIZE, preset="preview")
     assert "Fun" in next(iter(wan.UNSUPPORTED_MODELS))
 
 
-def test_ddim_inversion_then_regeneration_reconstructs_within_a_first_order_error(components, conditions) -> None:
+def test_ddim_inversion_then_regeneration_reconstructs_within_a_first_order_error(runtime, conditions) -> None:
     """Invert a VAE-encoded clip with the expert's own ODE (guidance 1), regenerate with the
     same expert and prompt: the relative RMS error is first order in the step (measured
     0.40 at 8 levels, 0.090 at 32, 0.044 at 64 on the tiny VACE), so it must be below 0.5
     at 8 levels, below 0.12 at 32, and fall by at least 3x from 8 to 32 levels."""
     video = torch.rand(1, 3, NUM_FRAMES, SIZE, SIZE, generator=torch.Generator().manual_seed(4)) * 2 - 1
-    source = components.encode_video(video)
-    expert = wan.WanVACEExpert(components.vace_transformer, conditions["depth_control"], conditions["positive"], None, 1.0)
+    source = runtime.encode_video(video)
+    expert = wan.WanVACEExpert(runtime.transformer("vace"), conditions["depth_control"], conditions["positive"], None, 1.0)
     errors = {}
     for count in (8, 32):
         levels = shifted_levels(count, math.log(3.0), t_max=0.98)
@@ -161,26 +166,43 @@ def test_ddim_inversion_then_regeneration_reconstructs_within_a_first_order_erro
     assert errors[8] < 0.5 and errors[32] < 0.12 and errors[32] < errors[8] / 3, errors
 
 
-def test_prompt_embeddings_are_cached_across_jobs_without_umt5(components, monkeypatch) -> None:
-    """A second job with the same prompt gets the same embeddings and never loads UMT5."""
-    first = components.encode_prompt("a cached prompt", "")
-    components.free_encoders()
+def test_prompt_embeddings_are_cached_across_jobs_without_umt5(runtime, monkeypatch) -> None:
+    """A second job with the same prompt gets the same embeddings and never loads UMT5;
+    a new prompt loads it, and it is released again after encoding."""
+    first = runtime.encode_prompts(["a cached prompt", ""])
     loads = []
-    original = registry.load
-    monkeypatch.setattr(registry, "load", lambda role, *args, **kwargs: loads.append(role) or original(role, *args, **kwargs))
-    again = wan.load_wan("tiny", i2v=False).encode_prompt("a cached prompt", "")
+    original = MODEL_CACHE.load
+    monkeypatch.setattr(MODEL_CACHE, "load", lambda role, *args, **kwargs: loads.append(role) or original(role, *args, **kwargs))
+    again = WanRuntime(["vace"], NUM_FRAMES, SIZE, SIZE, preset="tiny").encode_prompts(["a cached prompt", ""])
     assert "wan.text_encoder" not in loads
     torch.testing.assert_close(first[0], again[0])
     torch.testing.assert_close(first[1], again[1])
-    components.encode_prompt("a new prompt")
+    runtime.encode_prompts(["a new prompt"])
     assert "wan.text_encoder" in loads
+    assert not any(path.endswith("text_encoder") for path in MODEL_CACHE.loaded_models())
 
 
-def test_activation_estimate_of_the_full_size_14b_models() -> None:
-    """N = 21·30·52 = 32,760 tokens at 832×480×81; P = 2 in bf16: I2V (D 5120, FFN 13824)
-    2·N·(7·5120 + 13824)·2 bytes; VACE adds 8 hints of N·D per sample."""
-    config = {"patch_size": (1, 2, 2), "num_attention_heads": 40, "attention_head_dim": 128, "ffn_dim": 13824}
-    latent = wan.latent_shape(81, 480, 832)
-    assert wan.activation_bytes(config, *latent[1:], 2) == 2 * 32760 * (7 * 5120 + 13824) * 2
-    vace = {**config, "vace_layers": list(range(0, 40, 5))}
-    assert wan.activation_bytes(vace, *latent[1:], 2) - wan.activation_bytes(config, *latent[1:], 2) == 2 * 32760 * 8 * 5120 * 2
+def test_the_decode_plan_frees_the_transformers_and_tiles_when_it_says_so(tiny_data_dir, monkeypatch) -> None:  # noqa: F811
+    """A budget whose room holds the transformers but not the decode beside them: the plan
+    says free first, then tile; decode releases both transformers from the cache and runs
+    with VAE tiling; the next runtime reloads them."""
+    from poe_backend.experts import memory_plan
+
+    monkeypatch.setattr(memory_plan, "vae_decode_bytes", lambda family, frames, height, width, tiled: memory_plan.GiB // 8 if tiled else 8 * memory_plan.GiB)
+    budget = memory_plan.Budget(vram_free_bytes=2 * memory_plan.GiB, ram_free_bytes=2**34)  # room: 1 GiB after the reserve
+    planned = WanRuntime(["vace", "i2v"], NUM_FRAMES, SIZE, SIZE, preset="tiny", budget=budget)
+    job = planned.plan()
+    assert set(job.placement.placements.values()) == {"resident"}
+    assert job.decode.free_transformers and job.decode.tiled and planned.vae.use_tiling  # encodes beside the models tile too
+    vace = planned.transformer("vace")
+    paths = [path for path in MODEL_CACHE.loaded_models() if "transformer_" in path]
+    assert len(paths) == 2
+    del vace
+    decoded = planned.decode(torch.zeros(1, *wan.latent_shape(NUM_FRAMES, SIZE, SIZE)))
+    assert decoded.shape == (1, NUM_FRAMES, 3, SIZE, SIZE) and planned.vae.use_tiling
+    assert not any("transformer_" in path for path in MODEL_CACHE.loaded_models())
+    described = planned.describe()
+    assert described["decode"] == {"tiled": True, "per_image": True, "free_transformers": True}
+    assert described["plan"]["placements"]["wan.transformer.vace"]["placement"] == "resident"
+    unplanned = WanRuntime(["vace"], NUM_FRAMES, SIZE, SIZE, preset="tiny", budget=None)
+    assert unplanned.plan().decode.free_transformers is False and not unplanned.vae.use_tiling  # off CUDA: host memory, untiled

@@ -9,7 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from poe_backend.experts import wan
+from poe_backend.experts import registry, wan
+from poe_backend.experts.wan_runtime import WanRuntime
 from poe_backend.sampling import Factor, ProductOfExperts, sample_summed_velocity
 from tests.video_support import tiny_data_dir  # noqa: F401 (fixture)
 
@@ -17,8 +18,10 @@ NUM_FRAMES, SIZE, GUIDANCE = 5, 32, 4.0
 
 
 @pytest.fixture(scope="module")
-def components(tiny_data_dir):  # noqa: F811
-    return wan.load_wan("tiny", device="cpu")
+def runtime(tiny_data_dir):  # noqa: F811
+    runtime = WanRuntime(["vace", "i2v"], NUM_FRAMES, SIZE, SIZE, preset="tiny", device="cpu")
+    runtime.plan()
+    return runtime
 
 
 def _image(seed: int) -> Image.Image:
@@ -40,38 +43,38 @@ def _scheduler():
     return FlowMatchEulerDiscreteScheduler(shift=3.0)
 
 
-def test_i2v_expert_matches_wan_image_to_video_pipeline(components) -> None:
+def test_i2v_expert_matches_wan_image_to_video_pipeline(runtime) -> None:
     from diffusers import WanImageToVideoPipeline
 
     image = _image(0)
-    positive, negative = components.encode_prompt("a red ball", "blurry")
-    image_embeds = components.encode_image(_tensor(image))
+    positive, negative = runtime.encode_prompts(["a red ball", "blurry"])
+    image_embeds = runtime.encode_image(_tensor(image))
     noise = torch.randn((1, *wan.latent_shape(NUM_FRAMES, SIZE, SIZE)), generator=torch.Generator().manual_seed(1))
     pipeline = WanImageToVideoPipeline(
-        tokenizer=components.tokenizer, text_encoder=None, vae=components.vae, scheduler=_scheduler(),
-        image_processor=components.image_processor, image_encoder=components.image_encoder, transformer=components.i2v_transformer,
+        tokenizer=runtime.tokenizer, text_encoder=None, vae=runtime.vae, scheduler=_scheduler(),
+        image_processor=registry.load("wan.image_processor", "tiny"), image_encoder=registry.load("wan.image_encoder", "tiny"), transformer=runtime.transformer("i2v"),
     )
     reference = pipeline(
         image=image, prompt_embeds=positive, negative_prompt_embeds=negative, height=SIZE, width=SIZE,
         num_frames=NUM_FRAMES, num_inference_steps=2, guidance_scale=GUIDANCE, latents=noise.clone(), output_type="latent",
     ).frames
     sigmas = pipeline.scheduler.sigmas.tolist()
-    expert = wan.WanI2VExpert(components.i2v_transformer, components.i2v_condition(_tensor(image), NUM_FRAMES), image_embeds, positive, negative, GUIDANCE)
+    expert = runtime.i2v_expert(runtime.i2v_condition(_tensor(image)), image_embeds, positive, negative, GUIDANCE)
     torch.testing.assert_close(_euler(expert, noise, sigmas), reference, atol=1e-4, rtol=1e-4)
 
 
-def test_vace_depth_expert_matches_wan_vace_pipeline(components) -> None:
+def test_vace_depth_expert_matches_wan_vace_pipeline(runtime) -> None:
     from diffusers import WanVACEPipeline
 
     depth = [_image(10 + index) for index in range(NUM_FRAMES)]
-    positive, negative = components.encode_prompt("a red ball", "blurry")
+    positive, negative = runtime.encode_prompts(["a red ball", "blurry"])
     noise = torch.randn((1, *wan.latent_shape(NUM_FRAMES, SIZE, SIZE)), generator=torch.Generator().manual_seed(2))
-    pipeline = WanVACEPipeline(tokenizer=components.tokenizer, text_encoder=None, vae=components.vae, scheduler=_scheduler(), transformer=components.vace_transformer)
+    pipeline = WanVACEPipeline(tokenizer=runtime.tokenizer, text_encoder=None, vae=runtime.vae, scheduler=_scheduler(), transformer=runtime.transformer("vace"))
     reference = pipeline(
         video=depth, prompt_embeds=positive, negative_prompt_embeds=negative, height=SIZE, width=SIZE, num_frames=NUM_FRAMES,
         num_inference_steps=2, guidance_scale=GUIDANCE, conditioning_scale=0.7, latents=noise.clone(), output_type="latent",
     ).frames
     sigmas = pipeline.scheduler.sigmas.tolist()
-    control = wan.vace_depth_control(components, torch.stack([_tensor(image) for image in depth]))
-    expert = wan.WanVACEExpert(components.vace_transformer, control, positive, negative, GUIDANCE, control_scale=0.7)
+    control = runtime.vace_control(*wan.depth_control_inputs(torch.stack([_tensor(image) for image in depth])))
+    expert = runtime.vace_expert(control, positive, negative, GUIDANCE, control_scale=0.7)
     torch.testing.assert_close(_euler(expert, noise, sigmas), reference, atol=1e-4, rtol=1e-4)

@@ -9,7 +9,11 @@ import json
 import numpy as np
 import pytest
 import torch
-from diffusers import FluxTransformer2DModel, WanTransformer3DModel, WanVACETransformer3DModel
+from diffusers import (
+    AutoencoderKLHunyuanVideo, AutoencoderKLWan, FluxTransformer2DModel, HunyuanVideoFramepackTransformer3DModel, WanTransformer3DModel,
+    WanVACETransformer3DModel,
+)
+from transformers import LlamaModel, UMT5EncoderModel
 from diffusers.hooks import group_offloading
 from PIL import Image
 
@@ -85,25 +89,58 @@ def _copies(models: list[torch.nn.Module]) -> dict[int, int]:
     return counts
 
 
-def test_insertion_then_sim2video_then_insertion_keeps_one_copy_per_weights(tmp_path):
-    registry.clear_cache()
-    manifest, _ = run_insertion(tmp_path, "first")
-    flux_after_first = _live(FluxTransformer2DModel)
-    assert _copies(flux_after_first) == {128: 1, 384: 1}
-    del flux_after_first
-
-    video = get_task("sim2video")
-    bundle = write_video_bundle(tmp_path / "video-bundle", "sim2video", num_frames=6)
-    out = tmp_path / "out-video"
+def _run_video(tmp_path, task_name: str, name: str, params: dict) -> dict:
+    task = get_task(task_name)
+    bundle = write_video_bundle(tmp_path / f"bundle-{name}", task_name, num_frames=9 if task_name == "sim2video_ar" else 6, with_depth=task_name == "sim2video")
+    out = tmp_path / f"out-{name}"
     out.mkdir()
-    video.run(TaskContext(bundle=read_bundle(bundle), params=video.Params(levels=2, langevin_steps=1, particles=1), out_dir=out, models="tiny"))
+    return task.run(TaskContext(bundle=read_bundle(bundle), params=task.Params(**params), out_dir=out, models="tiny")).manifest
+
+
+#: Every class of big model the chain loads; at most one live instance per weights.
+VIDEO_CLASSES = (WanTransformer3DModel, WanVACETransformer3DModel, HunyuanVideoFramepackTransformer3DModel, AutoencoderKLWan, AutoencoderKLHunyuanVideo, UMT5EncoderModel, LlamaModel)
+
+
+def _video_counts() -> dict[str, int]:
+    gc.collect()
+    counts = {cls.__name__: 0 for cls in VIDEO_CLASSES}
+    for obj in gc.get_objects():
+        if type(obj) in VIDEO_CLASSES:
+            counts[type(obj).__name__] += 1
+    return counts
+
+
+def test_insertion_then_video_jobs_then_insertion_keep_one_copy_per_weights(tmp_path):
+    """insertion → sim2video → sim2video → sim2video_ar → insertion in one process: each
+    job keeps the models its ``model_roles`` name (the second sim2video reuses the very
+    same Wan transformers and VAE), evicts the others before it loads, and no weights are
+    ever loaded twice; text encoders are gone after encoding."""
+    registry.clear_cache()
+    run_insertion(tmp_path, "first")
+    assert _copies(_live(FluxTransformer2DModel)) == {128: 1, 384: 1}
+
+    video_params = {"levels": 2, "langevin_steps": 1, "particles": 1, "save_particles": False}
+    first = _run_video(tmp_path, "sim2video", "video-1", video_params)
     assert _live(FluxTransformer2DModel) == []  # the insertion models were evicted before the video job
-    wan = _live(WanTransformer3DModel) + _live(WanVACETransformer3DModel)
-    assert len(wan) == 2 and len({type(model) for model in wan}) == 2
-    del wan
+    counts = _video_counts()
+    assert counts["WanTransformer3DModel"] == counts["WanVACETransformer3DModel"] == counts["AutoencoderKLWan"] == 1
+    assert counts["UMT5EncoderModel"] == 0  # released after encoding
+    kept = {id(model) for model in _live(WanTransformer3DModel) + _live(WanVACETransformer3DModel) + _live(AutoencoderKLWan)}
+    assert any("transformer_fill" in path for path in first["memory"]["evicted_before"])
+
+    second = _run_video(tmp_path, "sim2video", "video-2", {**video_params, "prompt": "another prompt"})
+    assert {id(model) for model in _live(WanTransformer3DModel) + _live(WanVACETransformer3DModel) + _live(AutoencoderKLWan)} == kept
+    assert not any("transformer" in path for path in second["memory"]["evicted_before"])  # kept across the two video jobs
+    assert _video_counts()["UMT5EncoderModel"] == 0
+
+    ar = _run_video(tmp_path, "sim2video_ar", "video-ar", {**video_params, "latent_window_size": 1, "gibbs_sweeps": 0})
+    counts = _video_counts()
+    assert counts["WanTransformer3DModel"] == counts["WanVACETransformer3DModel"] == counts["AutoencoderKLWan"] == 0
+    assert counts["HunyuanVideoFramepackTransformer3DModel"] == counts["AutoencoderKLHunyuanVideo"] == 1 and counts["LlamaModel"] == 0
+    assert any("transformer_i2v" in path for path in ar["memory"]["evicted_before"])
 
     again, _ = run_insertion(tmp_path, "second")
-    assert _live(WanTransformer3DModel) == [] and _live(WanVACETransformer3DModel) == []
+    assert _video_counts() == {cls.__name__: 0 for cls in VIDEO_CLASSES}
     assert _copies(_live(FluxTransformer2DModel)) == {128: 1, 384: 1}
-    assert any("transformer_i2v" in path for path in again["memory"]["evicted_before"])
+    assert any(path.endswith("transformer") for path in again["memory"]["evicted_before"])  # FramePack's (weights at the root of its folder)
     registry.clear_cache()

@@ -152,3 +152,54 @@ def test_ddim_inversion_is_one_deterministic_solve_from_the_inverted_render(tiny
     result = _run(bundle_dir, tmp_path / "out", mode="ddim_inversion", particles=2, source_prompt="a rendering of a box")
     latents = torch.load(result.outputs["latents"])["latents"]
     torch.testing.assert_close(latents[0], latents[1])  # deterministic: every particle is the same ODE solve
+
+
+def _with_params(bundle_dir, params: dict):
+    data = json.loads((bundle_dir / "bundle.json").read_text())
+    data["params"] = params
+    (bundle_dir / "bundle.json").write_text(json.dumps(data))
+    return bundle_dir
+
+
+@pytest.mark.parametrize("mode", ["i2v", "ddim_inversion"])
+def test_modes_without_a_depth_control_run_on_a_bundle_without_depth(tiny_data_dir, tmp_path, mode) -> None:  # noqa: F811
+    """i2v and ddim_inversion read no depth: a bundle without the pass is valid for them and
+    the run loads no VACE transformer (the paper's pairing uses the I2V model alone)."""
+    bundle = _with_params(write_video_bundle(tmp_path / "rgb-only", "sim2video", num_frames=5, with_depth=False), {"mode": mode})
+    result = _run(bundle, tmp_path / "out", mode=mode, particles=1, save_particles=False, sampler="summed_velocity")
+    assert result.outputs["video"].is_file() and "control_depth" not in result.outputs
+    assert list(result.manifest["placement"]["placements"]) == ["wan.transformer.i2v"]
+
+
+def test_modes_with_a_depth_control_still_need_the_depth_pass(tiny_data_dir, tmp_path) -> None:  # noqa: F811
+    bundle = write_video_bundle(tmp_path / "rgb-only", "sim2video", num_frames=5, with_depth=False)
+    with pytest.raises(BundleError) as error:
+        read_bundle(bundle)  # params default to mode "product"
+    assert error.value.field == "passes.depth"
+    with pytest.raises(BundleError) as error:
+        _run(_with_params(bundle, {"mode": "i2v"}), tmp_path / "out", mode="depth")  # the job's mode overrides the bundle's
+    assert error.value.field == "passes.depth"
+    with pytest.raises(BundleError) as error:
+        read_bundle(_with_params(bundle, {"mode": ["not", "a", "mode"]}))  # a hostile value: the full requirement, no crash
+    assert error.value.field == "passes.depth"
+    depth_only = write_video_bundle(tmp_path / "depth", "sim2video", num_frames=5)
+    (depth_only / "rgb" / "0001.png").unlink()
+    read_bundle(_with_params(depth_only, {"mode": "depth"}), check_files=False)  # depth-to-video needs no first frame
+
+
+MODES = ["product", "i2v", "depth", "vace_combined", "ddim_inversion"]
+
+
+@pytest.mark.parametrize("preset", ["default", "preview", "tiny"])
+@pytest.mark.parametrize("pairing", ["auto", "i2v_vace", "shared_vace"])
+def test_the_task_keeps_exactly_the_roles_the_weights_manager_downloads(tmp_path, preset, pairing) -> None:
+    """``model_roles`` (what the model cache keeps across jobs) equals ``required_roles``
+    (what ``poe-backend models`` checks and pulls) for every mode and pairing."""
+    from poe_backend.tasks.requirements import required_roles
+
+    task = get_task("sim2video")
+    bundle = read_bundle(write_video_bundle(tmp_path / "b", "sim2video"))
+    for mode in MODES:
+        context = TaskContext(bundle=bundle, params=task.Params(mode=mode, pairing=pairing), out_dir=tmp_path, models=preset)
+        assert task.model_roles(context) == required_roles("sim2video", {"mode": mode, "pairing": pairing}, preset), (mode, pairing)
+    assert "wan.transformer.vace" not in required_roles("sim2video", {"mode": "ddim_inversion"})

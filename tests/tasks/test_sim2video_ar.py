@@ -50,16 +50,16 @@ def test_tight_render_gaussian_pins_sections_to_the_renders(tiny_data_dir, bundl
     """With a small s, the product's sections sit much closer to the render latents than
     FramePack's alone (a random tiny FramePack has no meaningful density of its own, so the
     test compares distances, not a posterior mean)."""
-    from poe_backend.experts import framepack as fp
+    from poe_backend.experts.framepack_runtime import FramePackRuntime
     from poe_backend.tasks import video_io
 
     pinned = torch.load(_run(bundle_dir, tmp_path / "p", render_std=0.05, gibbs_sweeps=0, levels=6)
                         .outputs["latents"])["latents"]
     alone = torch.load(_run(bundle_dir, tmp_path / "a", mode="framepack", gibbs_sweeps=0, levels=6).outputs["latents"])["latents"]
-    components = fp.load_framepack("tiny")
+    runtime = FramePackRuntime("inverted", 1, 2, 32, 32, preset="tiny")
     bundle = read_bundle(bundle_dir)
     renders = video_io.read_rgb_frames(bundle, bundle.frames, 32, 32)
-    target = components.encode_video(renders.permute(1, 0, 2, 3)[None] * 2 - 1)
+    target = runtime.encode_video(renders.permute(1, 0, 2, 3)[None] * 2 - 1)
     product_error = (pinned - target)[:, :, 1:].pow(2).mean().sqrt()
     alone_error = (alone - target)[:, :, 1:].pow(2).mean().sqrt()
     assert torch.all(pinned[:, :, :1] == target[:, :, :1])  # the first frame's latent is given
@@ -95,3 +95,12 @@ def test_max_frames_drops_sections_and_the_result_says_so(tiny_data_dir, bundle_
     with pytest.raises(BundleError) as error:
         _run(bundle_dir, tmp_path / "b", max_frames=8, num_sections=2)
     assert error.value.field == "params.num_sections"
+
+
+@pytest.mark.parametrize("sampling_type", ["inverted", "vanilla"])
+def test_the_task_keeps_exactly_the_roles_the_weights_manager_downloads(bundle_dir, tmp_path, sampling_type) -> None:
+    from poe_backend.tasks.requirements import required_roles
+
+    task = get_task("sim2video_ar")
+    context = TaskContext(bundle=read_bundle(bundle_dir), params=task.Params(sampling_type=sampling_type), out_dir=tmp_path, models="default")
+    assert task.model_roles(context) == required_roles("sim2video_ar", {"sampling_type": sampling_type})

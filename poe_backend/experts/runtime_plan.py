@@ -1,0 +1,64 @@
+"""One planning call for the video runtimes (Wan, FramePack): from the installed transformers'
+exact sizes and a job's activation and decode bytes to the placements to apply and the decode
+settings, through :func:`poe_backend.experts.memory_plan.plan` (the one place that decides).
+
+* ``offload="auto"`` on CUDA: :func:`memory_plan.plan` chooses placements and decode.
+* an explicit ``offload`` (``none``, ``group``, ``sequential``) names the placement; on CUDA
+  the decode settings still come from the planner's rule 7 (:func:`memory_plan.decode_plan`).
+* off CUDA (no device budget): everything stays in host memory and decodes untiled, one
+  video at a time, beside the models.
+
+The budget counts the device memory the same roles already hold from an earlier job
+(resident there), so a repeated job keeps them resident instead of offloading them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from poe_backend.experts import memory_plan
+from poe_backend.experts.memory_plan import Budget, DecodePlan, RolePlan
+from poe_backend.experts.model_cache import MODEL_CACHE
+from poe_backend.experts.placement import FP8_PREFIX, PlacementPlan, placement_for_offload, placement_name
+
+#: Decode off CUDA: untiled, one video at a time, models kept.
+HOST_DECODE = DecodePlan(tiled=False, per_image=True, free_transformers=False)
+
+
+@dataclass(frozen=True)
+class JobPlan:
+    """What a video runtime applies: ``placement`` (role -> placement name, the planner's
+    :class:`~poe_backend.experts.memory_plan.Plan` when ``auto`` decided) and ``decode``."""
+
+    placement: PlacementPlan
+    decode: DecodePlan
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.placement.to_json(), "decode": asdict(self.decode)}
+
+
+def plan_transformers(roles: list[str], preset: str, device: str, *, offload: str, fp8_storage: bool, activation_bytes: int,
+                      decode_bytes: int, tiled_decode_bytes: int, budget: Budget | None, alternating: bool) -> JobPlan:
+    """Plan the transformers ``roles`` of ``preset`` for one job on ``device`` (see the module
+    docstring). Raises :class:`memory_plan.PlanError` (a MemoryError) when nothing fits."""
+    sizes = [memory_plan.installed_size(role, preset) for role in roles]
+    weight_bytes = {size.role: size.weight_bytes for size in sizes}
+    if budget is None:
+        placements = {role: "resident" for role in roles} if offload == "auto" else {role: placement_for_offload(offload, fp8_storage) for role in roles}
+        return JobPlan(PlacementPlan(placements, weight_bytes, f"no CUDA device: models stay in host memory (offload={offload!r})"), HOST_DECODE)
+    budget = replace(budget, vram_free_bytes=budget.vram_free_bytes + MODEL_CACHE.resident_bytes(roles, device))
+    if offload == "auto":
+        planned = memory_plan.plan(sizes, activation_bytes, decode_bytes, budget, alternating=alternating, allow_fp8=fp8_storage, tiled_decode_bytes=tiled_decode_bytes)
+        placements = {role: placement_name(role_plan) for role, role_plan in planned.placements.items()}
+        return JobPlan(PlacementPlan(placements, weight_bytes, "; ".join(planned.reasons), planned), planned.decode)
+    name = placement_for_offload(offload, fp8_storage)
+    role_plans = {role: RolePlan(name.removeprefix(FP8_PREFIX), name.startswith(FP8_PREFIX)) for role in roles}
+    decode = memory_plan.decode_plan(sizes, role_plans, decode_bytes, budget, tiled_decode_bytes=tiled_decode_bytes)
+    return JobPlan(PlacementPlan({role: name for role in roles}, weight_bytes, f"offload={offload!r} requested"), decode)
+
+
+def describe(plan: JobPlan | None, device: str, dtype: Any) -> dict[str, Any]:
+    """The plan as JSON for ``result.json``'s ``placement``."""
+    return json.loads(json.dumps({"device": str(device), "dtype": str(dtype), **({} if plan is None else plan.to_json())}, default=str))
