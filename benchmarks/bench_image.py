@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from benchmarks.common import ForwardClock, Row, Settings, free, peak_host, peak_vram, random_model
+from poe_backend.experts.placement import apply_placement, placement_for_offload
 
 FLUX_VAE = dict(
     in_channels=3,
@@ -113,7 +114,7 @@ def _sample(settings: Settings, product, space, clock: ForwardClock):
 
 def insertion(settings: Settings, offload: str) -> Row:
     """FLUX.1 Depth x Fill, FKC sampler, at 1024^2 (tiny: 32^2)."""
-    from poe_backend.experts import flux, registry
+    from poe_backend.experts import flux
     from poe_backend.sampling import Factor, ProductOfExperts
 
     size, device = _size(settings), settings.device
@@ -126,21 +127,20 @@ def insertion(settings: Settings, offload: str) -> Row:
     plate = np.random.default_rng(0).integers(0, 255, (size, size, 3), dtype=np.uint8)
     prompt = _prompt(settings, "insertion")
     depth_model, fill_model = _transformer(settings, 128), _transformer(settings, 384)
-    placement = registry.Placement(offload, device)
     clock = ForwardClock(device)
     for model in (depth_model, fill_model):
-        placement.place(model)
+        apply_placement(model, placement_for_offload(offload), device)
     with peak_vram(device) as peak, peak_host() as host:  # after building and placing
         experts = [
-            flux.FluxExpert(depth_model, space, prompt, guidance=10.0, condition=flux.depth_condition(space, depth), placement=placement, name="depth"),
-            flux.FluxExpert(fill_model, space, prompt, guidance=30.0, condition=flux.fill_condition(space, plate, mask), placement=placement, name="fill"),
+            flux.FluxExpert(depth_model, space, prompt, guidance=10.0, condition=flux.depth_condition(space, depth), name="depth"),
+            flux.FluxExpert(fill_model, space, prompt, guidance=30.0, condition=flux.fill_condition(space, plate, mask), name="fill"),
         ]
         product = ProductOfExperts([Factor(clock.wrap(expert)) for expert in experts])
         result, per_level, outside, timing = _sample(settings, product, space, clock)
         space.decode(result.particles)
         peak_gib, host_gib = peak(), host()
     nfe = result.nfe
-    del depth_model, fill_model, vae, experts, product, placement, result
+    del depth_model, fill_model, vae, experts, product, result
     free()
     return Row("insertion", "depth x fill (fkc)", offload, f"{size}x{size}", settings.particles, per_level, peak_gib, outside, nfe, peak_host_gib=host_gib, **timing)
 
@@ -170,7 +170,7 @@ def _vqa_components(settings: Settings):
 
 def regional(settings: Settings, offload: str) -> Row:
     """Global + 2 regional FLUX.1 [dev] experts (one shared transformer) x VQAScore."""
-    from poe_backend.experts import flux, registry
+    from poe_backend.experts import flux
     from poe_backend.experts.vqascore import VQAScorer, VQAScoreReward
     from poe_backend.sampling import Factor
 
@@ -180,20 +180,19 @@ def regional(settings: Settings, offload: str) -> Row:
     transformer = _transformer(settings, 64)
     components = _vqa_components(settings)
     scorer = VQAScorer(device=device, dtype=_dtype(settings), max_pixels=448 * 448 if settings.full else 56 * 56, components=components)
-    placement = registry.Placement(offload, device)
     clock = ForwardClock(device)
     boxes = [[0, 0, size // 2, size], [size // 2, size // 4, size, 3 * size // 4]]
     global_map, region_maps = flux.regional_weights(boxes, size, size, region_strength=0.8)
-    placement.place(transformer)
+    apply_placement(transformer, placement_for_offload(offload), device)
     with peak_vram(device) as peak, peak_host() as host:  # after building and placing
         maps = [global_map] + region_maps
-        experts = [flux.FluxExpert(transformer, space, _prompt(settings, f"p{i}"), guidance=3.5, placement=placement, name=f"e{i}") for i in range(3)]
+        experts = [flux.FluxExpert(transformer, space, _prompt(settings, f"p{i}"), guidance=3.5, name=f"e{i}") for i in range(3)]
         factors = [Factor(clock.wrap(expert), weights.to(device)) for expert, weights in zip(experts, maps)]
         reward = VQAScoreReward(scorer, space.decode, ["a park", "a dog", "a cat"])
         product = flux.RegionalProduct(factors, [reward])
         result, per_level, outside, timing = _sample(settings, product, space, clock)
         peak_gib, host_gib = peak(), host()
     nfe = result.nfe
-    del transformer, vae, components, experts, factors, reward, product, scorer, placement, result
+    del transformer, vae, components, experts, factors, reward, product, scorer, result
     free()
     return Row("regional_t2i", "3 regional x vqascore (fkc)", offload, f"{size}x{size}", settings.particles, per_level, peak_gib, outside, nfe, "VQA model resident", peak_host_gib=host_gib, **timing)

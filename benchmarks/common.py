@@ -14,7 +14,9 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-OFFLOAD_PRESETS = ("none", "model", "group", "sequential")
+#: The explicit ``offload`` presets (``auto`` is the planner's choice among them). There is
+#: no whole-model offload: moving a model per evaluation was what made it slow (issue 9).
+OFFLOAD_PRESETS = ("none", "group", "sequential")
 
 
 @dataclass(frozen=True)

@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     cuda = torch.cuda.is_available() and not arguments.tiny
     if not cuda:
         print("Full-size benchmarks need a CUDA GPU; running the tiny variants on the CPU (smoke table).")
-    offloads = tuple(arguments.offload) or (OFFLOAD_PRESETS if cuda else ("none", "model"))
+    offloads = tuple(arguments.offload) or (OFFLOAD_PRESETS if cuda else ("none", "group"))
     settings = Settings(
         device="cuda" if cuda else "cpu",
         full=cuda,

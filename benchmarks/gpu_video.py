@@ -43,7 +43,7 @@ if str(Path(__file__).resolve().parents[1]) not in sys.path:
 from poe_backend.experts.memory_plan import FULL_CONFIGS  # noqa: E402
 from benchmarks.common import ForwardClock, Row, peak_host, peak_vram, random_model, synchronize, table  # noqa: E402
 
-OFFLOADS = ("none", "model", "group", "sequential")
+OFFLOADS = ("none", "group", "sequential")
 
 _VACE_KEYS = ("in_channels", "vace_layers", "vace_in_channels")  # set per row below
 WAN_14B = {k: v for k, v in FULL_CONFIGS["wan.transformer.vace"][1].items() if k not in _VACE_KEYS}
@@ -77,13 +77,11 @@ def _measure(task: str, variant: str, offload: str, resolution: str, particles: 
     return Row(task, variant, offload, resolution, particles, total / (levels - 1), peak_gib, 1.0 - clock.seconds / total, nfe, f"{forwards} transformer forwards", per_forward, total, host_gib)
 
 
-def _place(modules: list[torch.nn.Module], offload: str, device: str):
-    from poe_backend.experts.registry import Placement
+def _place(modules: list[torch.nn.Module], offload: str, device: str) -> None:
+    from poe_backend.experts.placement import apply_placement, placement_for_offload
 
-    placement = Placement(offload, device)
     for module in modules:
-        placement.place(module)
-    return placement
+        apply_placement(module, placement_for_offload(offload), device)
 
 
 def bench_sim2video(device: str, offload: str, full: bool, preview: bool, particles: int, levels: int, langevin_steps: int) -> Row:
@@ -113,11 +111,9 @@ def bench_sim2video(device: str, offload: str, full: bool, preview: bool, partic
         i2v = random_model(lambda: WanTransformer3DModel(in_channels=36, image_dim=image_dim, added_kv_proj_dim=inner, **config), device, dtype)
         modules.append(i2v)
         experts.append(WanI2VExpert(i2v, rand(1, 20, *shape[1:]), rand(1, 257 if full else 5, image_dim), prompt, negative, 5.0))
-    placement = _place(modules, offload, device)
-    for expert in experts:
-        expert.placement = placement
+    _place(modules, offload, device)
     row = _measure("sim2video", variant, offload, f"{width}x{height}x{frames}", particles, device, experts, shape, levels, langevin_steps)
-    del experts, modules, vace, placement
+    del experts, modules, vace
     if not preview:
         del i2v
     _free()
@@ -135,18 +131,18 @@ def bench_sim2video_ar(device: str, offload: str, full: bool, particles: int, le
     window, (height, width) = (9, (480, 832)) if full else (1, (32, 32))
     text_dim, pooled_dim, image_dim = (4096, 768, 1152) if full else (16, 8, 32)
     transformer = random_model(lambda: HunyuanVideoFramepackTransformer3DModel(**config), device, dtype)
-    placement = _place([transformer], offload, device)
+    _place([transformer], offload, device)
     latent = (16, window, height // 8, width // 8)
     rand = lambda *size: torch.randn(*size, device=device)
     history = [rand(particles, *latent), rand(particles, *latent)]
     conditioning = section_conditioning(rand(particles, 16, 1, *latent[2:]), history, 2, 3, window, "inverted")
     prompt = PromptEmbeddings(rand(1, 256, text_dim), torch.ones(1, 256, device=device), rand(1, pooled_dim))
     experts = [
-        FramePackSectionExpert(transformer, conditioning, prompt, rand(1, 729 if full else 4, image_dim), 10.0, placement=placement),
+        FramePackSectionExpert(transformer, conditioning, prompt, rand(1, 729 if full else 4, image_dim), 10.0),
         RenderGaussianExpert(rand(*latent), 0.5),
     ]
     row = _measure("sim2video_ar", "FramePack-13B x render" if full else "tiny", offload, f"{width}x{height}, section of {window}", particles, device, experts, latent, levels, langevin_steps)
-    del experts, transformer, placement
+    del experts, transformer
     _free()
     return row
 

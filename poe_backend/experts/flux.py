@@ -39,7 +39,7 @@ from torch import Tensor
 from poe_backend.experts.model_cache import MODEL_CACHE, default_dtype, free_memory
 from poe_backend.experts import memory_plan
 from poe_backend.experts.memory_plan import Budget
-from poe_backend.experts.placement import Placement, PlacementPlan, placement_for_offload, placement_name
+from poe_backend.experts.placement import PlacementPlan, placement_for_offload, placement_name
 from poe_backend.sampling import GenerativeExpert, ProductOfExperts
 
 LATENT_CHANNELS = 16
@@ -200,19 +200,17 @@ class FluxExpert(GenerativeExpert):
     ``condition`` (``(1, N, C)`` or None) is concatenated to the particles on the channel
     dimension before the forward: Depth's control latents (C = 64) or Fill's masked-image
     latents plus mask (C = 320). ``guidance`` is the distilled guidance value (raw; the
-    model scales it). ``placement`` is only for the ``model`` offload preset of
-    :class:`~poe_backend.experts.placement.Placement` (benchmarks), which activates the
-    transformer before each forward; :class:`FluxRuntime` places transformers itself.
+    model scales it). :class:`FluxRuntime` places the transformer before the expert is made.
     ``max_batch`` splits large particle batches.
     """
 
-    def __init__(self, transformer: torch.nn.Module, space: FluxLatentSpace, prompt: PromptEmbedding, *, guidance: float, condition: Tensor | None = None, placement: Placement | None = None, max_batch: int | None = None, name: str = "flux") -> None:
+    def __init__(self, transformer: torch.nn.Module, space: FluxLatentSpace, prompt: PromptEmbedding, *, guidance: float, condition: Tensor | None = None, max_batch: int | None = None, name: str = "flux") -> None:
         expected = transformer.config.in_channels - PACKED_CHANNELS
         got = 0 if condition is None else condition.shape[-1]
         if expected != got:
             raise ValueError(f"{name}: transformer takes {transformer.config.in_channels} input channels, so it needs {expected} condition channels, got {got}")
         self.transformer, self.space, self.prompt = transformer, space, prompt
-        self.guidance, self.condition, self.placement = guidance, condition, placement
+        self.guidance, self.condition = guidance, condition
         self.max_batch, self.name = max_batch, name
         self.calls = 0
         self.text_ids = torch.zeros(prompt.embeds.shape[1], 3, device=space.device, dtype=space.dtype)
@@ -221,8 +219,6 @@ class FluxExpert(GenerativeExpert):
     def velocity(self, x: Tensor, t: float) -> Tensor:
         """``E[eps - x0 | x_t = x]`` for particles ``x (P, N, 64)`` at time ``t``."""
         self.calls += 1
-        if self.placement is not None:
-            self.placement.activate(self.transformer)
         chunks = x.split(self.max_batch) if self.max_batch else (x,)
         return torch.cat([self._forward(chunk, t) for chunk in chunks])
 

@@ -54,7 +54,6 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from poe_backend.experts.placement import Placement
 from poe_backend.sampling.experts import GenerativeExpert
 from poe_backend.sampling.schedules import flux_shift_mu, shifted_levels
 
@@ -172,7 +171,6 @@ class FramePackSectionExpert(GenerativeExpert):
         guidance_scale: float = 10.0,
         negative_prompt: PromptEmbeddings | None = None,
         true_cfg_scale: float = 1.0,
-        placement: Placement | None = None,
     ) -> None:
         if true_cfg_scale != 1.0 and negative_prompt is None:
             raise ValueError("true_cfg_scale != 1 needs negative prompt embeddings")
@@ -183,7 +181,6 @@ class FramePackSectionExpert(GenerativeExpert):
         self.image_embeds = image_embeds
         self.guidance_scale = float(guidance_scale)
         self.true_cfg_scale = float(true_cfg_scale)
-        self.placement = placement  # only for the ``model`` offload preset (benchmarks)
         self.forward_count = 0
 
     def reindex(self, indices: Tensor) -> None:
@@ -214,8 +211,6 @@ class FramePackSectionExpert(GenerativeExpert):
 
     @torch.no_grad()
     def velocity(self, x: Tensor, t: float) -> Tensor:
-        if self.placement is not None:
-            self.placement.activate(self.transformer)
         prediction = self._forward(x, t, self.prompt)
         if self.true_cfg_scale != 1.0:
             negative = self._forward(x, t, self.negative_prompt)

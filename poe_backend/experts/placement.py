@@ -37,7 +37,7 @@ from typing import Any, Literal, Mapping
 
 import torch
 
-from poe_backend.experts.memory_plan import Plan, RolePlan, device_budget
+from poe_backend.experts.memory_plan import Plan, RolePlan
 
 PlacementName = Literal["resident", "group_offload", "leaf_offload", "fp8_resident", "fp8_group_offload", "fp8_leaf_offload"]
 PLACEMENT_NAMES: tuple[str, ...] = ("resident", "group_offload", "leaf_offload", "fp8_resident", "fp8_group_offload", "fp8_leaf_offload")
@@ -142,80 +142,15 @@ def parameter_bytes(module: torch.nn.Module) -> int:
 # Offload presets of the task parameters (``offload``), shared by every family
 
 
-OFFLOAD_PRESETS: tuple[str, ...] = ("auto", "none", "model", "group", "sequential")
+OFFLOAD_PRESETS: tuple[str, ...] = ("auto", "none", "group", "sequential")
 _PRESET_PLACEMENT: dict[str, PlacementName] = {"none": "resident", "group": "group_offload", "sequential": "leaf_offload"}
 
 
 def placement_for_offload(offload: str, fp8_storage: bool = False) -> PlacementName:
     """The placement an explicit ``offload`` preset names: ``none`` -> ``resident``,
     ``group`` -> ``group_offload``, ``sequential`` -> ``leaf_offload``, each ``fp8_``
-    with ``fp8_storage``. (``model`` has no per-role placement: see :class:`Placement`.)"""
+    with ``fp8_storage``. There is no whole-model offload: moving a model at every
+    evaluation of alternating experts costs more than the evaluation (issue 9)."""
     if offload not in _PRESET_PLACEMENT:
         raise ValueError(f"offload: {offload!r} names no placement; choose one of auto, none, group, sequential")
     return (FP8_PREFIX if fp8_storage else "") + _PRESET_PLACEMENT[offload]
-
-
-def choose_offload(device: str, resident_bytes: int, largest_bytes: int, activation_bytes: int = 0, *, alternating: bool = True) -> str:
-    """Resolve ``auto`` from free VRAM (less the planner's reserve): ``none`` when
-    everything fits; ``model`` only for a single, non-alternating model whose weights plus
-    activations fit (one move per job, not per evaluation); else ``group``. Always ``none``
-    off CUDA."""
-    budget = device_budget(device)
-    if budget is None:
-        return "none"
-    room = budget.vram_free_bytes - budget.reserve_bytes
-    if resident_bytes + activation_bytes <= room:
-        return "none"
-    if not alternating and largest_bytes + activation_bytes <= room:
-        return "model"
-    return "group"
-
-
-class Placement:
-    """An offload preset applied to the big models of one product (the ``offload`` task
-    parameter): ``none`` -> ``resident``, ``group`` -> ``group_offload``, ``sequential`` ->
-    ``leaf_offload`` through :func:`apply_placement` (fp8 storage with ``none`` only),
-    and ``model``: models stay on the CPU and :meth:`activate` moves the one about to run to
-    the device (explicit choice only; ``auto`` never picks it for several experts).
-    """
-
-    def __init__(self, preset: str, device: str, *, fp8_storage: bool = False) -> None:
-        if preset not in OFFLOAD_PRESETS or preset == "auto":
-            raise ValueError(f"offload: unknown preset {preset!r}; choose one of none, model, group, sequential")
-        self.preset, self.device, self.fp8_storage = preset, device, fp8_storage
-        self._active: Any = None
-
-    @classmethod
-    def for_sizes(cls, preset: str, device: str, sizes: list[int], *, activation_bytes: int = 0, fp8_storage: bool = False) -> "Placement":
-        """Resolve ``auto`` from the models' sizes in bytes (halved under ``fp8_storage``);
-        several sizes are alternating experts, so never ``model``."""
-        if preset == "auto":
-            sizes = [size // 2 if fp8_storage else size for size in sizes] or [0]
-            preset = choose_offload(device, sum(sizes), max(sizes), activation_bytes, alternating=len(sizes) > 1)
-        return cls(preset, device, fp8_storage=fp8_storage)
-
-    @classmethod
-    def for_modules(cls, preset: str, device: str, modules: list[Any], *, activation_bytes: int = 0, fp8_storage: bool = False) -> "Placement":
-        """:meth:`for_sizes` with the sizes of loaded modules."""
-        return cls.for_sizes(preset, device, [parameter_bytes(module) for module in modules], activation_bytes=activation_bytes, fp8_storage=fp8_storage)
-
-    def place(self, module: Any) -> Any:
-        """Prepare ``module`` (once per module, whatever the Placement instance); returns it."""
-        if self.preset == "model":
-            module.to("cpu")
-            module._poe_placement = ("model_offload", str(self.device))
-            return module
-        return apply_placement(module, placement_for_offload(self.preset, self.fp8_storage), self.device)
-
-    def activate(self, module: Any) -> None:
-        """Call before ``module``'s forward: under ``model`` offload, bring it to the device
-        and send the previously active one back to the CPU."""
-        if self.preset != "model" or self._active is module:
-            return
-        if self._active is not None:
-            self._active.to("cpu")
-        module.to(self.device)
-        self._active = module
-
-    def describe(self) -> dict[str, Any]:
-        return {"offload": self.preset, "device": str(self.device), "fp8_storage": self.fp8_storage}

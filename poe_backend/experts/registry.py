@@ -10,18 +10,17 @@
 * :mod:`~poe_backend.experts.memory_plan` — the one place that decides placements, from
   exact sizes (configs on the meta device), activations, decode and free memory.
 * :mod:`~poe_backend.experts.placement` — applying a decision to a module
-  (``apply_placement``) and the ``offload`` task presets (:class:`Placement`).
+  (``apply_placement``) and the ``offload`` task presets (``placement_for_offload``).
 
-New code may import those modules directly; every name here keeps its earlier behaviour,
-except that ``auto`` offload no longer picks whole-model offload for several experts and
-group offload no longer pins a second host copy.
+New code may import those modules directly; there is no whole-model offload (it moved a
+model at every evaluation) and group offload pins no second host copy.
 """
 
 from __future__ import annotations
 
 from poe_backend.experts.lookup import check_available, hub_search_paths, resolve, weight_bytes
 from poe_backend.experts.model_cache import MODEL_CACHE, default_dtype
-from poe_backend.experts.placement import OFFLOAD_PRESETS, Placement, choose_offload, parameter_bytes
+from poe_backend.experts.placement import OFFLOAD_PRESETS, parameter_bytes
 from poe_backend.experts.specs import (
     BUILTIN_PRESETS,
     Components,
@@ -45,8 +44,8 @@ clear_cache = MODEL_CACHE.clear
 loaded_models = MODEL_CACHE.loaded_models
 
 __all__ = [
-    "BUILTIN_PRESETS", "Components", "MODEL_CACHE", "MissingWeights", "ModelSpec", "OFFLOAD_PRESETS", "Placement",
-    "check_available", "choose_offload", "clear_cache", "data_dir", "default_dtype", "families", "get_spec",
+    "BUILTIN_PRESETS", "Components", "MODEL_CACHE", "MissingWeights", "ModelSpec", "OFFLOAD_PRESETS",
+    "check_available", "clear_cache", "data_dir", "default_dtype", "families", "get_spec",
     "hub_search_paths", "hub_specs", "load", "loaded_models", "parameter_bytes", "preset_names", "register_family",
     "release", "resolve", "roles_of", "temporary_env", "tiny_dir", "tiny_specs", "weight_bytes",
 ]

@@ -47,7 +47,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from poe_backend.experts.placement import Placement
 from poe_backend.sampling.experts import GenerativeExpert
 
 LATENT_CHANNELS = 16
@@ -133,14 +132,13 @@ def first_frame_and_depth_control_inputs(image: Tensor, depth_video: Tensor) -> 
 class _WanExpert(GenerativeExpert):
     """True classifier-free guidance around one transformer call ``_forward(x, t, embeds)``."""
 
-    def __init__(self, transformer: torch.nn.Module, prompt_embeds: Tensor, negative_prompt_embeds: Tensor | None, guidance_scale: float, placement: Placement | None = None) -> None:
+    def __init__(self, transformer: torch.nn.Module, prompt_embeds: Tensor, negative_prompt_embeds: Tensor | None, guidance_scale: float) -> None:
         if guidance_scale != 1.0 and negative_prompt_embeds is None:
             raise ValueError("guidance_scale != 1 needs negative prompt embeddings")
         self.transformer = transformer
         self.prompt_embeds = prompt_embeds
         self.negative_prompt_embeds = negative_prompt_embeds
         self.guidance_scale = float(guidance_scale)
-        self.placement = placement  # only for the ``model`` offload preset (benchmarks)
         self.forward_count = 0
 
     @property
@@ -156,8 +154,6 @@ class _WanExpert(GenerativeExpert):
         num_particles = x.shape[0]
         timestep = torch.full((num_particles,), t * TIMESTEP_SCALE, device=x.device, dtype=torch.float32)
         hidden = x.to(self._dtype)
-        if self.placement is not None:
-            self.placement.activate(self.transformer)
         conditional = self._forward(hidden, timestep, self.prompt_embeds)
         self.forward_count += 1
         if self.guidance_scale != 1.0:
@@ -180,8 +176,8 @@ class WanI2VExpert(_WanExpert):
     ``image_embeds`` ``(1, 257, 1280)`` from :meth:`WanRuntime.encode_image`; prompt
     embeddings ``(1, L, 4096)``. Default guidance 5 (Wan's I2V default)."""
 
-    def __init__(self, transformer, condition: Tensor, image_embeds: Tensor, prompt_embeds: Tensor, negative_prompt_embeds: Tensor | None = None, guidance_scale: float = 5.0, placement: Placement | None = None) -> None:
-        super().__init__(transformer, prompt_embeds, negative_prompt_embeds, guidance_scale, placement)
+    def __init__(self, transformer, condition: Tensor, image_embeds: Tensor, prompt_embeds: Tensor, negative_prompt_embeds: Tensor | None = None, guidance_scale: float = 5.0) -> None:
+        super().__init__(transformer, prompt_embeds, negative_prompt_embeds, guidance_scale)
         self.condition = condition
         self.image_embeds = image_embeds
 
@@ -200,8 +196,8 @@ class WanVACEExpert(_WanExpert):
     ``control`` ``(1, 96, F', h, w)`` from :meth:`WanRuntime.vace_control`; ``control_scale`` multiplies every VACE layer's hint
     (diffusers' ``conditioning_scale``). Default guidance 5 (the VACE pipeline's)."""
 
-    def __init__(self, transformer, control: Tensor, prompt_embeds: Tensor, negative_prompt_embeds: Tensor | None = None, guidance_scale: float = 5.0, control_scale: float = 1.0, placement: Placement | None = None) -> None:
-        super().__init__(transformer, prompt_embeds, negative_prompt_embeds, guidance_scale, placement)
+    def __init__(self, transformer, control: Tensor, prompt_embeds: Tensor, negative_prompt_embeds: Tensor | None = None, guidance_scale: float = 5.0, control_scale: float = 1.0) -> None:
+        super().__init__(transformer, prompt_embeds, negative_prompt_embeds, guidance_scale)
         self.control = control
         self.control_scale = float(control_scale)
 
