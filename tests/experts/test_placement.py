@@ -12,7 +12,6 @@ from poe_backend.experts.memory_plan import RolePlan
 from poe_backend.experts.placement import apply_placement, placement_name, placement_of
 
 
-
 def test_explicit_offload_names_map_to_placements():
     assert placement.placement_for_offload("none") == "resident"
     assert placement.placement_for_offload("none", fp8_storage=True) == "fp8_resident"
