@@ -8,7 +8,15 @@ back outside the mask as the task's ``blend`` does), for each class-expert guida
 (0: the conditional net alone), then the product's Feynman-Kac log-weight spread per level
 at P = 2 and 4 (unguided). See :mod:`poe_backend.toy.digits`.
 Run: ``.venv/bin/python benchmarks/digits_insertion.py`` (trains both nets on first use,
-about two minutes on one thread, cached under the data dir).
+75-160 s on one thread, cached under the data dir; the rest about 5 minutes).
+
+Measured (200 runs, one shared CPU thread): P = 1, 2, 4 score the same within noise on
+every measure. Unguided, product-fkc: RMSE 0.26, accuracy 0.81 (blended 0.40); naive sum
+0.27, 0.92 (0.59). Class guidance 1: product-fkc 0.30, 0.99 (0.72); naive sum 0.36, 1.00
+(0.90). The product's log-weights spread by std 7 at the first level and 11-13.5 at t = 0
+(64 dimensions): ESS/P stays at 1/P + a little (0.53 at P = 2, 0.28 at P = 4) at every
+level, so at P = 2 the 0.5 threshold never resamples and at P = 4 it resamples at 18 of 26
+levels, each a near-greedy pick.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from poe_backend.tasks.insertion import InsertionParams  # noqa: E402
 from poe_backend.toy import digits  # noqa: E402
 
 PARTICLE_COUNTS = (1, 2, 4)
@@ -40,7 +49,7 @@ def main() -> None:
     start = time.perf_counter()
     data = digits.load_data()
     experts = digits.train_experts(data)
-    case, params = digits.InsertionCase(), digits.task_params()
+    case, params = digits.InsertionCase(), InsertionParams()
     print(f"nets ready in {time.perf_counter() - start:.0f} s; classifier held-out accuracy {experts.classifier_accuracy:.3f}")
     print(f"case: a {case.target_class} into rows {case.mask_rows}, columns {case.mask_columns} of held-out {case.plate_classes} ({case.plates(data).shape[0]} plates), {arguments.runs} runs per cell")
     print(f"insertion defaults: levels {params.levels}, langevin_steps {params.langevin_steps}, step_scale {params.step_scale}, ess_threshold {params.ess_threshold}, t_max {params.t_max}, schedule {params.schedule}")
