@@ -8,7 +8,7 @@ back outside the mask as the task's ``blend`` does), for each class-expert guida
 (0: the conditional net alone), then the product's Feynman-Kac log-weight spread per level
 at P = 2 and 4 (unguided). See :mod:`poe_backend.toy.digits`.
 Run: ``.venv/bin/python benchmarks/digits_insertion.py`` (trains both nets on first use,
-75-160 s on one thread, cached under the data dir; the rest about 5 minutes).
+75-200 s on one thread, cached under the data dir; the rest about 6 minutes).
 
 Measured (200 runs, one shared CPU thread): P = 1, 2, 4 score the same within noise on
 every measure. Unguided, product-fkc: RMSE 0.26, accuracy 0.81 (blended 0.40); naive sum
@@ -43,25 +43,29 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=200, help="independent runs per cell")
     parser.add_argument("--spread-runs", type=int, default=20, help="runs per particle count for the log-weight spread")
     parser.add_argument("--class-guidance", type=float, nargs="+", default=[0.0, 1.0], help="classifier-free guidance scales of the class expert")
+    parser.add_argument("--class-weight", type=float, default=InsertionParams().depth_weight, help="the class expert's power (the task's depth_weight)")
+    parser.add_argument("--fill-weight", type=float, default=InsertionParams().fill_weight, help="the inpainter's power (the task's fill_weight)")
+    parser.add_argument("--particles", type=int, nargs="+", default=list(PARTICLE_COUNTS))
+    parser.add_argument("--no-spread", action="store_true", help="skip the log-weight spread")
     parser.add_argument("--seed", type=int, default=0)
     arguments = parser.parse_args()
     torch.set_num_threads(1)
     start = time.perf_counter()
     data = digits.load_data()
     experts = digits.train_experts(data)
-    case, params = digits.InsertionCase(), InsertionParams()
+    case, params = digits.InsertionCase(), InsertionParams(depth_weight=arguments.class_weight, fill_weight=arguments.fill_weight)
     print(f"nets ready in {time.perf_counter() - start:.0f} s; classifier held-out accuracy {experts.classifier_accuracy:.3f}")
     print(f"case: a {case.target_class} into rows {case.mask_rows}, columns {case.mask_columns} of held-out {case.plate_classes} ({case.plates(data).shape[0]} plates), {arguments.runs} runs per cell")
-    print(f"insertion defaults: levels {params.levels}, langevin_steps {params.langevin_steps}, step_scale {params.step_scale}, ess_threshold {params.ess_threshold}, t_max {params.t_max}, schedule {params.schedule}")
+    print(f"settings (the insertion defaults unless given): levels {params.levels}, langevin_steps {params.langevin_steps}, step_scale {params.step_scale}, ess_threshold {params.ess_threshold}, t_max {params.t_max}, schedule {params.schedule}; class weight {params.depth_weight}, fill weight {params.fill_weight}")
     for guidance in arguments.class_guidance:
         guided = dataclasses.replace(case, class_guidance=guidance)
-        scores = {(method, p): digits.score_method(method, experts, guided, data, particles=p, runs=arguments.runs, seed=arguments.seed) for method in digits.METHODS for p in PARTICLE_COUNTS}
+        scores = {(method, p): digits.score_method(method, experts, guided, data, particles=p, runs=arguments.runs, seed=arguments.seed, params=params) for method in digits.METHODS for p in arguments.particles}
         for title, attribute, decimals in MEASURES:
-            print(f"\n{title + f', class guidance {guidance:g}':<44} | " + " | ".join(f"{'P=' + str(p):>6}" for p in PARTICLE_COUNTS))
-            print("-" * (47 + 9 * len(PARTICLE_COUNTS)))
+            print(f"\n{title + f', class guidance {guidance:g}':<44} | " + " | ".join(f"{'P=' + str(p):>6}" for p in arguments.particles))
+            print("-" * (47 + 9 * len(arguments.particles)))
             for method in digits.METHODS:
-                print(f"{method:<44} | " + " | ".join(f"{getattr(scores[method, p], attribute):>6.{decimals}f}" for p in PARTICLE_COUNTS))
-    for p in (2, 4):
+                print(f"{method:<44} | " + " | ".join(f"{getattr(scores[method, p], attribute):>6.{decimals}f}" for p in arguments.particles))
+    for p in () if arguments.no_spread else (2, 4):
         spread = digits.log_weight_spread(experts, case, data, particles=p, runs=arguments.spread_runs, seed=arguments.seed)
         print(f"\nproduct-fkc log-weights, P={p}, {arguments.spread_runs} runs; mean resamplings per run at the defaults: {spread.resample_count:.1f}")
         print(f"{'level':>5} | {'t':>6} | {'std (no resampling)':>19} | {'ESS/P (no resampling)':>21} | {'ESS/P (defaults)':>16}")

@@ -103,7 +103,7 @@ def inpaint_condition(plates: Tensor, masks: Tensor) -> Tensor:
 class TrainingConfig:
     """Both experts' nets and training; ``masks_per_image`` random masks pair with every
     training image for the inpainter. The defaults train both nets in 75 s on one CPU
-    thread (160 s on a core shared with other jobs)."""
+    thread (up to 200 s on a core shared with other jobs)."""
 
     width: int = 256
     depth: int = 3

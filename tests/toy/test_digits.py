@@ -7,7 +7,7 @@ stays within 0.07 of the inpainter's RMSE (0.19) and 0.17 of the class expert's 
 (0.98). Against the naive sum it is level on the known pixels (0.26 vs 0.27) and shows the
 class less often (0.81 vs 0.92). With the class expert guided (scale 1) the product beats
 the naive sum on the known pixels (0.30 vs 0.36) at the same class accuracy (0.98 vs 1.00).
-Trains both nets on first use (75-160 s on one thread; cached under the data dir).
+Trains both nets on first use (75-200 s on one thread; cached under the data dir).
 """
 
 from __future__ import annotations
