@@ -31,13 +31,14 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Callable
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from poe_backend.experts.specs import data_dir
-from poe_backend.sampling import Factor, GenerativeExpert, ProductOfExperts, resampling
+from poe_backend.sampling import Factor, GenerativeExpert, Progress, ProductOfExperts, SampleResult, resampling
 from poe_backend.tasks import images
 from poe_backend.tasks.insertion import InsertionParams
 from poe_backend.toy.flow_net import LearnedExpert, VelocityNet, load_or_train, train_velocity
@@ -213,11 +214,12 @@ def build_product(method: str, experts: DigitExperts, case: InsertionCase, plate
     return ProductOfExperts(factors), "summed_velocity"
 
 
-def sample_once(method: str, experts: DigitExperts, case: InsertionCase, plate: Tensor, params: InsertionParams, seed: int, levels: list[float] | None = None):
-    """One run of ``params.particles`` particles; returns the sampler's result."""
+def sample_once(method: str, experts: DigitExperts, case: InsertionCase, plate: Tensor, params: InsertionParams, seed: int, levels: list[float] | None = None, callback: Callable[[Progress], None] | None = None) -> SampleResult:
+    """One run of ``params.particles`` particles on ``levels`` (default: the task's), with an
+    optional progress ``callback``; returns the sampler's result."""
     product, sampler = build_product(method, experts, case, plate, params)
     generator, noise = images.start_noise(seed, params.particles, (DIMENSION,))
-    context = SimpleNamespace(callback=None, should_stop=None)  # what run_sampler reads of a task context
+    context = SimpleNamespace(callback=callback, should_stop=None)  # what run_sampler reads of a task context
     return images.run_sampler(params.model_copy(update={"sampler": sampler}), product, noise, task_levels(params) if levels is None else levels, generator, context)
 
 

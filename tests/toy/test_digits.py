@@ -69,3 +69,20 @@ def test_log_weight_spread_is_recorded_per_level(setup):
     assert len(spread.std) == len(spread.ess_fraction) == len(spread.default_ess_fraction) == len(levels) - 1
     assert all(0.5 <= fraction <= 1.0 + 1e-9 for fraction in spread.ess_fraction + spread.default_ess_fraction)
     assert spread.std[-1] > 0.0
+
+
+@pytest.mark.slow
+def test_a_run_on_the_first_levels_repeats_the_full_run_there(setup):
+    """What log_weight_spread relies on: the same seed, resampling off, the first k + 1
+    levels give the particles the full run has at level k."""
+    data, experts = setup
+    case, params = digits.InsertionCase(), InsertionParams(particles=4, ess_threshold=0.0)
+    plate, levels, seen = case.plates(data)[0], digits.task_levels(params), {}
+
+    def keep(progress):
+        seen[progress.level] = progress.particles.clone()
+
+    digits.sample_once("product-fkc", experts, case, plate, params, 7, callback=keep)
+    k = 10
+    prefix = digits.sample_once("product-fkc", experts, case, plate, params, 7, levels[: k + 1])
+    torch.testing.assert_close(prefix.particles, seen[k + 1], rtol=0, atol=0)
