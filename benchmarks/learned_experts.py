@@ -1,0 +1,263 @@
+"""Score-only samplers on learned experts whose exact product is known.
+
+Experts are flow-matching nets trained on samples of Gaussian mixtures
+(:mod:`poe_backend.toy.learned`, cached under the data dir), so their velocities carry
+real model error while the exact product stays closed form. Every distance is the sliced
+Wasserstein distance to exact samples divided by the two-sample floor at the same sample
+count (1.0 = as good as exact sampling), printed as ``swd|modes`` with the mode-weight error
+÷ its floor (see :class:`Measure`); "exact" columns run the same sampler on the exact
+mixtures (score-only) to tell sampler error from model error. Parts (``--part``):
+
+* ``fidelity``: each learned expert's own flow ODE against its own mixture.
+* ``toy``: many particles at the toy budget (100 log-SNR levels, 4 Langevin steps; the
+  ODE baselines 500 levels).
+* ``task``: the image tasks' settings (FLUX-shifted 28 levels for 4096 tokens from
+  t_max = 0.98, 2 Langevin steps, step scale 0.5), P particles per run, many independent
+  runs, one particle per run kept (drawn by weight, or the largest weight as the tasks do),
+  pooled. Resampling policies: ``ess 0.5`` (the tasks' threshold), ``ess 1`` (every level),
+  ``never`` (final choice by weight only).
+* ``spread``: Feynman-Kac log-weights without resampling at the task settings, per level,
+  on the high-dimensional case at several dimensions; the growth law in dimension and its
+  extrapolation to 10^5.
+
+Run: ``.venv/bin/python benchmarks/learned_experts.py --part toy`` (one thread).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from poe_backend.experts.gmm import GaussianMixture, GaussianMixtureExpert  # noqa: E402
+from poe_backend.sampling import Factor, GenerativeExpert, ProductOfExperts, SampleResult, resampling, samplers  # noqa: E402
+from poe_backend.sampling.schedules import flux_shift_mu, log_snr_levels, shifted_levels  # noqa: E402
+from poe_backend.toy import learned  # noqa: E402
+from poe_backend.toy.metrics import noise_floor, sliced_wasserstein  # noqa: E402
+from poe_backend.toy.run import DEFAULT_LANGEVIN_STEPS, DEFAULT_LEVEL_COUNT, DEFAULT_LEVELS  # noqa: E402
+from poe_backend.toy.spec import DTYPE  # noqa: E402
+
+TASK_LEVELS = shifted_levels(28, flux_shift_mu(4096), t_max=0.98)  # insertion at 1024x1024
+TASK_LANGEVIN_STEPS = 2
+TASK_STEP_SCALE = 0.5
+REFERENCE_SETS = 4  # exact reference sets each distance is averaged over
+MODE_REFERENCE = 20000  # exact samples of the reference mode shares
+
+
+class Measure:
+    """Against exact samples (``draw(n)``) of ``mixture`` at sample count ``n``: the SWD ÷
+    two-sample floor, and the mode-weight error ÷ its floor (total variation between the
+    shares of samples nearest to each of the mixture's components, by responsibility, and a
+    large exact reference's shares; the floor is an exact ``n``-set's)."""
+
+    def __init__(self, draw: Callable[[int], torch.Tensor], n: int, mixture: GaussianMixture) -> None:
+        self.mixture, self.references, self.floor = mixture, [draw(n) for _ in range(REFERENCE_SETS)], noise_floor(draw, n)
+        self.shares = self._shares(draw(MODE_REFERENCE))
+        self.mode_floor = float(np.mean([self._mode_error(draw(n)) for _ in range(8)]))
+
+    def ratios(self, samples: torch.Tensor) -> tuple[float, float]:
+        distance = float(np.mean([sliced_wasserstein(samples, reference) for reference in self.references]))
+        return distance / self.floor, self._mode_error(samples) / self.mode_floor
+
+    def _shares(self, samples: torch.Tensor) -> torch.Tensor:
+        nearest = self.mixture.component_log_densities(samples.to(self.mixture.means))[0].argmax(dim=1)
+        return torch.bincount(nearest, minlength=self.mixture.weights.numel()).double() / samples.shape[0]
+
+    def _mode_error(self, samples: torch.Tensor) -> float:
+        return 0.5 * float((self._shares(samples) - self.shares).abs().sum())
+
+
+def cell(ratios: tuple[float, float]) -> str:
+    """``swd|modes`` ratios to their floors."""
+    return f"{ratios[0]:.2f}|{ratios[1]:.2f}"
+
+
+def exact_experts(case: learned.LearnedCase) -> list[GenerativeExpert]:
+    """The case's true mixtures as score-only experts (the samplers here use velocities only)."""
+    return [GaussianMixtureExpert(mixture) for mixture in case.spec.mixtures]
+
+
+def run_sampler(name: str, experts: list[GenerativeExpert], noise: torch.Tensor, levels: list[float], generator: torch.Generator, langevin_steps: int, ess_threshold: float = 0.5) -> SampleResult:
+    """``name``: "fkc", "langevin", "naive" or "single:K" on a fresh product of ``experts``."""
+    if name.startswith("single"):
+        return samplers.sample_summed_velocity(ProductOfExperts([Factor(experts[int(name.split(":")[1])])]), noise, levels, generator=generator)
+    product = ProductOfExperts([Factor(expert) for expert in experts])
+    if name == "fkc":
+        return samplers.sample_fkc(product, noise, levels, generator=generator, langevin_steps=langevin_steps, step_scale=TASK_STEP_SCALE, ess_threshold=ess_threshold)
+    if name == "langevin":
+        return samplers.sample_annealed_langevin(product, noise, levels, generator=generator, langevin_steps=langevin_steps, step_scale=TASK_STEP_SCALE)
+    return samplers.sample_summed_velocity(product, noise, levels, generator=generator)
+
+
+def part_fidelity(cases: list[learned.LearnedCase], particles: int, seed: int) -> None:
+    print(f"\n## Expert fidelity: each expert's own flow ODE ({DEFAULT_LEVELS['single']} log-SNR levels), {particles} samples, SWD / floor vs its own mixture")
+    print(f"{'case':<16} | {'expert':>6} | {'learned':>11} | {'exact':>11}")
+    for case in cases:
+        learned_experts, exact = case.experts(), exact_experts(case)
+        for index, mixture in enumerate(case.spec.mixtures):
+            generator = torch.Generator().manual_seed(seed)
+            measure = Measure(lambda n: mixture.sample(n, generator), particles, mixture)
+            ratios = []
+            for experts in (learned_experts, exact):
+                noise = torch.randn(particles, case.dimension, generator=generator, dtype=DTYPE)
+                result = run_sampler(f"single:{index}", experts, noise, log_snr_levels(DEFAULT_LEVELS["single"]), generator, 0)
+                ratios.append(cell(measure.ratios(result.particles)))
+            print(f"{case.name:<16} | {index:>6} | {ratios[0]:>11} | {ratios[1]:>11}", flush=True)
+
+
+def part_toy(cases: list[learned.LearnedCase], particles: int, seed: int) -> None:
+    print(f"\n## Toy budget: {particles} particles, equally weighted (resampled) output, SWD / floor vs the exact product")
+    print(f"{'case':<16} | {'sampler':<10} | {'NFE/expert':>10} | {'learned':>11} | {'exact':>11} | {'seconds':>7}")
+    for case in cases:
+        learned_experts, exact = case.experts(), exact_experts(case)
+        generator = torch.Generator().manual_seed(seed)
+        measure = Measure(lambda n: case.exact_samples(n, generator), particles, case.spec.exact_product())
+        names = ["fkc", "langevin", "naive"] + [f"single:{i}" for i in range(len(exact))]
+        for name in names:
+            levels = log_snr_levels(DEFAULT_LEVELS.get(name.split(":")[0], DEFAULT_LEVEL_COUNT))
+            ratios, nfe, start = [], 0, time.perf_counter()
+            for experts in (learned_experts, exact):
+                noise = torch.randn(particles, case.dimension, generator=generator, dtype=DTYPE)
+                result = run_sampler(name, experts, noise, levels, generator, DEFAULT_LANGEVIN_STEPS)
+                ratios.append(cell(measure.ratios(result.equally_weighted(generator))))
+                nfe = result.nfe // (1 if name.startswith("single") else len(experts))
+            seconds = time.perf_counter() - start
+            print(f"{case.name:<16} | {name:<10} | {nfe:>10} | {ratios[0]:>11} | {ratios[1]:>11} | {seconds:>7.1f}", flush=True)
+
+
+def kept_particles(result: SampleResult, group: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """From particles in consecutive groups of ``group`` (one group = one run), the particle
+    each run keeps: drawn by weight, and the largest weight. Each ``(runs, D)``."""
+    particles = result.particles.reshape(-1, group, result.particles.shape[-1])
+    log_weights = result.log_weights.reshape(-1, group)
+    drawn = torch.stack([resampling.multinomial(generator, weights, 1)[0] for weights in log_weights])
+    rows = torch.arange(particles.shape[0])
+    return particles[rows, drawn], particles[rows, log_weights.argmax(dim=1)]
+
+
+def task_samples(name: str, experts: list[GenerativeExpert], policy: str, group: int, runs: int, dimension: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pooled kept particles of ``runs`` runs of ``group`` particles at the task settings.
+    Runs without resampling are independent per particle, so they share one batched call;
+    resampling runs (fkc with ``policy`` "ess 0.5" or "ess 1") are called one by one."""
+    if name != "fkc" or policy == "never" or group == 1:
+        noise = torch.randn(runs * group, dimension, generator=generator, dtype=DTYPE)
+        result = run_sampler(name, experts, noise, TASK_LEVELS, generator, TASK_LANGEVIN_STEPS, ess_threshold=0.0)
+        return kept_particles(result, group, generator)
+    threshold = {"ess 0.5": 0.5, "ess 1": 1.0}[policy]
+    drawn, best = [], []
+    for _ in range(runs):
+        noise = torch.randn(group, dimension, generator=generator, dtype=DTYPE)
+        result = run_sampler(name, experts, noise, TASK_LEVELS, generator, TASK_LANGEVIN_STEPS, ess_threshold=threshold)
+        one_drawn, one_best = kept_particles(result, group, generator)
+        drawn.append(one_drawn)
+        best.append(one_best)
+    return torch.cat(drawn), torch.cat(best)
+
+
+def part_task(cases: list[learned.LearnedCase], runs: int, seed: int) -> None:
+    print(f"\n## Task settings: {len(TASK_LEVELS)} FLUX-shifted levels (mu for 4096 tokens), {TASK_LANGEVIN_STEPS} Langevin steps, {runs} runs of P particles, one kept per run, pooled; SWD / floor ({runs} samples) vs the exact product")
+    print("   P = 2 at 'ess 0.5' never resamples (the ESS of two particles is at least 1 = 0.5 P): it is 'never'.")
+    print(f"{'case':<16} | {'sampler':<10} | {'policy':<8} | {'P':>2} | {'learned drawn':>13} | {'learned best':>12} | {'exact drawn':>11} | {'exact best':>11} | {'seconds':>7}")
+    configurations = [("fkc", "never", 1), ("fkc", "never", 2), ("fkc", "never", 4), ("fkc", "ess 0.5", 4), ("fkc", "ess 1", 2), ("fkc", "ess 1", 4), ("langevin", "-", 1), ("naive", "-", 1)]
+    for case in cases:
+        learned_experts, exact = case.experts(), exact_experts(case)
+        generator = torch.Generator().manual_seed(seed)
+        measure = Measure(lambda n: case.exact_samples(n, generator), runs, case.spec.exact_product())
+        rows = configurations + [(f"single:{i}", "-", 1) for i in range(len(exact))]
+        for name, policy, group in rows:
+            start, ratios = time.perf_counter(), []
+            for experts in (learned_experts, exact):
+                drawn, best = task_samples(name, experts, policy, group, runs, case.dimension, generator)
+                ratios += [cell(measure.ratios(drawn)), cell(measure.ratios(best))]
+            seconds = time.perf_counter() - start
+            print(f"{case.name:<16} | {name:<10} | {policy:<8} | {group:>2} | {ratios[0]:>13} | {ratios[1]:>12} | {ratios[2]:>11} | {ratios[3]:>11} | {seconds:>7.1f}", flush=True)
+
+
+def log_weights_at(experts: list[GenerativeExpert], noise: torch.Tensor, level: int, seed: int) -> torch.Tensor:
+    """Feynman-Kac log-weights ``(N,)`` without resampling after the transport to
+    ``TASK_LEVELS[level]`` (the final ones for the last level): a run on the truncated
+    schedule repeats the full run's trajectory up to there (same seed, no resampling draws)."""
+    result = run_sampler("fkc", experts, noise, TASK_LEVELS[: level + 1], torch.Generator().manual_seed(seed), TASK_LANGEVIN_STEPS, ess_threshold=0.0)
+    return result.log_weights
+
+
+def ess_fraction(log_weights: torch.Tensor, group: int) -> float:
+    """Mean Kish ESS / P over consecutive groups of ``group`` particles (independent runs)."""
+    return float(np.mean([resampling.effective_sample_size(weights) / group for weights in log_weights.reshape(-1, group)]))
+
+
+def gaussian_ess_fraction(std: float, group: int, draws: int = 20000) -> float:
+    """Expected ESS / P of ``group`` particles whose log-weights are i.i.d. N(0, std²)."""
+    log_weights = torch.randn(draws, group, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * std
+    return ess_fraction(log_weights.flatten(), group)
+
+
+def part_spread(dimensions: list[int], exact_dimensions: list[int], particles: int, seed: int) -> None:
+    print(f"\n## Log-weight spread: fkc at the task settings without resampling, {particles} independent particles per dimension")
+    print("   std: of the cumulative log-weights over particles; step: std of that level's increment alone (what a run resampled at every level sees)")
+    runs = {}
+    for kind, dims in (("learned", dimensions), ("exact", exact_dimensions)):
+        for dimension in dims:
+            case = learned.high_dimensional(dimension)
+            experts = case.experts() if kind == "learned" else exact_experts(case)
+            noise = torch.randn(particles, dimension, generator=torch.Generator().manual_seed(seed), dtype=DTYPE)
+            start = time.perf_counter()
+            cumulative = [log_weights_at(experts, noise, level, seed) for level in range(1, len(TASK_LEVELS))]
+            steps = [cumulative[0]] + [after - before for before, after in zip(cumulative[:-1], cumulative[1:])]
+            runs[kind, dimension] = (cumulative, steps, time.perf_counter() - start)
+    keys = list(runs)
+    print("\n" + f"{'level':>5} | {'t':>5} | " + " | ".join(f"{kind[:5]} D={dimension:<4} std  step" for kind, dimension in keys))
+    for index in range(len(TASK_LEVELS) - 1):
+        cells = [f"{float(runs[key][0][index].std()):>16.2f} {float(runs[key][1][index].std()):>5.2f}" for key in keys]
+        print(f"{index + 1:>5} | {TASK_LEVELS[index + 1]:>5.3f} | " + " | ".join(cells))
+    print("\n" + f"{'experts':<7} | {'D':>4} | {'final std':>9} | {'max step':>8} | {'end ESS/P P=2':>13} | {'P=4':>5} | {'step ESS/P P=4 (mean)':>21} | {'levels < 0.5':>12} | {'seconds':>7}")
+    for (kind, dimension), (cumulative, steps, seconds) in runs.items():
+        step_ess = [ess_fraction(step, 4) for step in steps]
+        below = sum(value < 0.5 for value in step_ess)
+        print(f"{kind:<7} | {dimension:>4} | {float(cumulative[-1].std()):>9.2f} | {max(float(s.std()) for s in steps):>8.2f} | {ess_fraction(cumulative[-1], 2):>13.2f} | {ess_fraction(cumulative[-1], 4):>5.2f} | {np.mean(step_ess):>21.2f} | {below:>5}/{len(steps):<6} | {seconds:>7.1f}")
+    print("\n## Growth law in D (least squares in log-log) and extrapolation to D = 1e5 (ESS/P for Gaussian log-weights of that std)")
+    for kind in ("learned", "exact"):
+        rows = [(dimension, runs[k, dimension]) for k, dimension in keys if k == kind]
+        if len(rows) < 2:
+            continue
+        dims = np.log([float(dimension) for dimension, _ in rows])
+        for label, values in (("final std", [float(run[0][-1].std()) for _, run in rows]), ("max step std", [max(float(s.std()) for s in run[1]) for _, run in rows])):
+            slope, intercept = np.polyfit(dims, np.log(values), 1)
+            at = math.exp(intercept) * 1e5**slope
+            print(f"{kind:<7} {label:<12}: {math.exp(intercept):.3f} · D^{slope:.2f} -> D = 1e5: {at:.1f} (ESS/P P=2: {gaussian_ess_fraction(at, 2):.2f}, P=4: {gaussian_ess_fraction(at, 4):.2f})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--part", choices=("fidelity", "toy", "task", "spread"), action="append", help="repeatable; default: all")
+    parser.add_argument("--case", action="append", help="case name (repeatable); default: all of learned.cases()")
+    parser.add_argument("--particles", type=int, default=2000, help="particles of the toy-budget and fidelity parts")
+    parser.add_argument("--runs", type=int, default=500, help="independent runs per row of the task part")
+    parser.add_argument("--spread-particles", type=int, default=512)
+    parser.add_argument("--dimensions", type=int, nargs="+", default=[8, 32, 128], help="learned dimensions of the spread part")
+    parser.add_argument("--exact-dimensions", type=int, nargs="+", default=[8, 32, 128, 512])
+    parser.add_argument("--seed", type=int, default=0)
+    arguments = parser.parse_args()
+    torch.set_num_threads(1)
+    cases = [case for case in learned.cases() if not arguments.case or case.name in arguments.case]
+    parts = arguments.part or ["fidelity", "toy", "task", "spread"]
+    if "fidelity" in parts:
+        part_fidelity(cases, arguments.particles, arguments.seed)
+    if "toy" in parts:
+        part_toy(cases, arguments.particles, arguments.seed)
+    if "task" in parts:
+        part_task(cases, arguments.runs, arguments.seed)
+    if "spread" in parts:
+        part_spread(arguments.dimensions, arguments.exact_dimensions, arguments.spread_particles, arguments.seed)
+
+
+if __name__ == "__main__":
+    main()

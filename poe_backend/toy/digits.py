@@ -1,0 +1,299 @@
+"""The insertion task in miniature, on scikit-learn's bundled 8×8 digits (no download).
+
+Object insertion multiplies FLUX.1 Depth (it sees the whole image and knows the object's
+shape) by FLUX.1 Fill (an inpainter that knows the plate outside the object mask). Here:
+
+* the *class expert* is a velocity net trained class-conditionally on every digit (condition:
+  the one-hot class; all zeros, the null class, for a fifth of the rows so that it can be
+  guided classifier-free), the analogue of Depth: it knows the object ("a 3") and nothing of
+  the background;
+* the *inpainter* is a velocity net trained to produce the whole image given the pixels
+  outside a random rectangular mask (condition: the masked image and the mask), the
+  analogue of Fill;
+* a *case* takes held-out digits of other classes as plates, masks a region and asks for the
+  target class there. The product should keep the known pixels (the inpainter) and show the
+  class (the class expert); each expert alone and the naive sum of velocities should not.
+
+Pixels: the dataset's 0..16 intensities mapped to ``x = p / 8 - 1`` in [-1, 1]; an image is a
+flat ``(64,)`` row-major vector. Masks are ``(64,)`` in {0, 1} with 1 = generate (the
+insertion task's white = object). Runs mirror :mod:`poe_backend.tasks.insertion`: its
+sampler defaults and level schedule (FLUX's shift for a 1024² image), the experts' weights,
+the single experts on their own flow sampler (summed velocity), the particle with the
+largest weight as the output, clamped to the pixel range, and the optional paste-back of
+the plate outside the mask (``blend``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from poe_backend.experts.specs import data_dir
+from poe_backend.sampling import Factor, GenerativeExpert, Progress, ProductOfExperts, SampleResult, resampling
+from poe_backend.tasks import images
+from poe_backend.tasks.insertion import InsertionParams
+from poe_backend.toy.flow_net import LearnedExpert, VelocityNet, load_or_train, train_velocity
+
+SIDE = 8
+DIMENSION = SIDE * SIDE
+NUM_CLASSES = 10
+FLUX_TOKENS_1024 = (1024 // 16) ** 2  # packed FLUX tokens of a 1024² image: the insertion default's schedule
+NULL_CLASS_FRACTION = 0.2  # training rows added with the null class (classifier-free guidance)
+METHODS = ("product-fkc", "product-annealed_langevin", "class expert alone", "inpainter alone", "naive sum")
+
+
+@dataclass(frozen=True)
+class DigitsData:
+    """A stratified split of the 1797 digits: images ``(N, 64)`` float32 in [-1, 1],
+    labels ``(N,)`` int64 in 0..9."""
+
+    train_images: Tensor
+    train_labels: Tensor
+    test_images: Tensor
+    test_labels: Tensor
+
+
+def load_data(test_fraction: float = 0.25, seed: int = 0) -> DigitsData:
+    """``sklearn.datasets.load_digits`` (bundled with scikit-learn), split with
+    ``train_test_split`` stratified by class."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    pixels = (digits.data / 8.0 - 1.0).astype(np.float32)
+    train_x, test_x, train_y, test_y = train_test_split(pixels, digits.target, test_size=test_fraction, stratify=digits.target, random_state=seed)
+    return DigitsData(*(torch.from_numpy(np.ascontiguousarray(a)) for a in (train_x, train_y.astype(np.int64), test_x, test_y.astype(np.int64))))
+
+
+def rectangle_mask(rows: tuple[int, int], columns: tuple[int, int]) -> Tensor:
+    """``(64,)`` mask, 1 on ``rows[0] <= r < rows[1]``, ``columns[0] <= c < columns[1]``."""
+    mask = torch.zeros(SIDE, SIDE)
+    mask[rows[0] : rows[1], columns[0] : columns[1]] = 1.0
+    return mask.flatten()
+
+
+def random_masks(count: int, generator: torch.Generator, min_side: int = 2) -> Tensor:
+    """``(count, 64)`` random axis-aligned rectangles, each side uniform in ``min_side..8``
+    at a uniform position (halves, quarters, blocks and strips all occur)."""
+    sizes = torch.randint(min_side, SIDE + 1, (count, 2), generator=generator)
+    starts = (torch.rand(count, 2, generator=generator) * (SIDE - sizes + 1)).floor().long()
+    return torch.stack([rectangle_mask((int(r), int(r + h)), (int(c), int(c + w))) for (r, c), (h, w) in zip(starts.tolist(), sizes.tolist())])
+
+
+def class_condition(labels: Tensor) -> Tensor:
+    """One-hot ``(N, 10)`` float32 of labels ``(N,)``."""
+    return torch.nn.functional.one_hot(labels, NUM_CLASSES).float()
+
+
+def inpaint_condition(plates: Tensor, masks: Tensor) -> Tensor:
+    """The inpainter's condition ``(N, 128)``: ``[plate · (1 - mask), mask]`` (the masked
+    pixels read 0, mid-grey), for plates and masks ``(N, 64)`` (or ``(64,)`` each -> ``(128,)``)."""
+    return torch.cat([plates * (1.0 - masks), masks], dim=-1)
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Both experts' nets and training; ``masks_per_image`` random masks pair with every
+    training image for the inpainter. The defaults train both nets in 75 s on one CPU
+    thread (up to 200 s on a core shared with other jobs)."""
+
+    width: int = 256
+    depth: int = 3
+    steps: int = 4000
+    batch_size: int = 256
+    learning_rate: float = 2e-3
+    masks_per_image: int = 16
+    seed: int = 0
+
+    def cache_path(self, role: str) -> Path:
+        """``data_dir()/learned/digits-<role>-<hash of the config and the data recipe>.pt``."""
+        recipe = {"role": role, "null_class_fraction": NULL_CLASS_FRACTION, **asdict(self)}
+        digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
+        return data_dir() / "learned" / f"digits-{role}-{digest}.pt"
+
+
+@dataclass
+class DigitExperts:
+    """The two trained nets and the classifier that judges their samples."""
+
+    class_net: VelocityNet
+    inpaint_net: VelocityNet
+    classifier: object  # a fitted sklearn LogisticRegression
+    classifier_accuracy: float  # on the held-out digits, in [0, 1]
+
+
+def train_experts(data: DigitsData, config: TrainingConfig = TrainingConfig()) -> DigitExperts:
+    """Load both nets from the cache, training them first when absent, and fit the
+    classifier (seconds)."""
+    torch.manual_seed(config.seed)
+
+    def build(condition_dimension: int):
+        return lambda: VelocityNet(DIMENSION, condition_dimension, config.width, config.depth)
+
+    options = {"steps": config.steps, "batch_size": config.batch_size, "learning_rate": config.learning_rate, "seed": config.seed}
+    generator = torch.Generator().manual_seed(config.seed)
+    unconditional = torch.randperm(data.train_images.shape[0], generator=generator)[: int(NULL_CLASS_FRACTION * data.train_images.shape[0])]
+    class_images = torch.cat([data.train_images, data.train_images[unconditional]])
+    class_conditions = torch.cat([class_condition(data.train_labels), torch.zeros(unconditional.numel(), NUM_CLASSES)])
+    class_net = load_or_train(config.cache_path("class"), build(NUM_CLASSES), lambda net: train_velocity(net, class_images, class_conditions, **options))
+    plates = data.train_images.repeat(config.masks_per_image, 1)
+    masks = random_masks(plates.shape[0], generator)
+    inpaint_net = load_or_train(config.cache_path("inpaint"), build(2 * DIMENSION), lambda net: train_velocity(net, plates, inpaint_condition(plates, masks), **options))
+    classifier, accuracy = fit_classifier(data)
+    return DigitExperts(class_net, inpaint_net, classifier, accuracy)
+
+
+class GuidedExpert(GenerativeExpert):
+    """Classifier-free guidance of a conditional net: ``v_c + scale · (v_c - v_null)`` with
+    the null condition all zeros (``scale = 0``: the conditional net alone, one forward)."""
+
+    def __init__(self, net: VelocityNet, condition: Tensor, scale: float) -> None:
+        self.conditional = LearnedExpert(net, condition)
+        self.unconditional = LearnedExpert(net, torch.zeros_like(condition))
+        self.scale = scale
+
+    def velocity(self, x: Tensor, t: float) -> Tensor:
+        velocity = self.conditional.velocity(x, t)
+        return velocity if self.scale == 0.0 else velocity + self.scale * (velocity - self.unconditional.velocity(x, t))
+
+
+def fit_classifier(data: DigitsData) -> tuple[object, float]:
+    """Multinomial logistic regression on the clean training digits; returns it and its
+    held-out accuracy."""
+    from sklearn.linear_model import LogisticRegression
+
+    classifier = LogisticRegression(max_iter=2000, C=0.1).fit(data.train_images.numpy(), data.train_labels.numpy())
+    return classifier, float(classifier.score(data.test_images.numpy(), data.test_labels.numpy()))
+
+
+@dataclass(frozen=True)
+class InsertionCase:
+    """Insert ``target_class`` into the ``mask`` region of held-out digits of
+    ``plate_classes`` (the plates). The default masks the left half of 8s and 9s, whose
+    right halves a 3 shares: the known pixels allow a 3, the inpainter alone mostly
+    restores the plate's own digit. ``class_guidance`` is the class expert's classifier-free
+    guidance scale (FLUX Depth runs guided too, at ``guidance_depth``)."""
+
+    target_class: int = 3
+    plate_classes: tuple[int, ...] = (8, 9)
+    mask_rows: tuple[int, int] = (0, SIDE)
+    mask_columns: tuple[int, int] = (0, SIDE // 2)
+    class_guidance: float = 0.0
+
+    @property
+    def mask(self) -> Tensor:
+        return rectangle_mask(self.mask_rows, self.mask_columns)
+
+    def plates(self, data: DigitsData) -> Tensor:
+        """The held-out digits of the plate classes, ``(M, 64)``."""
+        return data.test_images[torch.isin(data.test_labels, torch.tensor(self.plate_classes))]
+
+
+def task_levels(params: InsertionParams) -> list[float]:
+    """The insertion task's levels for a 1024² image."""
+    return images.levels_for(params, FLUX_TOKENS_1024)
+
+
+def build_product(method: str, experts: DigitExperts, case: InsertionCase, plate: Tensor, params: InsertionParams) -> tuple[ProductOfExperts, str]:
+    """The product a method samples and the sampler it uses (as the insertion task does:
+    single experts and the naive sum on the summed-velocity ODE)."""
+    class_expert = Factor(GuidedExpert(experts.class_net, class_condition(torch.tensor(case.target_class)), case.class_guidance), params.depth_weight)
+    inpainter = Factor(LearnedExpert(experts.inpaint_net, inpaint_condition(plate, case.mask)), params.fill_weight)
+    if method.startswith("product-"):
+        return ProductOfExperts([class_expert, inpainter]), method.removeprefix("product-")
+    factors = {"class expert alone": [class_expert], "inpainter alone": [inpainter], "naive sum": [class_expert, inpainter]}[method]
+    return ProductOfExperts(factors), "summed_velocity"
+
+
+def sample_once(method: str, experts: DigitExperts, case: InsertionCase, plate: Tensor, params: InsertionParams, seed: int, levels: list[float] | None = None, callback: Callable[[Progress], None] | None = None) -> SampleResult:
+    """One run of ``params.particles`` particles on ``levels`` (default: the task's), with an
+    optional progress ``callback``; returns the sampler's result."""
+    product, sampler = build_product(method, experts, case, plate, params)
+    generator, noise = images.start_noise(seed, params.particles, (DIMENSION,))
+    context = SimpleNamespace(callback=callback, should_stop=None)  # what run_sampler reads of a task context
+    return images.run_sampler(params.model_copy(update={"sampler": sampler}), product, noise, task_levels(params) if levels is None else levels, generator, context)
+
+
+@dataclass
+class MethodScore:
+    """One method at one particle count over ``runs`` independent runs. RMSE in pixel units
+    of [-1, 1] over the known pixels (raw output, before the paste-back); accuracies are the
+    fraction of outputs the classifier calls the target class, raw and after the
+    paste-back."""
+
+    method: str
+    particles: int
+    runs: int
+    known_rmse: float
+    class_accuracy: float
+    blended_accuracy: float
+    outputs: Tensor = field(repr=False)  # (runs, 64) raw chosen particles, clamped to [-1, 1]
+
+
+def score_method(method: str, experts: DigitExperts, case: InsertionCase, data: DigitsData, *, particles: int, runs: int, seed: int = 0, params: InsertionParams | None = None) -> MethodScore:
+    """Run ``runs`` independent runs (run i: plate ``i mod M``, seed ``seed + i``), keep each
+    run's particle with the largest weight, and score the outputs."""
+    params = (params or InsertionParams()).model_copy(update={"particles": particles})
+    plates = case.plates(data)
+    chosen_plates, outputs = plates[torch.arange(runs) % plates.shape[0]], []
+    for run, plate in enumerate(chosen_plates):
+        result = sample_once(method, experts, case, plate, params, seed + run)
+        outputs.append(result.particles[result.best_index()].clamp(-1.0, 1.0))
+    outputs = torch.stack(outputs)
+    known = 1.0 - case.mask
+    known_rmse = math.sqrt(float(((outputs - chosen_plates) ** 2 * known).sum() / (known.sum() * runs)))
+    blended = outputs * case.mask + chosen_plates * known
+    return MethodScore(method, particles, runs, known_rmse, class_accuracy(experts, outputs, case.target_class), class_accuracy(experts, blended, case.target_class), outputs)
+
+
+def class_accuracy(experts: DigitExperts, outputs: Tensor, target_class: int) -> float:
+    """Fraction of ``outputs`` ``(N, 64)`` the classifier assigns to ``target_class``."""
+    return float(np.mean(experts.classifier.predict(outputs.numpy()) == target_class))
+
+
+@dataclass
+class WeightSpread:
+    """Feynman-Kac log-weights of the product per level (``levels[1:]``, the last at t = 0),
+    without resampling: ``std`` the root-mean-square over runs of the across-particle std
+    (ddof 1) of the weights accumulated since the start, ``ess_fraction`` the mean ESS / P
+    of those weights; ``default_ess_fraction`` the mean ESS / P per level that the default
+    sampler (with its ESS threshold) saw before deciding to resample, and
+    ``resample_count`` its mean number of resamplings per run."""
+
+    particles: int
+    times: list[float]
+    std: list[float]
+    ess_fraction: list[float]
+    default_ess_fraction: list[float]
+    resample_count: float
+
+
+def log_weight_spread(experts: DigitExperts, case: InsertionCase, data: DigitsData, *, particles: int, runs: int, seed: int = 0) -> WeightSpread:
+    """Measure :class:`WeightSpread` for ``product-fkc``. The weights at level k come from a
+    run on the first k + 1 levels with resampling off: with the same seed it draws the same
+    numbers as the full run up to that level, and a sampler whose last level is above 0
+    returns its weights there."""
+    params = InsertionParams(particles=particles)
+    levels, plates = task_levels(params), case.plates(data)
+    no_resampling = params.model_copy(update={"ess_threshold": 0.0})
+    variances, ess = np.zeros((runs, len(levels) - 1)), np.zeros((runs, len(levels) - 1))
+    default_ess, resamplings = [], []
+    for run in range(runs):
+        plate = plates[run % plates.shape[0]]
+        for k in range(1, len(levels)):
+            log_weights = sample_once("product-fkc", experts, case, plate, no_resampling, seed + run, levels[: k + 1]).log_weights.double()
+            variances[run, k - 1] = float(log_weights.var()) if particles > 1 else 0.0
+            ess[run, k - 1] = resampling.effective_sample_size(log_weights) / particles
+        result = sample_once("product-fkc", experts, case, plate, params, seed + run)
+        default_ess.append(np.asarray(result.ess_history) / particles)
+        resamplings.append(result.resample_count)
+    return WeightSpread(particles, levels[1:], np.sqrt(variances.mean(0)).tolist(), ess.mean(0).tolist(), np.mean(default_ess, axis=0).tolist(), float(np.mean(resamplings)))
