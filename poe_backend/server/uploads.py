@@ -124,10 +124,20 @@ async def receive_form(request: Request, limits: UploadLimits) -> FormData:
 async def limited_body(request: Request, limits: UploadLimits) -> AsyncIterator[bytes]:
     """The pieces of the request body. Raises 413 past ``limits.max_bytes`` (declared or
     received), 408 when no data came for ``limits.read_timeout_s``, 400 when the client
-    went away."""
+    went away. The wait for each piece is bounded by one :func:`asyncio.timeout` (a timer,
+    no task per piece: a large upload arrives in thousands of pieces)."""
     _check_declared_length(request, limits.max_bytes)
     chunks, received = aiter(request.stream()), 0
-    while (chunk := await _next_chunk(chunks, limits.read_timeout_s)) is not None:
+    while True:
+        try:
+            async with asyncio.timeout(limits.read_timeout_s):
+                chunk = await anext(chunks, None)
+        except TimeoutError:
+            raise InputError("bundle", f"the upload stalled: no data for {limits.read_timeout_s:g} s", code="upload_timeout", status=408) from None
+        except ClientDisconnect:
+            raise InputError("bundle", "the client disconnected before the upload ended", code="upload_aborted") from None
+        if chunk is None:
+            return
         received += len(chunk)
         if received > limits.max_bytes:
             raise too_large(limits.max_bytes)
@@ -156,18 +166,6 @@ async def _write_body(chunks: AsyncIterator[bytes], handle: BinaryIO) -> int:
         if writing is not None and not writing.done():
             await asyncio.wait([writing])  # the file closes after this; never under a write
     return received
-
-
-async def _next_chunk(chunks: AsyncIterator[bytes], timeout_s: float) -> bytes | None:
-    """The next piece of the body, or None at its end."""
-    try:
-        return await asyncio.wait_for(anext(chunks), timeout_s)
-    except StopAsyncIteration:
-        return None
-    except asyncio.TimeoutError:
-        raise InputError("bundle", f"the upload stalled: no data for {timeout_s:g} s", code="upload_timeout", status=408) from None
-    except ClientDisconnect:
-        raise InputError("bundle", "the client disconnected before the upload ended", code="upload_aborted") from None
 
 
 def extract_tar_file(path: Path, destination: Path, limits: UploadLimits) -> Path:
