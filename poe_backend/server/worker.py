@@ -140,7 +140,10 @@ class DeviceWorker:
         return JobOutcome("failed", JobFailure("worker_died", f"the job process on {self.device} {how} (out of host memory, or a crash in a native library); the backend started a new one: submit again, perhaps with params preset: 'preview'"))
 
     def progress(self, seq: int) -> dict[str, Any] | None:
-        """The latest progress report of job ``seq`` (None before its first step)."""
+        """The latest progress report of job ``seq`` (None before its first step, or
+        after :meth:`stop`)."""
+        if self._progress is None:
+            return None
         with self._progress.get_lock():
             values = self._progress[:]
         if values[0] != seq:
@@ -162,6 +165,9 @@ class DeviceWorker:
         if self._process.is_alive():
             self._process.kill()
             self._process.join()
+        # Unlink the progress lock's named semaphore now: uvicorn ends the server by
+        # re-raising SIGTERM, so multiprocessing's exit-time cleanup never runs.
+        self._progress = None
 
 
 def encode_progress(report: dict[str, Any]) -> list[float]:
