@@ -14,6 +14,7 @@ arrives is dropped, so the loop can read the body to its end before it answers.
 from __future__ import annotations
 
 import asyncio
+import collections
 import io
 import threading
 
@@ -28,7 +29,9 @@ class BodyEnded(Exception):
 class BodyPipe:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._buffer = bytearray()
+        self._chunks: collections.deque[bytes] = collections.deque()  # pieces as received: never copied on the way in
+        self._head = 0  # bytes of _chunks[0] read already
+        self._buffered = 0  # bytes in _chunks not read yet
         self._position = 0  # bytes read so far
         self._changed = threading.Condition()
         self._closed = False
@@ -45,8 +48,9 @@ class BodyPipe:
         with self._changed:
             if self._reader_gone:
                 return
-            self._buffer += chunk
-            if len(self._buffer) >= PIPE_BYTES:
+            self._chunks.append(chunk)
+            self._buffered += len(chunk)
+            if self._buffered >= PIPE_BYTES:
                 self._room.clear()
                 self._loop_waits = True
             self._changed.notify()
@@ -64,20 +68,45 @@ class BodyPipe:
         """The reader will read no more: later pieces are dropped, and a waiting put returns."""
         with self._changed:
             self._reader_gone = True
-            self._buffer.clear()
+            self._chunks.clear()
+            self._buffered = 0
         self._loop.call_soon_threadsafe(self._room.set)
 
     def _wait_for(self, size: int) -> None:
-        while len(self._buffer) < size and not self._closed:
+        while self._buffered < size and not self._closed:
             self._changed.wait()
         if self._error is not None:
             raise self._error
+
+    def _take(self, size: int) -> bytes:
+        """Read up to ``size`` buffered bytes, from as many pieces as they span (one copy;
+        none when they are exactly one whole piece)."""
+        parts, wanted = [], min(size, self._buffered)
+        while wanted:
+            chunk = self._chunks[0]
+            part = memoryview(chunk)[self._head : self._head + wanted]
+            parts.append(chunk if len(part) == len(chunk) else part)
+            wanted -= len(part)
+            self._head += len(part)
+            if self._head == len(chunk):
+                self._chunks.popleft()
+                self._head = 0
+        data = parts[0] if len(parts) == 1 and isinstance(parts[0], bytes) else b"".join(parts)
+        self._buffered -= len(data)
+        self._position += len(data)
+        return data
 
     def peek(self, size: int) -> bytes:
         """The next ``size`` bytes (fewer at the end), without reading them."""
         with self._changed:
             self._wait_for(size)
-            return bytes(self._buffer[:size])
+            head = bytearray()
+            for index, chunk in enumerate(self._chunks):
+                start = self._head if index == 0 else 0
+                head += memoryview(chunk)[start : start + size - len(head)]
+                if len(head) == size:
+                    break
+            return bytes(head)
 
     def read(self, size: int) -> bytes:
         """The next ``size`` bytes (0 <= ``size`` <= :data:`PIPE_BYTES`; fewer only at the
@@ -86,10 +115,8 @@ class BodyPipe:
             raise io.UnsupportedOperation(f"a body pipe reads 0 to {PIPE_BYTES} bytes at a time, not {size}")
         with self._changed:
             self._wait_for(size)
-            data = bytes(self._buffer[:size])
-            del self._buffer[:size]
-            self._position += len(data)
-            if self._loop_waits and len(self._buffer) < PIPE_BYTES:
+            data = self._take(size)
+            if self._loop_waits and self._buffered < PIPE_BYTES:
                 self._loop_waits = False
                 self._loop.call_soon_threadsafe(self._room.set)
         return data
