@@ -107,7 +107,7 @@ def write_json_atomically(path: Path, data: dict[str, Any]) -> None:
 
 
 class JobStore:
-    """All jobs, their directories and the worker that runs them."""
+    """All jobs, their directories, and the job processes (one per device) that run them."""
 
     def __init__(self, data_dir: Path, *, devices: list[str] | None = None, keep_jobs: int | None = None, keep_days: float | None = None) -> None:
         """``devices``: one worker per entry (``["cpu", "cpu"]`` runs two CPU jobs at once);
