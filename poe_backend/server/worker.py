@@ -15,7 +15,9 @@ messages: the latest progress report (written by the job at every sampler step, 
 the server only when a client asks for the job's status) and the number of the job to
 cancel (read by the job's ``should_stop`` at every step, so a cancel is seen within one
 step). Job processes start with the ``spawn`` method (a fresh interpreter: no copied locks
-or CUDA state), ignore SIGINT (the server stops them) and exit when the server dies.
+or CUDA state), ignore SIGINT (the server stops them) and exit when the server dies. As
+with any ``spawn`` child, a script that runs the app in-process (``uvicorn.run(create_app(
+...))``) must do so under ``if __name__ == "__main__":``: the child imports the script.
 """
 
 from __future__ import annotations
