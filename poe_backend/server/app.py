@@ -38,7 +38,7 @@ from poe_backend.bundle import API_VERSION, TASK_PASSES
 from poe_backend.server import uploads, validation
 from poe_backend.server.auth import token_matches
 from poe_backend.server.errors import InputError
-from poe_backend.server.info import describe_task, device_info, loaded_models
+from poe_backend.server.info import describe_task, device_info
 from poe_backend.server.jobs import Job, JobStore, disk_full_error, is_disk_full, new_job_id
 from poe_backend.server.presets import allowed_model_roots, check_models
 from poe_backend.tasks import TASK_CLASSES
@@ -74,6 +74,7 @@ def create_app(config: ServerConfig, store: JobStore | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         store.start()
         yield
+        store.stop()
 
     app = FastAPI(title="poe-backend", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.store = store
@@ -100,7 +101,8 @@ def create_app(config: ServerConfig, store: JobStore | None = None) -> FastAPI:
 
     @app.get("/v1/health")
     def health() -> dict[str, Any]:
-        return {"status": "ok", "version": __version__, "api_version": API_VERSION, **device_info(config.devices[0]), "devices": config.devices, "loaded_models": loaded_models(), "queued": store.queue_length(), "max_upload_bytes": config.max_upload_bytes}
+        loaded = store.loaded_models()
+        return {"status": "ok", "version": __version__, "api_version": API_VERSION, **device_info(config.devices[0]), "devices": config.devices, "loaded_models": sorted({name for names in loaded for name in names}), "loaded_models_per_device": loaded, "queued": store.queue_length(), "max_upload_bytes": config.max_upload_bytes}
 
     api = APIRouter(prefix="/v1", dependencies=[Depends(require_token)])
 

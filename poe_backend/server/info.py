@@ -1,4 +1,5 @@
-"""What ``GET /v1/health`` and ``GET /v1/tasks`` report: device and memory, loaded models,
+"""What ``GET /v1/health`` and ``GET /v1/tasks`` report: device and memory (the loaded
+models come from the job processes, :meth:`~poe_backend.server.jobs.JobStore.loaded_models`),
 and each task's parameters (JSON schema plus a flat list for the add-on's UI)."""
 
 from __future__ import annotations
@@ -49,13 +50,3 @@ def device_info(device: str) -> dict[str, Any]:
         free, total = torch.cuda.mem_get_info(torch.device(device))
         info.update(vram_free_bytes=free, vram_total_bytes=total, device_name=torch.cuda.get_device_name(torch.device(device)))
     return info
-
-
-def loaded_models() -> list[str]:
-    """Names of models the registry holds in memory (empty until a registry exists)."""
-    try:
-        from poe_backend.experts import registry  # type: ignore[attr-defined]
-    except ImportError:
-        return []
-    names = getattr(registry, "loaded_models", None)
-    return list(names()) if callable(names) else []

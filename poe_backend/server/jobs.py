@@ -1,10 +1,13 @@
-"""The job store and its workers: one thread per device, all taking from one queue.
+"""The job store and its workers: one job process per device (:mod:`~poe_backend.server.worker`),
+each fed by a thread of the server, all taking from one queue.
 
 A job is a directory ``<data>/jobs/<id>/`` (0700) holding ``state.json`` (rewritten
 atomically: temporary file + rename), ``request.json`` (what was asked), ``bundle/``
 (uploaded bundles only; local ones are read in place), ``outputs/`` (the task's files and
 result.json) and ``log.txt``. Each device runs one job at a time, in submission order;
-the HTTP side only reads in-memory copies and never waits for a job.
+the HTTP side only reads in-memory copies (and a running job's progress from the shared
+memory its process writes) and never waits for a job. This process alone writes the state
+files; job processes write outputs only.
 
 Why a state file per job and not SQLite: outputs are files in the job's directory anyway,
 so with the state inside it too a job is one directory and there is one source of truth.
@@ -23,6 +26,7 @@ again in their original order (they never started, so nothing is lost by running
 from __future__ import annotations
 
 import errno
+import itertools
 import json
 import os
 import queue
@@ -30,18 +34,17 @@ import secrets
 import shutil
 import threading
 import time
-import traceback
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from poe_backend.bundle import FINISHED_STATES as FINISHED, read_bundle
-from poe_backend.sampling import Progress, SamplingCancelled
+from poe_backend.bundle import FINISHED_STATES as FINISHED
 from poe_backend.server.datadir import free_bytes, make_private_dir
-from poe_backend.server.errors import InputError, JobFailure, describe_failure
-from poe_backend.tasks import get_task
-from poe_backend.tasks.base import RESULT_FILE, TaskContext
+from poe_backend.server.errors import InputError, JobFailure
+from poe_backend.server.worker import DeviceWorker, JobOrder, WorkerStopped, torch_threads
+from poe_backend.tasks import TASK_CLASSES
+from poe_backend.tasks.base import RESULT_FILE
 
 STATE_FILE = "state.json"
 PERSIST_INTERVAL_S = 0.5
@@ -103,31 +106,8 @@ def write_json_atomically(path: Path, data: dict[str, Any]) -> None:
     os.replace(temporary, path)
 
 
-class ProgressMeter:
-    """Turns sampler :class:`Progress` reports into a monotonic fraction and an ETA.
-    Steps per level are learnt from the first level (the largest step index seen + 1)."""
-
-    def __init__(self) -> None:
-        self.start = time.monotonic()
-        self.steps_per_level = 1
-        self.first_level: int | None = None
-        self.fraction = 0.0
-
-    def update(self, progress: Progress) -> dict[str, Any]:
-        if self.first_level is None:
-            self.first_level = progress.level
-        if progress.level == self.first_level:
-            self.steps_per_level = max(self.steps_per_level, progress.step + 1)
-        within = min(1.0, (progress.step + 1) / self.steps_per_level)
-        fraction = (progress.level - 1 + within) / max(1, progress.num_levels)
-        self.fraction = min(1.0, max(self.fraction, fraction))
-        elapsed = time.monotonic() - self.start
-        eta = elapsed * (1.0 - self.fraction) / self.fraction if self.fraction > 0 else None
-        return {**progress.summary(), "fraction": round(self.fraction, 4), "elapsed_s": round(elapsed, 2), "eta_s": None if eta is None else round(eta, 2)}
-
-
 class JobStore:
-    """All jobs, their directories and the worker that runs them."""
+    """All jobs, their directories, and the job processes (one per device) that run them."""
 
     def __init__(self, data_dir: Path, *, devices: list[str] | None = None, keep_jobs: int | None = None, keep_days: float | None = None) -> None:
         """``devices``: one worker per entry (``["cpu", "cpu"]`` runs two CPU jobs at once);
@@ -139,8 +119,10 @@ class JobStore:
         self._jobs: dict[str, Job] = {}
         self._lock = threading.Lock()
         self._queue: queue.Queue[str | None] = queue.Queue()
-        self._cancel_requested: set[str] = set()
-        self._threads = [threading.Thread(target=self._work, args=(device,), name=f"poe-job-worker-{index}-{device}", daemon=True) for index, device in enumerate(self.devices)]
+        self.workers = [DeviceWorker(device, torch_threads(len(self.devices))) for device in self.devices]
+        self._running: dict[str, tuple[DeviceWorker, int]] = {}  # job id -> its worker, order seq
+        self._order_seq = itertools.count(1)
+        self._threads = [threading.Thread(target=self._work, args=(worker,), name=f"poe-job-worker-{index}-{worker.device}", daemon=True) for index, worker in enumerate(self.workers)]
         self._recover()
         self._apply_retention()
 
@@ -180,8 +162,24 @@ class JobStore:
 
     # ---- the HTTP side ----------------------------------------------------------------
     def start(self) -> None:
+        """Start the job processes and the threads that feed them."""
+        for worker in self.workers:
+            worker.start()
         for thread in self._threads:
             thread.start()
+
+    def stop(self) -> None:
+        """End the job processes. A running job is left as on a crash (its state file says
+        running, so the next start marks it interrupted)."""
+        for _ in self._threads:
+            self._queue.put(None)
+        for worker in self.workers:
+            worker.stop()
+
+    def loaded_models(self) -> list[list[str]]:
+        """The models cached by each device's job process (as of its last job), in
+        device order."""
+        return [list(worker.loaded_models) for worker in self.workers]
 
     def prepare_dir(self, job_id: str) -> Path:
         """The new job's directory (0700), created before an upload is written into it."""
@@ -230,14 +228,23 @@ class JobStore:
     def get(self, job_id: str) -> dict[str, Any] | None:
         with self._lock:
             job = self._jobs.get(job_id)
-            return None if job is None else job.to_json()
+            return None if job is None else self._current(job).to_json()
+
+    def _current(self, job: Job) -> Job:
+        """``job`` with the latest progress of its job process, when it runs (call with
+        the lock held)."""
+        running = self._running.get(job.id)
+        if running is not None:
+            worker, seq = running
+            job.progress = worker.progress(seq) or job.progress
+        return job
 
     def list(self, limit: int, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
         """Listing entries (:meth:`Job.summary`) oldest first, ``limit`` of them from
         ``offset``; and the total number of jobs."""
         with self._lock:
             ordered = sorted(self._jobs.values(), key=lambda job: (job.created, job.id))
-            return [job.summary() for job in ordered[offset : offset + limit]], len(ordered)
+            return [self._current(job).summary() for job in ordered[offset : offset + limit]], len(ordered)
 
     def queue_length(self) -> int:
         with self._lock:
@@ -251,9 +258,10 @@ class JobStore:
                 return None
             if job.state == "queued":
                 self._finish(job, "cancelled", JobFailure("cancelled", "cancelled before it started"))
-            elif job.state == "running":
-                self._cancel_requested.add(job_id)
-            return job.to_json()
+            elif job_id in self._running:
+                worker, seq = self._running[job_id]
+                worker.cancel(seq)
+            return self._current(job).to_json()
 
     def output_path(self, job_id: str, name: str) -> Path | None:
         with self._lock:
@@ -283,7 +291,7 @@ class JobStore:
         except OSError:
             pass
 
-    def _work(self, device: str) -> None:
+    def _work(self, worker: DeviceWorker) -> None:
         while True:
             job_id = self._queue.get()
             if job_id is None:
@@ -292,58 +300,38 @@ class JobStore:
                 job = self._jobs.get(job_id)
                 if job is None or job.state != "queued":
                     continue
+                seq = next(self._order_seq)
                 job.state, job.started = "running", time.time()
+                self._running[job_id] = (worker, seq)
                 self._persist_quietly(job)
-            self._log_quietly(job_id, f"running on {device}")
-            self._run(job, device)
+            self._log_quietly(job_id, f"running on {worker.device}")
+            self._run(job, worker, seq)
             self._apply_retention()
 
-    def _run(self, job: Job, device: str) -> None:
-        out_dir = self.job_dir(job.id) / "outputs"
-        meter, last_write = ProgressMeter(), [0.0]
+    def _run(self, job: Job, worker: DeviceWorker, seq: int) -> None:
+        """Run ``job`` in ``worker``'s process; its state file is rewritten every
+        :data:`PERSIST_INTERVAL_S` while it runs (progress), and once at the end."""
+        order = JobOrder(seq, job.id, job.task, TASK_CLASSES.get(job.task, ""), job.bundle_dir, job.params, job.models, str(self.job_dir(job.id) / "outputs"))
 
-        def on_progress(progress: Progress) -> None:
-            report = meter.update(progress)
+        def persist_progress() -> None:
             with self._lock:
-                job.progress = report
-                if time.monotonic() - last_write[0] > PERSIST_INTERVAL_S:
-                    last_write[0] = time.monotonic()
-                    self._persist_quietly(job)
+                state = self._current(job).to_json()
+            try:  # outside the lock: status reads never wait for the disk
+                write_json_atomically(self.job_dir(job.id) / STATE_FILE, state)
+            except OSError as error:
+                print(f"poe-backend: could not write the state of job {job.id}: {error}", flush=True)
 
         try:
-            task = get_task(job.task)
-            context = TaskContext(
-                bundle=read_bundle(job.bundle_dir),
-                params=task.Params.model_validate(job.params),
-                out_dir=out_dir,
-                models=job.models,
-                device=device,
-                callback=on_progress,
-                should_stop=lambda: job.id in self._cancel_requested,
-            )
-            result = task.run(context)
-            if not (out_dir / RESULT_FILE).is_file():
-                result.write(out_dir)
-            outputs = {name: str(path.relative_to(out_dir)) for name, path in result.outputs.items()}
-            with self._lock:
-                job.outputs, job.kind, job.primary = {**outputs, RESULT_FILE: RESULT_FILE}, result.kind, result.primary
+            outcome = worker.run(order, PERSIST_INTERVAL_S, persist_progress)
+        except WorkerStopped:
+            return
+        if outcome.log:
+            self._log_quietly(job.id, outcome.log)
+        with self._lock:
+            self._current(job)
+            del self._running[job.id]
+            if outcome.state == "done":
+                job.outputs, job.kind, job.primary = {**outcome.outputs, RESULT_FILE: RESULT_FILE}, outcome.kind, outcome.primary
                 if job.progress is not None:
                     job.progress = {**job.progress, "fraction": 1.0, "eta_s": 0.0}
-                self._finish(job, "done")
-        except SamplingCancelled as error:
-            with self._lock:
-                self._finish(job, "cancelled", JobFailure("cancelled", f"cancelled by request ({error})"))
-        except Exception as error:  # noqa: BLE001 - a failing job must never take the server down
-            self._log_quietly(job.id, traceback.format_exc())
-            _release_device_memory()
-            with self._lock:
-                self._finish(job, "failed", describe_failure(error, task=job.task, models=job.models))
-        finally:
-            self._cancel_requested.discard(job.id)
-
-
-def _release_device_memory() -> None:
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+            self._finish(job, outcome.state, outcome.failure)

@@ -1,29 +1,35 @@
 """Getting a bundle onto the server's disk safely: allowed roots for local paths, and tar
-uploads received in two bounded steps.
+uploads extracted while they arrive, bounded in time, size and threads.
 
-1. :func:`receive_body` streams the request body into a temporary file in the job's
-   directory: every wait for the next piece of the body has a timeout, and the body has a
-   size limit, so a stalled or abandoned upload ends (the caller then removes the job's
-   directory) and never holds a thread: the waiting is done by the event loop, the
-   writes by :data:`WRITE_THREADS`, whose work never waits on the network.
-2. :func:`extract_tar` extracts the complete file with the standard library's
-   :mod:`tarfile` and its ``data`` filter, after our own stricter rule per member (plain
-   files and directories only, no absolute names, no ``..``). gzip is decoded by
-   :class:`gzip.GzipFile` from the file (linear time; tarfile's stream mode re-slices its
-   whole decompressed buffer on every read, which made a gzip bomb quadratic). Entries
-   (empty files and directories too) and bytes are counted against
-   :class:`UploadLimits`, and the decoded tar can never be read past the byte limit.
+* :func:`limited_body` reads the request body in the event loop: every wait for the next
+  piece has a timeout, and the body has a size limit, so a stalled or abandoned upload
+  ends (the caller then removes the job's directory).
+* :func:`receive_tar` hands the pieces to a thread of the upload's own through a
+  :class:`~poe_backend.server.body_pipe.BodyPipe`, where :func:`extract_tar` writes the
+  members as their bytes come: each byte is written once, straight into its file (no
+  temporary copy of the body), and extraction overlaps the transfer. The thread waits only
+  for the pipe, which the event loop ends on every outcome, so stalled uploads never hold
+  the threads of other uploads or routes.
+* :func:`extract_tar` uses the standard library's :mod:`tarfile` (random-access mode,
+  members in order) and its ``data`` filter, after our own stricter rule per member (plain
+  files and directories only, no absolute names, no ``..``). gzip is decoded by
+  :class:`gzip.GzipFile` (linear time; tarfile's stream mode re-slices its whole
+  decompressed buffer on every read, which made a gzip bomb quadratic). Entries (empty
+  files and directories too) and bytes are counted against :class:`UploadLimits`, and the
+  decoded tar can never be read past the byte limit. Multipart uploads (spooled to a
+  temporary file by starlette) are extracted from that file by the same function.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import gzip
 import tarfile
+import threading
 import zlib
 from collections.abc import AsyncIterator, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
@@ -33,19 +39,12 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect, Request
 
 from poe_backend.bundle import BUNDLE_FILE
+from poe_backend.server.body_pipe import BodyPipe
 from poe_backend.server.errors import InputError
 
 #: Size of one read when a member's bytes are copied out of the tar (bytes).
 COPY_CHUNK = 1 << 20
-#: Body bytes gathered from the socket before one write to the temporary file.
-WRITE_BATCH = 4 << 20
 GZIP_MAGIC = b"\x1f\x8b"
-#: Writes of upload bodies (each at most :data:`WRITE_BATCH` bytes), and extractions
-#: (each bounded by :class:`UploadLimits`): pools of their own, so that uploads never take
-#: the threads the synchronous routes run on, and long extractions never delay the writes
-#: of other uploads. Nothing they run waits on a client.
-WRITE_THREADS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="poe-upload-write")
-EXTRACT_THREADS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="poe-upload-extract")
 
 
 @dataclass(frozen=True)
@@ -95,20 +94,35 @@ def _check_declared_length(request: Request, limit: int) -> None:
 
 
 async def receive_tar(request: Request, upload_dir: Path, limits: UploadLimits) -> Path:
-    """Receive a tar body into ``upload_dir.parent`` and extract it into ``upload_dir``;
-    returns the bundle root. On an error the caller removes ``upload_dir.parent`` (the
-    job's directory), which holds everything this wrote."""
-    body_path = upload_dir.with_name("upload.tar.part")
-    await receive_body(request, body_path, limits)
-    return await asyncio.get_running_loop().run_in_executor(EXTRACT_THREADS, extract_tar_file, body_path, upload_dir, limits)
+    """Extract the tar body into ``upload_dir`` while it arrives; returns the bundle root.
+    The body is read to its end even when the tar was refused early, so the client gets
+    the answer; errors of the body (408, 413, a disconnect) come first, then the tar's. On
+    an error the caller removes ``upload_dir.parent`` (the job's directory), which holds
+    everything this wrote; the extracting thread has ended by then."""
+    loop = asyncio.get_running_loop()
+    pipe = BodyPipe(loop)
+    extracted: concurrent.futures.Future[Path] = concurrent.futures.Future()
+    threading.Thread(target=_extract_from_pipe, args=(pipe, upload_dir, limits, extracted), name="poe-upload-extract", daemon=True).start()
+    try:
+        async for chunk in limited_body(request, limits):
+            await pipe.put(chunk)
+    except BaseException as error:
+        pipe.close(error)
+        await asyncio.wait([asyncio.wrap_future(extracted)])
+        raise
+    pipe.close()
+    return await asyncio.wrap_future(extracted)
 
 
-async def receive_body(request: Request, path: Path, limits: UploadLimits) -> int:
-    """Write the request body to ``path`` (created with its parents); returns its size in
-    bytes (errors as :func:`limited_body`)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as handle:
-        return await _write_body(limited_body(request, limits), handle)
+def _extract_from_pipe(pipe: BodyPipe, destination: Path, limits: UploadLimits, extracted: concurrent.futures.Future) -> None:
+    try:
+        root = extract_tar(pipe, destination, limits)
+    except BaseException as error:  # noqa: BLE001 - handed to the event loop
+        pipe.reader_done()
+        extracted.set_exception(error)
+    else:
+        pipe.reader_done()
+        extracted.set_result(root)
 
 
 async def receive_form(request: Request, limits: UploadLimits) -> FormData:
@@ -124,64 +138,29 @@ async def receive_form(request: Request, limits: UploadLimits) -> FormData:
 async def limited_body(request: Request, limits: UploadLimits) -> AsyncIterator[bytes]:
     """The pieces of the request body. Raises 413 past ``limits.max_bytes`` (declared or
     received), 408 when no data came for ``limits.read_timeout_s``, 400 when the client
-    went away."""
+    went away. The wait for each piece is bounded by one :func:`asyncio.timeout` (a timer,
+    no task per piece: a large upload arrives in thousands of pieces)."""
     _check_declared_length(request, limits.max_bytes)
     chunks, received = aiter(request.stream()), 0
-    while (chunk := await _next_chunk(chunks, limits.read_timeout_s)) is not None:
+    while True:
+        try:
+            async with asyncio.timeout(limits.read_timeout_s):
+                chunk = await anext(chunks, None)
+        except TimeoutError:
+            raise InputError("bundle", f"the upload stalled: no data for {limits.read_timeout_s:g} s", code="upload_timeout", status=408) from None
+        except ClientDisconnect:
+            raise InputError("bundle", "the client disconnected before the upload ended", code="upload_aborted") from None
+        if chunk is None:
+            return
         received += len(chunk)
         if received > limits.max_bytes:
             raise too_large(limits.max_bytes)
         yield chunk
 
 
-async def _write_body(chunks: AsyncIterator[bytes], handle: BinaryIO) -> int:
-    """Gather ``chunks`` into batches of :data:`WRITE_BATCH` bytes; each batch is written
-    in :data:`WRITE_THREADS` while the next one is received (one write in flight)."""
-    loop = asyncio.get_running_loop()
-    received, batch, batch_bytes, writing = 0, [], 0, None
-    try:
-        async for chunk in chunks:
-            received += len(chunk)
-            batch.append(chunk)
-            batch_bytes += len(chunk)
-            if batch_bytes >= WRITE_BATCH:
-                if writing is not None:
-                    await writing
-                writing = loop.run_in_executor(WRITE_THREADS, handle.writelines, batch)
-                batch, batch_bytes = [], 0
-        if writing is not None:
-            await writing
-        await loop.run_in_executor(WRITE_THREADS, handle.writelines, batch)
-    finally:
-        if writing is not None and not writing.done():
-            await asyncio.wait([writing])  # the file closes after this; never under a write
-    return received
-
-
-async def _next_chunk(chunks: AsyncIterator[bytes], timeout_s: float) -> bytes | None:
-    """The next piece of the body, or None at its end."""
-    try:
-        return await asyncio.wait_for(anext(chunks), timeout_s)
-    except StopAsyncIteration:
-        return None
-    except asyncio.TimeoutError:
-        raise InputError("bundle", f"the upload stalled: no data for {timeout_s:g} s", code="upload_timeout", status=408) from None
-    except ClientDisconnect:
-        raise InputError("bundle", "the client disconnected before the upload ended", code="upload_aborted") from None
-
-
-def extract_tar_file(path: Path, destination: Path, limits: UploadLimits) -> Path:
-    """:func:`extract_tar` of the file at ``path``, which is removed afterwards."""
-    try:
-        with open(path, "rb") as source:
-            return extract_tar(source, destination, limits)
-    finally:
-        path.unlink(missing_ok=True)
-
-
-def extract_tar(source: BinaryIO, destination: Path, limits: UploadLimits) -> Path:
-    """Extract the tar (plain, or gzip-compressed) read from the seekable binary file
-    ``source`` into ``destination``; returns the bundle root (``destination`` or its single top-level folder holding
+def extract_tar(source: BinaryIO | BodyPipe, destination: Path, limits: UploadLimits) -> Path:
+    """Extract the tar (plain, or gzip-compressed) read in order from ``source`` (a
+    seekable binary file at its start, or a body pipe) into ``destination``; returns the bundle root (``destination`` or its single top-level folder holding
     bundle.json). Raises :class:`InputError` naming the bad member (``bundle:<name>``)
     or ``bundle`` for the archive as a whole."""
     destination.mkdir(parents=True, exist_ok=True)
@@ -200,16 +179,23 @@ def extract_tar(source: BinaryIO, destination: Path, limits: UploadLimits) -> Pa
 
 
 @contextlib.contextmanager
-def open_tar(source: BinaryIO, max_bytes: int) -> Iterator[tarfile.TarFile]:
+def open_tar(source: BinaryIO | BodyPipe, max_bytes: int) -> Iterator[tarfile.TarFile]:
     """The tar in ``source`` (gzip decoded when it starts with gzip's magic), readable to
     at most ``max_bytes`` decoded bytes; tarfile errors are fatal (``errorlevel=2``), so
     the data filter's refusals raise instead of skipping the member."""
     with contextlib.ExitStack() as stack:
-        is_gzip = source.read(2) == GZIP_MAGIC
-        source.seek(0)
-        stream = stack.enter_context(gzip.GzipFile(fileobj=source, mode="rb")) if is_gzip else source
+        stream = stack.enter_context(gzip.GzipFile(fileobj=source, mode="rb")) if _starts_with_gzip(source) else source
         capped = _CappedReader(stream, max_bytes)
         yield stack.enter_context(tarfile.open(fileobj=capped, mode="r:", errorlevel=2, copybufsize=COPY_CHUNK))
+
+
+def _starts_with_gzip(source: BinaryIO | BodyPipe) -> bool:
+    """Whether ``source`` starts with gzip's magic; it is left at its start."""
+    if isinstance(source, BodyPipe):
+        return source.peek(2) == GZIP_MAGIC
+    head = source.read(2)
+    source.seek(0)
+    return head == GZIP_MAGIC
 
 
 class _CappedReader:

@@ -44,13 +44,15 @@ SamplerName = Literal["fkc", "annealed_langevin", "summed_velocity"]
 
 
 class TaskParams(BaseModel):
-    """Base of every task's parameters: unknown names are errors, so typos are caught.
+    """Base of every task's parameters: unknown names are errors, so typos are caught, and
+    types are strict (``true`` is not the integer 1, ``6.0`` or ``"6"`` not the integer 6,
+    ``1`` not a boolean; an integer is a valid float), so a wrong type is named, not guessed.
 
     ``preset`` "preview" gives the fields the caller did not set the task's :attr:`PREVIEW`
     values (small and fast: resolution, levels, particles); "quality" keeps the defaults.
     Tasks read their parameters through :meth:`effective`."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     preset: Literal["quality", "preview"] = Field("quality", description="preview: small and fast defaults for the fields left unset")
 

@@ -11,6 +11,9 @@ import numpy as np
 import OpenEXR
 import pytest
 from PIL import Image
+from pydantic import ValidationError
+
+from poe_backend.tasks import TASK_CLASSES, get_task
 
 from tests.server.conftest import write_bundle
 
@@ -74,12 +77,31 @@ def _assert_field(response, status: int, field: str) -> None:
     ({"params": {"particles": "many"}}, "params.particles"),
     ({"params": {"unknown_knob": 1}}, "params.unknown_knob"),
     ({"params": {"levels": 10**9}}, "params.levels"),
+    ({"params": {"particles": True}}, "params.particles"),  # a boolean is not the integer 1
+    ({"params": {"levels": 6.0}}, "params.levels"),
+    ({"params": {"langevin_steps": "1"}}, "params.langevin_steps"),
     ({"params": [1, 2]}, "params"),
     ({"colour": "red"}, "colour"),
 ])
 def test_bad_request_fields(backend, fields, field):
     bundle = write_bundle(backend.data_dir / "b-fields")
     _assert_field(_post_path(backend, bundle, **fields), 400, field)
+
+
+@pytest.mark.parametrize("task_name", list(TASK_CLASSES))
+def test_no_task_takes_a_boolean_for_a_number_or_a_number_for_a_boolean(task_name):
+    """Every task's parameter model, every field: ``true`` for an integer, ``1`` for a
+    boolean are refused naming the field; an integer is still a valid float."""
+    params_model = get_task(task_name).Params
+    for name, info in params_model.model_fields.items():
+        kinds = {getattr(kind, "__name__", None) for kind in (info.annotation, *getattr(info.annotation, "__args__", ()))}
+        wrong = True if "int" in kinds else 1 if "bool" in kinds else None
+        if wrong is not None:
+            with pytest.raises(ValidationError) as refused:
+                params_model.model_validate({name: wrong})
+            assert refused.value.errors()[0]["loc"] == (name,), (task_name, name)
+    if "step_scale" in params_model.model_fields:  # a float field, (0, 2] or wider
+        assert params_model.model_validate({"step_scale": 1}).step_scale == 1.0
 
 
 @pytest.mark.parametrize("overrides,field", [

@@ -52,7 +52,8 @@ def store(tmp_path, monkeypatch):
     monkeypatch.setitem(TASK_CLASSES, "test_missing_weights", f"{__name__}:MissingWeightsTask")
     job_store = JobStore(tmp_path / "data")
     job_store.start()
-    return job_store
+    yield job_store
+    job_store.stop()
 
 
 def _submit(store: JobStore, bundle, task: str, params: dict) -> str:
