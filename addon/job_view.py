@@ -19,14 +19,15 @@ LINE_WIDTH = 60
 
 
 def progress_details(progress: dict[str, Any] | None) -> str:
-    """``level 4/10  NFE 37  ESS 51  ETA 3s  elapsed 12s`` from a job's ``progress``
-    record (fields that are missing are left out)."""
+    """``level 4/10  NFE 37/58  ESS 51  ETA 3s  elapsed 12s`` from a job's ``progress``
+    record (fields that are missing are left out; ``/58`` is the run's planned cost)."""
     progress = progress or {}
     parts = []
     if progress.get("num_levels"):
         parts.append(f"level {progress.get('level', 0)}/{progress['num_levels']}")
     if progress.get("nfe") is not None:
-        parts.append(f"NFE {progress['nfe']}")
+        planned = f"/{progress['planned_nfe']}" if progress.get("planned_nfe") else ""
+        parts.append(f"NFE {progress['nfe']}{planned}")
     if progress.get("ess") is not None:
         parts.append(f"ESS {progress['ess']:.0f}")
     if progress.get("eta_s") is not None:

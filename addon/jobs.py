@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .bundle_schema import FINISHED_STATES
+from .job_view import progress_details
 from .client import BackendError, BackendNotRunning, Client
 from .worker import Worker
 
@@ -61,17 +62,12 @@ class TrackedJob:
         return self.state in FINISHED_STATES and (self.state != "done" or self.loaded or self.gave_up)
 
     def status_line(self) -> str:
-        """One short line, e.g. ``toy2d running 40% level 4/10 NFE 37 ESS 51 ETA 3s``."""
+        """One short line, e.g. ``toy2d running 40% level 4/10  NFE 37/58  ESS 51  ETA 3s``."""
         parts = [self.task, self.state]
         progress = self.progress or {}
         if self.state == "running" and progress:
             parts.append(f"{100 * progress.get('fraction', 0):.0f}%")
-            parts.append(f"level {progress.get('level')}/{progress.get('num_levels')}")
-            parts.append(f"NFE {progress.get('nfe')}")
-            if progress.get("ess") is not None:
-                parts.append(f"ESS {progress['ess']:.0f}")
-            if progress.get("eta_s") is not None:
-                parts.append(f"ETA {progress['eta_s']:.0f}s")
+            parts.append(progress_details(progress))
         if self.message:
             parts.append(f"- {self.message}")
         return " ".join(str(part) for part in parts)

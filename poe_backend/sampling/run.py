@@ -20,7 +20,10 @@ class Progress:
     """One observed sampler step. ``level`` counts from 1 to ``num_levels``; ``step`` is
     the MCMC step within the level (0 = the MCMC-init/transport step); ``nfe`` is expert
     forwards so far (per particle, summed over experts); ``ess`` in [1, P] or None;
-    ``particles`` the current x-space particles ``(P, ...)`` (a view: copy to keep)."""
+    ``particles`` the current x-space particles ``(P, ...)`` (a view: copy to keep);
+    ``planned_nfe`` the run's whole cost in the same unit when the caller knows it
+    (:func:`poe_backend.sampling.budget.planned_nfe`), so ``nfe / planned_nfe`` is the
+    exact fraction done."""
 
     level: int
     num_levels: int
@@ -29,10 +32,11 @@ class Progress:
     nfe: int
     ess: float | None
     particles: Tensor | None = field(default=None, repr=False, compare=False)
+    planned_nfe: int | None = None
 
     def summary(self) -> dict:
         """JSON-ready fields (without the particles)."""
-        return {"level": self.level, "num_levels": self.num_levels, "step": self.step, "t": self.t, "nfe": self.nfe, "ess": self.ess}
+        return {"level": self.level, "num_levels": self.num_levels, "step": self.step, "t": self.t, "nfe": self.nfe, "planned_nfe": self.planned_nfe, "ess": self.ess}
 
 
 @dataclass

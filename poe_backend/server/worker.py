@@ -39,8 +39,8 @@ from poe_backend.server.errors import JobFailure
 
 #: The progress report's fields, in their shared-memory order (``ess``, ``eta_s``: NaN
 #: stands for None).
-PROGRESS_FIELDS = ("level", "num_levels", "step", "t", "nfe", "ess", "fraction", "elapsed_s", "eta_s")
-INTEGER_FIELDS = frozenset({"level", "num_levels", "step", "nfe"})
+PROGRESS_FIELDS = ("level", "num_levels", "step", "t", "nfe", "planned_nfe", "ess", "fraction", "elapsed_s", "eta_s")
+INTEGER_FIELDS = frozenset({"level", "num_levels", "step", "nfe", "planned_nfe"})
 #: Seconds between checks that the server process is still alive (a job process whose
 #: server was killed exits within this time).
 PARENT_CHECK_S = 1.0
@@ -255,8 +255,10 @@ def _release_device_memory() -> None:
 
 class ProgressMeter:
     """Turns sampler :class:`~poe_backend.sampling.Progress` reports into a monotonic
-    fraction (0..1) and an ETA (seconds). Steps per level are learnt from the first level
-    (the largest step index seen + 1)."""
+    fraction (0..1) and an ETA (seconds). The fraction is ``nfe / planned_nfe`` when the
+    report carries the run's planned cost (every task's sampler run does), else it is
+    counted in levels, with the steps per level learnt from the first level (the largest
+    step index seen + 1)."""
 
     def __init__(self) -> None:
         self.start = time.monotonic()
@@ -271,6 +273,8 @@ class ProgressMeter:
             self.steps_per_level = max(self.steps_per_level, progress.step + 1)
         within = min(1.0, (progress.step + 1) / self.steps_per_level)
         fraction = (progress.level - 1 + within) / max(1, progress.num_levels)
+        if progress.planned_nfe:
+            fraction = progress.nfe / progress.planned_nfe
         self.fraction = min(1.0, max(self.fraction, fraction))
         elapsed = time.monotonic() - self.start
         eta = elapsed * (1.0 - self.fraction) / self.fraction if self.fraction > 0 else None

@@ -21,7 +21,7 @@ import functools
 import inspect
 import json
 import resource
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Literal, Self
 
@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from poe_backend.bundle import Bundle
 from poe_backend.sampling import SampleResult, sample_annealed_langevin, sample_fkc, sample_summed_velocity
+from poe_backend.sampling.budget import planned_nfe
 from poe_backend.sampling.run import Progress
 
 RESULT_FILE = "result.json"
@@ -112,11 +113,19 @@ def seed_for(context: TaskContext) -> int:
 
 def run_sampler(name: SamplerName, product: Any, noise: Any, levels: list[float], generator: Any, context: TaskContext, **options: Any) -> SampleResult:
     """Run sampler ``name`` with the task's callback and cancel flag; ``options`` (e.g.
-    ``langevin_steps``, ``step_scale``, ``ess_threshold``) go to the samplers that take them."""
+    ``langevin_steps``, ``step_scale``, ``ess_threshold``) go to the samplers that take them.
+    Every progress report carries the run's exact cost, known before it starts
+    (``Progress.planned_nfe``: transport substeps included), so the first report, after
+    one step, already says what the whole run costs."""
     sampler = SAMPLERS[name]
     accepted = inspect.signature(sampler).parameters
     taken = {key: value for key, value in options.items() if key in accepted}
-    return sampler(product, noise, levels, generator=generator, callback=context.callback, should_stop=context.should_stop, **taken)
+    callback = context.callback
+    if callback is not None:
+        total = product.total_weight()
+        planned = planned_nfe(name, levels, num_experts=len(product.factors), langevin_steps=taken.get("langevin_steps", 0), total_weight=float(total.max()) if hasattr(total, "max") else float(total))
+        callback = lambda progress: context.callback(replace(progress, planned_nfe=planned))  # noqa: E731
+    return sampler(product, noise, levels, generator=generator, callback=callback, should_stop=context.should_stop, **taken)
 
 
 class Task:

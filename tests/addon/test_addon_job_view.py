@@ -16,6 +16,7 @@ def test_progress_details_lists_level_nfe_ess_eta_and_elapsed():
     text = job_view.progress_details({"level": 4, "num_levels": 10, "nfe": 37, "ess": 51.4, "eta_s": 3.2, "elapsed_s": 12.0})
     assert text == "level 4/10  NFE 37  ESS 51  ETA 3s  elapsed 12s"
     assert job_view.progress_details({"level": 1, "num_levels": 2}) == "level 1/2"
+    assert job_view.progress_details({"nfe": 12, "planned_nfe": 58}) == "NFE 12/58"
 
 
 def test_failure_lines_give_the_reason_then_what_to_do():

@@ -107,3 +107,14 @@ def test_a_crashed_job_process_fails_its_job_and_the_next_job_runs(two_cpu_store
     assert crashed["state"] == "failed" and crashed["error"]["code"] == "worker_died" and "signal 9" in crashed["error"]["message"]
     after = [_submit(two_cpu_store, bundle, "toy2d", QUICK) for _ in range(3)]
     assert [_wait(two_cpu_store, job_id)["state"] for job_id in after] == ["done"] * 3
+
+
+def test_progress_fraction_is_the_share_of_the_planned_cost():
+    from poe_backend.sampling import Progress
+    from poe_backend.server.worker import ProgressMeter, decode_progress, encode_progress
+
+    meter = ProgressMeter()
+    report = meter.update(Progress(level=1, num_levels=4, step=0, t=0.9, nfe=10, ess=None, planned_nfe=40))
+    assert report["fraction"] == 0.25 and decode_progress(encode_progress(report))["planned_nfe"] == 40
+    unplanned = ProgressMeter().update(Progress(level=2, num_levels=4, step=0, t=0.5, nfe=10, ess=None))
+    assert unplanned["fraction"] == 0.5 and unplanned["planned_nfe"] is None  # counted in levels

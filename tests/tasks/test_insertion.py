@@ -43,6 +43,8 @@ def test_product_writes_image_particles_and_manifest(tmp_path):
     assert calls["depth"] == calls["fill"] == manifest["sampler_stats"]["nfe_per_particle"] // 2 >= 4
     assert manifest["model_specs"]["flux.transformer.fill"]["local_dir"] == "tiny/flux"
     assert [p.level for p in progress][-1] == 3 and progress[-1].nfe == calls["depth"] + calls["fill"]
+    # the whole cost is known from the first report on, substeps included, and it is exact
+    assert {p.planned_nfe for p in progress} == {manifest["sampler_stats"]["nfe_per_particle"]}
 
 
 def test_mask_preservation_and_determinism(tmp_path):
