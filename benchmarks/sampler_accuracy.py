@@ -3,7 +3,9 @@
 Prints one table: for each product, sampler and NFE budget (expert forward passes per
 particle per expert: 50, 125, 250, 500), the NFE the run really spent, the sliced
 Wasserstein distance to exact samples, the two-sample noise floor and their ratio (1.0 is
-as good as exact sampling; ``--runs`` averages over sampler seeds). Each budget gets the most log-SNR levels whose planned cost
+as good as exact sampling; ``--runs`` averages over sampler seeds). Each product's first
+row, "exact samples", scores fresh exact sets against the same reference set: what a
+perfect sampler gets there with as many runs. Each budget gets the most log-SNR levels whose planned cost
 (:func:`poe_backend.sampling.budget.planned_nfe`) fits in it. Run (one thread):
 ``PYTHONPATH=. .venv/bin/python benchmarks/sampler_accuracy.py --particles 2000``.
 """
@@ -71,6 +73,8 @@ def main() -> None:
         exact = spec.exact_samples(arguments.particles, generator)
         floor = noise_floor(lambda n: spec.exact_samples(n, generator), arguments.particles)
         experts, total_weight = len(spec.mixtures), sum(spec.exponents)
+        exact_distance = sum(sliced_wasserstein(spec.exact_samples(arguments.particles, generator), exact) for _ in range(arguments.runs)) / arguments.runs
+        print(f"{product_name:<24} | {'exact samples':<26} | {'-':>6} | {'-':>6} | {'-':>10} | {exact_distance:>7.4f} | {floor:>7.4f} | {exact_distance / floor:>6.2f}", flush=True)
         for label, sampler, budget_name, score_only, steps in SAMPLERS:
             if sampler not in arguments.samplers:
                 continue
