@@ -60,6 +60,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--particles", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--langevin-steps", type=int, default=DEFAULT_LANGEVIN_STEPS, help="corrector steps per level of the annealed samplers")
     parser.add_argument("--runs", type=int, default=1, help="sampler seeds per row; SWD and ratio are their mean (one run's ratio varies by ±0.4-0.7 even for exact samples)")
     parser.add_argument("--products", nargs="*", default=list(PRODUCTS), help="product names to run (default all)")
     parser.add_argument("--samplers", nargs="*", default=[row[1] for row in SAMPLERS], help="run_toy sampler names (default all)")
@@ -78,6 +79,7 @@ def main() -> None:
         for label, sampler, budget_name, score_only, steps in SAMPLERS:
             if sampler not in arguments.samplers:
                 continue
+            steps = arguments.langevin_steps if steps else 0
             for budget in BUDGETS:
                 levels = levels_for_budget(budget_name, budget, experts, steps, total_weight)
                 distances = []
