@@ -36,7 +36,7 @@ import torch.nn.functional as functional
 from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
 from torch import Tensor
 
-from poe_backend.experts.model_cache import MODEL_CACHE, default_dtype, free_memory
+from poe_backend.experts.model_cache import MODEL_CACHE, default_dtype
 from poe_backend.experts import memory_plan
 from poe_backend.experts.memory_plan import Budget
 from poe_backend.experts.placement import PlacementPlan, placement_for_offload, placement_name
@@ -442,13 +442,10 @@ class FluxRuntime:
         return self.space.decode(packed, max_batch=1 if decode.per_image else max_batch, tile=memory_plan.DECODE_TILE["flux"] if decode.tiled else None)
 
     def free_transformers(self) -> None:
-        """Give back the device memory of this job's transformers now, although the job's
-        experts still reference them: their parameters move to the meta device (no copy, no
-        host RAM) and they leave the model cache, so the next job loads them afresh."""
-        for role, name in self.placement_plan.placements.items():
-            MODEL_CACHE.place(role, self.preset, name, self.device, dtype=self.dtype).to("meta")
-            MODEL_CACHE.release(role, self.preset)
-        free_memory()
+        """Give back the memory of this job's transformers now (:meth:`ModelCache.give_back`:
+        the job's experts still reference them); the next job loads them afresh."""
+        for role in self.placement_plan.placements:
+            MODEL_CACHE.give_back(role, self.preset)
 
     def decode_preview(self, packed: Tensor, max_pixels: int) -> Tensor:
         """Packed latents ``(P, N, 64)`` -> images ``(P, 3, h, w)`` in [0, 1] with

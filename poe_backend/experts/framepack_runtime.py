@@ -31,7 +31,7 @@ from poe_backend.experts.framepack import (
 )
 from poe_backend.experts.lookup import check_available
 from poe_backend.experts.memory_plan import Budget
-from poe_backend.experts.model_cache import MODEL_CACHE, default_dtype, free_memory
+from poe_backend.experts.model_cache import MODEL_CACHE, default_dtype
 from poe_backend.experts.runtime_plan import JobPlan, describe, plan_transformers
 from poe_backend.tasks.requirements import FRAMEPACK_SHARED
 
@@ -207,11 +207,11 @@ class FramePackRuntime:
         return torch.stack(videos)
 
     def free_transformer(self) -> None:
-        """Release the transformer from the model cache (once)."""
+        """Give back the transformer's memory now, once (:meth:`ModelCache.give_back`: the
+        job's experts still reference it); the next job loads it afresh."""
         if not self._transformer_freed:
-            MODEL_CACHE.release(self.transformer_role, self.preset)
+            MODEL_CACHE.give_back(self.transformer_role, self.preset)
             self._transformer_freed = True
-            free_memory()
 
     def describe(self) -> dict[str, Any]:
         """The plan as JSON (``result.json``'s ``placement``)."""

@@ -134,6 +134,20 @@ class ModelCache:
                 self._drop(key)
         free_memory()
 
+    def give_back(self, role: str, preset: str = "default") -> None:
+        """Free ``role``'s memory now, although a job's experts may still reference the
+        module: its parameters and buffers move to the meta device (no copy, no host RAM)
+        and it leaves the cache, so the next job loads it afresh. For the sampling models
+        before a decode that does not fit beside them (:class:`memory_plan.DecodePlan`)."""
+        path = str(resolve(role, preset))
+        with self._lock:
+            for key in [key for key in self._entries if key[0] == path]:
+                component = self._entries[key].component
+                if isinstance(component, torch.nn.Module):
+                    component.to("meta")
+                self._drop(key)
+        free_memory()
+
     def clear(self) -> None:
         """Forget every loaded component (tests; switching presets)."""
         with self._lock:

@@ -32,7 +32,7 @@ from torch import Tensor
 from poe_backend.experts import memory_plan
 from poe_backend.experts.lookup import check_available
 from poe_backend.experts.memory_plan import Budget
-from poe_backend.experts.model_cache import MODEL_CACHE, default_dtype, free_memory
+from poe_backend.experts.model_cache import MODEL_CACHE, default_dtype
 from poe_backend.experts.runtime_plan import JobPlan, describe, plan_transformers
 from poe_backend.experts.wan import LATENT_CHANNELS, WanI2VExpert, WanVACEExpert, _clean_prompt, _space_to_depth, latent_shape
 from poe_backend.tasks.requirements import WAN_I2V, WAN_SHARED
@@ -235,13 +235,12 @@ class WanRuntime:
         return torch.stack(videos)
 
     def free_transformers(self) -> None:
-        """Release this job's transformers from the model cache (once); memory returns when
-        the last expert holding them is gone."""
+        """Give back this job's transformers' memory now, once (:meth:`ModelCache.give_back`:
+        the job's experts still reference them); the next job loads them afresh."""
         if not self._transformers_freed:
             for kind in self.kinds:
-                MODEL_CACHE.release(TRANSFORMER_ROLES[kind], self.preset)
+                MODEL_CACHE.give_back(TRANSFORMER_ROLES[kind], self.preset)
             self._transformers_freed = True
-            free_memory()
 
     def describe(self) -> dict[str, Any]:
         """The plan as JSON (``result.json``'s ``placement``)."""

@@ -7,7 +7,7 @@ import weakref
 
 import torch
 
-from poe_backend.experts.model_cache import ModelCache
+from poe_backend.experts.model_cache import MODEL_CACHE, ModelCache
 from poe_backend.experts.placement import placement_of
 
 
@@ -45,3 +45,18 @@ def test_evict_lru_drops_least_recently_used_until_the_budget_holds():
     assert [path.rsplit("/", 1)[-1] for path in dropped] == ["transformer_depth"]
     assert cache.load("flux.transformer.fill", "tiny") is fill
     assert cache.evict_lru(0, keep=["flux.transformer.fill"]) and cache.cached_bytes() > 0
+
+
+def test_give_back_frees_a_module_that_is_still_referenced():
+    """Before a decode that does not fit beside the sampling models, their memory must come
+    back although the job's experts still hold the modules."""
+    from poe_backend.experts import registry
+
+    registry.clear_cache()
+    held = MODEL_CACHE.load("flux.transformer.depth", "tiny")
+    MODEL_CACHE.give_back("flux.transformer.depth", "tiny")
+    assert all(parameter.is_meta for parameter in held.parameters())
+    assert str(registry.resolve("flux.transformer.depth", "tiny")) not in MODEL_CACHE.loaded_models()
+    again = MODEL_CACHE.load("flux.transformer.depth", "tiny")
+    assert again is not held and not next(again.parameters()).is_meta  # the next job loads it afresh
+    registry.clear_cache()
