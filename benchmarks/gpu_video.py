@@ -197,7 +197,6 @@ def main(argv: list[str] | None = None) -> None:
         device, full = "cpu", False
         torch.set_num_threads(1)
         print("benchmarks/gpu_video.py needs a CUDA GPU for the full-size rows; running a tiny smoke table on the CPU instead.")
-        args.offload = ["none"]
     print(table(video_rows(device, full, tuple(args.offload), args.particles, args.levels, args.langevin_steps, tuple(args.task))))
 
 
