@@ -20,7 +20,9 @@ mixtures (score-only) to tell sampler error from model error. Parts (``--part``)
   on the high-dimensional case at several dimensions; the growth law in dimension and its
   extrapolation to 10^5.
 
-Run: ``.venv/bin/python benchmarks/learned_experts.py --part toy`` (one thread).
+Run: ``.venv/bin/python benchmarks/learned_experts.py --part toy`` (one thread). Wall times on
+a shared 2-core machine: fidelity + toy ~13 min, task ~3-5 min per case, spread ~11 min; the
+first run also trains the nets (2-D: ~25 s each, 32-D: ~2 min, 128-D: ~8 min).
 """
 
 from __future__ import annotations
@@ -45,8 +47,9 @@ from poe_backend.toy.metrics import noise_floor, sliced_wasserstein  # noqa: E40
 from poe_backend.toy.run import DEFAULT_LANGEVIN_STEPS, DEFAULT_LEVEL_COUNT, DEFAULT_LEVELS  # noqa: E402
 from poe_backend.toy.spec import DTYPE  # noqa: E402
 
-TASK_LEVELS = shifted_levels(28, flux_shift_mu(4096), t_max=0.98)  # insertion at 1024x1024
+TASK_LEVEL_COUNT = 28  # the image tasks' defaults (insertion at 1024x1024: 4096 tokens)
 TASK_LANGEVIN_STEPS = 2
+TASK_LEVELS = shifted_levels(TASK_LEVEL_COUNT, flux_shift_mu(4096), t_max=0.98)
 TASK_STEP_SCALE = 0.5
 REFERENCE_SETS = 4  # exact reference sets each distance is averaged over
 MODE_REFERENCE = 20000  # exact samples of the reference mode shares
@@ -143,27 +146,28 @@ def kept_particles(result: SampleResult, group: int, generator: torch.Generator)
     return particles[rows, drawn], particles[rows, log_weights.argmax(dim=1)]
 
 
-def task_samples(name: str, experts: list[GenerativeExpert], policy: str, group: int, runs: int, dimension: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def task_samples(name: str, experts: list[GenerativeExpert], policy: str, group: int, runs: int, dimension: int, generator: torch.Generator, levels: list[float], langevin_steps: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Pooled kept particles of ``runs`` runs of ``group`` particles at the task settings.
     Runs without resampling are independent per particle, so they share one batched call;
     resampling runs (fkc with ``policy`` "ess 0.5" or "ess 1") are called one by one."""
     if name != "fkc" or policy == "never" or group == 1:
         noise = torch.randn(runs * group, dimension, generator=generator, dtype=DTYPE)
-        result = run_sampler(name, experts, noise, TASK_LEVELS, generator, TASK_LANGEVIN_STEPS, ess_threshold=0.0)
+        result = run_sampler(name, experts, noise, levels, generator, langevin_steps, ess_threshold=0.0)
         return kept_particles(result, group, generator)
     threshold = {"ess 0.5": 0.5, "ess 1": 1.0}[policy]
     drawn, best = [], []
     for _ in range(runs):
         noise = torch.randn(group, dimension, generator=generator, dtype=DTYPE)
-        result = run_sampler(name, experts, noise, TASK_LEVELS, generator, TASK_LANGEVIN_STEPS, ess_threshold=threshold)
+        result = run_sampler(name, experts, noise, levels, generator, langevin_steps, ess_threshold=threshold)
         one_drawn, one_best = kept_particles(result, group, generator)
         drawn.append(one_drawn)
         best.append(one_best)
     return torch.cat(drawn), torch.cat(best)
 
 
-def part_task(cases: list[learned.LearnedCase], runs: int, seed: int) -> None:
-    print(f"\n## Task settings: {len(TASK_LEVELS)} FLUX-shifted levels (mu for 4096 tokens), {TASK_LANGEVIN_STEPS} Langevin steps, {runs} runs of P particles, one kept per run, pooled; SWD / floor ({runs} samples) vs the exact product")
+def part_task(cases: list[learned.LearnedCase], runs: int, seed: int, num_levels: int, langevin_steps: int) -> None:
+    levels = shifted_levels(num_levels, flux_shift_mu(4096), t_max=0.98)
+    print(f"\n## Task settings: {num_levels} FLUX-shifted levels (mu for 4096 tokens), {langevin_steps} Langevin steps, {runs} runs of P particles, one kept per run, pooled; SWD / floor ({runs} samples) vs the exact product")
     print("   P = 2 at 'ess 0.5' never resamples (the ESS of two particles is at least 1 = 0.5 P): it is 'never'.")
     print(f"{'case':<16} | {'sampler':<10} | {'policy':<8} | {'P':>2} | {'learned drawn':>13} | {'learned best':>12} | {'exact drawn':>11} | {'exact best':>11} | {'seconds':>7}")
     configurations = [("fkc", "never", 1), ("fkc", "never", 2), ("fkc", "never", 4), ("fkc", "ess 0.5", 4), ("fkc", "ess 1", 2), ("fkc", "ess 1", 4), ("langevin", "-", 1), ("naive", "-", 1)]
@@ -175,7 +179,7 @@ def part_task(cases: list[learned.LearnedCase], runs: int, seed: int) -> None:
         for name, policy, group in rows:
             start, ratios = time.perf_counter(), []
             for experts in (learned_experts, exact):
-                drawn, best = task_samples(name, experts, policy, group, runs, case.dimension, generator)
+                drawn, best = task_samples(name, experts, policy, group, runs, case.dimension, generator, levels, langevin_steps)
                 ratios += [cell(measure.ratios(drawn)), cell(measure.ratios(best))]
             seconds = time.perf_counter() - start
             print(f"{case.name:<16} | {name:<10} | {policy:<8} | {group:>2} | {ratios[0]:>13} | {ratios[1]:>12} | {ratios[2]:>11} | {ratios[3]:>11} | {seconds:>7.1f}", flush=True)
@@ -241,9 +245,11 @@ def main() -> None:
     parser.add_argument("--case", action="append", help="case name (repeatable); default: all of learned.cases()")
     parser.add_argument("--particles", type=int, default=2000, help="particles of the toy-budget and fidelity parts")
     parser.add_argument("--runs", type=int, default=500, help="independent runs per row of the task part")
-    parser.add_argument("--spread-particles", type=int, default=512)
+    parser.add_argument("--task-levels", type=int, default=TASK_LEVEL_COUNT, help="levels of the task part")
+    parser.add_argument("--task-langevin-steps", type=int, default=TASK_LANGEVIN_STEPS, help="Langevin steps of the task part")
+    parser.add_argument("--spread-particles", type=int, default=256)
     parser.add_argument("--dimensions", type=int, nargs="+", default=[8, 32, 128], help="learned dimensions of the spread part")
-    parser.add_argument("--exact-dimensions", type=int, nargs="+", default=[8, 32, 128, 512])
+    parser.add_argument("--exact-dimensions", type=int, nargs="+", default=[8, 32, 128], help="exact experts cost O(D^3) per call (D = 128: ~3 min)")
     parser.add_argument("--seed", type=int, default=0)
     arguments = parser.parse_args()
     torch.set_num_threads(1)
@@ -254,7 +260,7 @@ def main() -> None:
     if "toy" in parts:
         part_toy(cases, arguments.particles, arguments.seed)
     if "task" in parts:
-        part_task(cases, arguments.runs, arguments.seed)
+        part_task(cases, arguments.runs, arguments.seed, arguments.task_levels, arguments.task_langevin_steps)
     if "spread" in parts:
         part_spread(arguments.dimensions, arguments.exact_dimensions, arguments.spread_particles, arguments.seed)
 
