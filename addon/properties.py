@@ -51,8 +51,8 @@ class POE_SceneSettings(bpy.types.PropertyGroup):
     resolution_x: bpy.props.IntProperty(name="Width", default=832, min=16, max=8192, subtype="PIXEL")
     resolution_y: bpy.props.IntProperty(name="Height", default=480, min=16, max=8192, subtype="PIXEL")
     seed: bpy.props.IntProperty(name="Seed", default=0, min=0)
-    particles: bpy.props.IntProperty(name="Particles", default=4, min=1, max=256, description="Number of sampler particles")
-    steps: bpy.props.IntProperty(name="Steps", default=28, min=2, max=1000, description="Annealing levels (sampler steps)")
+    particles: bpy.props.IntProperty(name="Particles", default=0, min=0, max=256, description="Number of sampler particles (0: the task's default)")
+    steps: bpy.props.IntProperty(name="Steps", default=0, min=0, max=1000, description="Annealing levels, sampler steps (0: the task's default)")
     last_bundle: bpy.props.StringProperty(name="Last bundle", default="", subtype="FILE_PATH", description="bundle.json written by the last capture")
 
 
@@ -76,7 +76,10 @@ def capture_resolution(settings) -> tuple[int, int] | None:
 
 def backend_params(settings) -> dict:
     """Sampler parameters for the bundle's ``params``: the preview preset leaves levels
-    and particles to the task's preview values; the others send the panel's."""
+    and particles to the task's preview values; the others send the panel's where set
+    (0, the default, leaves each to the task's default: those follow the backend's
+    measurements, e.g. one particle for insertion)."""
     if settings.preset == "preview":
         return {"preset": "preview"}
-    return {"preset": "quality", "particles": settings.particles, "levels": settings.steps}
+    chosen = {"particles": settings.particles, "levels": settings.steps}
+    return {"preset": "quality", **{name: value for name, value in chosen.items() if value > 0}}

@@ -1,7 +1,7 @@
 """The insertion task in miniature on 8×8 digits: the class expert ("a 3") × an inpainter.
 
 Prints, for each method and P = 1, 2, 4 particles per run (the insertion task's sampler
-defaults and level schedule, many independent runs, the particle with the largest weight
+defaults and level schedule, many independent runs, the particle drawn by weight
 kept): the known-pixel RMSE (raw output, pixel units of [-1, 1]), the fraction of outputs a
 logistic-regression classifier calls the target class (raw, and after pasting the plate
 back outside the mask as the task's ``blend`` does), for each class-expert guidance scale

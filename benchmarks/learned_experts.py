@@ -13,7 +13,7 @@ mixtures (score-only) to tell sampler error from model error. Parts (``--part``)
   ODE baselines 500 levels).
 * ``task``: the image tasks' settings (FLUX-shifted 28 levels for 4096 tokens from
   t_max = 0.98, 2 Langevin steps, step scale 0.5), P particles per run, many independent
-  runs, one particle per run kept (drawn by weight, or the largest weight as the tasks do),
+  runs, one particle per run kept (drawn by weight as the tasks do, or the largest weight),
   pooled. Resampling policies: ``ess 0.5`` (the tasks' threshold), ``ess 1`` (every level),
   ``never`` (final choice by weight only).
 * ``spread``: Feynman-Kac log-weights without resampling at the task settings, per level,

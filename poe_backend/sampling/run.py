@@ -57,9 +57,9 @@ class SampleResult:
     acceptance_rate: float | None = None
     substeps: int = 0
 
-    def best_index(self) -> int:
-        """Index of the particle with the largest weight."""
-        return int(torch.argmax(self.log_weights))
+    def chosen_index(self, seed: int) -> int:
+        """The particle a user gets (:func:`resampling.chosen_particle`: drawn by weight)."""
+        return resampling.chosen_particle(self.log_weights, seed)
 
     def equally_weighted(self, generator: torch.Generator) -> Tensor:
         """Resample to ``P`` equally weighted particles (systematic)."""

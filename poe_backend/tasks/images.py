@@ -40,7 +40,7 @@ class ImageParams(TaskParams):
     levels: int = Field(28, ge=2, le=500)
     langevin_steps: int = Field(2, ge=0, le=50)
     step_scale: float = Field(0.5, gt=0.0, le=2.0)
-    ess_threshold: float = Field(0.5, ge=0.0, le=1.0)
+    ess_threshold: float = Field(0.5, ge=0.0, le=1.0, description="resample when ESS/P falls below it (0: never; at P = 2, 0.5 never fires since ESS >= 1)")
     schedule: Literal["flux_shift", "log_snr"] = "flux_shift"
     t_max: float = Field(0.98, gt=0.0, lt=1.0, description="first level; below 1 (sigma must stay finite)")
     particles: int = Field(2, ge=1, le=256)

@@ -4,8 +4,9 @@ Product (paper, "regional text-to-image"): a global FLUX.1 [dev] expert × one F
 expert per region prompt, with per-token weight maps from the boxes that add up to 1 on
 every token (inside a box ``p_global^(1−α)·p_region^α``, α = ``region_strength``; see
 :func:`poe_backend.experts.flux.regional_weights`), × VQAScore as a discriminative expert on the decoded clean predictions, with
-particles and resampling (score-only Feynman-Kac path by default). The final image is the
-particle with the largest weight; all particles are written.
+particles and resampling (score-only Feynman-Kac path by default). The final image is one
+particle drawn by weight with the job's seed (:func:`~poe_backend.sampling.resampling.chosen_particle`);
+all particles are written.
 
 Regions come from the bundle's objects: each object with a non-empty ``prompt`` and a box on
 the first frame (``bbox_px[0]``, scaled to the run's resolution). Objects with a prompt but
@@ -23,18 +24,18 @@ from __future__ import annotations
 
 from typing import Literal
 
-import torch
 from pydantic import Field
 
 from poe_backend.bundle import BundleError
 from poe_backend.sampling import Factor
+from poe_backend.sampling.resampling import chosen_particle
 from poe_backend.tasks import images
 from poe_backend.tasks.base import Task, TaskContext, TaskResult, seed_for
 
 
 class RegionalParams(images.ImageParams):
     method: Literal["regional", "flux"] = "regional"
-    particles: int = Field(4, ge=1, le=256)
+    particles: int = Field(4, ge=1, le=256, description="resampled by the VQAScore twist: the region maps sum to 1 on every token (Σλ = 1), so the transport term Σλ(Σλ-1) that swamps a Σλ = 2 product's weights is zero and the weights are the reward's")
     guidance: float = Field(3.5, ge=0.0, le=100.0)
     region_strength: float = Field(0.8, ge=0.0, le=1.0, description="share of a region expert on its box's tokens")
     vqascore: bool = True
@@ -108,7 +109,7 @@ class RegionalT2ITask(Task):
         timer.mark("sample")
         log_weights = result.log_weights.float().cpu()
         decoded = images.to_uint8(runtime.decode(result.particles))
-        best = int(torch.argmax(log_weights))
+        best = chosen_particle(log_weights, seed)
         outputs = images.write_outputs(context.out_dir, decoded[best], decoded if params.save_particles else None, log_weights)
         timer.mark("decode_and_write")
         record = images.manifest(
@@ -121,7 +122,7 @@ class RegionalT2ITask(Task):
             skipped_regions=skipped,
             layout_parser=layout,
             resolution=[height, width],
-            best_index=best,
+            chosen_index=best,
             log_weights=log_weights.tolist(),
             vqascore=None if reward is None else reward.last_scores,
             sampler_stats={**result.stats(), "sampler": params.sampler, "levels": levels, "expert_calls": [f.expert.calls for f in factors]},

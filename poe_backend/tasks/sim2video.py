@@ -60,7 +60,7 @@ class Sim2VideoParams(TaskParams):
     width: int | None = Field(None, ge=16, le=1280, description="at most max_side; default: the bundle's, scaled so its longer side fits max_side, rounded down to 16")
     max_side: int = Field(VIDEO_MAX_SIDE, ge=16, le=1280, description="cap on the longer side (Wan2.1's native 832 at 480p)")
     max_frames: int = Field(VIDEO_MAX_FRAMES, ge=5, le=241, description="cap on the frame count (Wan2.1's native 81)")
-    particles: int = Field(2, ge=1, le=64)
+    particles: int = Field(1, ge=1, le=64, description="independent alternatives: as in insertion (a Σλ = 2 product, no reward), the weights of a 10^6-value video latent carry no quality signal, so more particles cost P times and select on noise")
     sampler: SamplerName = "fkc"
     levels: int = Field(30, ge=2, le=1000)
     langevin_steps: int = Field(1, ge=0, le=50)
@@ -111,7 +111,8 @@ class Sim2VideoTask(Task):
 
         runtime = WanRuntime(sim2video_transformers(params.mode, pairing), len(frames), size.height, size.width, preset=context.models, device=context.device)
         result, described, levels, seconds = sample(runtime, params, pairing, prompt, inputs, seed, context)
-        outputs = write_outputs(context, runtime, result, inputs.get("depth"), bundle.fps, params.save_particles)
+        chosen = result.chosen_index(seed)
+        outputs = write_outputs(context, runtime, result, chosen, inputs.get("depth"), bundle.fps, params.save_particles)
         manifest = {
             "task": self.name,
             "params": params.model_dump(),
@@ -127,7 +128,7 @@ class Sim2VideoTask(Task):
             "levels": levels,
             "stats": result.stats(),
             "log_weights": video_io.finite_log_weights(result.log_weights),
-            "best_particle": result.best_index(),
+            "chosen_particle": chosen,
             "seconds": {**seconds, "total": time.perf_counter() - started},
             "device": str(context.device),
         }
@@ -202,19 +203,18 @@ def sample(runtime, params: Sim2VideoParams, pairing: str, prompt: str, inputs: 
     return result, described, levels, seconds
 
 
-def write_outputs(context: TaskContext, runtime, result: SampleResult, depth_video: torch.Tensor | None, fps: float, save_particles: bool) -> dict[str, Path]:
-    """``latents.pt`` (all particles), ``video.mp4`` (the best), ``particles/*.mp4`` and the
-    depth control as ``control_depth.mp4``; decoding through the runtime's plan."""
+def write_outputs(context: TaskContext, runtime, result: SampleResult, chosen: int, depth_video: torch.Tensor | None, fps: float, save_particles: bool) -> dict[str, Path]:
+    """``latents.pt`` (all particles), ``video.mp4`` (particle ``chosen``), ``particles/*.mp4``
+    and the depth control as ``control_depth.mp4``; decoding through the runtime's plan."""
     out_dir = context.out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     latents_path = out_dir / "latents.pt"
     torch.save({"latents": result.particles.cpu(), "log_weights": result.log_weights.cpu()}, latents_path)
     outputs: dict[str, Path] = {"latents": latents_path}
-    best = result.best_index()
-    indices = list(range(result.particles.shape[0])) if save_particles else [best]
+    indices = list(range(result.particles.shape[0])) if save_particles else [chosen]
     videos = runtime.decode(result.particles[indices])
     for index, video in zip(indices, videos):
-        if index == best:
+        if index == chosen:
             outputs["video"] = video_io.write_mp4(out_dir / "video.mp4", video, fps)
         if save_particles:
             (out_dir / "particles").mkdir(exist_ok=True)

@@ -18,8 +18,8 @@ Pixels: the dataset's 0..16 intensities mapped to ``x = p / 8 - 1`` in [-1, 1]; 
 flat ``(64,)`` row-major vector. Masks are ``(64,)`` in {0, 1} with 1 = generate (the
 insertion task's white = object). Runs mirror :mod:`poe_backend.tasks.insertion`: its
 sampler defaults and level schedule (FLUX's shift for a 1024² image), the experts' weights,
-the single experts on their own flow sampler (summed velocity), the particle with the
-largest weight as the output, clamped to the pixel range, and the optional paste-back of
+the single experts on their own flow sampler (summed velocity), the particle drawn by
+weight as the output, clamped to the pixel range, and the optional paste-back of
 the plate outside the mask (``blend``).
 """
 
@@ -240,14 +240,15 @@ class MethodScore:
 
 
 def score_method(method: str, experts: DigitExperts, case: InsertionCase, data: DigitsData, *, particles: int, runs: int, seed: int = 0, params: InsertionParams | None = None) -> MethodScore:
-    """Run ``runs`` independent runs (run i: plate ``i mod M``, seed ``seed + i``), keep each
-    run's particle with the largest weight, and score the outputs."""
+    """Run ``runs`` independent runs (run i: plate ``i mod M``, seed ``seed + i``), keep the
+    particle each run hands to the user (drawn by weight, as the task does), and score the
+    outputs."""
     params = (params or InsertionParams()).model_copy(update={"particles": particles})
     plates = case.plates(data)
     chosen_plates, outputs = plates[torch.arange(runs) % plates.shape[0]], []
     for run, plate in enumerate(chosen_plates):
         result = sample_once(method, experts, case, plate, params, seed + run)
-        outputs.append(result.particles[result.best_index()].clamp(-1.0, 1.0))
+        outputs.append(result.particles[result.chosen_index(seed + run)].clamp(-1.0, 1.0))
     outputs = torch.stack(outputs)
     known = 1.0 - case.mask
     known_rmse = math.sqrt(float(((outputs - chosen_plates) ** 2 * known).sum() / (known.sum() * runs)))

@@ -59,6 +59,8 @@ def test_capture_operator_writes_a_bundle(registered, tmp_path, monkeypatch):
     assert [(obj.name, obj.prompt) for obj in bundle.objects] == [("Cube", "a crate"), ("Plane", "a poster")]
     assert bundle.params == {"preset": "preview"}  # the task's preview values fill levels and particles
     settings.preset = "final"
+    assert properties.backend_params(settings) == {"preset": "quality"}  # the task's defaults
+    settings.particles, settings.steps = 4, 28
     assert properties.backend_params(settings) == {"preset": "quality", "particles": 4, "levels": 28}
 
 

@@ -43,3 +43,11 @@ def test_systematic_keeps_zero_weight_particles_out() -> None:
     log_weights = torch.tensor([0.0, -math.inf, 0.0, -math.inf])
     indices = resampling.systematic(generator, log_weights, 1000)
     assert set(indices.tolist()) <= {0, 2}
+
+
+def test_the_chosen_particle_is_drawn_by_weight_and_fixed_by_the_seed():
+    log_weights = torch.log(torch.tensor([0.1, 0.6, 0.3], dtype=torch.float64))
+    draws = [resampling.chosen_particle(log_weights, seed) for seed in range(3000)]
+    shares = torch.bincount(torch.tensor(draws), minlength=3).double() / len(draws)
+    assert torch.allclose(shares, torch.exp(log_weights), atol=0.03)  # not always the largest weight
+    assert resampling.chosen_particle(log_weights, 11) == resampling.chosen_particle(log_weights, 11)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import torch
 from PIL import Image
 
 from tests.tasks.image_bundles import HEIGHT, WIDTH, regional_bundle
+from poe_backend.sampling.resampling import chosen_particle
 from poe_backend.tasks import get_task
 from poe_backend.tasks.base import TaskContext
 from poe_backend.tasks.regional_t2i import read_regions
@@ -39,7 +41,10 @@ def test_regional_product_with_vqascore(tmp_path):
     assert np.asarray(Image.open(out / "image.png")).shape == (HEIGHT, WIDTH, 3)
     particles = np.load(out / "particles.npz")
     assert particles["images"].shape == (3, HEIGHT, WIDTH, 3)
-    assert manifest["best_index"] == int(np.argmax(particles["log_weights"]))
+    # the image is the particle drawn by weight with the job's seed (not the largest weight)
+    chosen = manifest["chosen_index"]
+    assert chosen == chosen_particle(torch.from_numpy(particles["log_weights"]), manifest["seed"])
+    assert np.array_equal(particles["images"][chosen], np.asarray(Image.open(out / "image.png")))
     assert set(manifest["vqascore"]) == {"a park", "a dog", "a cat"}
     assert all(0 < score < 1 for scores in manifest["vqascore"].values() for score in scores)
     assert manifest["skipped_regions"] == ["bird"]
