@@ -25,8 +25,6 @@ the plate outside the mask (``blend``).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -41,7 +39,7 @@ from poe_backend.experts.specs import data_dir
 from poe_backend.sampling import Factor, GenerativeExpert, Progress, ProductOfExperts, SampleResult, resampling
 from poe_backend.tasks import images
 from poe_backend.tasks.insertion import InsertionParams
-from poe_backend.toy.flow_net import LearnedExpert, VelocityNet, load_or_train, train_velocity
+from poe_backend.toy.flow_net import LearnedExpert, VelocityNet, cache_name, load_or_train, train_velocity
 
 SIDE = 8
 DIMENSION = SIDE * SIDE
@@ -117,8 +115,7 @@ class TrainingConfig:
     def cache_path(self, role: str) -> Path:
         """``data_dir()/learned/digits-<role>-<hash of the config and the data recipe>.pt``."""
         recipe = {"role": role, "null_class_fraction": NULL_CLASS_FRACTION, **asdict(self)}
-        digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
-        return data_dir() / "learned" / f"digits-{role}-{digest}.pt"
+        return data_dir() / "learned" / cache_name(f"digits-{role}", recipe)
 
 
 @dataclass

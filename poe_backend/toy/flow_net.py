@@ -10,6 +10,8 @@ Convention of :mod:`poe_backend.sampling.flow`: ``x_t = (1 - t) x0 + t eps``, th
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 from pathlib import Path
@@ -85,6 +87,13 @@ def train_velocity(
         losses.append(loss.item())
     net.eval()
     return losses
+
+
+def cache_name(name: str, recipe: dict) -> str:
+    """``<name>-<16 hex digits of the SHA-256 of the JSON recipe>.pt``: a cached net's file
+    name, from everything that determines the net (``recipe``: JSON-ready values)."""
+    digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
+    return f"{name}-{digest}.pt"
 
 
 def load_or_train(path: Path, build: Callable[[], VelocityNet], train: Callable[[VelocityNet], None]) -> VelocityNet:

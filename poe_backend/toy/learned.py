@@ -14,8 +14,6 @@ hash of its mixture and training configuration.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -25,7 +23,7 @@ import torch
 from poe_backend.experts.gmm import GaussianMixture
 from poe_backend.experts.specs import data_dir
 from poe_backend.sampling import Factor, ProductOfExperts
-from poe_backend.toy.flow_net import LearnedExpert, VelocityNet, load_or_train, train_velocity
+from poe_backend.toy.flow_net import LearnedExpert, VelocityNet, cache_name, load_or_train, train_velocity
 from poe_backend.toy.spec import ToySpec, parse_spec
 
 CACHE_VERSION = 1  # bump when the net or its training changes meaning
@@ -74,7 +72,6 @@ class LearnedCase:
     def _net(self, index: int, mixture: GaussianMixture, directory: Path) -> VelocityNet:
         training = self.training
         key = {"version": CACHE_VERSION, "training": asdict(training), "weights": mixture.weights.tolist(), "means": mixture.means.tolist(), "covariances": mixture.covariances.tolist()}
-        digest = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
 
         def build() -> VelocityNet:
             torch.manual_seed(training.seed + index)
@@ -84,7 +81,7 @@ class LearnedCase:
             data = mixture.sample(training.samples, torch.Generator().manual_seed(training.seed + 1000 + index))
             train_velocity(net, data, steps=training.steps, batch_size=training.batch_size, learning_rate=training.learning_rate, seed=training.seed + index)
 
-        return load_or_train(directory / f"{self.name}-expert{index}-{digest}.pt", build, train)
+        return load_or_train(directory / cache_name(f"{self.name}-expert{index}", key), build, train)
 
 
 def many_modes_2d() -> LearnedCase:
