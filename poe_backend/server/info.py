@@ -42,11 +42,9 @@ def _json_type(prop: dict[str, Any]) -> str:
     return "|".join(named + (["null"] if "null" in kinds else [])) or "any"
 
 
-def device_info(device: str) -> dict[str, Any]:
+def device_info(device: str, memory: tuple[int | None, int | None]) -> dict[str, Any]:
+    """``device``, the torch version and ``memory`` (free, total VRAM bytes as the device's
+    job process last read them; None off CUDA)."""
     import torch
 
-    info: dict[str, Any] = {"device": device, "torch": torch.__version__, "vram_free_bytes": None, "vram_total_bytes": None}
-    if device.startswith("cuda") and torch.cuda.is_available():
-        free, total = torch.cuda.mem_get_info(torch.device(device))
-        info.update(vram_free_bytes=free, vram_total_bytes=total, device_name=torch.cuda.get_device_name(torch.device(device)))
-    return info
+    return {"device": device, "torch": torch.__version__, "vram_free_bytes": memory[0], "vram_total_bytes": memory[1]}

@@ -99,6 +99,7 @@ class DeviceWorker:
         self._context = multiprocessing.get_context("spawn")
         self._progress = self._context.Array("d", 1 + len(PROGRESS_FIELDS))  # [seq, *fields]
         self._cancel_seq = self._context.RawValue("q", 0)
+        self._memory = self._context.RawArray("d", [math.nan, math.nan])  # free, total VRAM bytes
         self._process: multiprocessing.process.BaseProcess | None = None
         self._connection: Connection | None = None
         self._stopping = False
@@ -108,11 +109,19 @@ class DeviceWorker:
         """Start the job process (it imports torch and the tasks while the server goes on)."""
         ours, theirs = self._context.Pipe()
         self._process = self._context.Process(
-            target=serve_jobs, args=(self.device, self.threads, theirs, self._progress, self._cancel_seq, os.getpid()), name=f"poe-job-{self.device}", daemon=True
+            target=serve_jobs, args=(self.device, self.threads, theirs, self._progress, self._cancel_seq, self._memory, os.getpid()), name=f"poe-job-{self.device}", daemon=True
         )
         self._process.start()
         theirs.close()
         self._connection = ours
+
+    def device_memory(self) -> tuple[int | None, int | None]:
+        """Free and total bytes of this worker's CUDA device as its job process last read
+        them (at its start and after every job); None off CUDA or before the first read.
+        The server process never touches CUDA itself: a context there would hold ~0.5 GiB
+        of the first card that the jobs' memory planner then lacks."""
+        free, total = self._memory[:]
+        return (None, None) if math.isnan(free) else (int(free), int(total))
 
     def run(self, order: JobOrder, wait_s: float, on_wait: Callable[[], None]) -> JobOutcome:
         """Run ``order`` in the job process and return its outcome, calling ``on_wait``
@@ -181,7 +190,7 @@ def decode_progress(values: list[float]) -> dict[str, Any]:
 
 
 # ---- inside the job process -------------------------------------------------------------
-def serve_jobs(device: str, threads: int, connection: Connection, progress: Any, cancel_seq: Any, server_pid: int) -> None:
+def serve_jobs(device: str, threads: int, connection: Connection, progress: Any, cancel_seq: Any, memory: Any, server_pid: int) -> None:
     """The job process's main loop: run each :class:`JobOrder` received and answer its
     :class:`JobOutcome`; return when the server closes the pipe or is gone."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -191,11 +200,19 @@ def serve_jobs(device: str, threads: int, connection: Connection, progress: Any,
     if "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(threads)
     while True:
+        _report_device_memory(device, memory)
         try:
             order = connection.recv()
         except EOFError:
             return
         connection.send(run_order(order, device, progress, cancel_seq))
+
+
+def _report_device_memory(device: str, memory: Any) -> None:
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.is_available():
+        memory[:] = [float(value) for value in torch.cuda.mem_get_info(torch.device(device))]
 
 
 def _exit_with_server(server_pid: int) -> None:
