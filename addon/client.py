@@ -116,17 +116,22 @@ class Client:
         (uploading instead if the backend refuses the path: outside its roots, or not there,
         as through an SSH tunnel to another machine) and uploads to a remote one. Returns
         the new job's state."""
-        bundle_dir = Path(bundle_dir).resolve()
         if upload is None:
             upload = not is_local_url(self.url)
         if not upload:
-            payload = {"task": task, "bundle_path": str(bundle_dir), "params": params or {}, "models": models}
             try:
-                return self._json("POST", "/jobs", {key: value for key, value in payload.items() if value is not None})
+                return self.submit_path(bundle_dir, task=task, params=params, models=models)
             except BackendError as error:
                 if error.field != "bundle_path":
                     raise
         return self.upload(bundle_dir, task=task, params=params, models=models)
+
+    def submit_path(self, bundle_dir: str | Path, *, task: str | None = None, params: dict[str, Any] | None = None, models: str | None = None) -> dict[str, Any]:
+        """Send the bundle's path (``POST /v1/jobs``; the backend reads it in place): quick.
+        A backend that cannot read it answers with a :class:`BackendError` whose ``field``
+        is ``bundle_path`` (outside its roots, or not on its machine)."""
+        payload = {"task": task, "bundle_path": str(Path(bundle_dir).resolve()), "params": params or {}, "models": models}
+        return self._json("POST", "/jobs", {key: value for key, value in payload.items() if value is not None})
 
     def upload(self, bundle_dir: str | Path, *, task: str | None = None, params: dict[str, Any] | None = None, models: str | None = None, timeout: float = 600.0) -> dict[str, Any]:
         """Stream ``bundle_dir`` as a tar body (``POST /v1/jobs``)."""

@@ -12,6 +12,7 @@ loader errors end up in ``TrackedJob.message``.
 
 from __future__ import annotations
 
+import itertools
 import json
 import shlex
 import subprocess
@@ -23,7 +24,7 @@ from typing import Any, Callable
 
 from .bundle_schema import FINISHED_STATES
 from .job_view import progress_details
-from .client import BackendError, BackendNotRunning, Client
+from .client import BackendError, BackendNotRunning, Client, is_local_url
 from .worker import Worker
 
 POLL_INTERVAL_S = 0.5
@@ -45,11 +46,14 @@ class JobResult:
 
 @dataclass
 class TrackedJob:
-    """What the panel shows for one job."""
+    """What the panel shows for one job. ``state`` is the backend's, or ``uploading`` while
+    the bundle is still on its way (``job_id`` is then a placeholder, replaced by the
+    backend's when the upload is answered). ``scene``: the scene its result goes into."""
 
     job_id: str
     task: str
     state: str = "queued"
+    scene: str = ""
     progress: dict[str, Any] | None = None
     message: str = ""
     result: JobResult | None = None
@@ -105,18 +109,42 @@ class JobTracker:
         self.worker = worker or Worker()
         self.jobs: dict[str, TrackedJob] = {}
         self._polling: set[str] = set()  # job ids with a poll on the worker
+        self._uploads = itertools.count(1)  # placeholder ids of uploads under way
 
-    def submit(self, bundle_dir: str | Path, *, task: str | None = None, params: dict[str, Any] | None = None, models: str | None = None) -> TrackedJob:
-        """Submit and follow a bundle; waits for the backend's answer (its validation
-        errors are the operator's to report)."""
-        record = self.client.submit(bundle_dir, task=task, params=params, models=models)
-        return self.track(record)
+    def submit(self, bundle_dir: str | Path, *, task: str | None = None, params: dict[str, Any] | None = None, models: str | None = None, scene: str = "") -> TrackedJob:
+        """Submit and follow a bundle. To a backend on this machine the bundle goes by path
+        and this waits for the answer (a request, no copy: a refusal naming a field raises
+        here, for the operator to report). An upload (a remote backend, or a path this
+        backend cannot read) runs on the worker, as it takes as long as the bytes take: the
+        job returned is ``uploading`` at once and becomes the backend's job (the same
+        object, its id replaced) when the upload is answered; a refusal fails its row."""
+        if is_local_url(self.client.url):
+            try:
+                return self.track(self.client.submit_path(bundle_dir, task=task, params=params, models=models), scene=scene)
+            except BackendError as error:
+                if error.field != "bundle_path":
+                    raise
+        tracked = TrackedJob(job_id=f"upload-{next(self._uploads)}", task=task or "", state="uploading", scene=scene)
+        self.jobs[tracked.job_id] = tracked
+        self.worker.submit(partial(self.client.upload, bundle_dir, task=task, params=params, models=models), partial(self._apply_upload, tracked))
+        return tracked
 
-    def track(self, record: dict[str, Any]) -> TrackedJob:
+    def track(self, record: dict[str, Any], *, scene: str = "") -> TrackedJob:
         """Follow a job the backend already knows (e.g. after reopening Blender)."""
-        tracked = TrackedJob(job_id=record["id"], task=record.get("task", ""), state=record.get("state", "queued"), record=record)
+        tracked = TrackedJob(job_id=record["id"], task=record.get("task", ""), state=record.get("state", "queued"), scene=scene, record=record)
         self.jobs[tracked.job_id] = tracked
         return tracked
+
+    def _apply_upload(self, tracked: TrackedJob, record: dict[str, Any] | None, error: Exception | None) -> None:
+        if error is not None:
+            message = getattr(error, "message", f"{type(error).__name__}: {error}")
+            tracked.state, tracked.message = "failed", f"upload refused: {message}"
+            tracked.record = {"error": {"message": message, "code": getattr(error, "code", None), "field": getattr(error, "field", None)}}
+            return
+        del self.jobs[tracked.job_id]
+        tracked.job_id, tracked.task = record["id"], tracked.task or record.get("task", "")
+        self.jobs[tracked.job_id] = tracked
+        self._update(tracked, record)
 
     def cancel(self, job_id: str) -> None:
         """Ask the backend to cancel ``job_id``; a later tick shows its answer."""
@@ -131,18 +159,19 @@ class JobTracker:
         return tracked
 
     def active(self) -> list[TrackedJob]:
-        return [job for job in self.jobs.values() if not job.finished]
+        """Jobs the backend runs and this tracker polls (not those still uploading)."""
+        return [job for job in self.jobs.values() if not job.finished and job.state != "uploading"]
 
     def tick(self) -> float | None:
         """Apply what the worker finished, then queue one poll for each active job that
-        has none under way; returns the delay until the next tick, None when nothing is
-        active. Never waits on the network and never raises."""
+        has none under way; returns the delay until the next tick, None when no job is
+        unfinished (uploads included). Never waits on the network and never raises."""
         self.worker.apply_finished()
         for tracked in self.active():
             if tracked.job_id not in self._polling:
                 self._polling.add(tracked.job_id)
                 self.worker.submit(partial(self._poll, tracked.job_id, tracked.result), partial(self._apply_poll, tracked))
-        return POLL_INTERVAL_S if self.active() else None
+        return POLL_INTERVAL_S if any(not job.finished for job in self.jobs.values()) else None
 
     def _poll(self, job_id: str, result: JobResult | None) -> tuple[dict[str, Any], JobResult | None, Exception | None]:
         """Worker thread: the job's status and, once it is done, its result (fetched once:

@@ -67,12 +67,11 @@ def bring_up_backend(config: Settings, timeout: float) -> BackendUp:
 
 @dataclass
 class Session:
-    """The tracker (recreated when URL or token change), the scene each job loads into,
-    the backend process this Blender started, and the one worker thread all of them
+    """The tracker (recreated when URL or token change; each tracked job names the scene
+    its result loads into), the backend process this Blender started, and the one worker thread all of them
     wait on (:mod:`.worker`): the timer applies its outcomes."""
 
     tracker: jobs.JobTracker | None = None
-    scenes: dict[str, str] = field(default_factory=dict)
     backend: Any = None
     backend_status: str = ""  # the panel's line about Start local backend
     starting: bool = False
@@ -123,7 +122,8 @@ class Session:
     def load(self, result: jobs.JobResult) -> None:
         from . import results
 
-        scene = bpy.data.scenes.get(self.scenes.get(result.job_id, ""), None) or bpy.context.scene
+        tracked = self.tracker.jobs.get(result.job_id) if self.tracker else None
+        scene = bpy.data.scenes.get(tracked.scene if tracked else "", None) or bpy.context.scene
         results.load_result(scene, result, as_background=self.as_background)
 
     def tick(self) -> float | None:
@@ -170,11 +170,10 @@ def capture_and_submit(context: bpy.types.Context, config: Settings, bundle_dir:
     tracker = SESSION.tracker_for(config)
     SESSION.refresh_tasks(tracker.client)
     if bundle_dir:
-        tracked = tracker.submit(Path(bpy.path.abspath(bundle_dir)))
+        tracked = tracker.submit(Path(bpy.path.abspath(bundle_dir)), scene=context.scene.name)
     else:
         bundle_json = operators.capture_scene(context, config.output_dir)
-        tracked = tracker.submit(bundle_json.parent, task=context.scene.poe.task)
-    SESSION.scenes[tracked.job_id] = context.scene.name
+        tracked = tracker.submit(bundle_json.parent, task=context.scene.poe.task, scene=context.scene.name)
     SESSION.ensure_timer()
     return tracked
 
@@ -197,7 +196,8 @@ class POE_OT_generate(bpy.types.Operator):
         except Exception as error:  # noqa: BLE001 - reported in the UI, never a traceback
             self.report({"ERROR"}, f"could not capture or submit: {type(error).__name__}: {error}")
             return {"CANCELLED"}
-        self.report({"INFO"}, f"submitted job {tracked.job_id} ({tracked.task})")
+        what = "uploading the bundle" if tracked.state == "uploading" else f"submitted job {tracked.job_id}"
+        self.report({"INFO"}, f"{what} ({tracked.task})")
         return {"FINISHED"}
 
 
@@ -253,8 +253,7 @@ class POE_OT_load_result(bpy.types.Operator):
         if not job_id:
             self.report({"WARNING"}, "no finished job to load; give a job id")
             return {"CANCELLED"}
-        tracker.reload(job_id)
-        SESSION.scenes[job_id] = context.scene.name
+        tracker.reload(job_id).scene = context.scene.name
         SESSION.ensure_timer()
         self.report({"INFO"}, f"loading job {job_id}")
         return {"FINISHED"}
@@ -278,7 +277,7 @@ def draw_jobs(layout: bpy.types.UILayout, context: bpy.types.Context, *, max_row
         box = layout.box()
         row = box.row()
         row.label(text=f"{tracked.task} {tracked.state}", icon=STATE_ICONS.get(tracked.state, "TIME"))
-        if tracked.state not in FINISHED_STATES:
+        if tracked.state not in FINISHED_STATES and tracked.state != "uploading":
             row.operator(POE_OT_cancel.bl_idname, text="", icon="CANCEL").job_id = tracked.job_id
         elif tracked.state == "done":
             row.operator(POE_OT_load_result.bl_idname, text="", icon="FILE_REFRESH").job_id = tracked.job_id

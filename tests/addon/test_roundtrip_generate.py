@@ -90,8 +90,7 @@ def test_a_captured_insertion_bundle_runs_the_rf_solver_baseline(insertion_scene
     bundle = read_bundle(bundle_dir)
     assert {"plate", "rgb", "depth", "mask.Can"} <= set(bundle.passes)  # rgb: RF-Solver's source
     tracker = operators_jobs.SESSION.tracker_for(addon.preferences.backend_settings())
-    job = tracker.submit(bundle_dir, params={"method": "rf_solver", "levels": 3, "max_sequence_length": 16})
-    operators_jobs.SESSION.scenes[job.job_id] = scene.name
+    job = tracker.submit(bundle_dir, params={"method": "rf_solver", "levels": 3, "max_sequence_length": 16}, scene=scene.name)
     _wait(tracker, job)
     assert job.state == "done" and job.loaded, job.message
     manifest = job.result.manifest

@@ -18,7 +18,7 @@ from addon.client import Client
 from addon.jobs import JobTracker
 from tests.addon.roundtrip_fixtures import backend  # noqa: F401 - fixture
 from tests.addon.test_roundtrip import RecordingLayout, _drive, _tick_until
-from tests.server.conftest import LONG, write_bundle
+from tests.server.conftest import LONG, QUICK, write_bundle
 
 pytestmark = pytest.mark.blender
 
@@ -72,3 +72,18 @@ def test_outputs_of_a_backend_on_this_machine_are_linked_not_downloaded(backend,
     for name, path in downloaded.items():
         served = job_outputs / tracked.record["outputs"][name]
         assert os.stat(path).st_ino != os.stat(served).st_ino and path.read_bytes() == served.read_bytes()
+
+
+def test_an_upload_runs_on_the_worker_and_its_row_becomes_the_job(backend, tmp_path):
+    """A bundle the backend cannot read by path goes as an upload, which takes as long as
+    its bytes take: submit returns an ``uploading`` row at once, and that same row becomes
+    the backend's job; an upload the backend refuses fails its row with the field named."""
+    tracker = JobTracker(Client(backend.url, backend.token), tmp_path / "results")
+    tracked = tracker.submit(write_bundle(tmp_path / "outside-the-roots"), params=QUICK)  # refused by path: uploaded
+    assert tracked.state == "uploading" and tracker.active() == [] and tracker.worker.busy
+    _drive(tracker)
+    assert tracked.state == "done" and tracked.result is not None and tracker.jobs[tracked.job_id] is tracked
+    assert (backend.data_dir / "jobs" / tracked.job_id / "bundle" / "bundle.json").is_file()  # it came as an upload
+    refused = tracker.submit(write_bundle(tmp_path / "outside-again"), params={"particles": -3})
+    _drive(tracker)
+    assert refused.state == "failed" and refused.record["error"]["field"] == "params.particles" and "params.particles" in refused.message
