@@ -138,12 +138,15 @@ class ModelCache:
         """Free ``role``'s memory now, although a job's experts may still reference the
         module: its parameters and buffers move to the meta device (no copy, no host RAM)
         and it leaves the cache, so the next job loads it afresh. For the sampling models
-        before a decode that does not fit beside them (:class:`memory_plan.DecodePlan`)."""
+        before a decode that does not fit beside them (:class:`memory_plan.DecodePlan`).
+        A streamed (group/leaf-offloaded) module holds no device memory between forwards
+        and diffusers refuses to move it, so it only leaves the cache."""
         path = str(resolve(role, preset))
         with self._lock:
             for key in [key for key in self._entries if key[0] == path]:
                 component = self._entries[key].component
-                if isinstance(component, torch.nn.Module):
+                streamed = (placement_of(component) or "").removeprefix("fp8_") in ("group_offload", "leaf_offload")
+                if isinstance(component, torch.nn.Module) and not streamed:
                     component.to("meta")
                 self._drop(key)
         free_memory()

@@ -60,3 +60,16 @@ def test_give_back_frees_a_module_that_is_still_referenced():
     again = MODEL_CACHE.load("flux.transformer.depth", "tiny")
     assert again is not held and not next(again.parameters()).is_meta  # the next job loads it afresh
     registry.clear_cache()
+
+
+def test_give_back_leaves_a_streamed_module_as_it_is():
+    """A group-offloaded module holds no device memory between forwards (its weights live on
+    the host) and diffusers refuses ``.to`` on it: give_back only drops it from the cache."""
+    from poe_backend.experts import registry
+
+    registry.clear_cache()
+    streamed = MODEL_CACHE.place("flux.transformer.depth", "tiny", "group_offload", "cpu")
+    MODEL_CACHE.give_back("flux.transformer.depth", "tiny")
+    assert placement_of(streamed) == "group_offload" and not next(streamed.parameters()).is_meta
+    assert str(registry.resolve("flux.transformer.depth", "tiny")) not in MODEL_CACHE.loaded_models()
+    registry.clear_cache()
