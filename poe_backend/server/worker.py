@@ -10,11 +10,12 @@ never see, move or evict each other's models. A crash of the job process (a segf
 OOM killer) fails that job and starts a fresh process; the server lives on.
 
 The server side (:class:`DeviceWorker`) sends a :class:`JobOrder` through a pipe and waits
-for one :class:`JobOutcome`. Two small pieces of shared memory carry the rest without
+for one :class:`JobOutcome`. Three small pieces of shared memory carry the rest without
 messages: the latest progress report (written by the job at every sampler step, read by
-the server only when a client asks for the job's status) and the number of the job to
+the server only when a client asks for the job's status), the number of the job to
 cancel (read by the job's ``should_stop`` at every step, so a cancel is seen within one
-step). Job processes start with the ``spawn`` method (a fresh interpreter: no copied locks
+step) and the device's free and total memory (read by the job process at its start and
+after every job, for ``/health``: the server process never makes a CUDA context). Job processes start with the ``spawn`` method (a fresh interpreter: no copied locks
 or CUDA state), ignore SIGINT (the server stops them) and exit when the server dies. As
 with any ``spawn`` child, a script that runs the app in-process (``uvicorn.run(create_app(
 ...))``) must do so under ``if __name__ == "__main__":``: the child imports the script.
