@@ -27,7 +27,7 @@ import math
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -39,7 +39,7 @@ from torch import Tensor
 from poe_backend.experts.model_cache import MODEL_CACHE, default_dtype
 from poe_backend.experts import memory_plan
 from poe_backend.experts.memory_plan import Budget
-from poe_backend.experts.placement import PlacementPlan, placement_for_offload, placement_name
+from poe_backend.experts.runtime_plan import JobPlan, describe, job_budget, plan_transformers
 from poe_backend.sampling import GenerativeExpert, ProductOfExperts
 
 LATENT_CHANNELS = 16
@@ -325,15 +325,15 @@ class FluxRuntime:
       :meth:`decode_preview` at a reduced size for rewards).
 
     ``budget`` is what ``auto`` plans against: ``"detect"`` (default) asks
-    :func:`memory_plan.device_budget` (free VRAM and host RAM; None off CUDA, where
-    everything is resident).
+    :func:`memory_plan.device_budget` when the job plans (free VRAM and host RAM; None off
+    CUDA, where everything is resident).
     """
 
     def __init__(self, height: int, width: int, *, preset: str = "default", device: str = "cpu", dtype: torch.dtype | None = None, max_sequence_length: int = 512, budget: Budget | None | str = "detect") -> None:
         self.space = FluxLatentSpace(height, width, preset=preset, device=device, dtype=dtype, max_sequence_length=max_sequence_length)
         self.preset, self.device, self.dtype = preset, device, self.space.dtype
-        self.budget = memory_plan.device_budget(device) if budget == "detect" else budget
-        self.placement_plan: PlacementPlan | None = None
+        self.budget = budget
+        self.job_plan: JobPlan | None = None
 
     @staticmethod
     def roles(kinds: list[str]) -> list[str]:
@@ -381,47 +381,30 @@ class FluxRuntime:
 
     # -- transformers -----------------------------------------------------------------
 
-    def plan(self, kinds: list[str], *, offload: str = "auto", fp8_storage: bool = False, batch: int = 1, resident_bytes: int = 0) -> PlacementPlan:
-        """Decide where each transformer lives for this job before anything loads. ``auto``
-        asks :func:`memory_plan.plan` with the models' exact sizes (their configs built on
-        the meta device), one batched forward's activations plus ``resident_bytes`` (models
-        that stay on the device, e.g. VQAScore) and the decode, against :attr:`budget`;
-        ``fp8_storage`` allows fp8 placements. Another ``offload`` names the placement.
-        Raises :class:`memory_plan.PlanError` (a MemoryError) when nothing fits."""
-        sizes = [memory_plan.installed_size(TRANSFORMER_ROLES[kind], self.preset) for kind in kinds]
-        roles, weight_bytes = [size.role for size in sizes], {size.role: size.weight_bytes for size in sizes}
-        if offload != "auto":
-            name = placement_for_offload(offload, fp8_storage)
-            self.placement_plan = PlacementPlan({role: name for role in roles}, weight_bytes, f"offload={offload!r} requested")
-        elif self.budget is None:
-            self.placement_plan = PlacementPlan({role: "resident" for role in roles}, weight_bytes, "no CUDA device: models stay in host memory")
-        else:
-            height, width = self.space.height, self.space.width
-            planned = memory_plan.plan(
-                sizes,
-                memory_plan.flux_activation_bytes(self.num_tokens, self.space.max_sequence_length, batch) + resident_bytes,
-                memory_plan.vae_decode_bytes("flux", 1, height, width, False),
-                self._budget_for(roles),
-                alternating=len(roles) > 1,
-                allow_fp8=fp8_storage,
-                tiled_decode_bytes=memory_plan.vae_decode_bytes("flux", 1, height, width, True),
-            )
-            placements = {role: placement_name(role_plan) for role, role_plan in planned.placements.items()}
-            self.placement_plan = PlacementPlan(placements, weight_bytes, "; ".join(planned.reasons), planned)
-        return self.placement_plan
-
-    def _budget_for(self, roles: list[str]) -> Budget:
-        """:attr:`budget` plus the device memory these roles already hold from an earlier
-        job (resident there, so a repeated job keeps them resident instead of offloading)."""
-        held = MODEL_CACHE.resident_bytes(roles, self.device)
-        return replace(self.budget, vram_free_bytes=self.budget.vram_free_bytes + held)
+    def plan(self, kinds: list[str], *, offload: str = "auto", fp8_storage: bool = False, batch: int = 1, resident_bytes: int = 0) -> JobPlan:
+        """Decide where each transformer lives, and how the VAE decodes, for this job before
+        anything loads (:func:`runtime_plan.plan_transformers`, as the video runtimes do):
+        the models' exact sizes (their configs built on the meta device), one batched
+        forward's activations plus ``resident_bytes`` (models that stay on the device, e.g.
+        VQAScore) and the decode, against :attr:`budget`; ``fp8_storage`` allows fp8
+        placements; another ``offload`` than ``auto`` names the placement. Raises
+        :class:`memory_plan.PlanError` (a MemoryError) when nothing fits."""
+        roles, height, width = [TRANSFORMER_ROLES[kind] for kind in kinds], self.space.height, self.space.width
+        self.job_plan = plan_transformers(
+            roles, self.preset, self.device, offload=offload, fp8_storage=fp8_storage,
+            activation_bytes=memory_plan.flux_activation_bytes(self.num_tokens, self.space.max_sequence_length, batch) + resident_bytes,
+            decode_bytes=memory_plan.vae_decode_bytes("flux", 1, height, width, False),
+            tiled_decode_bytes=memory_plan.vae_decode_bytes("flux", 1, height, width, True),
+            budget=job_budget(self.budget, self.device), alternating=len(roles) > 1,
+        )
+        return self.job_plan
 
     def transformer(self, kind: str) -> torch.nn.Module:
         """The ``kind`` transformer, loaded once per process and placed as planned."""
-        if self.placement_plan is None or TRANSFORMER_ROLES[kind] not in self.placement_plan.placements:
+        if self.job_plan is None or TRANSFORMER_ROLES[kind] not in self.job_plan.placement.placements:
             raise RuntimeError(f"plan the {kind!r} transformer first (FluxRuntime.plan)")
         role = TRANSFORMER_ROLES[kind]
-        return MODEL_CACHE.place(role, self.preset, self.placement_plan.placements[role], self.device, dtype=self.dtype)
+        return MODEL_CACHE.place(role, self.preset, self.job_plan.placement.placements[role], self.device, dtype=self.dtype)
 
     def expert(self, kind: str, prompt: PromptEmbedding, *, guidance: float, condition: Tensor | None = None, max_batch: int | None = None, name: str | None = None) -> "FluxExpert":
         """A velocity expert of the ``kind`` transformer with fixed conditioning."""
@@ -434,9 +417,9 @@ class FluxRuntime:
         as the plan's decode says: one image at a time, the transformers released first
         (the next job loads them again) and/or tiled in :data:`memory_plan.DECODE_TILE`
         ["flux"]-pixel tiles when the planner found the untiled decode would not fit."""
-        decode = None if self.placement_plan is None or self.placement_plan.planned is None else self.placement_plan.planned.decode
-        if decode is None:
+        if self.job_plan is None:
             return self.space.decode(packed, max_batch=max_batch)
+        decode = self.job_plan.decode
         if decode.free_transformers:
             self.free_transformers()
         return self.space.decode(packed, max_batch=1 if decode.per_image else max_batch, tile=memory_plan.DECODE_TILE["flux"] if decode.tiled else None)
@@ -444,7 +427,7 @@ class FluxRuntime:
     def free_transformers(self) -> None:
         """Give back the memory of this job's transformers now (:meth:`ModelCache.give_back`:
         the job's experts still reference them); the next job loads them afresh."""
-        for role in self.placement_plan.placements:
+        for role in self.job_plan.placement.placements:
             MODEL_CACHE.give_back(role, self.preset)
 
     def decode_preview(self, packed: Tensor, max_pixels: int) -> Tensor:
@@ -455,8 +438,8 @@ class FluxRuntime:
         return self.space.decode(packed, max_batch=packed.shape[0], max_pixels=max_pixels)
 
     def describe(self) -> dict[str, Any]:
-        """The placement plan as JSON (``result.json``'s ``placement``)."""
-        return {"device": str(self.device), "dtype": str(self.dtype), **({} if self.placement_plan is None else self.placement_plan.to_json())}
+        """The plan as JSON (``result.json``'s ``placement``)."""
+        return describe(self.job_plan, self.device, self.dtype)
 
 
 def regional_weights(boxes: list[list[int]], height: int, width: int, *, region_strength: float = 0.8) -> tuple[Tensor, list[Tensor]]:

@@ -32,7 +32,7 @@ from poe_backend.experts.framepack import (
 from poe_backend.experts.lookup import check_available
 from poe_backend.experts.memory_plan import Budget
 from poe_backend.experts.model_cache import MODEL_CACHE, default_dtype
-from poe_backend.experts.runtime_plan import JobPlan, describe, plan_transformers
+from poe_backend.experts.runtime_plan import JobPlan, describe, job_budget, plan_transformers
 from poe_backend.tasks.requirements import FRAMEPACK_SHARED
 
 TEXT_ROLES = ("framepack.text_encoder", "framepack.tokenizer", "framepack.text_encoder_2", "framepack.tokenizer_2")
@@ -143,13 +143,9 @@ class FramePackRuntime:
         config = memory_plan.installed_config(self.transformer_role, self.preset)
         activation, decode, tiled = memory_plan.framepack_job_bytes(config, self.window, self.num_sections, self.height, self.width, batch)
         self.job_plan = plan_transformers([self.transformer_role], self.preset, self.device, offload=offload, fp8_storage=fp8_storage,
-                                          activation_bytes=activation, decode_bytes=decode, tiled_decode_bytes=tiled, budget=self._budget(), alternating=False)
+                                          activation_bytes=activation, decode_bytes=decode, tiled_decode_bytes=tiled, budget=job_budget(self.budget, self.device), alternating=False)
         self._set_tiling(self.job_plan.decode.tiled or self.job_plan.decode.free_transformers)
         return self.job_plan
-
-    def _budget(self) -> Budget | None:
-        """:attr:`budget`, detected now when ``"detect"`` (after the encoders are gone)."""
-        return memory_plan.device_budget(self.device) if self.budget == "detect" else self.budget
 
     @property
     def transformer(self) -> torch.nn.Module:

@@ -1,4 +1,4 @@
-"""One planning call for the video runtimes (Wan, FramePack): from the installed transformers'
+"""One planning call for every runtime (FLUX, Wan, FramePack): from the installed transformers'
 exact sizes and a job's activation and decode bytes to the placements to apply and the decode
 settings, through :func:`poe_backend.experts.memory_plan.plan` (the one place that decides).
 
@@ -37,6 +37,12 @@ class JobPlan:
 
     def to_json(self) -> dict[str, Any]:
         return {**self.placement.to_json(), "decode": asdict(self.decode)}
+
+
+def job_budget(budget: Budget | None | str, device: str) -> Budget | None:
+    """What a job plans against: ``budget`` as given, or the device's free memory read now
+    when it is ``"detect"`` (at planning time, after the text encoders are released)."""
+    return memory_plan.device_budget(device) if budget == "detect" else budget
 
 
 def plan_transformers(roles: list[str], preset: str, device: str, *, offload: str, fp8_storage: bool, activation_bytes: int,

@@ -33,7 +33,7 @@ from poe_backend.experts import memory_plan
 from poe_backend.experts.lookup import check_available
 from poe_backend.experts.memory_plan import Budget
 from poe_backend.experts.model_cache import MODEL_CACHE, default_dtype
-from poe_backend.experts.runtime_plan import JobPlan, describe, plan_transformers
+from poe_backend.experts.runtime_plan import JobPlan, describe, job_budget, plan_transformers
 from poe_backend.experts.wan import LATENT_CHANNELS, WanI2VExpert, WanVACEExpert, _clean_prompt, _space_to_depth, latent_shape
 from poe_backend.tasks.requirements import WAN_I2V, WAN_SHARED
 
@@ -136,13 +136,9 @@ class WanRuntime:
         configs = [memory_plan.installed_config(role, self.preset) for role in roles]
         activation, decode, tiled = memory_plan.wan_job_bytes(configs, self.num_frames, self.height, self.width, batch)
         self.job_plan = plan_transformers(roles, self.preset, self.device, offload=offload, fp8_storage=fp8_storage, activation_bytes=activation,
-                                          decode_bytes=decode, tiled_decode_bytes=tiled, budget=self._budget(), alternating=len(roles) > 1)
+                                          decode_bytes=decode, tiled_decode_bytes=tiled, budget=job_budget(self.budget, self.device), alternating=len(roles) > 1)
         self._set_tiling(self.job_plan.decode.tiled or self.job_plan.decode.free_transformers)
         return self.job_plan
-
-    def _budget(self) -> Budget | None:
-        """:attr:`budget`, detected now when ``"detect"`` (after the encoders are gone)."""
-        return memory_plan.device_budget(self.device) if self.budget == "detect" else self.budget
 
     def transformer(self, kind: str) -> torch.nn.Module:
         """The ``kind`` transformer, loaded once per process and placed as planned."""

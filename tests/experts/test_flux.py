@@ -210,8 +210,8 @@ def test_runtime_plans_before_loading_and_reports_the_plan():
     with pytest.raises(RuntimeError, match="plan"):
         runtime.transformer("depth")
     plan = runtime.plan(["depth", "fill"], offload="group")
-    assert plan.placements == {"flux.transformer.depth": "group_offload", "flux.transformer.fill": "group_offload"}
-    assert runtime.describe()["placements"] == plan.placements and runtime.describe()["weight_bytes"]["flux.transformer.depth"] > 0
+    assert plan.placement.placements == {"flux.transformer.depth": "group_offload", "flux.transformer.fill": "group_offload"}
+    assert runtime.describe()["placements"] == plan.placement.placements and runtime.describe()["weight_bytes"]["flux.transformer.depth"] > 0
     runtime.plan(["depth"])  # auto on CPU: resident
     assert runtime.describe()["placements"] == {"flux.transformer.depth": "resident"}
     registry.clear_cache()
@@ -227,14 +227,14 @@ def test_models_resident_from_an_earlier_job_count_as_free_memory(monkeypatch):
     size = memory_plan.installed_size("flux.transformer.depth", "tiny").weight_bytes
     small = Budget(vram_free_bytes=memory_plan.GiB + size // 2, ram_free_bytes=2**34)  # the planner reserves 1 GiB
     fresh = flux.FluxRuntime(HEIGHT, WIDTH, preset="tiny", max_sequence_length=16, budget=small)
-    assert fresh.plan(["depth"]).placements["flux.transformer.depth"] in ("group_offload", "leaf_offload")  # does not fit: streamed
+    assert fresh.plan(["depth"]).placement.placements["flux.transformer.depth"] in ("group_offload", "leaf_offload")  # does not fit: streamed
     first = flux.FluxRuntime(HEIGHT, WIDTH, preset="tiny", max_sequence_length=16, budget=Budget(vram_free_bytes=memory_plan.GiB + 10 * size, ram_free_bytes=2**34))
     first.plan(["depth"])
     first.transformer("depth")  # resident now, holding its bytes of the device
     registry.clear_cache()
     first.transformer("depth")
     after = flux.FluxRuntime(HEIGHT, WIDTH, preset="tiny", max_sequence_length=16, budget=small)
-    assert after.plan(["depth"]).placements == {"flux.transformer.depth": "resident"}  # its own bytes count as free
+    assert after.plan(["depth"]).placement.placements == {"flux.transformer.depth": "resident"}  # its own bytes count as free
     registry.clear_cache()
 
 
@@ -257,11 +257,11 @@ def test_decode_follows_the_plan_freeing_and_tiling(monkeypatch):
     monkeypatch.setitem(memory_plan.DECODE_TILE, "flux", 32)  # tiny images: a tile smaller than the image
     runtime = flux.FluxRuntime(HEIGHT, WIDTH, preset="tiny", max_sequence_length=16, budget=Budget(vram_free_bytes=64 * memory_plan.GiB, ram_free_bytes=64 * memory_plan.GiB))
     planned = runtime.plan(["depth"])
-    assert planned.planned is not None and planned.planned.decode == DecodePlan(tiled=False, per_image=True, free_transformers=False)
+    assert planned.placement.planned is not None and planned.decode == DecodePlan(tiled=False, per_image=True, free_transformers=False)
     packed = torch.randn(2, *runtime.event_shape, generator=torch.Generator().manual_seed(5))
     assert torch.equal(runtime.decode(packed), runtime.space.decode(packed, max_batch=1))
     transformer = runtime.transformer("depth")
-    runtime.placement_plan = replace(planned, planned=replace(planned.planned, decode=DecodePlan(tiled=True, per_image=True, free_transformers=True)))
+    runtime.job_plan = replace(planned, decode=DecodePlan(tiled=True, per_image=True, free_transformers=True))
     images = runtime.decode(packed)
     assert torch.equal(images, runtime.space.decode(packed, max_batch=1, tile=32))
     assert next(transformer.parameters()).is_meta  # its memory is given back though the job still holds it
