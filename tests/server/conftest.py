@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tarfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,3 +106,29 @@ def wait_for_progress(client: httpx.Client, job_id: str, timeout: float = 60.0) 
             return job
         time.sleep(0.02)
     raise AssertionError(f"job {job_id} never showed progress")
+
+
+def tar_of(members: dict[str, bytes]) -> bytes:
+    """An uncompressed tar holding ``members`` (name -> bytes) as regular files."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def post_tar(backend: Backend, body: bytes, *, timeout: float = 30.0, **query: str) -> httpx.Response:
+    """``POST /v1/jobs`` with ``body`` as a tar upload (task toy2d unless ``query`` says)."""
+    with backend.client() as client:
+        return client.post("/v1/jobs", params={"task": "toy2d", **query}, content=body, headers={"content-type": "application/x-tar"}, timeout=timeout)
+
+
+def assert_field(response: httpx.Response, status: int, field: str) -> dict[str, Any]:
+    """The response is ``status`` with an error naming ``field`` (in ``field`` and in the
+    message); returns the error."""
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["field"] == field and field in error["message"], error
+    return error

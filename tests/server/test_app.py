@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import io
 import json
 import stat
 import subprocess
 import sys
-import tarfile
 import threading
 import time
 
 import pytest
 
-from tests.server.conftest import LONG, QUICK, wait_for, wait_for_progress, write_bundle
+from tests.server.conftest import LONG, QUICK, tar_of, wait_for, wait_for_progress, write_bundle
 
 
 def test_health_needs_no_token_and_reports_the_device(backend):
@@ -99,16 +97,6 @@ def test_cancel_a_queued_job_and_an_unknown_one(backend):
     assert client.post("/v1/jobs/nope/cancel").status_code == 404
 
 
-def _tar(**files: bytes) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as archive:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            archive.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
-
-
 def _bundle_bytes(**overrides) -> bytes:
     data = {"schema": "poe-bundle/1", "task": "toy2d", "seed": 1, "width": 64, "height": 48, "frames": [1], "passes": {}}
     return json.dumps({**data, **overrides}).encode()
@@ -122,7 +110,7 @@ def test_two_clients_submitting_at_once_both_get_their_results(backend):
         answers["path"] = backend.client().post("/v1/jobs", json={"bundle_path": str(bundle), "params": QUICK}).json()
 
     def by_upload():
-        answers["upload"] = backend.client().post("/v1/jobs", params={"task": "toy2d", "params": json.dumps({**QUICK, "seed": 9})}, content=_tar(**{"bundle.json": _bundle_bytes()}), headers={"content-type": "application/x-tar"}).json()
+        answers["upload"] = backend.client().post("/v1/jobs", params={"task": "toy2d", "params": json.dumps({**QUICK, "seed": 9})}, content=tar_of({"bundle.json": _bundle_bytes()}), headers={"content-type": "application/x-tar"}).json()
 
     threads = [threading.Thread(target=by_path), threading.Thread(target=by_upload)]
     [thread.start() for thread in threads]

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from poe_backend.tasks import TASK_CLASSES, get_task
 
-from tests.server.conftest import write_bundle
+from tests.server.conftest import assert_field, post_tar, write_bundle
 
 
 def _png(path: Path, width: int, height: int) -> None:
@@ -60,16 +60,6 @@ def _directory(name: str) -> tarfile.TarInfo:
     return info
 
 
-def _post_tar(backend, body: bytes, **query):
-    return backend.client().post("/v1/jobs", params={"task": "toy2d", **query}, content=body, headers={"content-type": "application/x-tar"})
-
-
-def _assert_field(response, status: int, field: str) -> None:
-    assert response.status_code == status, response.text
-    error = response.json()["error"]
-    assert error["field"] == field and field in error["message"], error
-
-
 @pytest.mark.parametrize("fields,field", [
     ({"task": "nope"}, "task"),
     ({"task": ["toy2d"]}, "task"),
@@ -85,7 +75,7 @@ def _assert_field(response, status: int, field: str) -> None:
 ])
 def test_bad_request_fields(backend, fields, field):
     bundle = write_bundle(backend.data_dir / "b-fields")
-    _assert_field(_post_path(backend, bundle, **fields), 400, field)
+    assert_field(_post_path(backend, bundle, **fields), 400, field)
 
 
 @pytest.mark.parametrize("task_name", list(TASK_CLASSES))
@@ -113,7 +103,7 @@ def test_no_task_takes_a_boolean_for_a_number_or_a_number_for_a_boolean(task_nam
 ])
 def test_bad_bundles(backend, overrides, field):
     bundle = write_bundle(backend.data_dir / f"b-{field}", **overrides)
-    _assert_field(_post_path(backend, bundle), 400, field)
+    assert_field(_post_path(backend, bundle), 400, field)
 
 
 def test_image_sizes_must_match_the_bundle(backend):
@@ -124,21 +114,21 @@ def test_image_sizes_must_match_the_bundle(backend):
     assert _post_path(backend, bundle).status_code == 201
     _png(bundle / "rgb/0002.png", 32, 48)
     response = _post_path(backend, bundle)
-    _assert_field(response, 400, "passes.rgb")
+    assert_field(response, 400, "passes.rgb")
     assert "0002.png is 32x48" in response.json()["error"]["message"]
     _png(bundle / "rgb/0002.png", 64, 48)
     _exr(bundle / "depth/0001.exr", 64, 40)
     response = _post_path(backend, bundle)
-    _assert_field(response, 400, "passes.depth")
+    assert_field(response, 400, "passes.depth")
     assert "0001.exr is 64x40" in response.json()["error"]["message"]
 
 
 def test_paths_outside_the_allowed_roots(backend, tmp_path):
     outside = write_bundle(tmp_path / "elsewhere")
-    _assert_field(_post_path(backend, outside), 403, "bundle_path")
-    _assert_field(_post_path(backend, Path("relative/bundle")), 400, "bundle_path")
+    assert_field(_post_path(backend, outside), 403, "bundle_path")
+    assert_field(_post_path(backend, Path("relative/bundle")), 400, "bundle_path")
     escape = backend.data_dir / ".." / ".." / outside.relative_to(outside.anchor)
-    _assert_field(_post_path(backend, escape), 403, "bundle_path")
+    assert_field(_post_path(backend, escape), 403, "bundle_path")
     allowed = write_bundle(backend.data_dir.parent / "bundles" / "ok")
     assert _post_path(backend, allowed).status_code == 201
 
@@ -154,31 +144,31 @@ def test_paths_outside_the_allowed_roots(backend, tmp_path):
     (lambda archive: (_file(archive, "sub"), archive.addfile(_directory("sub/"))), "bundle"),  # a folder over a file
 ])
 def test_unsafe_or_invalid_tars(backend, add, field):
-    _assert_field(_post_tar(backend, _tar_bytes(add)), 400, field)
+    assert_field(post_tar(backend, _tar_bytes(add)), 400, field)
     assert not (backend.data_dir.parent / "evil.json").exists() and not Path("/etc/evil.json").exists()
 
 
 def test_not_a_tar_and_bad_query_params(backend):
-    _assert_field(_post_tar(backend, b"this is not a tar archive" * 100), 400, "bundle")
+    assert_field(post_tar(backend, b"this is not a tar archive" * 100), 400, "bundle")
     good = _tar_bytes(lambda archive: _file(archive, "bundle.json", json.dumps({"schema": "poe-bundle/1", "task": "toy2d", "width": 8, "height": 8, "frames": [1]}).encode()))
-    _assert_field(_post_tar(backend, good, params="{not json"), 400, "params")
-    _assert_field(_post_tar(backend, good, task="nope"), 400, "task")
-    _assert_field(_post_tar(backend, good, params=json.dumps({"particles": -1})), 400, "params.particles")
-    assert _post_tar(backend, good).status_code == 201
+    assert_field(post_tar(backend, good, params="{not json"), 400, "params")
+    assert_field(post_tar(backend, good, task="nope"), 400, "task")
+    assert_field(post_tar(backend, good, params=json.dumps({"particles": -1})), 400, "params.particles")
+    assert post_tar(backend, good).status_code == 201
 
 
 def test_oversized_uploads(backend):
     big = _tar_bytes(lambda archive: (_file(archive, "bundle.json", b"{}"), _file(archive, "rgb/0001.png", b"\0" * (17 << 20))))
-    _assert_field(_post_tar(backend, big), 413, "bundle")
+    assert_field(post_tar(backend, big), 413, "bundle")
 
     def chunks():
         for start in range(0, len(big), 1 << 16):
             yield big[start:start + (1 << 16)]
 
     response = backend.client().post("/v1/jobs", params={"task": "toy2d"}, content=chunks(), headers={"content-type": "application/x-tar"})
-    _assert_field(response, 413, "bundle")  # no Content-Length: caught while streaming
+    assert_field(response, 413, "bundle")  # no Content-Length: caught while streaming
     response = backend.client().post("/v1/jobs", data={"task": "toy2d"}, files={"bundle": ("b.tar", big, "application/x-tar")})
-    _assert_field(response, 413, "bundle")
+    assert_field(response, 413, "bundle")
 
 
 def test_a_large_tar_refused_at_its_first_member_still_gets_an_answer(backend):
@@ -189,7 +179,7 @@ def test_a_large_tar_refused_at_its_first_member_still_gets_an_answer(backend):
             yield body[start:start + (1 << 16)]
 
     response = backend.client().post("/v1/jobs", params={"task": "toy2d"}, content=chunks(), headers={"content-type": "application/x-tar"})
-    _assert_field(response, 400, "bundle:../evil.json")
+    assert_field(response, 400, "bundle:../evil.json")
     assert backend.client().get("/v1/health").status_code == 200
 
 
@@ -198,4 +188,4 @@ def test_multipart_upload_and_wrong_content_type(backend):
     response = backend.client().post("/v1/jobs", data={"task": "toy2d", "params": json.dumps({"particles": 8, "levels": 3})}, files={"bundle": ("b.tar", body, "application/x-tar")})
     assert response.status_code == 201, response.text
     response = backend.client().post("/v1/jobs", content=b"hello", headers={"content-type": "text/plain"})
-    _assert_field(response, 415, "content-type")
+    assert_field(response, 415, "content-type")

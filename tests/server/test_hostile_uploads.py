@@ -29,7 +29,7 @@ import OpenEXR
 import pytest
 from PIL import Image
 
-from tests.server.conftest import QUICK, REPO, Backend, free_port, wait_for, write_bundle
+from tests.server.conftest import QUICK, REPO, Backend, assert_field, free_port, post_tar, tar_of, wait_for, write_bundle
 
 LIMIT_MIB, MAX_ENTRIES, READ_TIMEOUT_S = 16, 1000, 2.0
 SERVE = """
@@ -70,31 +70,9 @@ def _healthy(backend: Backend) -> bool:
         return False
 
 
-def _assert_field(response: httpx.Response, status: int, field: str) -> dict:
-    assert response.status_code == status, response.text
-    error = response.json()["error"]
-    assert error["field"] == field and field in error["message"], error
-    return error
-
-
-def _tar(members: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as archive:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            archive.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
-
-
 def _bundle_json(**overrides) -> bytes:
     data = {"schema": "poe-bundle/1", "task": "toy2d", "width": 8, "height": 8, "frames": [1], "params": QUICK, **overrides}
     return json.dumps(data).encode()
-
-
-def _post_tar(backend: Backend, body: bytes, timeout: float = 30.0) -> httpx.Response:
-    with backend.client() as client:
-        return client.post("/v1/jobs", params={"task": "toy2d"}, content=body, headers={"content-type": "application/x-tar"}, timeout=timeout)
 
 
 def _leftovers(data_dir: Path) -> list[Path]:
@@ -116,7 +94,7 @@ def _stalled_upload(backend: Backend, content_type: str = "application/x-tar", b
     sock = socket.create_connection(("127.0.0.1", port), timeout=10)
     head = (f"POST /v1/jobs?task=toy2d HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {backend.token}\r\n"
             f"Content-Type: {content_type}\r\nContent-Length: {10 << 20}\r\n\r\n")
-    sock.sendall(head.encode() + (_tar({"bundle.json": b"{}" * 2048})[:1024] if body is None else body))
+    sock.sendall(head.encode() + (tar_of({"bundle.json": b"{}" * 2048})[:1024] if body is None else body))
     return sock
 
 
@@ -137,7 +115,7 @@ def test_stalled_uploads_neither_hang_the_service_nor_leave_files(backend):
     time.sleep(0.3)  # let the server start receiving all of them
     started = time.monotonic()
     assert _healthy(backend)
-    response = _post_tar(backend, _tar({"bundle.json": _bundle_json()}), timeout=20)
+    response = post_tar(backend, tar_of({"bundle.json": _bundle_json()}), timeout=20)
     assert response.status_code == 201, response.text
     with backend.client() as client:
         assert wait_for(client, response.json()["id"], {"done"}, timeout=30)["state"] == "done"
@@ -181,9 +159,9 @@ def test_a_gzip_bomb_is_refused_in_under_a_second(backend):
     bomb = _gzip_bomb()
     assert len(bomb) < 2 << 20
     started = time.monotonic()
-    response = _post_tar(backend, bomb)
+    response = post_tar(backend, bomb)
     elapsed = time.monotonic() - started
-    error = _assert_field(response, 413, "bundle")
+    error = assert_field(response, 413, "bundle")
     assert f"{LIMIT_MIB} MiB" in error["message"] and elapsed < 1.0, (error, elapsed)
     _wait_until_clean(backend.data_dir)
 
@@ -199,7 +177,7 @@ def test_a_flood_of_empty_entries_is_refused_by_the_entry_limit(backend):
         archive.addfile(info, io.BytesIO(data))
         for index in range(5000):
             archive.addfile(tarfile.TarInfo(f"e/{index}"))
-    error = _assert_field(_post_tar(backend, buffer.getvalue()), 413, "bundle")
+    error = assert_field(post_tar(backend, buffer.getvalue()), 413, "bundle")
     assert f"more than {MAX_ENTRIES} entries" in error["message"]
     _wait_until_clean(backend.data_dir)
 
@@ -218,7 +196,7 @@ def _pax_header(comment: bytes = b"x") -> bytes:
     (_pax_header(b"x" * (2 << 20)), "extended header larger than 1 MiB"),  # read in one piece
 ])
 def test_hostile_extended_headers_are_a_400_not_a_crash(backend, headers, words):
-    error = _assert_field(_post_tar(backend, headers + _tar({"bundle.json": _bundle_json()})), 400, "bundle")
+    error = assert_field(post_tar(backend, headers + tar_of({"bundle.json": _bundle_json()})), 400, "bundle")
     assert words in error["message"], error
     _wait_until_clean(backend.data_dir)
 
@@ -261,7 +239,7 @@ def test_the_exr_header_that_looped_the_old_parser_is_refused_at_once(backend):
     bundle = _image_bundle(backend.data_dir.parent / "bundles" / "looping-exr")
     (bundle / "depth/0001.exr").write_bytes(struct.pack("<ii", 20000630, 2) + b"a\0b\0" + struct.pack("<i", -8))
     started = time.monotonic()
-    error = _assert_field(_post_path(backend, bundle, timeout=10), 400, "passes.depth")
+    error = assert_field(_post_path(backend, bundle, timeout=10), 400, "passes.depth")
     assert "OpenEXR" in error["message"] and time.monotonic() - started < 5
     assert _healthy(backend)
 
@@ -280,7 +258,7 @@ def test_passes_must_be_what_they_say(backend, spoil, field, words):
     bundle = _image_bundle(backend.data_dir.parent / "bundles" / f"spoilt-{field}-{words[:12]}")
     assert _post_path(backend, bundle).status_code == 201
     spoil(bundle)
-    error = _assert_field(_post_path(backend, bundle), 400, field)
+    error = assert_field(_post_path(backend, bundle), 400, field)
     assert words in error["message"], error
 
 
@@ -294,13 +272,13 @@ def test_pass_files_that_link_out_of_the_allowed_roots_are_refused(backend, tmp_
     assert _post_path(backend, bundle).status_code == 201
     (bundle / "plate.png").unlink()
     (bundle / "plate.png").symlink_to(outside / "secret.png")
-    error = _assert_field(_post_path(backend, bundle), 400, "passes.plate")
+    error = assert_field(_post_path(backend, bundle), 400, "passes.plate")
     assert "links outside the bundle" in error["message"]
     (bundle / "plate.png").unlink()
     _png(bundle / "plate.png")
     os.replace(bundle / "depth", outside / "depth")
     (bundle / "depth").symlink_to(outside / "depth", target_is_directory=True)  # a linked folder
-    _assert_field(_post_path(backend, bundle), 400, "passes.depth")
+    assert_field(_post_path(backend, bundle), 400, "passes.depth")
 
 
 @pytest.mark.parametrize("bundle_path,words", [
@@ -311,5 +289,5 @@ def test_pass_files_that_link_out_of_the_allowed_roots_are_refused(backend, tmp_
     ("/tmp/bundle\u0000/evil", "NUL"),
 ])
 def test_bundle_paths_that_are_not_plain_strings(backend, bundle_path, words):
-    error = _assert_field(_post_path(backend, bundle_path), 400, "bundle_path")
+    error = assert_field(_post_path(backend, bundle_path), 400, "bundle_path")
     assert words in error["message"], error
