@@ -285,15 +285,17 @@ class ProgressMeter:
         self.fraction = 0.0
 
     def update(self, progress: Any) -> dict[str, Any]:
+        fraction = progress.nfe / progress.planned_nfe if progress.planned_nfe else self._level_fraction(progress)
+        self.fraction = min(1.0, max(self.fraction, fraction))
+        elapsed = time.monotonic() - self.start
+        eta = elapsed * (1.0 - self.fraction) / self.fraction if self.fraction > 0 else None
+        return {**progress.summary(), "fraction": round(self.fraction, 4), "elapsed_s": round(elapsed, 2), "eta_s": None if eta is None else round(eta, 2)}
+
+    def _level_fraction(self, progress: Any) -> float:
+        """The share of levels done, steps within a level counted as learnt so far."""
         if self.first_level is None:
             self.first_level = progress.level
         if progress.level == self.first_level:
             self.steps_per_level = max(self.steps_per_level, progress.step + 1)
         within = min(1.0, (progress.step + 1) / self.steps_per_level)
-        fraction = (progress.level - 1 + within) / max(1, progress.num_levels)
-        if progress.planned_nfe:
-            fraction = progress.nfe / progress.planned_nfe
-        self.fraction = min(1.0, max(self.fraction, fraction))
-        elapsed = time.monotonic() - self.start
-        eta = elapsed * (1.0 - self.fraction) / self.fraction if self.fraction > 0 else None
-        return {**progress.summary(), "fraction": round(self.fraction, 4), "elapsed_s": round(elapsed, 2), "eta_s": None if eta is None else round(eta, 2)}
+        return (progress.level - 1 + within) / max(1, progress.num_levels)
