@@ -95,6 +95,7 @@ def _prompt(settings: Settings, name: str):
 
 def _sample(settings: Settings, product, space, clock: ForwardClock):
     from poe_backend.sampling import sample_fkc
+    from poe_backend.tasks.insertion import InsertionParams
     from poe_backend.sampling.schedules import flux_shift_mu, shifted_levels
 
     generator = torch.Generator().manual_seed(0)
@@ -104,7 +105,7 @@ def _sample(settings: Settings, product, space, clock: ForwardClock):
     product.log_potential(warm.x0, 0.5)
     product.nfe, clock.seconds, clock.calls = 0, 0.0, 0
     start = time.perf_counter()
-    result = sample_fkc(product, noise, levels, generator=generator, langevin_steps=settings.langevin_steps)
+    result = sample_fkc(product, noise, levels, generator=generator, langevin_steps=settings.langevin_steps, step_scale=InsertionParams().step_scale, metropolis=InsertionParams().metropolis)
     if str(settings.device).startswith("cuda"):
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start

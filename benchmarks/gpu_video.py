@@ -58,6 +58,7 @@ def _measure(task: str, variant: str, offload: str, resolution: str, particles: 
     placed. Drops its own references to the experts before returning."""
     from poe_backend.sampling import Factor, ProductOfExperts, sample_fkc
     from poe_backend.sampling.schedules import linear_levels
+    from poe_backend.tasks.sim2video import Sim2VideoParams
 
     clock = ForwardClock(device)
     product = ProductOfExperts([Factor(clock.wrap(expert)) for expert in experts])
@@ -66,7 +67,7 @@ def _measure(task: str, variant: str, offload: str, resolution: str, particles: 
     forwards_before = sum(getattr(expert, "forward_count", 0) for expert in experts)
     with peak_vram(device) as vram, peak_host() as host:
         start = time.perf_counter()
-        sample_fkc(product, noise, linear_levels(levels, t_max=0.95), generator=generator, langevin_steps=langevin_steps)
+        sample_fkc(product, noise, linear_levels(levels, t_max=0.95), generator=generator, langevin_steps=langevin_steps, step_scale=Sim2VideoParams().step_scale, metropolis=Sim2VideoParams().metropolis)
         synchronize(device)
         total = time.perf_counter() - start
         peak_gib, host_gib = vram(), host()

@@ -94,7 +94,7 @@ def run_sampler(name: str, experts: list[GenerativeExpert], noise: torch.Tensor,
         return samplers.sample_summed_velocity(ProductOfExperts([Factor(experts[int(name.split(":")[1])])]), noise, levels, generator=generator)
     product = ProductOfExperts([Factor(expert) for expert in experts])
     if name == "fkc":
-        return samplers.sample_fkc(product, noise, levels, generator=generator, langevin_steps=langevin_steps, step_scale=TASK_STEP_SCALE, ess_threshold=ess_threshold)
+        return samplers.sample_fkc(product, noise, levels, generator=generator, langevin_steps=langevin_steps, step_scale=TASK_STEP_SCALE, ess_threshold=ess_threshold, metropolis=False)
     if name == "langevin":
         return samplers.sample_annealed_langevin(product, noise, levels, generator=generator, langevin_steps=langevin_steps, step_scale=TASK_STEP_SCALE)
     return samplers.sample_summed_velocity(product, noise, levels, generator=generator)

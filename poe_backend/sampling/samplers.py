@@ -92,8 +92,9 @@ def sample_fkc(
     *,
     generator: torch.Generator,
     langevin_steps: int = 4,
-    step_scale: float = 0.5,
+    step_scale: float = 1.0,
     ess_threshold: float = 0.5,
+    metropolis: bool = True,
     start: Tensor | None = None,
     callback: Callback = None,
     should_stop: StopFlag = None,
@@ -105,8 +106,19 @@ def sample_fkc(
     ``log w += ½ Δu (‖S‖² - Σ λ_i ‖s_i‖²)`` (scores in y-space), plus the twist ratio.
     A level gap too wide for a stable step (``Σλ (1 - σ'²/σ²) > 1``: the step would flip
     signs) is split into geometric substeps, each one more evaluation. Resample on low ESS, then
-    ``langevin_steps`` ULA correctors with ``η = step_scale · σ² / Σλ``. ``start`` (x-space,
-    at ``levels[0]``) replaces the Gaussian start, e.g. a re-noised chunk in a Gibbs sweep.
+    ``langevin_steps`` Langevin correctors with ``η = step_scale · σ² / Σλ``, each move
+    accepted by the score-only Metropolis test (:func:`mcmc.score_only_log_ratio`) when
+    ``metropolis``, else unadjusted (ULA). ``start`` (x-space, at ``levels[0]``) replaces
+    the Gaussian start, e.g. a re-noised chunk in a Gibbs sweep.
+
+    Defaults (``metropolis``, ``step_scale = 1``) from ``benchmarks/sampler_accuracy.py``
+    at 250 NFE per expert, 8 runs of 2000 particles, SWD ÷ two-sample floor: 1.21-1.37 on
+    the 2-D products and 1.27 in 8-D, 0.62 on the barely overlapping one. ULA leaves a bias
+    the weights never see: on a Gaussian level ``N(0, v)`` its stationary variance is
+    ``v / (1 - η / 2v)``, 1.33 v where σ dominates the data's scale; on the 3-expert 2-D
+    product ULA at 0.5 scored 2.08 and Metropolis at 0.5 / 0.75 / 1.0 1.54 / 1.46 / 1.21
+    (16 runs). The tasks turn it off: on learned experts the test rejects most moves
+    (:func:`poe_backend.tasks.base.metropolis_field`).
     The last step, to t = 0, is deterministic: the product's clean prediction (Tweedie,
     :attr:`Evaluation.x0`) at the last level, with that step's weight increment and the
     exact rewards; it needs no forward, so no level's noise is left in the output. Exact
@@ -133,7 +145,7 @@ def sample_fkc(
             generator, product, log_weights, ess_threshold, (y, evaluation, twist), _index_y_state
         )
         observer.step(level, 0, t_next, product.nfe, lambda: flow.x_from_y(y, t_next), log_weights)
-        y, evaluation, twist = _langevin_correctors(product, y, evaluation, twist, langevin_steps, step_scale, generator, observer, level, log_weights)
+        y, evaluation, twist = _langevin_correctors(product, y, evaluation, twist, langevin_steps, step_scale, generator, observer, level, log_weights, tracker, metropolis)
     if levels[-1] > 0.0:
         return tracker.finish(product, flow.x_from_y(y, levels[-1]), log_weights, "fkc (score-only, Feynman-Kac weights)")
     x = evaluation.x0 if evaluation.t > 0.0 else evaluation.x
@@ -174,7 +186,7 @@ def sample_annealed_langevin(
         y = x0 + (flow.sigma_from_t(t_next) / flow.sigma_from_t(t)) * (y - x0)
         evaluation = product.evaluate(flow.x_from_y(y, t_next), t_next)
         observer.step(level, 0, t_next, product.nfe, lambda: flow.x_from_y(y, t_next))
-        y, evaluation, _ = _langevin_correctors(product, y, evaluation, None, langevin_steps, step_scale, generator, observer, level, None)
+        y, evaluation, _ = _langevin_correctors(product, y, evaluation, None, langevin_steps, step_scale, generator, observer, level, None, tracker, metropolis=False)
         if product.rewards and t_next > 0.0:
             potential = product.twist(evaluation)
             indices = resampling.systematic(generator, potential - previous, potential.numel())
@@ -252,21 +264,36 @@ def _langevin_correctors(
     observer: Observer,
     level: int,
     log_weights: Tensor | None,
+    tracker: _Tracker,
+    metropolis: bool,
 ) -> tuple[Tensor, Evaluation, Tensor | None]:
-    """ULA in y-space at the evaluation's level with ``η = step_scale · σ² / Σλ``; when a
-    ``twist`` (log φ per particle) is given and the product has rewards, each move is
-    accepted with probability ``min(1, φ(new) / φ(old))``. None at t = 0 (zero step)."""
+    """Langevin moves in y-space at the evaluation's level with ``η = step_scale · σ² / Σλ``.
+
+    ``metropolis``: each move is accepted by the score-only Metropolis-Hastings ratio
+    (:func:`mcmc.score_only_log_ratio`) of the level's target, times the twist ratio
+    ``φ(new) / φ(old)`` when a ``twist`` (log φ per particle) is given and the product has
+    rewards. Otherwise ULA, accepted by that twist ratio alone (exact for a reversible base
+    move). Acceptance rates go to ``tracker``. None at t = 0 (zero step)."""
     t = evaluation.t
     if t <= 0.0:
         return y, evaluation, twist
     step_size = step_scale * flow.sigma_from_t(t) ** 2 / torch.as_tensor(product.total_weight(), dtype=y.dtype, device=y.device)
+    twisted = twist is not None and bool(product.rewards)
     for step in range(1, num_steps + 1):
-        proposal = mcmc.ula_step(y, (1.0 - t) * evaluation.score, step_size, flow.standard_normal_like(y, generator))
+        score = (1.0 - t) * evaluation.score
+        proposal = mcmc.ula_step(y, score, step_size, flow.standard_normal_like(y, generator))
         proposed = product.evaluate(flow.x_from_y(proposal, t), t)
-        if twist is not None and product.rewards:
-            proposed_twist = product.twist(proposed)
-            accepted = torch.log(flow.uniform_like(proposed_twist, generator)) < proposed_twist - twist
-            (y, evaluation, twist) = _where(accepted, (proposal, proposed, proposed_twist), (y, evaluation, twist))
+        if metropolis or twisted:
+            log_ratio = mcmc.score_only_log_ratio(y, score, proposal, (1.0 - t) * proposed.score, step_size) if metropolis else torch.zeros(y.shape[0], dtype=y.dtype, device=y.device)
+            proposed_twist = product.twist(proposed) if twisted else twist
+            if twisted:
+                log_ratio = log_ratio + proposed_twist - twist
+            accepted = torch.log(flow.uniform_like(log_ratio, generator)) < log_ratio
+            tracker.record_acceptance(accepted)
+            if twist is None:
+                y, evaluation = _where(accepted, (proposal, proposed), (y, evaluation))
+            else:
+                y, evaluation, twist = _where(accepted, (proposal, proposed, proposed_twist), (y, evaluation, twist))
         else:
             y, evaluation = proposal, proposed
         observer.step(level, step, t, product.nfe, lambda: flow.x_from_y(y, t), log_weights)

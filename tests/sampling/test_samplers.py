@@ -3,7 +3,8 @@ sit near the two-sample noise floor for the exact paths (AIS with energies; Feyn
 weights, score-only), and the naive summed-velocity ODE must be clearly worse.
 
 Tolerances: exact paths within 2x the mean noise floor (8 pairs of exact sets of the same
-size); naive at least 3x. Seeds are fixed."""
+size), as a mean over three sampler seeds (one run's ratio varies by about ±0.5 even for
+exact samples); naive at least 3x. Seeds are fixed."""
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ from tests.toy import products
 NUM_SAMPLES = 2000
 EXACT_FACTOR = 2.0
 NAIVE_FACTOR = 3.0
+SEEDS = (5, 6, 7)
 
 CASES = {
     "2d-two-experts": products.two_experts_2d(),
@@ -44,12 +46,16 @@ def case(request) -> tuple:
 @pytest.mark.parametrize("score_only", [False, True], ids=["energy-ais", "score-only-fkc"])
 def test_annealed_sampler_reaches_noise_floor(case, score_only: bool) -> None:
     spec, exact, floor = case
-    run = run_toy(spec, num_particles=NUM_SAMPLES, seed=5, score_only=score_only)
-    per_expert = run.result.nfe / len(spec.mixtures)
+    runs = [run_toy(spec, num_particles=NUM_SAMPLES, seed=seed, score_only=score_only) for seed in SEEDS]
+    per_expert = runs[0].result.nfe / len(spec.mixtures)
     assert per_expert <= 500, "defaults must stay within 500 NFE per particle per expert"
-    assert run.result.path.startswith("fkc" if score_only else "ais")
-    distance = sliced_wasserstein(run.samples, exact)
+    assert runs[0].result.path.startswith("fkc" if score_only else "ais")
+    distance = _mean_distance(runs, exact)
     assert distance < EXACT_FACTOR * floor, f"{distance:.4f} vs floor {floor:.4f}"
+
+
+def _mean_distance(runs: list, exact: torch.Tensor) -> float:
+    return sum(sliced_wasserstein(run.samples, exact) for run in runs) / len(runs)
 
 
 @pytest.mark.slow
@@ -62,11 +68,10 @@ def test_naive_baseline_is_clearly_worse(case) -> None:
 def test_feynman_kac_weights_beat_the_paper_sampler_on_a_reward_product() -> None:
     """The published annealed Langevin sampler (no transport weights, resampling by reward
     increments only) lands clearly farther from the disc-restricted three-expert product
-    than the Feynman-Kac weighted sampler at the same NFE (measured: 2.1x vs 0.8x the
-    noise floor)."""
+    than the Feynman-Kac weighted sampler at the same NFE (measured, mean of three seeds: 3.05x vs 1.25x the noise floor)."""
     spec, exact, floor = _reference(CASES["2d-three-experts-disc"])
-    paper = sliced_wasserstein(run_toy(spec, num_particles=NUM_SAMPLES, seed=5, sampler="langevin").samples, exact)
-    weighted = sliced_wasserstein(run_toy(spec, num_particles=NUM_SAMPLES, seed=5, sampler="fkc").samples, exact)
+    paper = _mean_distance([run_toy(spec, num_particles=NUM_SAMPLES, seed=seed, sampler="langevin") for seed in SEEDS], exact)
+    weighted = _mean_distance([run_toy(spec, num_particles=NUM_SAMPLES, seed=seed, sampler="fkc") for seed in SEEDS], exact)
     assert weighted < EXACT_FACTOR * floor
     assert paper > 1.5 * weighted
 
