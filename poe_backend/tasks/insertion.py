@@ -36,27 +36,31 @@ class InsertionParams(images.ImageParams):
     """Defaults from measurements (issue 10), not from the analytic toys alone:
 
     * ``particles=1``: in the insertion miniature (``benchmarks/digits_insertion.py``: a
-      class-conditional net × an inpainter on 8×8 digits at these settings, 200 runs per
-      cell) P = 1, 2 and 4 with the particle of largest weight kept gave the same
-      known-pixel RMSE (0.262 / 0.260 / 0.260) and class accuracy (0.81 / 0.83 / 0.81).
+      layout expert, the class and the coarse layout of the scene with the object, × an
+      inpainter on 8×8 digits, at these settings, 200 runs per cell) P = 1, 2 and 4 with
+      the particle drawn by weight gave the same known-pixel RMSE (0.202 / 0.201 / 0.200),
+      masked-pixel RMSE against the object (0.308 / 0.307 / 0.306) and class accuracy
+      (0.67 / 0.64 / 0.67).
       The Feynman-Kac weights of a Σλ = 2 product are dominated by the
       ``½Σλ(Σλ-1)‖s̄‖²`` transport term, which carries no information about the modes
       (on the analytic 2-expert product ESS/P falls below 0.5 at nearly every level, 18-23
-      resamplings in a 51-level run); in the miniature their spread is already 7-13 nats
+      resamplings in a 51-level run); in the miniature their spread is already 7-17 nats
       at 64 dimensions and ESS/P stays near 1/P from the first level, and with a spread growing
       like √D a 1024² latent (262,144 values) would reach hundreds of nats, so resampling
       and the final choice are near-greedy picks on noise. More particles only give more
       alternatives (``save_particles``), at P times the cost.
-    * ``langevin_steps=1``: 0 → 2 corrector steps improved the miniature by 0.007 RMSE
-      at 2.5× the evaluations (planned NFE at 28 levels, both experts: 70 / 122 / 174 for
-      0 / 1 / 2 steps); one step keeps most of it. With P = 1 the default run costs 122
+    * ``langevin_steps=1``: 0 → 1 → 2 corrector steps moved the miniature's known-pixel
+      RMSE 0.206 → 0.202 → 0.201 (masked 0.309 / 0.308 / 0.310, P = 1, 200 runs), at
+      growing cost (planned NFE at 28 levels, both experts: 70 / 122 / 174 for
+      0 / 1 / 2 steps); one step keeps what there is. With P = 1 the default run costs 122
       FLUX forwards: ~50 s on an H100-class GPU at ~0.4 s per 1024² forward (estimate,
       no GPU here), inside the 60 s target the previous default (P = 2, 2 steps: 174
       forwards of two particles) missed by 2×.
-    * ``sampler="fkc"``: on the analytic products it is 1.2-2.5× the two-sample floor at
-      250 NFE where annealed Langevin is 3-4× (no transport weights), and in the
-      miniature it keeps the known pixels slightly better (0.260 vs 0.273 RMSE).
-    * ``levels=28``: FLUX's own step count; 100 levels gained 0.02 RMSE in the miniature.
+    * ``sampler="fkc"``: on the analytic products it is 0.6-1.4× the two-sample floor at
+      250 NFE where annealed Langevin is 1.7-3.6× on all but one (no transport weights),
+      and in the miniature it keeps the known pixels better (0.202 vs 0.217 RMSE, P = 1).
+    * ``levels=28``: FLUX's own step count; 100 levels changed the miniature by less than
+      its noise (known / masked RMSE 0.204 / 0.305 vs 0.202 / 0.308).
     """
 
     method: Literal["product", "depth", "fill", "rf_solver"] = "product"

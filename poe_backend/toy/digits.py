@@ -1,18 +1,22 @@
 """The insertion task in miniature, on scikit-learn's bundled 8×8 digits (no download).
 
-Object insertion multiplies FLUX.1 Depth (it sees the whole image and knows the object's
-shape) by FLUX.1 Fill (an inpainter that knows the plate outside the object mask). Here:
+Object insertion multiplies FLUX.1 Depth (it sees the depth render of the scene with the
+object in it: the composite's geometry, not its appearance) by FLUX.1 Fill (an inpainter
+that knows the plate outside the object mask). Here:
 
-* the *class expert* is a velocity net trained class-conditionally on every digit (condition:
-  the one-hot class; all zeros, the null class, for a fifth of the rows so that it can be
-  guided classifier-free), the analogue of Depth: it knows the object ("a 3") and nothing of
-  the background;
+* the *layout expert* is a velocity net conditioned on the class (one-hot; all zeros, the
+  null class, for a fifth of the rows so that it can be guided classifier-free) and on
+  the image's coarse layout (its 2×2 average pools, a 4×4 map), the analogue of Depth: it
+  knows the object ("a 3") and where the composite's ink lies, not its pixels;
 * the *inpainter* is a velocity net trained to produce the whole image given the pixels
   outside a random rectangular mask (condition: the masked image and the mask), the
   analogue of Fill;
-* a *case* takes held-out digits of other classes as plates, masks a region and asks for the
-  target class there. The product should keep the known pixels (the inpainter) and show the
-  class (the class expert); each expert alone and the naive sum of velocities should not.
+* a *case* takes held-out digits of other classes as plates and held-out digits of the
+  target class as objects, masks a region, and asks for the object there; the layout
+  expert sees the layout of the composite (the object pasted into the plate), as Depth
+  sees the render of the scene with the object. The product should keep the known pixels
+  (the inpainter) and draw the object (the layout expert); each expert alone and the naive
+  sum of velocities should not. The composite is the ground truth of the masked region.
 
 Pixels: the dataset's 0..16 intensities mapped to ``x = p / 8 - 1`` in [-1, 1]; an image is a
 flat ``(64,)`` row-major vector. Masks are ``(64,)`` in {0, 1} with 1 = generate (the
@@ -46,7 +50,9 @@ DIMENSION = SIDE * SIDE
 NUM_CLASSES = 10
 FLUX_TOKENS_1024 = (1024 // 16) ** 2  # packed FLUX tokens of a 1024² image: the insertion default's schedule
 NULL_CLASS_FRACTION = 0.2  # training rows added with the null class (classifier-free guidance)
-METHODS = ("product-fkc", "product-annealed_langevin", "class expert alone", "inpainter alone", "naive sum")
+LAYOUT_POOL = 2  # the layout expert's condition: POOL×POOL average pools, a (8 / POOL)² map
+LAYOUT_DIMENSION = (SIDE // LAYOUT_POOL) ** 2
+METHODS = ("product-fkc", "product-annealed_langevin", "layout expert alone", "inpainter alone", "naive sum")
 
 
 @dataclass(frozen=True)
@@ -92,6 +98,20 @@ def class_condition(labels: Tensor) -> Tensor:
     return torch.nn.functional.one_hot(labels, NUM_CLASSES).float()
 
 
+def layout(images: Tensor) -> Tensor:
+    """The coarse layout ``(N, 16)`` of images ``(N, 64)``: ``LAYOUT_POOL``² average pools,
+    row-major, in [-1, 1]."""
+    grid = images.reshape(-1, 1, SIDE, SIDE)
+    return torch.nn.functional.avg_pool2d(grid, LAYOUT_POOL).flatten(start_dim=1)
+
+
+def layout_condition(labels: Tensor | None, images: Tensor) -> Tensor:
+    """The layout expert's condition ``(N, 26)``: the one-hot class (zeros when ``labels``
+    is None: the null class) and the images' layout."""
+    classes = torch.zeros(images.shape[0], NUM_CLASSES) if labels is None else class_condition(labels)
+    return torch.cat([classes, layout(images)], dim=-1)
+
+
 def inpaint_condition(plates: Tensor, masks: Tensor) -> Tensor:
     """The inpainter's condition ``(N, 128)``: ``[plate · (1 - mask), mask]`` (the masked
     pixels read 0, mid-grey), for plates and masks ``(N, 64)`` (or ``(64,)`` each -> ``(128,)``)."""
@@ -114,7 +134,7 @@ class TrainingConfig:
 
     def cache_path(self, role: str) -> Path:
         """``data_dir()/learned/digits-<role>-<hash of the config and the data recipe>.pt``."""
-        recipe = {"role": role, "null_class_fraction": NULL_CLASS_FRACTION, **asdict(self)}
+        recipe = {"role": role, "null_class_fraction": NULL_CLASS_FRACTION, "layout_pool": LAYOUT_POOL, **asdict(self)}
         return data_dir() / "learned" / cache_name(f"digits-{role}", recipe)
 
 
@@ -122,7 +142,7 @@ class TrainingConfig:
 class DigitExperts:
     """The two trained nets and the classifier that judges their samples."""
 
-    class_net: VelocityNet
+    layout_net: VelocityNet
     inpaint_net: VelocityNet
     classifier: object  # a fitted sklearn LogisticRegression
     classifier_accuracy: float  # on the held-out digits, in [0, 1]
@@ -139,23 +159,23 @@ def train_experts(data: DigitsData, config: TrainingConfig = TrainingConfig()) -
     options = {"steps": config.steps, "batch_size": config.batch_size, "learning_rate": config.learning_rate, "seed": config.seed}
     generator = torch.Generator().manual_seed(config.seed)
     unconditional = torch.randperm(data.train_images.shape[0], generator=generator)[: int(NULL_CLASS_FRACTION * data.train_images.shape[0])]
-    class_images = torch.cat([data.train_images, data.train_images[unconditional]])
-    class_conditions = torch.cat([class_condition(data.train_labels), torch.zeros(unconditional.numel(), NUM_CLASSES)])
-    class_net = load_or_train(config.cache_path("class"), build(NUM_CLASSES), lambda net: train_velocity(net, class_images, class_conditions, **options))
+    layout_images = torch.cat([data.train_images, data.train_images[unconditional]])
+    layout_conditions = torch.cat([layout_condition(data.train_labels, data.train_images), layout_condition(None, data.train_images[unconditional])])
+    layout_net = load_or_train(config.cache_path("layout"), build(NUM_CLASSES + LAYOUT_DIMENSION), lambda net: train_velocity(net, layout_images, layout_conditions, **options))
     plates = data.train_images.repeat(config.masks_per_image, 1)
     masks = random_masks(plates.shape[0], generator)
     inpaint_net = load_or_train(config.cache_path("inpaint"), build(2 * DIMENSION), lambda net: train_velocity(net, plates, inpaint_condition(plates, masks), **options))
     classifier, accuracy = fit_classifier(data)
-    return DigitExperts(class_net, inpaint_net, classifier, accuracy)
+    return DigitExperts(layout_net, inpaint_net, classifier, accuracy)
 
 
 class GuidedExpert(GenerativeExpert):
-    """Classifier-free guidance of a conditional net: ``v_c + scale · (v_c - v_null)`` with
-    the null condition all zeros (``scale = 0``: the conditional net alone, one forward)."""
+    """Classifier-free guidance of a conditional net: ``v_c + scale · (v_c - v_null)``
+    (``scale = 0``: the conditional net alone, one forward)."""
 
-    def __init__(self, net: VelocityNet, condition: Tensor, scale: float) -> None:
+    def __init__(self, net: VelocityNet, condition: Tensor, null_condition: Tensor, scale: float) -> None:
         self.conditional = LearnedExpert(net, condition)
-        self.unconditional = LearnedExpert(net, torch.zeros_like(condition))
+        self.unconditional = LearnedExpert(net, null_condition)
         self.scale = scale
 
     def velocity(self, x: Tensor, t: float) -> Tensor:
@@ -174,11 +194,12 @@ def fit_classifier(data: DigitsData) -> tuple[object, float]:
 
 @dataclass(frozen=True)
 class InsertionCase:
-    """Insert ``target_class`` into the ``mask`` region of held-out digits of
-    ``plate_classes`` (the plates). The default masks the left half of 8s and 9s, whose
-    right halves a 3 shares: the known pixels allow a 3, the inpainter alone mostly
-    restores the plate's own digit. ``class_guidance`` is the class expert's classifier-free
-    guidance scale (FLUX Depth runs guided too, at ``guidance_depth``)."""
+    """Insert held-out digits of ``target_class`` (the objects) into the ``mask`` region of
+    held-out digits of ``plate_classes`` (the plates). The default masks the left half of
+    8s and 9s, whose right halves a 3 shares: the known pixels allow a 3, the inpainter
+    alone mostly restores the plate's own digit. ``class_guidance`` is the layout expert's
+    classifier-free guidance scale on the class (FLUX Depth runs guided too, at
+    ``guidance_depth``); its null condition keeps the layout."""
 
     target_class: int = 3
     plate_classes: tuple[int, ...] = (8, 9)
@@ -194,27 +215,45 @@ class InsertionCase:
         """The held-out digits of the plate classes, ``(M, 64)``."""
         return data.test_images[torch.isin(data.test_labels, torch.tensor(self.plate_classes))]
 
+    def objects(self, data: DigitsData) -> Tensor:
+        """The held-out digits of the target class, ``(K, 64)``."""
+        return data.test_images[data.test_labels == self.target_class]
+
+    def composite(self, plate: Tensor, object_image: Tensor) -> Tensor:
+        """The scene with the object in it, ``(64,)``: the object inside the mask, the plate
+        outside (what the layout expert sees the layout of, and the masked region's truth)."""
+        return object_image * self.mask + plate * (1.0 - self.mask)
+
+    def pairs(self, data: DigitsData, runs: int) -> tuple[Tensor, Tensor]:
+        """Run i's plate ``i mod M`` and object ``i mod K``: ``(runs, 64)`` each."""
+        plates, objects = self.plates(data), self.objects(data)
+        index = torch.arange(runs)
+        return plates[index % plates.shape[0]], objects[index % objects.shape[0]]
+
 
 def task_levels(params: InsertionParams) -> list[float]:
     """The insertion task's levels for a 1024² image."""
     return images.levels_for(params, FLUX_TOKENS_1024)
 
 
-def build_product(method: str, experts: DigitExperts, case: InsertionCase, plate: Tensor, params: InsertionParams) -> tuple[ProductOfExperts, str]:
+def build_product(method: str, experts: DigitExperts, case: InsertionCase, plate: Tensor, object_image: Tensor, params: InsertionParams) -> tuple[ProductOfExperts, str]:
     """The product a method samples and the sampler it uses (as the insertion task does:
     single experts and the naive sum on the summed-velocity ODE)."""
-    class_expert = Factor(GuidedExpert(experts.class_net, class_condition(torch.tensor(case.target_class)), case.class_guidance), params.depth_weight)
+    scene = case.composite(plate, object_image)[None]
+    target = torch.tensor([case.target_class])
+    layout_expert = GuidedExpert(experts.layout_net, layout_condition(target, scene)[0], layout_condition(None, scene)[0], case.class_guidance)
+    layout_factor = Factor(layout_expert, params.depth_weight)
     inpainter = Factor(LearnedExpert(experts.inpaint_net, inpaint_condition(plate, case.mask)), params.fill_weight)
     if method.startswith("product-"):
-        return ProductOfExperts([class_expert, inpainter]), method.removeprefix("product-")
-    factors = {"class expert alone": [class_expert], "inpainter alone": [inpainter], "naive sum": [class_expert, inpainter]}[method]
+        return ProductOfExperts([layout_factor, inpainter]), method.removeprefix("product-")
+    factors = {"layout expert alone": [layout_factor], "inpainter alone": [inpainter], "naive sum": [layout_factor, inpainter]}[method]
     return ProductOfExperts(factors), "summed_velocity"
 
 
-def sample_once(method: str, experts: DigitExperts, case: InsertionCase, plate: Tensor, params: InsertionParams, seed: int, levels: list[float] | None = None, callback: Callable[[Progress], None] | None = None) -> SampleResult:
+def sample_once(method: str, experts: DigitExperts, case: InsertionCase, plate: Tensor, object_image: Tensor, params: InsertionParams, seed: int, levels: list[float] | None = None, callback: Callable[[Progress], None] | None = None) -> SampleResult:
     """One run of ``params.particles`` particles on ``levels`` (default: the task's), with an
     optional progress ``callback``; returns the sampler's result."""
-    product, sampler = build_product(method, experts, case, plate, params)
+    product, sampler = build_product(method, experts, case, plate, object_image, params)
     generator, noise = images.start_noise(seed, params.particles, (DIMENSION,))
     context = SimpleNamespace(callback=callback, should_stop=None)  # what run_sampler reads of a task context
     return images.run_sampler(params.model_copy(update={"sampler": sampler}), product, noise, task_levels(params) if levels is None else levels, generator, context)
@@ -222,35 +261,45 @@ def sample_once(method: str, experts: DigitExperts, case: InsertionCase, plate: 
 
 @dataclass
 class MethodScore:
-    """One method at one particle count over ``runs`` independent runs. RMSE in pixel units
-    of [-1, 1] over the known pixels (raw output, before the paste-back); accuracies are the
-    fraction of outputs the classifier calls the target class, raw and after the
-    paste-back."""
+    """One method at one particle count over ``runs`` independent runs. RMSEs in pixel
+    units of [-1, 1] of the raw output (before the paste-back): over the known pixels
+    (against the plate) and over the masked ones (against the object, the composite's
+    truth there); accuracies are the fraction of outputs the classifier calls the target
+    class, raw and after the paste-back."""
 
     method: str
     particles: int
     runs: int
     known_rmse: float
+    masked_rmse: float
     class_accuracy: float
     blended_accuracy: float
     outputs: Tensor = field(repr=False)  # (runs, 64) raw chosen particles, clamped to [-1, 1]
 
 
 def score_method(method: str, experts: DigitExperts, case: InsertionCase, data: DigitsData, *, particles: int, runs: int, seed: int = 0, params: InsertionParams | None = None) -> MethodScore:
-    """Run ``runs`` independent runs (run i: plate ``i mod M``, seed ``seed + i``), keep the
-    particle each run hands to the user (drawn by weight, as the task does), and score the
-    outputs."""
+    """Run ``runs`` independent runs (run i: :meth:`InsertionCase.pairs`, seed ``seed + i``),
+    keep the particle each run hands to the user (drawn by weight, as the task does), and
+    score the outputs."""
     params = (params or InsertionParams()).model_copy(update={"particles": particles})
-    plates = case.plates(data)
-    chosen_plates, outputs = plates[torch.arange(runs) % plates.shape[0]], []
-    for run, plate in enumerate(chosen_plates):
-        result = sample_once(method, experts, case, plate, params, seed + run)
+    plates, objects = case.pairs(data, runs)
+    outputs = []
+    for run, (plate, object_image) in enumerate(zip(plates, objects)):
+        result = sample_once(method, experts, case, plate, object_image, params, seed + run)
         outputs.append(result.particles[result.chosen_index(seed + run)].clamp(-1.0, 1.0))
     outputs = torch.stack(outputs)
     known = 1.0 - case.mask
-    known_rmse = math.sqrt(float(((outputs - chosen_plates) ** 2 * known).sum() / (known.sum() * runs)))
-    blended = outputs * case.mask + chosen_plates * known
-    return MethodScore(method, particles, runs, known_rmse, class_accuracy(experts, outputs, case.target_class), class_accuracy(experts, blended, case.target_class), outputs)
+    blended = outputs * case.mask + plates * known
+    return MethodScore(
+        method, particles, runs, _rmse(outputs, plates, known), _rmse(outputs, objects, case.mask),
+        class_accuracy(experts, outputs, case.target_class), class_accuracy(experts, blended, case.target_class), outputs,
+    )
+
+
+def _rmse(outputs: Tensor, truth: Tensor, where: Tensor) -> float:
+    """Root-mean-square of ``outputs - truth`` ``(N, 64)`` over the pixels where ``where``
+    ``(64,)`` is 1."""
+    return math.sqrt(float(((outputs - truth) ** 2 * where).sum() / (where.sum() * outputs.shape[0])))
 
 
 def class_accuracy(experts: DigitExperts, outputs: Tensor, target_class: int) -> float:
@@ -281,17 +330,17 @@ def log_weight_spread(experts: DigitExperts, case: InsertionCase, data: DigitsDa
     numbers as the full run up to that level, and a sampler whose last level is above 0
     returns its weights there."""
     params = InsertionParams(particles=particles)
-    levels, plates = task_levels(params), case.plates(data)
+    levels, (plates, objects) = task_levels(params), case.pairs(data, runs)
     no_resampling = params.model_copy(update={"ess_threshold": 0.0})
     variances, ess = np.zeros((runs, len(levels) - 1)), np.zeros((runs, len(levels) - 1))
     default_ess, resamplings = [], []
     for run in range(runs):
-        plate = plates[run % plates.shape[0]]
+        plate, object_image = plates[run], objects[run]
         for k in range(1, len(levels)):
-            log_weights = sample_once("product-fkc", experts, case, plate, no_resampling, seed + run, levels[: k + 1]).log_weights.double()
+            log_weights = sample_once("product-fkc", experts, case, plate, object_image, no_resampling, seed + run, levels[: k + 1]).log_weights.double()
             variances[run, k - 1] = float(log_weights.var()) if particles > 1 else 0.0
             ess[run, k - 1] = resampling.effective_sample_size(log_weights) / particles
-        result = sample_once("product-fkc", experts, case, plate, params, seed + run)
+        result = sample_once("product-fkc", experts, case, plate, object_image, params, seed + run)
         default_ess.append(np.asarray(result.ess_history) / particles)
         resamplings.append(result.resample_count)
     return WeightSpread(particles, levels[1:], np.sqrt(variances.mean(0)).tolist(), ess.mean(0).tolist(), np.mean(default_ess, axis=0).tolist(), float(np.mean(resamplings)))

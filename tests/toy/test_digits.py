@@ -1,12 +1,13 @@
 """The digit insertion miniature at the insertion task's settings, P = 4 particles per run.
 
-Measured by benchmarks/digits_insertion.py (200 runs; these tests run 40, seeded). Unguided,
-the product (fkc) keeps the known pixels far better than the class expert alone (RMSE 0.26
-vs 0.66) and shows the class far more often than the inpainter alone (0.81 vs 0.12); it
-stays within 0.07 of the inpainter's RMSE (0.19) and 0.17 of the class expert's accuracy
-(0.98). Against the naive sum it is level on the known pixels (0.26 vs 0.27) and shows the
-class less often (0.81 vs 0.92). With the class expert guided (scale 1) the product beats
-the naive sum on the known pixels (0.30 vs 0.36) at the same class accuracy (0.98 vs 1.00).
+Measured by benchmarks/digits_insertion.py (200 runs; these tests run 40, seeded).
+Unguided, the product (fkc) keeps the known pixels far better than the layout expert alone
+(RMSE 0.200 vs 0.387) and draws the object far better than the inpainter alone
+(masked-pixel RMSE 0.306 vs 0.576, class accuracy 0.67 vs 0.12); it stays within 0.02 of
+the inpainter's known-pixel RMSE (0.183) and of the naive sum's (0.195). The naive sum
+draws the masked region closer to the object (0.283) and shows the class a little more
+often (0.70): see the benchmark's docstring. With the layout expert guided (scale 1) the
+product beats the naive sum on the known pixels (0.218 vs 0.231).
 Trains both nets on first use (75-200 s on one thread; cached under the data dir).
 """
 
@@ -42,22 +43,22 @@ def test_classifier_reads_clean_digits():
 
 
 @pytest.mark.slow
-def test_product_keeps_known_pixels_and_shows_the_class(setup):
+def test_product_keeps_known_pixels_and_draws_the_object(setup):
     result = scores(setup, digits.METHODS, digits.InsertionCase())
-    product, class_alone, inpainter, naive = (result[m] for m in ("product-fkc", "class expert alone", "inpainter alone", "naive sum"))
-    assert product.known_rmse < 0.5 * class_alone.known_rmse
-    assert product.class_accuracy > inpainter.class_accuracy + 0.5
-    assert product.known_rmse < inpainter.known_rmse + 0.1
-    assert product.class_accuracy > class_alone.class_accuracy - 0.25
-    assert product.known_rmse < naive.known_rmse + 0.03
-    assert product.class_accuracy > naive.class_accuracy - 0.2
+    product, layout_alone, inpainter, naive = (result[m] for m in ("product-fkc", "layout expert alone", "inpainter alone", "naive sum"))
+    assert product.known_rmse < 0.6 * layout_alone.known_rmse
+    assert product.masked_rmse < 0.7 * inpainter.masked_rmse
+    assert product.class_accuracy > inpainter.class_accuracy + 0.35
+    assert product.known_rmse < inpainter.known_rmse + 0.03
+    assert product.known_rmse < naive.known_rmse + 0.02
+    assert product.masked_rmse < naive.masked_rmse + 0.05
 
 
 @pytest.mark.slow
-def test_guided_product_beats_naive_sum_on_known_pixels(setup):
+def test_guided_product_keeps_known_pixels_better_than_the_naive_sum(setup):
     result = scores(setup, ("product-fkc", "naive sum"), dataclasses.replace(digits.InsertionCase(), class_guidance=1.0))
-    assert result["product-fkc"].known_rmse < result["naive sum"].known_rmse - 0.03
-    assert result["product-fkc"].class_accuracy > result["naive sum"].class_accuracy - 0.05
+    assert result["product-fkc"].known_rmse < result["naive sum"].known_rmse
+    assert result["product-fkc"].class_accuracy > result["naive sum"].class_accuracy - 0.15
 
 
 @pytest.mark.slow
@@ -77,12 +78,13 @@ def test_a_run_on_the_first_levels_repeats_the_full_run_there(setup):
     levels give the particles the full run has at level k."""
     data, experts = setup
     case, params = digits.InsertionCase(), InsertionParams(particles=4, ess_threshold=0.0)
-    plate, levels, seen = case.plates(data)[0], digits.task_levels(params), {}
+    (plate,), (object_image,) = case.pairs(data, 1)
+    levels, seen = digits.task_levels(params), {}
 
     def keep(progress):
         seen[progress.level] = progress.particles.clone()
 
-    digits.sample_once("product-fkc", experts, case, plate, params, 7, callback=keep)
+    digits.sample_once("product-fkc", experts, case, plate, object_image, params, 7, callback=keep)
     k = 10
-    prefix = digits.sample_once("product-fkc", experts, case, plate, params, 7, levels[: k + 1])
+    prefix = digits.sample_once("product-fkc", experts, case, plate, object_image, params, 7, levels[: k + 1])
     torch.testing.assert_close(prefix.particles, seen[k + 1], rtol=0, atol=0)
