@@ -211,15 +211,7 @@ def write_outputs(context: TaskContext, runtime, result: SampleResult, chosen: i
     out_dir.mkdir(parents=True, exist_ok=True)
     latents_path = out_dir / "latents.pt"
     torch.save({"latents": result.particles.cpu(), "log_weights": result.log_weights.cpu()}, latents_path)
-    outputs: dict[str, Path] = {"latents": latents_path}
-    indices = list(range(result.particles.shape[0])) if save_particles else [chosen]
-    videos = runtime.decode(result.particles[indices])
-    for index, video in zip(indices, videos):
-        if index == chosen:
-            outputs["video"] = video_io.write_mp4(out_dir / "video.mp4", video, fps)
-        if save_particles:
-            (out_dir / "particles").mkdir(exist_ok=True)
-            outputs[f"particle_{index:02d}"] = video_io.write_mp4(out_dir / "particles" / f"particle_{index:02d}.mp4", video, fps)
+    outputs: dict[str, Path] = {"latents": latents_path, **video_io.write_particle_videos(out_dir, runtime.decode, result.particles, chosen, fps, save_particles)}
     if depth_video is not None:
         outputs["control_depth"] = video_io.write_mp4(out_dir / "control_depth.mp4", depth_video, fps)
     return outputs

@@ -40,6 +40,7 @@ from pydantic import Field
 from poe_backend.bundle import VIDEO_MAX_FRAMES, VIDEO_MAX_SIDE, BundleError
 from poe_backend.sampling import Factor, ProductOfExperts
 from poe_backend.sampling.autoregressive import AutoregressiveResult
+from poe_backend.sampling.resampling import chosen_particle
 from poe_backend.tasks import video_io
 from poe_backend.tasks.base import SAMPLERS, SamplerName, Task, TaskContext, TaskParams, TaskResult, metropolis_field, sampler_options, seed_for
 from poe_backend.tasks.images import OffloadName
@@ -128,7 +129,8 @@ class Sim2VideoARTask(Task):
         runtime = FramePackRuntime(params.sampling_type, window, num_sections, size.height, size.width, preset=context.models, device=context.device)
         result, image_latents, levels, seconds = sample(runtime, params, prompt, renders, first_frame, seed, context)
         latents = runtime.assemble(image_latents.expand(params.particles, -1, -1, -1, -1), result.chunks)
-        outputs = self._write_outputs(context, runtime, latents, renders, bundle.fps, params.save_particles)
+        chosen = chosen_particle(torch.zeros(params.particles), seed)  # the chunks are equally weighted
+        outputs = self._write_outputs(context, runtime, latents, chosen, renders, bundle.fps, params.save_particles)
         manifest = {
             "task": self.name,
             "params": params.model_dump(),
@@ -142,6 +144,7 @@ class Sim2VideoARTask(Task):
             "size": {"height": size.height, "width": size.width, "num_frames": len(frames), "fps": bundle.fps, "sections": num_sections, "latent_window_size": window, "capped_from": size.capped_from},
             "levels": levels,
             "stats": result.stats(),
+            "chosen_particle": chosen,
             "seconds": {**seconds, "total": time.perf_counter() - started},
             "device": str(context.device),
         }
@@ -166,18 +169,16 @@ class Sim2VideoARTask(Task):
         return requested
 
     @staticmethod
-    def _write_outputs(context: TaskContext, runtime, latents: torch.Tensor, renders: torch.Tensor, fps: float, save_particles: bool) -> dict[str, Path]:
+    def _write_outputs(context: TaskContext, runtime, latents: torch.Tensor, chosen: int, renders: torch.Tensor, fps: float, save_particles: bool) -> dict[str, Path]:
+        """``latents.pt`` (all particles), ``video.mp4`` (particle ``chosen``, drawn
+        uniformly with the job's seed: the particles are equally weighted, and particle 0
+        of a systematic resampling is not a uniform draw), ``particles/*.mp4`` and
+        ``renders.mp4``."""
         out_dir = context.out_dir
         out_dir.mkdir(parents=True, exist_ok=True)
         latents_path = out_dir / "latents.pt"
         torch.save({"latents": latents.cpu()}, latents_path)
-        outputs: dict[str, Path] = {"latents": latents_path}
-        videos = runtime.decode(latents if save_particles else latents[:1])
-        outputs["video"] = video_io.write_mp4(out_dir / "video.mp4", videos[0], fps)
-        if save_particles:
-            (out_dir / "particles").mkdir(exist_ok=True)
-            for index, video in enumerate(videos):
-                outputs[f"particle_{index:02d}"] = video_io.write_mp4(out_dir / "particles" / f"particle_{index:02d}.mp4", video, fps)
+        outputs: dict[str, Path] = {"latents": latents_path, **video_io.write_particle_videos(out_dir, runtime.decode, latents, chosen, fps, save_particles)}
         outputs["renders"] = video_io.write_mp4(out_dir / "renders.mp4", renders, fps)
         return outputs
 

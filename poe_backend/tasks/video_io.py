@@ -158,6 +158,22 @@ def write_mp4(path: Path, video: Tensor, fps: float) -> Path:
     return path
 
 
+def write_particle_videos(out_dir: Path, decode, latents: Tensor, chosen: int, fps: float, save_particles: bool) -> dict[str, Path]:
+    """``video.mp4`` from particle ``chosen`` of ``latents`` ``(P, ...)`` and, with
+    ``save_particles``, every particle as ``particles/particle_NN.mp4``; ``decode`` maps a
+    latent batch to videos ``(N, F, 3, H, W)`` in [0, 1]. Only the particles written are
+    decoded. Returns the output names and paths."""
+    indices = list(range(latents.shape[0])) if save_particles else [chosen]
+    outputs: dict[str, Path] = {}
+    for index, video in zip(indices, decode(latents[indices])):
+        if index == chosen:
+            outputs["video"] = write_mp4(out_dir / "video.mp4", video, fps)
+        if save_particles:
+            (out_dir / "particles").mkdir(exist_ok=True)
+            outputs[f"particle_{index:02d}"] = write_mp4(out_dir / "particles" / f"particle_{index:02d}.mp4", video, fps)
+    return outputs
+
+
 def write_frames(directory: Path, video: Tensor) -> list[Path]:
     """One PNG per frame, ``directory/####.png``."""
     directory.mkdir(parents=True, exist_ok=True)

@@ -104,3 +104,13 @@ def test_the_task_keeps_exactly_the_roles_the_weights_manager_downloads(bundle_d
     task = get_task("sim2video_ar")
     context = TaskContext(bundle=read_bundle(bundle_dir), params=task.Params(sampling_type=sampling_type), out_dir=tmp_path, models="default")
     assert task.model_roles(context) == required_roles("sim2video_ar", {"sampling_type": sampling_type})
+
+
+def test_the_video_is_the_particle_drawn_with_the_seed(tiny_data_dir, bundle_dir, tmp_path) -> None:  # noqa: F811
+    """``video.mp4`` is particle ``chosen_particle`` (drawn uniformly with the job's seed among
+    the equally weighted particles), the same file as that particle's own video."""
+    result = _run(bundle_dir, tmp_path, particles=4, gibbs_sweeps=0)
+    manifest = json.loads((tmp_path / "result.json").read_text())
+    chosen = manifest["chosen_particle"]
+    assert 0 <= chosen < 4
+    torch.testing.assert_close(torch.from_numpy(iio.imread(result.outputs["video"])), torch.from_numpy(iio.imread(result.outputs[f"particle_{chosen:02d}"])))
