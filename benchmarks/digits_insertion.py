@@ -68,7 +68,7 @@ def main() -> None:
     case, params = digits.InsertionCase(), InsertionParams(depth_weight=arguments.layout_weight, fill_weight=arguments.fill_weight)
     print(f"nets ready in {time.perf_counter() - start:.0f} s; classifier held-out accuracy {experts.classifier_accuracy:.3f}")
     plates, objects = case.pairs(data, arguments.runs)
-    composites = torch.stack([case.composite(plate, object_image) for plate, object_image in zip(plates, objects)])
+    composites = case.composite(plates, objects)
     print(f"case: held-out {case.target_class}s ({case.objects(data).shape[0]}) into rows {case.mask_rows}, columns {case.mask_columns} of held-out {case.plate_classes} ({case.plates(data).shape[0]} plates), {arguments.runs} runs per cell")
     print(f"classifier on the true composites: {digits.class_accuracy(experts, composites, case.target_class):.2f} (the blended accuracy's ceiling), on the objects alone {digits.class_accuracy(experts, objects, case.target_class):.2f}")
     print(f"settings (the insertion defaults unless given): levels {params.levels}, langevin_steps {params.langevin_steps}, step_scale {params.step_scale}, ess_threshold {params.ess_threshold}, t_max {params.t_max}, schedule {params.schedule}; layout weight {params.depth_weight}, fill weight {params.fill_weight}")

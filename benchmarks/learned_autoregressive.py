@@ -66,12 +66,8 @@ def task_outputs(case: SequenceCase, net, *, particles: int, sweeps: int, runs: 
 
 def first_component_share(case: SequenceCase, samples: torch.Tensor) -> float:
     """Mean posterior responsibility of the target's first component over ``samples``."""
-    target = case.exact_target()
-    log_joint = torch.stack([
-        torch.log(target.weights[k]) + torch.distributions.MultivariateNormal(target.means[k], target.covariances[k]).log_prob(samples)
-        for k in range(target.weights.numel())
-    ])
-    return float(torch.softmax(log_joint, dim=0)[0].mean())
+    log_components, _ = case.exact_target().component_log_densities(samples)
+    return float(torch.softmax(log_components, dim=1)[:, 0].mean())
 
 
 def main() -> None:

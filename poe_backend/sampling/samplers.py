@@ -284,9 +284,12 @@ def _langevin_correctors(
         proposal = mcmc.ula_step(y, score, step_size, flow.standard_normal_like(y, generator))
         proposed = product.evaluate(flow.x_from_y(proposal, t), t)
         if metropolis or twisted:
-            log_ratio = mcmc.score_only_log_ratio(y, score, proposal, (1.0 - t) * proposed.score, step_size) if metropolis else torch.zeros(y.shape[0], dtype=y.dtype, device=y.device)
-            proposed_twist = product.twist(proposed) if twisted else twist
+            log_ratio = torch.zeros(y.shape[0], dtype=y.dtype, device=y.device)
+            if metropolis:
+                log_ratio = log_ratio + mcmc.score_only_log_ratio(y, score, proposal, (1.0 - t) * proposed.score, step_size)
+            proposed_twist = twist
             if twisted:
+                proposed_twist = product.twist(proposed)
                 log_ratio = log_ratio + proposed_twist - twist
             accepted = torch.log(flow.uniform_like(log_ratio, generator)) < log_ratio
             tracker.record_acceptance(accepted)

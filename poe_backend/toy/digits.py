@@ -220,8 +220,9 @@ class InsertionCase:
         return data.test_images[data.test_labels == self.target_class]
 
     def composite(self, plate: Tensor, object_image: Tensor) -> Tensor:
-        """The scene with the object in it, ``(64,)``: the object inside the mask, the plate
-        outside (what the layout expert sees the layout of, and the masked region's truth)."""
+        """The scene with the object in it, ``(..., 64)`` as the inputs: the object inside
+        the mask, the plate outside (what the layout expert sees the layout of, and the
+        masked region's truth)."""
         return object_image * self.mask + plate * (1.0 - self.mask)
 
     def pairs(self, data: DigitsData, runs: int) -> tuple[Tensor, Tensor]:
@@ -289,7 +290,7 @@ def score_method(method: str, experts: DigitExperts, case: InsertionCase, data: 
         outputs.append(result.particles[result.chosen_index(seed + run)].clamp(-1.0, 1.0))
     outputs = torch.stack(outputs)
     known = 1.0 - case.mask
-    blended = outputs * case.mask + plates * known
+    blended = case.composite(plates, outputs)  # the plate pasted back outside the mask
     return MethodScore(
         method, particles, runs, _rmse(outputs, plates, known), _rmse(outputs, objects, case.mask),
         class_accuracy(experts, outputs, case.target_class), class_accuracy(experts, blended, case.target_class), outputs,

@@ -95,10 +95,8 @@ class SequenceCase:
             if net is None:
                 sequence = GaussianMixtureExpert(self.mixture.conditional([index], list(range(index)), values))
             else:
-                count = history[0].shape[0] if history else 1
-                known = values if values is not None else torch.zeros(count, 0, dtype=DTYPE)
-                condition = history_condition(known, index, self.sections)
-                sequence = LearnedExpert(net, condition if history else condition[0])
+                condition = history_condition(values if history else torch.zeros(1, 0, dtype=DTYPE), index, self.sections)
+                sequence = LearnedExpert(net, condition if history else condition[0])  # (C,): shared by every particle
             render = RenderGaussianExpert(self.renders[index : index + 1], self.render_std)
             return ProductOfExperts([Factor(sequence), Factor(render, self.render_weight)])
 
