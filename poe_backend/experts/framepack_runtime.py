@@ -32,7 +32,7 @@ from poe_backend.experts.framepack import (
 from poe_backend.experts.lookup import check_available
 from poe_backend.experts.memory_plan import Budget
 from poe_backend.experts.model_cache import MODEL_CACHE, default_dtype
-from poe_backend.experts.runtime_plan import JobPlan, describe, job_budget, plan_transformers
+from poe_backend.experts.runtime_plan import JobPlan, decode_videos, describe, job_budget, plan_transformers, set_vae_tiling
 from poe_backend.tasks.requirements import FRAMEPACK_SHARED
 
 TEXT_ROLES = ("framepack.text_encoder", "framepack.tokenizer", "framepack.text_encoder_2", "framepack.tokenizer_2")
@@ -144,7 +144,7 @@ class FramePackRuntime:
         activation, decode, tiled = memory_plan.framepack_job_bytes(config, self.window, self.num_sections, self.height, self.width, batch)
         self.job_plan = plan_transformers([self.transformer_role], self.preset, self.device, offload=offload, fp8_storage=fp8_storage,
                                           activation_bytes=activation, decode_bytes=decode, tiled_decode_bytes=tiled, budget=job_budget(self.budget, self.device), alternating=False)
-        self._set_tiling(self.job_plan.decode.tiled or self.job_plan.decode.free_transformers)
+        set_vae_tiling(self.vae, self.job_plan.decode.tiled or self.job_plan.decode.free_transformers)
         return self.job_plan
 
     @property
@@ -183,24 +183,11 @@ class FramePackRuntime:
 
     # -- outputs -------------------------------------------------------------------------
 
-    def _set_tiling(self, tiled: bool) -> None:
-        self.vae.enable_tiling() if tiled else self.vae.disable_tiling()
-
-    @torch.no_grad()
     def decode(self, latents: Tensor) -> Tensor:
         """Scaled latents ``(B, C, F', h, w)`` -> videos ``(B, 4(F'-1)+1, 3, H, W)`` in [0, 1]
         (float32, CPU), one at a time, with the plan's decode settings (transformer
         released first, tiling)."""
-        if self.job_plan is not None:
-            if self.job_plan.decode.free_transformers:
-                self.free_transformer()
-            self._set_tiling(self.job_plan.decode.tiled)
-        videos = []
-        for latent in latents.split(1):
-            raw = (latent.float() / self.vae.config.scaling_factor).to(self.device, self.vae.dtype)
-            video = self.vae.decode(raw, return_dict=False)[0].float().clamp(-1, 1)
-            videos.append(((video[0].permute(1, 0, 2, 3) + 1) / 2).cpu())
-        return torch.stack(videos)
+        return decode_videos(self.vae, latents, self.job_plan, self.free_transformer, lambda latent: (latent.float() / self.vae.config.scaling_factor).to(self.device, self.vae.dtype))
 
     def free_transformer(self) -> None:
         """Give back the transformer's memory now, once (:meth:`ModelCache.give_back`: the

@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
 
 from poe_backend.experts import memory_plan
 from poe_backend.experts.memory_plan import Budget, DecodePlan, RolePlan
@@ -68,3 +71,25 @@ def plan_transformers(roles: list[str], preset: str, device: str, *, offload: st
 def describe(plan: JobPlan | None, device: str, dtype: Any) -> dict[str, Any]:
     """The plan as JSON for ``result.json``'s ``placement``."""
     return json.loads(json.dumps({"device": str(device), "dtype": str(dtype), **({} if plan is None else plan.to_json())}, default=str))
+
+
+def set_vae_tiling(vae: Any, tiled: bool) -> None:
+    """Turn a diffusers video VAE's tiling on or off (encode and decode)."""
+    vae.enable_tiling() if tiled else vae.disable_tiling()
+
+
+@torch.no_grad()
+def decode_videos(vae: Any, latents: Tensor, job_plan: JobPlan | None, free_transformers: Callable[[], None], vae_input: Callable[[Tensor], Tensor]) -> Tensor:
+    """Latents ``(B, ...)`` -> videos ``(B, F, 3, H, W)`` in [0, 1] (float32, CPU), one at a
+    time, with the plan's decode settings: ``free_transformers()`` first and the VAE tiled
+    when the plan says so (no plan: as the VAE is). ``vae_input(latent)`` turns one latent
+    ``(1, ...)`` into the VAE's own input (its scaling, device and dtype)."""
+    if job_plan is not None:
+        if job_plan.decode.free_transformers:
+            free_transformers()
+        set_vae_tiling(vae, job_plan.decode.tiled)
+    videos = []
+    for latent in latents.split(1):
+        video = vae.decode(vae_input(latent), return_dict=False)[0].float().clamp(-1, 1)
+        videos.append(((video[0].permute(1, 0, 2, 3) + 1) / 2).cpu())
+    return torch.stack(videos)

@@ -33,7 +33,7 @@ from poe_backend.experts import memory_plan
 from poe_backend.experts.lookup import check_available
 from poe_backend.experts.memory_plan import Budget
 from poe_backend.experts.model_cache import MODEL_CACHE, default_dtype
-from poe_backend.experts.runtime_plan import JobPlan, describe, job_budget, plan_transformers
+from poe_backend.experts.runtime_plan import JobPlan, decode_videos, describe, job_budget, plan_transformers, set_vae_tiling
 from poe_backend.experts.wan import LATENT_CHANNELS, WanI2VExpert, WanVACEExpert, _clean_prompt, _space_to_depth, latent_shape
 from poe_backend.tasks.requirements import WAN_I2V, WAN_SHARED
 
@@ -137,7 +137,7 @@ class WanRuntime:
         activation, decode, tiled = memory_plan.wan_job_bytes(configs, self.num_frames, self.height, self.width, batch)
         self.job_plan = plan_transformers(roles, self.preset, self.device, offload=offload, fp8_storage=fp8_storage, activation_bytes=activation,
                                           decode_bytes=decode, tiled_decode_bytes=tiled, budget=job_budget(self.budget, self.device), alternating=len(roles) > 1)
-        self._set_tiling(self.job_plan.decode.tiled or self.job_plan.decode.free_transformers)
+        set_vae_tiling(self.vae, self.job_plan.decode.tiled or self.job_plan.decode.free_transformers)
         return self.job_plan
 
     def transformer(self, kind: str) -> torch.nn.Module:
@@ -146,9 +146,6 @@ class WanRuntime:
             raise RuntimeError(f"plan the {kind!r} transformer first (WanRuntime(kinds=...).plan)")
         role = TRANSFORMER_ROLES[kind]
         return MODEL_CACHE.place(role, self.preset, self.job_plan.placement.placements[role], self.device, dtype=self.dtype)
-
-    def _set_tiling(self, tiled: bool) -> None:
-        self.vae.enable_tiling() if tiled else self.vae.disable_tiling()
 
     # -- conditions ----------------------------------------------------------------------
 
@@ -211,24 +208,13 @@ class WanRuntime:
 
     # -- outputs -------------------------------------------------------------------------
 
-    @torch.no_grad()
     def decode(self, latents: Tensor) -> Tensor:
         """Normalised latents ``(B, 16, F', h, w)`` -> videos ``(B, F, 3, H, W)`` in [0, 1]
         (float32, CPU), one at a time, with the plan's decode settings: the transformers
         are released first when it says so (the next job reloads them), tiled when it says
         so."""
-        decode = self.job_plan.decode if self.job_plan is not None else None
-        if decode is not None:
-            if decode.free_transformers:
-                self.free_transformers()
-            self._set_tiling(decode.tiled)
         mean, std = self._normalisation()
-        videos = []
-        for latent in latents.split(1):
-            raw = (latent.float().to(self.device) * std + mean).to(self.vae.dtype)
-            video = self.vae.decode(raw, return_dict=False)[0].float().clamp(-1, 1)
-            videos.append(((video[0].permute(1, 0, 2, 3) + 1) / 2).cpu())
-        return torch.stack(videos)
+        return decode_videos(self.vae, latents, self.job_plan, self.free_transformers, lambda latent: (latent.float().to(self.device) * std + mean).to(self.vae.dtype))
 
     def free_transformers(self) -> None:
         """Give back this job's transformers' memory now, once (:meth:`ModelCache.give_back`:
