@@ -37,10 +37,10 @@ class InsertionParams(images.ImageParams):
 
     * ``particles=1``: in the insertion miniature (``benchmarks/digits_insertion.py``: a
       layout expert, the class and the coarse layout of the scene with the object, × an
-      inpainter on 8×8 digits, at these settings, 200 runs per cell) P = 1, 2 and 4 with
-      the particle drawn by weight gave the same known-pixel RMSE (0.202 / 0.201 / 0.200),
-      masked-pixel RMSE against the object (0.308 / 0.307 / 0.306) and class accuracy
-      (0.67 / 0.64 / 0.67).
+      inpainter on 8×8 digits, at these settings, 400 runs per cell) P = 1, 2 and 4 with
+      the particle drawn by weight gave the same known-pixel RMSE (0.161 / 0.160 / 0.158),
+      masked-pixel RMSE against the object (0.257 / 0.255 / 0.259) and class accuracy
+      (0.95 / 0.93 / 0.94).
       The Feynman-Kac weights of a Σλ = 2 product are dominated by the
       ``½Σλ(Σλ-1)‖s̄‖²`` transport term, which carries no information about the modes
       (on the analytic 2-expert product ESS/P falls below 0.5 at nearly every level, 18-23
@@ -49,8 +49,8 @@ class InsertionParams(images.ImageParams):
       like √D a 1024² latent (262,144 values) would reach hundreds of nats, so resampling
       and the final choice are near-greedy picks on noise. More particles only give more
       alternatives (``save_particles``), at P times the cost.
-    * ``langevin_steps=1``: 0 → 1 → 2 corrector steps moved the miniature's known-pixel
-      RMSE 0.206 → 0.202 → 0.201 (masked 0.309 / 0.308 / 0.310, P = 1, 200 runs), at
+    * ``langevin_steps=1``: 0 / 1 / 2 corrector steps gave the miniature's known-pixel
+      RMSE 0.160 / 0.162 / 0.158 (masked 0.257 / 0.255 / 0.256, P = 1, 200 runs), at
       growing cost (planned NFE at 28 levels, both experts: 70 / 122 / 174 for
       0 / 1 / 2 steps); one step keeps what there is. With P = 1 the default run costs 122
       FLUX forwards: ~50 s on an H100-class GPU at ~0.4 s per 1024² forward (estimate,
@@ -58,9 +58,9 @@ class InsertionParams(images.ImageParams):
       forwards of two particles) missed by 2×.
     * ``sampler="fkc"``: on the analytic products it is 0.6-1.4× the two-sample floor at
       250 NFE where annealed Langevin is 1.7-3.6× on all but one (no transport weights),
-      and in the miniature it keeps the known pixels better (0.202 vs 0.217 RMSE, P = 1).
+      and in the miniature it keeps the known pixels better (0.158 vs 0.165 RMSE, P = 4).
     * ``levels=28``: FLUX's own step count; 100 levels changed the miniature by less than
-      its noise (known / masked RMSE 0.204 / 0.305 vs 0.202 / 0.308).
+      its noise (known / masked RMSE 0.157 / 0.251 vs 0.162 / 0.255, P = 1, 200 runs).
     """
 
     method: Literal["product", "depth", "fill", "rf_solver"] = "product"

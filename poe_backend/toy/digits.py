@@ -11,12 +11,11 @@ that knows the plate outside the object mask). Here:
 * the *inpainter* is a velocity net trained to produce the whole image given the pixels
   outside a random rectangular mask (condition: the masked image and the mask), the
   analogue of Fill;
-* a *case* takes held-out digits of other classes as plates and held-out digits of the
-  target class as objects, masks a region, and asks for the object there; the layout
-  expert sees the layout of the composite (the object pasted into the plate), as Depth
-  sees the render of the scene with the object. The product should keep the known pixels
-  (the inpainter) and draw the object (the layout expert); each expert alone and the naive
-  sum of velocities should not. The composite is the ground truth of the masked region.
+* a *case* (:class:`InsertionCase`) erases a region of held-out digits and asks for a
+  digit of the target class there; the layout expert sees the layout of the composite
+  (the scene with the object in it), as Depth sees the render of the scene with the
+  object. The product should keep the known pixels (the inpainter) and draw the object
+  (the layout expert). The composite is the ground truth of the masked region.
 
 Pixels: the dataset's 0..16 intensities mapped to ``x = p / 8 - 1`` in [-1, 1]; an image is a
 flat ``(64,)`` row-major vector. Masks are ``(64,)`` in {0, 1} with 1 = generate (the
@@ -194,18 +193,26 @@ def fit_classifier(data: DigitsData) -> tuple[object, float]:
 
 @dataclass(frozen=True)
 class InsertionCase:
-    """Insert held-out digits of ``target_class`` (the objects) into the ``mask`` region of
-    held-out digits of ``plate_classes`` (the plates). The default masks the left half of
-    8s and 9s, whose right halves a 3 shares: the known pixels allow a 3, the inpainter
-    alone mostly restores the plate's own digit. ``class_guidance`` is the layout expert's
-    classifier-free guidance scale on the class (FLUX Depth runs guided too, at
-    ``guidance_depth``); its null condition keeps the layout."""
+    """Regenerate the ``mask`` region of held-out digits of ``plate_classes`` as a digit of
+    ``target_class`` (the objects: held-out digits of that class). The default erases the
+    left half of held-out 3s and asks for a 3 there: the plate *is* the scene with the
+    object in it, a natural image as a photograph with an object inserted is, so the
+    layout expert's condition (the scene's layout) is one it was trained on and the
+    object's truth is the erased half. The right half of a 3 also allows an 8, a 9 or a
+    2: the inpainter alone draws a 3 only 62 % of the time. (An object pasted into a
+    digit of another class, a 3's left half beside an 8's right half, is no digit: the
+    classifier read such composites as a 3 only 58 % of the time and the layout expert
+    saw a condition it was never trained on.) With ``plate_classes`` equal to
+    ``(target_class,)`` run i's object is its plate (:meth:`pairs`). ``class_guidance``
+    is the layout expert's classifier-free guidance scale on the class; its null
+    condition keeps the layout. The default 1.0 mirrors FLUX Depth, which runs guided
+    (``guidance_depth``)."""
 
     target_class: int = 3
-    plate_classes: tuple[int, ...] = (8, 9)
+    plate_classes: tuple[int, ...] = (3,)
     mask_rows: tuple[int, int] = (0, SIDE)
     mask_columns: tuple[int, int] = (0, SIDE // 2)
-    class_guidance: float = 0.0
+    class_guidance: float = 1.0
 
     @property
     def mask(self) -> Tensor:

@@ -1,19 +1,17 @@
 """The digit insertion miniature at the insertion task's settings, P = 4 particles per run.
 
-Measured by benchmarks/digits_insertion.py (200 runs; these tests run 40, seeded).
-Unguided, the product (fkc) keeps the known pixels far better than the layout expert alone
-(RMSE 0.200 vs 0.387) and draws the object far better than the inpainter alone
-(masked-pixel RMSE 0.306 vs 0.576, class accuracy 0.67 vs 0.12); it stays within 0.02 of
-the inpainter's known-pixel RMSE (0.183) and of the naive sum's (0.195). The naive sum
-draws the masked region closer to the object (0.283) and shows the class a little more
-often (0.70): see the benchmark's docstring. With the layout expert guided (scale 1) the
-product beats the naive sum on the known pixels (0.218 vs 0.231).
+Measured by benchmarks/digits_insertion.py (400 runs; these tests run 40, seeded), on the
+default case (the left half of held-out 3s regenerated as a 3, the layout expert guided at
+scale 1): the product (fkc) keeps the known pixels better than either expert alone and the
+naive sum (RMSE 0.158 vs the inpainter's 0.168, the naive sum's 0.182 and the layout
+expert's 0.291) and draws the object where the inpainter alone often draws another digit
+(masked-pixel RMSE 0.259 vs 0.515, class accuracy 0.94 vs 0.62). The true 3s themselves
+are read as a 3 0.95 of the time; the layout expert alone (0.99) and the naive sum (0.96)
+show the class more often than the product: see the benchmark's docstring.
 Trains both nets on first use (75-200 s on one thread; cached under the data dir).
 """
 
 from __future__ import annotations
-
-import dataclasses
 
 import pytest
 import torch
@@ -44,21 +42,15 @@ def test_classifier_reads_clean_digits():
 
 @pytest.mark.slow
 def test_product_keeps_known_pixels_and_draws_the_object(setup):
-    result = scores(setup, digits.METHODS, digits.InsertionCase())
+    data, experts = setup
+    case = digits.InsertionCase()
+    result = scores(setup, digits.METHODS, case)
     product, layout_alone, inpainter, naive = (result[m] for m in ("product-fkc", "layout expert alone", "inpainter alone", "naive sum"))
-    assert product.known_rmse < 0.6 * layout_alone.known_rmse
-    assert product.masked_rmse < 0.7 * inpainter.masked_rmse
-    assert product.class_accuracy > inpainter.class_accuracy + 0.35
-    assert product.known_rmse < inpainter.known_rmse + 0.03
-    assert product.known_rmse < naive.known_rmse + 0.02
-    assert product.masked_rmse < naive.masked_rmse + 0.05
-
-
-@pytest.mark.slow
-def test_guided_product_keeps_known_pixels_better_than_the_naive_sum(setup):
-    result = scores(setup, ("product-fkc", "naive sum"), dataclasses.replace(digits.InsertionCase(), class_guidance=1.0))
-    assert result["product-fkc"].known_rmse < result["naive sum"].known_rmse
-    assert result["product-fkc"].class_accuracy > result["naive sum"].class_accuracy - 0.15
+    assert product.known_rmse < min(inpainter.known_rmse, naive.known_rmse, 0.6 * layout_alone.known_rmse)
+    assert product.masked_rmse < 0.6 * inpainter.masked_rmse
+    assert product.class_accuracy > inpainter.class_accuracy + 0.25
+    truth_accuracy = digits.class_accuracy(experts, case.composite(*case.pairs(data, RUNS)), case.target_class)
+    assert product.class_accuracy > truth_accuracy - 0.1
 
 
 @pytest.mark.slow
