@@ -49,6 +49,8 @@ def test_product_keeps_known_pixels_and_draws_the_object(setup):
     assert product.known_rmse < min(inpainter.known_rmse, naive.known_rmse, 0.6 * layout_alone.known_rmse)
     assert product.masked_rmse < 0.6 * inpainter.masked_rmse
     assert product.class_accuracy > inpainter.class_accuracy + 0.25
+    assert product.masked_rmse < naive.masked_rmse + 0.05
+    assert product.class_accuracy > naive.class_accuracy - 0.15
     truth_accuracy = digits.class_accuracy(experts, case.composite(*case.pairs(data, RUNS)), case.target_class)
     assert product.class_accuracy > truth_accuracy - 0.1
 
