@@ -1,9 +1,10 @@
 """The exact cost of a sampler run, known before it starts.
 
 Cost is NFE: expert forward passes per particle, summed over experts (each forward is
-batched over particles). The Feynman-Kac transport splits a level gap too wide for a stable
-Euler-Maruyama step into substeps (``samplers._substeps``), so its cost depends on the
-schedule and on ``Σλ``, not on ``len(levels)`` alone: :func:`planned_nfe` counts them.
+batched over particles). The Feynman-Kac sampler's Euler transport splits a level gap too
+wide for a stable step into substeps (``samplers.transport_steps``), so its cost depends on
+the schedule and on ``Σλ``, not on ``len(levels)`` alone: :func:`planned_nfe` counts them.
+Its exponential transport takes none.
 """
 
 from __future__ import annotations
@@ -11,11 +12,12 @@ from __future__ import annotations
 from poe_backend.sampling import samplers
 
 
-def planned_nfe(sampler: str, levels: list[float], *, num_experts: int, langevin_steps: int = 0, total_weight: float | None = None) -> int:
+def planned_nfe(sampler: str, levels: list[float], *, num_experts: int, langevin_steps: int = 0, total_weight: float | None = None, transport: str = "euler") -> int:
     """Exactly the ``SampleResult.nfe`` a run of ``sampler`` ("fkc", "annealed_langevin",
     "summed_velocity" or "ais") on ``levels`` will report, for ``num_experts`` generative
     experts whose exponents sum to ``total_weight`` (its largest element for map weights;
-    default ``num_experts``). Rewards cost nothing here (they are not expert forwards)."""
+    default ``num_experts``) and fkc's ``transport`` (only "euler" takes substeps). Rewards
+    cost nothing here (they are not expert forwards)."""
     total = float(num_experts if total_weight is None else total_weight)
     gaps = list(zip(levels[:-1], levels[1:]))
     if sampler == "summed_velocity":
@@ -25,7 +27,7 @@ def planned_nfe(sampler: str, levels: list[float], *, num_experts: int, langevin
     elif sampler == "annealed_langevin":
         per_expert = 1 + sum(1 + langevin_steps for _, t_next in gaps if t_next > 0.0)
     elif sampler == "fkc":
-        per_expert = 1 + sum(len(samplers._substeps(total, t, t_next)) + langevin_steps for t, t_next in gaps if t_next > 0.0)
+        per_expert = 1 + sum(len(samplers.transport_steps(total, t, t_next, transport)) + langevin_steps for t, t_next in gaps if t_next > 0.0)
     else:
         raise ValueError(f"unknown sampler {sampler!r}")
     return num_experts * per_expert
@@ -34,4 +36,4 @@ def planned_nfe(sampler: str, levels: list[float], *, num_experts: int, langevin
 def transport_substeps(levels: list[float], total_weight: float) -> int:
     """Extra evaluations per expert the Feynman-Kac transport adds to ``levels`` (0 when
     every gap is stable as it is)."""
-    return sum(len(samplers._substeps(total_weight, t, t_next)) - 1 for t, t_next in zip(levels[:-1], levels[1:]) if t_next > 0.0)
+    return sum(len(samplers.transport_steps(total_weight, t, t_next, "euler")) - 1 for t, t_next in zip(levels[:-1], levels[1:]) if t_next > 0.0)

@@ -29,7 +29,7 @@ reversible base move), so particles stay where the reward is as it sharpens.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, Literal
 
 import torch
 from torch import Tensor
@@ -39,6 +39,7 @@ from poe_backend.sampling.experts import Evaluation, ProductOfExperts
 from poe_backend.sampling.run import Observer, Progress, SampleResult
 
 Callback = Callable[[Progress], None] | None
+Transport = Literal["euler", "exponential"]
 StopFlag = Callable[[], bool] | None
 
 TARGET_ACCEPTANCE = 0.574  # optimal MALA acceptance (Roberts & Rosenthal 1998)
@@ -95,6 +96,7 @@ def sample_fkc(
     step_scale: float = 1.0,
     ess_threshold: float = 0.5,
     metropolis: bool = True,
+    transport: Transport = "euler",
     start: Tensor | None = None,
     callback: Callback = None,
     should_stop: StopFlag = None,
@@ -104,8 +106,17 @@ def sample_fkc(
     In ``y = x / (1 - t)``, ``σ = t / (1 - t)``, from ``σ_k`` to ``σ_{k+1}`` with
     ``Δu = σ_k² - σ_{k+1}²``: ``y ← y + Δu·S + sqrt(Δu)·z`` with ``S = Σ λ_i s_i`` and
     ``log w += ½ Δu (‖S‖² - Σ λ_i ‖s_i‖²)`` (scores in y-space), plus the twist ratio.
-    A level gap too wide for a stable step (``Σλ (1 - σ'²/σ²) > 1``: the step would flip
-    signs) is split into geometric substeps, each one more evaluation. Resample on low ESS, then
+    ``transport`` "euler" takes that step as written; a level gap too wide for it
+    (``Σλ (1 - σ'²/σ²) > 1``: the step would flip signs) is split into geometric substeps,
+    each one more evaluation. "exponential" solves the step exactly for clean predictions
+    held fixed (:func:`_transport_step`): no substeps, so a run costs what its levels say.
+    The weight rate holds for either: every member of ``dy = -((1 + g²)/2) S du + g dW``
+    has it (the experts' divergences in ``∂_u log π_u`` cancel those of the drift and the
+    diffusion), the deterministic flow ``g = 0`` included; but that flow contracts by
+    ``(σ'/σ)^Σλ`` per step, too fast for a product whose experts share a prior, and at P ≤ 4
+    no weight can undo it: 7.7-10.3× the floor on the learned products of
+    ``benchmarks/learned_experts.py`` at the task settings, against 1.0-1.8× for g = 1.
+    Resample on low ESS, then
     ``langevin_steps`` Langevin correctors with ``η = step_scale · σ² / Σλ``, each move
     accepted by the score-only Metropolis test (:func:`mcmc.score_only_log_ratio`) when
     ``metropolis``, else unadjusted (ULA). ``start`` (x-space, at ``levels[0]``) replaces
@@ -132,12 +143,12 @@ def sample_fkc(
     for level, (t, t_next) in enumerate(zip(levels[:-1], levels[1:]), start=2):
         if t_next == 0.0:
             break
-        steps = _substeps(_max_weight(product), t, t_next)
+        steps = transport_steps(_max_weight(product), t, t_next, transport)
         tracker.substeps += len(steps) - 1
         for t_from, t_to in steps:
             delta_u = flow.sigma_from_t(t_from) ** 2 - flow.sigma_from_t(t_to) ** 2
             log_weights = log_weights + _transport_log_weight(product, evaluation, delta_u)
-            y = y + (delta_u * (1.0 - t_from)) * evaluation.score + math.sqrt(delta_u) * flow.standard_normal_like(y, generator)
+            y = _transport_step(product, y, evaluation, t_to, transport, generator)
             evaluation = product.evaluate(flow.x_from_y(y, t_to), t_to)
             new_twist = product.twist(evaluation)
             log_weights, twist = log_weights + new_twist - twist, new_twist
@@ -218,6 +229,29 @@ def sample_summed_velocity(
     return tracker.finish(product, x, product.log_potential(x, 0.0), "summed-velocity ODE (naive)")
 
 
+def _transport_step(product: ProductOfExperts, y: Tensor, evaluation: Evaluation, t_to: float, transport: Transport, generator: torch.Generator) -> Tensor:
+    """One step of the reverse SDE ``dy = -S du + dW`` (``u = σ²`` decreasing) in y-space,
+    from the evaluation's level down to ``t_to``.
+
+    "euler": Euler-Maruyama, ``y + Δu·S + sqrt(Δu)·z``; stable only while
+    ``Σλ (1 - u'/u) <= 1`` (:func:`transport_steps` splits wider gaps). "exponential": the step
+    solved exactly with the experts' clean predictions held at their start value (then
+    ``S = Σλ (x̂ - y) / u``, ``x̂`` the λ-weighted mean prediction :attr:`Evaluation.x0`):
+    ``y' = x̂ + (u'/u)^Σλ (y - x̂) + sqrt(v)·z`` with
+    ``v = u' (1 - (u'/u)^(2Σλ-1)) / (2Σλ - 1)``; stable for any gap, and with one expert the
+    DDPM posterior step ``x̂ + (u'/u)(y - x̂) + σ' sqrt(1 - u'/u)·z``."""
+    t = evaluation.t
+    u, u_to = flow.sigma_from_t(t) ** 2, flow.sigma_from_t(t_to) ** 2
+    if transport == "euler":
+        return y + ((u - u_to) * (1.0 - t)) * evaluation.score + math.sqrt(u - u_to) * flow.standard_normal_like(y, generator)
+    clean, log_ratio = evaluation.x0, math.log(u_to / u)
+    total = torch.as_tensor(product.total_weight(), dtype=y.dtype, device=y.device)
+    excess = 2.0 * total - 1.0
+    small = excess.abs() < 1e-6
+    noise_fraction = torch.where(small, torch.full_like(excess, -log_ratio), -torch.expm1(excess * log_ratio) / torch.where(small, torch.ones_like(excess), excess))
+    return clean + torch.exp(total * log_ratio) * (y - clean) + torch.sqrt(u_to * noise_fraction) * flow.standard_normal_like(y, generator)
+
+
 def _transport_log_weight(product: ProductOfExperts, evaluation: Evaluation, delta_u: float) -> Tensor:
     """Feynman-Kac increment ``½ Δu (‖S‖² - Σ λ_i ‖s_i‖²)`` of a transport step of
     ``Δu = σ² - σ'²`` from the evaluation's level (y-space scores), shape ``(P,)``."""
@@ -237,6 +271,13 @@ def _initial_y(product: ProductOfExperts, noise: Tensor, t: float, start: Tensor
     if start is not None:
         return flow.y_from_x(start, t)
     return noise * flow.sigma_from_t(t) / torch.sqrt(torch.as_tensor(product.total_weight(), dtype=noise.dtype))
+
+
+def transport_steps(total: float, t: float, t_next: float, transport: Transport) -> list[tuple[float, float]]:
+    """The ``(from, to)`` time pairs :func:`sample_fkc` transports through from ``t`` to
+    ``t_next`` (``total`` = the largest Σλ), one evaluation each: the stable Euler substeps,
+    or the one exponential step."""
+    return _substeps(total, t, t_next) if transport == "euler" else [(t, t_next)]
 
 
 def _substeps(total: float, t: float, t_next: float) -> list[tuple[float, float]]:

@@ -1,6 +1,8 @@
 """The last step to t = 0 is the product's clean prediction (no fresh noise, no forward at
 t = 0), and the planned cost of a run equals what it reports."""
 
+from functools import partial
+
 import pytest
 import torch
 
@@ -12,7 +14,7 @@ from poe_backend.toy.spec import parse_spec
 from tests.toy import products
 
 POINT = torch.tensor([0.7, -1.3], dtype=torch.float64)
-SAMPLERS = {"fkc": sample_fkc, "annealed_langevin": sample_annealed_langevin}
+SAMPLERS = {"fkc": sample_fkc, "fkc-exponential": partial(sample_fkc, transport="exponential"), "annealed_langevin": sample_annealed_langevin}
 
 
 def _point_mass_product(num_experts: int = 2) -> ProductOfExperts:
@@ -32,16 +34,17 @@ def test_point_mass_product_returns_the_point_exactly(name: str, levels: int) ->
     assert torch.allclose(result.particles, POINT.expand(16, 2), atol=1e-9, rtol=0.0)
 
 
-@pytest.mark.parametrize("name", ["fkc", "annealed_langevin", "summed_velocity"])
+@pytest.mark.parametrize("name", ["fkc", "fkc-exponential", "annealed_langevin", "summed_velocity"])
 @pytest.mark.parametrize("levels", [log_snr_levels(8), log_snr_levels(28), shifted_levels(8, 1.0, t_max=0.999), shifted_levels(28, 1.0, t_max=0.999)])
 def test_planned_nfe_equals_the_runs_count(name: str, levels: list[float]) -> None:
     spec = parse_spec(products.two_experts_2d())
     generator = torch.Generator().manual_seed(0)
     product = spec.product()
-    function = {"fkc": sample_fkc, "annealed_langevin": sample_annealed_langevin, "summed_velocity": sample_summed_velocity}[name]
+    function = {**SAMPLERS, "summed_velocity": sample_summed_velocity}[name]
     options = {} if name == "summed_velocity" else {"langevin_steps": 2}
     result = function(product, torch.randn(4, 2, generator=generator, dtype=torch.float64), levels, generator=generator, **options)
-    assert result.nfe == planned_nfe(name, levels, num_experts=2, langevin_steps=options.get("langevin_steps", 0))
+    sampler, transport = (name.split("-") + ["euler"])[:2]
+    assert result.nfe == planned_nfe(sampler, levels, num_experts=2, langevin_steps=options.get("langevin_steps", 0), transport=transport)
 
 
 def test_no_substeps_when_gaps_are_stable() -> None:
@@ -57,3 +60,13 @@ def test_fkc_reports_its_substeps() -> None:
     result = sample_fkc(spec.product(), torch.randn(4, 2, generator=generator, dtype=torch.float64), levels, generator=generator, langevin_steps=1)
     assert result.substeps == transport_substeps(levels, 2.0) > 0
     assert result.stats()["substeps"] == result.substeps
+
+
+def test_exponential_transport_costs_what_its_levels_say() -> None:
+    """No substeps: two experts on 8 log-SNR levels cost 1 + 7 · (1 + L) per expert."""
+    spec = parse_spec(products.two_experts_2d())
+    generator = torch.Generator().manual_seed(0)
+    levels = log_snr_levels(8)
+    result = sample_fkc(spec.product(), torch.randn(4, 2, generator=generator, dtype=torch.float64), levels, generator=generator, langevin_steps=1, transport="exponential")
+    assert result.substeps == 0
+    assert result.nfe == 2 * (1 + (len(levels) - 2) * 2)
