@@ -49,7 +49,7 @@ TASK = Sim2VideoARParams()
 LEVELS = framepack_levels(TASK.levels, TASK.latent_window_size, 480 // 8, 832 // 8, t_max=TASK.t_max)
 
 
-def task_outputs(case: SequenceCase, net, *, particles: int, sweeps: int, runs: int, seed: int, langevin_steps: int = TASK.langevin_steps) -> torch.Tensor:
+def task_outputs(case: SequenceCase, net, *, particles: int, sweeps: int, runs: int, seed: int, langevin_steps: int = TASK.langevin_steps, transport: str = TASK.transport) -> torch.Tensor:
     """``(runs, D)``: particle 0 of each run's equally weighted result (what the task writes
     as ``video.mp4``)."""
     make_product, outputs = case.factory(net), []
@@ -58,7 +58,7 @@ def task_outputs(case: SequenceCase, net, *, particles: int, sweeps: int, runs: 
         noise = [torch.randn(particles, 1, generator=generator, dtype=DTYPE) for _ in range(case.sections)]
         result = sample_autoregressive(
             make_product, noise, LEVELS, generator=generator, gibbs_sweeps=sweeps, gibbs_t=TASK.gibbs_t,
-            langevin_steps=langevin_steps, step_scale=TASK.step_scale, metropolis=TASK.metropolis,
+            langevin_steps=langevin_steps, step_scale=TASK.step_scale, metropolis=TASK.metropolis, transport=transport,
         )
         outputs.append(torch.cat([chunk[0] for chunk in result.chunks]))
     return torch.stack(outputs)
@@ -75,6 +75,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=300, help="independent jobs per cell")
     parser.add_argument("--particles", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--sweeps", type=int, nargs="+", default=[0, TASK.gibbs_sweeps])
+    parser.add_argument("--transport", choices=("euler", "exponential"), nargs="+", default=[TASK.transport], help="fkc's transport step (the task's default unless given)")
     parser.add_argument("--seed", type=int, default=0)
     arguments = parser.parse_args()
     torch.set_num_threads(1)
@@ -86,15 +87,16 @@ def main() -> None:
     floor = noise_floor(lambda n: case.exact_target().sample(n, generator), arguments.runs)
     print(f"net ready in {time.perf_counter() - start:.0f} s; {case.sections} sections, renders {[round(v, 2) for v in case.renders.tolist()]}, {len(LEVELS)} levels, {arguments.runs} runs per cell")
     print(f"target's first-component share {float(case.exact_target().weights[0]):.3f} (exact samples: {first_component_share(case, exact):.3f}); two-sample floor {floor:.4f}")
-    print(f"{'experts':<8} | {'P':>2} | {'sweeps':>6} | {'SWD/floor':>9} | {'share':>6} | {'s':>5}")
-    print("-" * 50)
+    print(f"{'experts':<8} | {'transport':<11} | {'P':>2} | {'sweeps':>6} | {'SWD/floor':>9} | {'share':>6} | {'s':>5}")
+    print("-" * 64)
     for label, model in (("learned", net), ("exact", None)):
-        for particles in arguments.particles:
-            for sweeps in arguments.sweeps:
-                began = time.perf_counter()
-                samples = task_outputs(case, model, particles=particles, sweeps=sweeps, runs=arguments.runs, seed=arguments.seed + 1)
-                ratio = sliced_wasserstein(samples, exact) / floor
-                print(f"{label:<8} | {particles:>2} | {sweeps:>6} | {ratio:>9.2f} | {first_component_share(case, samples):>6.3f} | {time.perf_counter() - began:>5.0f}", flush=True)
+        for transport in arguments.transport:
+            for particles in arguments.particles:
+                for sweeps in arguments.sweeps:
+                    began = time.perf_counter()
+                    samples = task_outputs(case, model, particles=particles, sweeps=sweeps, runs=arguments.runs, seed=arguments.seed + 1, transport=transport)
+                    ratio = sliced_wasserstein(samples, exact) / floor
+                    print(f"{label:<8} | {transport:<11} | {particles:>2} | {sweeps:>6} | {ratio:>9.2f} | {first_component_share(case, samples):>6.3f} | {time.perf_counter() - began:>5.0f}", flush=True)
 
 
 if __name__ == "__main__":

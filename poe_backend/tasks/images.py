@@ -23,6 +23,7 @@ from pydantic import Field
 
 from poe_backend.bundle import Bundle, BundleError, capped_size
 from poe_backend.sampling import SampleResult
+from poe_backend.sampling.samplers import Transport
 from poe_backend.sampling.schedules import flux_shift_mu, log_snr_levels, shifted_levels
 from poe_backend.tasks import base
 from poe_backend.tasks.base import SamplerName, TaskContext, TaskParams
@@ -41,6 +42,7 @@ class ImageParams(TaskParams):
     langevin_steps: int = Field(2, ge=0, le=50)
     step_scale: float = Field(0.5, gt=0.0, le=2.0)
     metropolis: bool = base.metropolis_field()
+    transport: Transport = base.transport_field()
     ess_threshold: float = Field(0.5, ge=0.0, le=1.0, description="resample when ESS/P falls below it (0: never; at P = 2, 0.5 never fires since ESS >= 1)")
     schedule: Literal["flux_shift", "log_snr"] = "flux_shift"
     t_max: float = Field(0.98, gt=0.0, lt=1.0, description="first level; below 1 (sigma must stay finite)")
@@ -136,7 +138,8 @@ def start_noise(seed: int, num_particles: int, event_shape: tuple[int, ...]) -> 
 
 def run_sampler(params: ImageParams, product: Any, noise: torch.Tensor, levels: list[float], generator: torch.Generator, context: TaskContext) -> SampleResult:
     """Run the chosen sampler with the image parameters' options."""
-    return base.run_sampler(params.sampler, product, noise, levels, generator, context, langevin_steps=params.langevin_steps, step_scale=params.step_scale, metropolis=params.metropolis, ess_threshold=params.ess_threshold)
+    return base.run_sampler(params.sampler, product, noise, levels, generator, context, langevin_steps=params.langevin_steps, step_scale=params.step_scale, metropolis=params.metropolis,
+                            ess_threshold=params.ess_threshold, transport=params.transport)
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:

@@ -42,9 +42,10 @@ from pydantic import Field
 
 from poe_backend.bundle import VIDEO_MAX_FRAMES, VIDEO_MAX_SIDE, BundleError, required_passes
 from poe_backend.sampling import Factor, ProductOfExperts, SampleResult
+from poe_backend.sampling.samplers import Transport
 from poe_backend.sampling.schedules import shifted_levels
 from poe_backend.tasks import video_io
-from poe_backend.tasks.base import SamplerName, Task, TaskContext, TaskParams, TaskResult, metropolis_field, run_sampler, seed_for
+from poe_backend.tasks.base import SamplerName, Task, TaskContext, TaskParams, TaskResult, metropolis_field, run_sampler, seed_for, transport_field
 from poe_backend.tasks.images import OffloadName
 from poe_backend.tasks.requirements import sim2video_pairing, sim2video_transformers
 
@@ -66,6 +67,7 @@ class Sim2VideoParams(TaskParams):
     langevin_steps: int = Field(1, ge=0, le=50)
     step_scale: float = Field(0.5, gt=0.0, le=4.0)
     metropolis: bool = metropolis_field()
+    transport: Transport = transport_field()
     t_max: float = Field(0.98, ge=0.5, lt=1.0)
     flow_shift: float = Field(3.0, ge=1.0, le=20.0, description="Wan's time shift (3 for 480p, 5 for 720p)")
     i2v_weight: float = Field(1.0, gt=0.0, le=8.0)
@@ -199,7 +201,8 @@ def sample(runtime, params: Sim2VideoParams, pairing: str, prompt: str, inputs: 
         result = run_sampler("summed_velocity", product, noise, levels, generator, context, start=start)
     else:
         sampling_started = time.perf_counter()
-        result = run_sampler(params.sampler, product, noise, levels, generator, context, langevin_steps=params.langevin_steps, step_scale=params.step_scale, metropolis=params.metropolis)
+        result = run_sampler(params.sampler, product, noise, levels, generator, context, langevin_steps=params.langevin_steps, step_scale=params.step_scale, metropolis=params.metropolis,
+                             transport=params.transport)
     seconds = {"load_and_encode": sampling_started - started, "sampling": time.perf_counter() - sampling_started}
     return result, described, levels, seconds
 

@@ -41,8 +41,9 @@ from poe_backend.bundle import VIDEO_MAX_FRAMES, VIDEO_MAX_SIDE, BundleError
 from poe_backend.sampling import Factor, ProductOfExperts
 from poe_backend.sampling.autoregressive import AutoregressiveResult
 from poe_backend.sampling.resampling import chosen_particle
+from poe_backend.sampling.samplers import Transport
 from poe_backend.tasks import video_io
-from poe_backend.tasks.base import SAMPLERS, SamplerName, Task, TaskContext, TaskParams, TaskResult, metropolis_field, sampler_options, seed_for
+from poe_backend.tasks.base import SAMPLERS, SamplerName, Task, TaskContext, TaskParams, TaskResult, metropolis_field, sampler_options, seed_for, transport_field
 from poe_backend.tasks.images import OffloadName
 
 
@@ -84,6 +85,7 @@ class Sim2VideoARParams(TaskParams):
     langevin_steps: int = Field(1, ge=0, le=50)
     step_scale: float = Field(0.5, gt=0.0, le=4.0)
     metropolis: bool = metropolis_field()
+    transport: Transport = transport_field()
     t_max: float = Field(0.98, ge=0.5, lt=1.0)
     gibbs_sweeps: int = Field(0, ge=0, le=10, description="re-draws of the earlier sections after each new one, each given its own past only (see the class docstring)")
     gibbs_t: float = Field(0.5, gt=0.0, lt=1.0)
@@ -217,7 +219,8 @@ def sample(runtime, params: Sim2VideoARParams, prompt: str, renders: torch.Tenso
     generator = torch.Generator().manual_seed(seed)
     chunk_noise = [torch.randn((count, *runtime.chunk_shape), generator=generator).to(context.device) for _ in range(runtime.num_sections)]
     levels = runtime.levels(params.levels, params.t_max)
-    options = sampler_options(params.sampler, langevin_steps=params.langevin_steps, step_scale=params.step_scale, metropolis=params.metropolis)
+    options = sampler_options(params.sampler, langevin_steps=params.langevin_steps, step_scale=params.step_scale, metropolis=params.metropolis,
+                              transport=params.transport)
     sampling_started = time.perf_counter()
     result = sample_autoregressive(
         make_product, chunk_noise, levels, generator=generator, sampler=SAMPLERS[params.sampler],
