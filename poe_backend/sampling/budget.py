@@ -12,7 +12,7 @@ from __future__ import annotations
 from poe_backend.sampling import samplers
 
 
-def planned_nfe(sampler: str, levels: list[float], *, num_experts: int, langevin_steps: int = 0, total_weight: float | None = None, transport: str = "euler") -> int:
+def planned_nfe(sampler: str, levels: list[float], *, num_experts: int, langevin_steps: int = 0, total_weight: float | None = None, transport: samplers.Transport = "euler") -> int:
     """Exactly the ``SampleResult.nfe`` a run of ``sampler`` ("fkc", "annealed_langevin",
     "summed_velocity" or "ais") on ``levels`` will report, for ``num_experts`` generative
     experts whose exponents sum to ``total_weight`` (its largest element for map weights;

@@ -58,7 +58,7 @@ def metropolis_field() -> Any:
     return Field(False, description="Metropolis-adjust the Langevin correctors (score-only trapezoid test); off: on learned experts it rejects most moves (fkc only)")
 
 
-def transport_field(default: str = "exponential") -> Any:
+def transport_field() -> Any:
     """The ``transport`` parameter of the tasks that run ``fkc``
     (:func:`poe_backend.sampling.samplers.sample_fkc`): "exponential" by default, the step
     solved exactly for the experts' clean predictions held fixed (one expert: the DDPM
@@ -72,7 +72,7 @@ def transport_field(default: str = "exponential") -> Any:
     floor) it scored 1.63 / 1.75 / 1.03 against Euler's 1.48 / 1.38 / 1.53: worse where
     the correctors have many modes to move between, better where the experts barely
     overlap. "euler" is the Euler-Maruyama step with its substeps."""
-    return Field(default, description="fkc's transport step: exponential (exact for fixed clean predictions, no substeps) or euler (Euler-Maruyama, wide gaps split into substeps)")
+    return Field("exponential", description="fkc's transport step: exponential (exact for fixed clean predictions, no substeps) or euler (Euler-Maruyama, wide gaps split into substeps)")
 
 
 def sampler_options(name: SamplerName, **options: Any) -> dict[str, Any]:

@@ -51,11 +51,12 @@ class InsertionParams(images.ImageParams):
       alternatives (``save_particles``), at P times the cost.
     * ``langevin_steps=1``: 0 / 1 / 2 corrector steps gave the miniature's known-pixel
       RMSE 0.160 / 0.162 / 0.158 (masked 0.257 / 0.255 / 0.256, P = 1, 200 runs), at
-      growing cost (planned NFE at 28 levels, both experts: 70 / 122 / 174 for
-      0 / 1 / 2 steps); one step keeps what there is. With P = 1 the default run costs 122
-      FLUX forwards: ~50 s on an H100-class GPU at ~0.4 s per 1024² forward (estimate,
-      no GPU here), inside the 60 s target the previous default (P = 2, 2 steps: 174
-      forwards of two particles) missed by 2×.
+      growing cost (planned NFE at 28 levels, both experts, Euler transport: 70 / 122 /
+      174 for 0 / 1 / 2 steps; the default exponential transport: 54 / 106 / 158); one
+      step keeps what there is. With P = 1 the default run costs 106 FLUX forwards: ~42 s
+      on an H100-class GPU at ~0.4 s per 1024² forward (estimate, no GPU here), inside the
+      60 s target the earlier default (P = 2, 2 Euler steps: 174 forwards of two
+      particles) missed by 2×. Transport: :func:`poe_backend.tasks.base.transport_field`.
     * ``sampler="fkc"``: on the analytic products it is 0.6-1.4× the two-sample floor at
       250 NFE where annealed Langevin is 1.7-3.6× on all but one (no transport weights),
       and in the miniature it keeps the known pixels better (0.158 vs 0.165 RMSE, P = 4).

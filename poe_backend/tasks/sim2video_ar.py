@@ -14,9 +14,10 @@ same sampler and sections.
 Inputs: the bundle's ``rgb`` pass (frames 0..F-1 with ``F = 1 + 4·sections·window``; the
 first frame is ``rgb`` frame 0 unless ``first_frame`` names an image), ``prompt``.
 Stiffness: the sampler's transport step pulls each particle by ``Δu·λ/(s² + σ²)``
-towards the render; ``sample_fkc`` splits level gaps that are too wide for a stable step
-into substeps (more NFE), so a large ``render_weight`` with few levels costs time rather
-than diverging; ``render_weight`` near 1 with a lower ``render_std`` is the cheaper pull.
+towards the render; the default ``transport="exponential"`` solves that pull exactly for
+any gap (no substeps), while ``"euler"`` splits level gaps too wide for a stable step into
+substeps (more NFE), so a large ``render_weight`` with few levels costs time rather than
+diverging; ``render_weight`` near 1 with a lower ``render_std`` is the cheaper pull.
 
 The task is bundle → conditions → :class:`~poe_backend.experts.framepack_runtime.FramePackRuntime`
 experts → sampler → outputs: the runtime loads, encodes (prompt embeddings cached across
