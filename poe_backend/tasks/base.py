@@ -154,13 +154,14 @@ def run_sampler(name: SamplerName, product: Any, noise: Any, levels: list[float]
     ``langevin_steps``, ``step_scale``, ``ess_threshold``, ``transport``) go to the samplers that take them.
     Every progress report carries the run's exact cost, known before it starts
     (``Progress.planned_nfe``: transport substeps included), so the first report, after
-    one step, already says what the whole run costs."""
+    one step, already says what the whole run costs (options not given count at the
+    sampler's own defaults)."""
     sampler, taken = SAMPLERS[name], sampler_options(name, **options)
     callback = context.callback
     if callback is not None:
         total = product.total_weight()
-        planned = planned_nfe(name, levels, num_experts=len(product.factors), langevin_steps=taken.get("langevin_steps", 0),
-                              total_weight=float(total.max()) if hasattr(total, "max") else float(total), transport=taken.get("transport", "euler"))
+        costs = {key: taken.get(key, parameter.default) for key, parameter in inspect.signature(sampler).parameters.items() if key in ("langevin_steps", "transport")}
+        planned = planned_nfe(name, levels, num_experts=len(product.factors), total_weight=float(total.max()) if hasattr(total, "max") else float(total), **costs)
         callback = lambda progress: context.callback(replace(progress, planned_nfe=planned))  # noqa: E731
     return sampler(product, noise, levels, generator=generator, callback=callback, should_stop=context.should_stop, **taken)
 

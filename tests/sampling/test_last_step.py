@@ -70,3 +70,17 @@ def test_exponential_transport_costs_what_its_levels_say() -> None:
     result = sample_fkc(spec.product(), torch.randn(4, 2, generator=generator, dtype=torch.float64), levels, generator=generator, langevin_steps=1, transport="exponential")
     assert result.substeps == 0
     assert result.nfe == 2 * (1 + (len(levels) - 2) * 2)
+
+
+@pytest.mark.parametrize("options", [{}, {"transport": "exponential", "langevin_steps": 1}])
+def test_task_progress_plans_the_samplers_own_defaults(options: dict) -> None:
+    """``tasks.base.run_sampler`` reports the planned cost before the run; options it is
+    not given count at the sampler's defaults (4 Langevin steps, Euler transport), not 0."""
+    from poe_backend.tasks.base import TaskContext, TaskParams, run_sampler
+
+    reports = []
+    context = TaskContext(bundle=None, params=TaskParams(), out_dir=None, callback=reports.append)
+    generator = torch.Generator().manual_seed(0)
+    levels = log_snr_levels(8)
+    result = run_sampler("fkc", parse_spec(products.two_experts_2d()).product(), torch.randn(4, 2, generator=generator, dtype=torch.float64), levels, generator, context, **options)
+    assert {report.planned_nfe for report in reports} == {result.nfe}
