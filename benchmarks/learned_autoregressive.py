@@ -3,7 +3,7 @@
 The miniature of :mod:`poe_backend.toy.learned_sequence`: a learned ``p(x_j | x_<j)`` over
 4 sections × the task's render Gaussian per section. Each cell runs ``--runs`` independent
 jobs at the task's settings (FramePack's 25-level schedule for a 480p section, 1 Langevin
-step at scale 0.5, unadjusted, Gibbs sweeps at ``gibbs_t`` 0.5), keeps the particle the task
+step at scale 0.5, unadjusted, Euler transport, Gibbs sweeps at ``gibbs_t`` 0.5), keeps the particle the task
 writes as its video (particle 0 of the equally weighted result), pools them and prints the
 sliced Wasserstein distance to as many exact samples ÷ the two-sample floor, and the share of
 the target's first component (exact share in the header). "exact" rows use the mixture's
@@ -26,6 +26,15 @@ With 600 runs at P = 2: learned 2.42 → 2.96, exact 2.45 → 3.14. The learned 
 agree, so the error is the sampler's: the sections are drawn in order, each fitted to its
 own render only, and with few particles the next sections' weights cannot undo that; a
 sweep given the past only makes it worse.
+
+The transport step (``--transport euler exponential --particles 1 2 --sweeps 0``, 300 runs;
+learned / exact): Euler P = 1 1.96 / 2.01, P = 2 1.93 / 1.98; exponential P = 1 2.08 / 2.18,
+P = 2 2.18 / 2.32; with 600 runs at P = 1 (``--seed 7``) Euler 2.42 / 2.45, exponential
+2.63 / 2.77; at ``--preset preview`` (10 levels, no corrector; 600 runs, ``--seed 7``)
+Euler 2.32 / 2.32, exponential 4.39 / 4.41 (23 vs 9 forwards per section). Euler wins
+every cell, so the task keeps it in both presets (the image tasks take the exponential
+step: their digit miniature preferred it, at 8 levels too: known-pixel RMSE 0.147 vs
+0.155, P = 1, 200 runs).
 """
 
 from __future__ import annotations
@@ -46,18 +55,23 @@ from poe_backend.toy.learned_sequence import DTYPE, SequenceCase, default_case  
 from poe_backend.toy.metrics import noise_floor, sliced_wasserstein  # noqa: E402
 
 TASK = Sim2VideoARParams()
-LEVELS = framepack_levels(TASK.levels, TASK.latent_window_size, 480 // 8, 832 // 8, t_max=TASK.t_max)
 
 
-def task_outputs(case: SequenceCase, net, *, particles: int, sweeps: int, runs: int, seed: int, langevin_steps: int = TASK.langevin_steps, transport: str = TASK.transport) -> torch.Tensor:
+def task_levels(params: Sim2VideoARParams) -> list[float]:
+    """FramePack's schedule for ``params.levels`` on a section of the preset's size (480p
+    unless it sets one)."""
+    return framepack_levels(params.levels, params.latent_window_size, (params.height or 480) // 8, (params.width or 832) // 8, t_max=params.t_max)
+
+
+def task_outputs(case: SequenceCase, net, *, particles: int, sweeps: int, runs: int, seed: int, langevin_steps: int = TASK.langevin_steps, transport: str = TASK.transport, levels: list[float] | None = None) -> torch.Tensor:
     """``(runs, D)``: particle 0 of each run's equally weighted result (what the task writes
-    as ``video.mp4``)."""
+    as ``video.mp4``), on ``levels`` (default: the task's)."""
     make_product, outputs = case.factory(net), []
     for run in range(runs):
         generator = torch.Generator().manual_seed(seed + run)
         noise = [torch.randn(particles, 1, generator=generator, dtype=DTYPE) for _ in range(case.sections)]
         result = sample_autoregressive(
-            make_product, noise, LEVELS, generator=generator, gibbs_sweeps=sweeps, gibbs_t=TASK.gibbs_t,
+            make_product, noise, task_levels(TASK) if levels is None else levels, generator=generator, gibbs_sweeps=sweeps, gibbs_t=TASK.gibbs_t,
             langevin_steps=langevin_steps, step_scale=TASK.step_scale, metropolis=TASK.metropolis, transport=transport,
         )
         outputs.append(torch.cat([chunk[0] for chunk in result.chunks]))
@@ -76,16 +90,19 @@ def main() -> None:
     parser.add_argument("--particles", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--sweeps", type=int, nargs="+", default=[0, TASK.gibbs_sweeps])
     parser.add_argument("--transport", choices=("euler", "exponential"), nargs="+", default=[TASK.transport], help="fkc's transport step (the task's default unless given)")
+    parser.add_argument("--preset", choices=("quality", "preview"), default="quality", help="the task's levels and Langevin steps for this preset")
     parser.add_argument("--seed", type=int, default=0)
     arguments = parser.parse_args()
     torch.set_num_threads(1)
+    params = Sim2VideoARParams(preset=arguments.preset).effective()
+    levels = task_levels(params)
     start = time.perf_counter()
     case = default_case()
     net = case.net()
     generator = torch.Generator().manual_seed(arguments.seed)
     exact = case.exact_target().sample(arguments.runs, generator)
     floor = noise_floor(lambda n: case.exact_target().sample(n, generator), arguments.runs)
-    print(f"net ready in {time.perf_counter() - start:.0f} s; {case.sections} sections, renders {[round(v, 2) for v in case.renders.tolist()]}, {len(LEVELS)} levels, {arguments.runs} runs per cell")
+    print(f"net ready in {time.perf_counter() - start:.0f} s; {case.sections} sections, renders {[round(v, 2) for v in case.renders.tolist()]}, {len(levels)} levels, {params.langevin_steps} Langevin steps ({arguments.preset}), {arguments.runs} runs per cell")
     print(f"target's first-component share {float(case.exact_target().weights[0]):.3f} (exact samples: {first_component_share(case, exact):.3f}); two-sample floor {floor:.4f}")
     print(f"{'experts':<8} | {'transport':<11} | {'P':>2} | {'sweeps':>6} | {'SWD/floor':>9} | {'share':>6} | {'s':>5}")
     print("-" * 64)
@@ -94,7 +111,7 @@ def main() -> None:
             for particles in arguments.particles:
                 for sweeps in arguments.sweeps:
                     began = time.perf_counter()
-                    samples = task_outputs(case, model, particles=particles, sweeps=sweeps, runs=arguments.runs, seed=arguments.seed + 1, transport=transport)
+                    samples = task_outputs(case, model, particles=particles, sweeps=sweeps, runs=arguments.runs, seed=arguments.seed + 1, transport=transport, langevin_steps=params.langevin_steps, levels=levels)
                     ratio = sliced_wasserstein(samples, exact) / floor
                     print(f"{label:<8} | {transport:<11} | {particles:>2} | {sweeps:>6} | {ratio:>9.2f} | {first_component_share(case, samples):>6.3f} | {time.perf_counter() - began:>5.0f}", flush=True)
 

@@ -31,6 +31,7 @@ from poe_backend.bundle import Bundle
 from poe_backend.sampling import SampleResult, sample_annealed_langevin, sample_fkc, sample_summed_velocity
 from poe_backend.sampling.budget import planned_nfe
 from poe_backend.sampling.run import Progress
+from poe_backend.sampling.samplers import Transport
 
 RESULT_FILE = "result.json"
 ResultKind = Literal["image", "video", "points"]
@@ -58,9 +59,10 @@ def metropolis_field() -> Any:
     return Field(False, description="Metropolis-adjust the Langevin correctors (score-only trapezoid test); off: on learned experts it rejects most moves (fkc only)")
 
 
-def transport_field() -> Any:
+def transport_field(default: Transport = "exponential") -> Any:
     """The ``transport`` parameter of the tasks that run ``fkc``
-    (:func:`poe_backend.sampling.samplers.sample_fkc`): "exponential" by default, the step
+    (:func:`poe_backend.sampling.samplers.sample_fkc`): "exponential" unless a task's own
+    measurements say otherwise (``sim2video_ar``: see its parameters), the step
     solved exactly for the experts' clean predictions held fixed (one expert: the DDPM
     posterior step), which needs no substeps, so a run costs what its levels say. In the
     8×8 digit insertion miniature (``benchmarks/digits_insertion.py``: a layout net × an
@@ -72,7 +74,7 @@ def transport_field() -> Any:
     floor) it scored 1.63 / 1.75 / 1.03 against Euler's 1.48 / 1.38 / 1.53: worse where
     the correctors have many modes to move between, better where the experts barely
     overlap. "euler" is the Euler-Maruyama step with its substeps."""
-    return Field("exponential", description="fkc's transport step: exponential (exact for fixed clean predictions, no substeps) or euler (Euler-Maruyama, wide gaps split into substeps)")
+    return Field(default, description="fkc's transport step: exponential (exact for fixed clean predictions, no substeps) or euler (Euler-Maruyama, wide gaps split into substeps)")
 
 
 def sampler_options(name: SamplerName, **options: Any) -> dict[str, Any]:
