@@ -11,8 +11,9 @@ mixtures (score-only) to tell sampler error from model error. Parts (``--part``)
 * ``fidelity``: each learned expert's own flow ODE against its own mixture.
 * ``toy``: many particles at the toy budget (100 log-SNR levels, 4 Langevin steps; the
   ODE baselines 500 levels).
-* ``task``: the image tasks' settings (FLUX-shifted 28 levels for 4096 tokens from
-  t_max = 0.98, 2 Langevin steps, step scale 0.5), P particles per run, many independent
+* ``task``: the insertion task's settings (``InsertionParams``: FLUX-shifted 28 levels for
+  4096 tokens from t_max = 0.98, 1 Langevin step at scale 0.5, the exponential transport),
+  P particles per run, many independent
   runs, one particle per run kept (drawn by weight as the tasks do, or the largest weight),
   pooled. Resampling policies: ``ess 0.5`` (the tasks' threshold), ``ess 1`` (every level),
   ``never`` (final choice by weight only).
@@ -42,15 +43,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from poe_backend.experts.gmm import GaussianMixture, GaussianMixtureExpert  # noqa: E402
 from poe_backend.sampling import Factor, GenerativeExpert, ProductOfExperts, SampleResult, resampling, samplers  # noqa: E402
 from poe_backend.sampling.schedules import flux_shift_mu, log_snr_levels, shifted_levels  # noqa: E402
+from poe_backend.tasks.insertion import InsertionParams  # noqa: E402
 from poe_backend.toy import learned  # noqa: E402
 from poe_backend.toy.metrics import noise_floor, sliced_wasserstein  # noqa: E402
 from poe_backend.toy.run import DEFAULT_LANGEVIN_STEPS, DEFAULT_LEVEL_COUNT, DEFAULT_LEVELS  # noqa: E402
 from poe_backend.toy.spec import DTYPE  # noqa: E402
 
-TASK_LEVEL_COUNT = 28  # the image tasks' defaults (insertion at 1024x1024: 4096 tokens)
-TASK_LANGEVIN_STEPS = 2
-TASK_LEVELS = shifted_levels(TASK_LEVEL_COUNT, flux_shift_mu(4096), t_max=0.98)
-TASK_STEP_SCALE = 0.5
+TASK = InsertionParams()  # the image tasks' defaults (insertion at 1024x1024: 4096 tokens)
+TASK_LEVELS = shifted_levels(TASK.levels, flux_shift_mu(4096), t_max=TASK.t_max)
 REFERENCE_SETS = 4  # exact reference sets each distance is averaged over
 MODE_REFERENCE = 20000  # exact samples of the reference mode shares
 
@@ -88,15 +88,18 @@ def exact_experts(case: learned.LearnedCase) -> list[GenerativeExpert]:
     return [GaussianMixtureExpert(mixture) for mixture in case.spec.mixtures]
 
 
-def run_sampler(name: str, experts: list[GenerativeExpert], noise: torch.Tensor, levels: list[float], generator: torch.Generator, langevin_steps: int, ess_threshold: float = 0.5) -> SampleResult:
-    """``name``: "fkc", "langevin", "naive" or "single:K" on a fresh product of ``experts``."""
+def run_sampler(name: str, experts: list[GenerativeExpert], noise: torch.Tensor, levels: list[float], generator: torch.Generator, langevin_steps: int, ess_threshold: float = 0.5,
+                transport: samplers.Transport | None = None) -> SampleResult:
+    """``name``: "fkc", "langevin", "naive" or "single:K" on a fresh product of ``experts``,
+    correctors at the tasks' step scale; ``transport``: fkc's (None: the sampler's default)."""
     if name.startswith("single"):
         return samplers.sample_summed_velocity(ProductOfExperts([Factor(experts[int(name.split(":")[1])])]), noise, levels, generator=generator)
     product = ProductOfExperts([Factor(expert) for expert in experts])
     if name == "fkc":
-        return samplers.sample_fkc(product, noise, levels, generator=generator, langevin_steps=langevin_steps, step_scale=TASK_STEP_SCALE, ess_threshold=ess_threshold, metropolis=False)
+        options = {} if transport is None else {"transport": transport}
+        return samplers.sample_fkc(product, noise, levels, generator=generator, langevin_steps=langevin_steps, step_scale=TASK.step_scale, ess_threshold=ess_threshold, metropolis=False, **options)
     if name == "langevin":
-        return samplers.sample_annealed_langevin(product, noise, levels, generator=generator, langevin_steps=langevin_steps, step_scale=TASK_STEP_SCALE)
+        return samplers.sample_annealed_langevin(product, noise, levels, generator=generator, langevin_steps=langevin_steps, step_scale=TASK.step_scale)
     return samplers.sample_summed_velocity(product, noise, levels, generator=generator)
 
 
@@ -146,28 +149,28 @@ def kept_particles(result: SampleResult, group: int, generator: torch.Generator)
     return particles[rows, drawn], particles[rows, log_weights.argmax(dim=1)]
 
 
-def task_samples(name: str, experts: list[GenerativeExpert], policy: str, group: int, runs: int, dimension: int, generator: torch.Generator, levels: list[float], langevin_steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+def task_samples(name: str, experts: list[GenerativeExpert], policy: str, group: int, runs: int, dimension: int, generator: torch.Generator, levels: list[float], langevin_steps: int, transport: samplers.Transport) -> tuple[torch.Tensor, torch.Tensor]:
     """Pooled kept particles of ``runs`` runs of ``group`` particles at the task settings.
     Runs without resampling are independent per particle, so they share one batched call;
     resampling runs (fkc with ``policy`` "ess 0.5" or "ess 1") are called one by one."""
     if name != "fkc" or policy == "never" or group == 1:
         noise = torch.randn(runs * group, dimension, generator=generator, dtype=DTYPE)
-        result = run_sampler(name, experts, noise, levels, generator, langevin_steps, ess_threshold=0.0)
+        result = run_sampler(name, experts, noise, levels, generator, langevin_steps, ess_threshold=0.0, transport=transport)
         return kept_particles(result, group, generator)
     threshold = {"ess 0.5": 0.5, "ess 1": 1.0}[policy]
     drawn, best = [], []
     for _ in range(runs):
         noise = torch.randn(group, dimension, generator=generator, dtype=DTYPE)
-        result = run_sampler(name, experts, noise, levels, generator, langevin_steps, ess_threshold=threshold)
+        result = run_sampler(name, experts, noise, levels, generator, langevin_steps, ess_threshold=threshold, transport=transport)
         one_drawn, one_best = kept_particles(result, group, generator)
         drawn.append(one_drawn)
         best.append(one_best)
     return torch.cat(drawn), torch.cat(best)
 
 
-def part_task(cases: list[learned.LearnedCase], runs: int, seed: int, num_levels: int, langevin_steps: int) -> None:
-    levels = shifted_levels(num_levels, flux_shift_mu(4096), t_max=0.98)
-    print(f"\n## Task settings: {num_levels} FLUX-shifted levels (mu for 4096 tokens), {langevin_steps} Langevin steps, {runs} runs of P particles, one kept per run, pooled; SWD / floor ({runs} samples) vs the exact product")
+def part_task(cases: list[learned.LearnedCase], runs: int, seed: int, num_levels: int, langevin_steps: int, transport: samplers.Transport) -> None:
+    levels = shifted_levels(num_levels, flux_shift_mu(4096), t_max=TASK.t_max)
+    print(f"\n## Task settings: {num_levels} FLUX-shifted levels (mu for 4096 tokens), {langevin_steps} Langevin steps, {transport} transport, {runs} runs of P particles, one kept per run, pooled; SWD / floor ({runs} samples) vs the exact product")
     print("   P = 2 at 'ess 0.5' never resamples (the ESS of two particles is at least 1 = 0.5 P): it is 'never'.")
     print(f"{'case':<16} | {'sampler':<10} | {'policy':<8} | {'P':>2} | {'learned drawn':>13} | {'learned best':>12} | {'exact drawn':>11} | {'exact best':>11} | {'seconds':>7}")
     configurations = [("fkc", "never", 1), ("fkc", "never", 2), ("fkc", "never", 4), ("fkc", "ess 0.5", 4), ("fkc", "ess 1", 2), ("fkc", "ess 1", 4), ("langevin", "-", 1), ("naive", "-", 1)]
@@ -179,7 +182,7 @@ def part_task(cases: list[learned.LearnedCase], runs: int, seed: int, num_levels
         for name, policy, group in rows:
             start, ratios = time.perf_counter(), []
             for experts in (learned_experts, exact):
-                drawn, best = task_samples(name, experts, policy, group, runs, case.dimension, generator, levels, langevin_steps)
+                drawn, best = task_samples(name, experts, policy, group, runs, case.dimension, generator, levels, langevin_steps, transport)
                 ratios += [cell(measure.ratios(drawn)), cell(measure.ratios(best))]
             seconds = time.perf_counter() - start
             print(f"{case.name:<16} | {name:<10} | {policy:<8} | {group:>2} | {ratios[0]:>13} | {ratios[1]:>12} | {ratios[2]:>11} | {ratios[3]:>11} | {seconds:>7.1f}", flush=True)
@@ -189,7 +192,7 @@ def log_weights_at(experts: list[GenerativeExpert], noise: torch.Tensor, level: 
     """Feynman-Kac log-weights ``(N,)`` without resampling after the transport to
     ``TASK_LEVELS[level]`` (the final ones for the last level): a run on the truncated
     schedule repeats the full run's trajectory up to there (same seed, no resampling draws)."""
-    result = run_sampler("fkc", experts, noise, TASK_LEVELS[: level + 1], torch.Generator().manual_seed(seed), TASK_LANGEVIN_STEPS, ess_threshold=0.0)
+    result = run_sampler("fkc", experts, noise, TASK_LEVELS[: level + 1], torch.Generator().manual_seed(seed), TASK.langevin_steps, ess_threshold=0.0, transport=TASK.transport)
     return result.log_weights
 
 
@@ -245,8 +248,9 @@ def main() -> None:
     parser.add_argument("--case", action="append", help="case name (repeatable); default: all of learned.cases()")
     parser.add_argument("--particles", type=int, default=2000, help="particles of the toy-budget and fidelity parts")
     parser.add_argument("--runs", type=int, default=500, help="independent runs per row of the task part")
-    parser.add_argument("--task-levels", type=int, default=TASK_LEVEL_COUNT, help="levels of the task part")
-    parser.add_argument("--task-langevin-steps", type=int, default=TASK_LANGEVIN_STEPS, help="Langevin steps of the task part")
+    parser.add_argument("--task-levels", type=int, default=TASK.levels, help="levels of the task part")
+    parser.add_argument("--task-langevin-steps", type=int, default=TASK.langevin_steps, help="Langevin steps of the task part")
+    parser.add_argument("--task-transport", choices=("euler", "exponential"), default=TASK.transport, help="fkc's transport step in the task part")
     parser.add_argument("--spread-particles", type=int, default=256)
     parser.add_argument("--dimensions", type=int, nargs="+", default=[8, 32, 128], help="learned dimensions of the spread part")
     parser.add_argument("--exact-dimensions", type=int, nargs="+", default=[8, 32, 128], help="exact experts cost O(D^3) per call (D = 128: ~3 min)")
@@ -260,7 +264,7 @@ def main() -> None:
     if "toy" in parts:
         part_toy(cases, arguments.particles, arguments.seed)
     if "task" in parts:
-        part_task(cases, arguments.runs, arguments.seed, arguments.task_levels, arguments.task_langevin_steps)
+        part_task(cases, arguments.runs, arguments.seed, arguments.task_levels, arguments.task_langevin_steps, arguments.task_transport)
     if "spread" in parts:
         part_spread(arguments.dimensions, arguments.exact_dimensions, arguments.spread_particles, arguments.seed)
 
