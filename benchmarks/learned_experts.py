@@ -12,7 +12,7 @@ mixtures (score-only) to tell sampler error from model error. Parts (``--part``)
 * ``toy``: many particles at the toy budget (100 log-SNR levels, 4 Langevin steps; the
   ODE baselines 500 levels).
 * ``task``: the insertion task's settings (``InsertionParams``: FLUX-shifted 28 levels for
-  4096 tokens from t_max = 0.98, 1 Langevin step at scale 0.5, the exponential transport),
+  4096 tokens from t_max = 0.98, 1 Langevin step at scale 0.5, the Euler transport),
   P particles per run, many independent
   runs, one particle per run kept (drawn by weight as the tasks do, or the largest weight),
   pooled. Resampling policies: ``ess 0.5`` (the tasks' threshold), ``ess 1`` (every level),

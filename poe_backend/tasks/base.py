@@ -31,7 +31,6 @@ from poe_backend.bundle import Bundle
 from poe_backend.sampling import SampleResult, sample_annealed_langevin, sample_fkc, sample_summed_velocity
 from poe_backend.sampling.budget import planned_nfe
 from poe_backend.sampling.run import Progress
-from poe_backend.sampling.samplers import Transport
 
 RESULT_FILE = "result.json"
 ResultKind = Literal["image", "video", "points"]
@@ -59,22 +58,24 @@ def metropolis_field() -> Any:
     return Field(False, description="Metropolis-adjust the Langevin correctors (score-only trapezoid test); off: on learned experts it rejects most moves (fkc only)")
 
 
-def transport_field(default: Transport = "exponential") -> Any:
+def transport_field() -> Any:
     """The ``transport`` parameter of the tasks that run ``fkc``
-    (:func:`poe_backend.sampling.samplers.sample_fkc`): "exponential" unless a task's own
-    measurements say otherwise (``sim2video_ar``: see its parameters), the step
-    solved exactly for the experts' clean predictions held fixed (one expert: the DDPM
-    posterior step), which needs no substeps, so a run costs what its levels say. In the
-    8×8 digit insertion miniature (``benchmarks/digits_insertion.py``: a layout net × an
-    inpainter, 28 levels, one Langevin step, P = 1, 200 runs) it kept the known pixels
-    better than the Euler step (RMSE 0.151 vs 0.162; masked 0.251 vs 0.255, class accuracy
-    0.94 for both) at 106 instead of 122 evaluations (the insertion preview, 8 levels: 26
-    instead of 52). On the learned 2-D / 32-D / far-modes mixtures of
-    ``benchmarks/learned_experts.py`` (28 levels, 2 Langevin steps, P = 1, 500 runs, SWD ÷
-    floor) it scored 1.63 / 1.75 / 1.03 against Euler's 1.48 / 1.38 / 1.53: worse where
-    the correctors have many modes to move between, better where the experts barely
-    overlap. "euler" is the Euler-Maruyama step with its substeps."""
-    return Field(default, description="fkc's transport step: exponential (exact for fixed clean predictions, no substeps) or euler (Euler-Maruyama, wide gaps split into substeps)")
+    (:func:`poe_backend.sampling.samplers.sample_fkc`): "euler" (Euler-Maruyama, level gaps
+    too wide for a stable step split into counted substeps) by default; "exponential" solves
+    the step exactly for the experts' clean predictions held fixed (one expert: the DDPM
+    posterior step), needs no substeps and so costs less (insertion 106 instead of 122
+    evaluations, the preview 26 instead of 52), but it is biased: holding the clean
+    prediction fixed drops its uncertainty, and the draw comes out too narrow. At the
+    insertion settings (28 FLUX-shifted levels, 1 Langevin step; 2000 independent
+    particles, SWD ÷ floor, exact / learned experts) it scored 3.50 / 3.54 against Euler's
+    2.75 / 2.82 on the 2-D many-modes product, 1.58 / 1.76 vs 1.26 / 1.39 far modes, 3.43 /
+    3.62 vs 1.94 / 2.12 in 32-D, and 3.48 vs 1.82 on an exact 128-D product; at the
+    preview's 8 levels 6.39 vs 3.30 (2-D), 5.34 vs 2.32 (32-D): its half-cost preview is
+    worse than Euler's. On the autoregressive miniature it lost every cell (600 runs: 2.63
+    vs 2.42). Only the digit insertion miniature's known-pixel RMSE preferred it (0.151 vs
+    0.162, P = 1, 200 runs), by a slightly colder draw (the masked half's spread over runs
+    0.67× the truth's vs 0.71×) that an RMSE against one truth rewards."""
+    return Field("euler", description="fkc's transport step: euler (Euler-Maruyama, wide gaps split into substeps) or exponential (exact for fixed clean predictions, no substeps, cheaper but too narrow a draw)")
 
 
 def sampler_options(name: SamplerName, **options: Any) -> dict[str, Any]:

@@ -37,37 +37,35 @@ class InsertionParams(images.ImageParams):
 
     * ``particles=1``: in the insertion miniature (``benchmarks/digits_insertion.py``: a
       layout expert, the class and the coarse layout of the scene with the object, × an
-      inpainter on 8×8 digits, at these settings, 400 runs per cell) P = 1 and 4 with the
-      particle drawn by weight gave the same known-pixel RMSE (0.153 / 0.153), masked-pixel
-      RMSE against the object (0.253 / 0.249) and class accuracy (0.93 / 0.94); with the
-      Euler transport P = 1 / 2 / 4 gave 0.161 / 0.160 / 0.158, 0.257 / 0.255 / 0.259,
-      0.95 / 0.93 / 0.94.
+      inpainter on 8×8 digits, at these settings, 400 runs per cell) P = 1, 2 and 4 with
+      the particle drawn by weight gave the same known-pixel RMSE (0.161 / 0.160 / 0.158),
+      masked-pixel RMSE against the object (0.257 / 0.255 / 0.259) and class accuracy
+      (0.95 / 0.93 / 0.94).
       The Feynman-Kac weights of a Σλ = 2 product are dominated by the
       ``½Σλ(Σλ-1)‖s̄‖²`` transport term, which carries no information about the modes
       (on the analytic 2-expert product ESS/P falls below 0.5 at nearly every level, 18-23
-      resamplings in a 51-level run); in the miniature their spread is already 4-13 nats
-      at 64 dimensions (7-17 with the Euler transport) and ESS/P stays near 1/P from the first level, and with a spread growing
+      resamplings in a 51-level run); in the miniature their spread is already 7-17 nats
+      at 64 dimensions and ESS/P stays near 1/P from the first level, and with a spread growing
       like √D a 1024² latent (262,144 values) would reach hundreds of nats, so resampling
       and the final choice are near-greedy picks on noise. More particles only give more
       alternatives (``save_particles``), at P times the cost.
     * ``langevin_steps=1``: 0 / 1 / 2 corrector steps gave the miniature's known-pixel
-      RMSE 0.160 / 0.162 / 0.158 with the Euler transport (masked 0.257 / 0.255 / 0.256,
-      P = 1, 200 runs); with the exponential one 0 steps gave 0.142 / 0.246 against one
-      step's 0.151 / 0.251, but on the learned mixtures of ``benchmarks/learned_experts.py``
-      (28 levels, P = 1, 500 runs, SWD ÷ floor, 2-D many modes / 32-D / far modes) no
-      corrector was 2× worse (3.22 / 3.57 / 1.31 against 1.63 / 1.75 / 1.03 with two), so
-      the step stays: a real image has the many modes the digits lack. Cost
-      grows with steps (planned NFE at 28 levels, both experts, Euler transport: 70 / 122 /
-      174 for 0 / 1 / 2 steps; the default exponential transport: 54 / 106 / 158); one
-      step keeps what there is. With P = 1 the default run costs 106 FLUX forwards: ~42 s
-      on an H100-class GPU at ~0.4 s per 1024² forward (estimate, no GPU here), inside the
-      60 s target the earlier default (P = 2, 2 Euler steps: 174 forwards of two
-      particles) missed by 2×. Transport: :func:`poe_backend.tasks.base.transport_field`.
+      RMSE 0.160 / 0.162 / 0.158 (masked 0.257 / 0.255 / 0.256, P = 1, 200 runs); on the
+      exact products of ``benchmarks/learned_experts.py``'s cases (2000 independent
+      particles, SWD ÷ floor, 8-D / 32-D / 128-D) one step scored 2.52 / 1.94 / 1.82 and
+      two 1.90 / 1.70 / 1.59, at a growing cost (planned NFE at 28 levels, both experts:
+      70 / 122 / 174 for 0 / 1 / 2 steps; the exponential transport 54 / 106 / 158). One
+      step is the compromise: with P = 1 the default run costs 122 FLUX forwards, ~49 s on
+      an H100-class GPU at ~0.4 s per 1024² forward (estimate, no GPU here), inside the
+      60 s target the earlier default (P = 2, 2 steps: 174 forwards of two particles)
+      missed by 2×; two steps would be ~70 s. Transport (Euler, not the cheaper
+      exponential step, whose draws are too narrow):
+      :func:`poe_backend.tasks.base.transport_field`.
     * ``sampler="fkc"``: on the analytic products it is 0.6-1.4× the two-sample floor at
       250 NFE where annealed Langevin is 1.7-3.6× on all but one (no transport weights),
-      and in the miniature it keeps the known pixels better (0.153 vs 0.165 RMSE, P = 4).
+      and in the miniature it keeps the known pixels better (0.158 vs 0.165 RMSE, P = 4).
     * ``levels=28``: FLUX's own step count; 100 levels changed the miniature by less than
-      its noise (known / masked RMSE 0.157 / 0.251 vs 0.162 / 0.255, P = 1, 200 runs, Euler).
+      its noise (known / masked RMSE 0.157 / 0.251 vs 0.162 / 0.255, P = 1, 200 runs).
     """
 
     method: Literal["product", "depth", "fill", "rf_solver"] = "product"

@@ -67,14 +67,14 @@ class Sim2VideoARParams(TaskParams):
       ``sim2video``) would drown that information.
     * ``langevin_steps=1``, 25 levels: 4 steps or 100 levels moved the exact-conditional
       miniature by less than its noise (1.74 / 2.2 / 1.56).
-    * ``transport="euler"``, unlike the image tasks: the exponential step was worse in
-      every cell of the miniature (learned / exact conditionals, SWD ÷ floor: P = 1, 300
-      runs 2.08 / 2.18 vs Euler's 1.96 / 2.01; P = 2, 300 runs 2.18 / 2.32 vs 1.93 / 1.98;
-      P = 1, 600 runs 2.42 → 2.63 and 2.45 → 2.77 for Euler → exponential), for 15 % fewer
-      forwards (a 73-frame clip, 2 sections at 480p: 94 vs 110 FramePack forwards). At the
-      preview's 10 levels and no corrector it was 4.39 / 4.41 against 2.32 / 2.32 (600
-      runs), so the preview keeps Euler too although it costs 23 instead of 9 forwards
-      per section: Euler's preview beats the exponential quality run at half its cost.
+    * ``transport="euler"`` (:func:`poe_backend.tasks.base.transport_field`): the
+      exponential step was worse in every cell of the miniature (learned / exact
+      conditionals, SWD ÷ floor: P = 1, 300 runs 2.08 / 2.18 vs Euler's 1.96 / 2.01; P = 2,
+      300 runs 2.18 / 2.32 vs 1.93 / 1.98; P = 1, 600 runs 2.42 → 2.63 and 2.45 → 2.77 for
+      Euler → exponential), for 15 % fewer forwards (a 73-frame clip, 2 sections at 480p:
+      94 vs 110 FramePack forwards). At the preview's 10 levels and no corrector it was
+      4.39 / 4.41 against 2.32 / 2.32 (600 runs): Euler's preview (23 forwards per section)
+      beats the exponential quality run (47) at half its cost.
     """
 
     mode: Literal["product", "framepack"] = "product"
@@ -94,7 +94,7 @@ class Sim2VideoARParams(TaskParams):
     langevin_steps: int = Field(1, ge=0, le=50)
     step_scale: float = Field(0.5, gt=0.0, le=4.0)
     metropolis: bool = metropolis_field()
-    transport: Transport = transport_field("euler")
+    transport: Transport = transport_field()
     t_max: float = Field(0.98, ge=0.5, lt=1.0)
     gibbs_sweeps: int = Field(0, ge=0, le=10, description="re-draws of the earlier sections after each new one, each given its own past only (see the class docstring)")
     gibbs_t: float = Field(0.5, gt=0.0, lt=1.0)

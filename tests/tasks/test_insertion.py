@@ -39,8 +39,8 @@ def test_product_writes_image_particles_and_manifest(tmp_path):
     assert manifest["kind"] == "image" and manifest["outputs"]["image"] == "image.png"
     assert manifest["seed"] == 7 and manifest["models"] == "tiny" and manifest["params"]["levels"] == 3
     calls = manifest["sampler_stats"]["expert_calls"]
-    # both experts at every evaluation: 1 + one exponential transport (no substeps) + 1 Langevin per level above 0
-    assert calls["depth"] == calls["fill"] == manifest["sampler_stats"]["nfe_per_particle"] // 2 == 3
+    # both experts at every evaluation: 1 + (transport substeps + 1 Langevin) + last transport
+    assert calls["depth"] == calls["fill"] == manifest["sampler_stats"]["nfe_per_particle"] // 2 >= 4
     assert manifest["model_specs"]["flux.transformer.fill"]["local_dir"] == "tiny/flux"
     assert [p.level for p in progress][-1] == 3 and progress[-1].nfe == calls["depth"] + calls["fill"]
     # the whole cost is known from the first report on, substeps included, and it is exact

@@ -66,7 +66,7 @@ def test_auto_plan_streams_blocks_and_never_moves_a_whole_transformer_per_evalua
     placements = manifest["placement"]["placements"]
     assert set(placements) == {"flux.transformer.depth", "flux.transformer.fill"}
     assert "group_offload" in placements.values() and set(placements.values()) <= {"resident", "group_offload"}  # both do not fit: stream, never swap
-    assert evaluations >= 6 and len(moves) <= 4  # load + place once per transformer, never per evaluation
+    assert evaluations >= 8 and len(moves) <= 4  # load + place once per transformer, never per evaluation
     blocks = sum(len(registry.load(role, "tiny").transformer_blocks) for role in ("flux.transformer.depth", "flux.transformer.fill"))
     assert len(onloads) >= evaluations // 2 * blocks  # block groups stream in at every forward
     monkeypatch.setattr(torch.nn.Module, "to", original_to)

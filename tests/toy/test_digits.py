@@ -3,9 +3,9 @@
 Measured by benchmarks/digits_insertion.py (400 runs; these tests run 40, seeded), on the
 default case (the left half of held-out 3s regenerated as a 3, the layout expert guided at
 scale 1): the product (fkc) keeps the known pixels better than either expert alone and the
-naive sum (RMSE 0.153 vs the inpainter's 0.168, the naive sum's 0.182 and the layout
+naive sum (RMSE 0.158 vs the inpainter's 0.168, the naive sum's 0.182 and the layout
 expert's 0.291) and draws the object where the inpainter alone often draws another digit
-(masked-pixel RMSE 0.249 vs 0.515, class accuracy 0.94 vs 0.62). The true 3s themselves
+(masked-pixel RMSE 0.259 vs 0.515, class accuracy 0.94 vs 0.62). The true 3s themselves
 are read as a 3 0.95 of the time; the layout expert alone (0.99) and the naive sum (0.96)
 show the class more often than the product: see the benchmark's docstring.
 Trains both nets on first use (75-200 s on one thread; cached under the data dir).
