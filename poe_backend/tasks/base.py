@@ -65,7 +65,9 @@ def transport_field() -> Any:
     the step exactly for the experts' clean predictions held fixed (one expert: the DDPM
     posterior step), needs no substeps and so costs less (insertion 106 instead of 122
     evaluations, the preview 26 instead of 52), but it is biased: holding the clean
-    prediction fixed drops its uncertainty, and the draw comes out too narrow. At the
+    prediction fixed drops its uncertainty, and the draw comes out too narrow (total
+    variance 0.68× the exact product's on the 32-D product, Euler 0.86×; 2-D many modes
+    0.74× vs 0.82×; 4000 independent particles, one Langevin step). At the
     insertion settings (28 FLUX-shifted levels, 1 Langevin step; 2000 independent
     particles, SWD ÷ floor, exact / learned experts) it scored 3.50 / 3.54 against Euler's
     2.75 / 2.82 on the 2-D many-modes product, 1.58 / 1.76 vs 1.26 / 1.39 far modes, 3.43 /
