@@ -20,6 +20,10 @@ mixtures (score-only) to tell sampler error from model error. Parts (``--part``)
 * ``spread``: Feynman-Kac log-weights without resampling at the task settings, per level,
   on the high-dimensional case at several dimensions; the growth law in dimension and its
   extrapolation to 10^5.
+* ``transport``: fkc's Euler and exponential transport steps at the insertion presets'
+  levels and Langevin steps (quality 28 levels / 1 step, preview 8 / 1), ``--particles``
+  independent P = 1 runs, with the total variance of the draw against the exact product's
+  (the exponential step's draws are too narrow: see ``tasks.base.transport_field``).
 
 Run: ``.venv/bin/python benchmarks/learned_experts.py --part toy`` (one thread). Wall times on
 a shared 2-core machine: fidelity + toy ~13 min, task ~3-5 min per case, spread ~11 min; the
@@ -188,6 +192,26 @@ def part_task(cases: list[learned.LearnedCase], runs: int, seed: int, num_levels
             print(f"{case.name:<16} | {name:<10} | {policy:<8} | {group:>2} | {ratios[0]:>13} | {ratios[1]:>12} | {ratios[2]:>11} | {ratios[3]:>11} | {seconds:>7.1f}", flush=True)
 
 
+def part_transport(cases: list[learned.LearnedCase], particles: int, seed: int) -> None:
+    """fkc's two transport steps at the insertion task's quality and preview settings, each
+    particle an independent P = 1 run (no resampling), against the exact product."""
+    presets = {name: InsertionParams(preset=name).effective() for name in ("quality", "preview")}
+    print(f"\n## Transport: {particles} independent particles (P = 1 runs), the insertion presets' levels and Langevin steps; SWD / floor | mode error, and total variance / the exact product's")
+    print(f"{'case':<16} | {'experts':<7} | {'preset':<7} | {'transport':<11} | {'NFE':>4} | {'SWD|modes':>11} | {'variance':>8}")
+    for case in cases:
+        generator = torch.Generator().manual_seed(seed)
+        measure = Measure(lambda n: case.exact_samples(n, generator), particles, case.spec.exact_product())
+        exact_variance = float(case.exact_samples(particles, generator).var(0).sum())
+        for kind, experts in (("learned", case.experts()), ("exact", exact_experts(case))):
+            for name, params in presets.items():
+                levels = shifted_levels(params.levels, flux_shift_mu(4096 if name == "quality" else 1024), t_max=params.t_max)
+                for transport in ("euler", "exponential"):
+                    noise = torch.randn(particles, case.dimension, generator=torch.Generator().manual_seed(seed + 1), dtype=DTYPE)
+                    result = run_sampler("fkc", experts, noise, levels, torch.Generator().manual_seed(seed + 2), params.langevin_steps, ess_threshold=0.0, transport=transport)
+                    variance = float(result.particles.var(0).sum()) / exact_variance
+                    print(f"{case.name:<16} | {kind:<7} | {name:<7} | {transport:<11} | {result.nfe // len(experts):>4} | {cell(measure.ratios(result.particles)):>11} | {variance:>8.2f}", flush=True)
+
+
 def log_weights_at(experts: list[GenerativeExpert], noise: torch.Tensor, level: int, seed: int) -> torch.Tensor:
     """Feynman-Kac log-weights ``(N,)`` without resampling after the transport to
     ``TASK_LEVELS[level]`` (the final ones for the last level): a run on the truncated
@@ -244,7 +268,7 @@ def part_spread(dimensions: list[int], exact_dimensions: list[int], particles: i
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", choices=("fidelity", "toy", "task", "spread"), action="append", help="repeatable; default: all")
+    parser.add_argument("--part", choices=("fidelity", "toy", "task", "spread", "transport"), action="append", help="repeatable; default: all")
     parser.add_argument("--case", action="append", help="case name (repeatable); default: all of learned.cases()")
     parser.add_argument("--particles", type=int, default=2000, help="particles of the toy-budget and fidelity parts")
     parser.add_argument("--runs", type=int, default=500, help="independent runs per row of the task part")
@@ -258,7 +282,7 @@ def main() -> None:
     arguments = parser.parse_args()
     torch.set_num_threads(1)
     cases = [case for case in learned.cases() if not arguments.case or case.name in arguments.case]
-    parts = arguments.part or ["fidelity", "toy", "task", "spread"]
+    parts = arguments.part or ["fidelity", "toy", "task", "spread", "transport"]
     if "fidelity" in parts:
         part_fidelity(cases, arguments.particles, arguments.seed)
     if "toy" in parts:
@@ -267,6 +291,8 @@ def main() -> None:
         part_task(cases, arguments.runs, arguments.seed, arguments.task_levels, arguments.task_langevin_steps, arguments.task_transport)
     if "spread" in parts:
         part_spread(arguments.dimensions, arguments.exact_dimensions, arguments.spread_particles, arguments.seed)
+    if "transport" in parts:
+        part_transport(cases, arguments.particles, arguments.seed)
 
 
 if __name__ == "__main__":

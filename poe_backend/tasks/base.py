@@ -65,18 +65,17 @@ def transport_field() -> Any:
     the step exactly for the experts' clean predictions held fixed (one expert: the DDPM
     posterior step), needs no substeps and so costs less (insertion 106 instead of 122
     evaluations, the preview 26 instead of 52), but it is biased: holding the clean
-    prediction fixed drops its uncertainty, and the draw comes out too narrow (total
-    variance 0.68× the exact product's on the 32-D product, Euler 0.86×; 2-D many modes
-    0.74× vs 0.82×; 4000 independent particles, one Langevin step). At the
-    insertion settings (28 FLUX-shifted levels, 1 Langevin step; 2000 independent
-    particles, SWD ÷ floor, exact / learned experts) it scored 3.50 / 3.54 against Euler's
-    2.75 / 2.82 on the 2-D many-modes product, 1.58 / 1.76 vs 1.26 / 1.39 far modes, 3.43 /
-    3.62 vs 1.94 / 2.12 in 32-D, and 3.48 vs 1.82 on an exact 128-D product; at the
-    preview's 8 levels 6.39 vs 3.30 (2-D), 5.34 vs 2.32 (32-D): its half-cost preview is
-    worse than Euler's. On the autoregressive miniature it lost every cell (600 runs: 2.63
-    vs 2.42). Only the digit insertion miniature's known-pixel RMSE preferred it (0.151 vs
-    0.162, P = 1, 200 runs), by a slightly colder draw (the masked half's spread over runs
-    0.67× the truth's vs 0.71×) that an RMSE against one truth rewards."""
+    prediction fixed drops its uncertainty, and the draw comes out too narrow.
+    ``benchmarks/learned_experts.py --part transport`` (2000 independent P = 1 runs; SWD ÷
+    floor and total variance ÷ the exact product's, learned experts, Euler vs exponential):
+    at the insertion settings (28 levels, 1 Langevin step) many modes 3.31 / 0.81 vs 4.05 /
+    0.72, 32-D 2.06 / 0.86 vs 3.58 / 0.67, far modes 1.15 / 0.94 vs 1.49 / 0.92 (exact
+    experts alike: 3.28 vs 4.05, 1.86 vs 3.38, 0.91 vs 1.28); at the preview's 8 levels
+    3.88 vs 6.88, 2.43 vs 5.47, 1.30 vs 2.15 (variance 0.49-0.76×): its half-cost preview
+    is worse than Euler's. On the autoregressive miniature it lost every cell (600 runs:
+    2.63 vs 2.42). Only the digit insertion miniature's known-pixel RMSE preferred it (0.151
+    vs 0.162, P = 1, 200 runs), by a slightly colder draw (the masked half's spread over
+    runs 0.67× the truth's vs 0.71×) that an RMSE against one truth rewards."""
     return Field("euler", description="fkc's transport step: euler (Euler-Maruyama, wide gaps split into substeps) or exponential (exact for fixed clean predictions, no substeps, cheaper but too narrow a draw)")
 
 

@@ -51,10 +51,10 @@ class InsertionParams(images.ImageParams):
       alternatives (``save_particles``), at P times the cost.
     * ``langevin_steps=1``: 0 / 1 / 2 corrector steps gave the miniature's known-pixel
       RMSE 0.160 / 0.162 / 0.158 (masked 0.257 / 0.255 / 0.256, P = 1, 200 runs); on the
-      exact products of ``benchmarks/learned_experts.py``'s cases (2000 independent
-      particles, SWD ÷ floor, 8-D / 32-D / 128-D) one step scored 2.52 / 1.94 / 1.82 and
-      two 1.90 / 1.70 / 1.59, at a growing cost (planned NFE at 28 levels, both experts:
-      70 / 122 / 174 for 0 / 1 / 2 steps; the exponential transport 54 / 106 / 158). One
+      32-D learned product (P = 1, 500 runs, SWD ÷ floor) 0 / 2 / 4 steps scored 1.64 /
+      1.38 / 1.25 and one 1.52 (``benchmarks/learned_experts.py --part task``), at a
+      growing cost (planned NFE at 28 levels, both experts: 70 / 122 / 174 for 0 / 1 / 2
+      steps; the exponential transport 54 / 106 / 158). One
       step is the compromise: with P = 1 the default run costs 122 FLUX forwards, ~49 s on
       an H100-class GPU at ~0.4 s per 1024² forward (estimate, no GPU here), inside the
       60 s target the earlier default (P = 2, 2 steps: 174 forwards of two particles)
