@@ -46,15 +46,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from poe_backend.experts.gmm import GaussianMixture, GaussianMixtureExpert  # noqa: E402
 from poe_backend.sampling import Factor, GenerativeExpert, ProductOfExperts, SampleResult, resampling, samplers  # noqa: E402
-from poe_backend.sampling.schedules import flux_shift_mu, log_snr_levels, shifted_levels  # noqa: E402
+from poe_backend.sampling.schedules import log_snr_levels  # noqa: E402
+from poe_backend.tasks import images  # noqa: E402
 from poe_backend.tasks.insertion import InsertionParams  # noqa: E402
 from poe_backend.toy import learned  # noqa: E402
 from poe_backend.toy.metrics import noise_floor, sliced_wasserstein  # noqa: E402
 from poe_backend.toy.run import DEFAULT_LANGEVIN_STEPS, DEFAULT_LEVEL_COUNT, DEFAULT_LEVELS  # noqa: E402
 from poe_backend.toy.spec import DTYPE  # noqa: E402
 
-TASK = InsertionParams()  # the image tasks' defaults (insertion at 1024x1024: 4096 tokens)
-TASK_LEVELS = shifted_levels(TASK.levels, flux_shift_mu(4096), t_max=TASK.t_max)
+TASK = InsertionParams()  # the image tasks' defaults
+
+
+def flux_levels(params: InsertionParams) -> list[float]:
+    """The insertion task's levels for a square image of ``params.max_side`` (1024²: 4096
+    packed FLUX tokens; the preview's 512²: 1024)."""
+    return images.levels_for(params, (params.max_side // 16) ** 2)
+
+
+TASK_LEVELS = flux_levels(TASK)
 REFERENCE_SETS = 4  # exact reference sets each distance is averaged over
 MODE_REFERENCE = 20000  # exact samples of the reference mode shares
 
@@ -173,7 +182,7 @@ def task_samples(name: str, experts: list[GenerativeExpert], policy: str, group:
 
 
 def part_task(cases: list[learned.LearnedCase], runs: int, seed: int, num_levels: int, langevin_steps: int, transport: samplers.Transport) -> None:
-    levels = shifted_levels(num_levels, flux_shift_mu(4096), t_max=TASK.t_max)
+    levels = flux_levels(TASK.model_copy(update={"levels": num_levels}))
     print(f"\n## Task settings: {num_levels} FLUX-shifted levels (mu for 4096 tokens), {langevin_steps} Langevin steps, {transport} transport, {runs} runs of P particles, one kept per run, pooled; SWD / floor ({runs} samples) vs the exact product")
     print("   P = 2 at 'ess 0.5' never resamples (the ESS of two particles is at least 1 = 0.5 P): it is 'never'.")
     print(f"{'case':<16} | {'sampler':<10} | {'policy':<8} | {'P':>2} | {'learned drawn':>13} | {'learned best':>12} | {'exact drawn':>11} | {'exact best':>11} | {'seconds':>7}")
@@ -204,7 +213,7 @@ def part_transport(cases: list[learned.LearnedCase], particles: int, seed: int) 
         exact_variance = float(case.exact_samples(particles, generator).var(0).sum())
         for kind, experts in (("learned", case.experts()), ("exact", exact_experts(case))):
             for name, params in presets.items():
-                levels = shifted_levels(params.levels, flux_shift_mu(4096 if name == "quality" else 1024), t_max=params.t_max)
+                levels = flux_levels(params)
                 for transport in ("euler", "exponential"):
                     noise = torch.randn(particles, case.dimension, generator=torch.Generator().manual_seed(seed + 1), dtype=DTYPE)
                     result = run_sampler("fkc", experts, noise, levels, torch.Generator().manual_seed(seed + 2), params.langevin_steps, ess_threshold=0.0, transport=transport)

@@ -112,8 +112,8 @@ def sample_fkc(
     held fixed (:func:`_transport_step`): no substeps, so a run costs what its levels say,
     but biased: holding ``x̂`` fixed over a gap drops its dependence on ``y``, and at 8-28
     levels the draws come out too narrow (1.2-2.3× Euler's distance to the exact product:
-    :func:`poe_backend.tasks.base.transport_field`). The weight rate holds for either: every member of ``dy = -((1 + g²)/2) S du + g dW``
-    has it (the experts' divergences in ``∂_u log π_u`` cancel those of the drift and the
+    :func:`poe_backend.tasks.base.transport_field`). The weight rate holds for either:
+    every member of ``dy = -((1 + g²)/2) S du + g dW`` has it (the experts' divergences in ``∂_u log π_u`` cancel those of the drift and the
     diffusion), the deterministic flow ``g = 0`` included; but that flow contracts by
     ``(σ'/σ)^Σλ`` per step, too fast for a product whose experts share a prior, and at P ≤ 4
     no weight can undo it: 7.7-10.3× the floor on the learned products of
