@@ -28,19 +28,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 def register_models(subparsers: argparse._SubParsersAction) -> None:
     """``poe-backend models list|pull|check [--task T] [--preset P]``: the weights manager
-    (:mod:`poe_backend.experts.weights`). Without ``--task``, every task's roles."""
+    (:mod:`poe_backend.experts.weights`), without torch; without ``--task``, every task's
+    roles. ``poe-backend models plan [--task T] [--card-gb N ...] [--ram-gb M ...]``: the
+    memory planner's decisions for the full-size models (:func:`memory_plan.plan_report`)."""
     models = subparsers.add_parser("models", help="list, download or check the model weights a task needs")
     actions = models.add_subparsers(dest="action", required=True)
     for action, help_text, func in (
         ("list", "table of roles: repo, subfolders, size, present/partial/missing, path", _models_list),
         ("pull", "download only the missing subfolders (snapshot_download allow_patterns)", _models_pull),
         ("check", "exit 1 with the pull command when something is missing", _models_check),
+        ("plan", "memory plans of the full-size models per card and host RAM (no weights needed)", _models_plan),
     ):
         parser = actions.add_parser(action, help=help_text)
         parser.add_argument("--task", default=None, help="a task name (default: every task)")
         parser.add_argument("--preset", default="default", help="registry preset: default, preview, tiny or a JSON preset")
         if action == "pull":
             parser.add_argument("--dry-run", action="store_true", help="print what would be downloaded and stop")
+        if action == "plan":
+            parser.add_argument("--card-gb", type=float, nargs="+", default=[24, 48, 80, 141], help="GPU memory sizes in GiB (default: 24 48 80 141)")
+            parser.add_argument("--ram-gb", type=float, nargs="+", default=[32, 64, 128], help="host RAM sizes in GiB (default: 32 64 128)")
         parser.set_defaults(func=func)
 
 
@@ -53,7 +59,7 @@ def _models_roles(arguments: argparse.Namespace) -> list[str]:
 
 def _models_status(arguments: argparse.Namespace) -> list:
     from poe_backend.experts import weights
-    from poe_backend.experts.registry import data_dir
+    from poe_backend.experts.specs import data_dir
 
     return weights.status(_models_roles(arguments), arguments.preset, data_dir())
 
@@ -114,6 +120,17 @@ def _models_check(arguments: argparse.Namespace) -> int:
         print(f"run: {weights.pull_command(arguments.task, arguments.preset)}")
         return 1
     print("all weights present")
+    return 0
+
+
+def _models_plan(arguments: argparse.Namespace) -> int:
+    from poe_backend.experts import memory_plan
+
+    try:
+        print(memory_plan.plan_report([arguments.task] if arguments.task else None, tuple(arguments.card_gb), tuple(arguments.ram_gb)))
+    except KeyError as error:
+        print(f"error: {error.args[0]}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -91,7 +91,10 @@ class FluxLatentSpace:
     dtype (bf16 on GPU, fp32 on CPU by default).
     """
 
-    def __init__(self, height: int, width: int, *, preset: str = "default", device: str = "cpu", dtype: torch.dtype | None = None, max_sequence_length: int = 512, vae: torch.nn.Module | None = None) -> None:
+    def __init__(
+        self, height: int, width: int, *, preset: str = "default", device: str = "cpu",
+        dtype: torch.dtype | None = None, max_sequence_length: int = 512, vae: torch.nn.Module | None = None,
+    ) -> None:
         check_size(height, width)
         self.height, self.width, self.preset, self.device = height, width, preset, device
         self.dtype = default_dtype(device) if dtype is None else dtype
@@ -109,20 +112,15 @@ class FluxLatentSpace:
         """One particle's shape, ``(N, 64)``."""
         return (self.num_tokens, PACKED_CHANNELS)
 
-    def shift_mu(self) -> float:
-        """FLUX's resolution-dependent time shift for this token count (``calculate_shift``)."""
-        from diffusers.pipelines.flux.pipeline_flux import calculate_shift
-
-        return float(calculate_shift(self.num_tokens))
-
     # -- text -------------------------------------------------------------------------
 
     @torch.inference_mode()
     def encode_prompts(self, prompts: list[str]) -> list[PromptEmbedding]:
         """Encode every prompt of a run at once (CLIP-L pooled + T5), then release the text
-        encoders (MODELS.md: encode once, then free)."""
-        encoder_device = self.device
-        text_encoder, tokenizer, text_encoder_2, tokenizer_2 = (MODEL_CACHE.load(role, self.preset, device=encoder_device, dtype=self.dtype) for role in TEXT_ROLES)
+        encoders (encode once, then free). The encoders run on the job's device when they
+        fit there after the model cache made room, else on the CPU
+        (:meth:`ModelCache.load_encoders`)."""
+        (text_encoder, tokenizer, text_encoder_2, tokenizer_2), encoder_device = MODEL_CACHE.load_encoders(TEXT_ROLES, self.preset, device=self.device, dtype=self.dtype)
         pipeline = FluxPipeline(
             scheduler=FlowMatchEulerDiscreteScheduler(),
             vae=None,
@@ -134,7 +132,7 @@ class FluxLatentSpace:
         )
         unique = list(dict.fromkeys(prompts))
         embeds, pooled, _ = pipeline.encode_prompt(unique, unique, device=torch.device(encoder_device), max_sequence_length=self.max_sequence_length)
-        by_prompt = {prompt: PromptEmbedding(prompt, embeds[i : i + 1].to(self.dtype), pooled[i : i + 1].to(self.dtype)) for i, prompt in enumerate(unique)}
+        by_prompt = {prompt: PromptEmbedding(prompt, embeds[i : i + 1].to(self.device, self.dtype), pooled[i : i + 1].to(self.device, self.dtype)) for i, prompt in enumerate(unique)}
         del pipeline, text_encoder, text_encoder_2
         for role in TEXT_ROLES:
             MODEL_CACHE.release(role, self.preset)
@@ -204,7 +202,10 @@ class FluxExpert(GenerativeExpert):
     ``max_batch`` splits large particle batches.
     """
 
-    def __init__(self, transformer: torch.nn.Module, space: FluxLatentSpace, prompt: PromptEmbedding, *, guidance: float, condition: Tensor | None = None, max_batch: int | None = None, name: str = "flux") -> None:
+    def __init__(
+        self, transformer: torch.nn.Module, space: FluxLatentSpace, prompt: PromptEmbedding, *, guidance: float,
+        condition: Tensor | None = None, max_batch: int | None = None, name: str = "flux",
+    ) -> None:
         expected = transformer.config.in_channels - PACKED_CHANNELS
         got = 0 if condition is None else condition.shape[-1]
         if expected != got:
@@ -329,7 +330,10 @@ class FluxRuntime:
     CUDA, where everything is resident).
     """
 
-    def __init__(self, height: int, width: int, *, preset: str = "default", device: str = "cpu", dtype: torch.dtype | None = None, max_sequence_length: int = 512, budget: Budget | None | str = "detect") -> None:
+    def __init__(
+        self, height: int, width: int, *, preset: str = "default", device: str = "cpu",
+        dtype: torch.dtype | None = None, max_sequence_length: int = 512, budget: Budget | None | str = "detect",
+    ) -> None:
         self.space = FluxLatentSpace(height, width, preset=preset, device=device, dtype=dtype, max_sequence_length=max_sequence_length)
         self.preset, self.device, self.dtype = preset, device, self.space.dtype
         self.budget = budget

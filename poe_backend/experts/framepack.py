@@ -188,7 +188,10 @@ class FramePackSectionExpert(GenerativeExpert):
 
     def _forward(self, x: Tensor, t: float, prompt: PromptEmbeddings) -> Tensor:
         count, dtype, device = x.shape[0], self.transformer.dtype, x.device
-        batch = lambda tensor: tensor.to(device=device).expand(count, *tensor.shape[1:])
+
+        def batch(tensor: Tensor) -> Tensor:
+            return tensor.to(device=device).expand(count, *tensor.shape[1:])
+
         cond = self.conditioning
         self.forward_count += 1
         return self.transformer(

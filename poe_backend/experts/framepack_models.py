@@ -9,7 +9,7 @@ come from ``hunyuanvideo-community/HunyuanVideo``; the SigLIP image encoder from
 
 from __future__ import annotations
 
-from poe_backend.experts.registry import Components, hub_specs, register_family, tiny_specs
+from poe_backend.experts.specs import Components, hub_specs, register_family, tiny_specs
 
 INVERTED = "lllyasviel/FramePackI2V_HY"
 F1 = "lllyasviel/FramePack_F1_I2V_HY_20250503"

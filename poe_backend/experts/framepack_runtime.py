@@ -80,14 +80,16 @@ class FramePackRuntime:
     def encode_prompts(self, texts: list[str]) -> list[PromptEmbeddings]:
         """Llama hidden states (the tokenizer's template, cropped) + CLIP-L pooled per text,
         through the pipeline's ``encode_prompt``. Only texts never encoded before (this
-        preset, length and dtype) load the text encoders, which are released afterwards."""
+        preset, length and dtype) load the text encoders (on the job's device when they fit
+        there after the model cache made room, else on the CPU), released afterwards."""
         keys = {text: (self.preset, self.max_sequence_length, str(self.dtype), text) for text in texts}
         missing = [text for text in dict.fromkeys(texts) if keys[text] not in _PROMPT_CACHE]
         if missing:
-            pipeline = self._pipeline(**self._text_components())
+            (text_encoder, tokenizer, text_encoder_2, tokenizer_2), encoder_device = MODEL_CACHE.load_encoders(TEXT_ROLES, self.preset, device=self.device, dtype=self.dtype)
+            pipeline = self._pipeline(text_encoder=text_encoder, tokenizer=tokenizer, text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2)
             template = prompt_template(pipeline.tokenizer)
             for text in missing:
-                embeds, pooled, mask = pipeline.encode_prompt(prompt=text, prompt_template=template, device=torch.device(self.device), dtype=self.dtype,
+                embeds, pooled, mask = pipeline.encode_prompt(prompt=text, prompt_template=template, device=torch.device(encoder_device), dtype=self.dtype,
                                                               max_sequence_length=self.max_sequence_length)
                 _PROMPT_CACHE[keys[text]] = PromptEmbeddings(embeds.cpu(), mask.cpu(), pooled.cpu())
             del pipeline
@@ -99,12 +101,6 @@ class FramePackRuntime:
         while len(_PROMPT_CACHE) > PROMPT_CACHE_SIZE:
             _PROMPT_CACHE.popitem(last=False)
         return embeddings
-
-    def _text_components(self) -> dict[str, Any]:
-        load = lambda role, **kwargs: MODEL_CACHE.load(role, self.preset, **kwargs)
-        modules = {"device": self.device, "dtype": self.dtype}
-        return {"text_encoder": load("framepack.text_encoder", **modules), "tokenizer": load("framepack.tokenizer"),
-                "text_encoder_2": load("framepack.text_encoder_2", **modules), "tokenizer_2": load("framepack.tokenizer_2")}
 
     def _on_device(self, embedding: PromptEmbeddings) -> PromptEmbeddings:
         return PromptEmbeddings(embedding.embeds.to(self.device), embedding.attention_mask.to(self.device), embedding.pooled.to(self.device))
@@ -119,9 +115,9 @@ class FramePackRuntime:
     def encode_image(self, image: Tensor) -> Tensor:
         """SigLIP ``last_hidden_state`` of ``image`` ``(3, H, W)`` in [0, 1]; the encoder is
         released afterwards."""
-        encoder = MODEL_CACHE.load("framepack.image_encoder", self.preset, device=self.device, dtype=self.dtype)
-        pipeline = self._pipeline(image_encoder=encoder, feature_extractor=MODEL_CACHE.load("framepack.feature_extractor", self.preset))
-        embeds = pipeline.encode_image(image[None].to(self.device) * 2 - 1, device=torch.device(self.device), dtype=self.dtype)
+        (encoder, feature_extractor), encoder_device = MODEL_CACHE.load_encoders(["framepack.image_encoder", "framepack.feature_extractor"], self.preset, device=self.device, dtype=self.dtype)
+        pipeline = self._pipeline(image_encoder=encoder, feature_extractor=feature_extractor)
+        embeds = pipeline.encode_image(image[None].to(encoder_device) * 2 - 1, device=torch.device(encoder_device), dtype=self.dtype).to(self.device)
         del pipeline, encoder
         MODEL_CACHE.release("framepack.image_encoder", self.preset)
         return embeds

@@ -32,9 +32,15 @@ def build_tiny_framepack(directory: Path, seed: int = 0) -> None:
         block_out_channels=(8, 8, 8, 8), layers_per_block=1, act_fn="silu", norm_num_groups=4, scaling_factor=0.476986,
         spatial_compression_ratio=8, temporal_compression_ratio=4, mid_block_add_attention=True,
     ).save_pretrained(directory / "vae")
-    LlamaModel(LlamaConfig(hidden_size=16, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, vocab_size=128, pad_token_id=0, bos_token_id=1, eos_token_id=1)).save_pretrained(directory / "text_encoder")
+    LlamaModel(LlamaConfig(
+        hidden_size=16, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, vocab_size=128,
+        pad_token_id=0, bos_token_id=1, eos_token_id=1,
+    )).save_pretrained(directory / "text_encoder")
     character_tokenizer(256).save_pretrained(directory / "tokenizer")
-    CLIPTextModel(CLIPTextConfig(hidden_size=8, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, vocab_size=128, pad_token_id=0, bos_token_id=1, eos_token_id=1, projection_dim=32)).save_pretrained(directory / "text_encoder_2")
+    CLIPTextModel(CLIPTextConfig(
+        hidden_size=8, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, vocab_size=128,
+        pad_token_id=0, bos_token_id=1, eos_token_id=1, projection_dim=32,
+    )).save_pretrained(directory / "text_encoder_2")
     character_tokenizer(77).save_pretrained(directory / "tokenizer_2")
     SiglipVisionModel(SiglipVisionConfig(hidden_size=32, intermediate_size=37, num_attention_heads=2, num_hidden_layers=1, image_size=32, patch_size=16)).save_pretrained(directory / "image_encoder")
     SiglipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(directory / "feature_extractor")

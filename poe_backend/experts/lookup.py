@@ -11,6 +11,8 @@ manager's ``locate`` plugs in there).
 from __future__ import annotations
 
 import importlib
+import json
+import math
 import os
 import shutil
 import threading
@@ -96,8 +98,6 @@ def check_available(roles: Iterable[str], preset: str) -> None:
         raise MissingWeights.combined(errors)
 
 
-
-
 def weight_bytes(role: str, preset: str = "default") -> int:
     """Bytes of ``role``'s weight files on disk (``*.safetensors``, else ``*.bin``): the
     memory it takes in its stored dtype (bf16 for FLUX and Qwen2.5-VL), known before loading
@@ -105,3 +105,20 @@ def weight_bytes(role: str, preset: str = "default") -> int:
     directory = resolve(role, preset)
     files = list(directory.glob("*.safetensors")) or list(directory.glob("*.bin"))
     return sum(path.stat().st_size for path in files)
+
+
+def parameter_count(role: str, preset: str = "default") -> int | None:
+    """Number of values stored in ``role``'s ``*.safetensors`` files, read from their headers
+    (8-byte little-endian length, then JSON with each tensor's shape; no tensor data is
+    read, no torch needed); None when the role has no safetensors files. Times a dtype's
+    size it is what loading the role in that dtype puts on a device, before loading it
+    (non-persistent buffers aside)."""
+    files = sorted(resolve(role, preset).glob("*.safetensors"))
+    if not files:
+        return None
+    count = 0
+    for path in files:
+        with open(path, "rb") as handle:
+            header = json.loads(handle.read(int.from_bytes(handle.read(8), "little")))
+        count += sum(math.prod(entry["shape"]) for name, entry in header.items() if name != "__metadata__")
+    return count

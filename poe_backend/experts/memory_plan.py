@@ -9,7 +9,7 @@ Public API (stable; all sizes in bytes unless a name says GiB):
 * ``ModelSize(role, weight_bytes, fp8_weight_bytes, num_blocks, largest_block_bytes,
   non_block_bytes, largest_leaf_bytes)`` and ``model_size(role, loader, config,
   dtype=torch.bfloat16)``: exact sizes, built on the meta device (no memory, no download).
-* Activation / decode estimators (peak extra bytes of one batched forward, bf16):
+* Activation / decode estimators (peak extra bytes of one batched forward in bf16; of one decode in the VAE's dtype):
   ``flux_activation_bytes(tokens, text_tokens, batch)``,
   ``wan_activation_bytes(latent_frames, latent_h, latent_w, batch, vace_layers=0)``,
   ``framepack_activation_bytes(section_frames, latent_h, latent_w, batch)``,
@@ -26,8 +26,8 @@ Public API (stable; all sizes in bytes unless a name says GiB):
 * Jobs from configs: ``installed_config(role, preset)``, ``wan_job_bytes(configs, frames,
   height, width, particles)`` and ``framepack_job_bytes(config, window, sections, height,
   width, particles)`` give ``(activations, decode, tiled decode)``; the video runtimes plan
-  with them and :func:`plan_table` (``python -m poe_backend.experts.memory_plan``) prints
-  the same estimates for the full-size models.
+  with them and :func:`plan_report` (``poe-backend models plan``) prints the same estimates
+  for the full-size models of every task.
 
 Placements (one way each, applied by the runtime with diffusers' mechanisms):
 
@@ -93,11 +93,27 @@ Placement = Literal["resident", "group_offload", "leaf_offload"]
 CUDA_CONTEXT_BYTES = GiB // 2
 HOST_BASELINE_BYTES = 4 * GiB  # OS + Python + torch/CUDA libraries (RSS before any model)
 
-_FLUX = dict(patch_size=1, in_channels=64, out_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128, num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True, axes_dims_rope=(16, 56, 56))
-_WAN_14B = dict(patch_size=(1, 2, 2), num_attention_heads=40, attention_head_dim=128, in_channels=16, out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=13824, num_layers=40, cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024)
+_FLUX = dict(
+    patch_size=1, in_channels=64, out_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
+    num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
+    axes_dims_rope=(16, 56, 56),
+)
+_WAN_14B = dict(
+    patch_size=(1, 2, 2), num_attention_heads=40, attention_head_dim=128, in_channels=16, out_channels=16,
+    text_dim=4096, freq_dim=256, ffn_dim=13824, num_layers=40, cross_attn_norm=True,
+    qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024,
+)
 _WAN_1_3B = {**_WAN_14B, "num_attention_heads": 12, "ffn_dim": 8960, "num_layers": 30}
-_QWEN_7B_TEXT = dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4, max_position_embeddings=128000, rms_norm_eps=1e-6, rope_theta=1000000.0, rope_scaling={"type": "mrope", "mrope_section": [16, 24, 24]}, tie_word_embeddings=False)
-_QWEN_7B_VISION = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=3584, patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112, fullatt_block_indexes=[7, 15, 23, 31], tokens_per_second=2, in_channels=3, hidden_act="silu")
+_QWEN_7B_TEXT = dict(
+    vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+    num_key_value_heads=4, max_position_embeddings=128000, rms_norm_eps=1e-6, rope_theta=1000000.0,
+    rope_scaling={"type": "mrope", "mrope_section": [16, 24, 24]}, tie_word_embeddings=False,
+)
+_QWEN_7B_VISION = dict(
+    depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=3584, patch_size=14,
+    spatial_merge_size=2, temporal_patch_size=2, window_size=112, fullatt_block_indexes=[7, 15, 23, 31],
+    tokens_per_second=2, in_channels=3, hidden_act="silu",
+)
 
 #: role -> (loader, config) of the full-size models, written from the published
 #: ``config.json`` files (FLUX.1-dev/Depth/Fill, Wan2.1 14B/1.3B, FramePackI2V_HY,
@@ -109,7 +125,10 @@ FULL_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "wan.transformer.vace": ("diffusers:WanVACETransformer3DModel", {**_WAN_14B, "vace_layers": list(range(0, 40, 5)), "vace_in_channels": 96}),
     "wan.transformer.i2v": ("diffusers:WanTransformer3DModel", {**_WAN_14B, "in_channels": 36, "image_dim": 1280, "added_kv_proj_dim": 5120}),
     "wan.transformer.vace.preview": ("diffusers:WanVACETransformer3DModel", {**_WAN_1_3B, "vace_layers": list(range(0, 30, 2)), "vace_in_channels": 96}),
-    "framepack.transformer": ("diffusers:HunyuanVideoFramepackTransformer3DModel", dict(in_channels=16, out_channels=16, has_image_proj=True, image_proj_dim=1152, has_clean_x_embedder=True, image_condition_type=None, guidance_embeds=True)),
+    "framepack.transformer": ("diffusers:HunyuanVideoFramepackTransformer3DModel", dict(
+        in_channels=16, out_channels=16, has_image_proj=True, image_proj_dim=1152, has_clean_x_embedder=True,
+        image_condition_type=None, guidance_embeds=True,
+    )),
     "vqa.model": ("transformers:Qwen2_5_VLForConditionalGeneration", dict(text_config=_QWEN_7B_TEXT, vision_config=_QWEN_7B_VISION)),
 }
 
@@ -157,7 +176,8 @@ def _fp8_bytes(model: torch.nn.Module, dtype_bytes: int) -> int:
     from diffusers.hooks._common import _GO_LC_SUPPORTED_PYTORCH_LAYERS as SUPPORTED_PYTORCH_LAYERS
     from diffusers.hooks.layerwise_casting import DEFAULT_SKIP_MODULES_PATTERN
 
-    patterns = getattr(model, "_skip_layerwise_casting_patterns", None) or DEFAULT_SKIP_MODULES_PATTERN
+    # as ``ModelMixin.enable_layerwise_casting`` skips them: the defaults plus the model's own
+    patterns = (*DEFAULT_SKIP_MODULES_PATTERN, *(model._keep_in_fp32_modules or ()), *(model._skip_layerwise_casting_patterns or ()))
     cast = 0
     for name, child in model.named_modules():
         if isinstance(child, SUPPORTED_PYTORCH_LAYERS) and not any(re.search(p, name) for p in patterns):
@@ -264,24 +284,43 @@ def framepack_activation_bytes(section_frames: int, latent_h: int, latent_w: int
     return FLUX_LIVE_TENSORS * batch * (tokens + text_tokens + image_tokens) * hidden * BF16
 
 
-#: family -> (channels × live tensors at full resolution, frames decoded at once untiled
-#: (0 = all), tile side in pixels). FLUX VAE: 256 channels at full resolution after the
-#: last upsample, ~4 live → 1024 per pixel. Wan: causal, one latent frame (4 pixel frames)
-#: at a time, 192 channels × 4. HunyuanVideo: all frames at once untiled (16 with tiling),
-#: 256 × 4.
-_DECODERS: dict[str, tuple[int, int, int]] = {"flux": (1024, 1, 512), "wan": (768, 4, 256), "framepack": (1024, 0, 256)}
+@dataclass(frozen=True)
+class DecoderCost:
+    """How one family's VAE decodes: ``per_pixel`` live values per output pixel and frame
+    at full resolution (channels × live tensors), ``chunk_frames`` pixel frames decoded at
+    once (0: all), the spatial ``tile`` side when tiled, the decoder's ``dtype_bytes`` and how
+    many fp32 copies of the whole output it holds at the end (``output_copies``)."""
+
+    per_pixel: int
+    chunk_frames: int
+    tile: int
+    dtype_bytes: int
+    output_copies: int
+
+
+#: FLUX VAE (model dtype, bf16 on GPU): 256 channels at full resolution after the last
+#: upsample, ~4 live -> 1024 per pixel, one image. Wan VAE (fp32, as Wan recommends): causal,
+#: one latent frame (4 pixel frames) at a time, 192 channels × 4. HunyuanVideo VAE (fp32):
+#: ``use_framewise_decoding`` is on by default, so even untiled it decodes 5 latent frames
+#: (17 pixel frames) at a time and keeps the decoded chunks before concatenating them (two
+#: copies of the output), 256 × 4 per pixel.
+DECODERS: dict[str, DecoderCost] = {
+    "flux": DecoderCost(1024, 1, 512, BF16, 1),
+    "wan": DecoderCost(768, 4, 256, 4, 1),
+    "framepack": DecoderCost(1024, 17, 256, 4, 2),
+}
 #: family -> the tile side (pixels) a tiled decode uses; the runtimes set it on the VAE.
-DECODE_TILE: dict[str, int] = {family: tile for family, (_, _, tile) in _DECODERS.items()}
+DECODE_TILE: dict[str, int] = {family: cost.tile for family, cost in DECODERS.items()}
 
 
 def vae_decode_bytes(family: str, frames: int, height: int, width: int, tiled: bool) -> int:
     """Peak bytes of decoding ONE image/video (decode is sliced: one particle at a time):
-    ``per_pixel · chunk_frames · tile_area · 2`` plus the output in fp32
-    (``frames · 3 · H · W · 4``). ``frames`` = 1 for images."""
-    per_pixel, chunk, tile = _DECODERS[family]
-    chunk_frames = min(frames, chunk or (16 if tiled else frames))
-    area = min(tile, height) * min(tile, width) if tiled else height * width
-    return per_pixel * chunk_frames * area * BF16 + frames * 3 * height * width * 4
+    ``per_pixel · chunk_frames · area · dtype_bytes`` (area: the tile when ``tiled``) plus
+    the output in fp32 (``output_copies · frames · 3 · H · W · 4``). ``frames`` = 1 for images."""
+    cost = DECODERS[family]
+    chunk_frames = min(frames, cost.chunk_frames or frames)
+    area = min(cost.tile, height) * min(cost.tile, width) if tiled else height * width
+    return cost.per_pixel * chunk_frames * area * cost.dtype_bytes + cost.output_copies * frames * 3 * height * width * 4
 
 
 # ---------------------------------------------------------------------------------------
@@ -297,8 +336,8 @@ class Budget:
 
     @classmethod
     def detect(cls, device: str | torch.device) -> "Budget":
-        """Free VRAM (``torch.cuda.mem_get_info``; 0 off CUDA) and ``MemAvailable``."""
-        vram = torch.cuda.mem_get_info(torch.device(device))[0] if str(device).startswith("cuda") else 0
+        """Free VRAM (:func:`cuda_free_bytes`; 0 off CUDA) and ``MemAvailable``."""
+        vram = cuda_free_bytes(device) if str(device).startswith("cuda") else 0
         return cls(vram, _mem_available())
 
     @classmethod
@@ -309,7 +348,25 @@ class Budget:
 
     @property
     def reserve_bytes(self) -> int:
-        return max(GiB, self.vram_free_bytes // 20)
+        return reserve_bytes(self.vram_free_bytes)
+
+
+def reserve_bytes(free_bytes: int) -> int:
+    """The working reserve kept free on a device with ``free_bytes`` free:
+    ``max(1 GiB, 5 %)`` (allocator fragmentation, cuBLAS workspaces, one layer's
+    activations of an encoder)."""
+    return max(GiB, free_bytes // 20)
+
+
+def cuda_free_bytes(device: str | torch.device) -> int:
+    """Bytes this process can still allocate on a CUDA device: the driver's free memory plus
+    torch's reserved but unallocated blocks, capped by the process's memory fraction
+    (``torch.cuda.set_per_process_memory_fraction``: a shared card, or a 24 GB card emulated
+    on a larger one)."""
+    device = torch.device(device)
+    free, total = torch.cuda.mem_get_info(device)
+    reserved, allocated = torch.cuda.memory_reserved(device), torch.cuda.memory_allocated(device)
+    return int(min(free + reserved - allocated, torch.cuda.get_per_process_memory_fraction(device) * total - allocated))
 
 
 def device_budget(device: str | torch.device) -> Budget | None:
@@ -349,10 +406,16 @@ class DecodePlan:
 
 @dataclass
 class Plan:
+    """Placements and decode of one job, its estimated device and host peaks, and
+    ``pinned_host_bytes``: the page-locked host copies of the streamed models (their stored
+    bytes, exactly what :func:`poe_backend.experts.placement.pin_offload_groups` locks;
+    part of ``peak_host_bytes``)."""
+
     placements: dict[str, RolePlan]
     decode: DecodePlan
     peak_vram_bytes: int
     peak_host_bytes: int
+    pinned_host_bytes: int
     alternating: bool
     reasons: list[str] = field(default_factory=list)
 
@@ -366,7 +429,7 @@ class Plan:
         """One short line: ``role=placement[+fp8]`` per model, decode, peaks in GiB."""
         roles = " ".join(f"{role.split('.')[-1]}={rp.placement}{'+fp8' if rp.fp8_storage else ''}" for role, rp in self.placements.items())
         decode = ("tiled" if self.decode.tiled else "full") + (", free first" if self.decode.free_transformers else "")
-        return f"{roles} | decode {decode} | VRAM {self.peak_vram_bytes / GiB:.1f} GiB, host {self.peak_host_bytes / GiB:.1f} GiB"
+        return f"{roles} | decode {decode} | VRAM {self.peak_vram_bytes / GiB:.1f} GiB, host {self.peak_host_bytes / GiB:.1f} GiB (pinned {self.pinned_host_bytes / GiB:.1f})"
 
 
 def _sampling_vram(models: list[ModelSize], placements: dict[str, RolePlan], activation_bytes: int) -> int:
@@ -428,7 +491,8 @@ def plan(models: list[ModelSize], activation_bytes: int, decode_bytes: int, budg
         if alternating:
             reasons.append("experts alternate at every evaluation: no whole-model moves, streamed models move block by block")
         decode, decode_peak = _decode(sampling - activation_bytes, decode_bytes, tiled_decode_bytes, room, reasons)
-        return Plan(placements, decode, max(sampling, decode_peak), host, alternating, reasons)
+        pinned = sum(model.stored_bytes(placements[model.role].fp8_storage) for model in models if placements[model.role].placement != "resident")
+        return Plan(placements, decode, max(sampling, decode_peak), host, pinned, alternating, reasons)
     raise PlanError(f"even leaf offload of every model needs more than {room / GiB:.1f} GiB of VRAM: lower the resolution, frames or particles, or use the preview preset")
 
 
@@ -508,28 +572,48 @@ def sim2video_ar_job(sections: int = 2, window: int = 9, height: int = 480, widt
     return [full_size(role)], *framepack_job_bytes(FULL_CONFIGS[role][1], window, sections, height, width, particles)
 
 
-def plan_table(cards_gib: tuple[int, ...] = (24, 48, 80, 141), rams_gib: tuple[int, ...] = (32, 64, 128)) -> str:
-    """Text table of insertion, sim2video and sim2video_ar plans over a grid of cards and
-    host RAM."""
-    jobs = {
-        "insertion 1024² P=2": insertion_job(),
-        "sim2video 832x480x81 P=2": sim2video_job(),
-        "preview 1.3B 832x480x81 P=2": sim2video_job(preview=True),
-        "sim2video_ar 832x480x73 (2 sections of 9) P=2": sim2video_ar_job(),
-    }
+def regional_t2i_job(height: int = 1024, width: int = 1024, particles: int = 2) -> tuple[list[ModelSize], int, int, int]:
+    """FLUX.1 [dev] for the global and region experts, Qwen2.5-VL-7B (VQAScore) kept on the
+    device beside it for the rewards (counted with the activations, as the task does)."""
+    models = [full_size("flux.transformer.dev")]
+    tokens = (height // 16) * (width // 16)
+    return (
+        models,
+        flux_activation_bytes(tokens, 512, particles) + full_size("vqa.model").weight_bytes,
+        vae_decode_bytes("flux", 1, height, width, False),
+        vae_decode_bytes("flux", 1, height, width, True),
+    )
+
+
+#: task -> its jobs at the default sizes (label, job), for :func:`plan_report`.
+TASK_JOBS: dict[str, dict[str, Any]] = {
+    "insertion": {"insertion 1024² P=2": insertion_job},
+    "regional_t2i": {"regional_t2i 1024² P=2 with VQAScore 7B": regional_t2i_job},
+    "sim2video": {"sim2video 832x480x81 P=2": sim2video_job, "preview 1.3B 832x480x81 P=2": functools.partial(sim2video_job, preview=True)},
+    "sim2video_ar": {"sim2video_ar 832x480x73 (2 sections of 9) P=2": sim2video_ar_job},
+}
+
+
+def plan_report(tasks: list[str] | None = None, cards_gib: tuple[float, ...] = (24, 48, 80, 141), rams_gib: tuple[float, ...] = (32, 64, 128)) -> str:
+    """Text report of every job of ``tasks`` (default: all of :data:`TASK_JOBS`) over a grid
+    of cards and host RAM, fp8 storage allowed and not: placements (resident, streamed), the
+    decode, the VRAM and host peaks with what is pinned, or the reason it is refused
+    (``poe-backend models plan``)."""
+    unknown = [task for task in tasks or () if task not in TASK_JOBS]
+    if unknown:
+        raise KeyError(f"no memory plan for task {unknown[0]!r}; planned tasks: {', '.join(TASK_JOBS)}")
     lines = []
-    for name, (models, activation, decode, tiled) in jobs.items():
-        lines.append(f"{name}: weights {sum(m.weight_bytes for m in models) / GiB:.1f} GiB (fp8 {sum(m.fp8_weight_bytes for m in models) / GiB:.1f}), activations {activation / GiB:.2f} GiB, decode {decode / GiB:.2f} GiB (tiled {tiled / GiB:.2f})")
-        for card in cards_gib:
-            for ram in rams_gib:
-                for fp8 in (True, False):
-                    try:
-                        text = plan(models, activation, decode, Budget.nominal(card, ram), alternating=len(models) > 1, allow_fp8=fp8, tiled_decode_bytes=tiled).describe()
-                    except PlanError as error:
-                        text = f"refused: {error}"
-                    lines.append(f"  {card:>3} GiB card, {ram:>3} GiB RAM, fp8 {'on ' if fp8 else 'off'}: {text}")
+    for task in tasks or list(TASK_JOBS):
+        for name, make in TASK_JOBS[task].items():
+            models, activation, decode, tiled = make()
+            lines.append(f"{name}: weights {sum(m.weight_bytes for m in models) / GiB:.1f} GiB (fp8 {sum(m.fp8_weight_bytes for m in models) / GiB:.1f}), "
+                         f"activations {activation / GiB:.2f} GiB, decode {decode / GiB:.2f} GiB (tiled {tiled / GiB:.2f})")
+            for card in cards_gib:
+                for ram in rams_gib:
+                    for fp8 in (True, False):
+                        try:
+                            text = plan(models, activation, decode, Budget.nominal(card, ram), alternating=len(models) > 1, allow_fp8=fp8, tiled_decode_bytes=tiled).describe()
+                        except PlanError as error:
+                            text = f"refused: {error}"
+                        lines.append(f"  {card:>3g} GiB card, {ram:>3g} GiB RAM, fp8 {'on ' if fp8 else 'off'}: {text}")
     return "\n".join(lines)
-
-
-if __name__ == "__main__":
-    print(plan_table())

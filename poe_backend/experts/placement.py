@@ -12,12 +12,17 @@ placement, prefixed ``fp8_`` when its ``fp8_storage`` is set (:func:`placement_n
   dtype (diffusers ``enable_layerwise_casting``, applied before any offload hooks; FLUX 12B:
   ~24 -> ~12 GB).
 
-Host memory (issue 9, finding 3): with ``use_stream=True`` diffusers 0.42.1 keeps, per group,
-``param.data.cpu().pin_memory()`` unless ``low_cpu_mem_usage`` — for parameters already on
-the CPU that is a *second*, pinned, full host copy of the model. :func:`apply_placement`
-instead pins the module's own parameters in place first (``pin_memory()`` of a pinned tensor
-returns the tensor itself), so the hooks reference the same storage: one host copy, and
-transfers stay asynchronous from pinned memory.
+Host memory: streamed weights live in page-locked host memory, so that each block's copy to
+the device is asynchronous, and exactly their size is locked. torch's pinned allocator
+(``Tensor.pin_memory``, ``CachingHostAllocator``) rounds every block up to a power of two
+(FLUX's 22.2 GiB transformer pinned parameter by parameter takes 34.7 GiB) and keeps freed
+blocks until ``empty_host_cache``. :func:`pin_offload_groups` instead packs each offload
+group's tensors (one transformer block, or everything outside the blocks) into one
+contiguous host buffer and registers it with CUDA (``cudaHostRegister``): the locked bytes
+are the weights' bytes, which is what the planner counts; the transient extra host memory is
+one group. diffusers' hooks (``use_stream=True``) keep ``tensor.pin_memory()`` of every
+tensor, which returns the registered tensor itself: one host copy. :func:`unpin` unregisters
+the buffers when the model leaves the cache.
 
 Hooks are applied once per module: a module remembers its placement, applying the same one
 again does nothing, and a different one removes the group-offload hooks before applying the
@@ -88,6 +93,7 @@ def apply_placement(module: torch.nn.Module, name: PlacementName, device: str) -
     if fp8 and previous is None:
         module.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=module.dtype)
     if base == "resident":
+        unpin(module)
         module.to(device)
     else:
         _apply_group_offloading(module, base, device)
@@ -106,20 +112,89 @@ def _apply_group_offloading(module: torch.nn.Module, name: str, device: str) -> 
 
     module.to("cpu")
     on_cuda = str(device).startswith("cuda") and torch.cuda.is_available()
-    if on_cuda:
-        pin_in_place(module)
+    if on_cuda and not pinned_bytes(module):
+        pin_offload_groups(module, register=True)
     if name == "group_offload":
         apply_group_offloading(module, onload_device=torch.device(device), offload_type="block_level", num_blocks_per_group=1, use_stream=on_cuda)
     else:
         apply_group_offloading(module, onload_device=torch.device(device), offload_type="leaf_level")
 
 
-def pin_in_place(module: torch.nn.Module) -> None:
-    """Replace every CPU parameter's and buffer's storage by a pinned copy (one at a time,
-    so the transient extra host memory is one tensor, not a model)."""
-    for tensor in [*module.parameters(), *module.buffers()]:
-        if tensor.device.type == "cpu" and not tensor.is_pinned():
-            tensor.data = tensor.data.pin_memory()
+class RegisteredHostBuffer:
+    """One contiguous host buffer page-locked with ``cudaHostRegister`` for as long as this
+    object lives (or until :meth:`release`), so the memory is never freed while registered."""
+
+    def __init__(self, buffer: torch.Tensor) -> None:
+        self.buffer, self.registered = buffer, False
+        status = torch.cuda.cudart().cudaHostRegister(buffer.data_ptr(), buffer.nbytes, 0)
+        if int(status) != 0:
+            raise RuntimeError(f"cudaHostRegister of {buffer.nbytes} bytes failed with CUDA error {int(status)}")
+        self.registered = True
+
+    def release(self) -> None:
+        if self.registered:
+            torch.cuda.cudart().cudaHostUnregister(self.buffer.data_ptr())
+            self.registered = False
+
+    def __del__(self) -> None:
+        self.release()
+
+
+def offload_groups(module: torch.nn.Module) -> list[list[torch.Tensor]]:
+    """The tensors of each block-level offload group: one list per child of the module's
+    top-level ``ModuleList``s (what ``apply_group_offloading(block_level, 1 block per
+    group)`` streams), then one of every other parameter and buffer. Shared tensors are
+    listed once."""
+    seen: set[int] = set()
+
+    def unique(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        kept = [tensor for tensor in tensors if id(tensor) not in seen]
+        seen.update(id(tensor) for tensor in kept)
+        return kept
+
+    blocks = [block for child in module.children() if isinstance(child, torch.nn.ModuleList) for block in child]
+    groups = [unique([*block.parameters(), *block.buffers()]) for block in blocks]
+    return [group for group in [*groups, unique([*module.parameters(), *module.buffers()])] if group]
+
+
+def pack_contiguous(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Move the CPU ``tensors`` into one new contiguous byte buffer (each at an offset
+    aligned to its element size) and make each tensor a view of it; returns the buffer,
+    whose size is the tensors' bytes plus at most a few alignment bytes."""
+    offsets, size = [], 0
+    for tensor in tensors:
+        size += -size % tensor.element_size()
+        offsets.append(size)
+        size += tensor.numel() * tensor.element_size()
+    buffer = torch.empty(size, dtype=torch.uint8)
+    for tensor, offset in zip(tensors, offsets):
+        view = buffer[offset : offset + tensor.numel() * tensor.element_size()].view(tensor.dtype).view(tensor.shape)
+        view.copy_(tensor.data)
+        tensor.data = view
+    return buffer
+
+
+def pin_offload_groups(module: torch.nn.Module, *, register: bool) -> int:
+    """Pack ``module``'s CPU tensors into one contiguous buffer per offload group
+    (:func:`offload_groups`, :func:`pack_contiguous`), registered with CUDA when ``register``
+    (on a CUDA machine); returns the packed bytes, i.e. what is page-locked. The module
+    keeps the buffers (:func:`unpin` releases them)."""
+    buffers = [pack_contiguous([tensor for tensor in group if tensor.device.type == "cpu"]) for group in offload_groups(module)]
+    module._poe_host_buffers = [RegisteredHostBuffer(buffer) for buffer in buffers] if register else buffers
+    return sum(buffer.nbytes for buffer in buffers)
+
+
+def pinned_bytes(module: torch.nn.Module) -> int:
+    """Host bytes :func:`pin_offload_groups` packed for ``module`` (0 when none)."""
+    return sum((held.buffer if isinstance(held, RegisteredHostBuffer) else held).nbytes for held in getattr(module, "_poe_host_buffers", ()))
+
+
+def unpin(module: torch.nn.Module) -> None:
+    """Unregister and drop ``module``'s packed host buffers (its tensors keep their memory
+    until the module goes, but it is no longer page-locked)."""
+    for held in module.__dict__.pop("_poe_host_buffers", ()):
+        if isinstance(held, RegisteredHostBuffer):
+            held.release()
 
 
 def _remove_group_offloading(module: torch.nn.Module) -> None:

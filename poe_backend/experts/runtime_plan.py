@@ -8,8 +8,9 @@ settings, through :func:`poe_backend.experts.memory_plan.plan` (the one place th
 * off CUDA (no device budget): everything stays in host memory and decodes untiled, one
   video at a time, beside the models.
 
-The budget counts the device memory the same roles already hold from an earlier job
-(resident there), so a repeated job keeps them resident instead of offloading them.
+The budget counts as free what the model cache may evict for this job (models the job has not
+used yet) and the device memory the same roles already hold from an earlier job, so a
+repeated job keeps them resident instead of offloading them.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def plan_transformers(roles: list[str], preset: str, device: str, *, offload: st
     if budget is None:
         placements = {role: "resident" for role in roles} if offload == "auto" else {role: placement_for_offload(offload, fp8_storage) for role in roles}
         return JobPlan(PlacementPlan(placements, weight_bytes, f"no CUDA device: models stay in host memory (offload={offload!r})"), HOST_DECODE)
-    budget = replace(budget, vram_free_bytes=budget.vram_free_bytes + MODEL_CACHE.resident_bytes(roles, device))
+    budget = replace(budget, vram_free_bytes=budget.vram_free_bytes + MODEL_CACHE.reclaimable_bytes(device, keep=roles))
     if offload == "auto":
         planned = memory_plan.plan(sizes, activation_bytes, decode_bytes, budget, alternating=alternating, allow_fp8=fp8_storage, tiled_decode_bytes=tiled_decode_bytes)
         placements = {role: placement_name(role_plan) for role, role_plan in planned.placements.items()}

@@ -10,7 +10,7 @@ not registered (see :data:`poe_backend.experts.wan.UNSUPPORTED_MODELS`).
 
 from __future__ import annotations
 
-from poe_backend.experts.registry import Components, hub_specs, register_family, tiny_specs
+from poe_backend.experts.specs import Components, hub_specs, register_family, tiny_specs
 
 I2V_480P = "Wan-AI/Wan2.1-I2V-14B-480P-Diffusers"
 I2V_720P = "Wan-AI/Wan2.1-I2V-14B-720P-Diffusers"

@@ -83,11 +83,12 @@ class WanRuntime:
         (diffusers' ``WanPipeline._get_t5_prompt_embeds``, written out because its
         ``prompt_clean`` needs ``ftfy``, which this environment lacks; with ftfy installed
         the text is cleaned the same way). Only texts never encoded before (this preset,
-        length and dtype) load UMT5-XXL (~11 GB), which is released afterwards."""
+        length and dtype) load UMT5-XXL (~11 GB: on the job's device when it fits there after the
+        model cache made room, else on the CPU), which is released afterwards."""
         keys = {text: (self.preset, self.max_sequence_length, str(self.dtype), text) for text in texts}
         missing = [text for text in dict.fromkeys(texts) if keys[text] not in _PROMPT_CACHE]
         if missing:
-            encoder = MODEL_CACHE.load("wan.text_encoder", self.preset, device=self.device, dtype=self.dtype)
+            (encoder,), _ = MODEL_CACHE.load_encoders(["wan.text_encoder"], self.preset, device=self.device, dtype=self.dtype)
             for text in missing:
                 _PROMPT_CACHE[keys[text]] = self._t5_embeds(encoder, text).cpu()
             del encoder
@@ -114,13 +115,13 @@ class WanRuntime:
     @torch.no_grad()
     def encode_image(self, image: Tensor) -> Tensor:
         """CLIP ViT-H ``hidden_states[-2]`` of an image ``(3, H, W)`` in [0, 1]
-        (``(1, 257, 1280)`` for the real encoder); the encoder is released afterwards."""
+        (``(1, 257, 1280)`` for the real encoder); the encoder runs on the job's device when it
+        fits there (else on the CPU) and is released afterwards."""
         if "i2v" not in self.kinds:
             raise RuntimeError("the CLIP image encoder belongs to the I2V model, which this job does not use")
-        processor = MODEL_CACHE.load("wan.image_processor", self.preset)
-        encoder = MODEL_CACHE.load("wan.image_encoder", self.preset, device=self.device, dtype=self.dtype)
-        pixels = processor(images=image.float().clamp(0, 1), do_rescale=False, return_tensors="pt").to(self.device)
-        embeds = encoder(**pixels, output_hidden_states=True).hidden_states[-2].to(self.dtype)
+        (processor, encoder), encoder_device = MODEL_CACHE.load_encoders(["wan.image_processor", "wan.image_encoder"], self.preset, device=self.device, dtype=self.dtype)
+        pixels = processor(images=image.float().clamp(0, 1), do_rescale=False, return_tensors="pt").to(encoder_device)
+        embeds = encoder(**pixels, output_hidden_states=True).hidden_states[-2].to(self.device, self.dtype)
         del encoder
         MODEL_CACHE.release("wan.image_encoder", self.preset)
         return embeds

@@ -68,7 +68,13 @@ _BF16, _FP32 = 2, 4
 #: the Wan transformers are counted as bf16). A repo not listed (a JSON preset's) counts 0.
 ESTIMATED_BYTES: dict[tuple[str, str | None, bool], int] = {
     **{(repo, "transformer", True): int(11.9e9 * _BF16) for repo in (FLUX_DEV, FLUX_DEPTH, FLUX_FILL)},
-    **{(repo, sub, True): size for repo in (FLUX_DEV, FLUX_DEPTH, FLUX_FILL) for sub, size in (("vae", int(83.8e6 * _BF16)), ("text_encoder", int(123e6 * _BF16)), ("text_encoder_2", int(4.76e9 * _BF16)))},
+    **{
+        (repo, sub, True): size
+        for repo in (FLUX_DEV, FLUX_DEPTH, FLUX_FILL)
+        for sub, size in (
+            ("vae", int(83.8e6 * _BF16)), ("text_encoder", int(123e6 * _BF16)), ("text_encoder_2", int(4.76e9 * _BF16)),
+        )
+    },
     **{(repo, sub, False): size for repo in (FLUX_DEV, FLUX_DEPTH, FLUX_FILL) for sub, size in (("tokenizer", 2_200_000), ("tokenizer_2", 3_200_000))},
     (WAN_VACE_14B, "transformer", True): int(17.3e9 * _BF16),  # 14B + 8 VACE blocks
     (WAN_VACE_1_3B, "transformer", True): int(2.0e9 * _BF16),  # 1.3B + 15 VACE blocks

@@ -4,8 +4,10 @@ listing tasks never loads a model family it does not need."""
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
-from poe_backend.tasks.base import Task
+if TYPE_CHECKING:  # the package stays importable without torch (the weights manager reads requirements)
+    from poe_backend.tasks.base import Task
 
 #: Task name -> "module:ClassName".
 TASK_CLASSES: dict[str, str] = {
@@ -21,7 +23,7 @@ def task_names() -> list[str]:
     return list(TASK_CLASSES)
 
 
-def get_task(name: str) -> Task:
+def get_task(name: str) -> "Task":
     """An instance of the task called ``name``; ``KeyError`` names the known ones."""
     if name not in TASK_CLASSES:
         raise KeyError(f"unknown task {name!r}; known: {', '.join(TASK_CLASSES)}")

@@ -76,7 +76,11 @@ def transport_field() -> Any:
     2.63 vs 2.42). Only the digit insertion miniature's known-pixel RMSE preferred it (0.151
     vs 0.162, P = 1, 200 runs), by a slightly colder draw (the masked half's spread over
     runs 0.67× the truth's vs 0.71×) that an RMSE against one truth rewards."""
-    return Field("euler", description="fkc's transport step: euler (Euler-Maruyama, wide gaps split into substeps) or exponential (exact for fixed clean predictions, no substeps, cheaper but too narrow a draw)")
+    return Field(
+        "euler",
+        description="fkc's transport step: euler (Euler-Maruyama, wide gaps split into substeps) or exponential "
+        "(exact for fixed clean predictions, no substeps, cheaper but too narrow a draw)",
+    )
 
 
 def sampler_options(name: SamplerName, **options: Any) -> dict[str, Any]:
@@ -202,7 +206,7 @@ def job_entry(run: Callable[[Task, TaskContext], TaskResult]) -> Callable[[Task,
 
         from poe_backend.experts.model_cache import MODEL_CACHE
 
-        evicted = MODEL_CACHE.ensure_only(self.model_roles(context))
+        evicted = MODEL_CACHE.begin_job(self.model_roles(context))
         on_cuda = str(context.device).startswith("cuda") and torch.cuda.is_available()
         if on_cuda:
             torch.cuda.reset_peak_memory_stats(torch.device(context.device))
@@ -216,7 +220,8 @@ def job_entry(run: Callable[[Task, TaskContext], TaskResult]) -> Callable[[Task,
 def memory_report(device: str, evicted: list[str]) -> dict[str, Any]:
     """``peak_device_bytes`` (CUDA: ``max_memory_allocated`` since the job began; None
     elsewhere), ``peak_host_rss_bytes`` (process lifetime peak, ``ru_maxrss`` in KiB on
-    Linux), the models evicted before the job and those loaded after it."""
+    Linux), ``pinned_host_bytes`` at the job's end (the cached models' packed buffers plus
+    torch's pinned allocator), the models evicted before the job and those loaded after it."""
     import torch
 
     from poe_backend.experts.model_cache import MODEL_CACHE
@@ -225,6 +230,7 @@ def memory_report(device: str, evicted: list[str]) -> dict[str, Any]:
     return {
         "peak_device_bytes": torch.cuda.max_memory_allocated(torch.device(device)) if on_cuda else None,
         "peak_host_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "pinned_host_bytes": MODEL_CACHE.pinned_bytes() + (torch.cuda.host_memory_stats().get("allocated_bytes.current", 0) if on_cuda else 0),
         "evicted_before": evicted,
         "loaded_after": MODEL_CACHE.loaded_models(),
     }

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from poe_backend.experts import memory_plan as mp
 from poe_backend.experts.memory_plan import GiB, Budget, PlanError
@@ -115,22 +114,37 @@ def test_framepack_job_reads_the_hidden_size_from_the_class_defaults():
 
 def test_sim2video_ar_grid():
     """FramePack 13B (~24 GiB bf16): streamed on a 24 GiB card without fp8, resident from
-    48 GiB; HunyuanVideo's untiled decode of 73 frames (~56 GiB) needs the transformer
-    freed first below 141 GiB and tiles below 80."""
+    48 GiB. HunyuanVideo's VAE decodes 17 frames at a time even untiled, in fp32 (~26.6 GiB
+    for 73 frames at 480x832, not the ~56 GiB of all frames at once): it fits beside the
+    transformer from 80 GiB, so an H100 no longer frees and reloads the transformer every
+    job; a 48 GiB card frees it first, a 24 GiB card also tiles."""
     job = mp.sim2video_ar_job()
     assert _placements(_plan(job, 24, 64, allow_fp8=False)) == {"transformer": ("group_offload", False)}
     assert _placements(_plan(job, 24, 64)) == {"transformer": ("resident", True)}
-    for card, tiled, free in ((24, True, True), (48, True, True), (80, False, True), (141, False, False)):
+    for card, tiled, free in ((24, True, True), (48, False, True), (80, False, False), (141, False, False)):
         result = _plan(job, card, 64)
         assert (result.decode.tiled, result.decode.free_transformers) == (tiled, free), card
     assert _placements(_plan(job, 48, 32)) == {"transformer": ("resident", False)}
 
 
-def test_plan_table_prints_every_job_on_every_card():
-    table = mp.plan_table(cards_gib=(24, 141), rams_gib=(64,))
-    for job in ("insertion 1024² P=2", "sim2video 832x480x81 P=2", "preview 1.3B", "sim2video_ar 832x480x73"):
+def test_plan_report_prints_every_job_on_every_card():
+    table = mp.plan_report(cards_gib=(24, 141), rams_gib=(64,))
+    for job in ("insertion 1024² P=2", "regional_t2i 1024²", "sim2video 832x480x81 P=2", "preview 1.3B", "sim2video_ar 832x480x73"):
         assert sum(line.startswith(job) for line in table.splitlines()) == 1, job
     assert "141 GiB card,  64 GiB RAM, fp8 off: vace=resident i2v=resident | decode full" in table
+    assert mp.plan_report(["sim2video_ar"], cards_gib=(24,), rams_gib=(64,)).count("\n") == 2
+    with pytest.raises(KeyError, match="toy2d"):
+        mp.plan_report(["toy2d"])
+
+
+def test_the_plan_counts_as_pinned_exactly_the_streamed_models_stored_bytes(insertion):
+    """What the plan says is page-locked is what placement locks (one packed copy of each
+    streamed model: tests/experts/test_placement.py), and it is part of the host peak."""
+    result = _plan(insertion, 24, 64)
+    streamed = [model for model in insertion[0] if result.placements[model.role].placement == "group_offload"]
+    assert streamed and result.pinned_host_bytes == sum(model.stored_bytes(result.placements[model.role].fp8_storage) for model in streamed)
+    assert result.peak_host_bytes >= result.pinned_host_bytes + mp.HOST_BASELINE_BYTES
+    assert _plan(insertion, 141, 64).pinned_host_bytes == 0
 
 
 def test_decode_frees_then_tiles_when_short():
@@ -140,6 +154,16 @@ def test_decode_frees_then_tiles_when_short():
     assert result.decode.free_transformers and not result.decode.tiled
     result = mp.plan([model], GiB, 20 * GiB, budget, alternating=False, tiled_decode_bytes=GiB)
     assert result.decode.tiled and result.decode.free_transformers
+
+
+def test_video_decodes_are_counted_in_fp32_and_hunyuan_video_in_17_frame_chunks():
+    """The Wan and HunyuanVideo VAEs run in fp32; HunyuanVideo's framewise decoding holds 17
+    pixel frames of the decoder at a time whatever the clip length."""
+    output = 73 * 3 * 480 * 832 * 4
+    assert mp.vae_decode_bytes("framepack", 73, 480, 832, False) == 1024 * 17 * 480 * 832 * 4 + 2 * output
+    assert mp.vae_decode_bytes("framepack", 145, 480, 832, False) - mp.vae_decode_bytes("framepack", 73, 480, 832, False) == 2 * output * 72 // 73
+    assert mp.vae_decode_bytes("wan", 81, 480, 832, False) == 768 * 4 * 480 * 832 * 4 + 81 * 3 * 480 * 832 * 4
+    assert mp.vae_decode_bytes("flux", 1, 1024, 1024, False) == 1024 * 1024 * 1024 * 2 + 3 * 1024 * 1024 * 4  # FLUX's VAE runs in bf16
 
 
 def test_activation_estimates_scale_with_tokens_and_batch():
@@ -188,8 +212,15 @@ def test_flux_activation_estimate_matches_a_cpu_forward_within_a_small_factor():
     peak = _rss_peak_bytes("""
 from diffusers import FluxTransformer2DModel
 tokens, text = 4096, 64
-model = FluxTransformer2DModel(in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=64, num_attention_heads=6, joint_attention_dim=64, pooled_projection_dim=32, axes_dims_rope=(8, 28, 28)).eval()
-inputs = dict(hidden_states=torch.randn(1, tokens, 64), encoder_hidden_states=torch.randn(1, text, 64), pooled_projections=torch.randn(1, 32), timestep=torch.tensor([0.5]), img_ids=torch.zeros(tokens, 3), txt_ids=torch.zeros(text, 3))
+model = FluxTransformer2DModel(
+    in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=64, num_attention_heads=6,
+    joint_attention_dim=64, pooled_projection_dim=32, axes_dims_rope=(8, 28, 28),
+).eval()
+inputs = dict(
+    hidden_states=torch.randn(1, tokens, 64), encoder_hidden_states=torch.randn(1, text, 64),
+    pooled_projections=torch.randn(1, 32), timestep=torch.tensor([0.5]),
+    img_ids=torch.zeros(tokens, 3), txt_ids=torch.zeros(text, 3),
+)
 run = lambda: model(**inputs)
 """)
     estimate = mp.flux_activation_bytes(4096, 64, 1, hidden=384) * 2  # fp32 here

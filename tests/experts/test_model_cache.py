@@ -7,8 +7,10 @@ import weakref
 
 import torch
 
-from poe_backend.experts.model_cache import MODEL_CACHE, ModelCache
-from poe_backend.experts.placement import placement_of
+import pytest
+
+from poe_backend.experts.model_cache import MODEL_CACHE, DeviceMemoryError, ModelCache
+from poe_backend.experts.placement import parameter_bytes, placement_of
 
 
 def test_one_instance_per_weights_whatever_the_placement():
@@ -24,27 +26,51 @@ def test_one_instance_per_weights_whatever_the_placement():
     assert fp8 is not resident and placement_of(fp8) == "fp8_resident"  # reloaded: casting is not undone in place
 
 
-def test_ensure_only_frees_the_other_models():
+def test_begin_job_frees_the_other_models():
     cache = ModelCache()
     dev = weakref.ref(cache.load("flux.transformer.dev", "tiny"))
     depth = cache.load("flux.transformer.depth", "tiny")
-    dropped = cache.ensure_only(["flux.transformer.depth", "flux.vae"])
+    dropped = cache.begin_job(["flux.transformer.depth", "flux.vae"])
     gc.collect()
     assert dev() is None and len(dropped) == 1 and dropped[0].endswith("transformer_dev")
     assert cache.load("flux.transformer.depth", "tiny") is depth
 
 
-def test_evict_lru_drops_least_recently_used_until_the_budget_holds():
+def _bytes(role: str) -> int:
+    return parameter_bytes(MODEL_CACHE.load(role, "tiny"))
+
+
+def test_a_load_evicts_least_recently_used_models_the_job_has_not_used():
+    """ComfyUI's free_memory(required, device): before a load, models of earlier jobs go,
+    oldest first, until the load and the reserve fit; the job's own models stay."""
+    sizes = {role: _bytes(role) for role in ("flux.transformer.dev", "flux.transformer.depth", "flux.transformer.fill", "flux.vae")}
     cache = ModelCache()
-    cache.load("flux.transformer.dev", "tiny")
+    dev = cache.load("flux.transformer.dev", "tiny")
     cache.load("flux.transformer.depth", "tiny")
+    cache.load("flux.transformer.dev", "tiny")  # used again: depth is now the least recent
+    cache.begin_job(["flux.transformer.dev", "flux.transformer.depth", "flux.transformer.fill", "flux.vae"])
+    vae = cache.load("flux.vae", "tiny")  # used by this job: never evicted
+    reserve = 1000
+    cache.set_budget("cpu", sizes["flux.transformer.dev"] + sizes["flux.vae"] + sizes["flux.transformer.fill"] + reserve, reserve_bytes=reserve)
     fill = cache.load("flux.transformer.fill", "tiny")
-    cache.load("flux.transformer.dev", "tiny")  # used again: now the most recent
-    budget = cache.cached_bytes() - 1
-    dropped = cache.evict_lru(budget, keep=["flux.transformer.fill"])
-    assert [path.rsplit("/", 1)[-1] for path in dropped] == ["transformer_depth"]
-    assert cache.load("flux.transformer.fill", "tiny") is fill
-    assert cache.evict_lru(0, keep=["flux.transformer.fill"]) and cache.cached_bytes() > 0
+    assert [path.rsplit("/", 1)[-1] for path in cache.loaded_models()] == ["transformer_dev", "transformer_fill", "vae"]
+    assert cache.device_bytes("cpu") + reserve <= cache.budget("cpu").total_bytes
+    assert cache.peak_bytes["cpu"] <= cache.budget("cpu").total_bytes - reserve
+    cache.set_budget("cpu", sizes["flux.vae"] + sizes["flux.transformer.fill"] + sizes["flux.transformer.depth"] + reserve, reserve_bytes=reserve)
+    cache.load("flux.transformer.depth", "tiny")  # dev (earlier job, unused now) goes; vae and fill are this job's
+    assert all(parameter.is_meta for parameter in dev.parameters())  # its memory came back although referenced here
+    assert not any(parameter.is_meta for module in (vae, fill) for parameter in module.parameters())
+    with pytest.raises(DeviceMemoryError, match="flux.transformer.dev"):
+        cache.load("flux.transformer.dev", "tiny")  # nothing left to evict: named, not an OOM
+    cache.clear()
+
+
+def test_encoders_fall_back_to_the_cpu_when_they_cannot_fit():
+    cache = ModelCache()
+    cache.set_budget("meta", 1000)  # a device where nothing fits
+    (encoder, tokenizer), device = cache.load_encoders(["flux.text_encoder_2", "flux.tokenizer_2"], "tiny", device="meta", dtype=torch.float32)
+    assert device == "cpu" and next(encoder.parameters()).device.type == "cpu" and tokenizer is not None
+    cache.clear()
 
 
 def test_give_back_frees_a_module_that_is_still_referenced():

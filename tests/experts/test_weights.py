@@ -315,3 +315,29 @@ def test_wan_preview_borrows_the_vae_and_umt5_of_a_cached_14b_repo(cache, data):
     assert items["wan.text_encoder"].found_in == weights.WAN_VACE_14B
     assert (items["wan.transformer.vace"].repo_id, items["wan.transformer.vace"].state) == (weights.WAN_VACE_1_3B, "missing")
     assert items["wan.tokenizer"].state == "missing"
+
+
+#: Runs ``poe-backend`` with torch (and diffusers/transformers) unimportable: the weights
+#: manager and the role declarations must work in an environment without them.
+WITHOUT_TORCH = """
+import sys
+for name in ("torch", "diffusers", "transformers"):
+    sys.modules[name] = None  # 'import torch' raises ImportError
+from poe_backend.cli import main
+code = main(sys.argv[1:])
+heavy = sorted(name for name in sys.modules if name.split(".")[0] in ("torch", "diffusers", "transformers") and sys.modules[name] is not None)
+assert not heavy, heavy
+sys.exit(code)
+"""
+
+
+@pytest.mark.parametrize("arguments", [["models", "list"], ["models", "list", "--task", "sim2video", "--preset", "preview"], ["models", "check", "--task", "sim2video_ar"]])
+def test_models_commands_run_without_torch(tmp_path, arguments):
+    import subprocess
+    import sys
+
+    environment = {**os.environ, "POE_DATA_DIR": str(tmp_path / "data"), "HF_HUB_CACHE": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
+    completed = subprocess.run([sys.executable, "-c", WITHOUT_TORCH, *arguments], capture_output=True, text=True, env=environment, timeout=120)
+    assert completed.returncode in (0, 1), completed.stderr  # check exits 1 when weights are missing
+    assert "Traceback" not in completed.stderr, completed.stderr
+    assert "wan.transformer" in completed.stdout or "framepack.transformer" in completed.stdout or "flux.transformer" in completed.stdout

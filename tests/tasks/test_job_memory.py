@@ -23,7 +23,7 @@ from poe_backend.experts import memory_plan
 from poe_backend.experts.memory_plan import Budget
 from poe_backend.tasks import get_task
 from poe_backend.tasks.base import TaskContext
-from tests.tasks.image_bundles import insertion_bundle
+from tests.tasks.image_bundles import insertion_bundle, regional_bundle
 from tests.video_support import write_video_bundle
 
 FAST = {"levels": 3, "langevin_steps": 1, "particles": 2, "max_sequence_length": 16}
@@ -144,3 +144,61 @@ def test_insertion_then_video_jobs_then_insertion_keep_one_copy_per_weights(tmp_
     assert _copies(_live(FluxTransformer2DModel)) == {128: 1, 384: 1}
     assert any(path.endswith("transformer") for path in again["memory"]["evicted_before"])  # FramePack's (weights at the root of its folder)
     registry.clear_cache()
+
+
+def _live_model_bytes(device: str = "cpu") -> int:
+    """Bytes of every live diffusers/transformers model's tensors on ``device`` (each
+    storage once), found by the garbage collector: what the device really holds, whoever
+    references the models."""
+    from diffusers import ModelMixin
+    from transformers import PreTrainedModel
+
+    gc.collect()
+    storages: dict[int, int] = {}
+    for obj in gc.get_objects():
+        if issubclass(type(obj), (ModelMixin, PreTrainedModel)):
+            for tensor in [*obj.parameters(), *obj.buffers()]:
+                if tensor.device.type == device:
+                    storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+    return sum(storages.values())
+
+
+def test_a_job_sequence_never_exceeds_a_small_device_budget(tmp_path, monkeypatch):
+    """insertion → regional_t2i → regional_t2i with a new prompt → sim2video → insertion
+    under a device budget that holds the largest job's models (FLUX VAE + [dev] + Qwen2.5-VL)
+    but not those plus the text encoders: the third job's new prompt needs T5 and CLIP beside
+    the models kept from the second (the 24 GB card's CUDA OOM), so the cache must evict
+    before it loads. Measured after every load from the live models, independently of the
+    cache's own count."""
+    from poe_backend.experts import model_cache
+    from poe_backend.experts.model_cache import MODEL_CACHE
+
+    registry.clear_cache()
+    budget = 900_000  # tiny presets, fp32: 875 kB for the regional job's models, 956 kB with its encoders
+    measured: list[int] = []
+    original = model_cache._from_pretrained
+
+    def observed(*args, **kwargs):
+        component = original(*args, **kwargs)
+        measured.append(_live_model_bytes())
+        return component
+
+    monkeypatch.setattr(model_cache, "_from_pretrained", observed)
+    MODEL_CACHE.set_budget("cpu", budget)
+    MODEL_CACHE.peak_bytes.clear()
+    try:
+        run_insertion(tmp_path, "first")
+        regional = {**FAST, "vqa_max_pixels": 56 * 56}
+        for name, prompt in (("regional-1", "a park"), ("regional-2", "a beach at dawn")):
+            task = get_task("regional_t2i")
+            out = tmp_path / f"out-{name}"
+            out.mkdir()
+            task.run(TaskContext(bundle=regional_bundle(tmp_path / f"bundle-{name}", prompt=prompt), params=task.Params(**regional), out_dir=out, models="tiny"))
+        _run_video(tmp_path, "sim2video", "video", {"levels": 2, "langevin_steps": 1, "particles": 1, "save_particles": False})
+        run_insertion(tmp_path, "last")
+    finally:
+        MODEL_CACHE.set_budget("cpu", None)
+        registry.clear_cache()
+    assert len(measured) > 20 and max(measured) > budget * 0.8  # the budget binds: the jobs came close to it
+    assert max(measured) <= budget
+    assert MODEL_CACHE.peak_bytes["cpu"] <= budget
