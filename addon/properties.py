@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import bpy
 
-from .bundle_schema import VIDEO_TASKS, capped_video_size
-
 TASK_ITEMS = [
     ("insertion", "Object insertion", "Insert the chosen object into the rendered plate (FLUX depth x fill)"),
     ("sim2video", "Sim to video", "Video from the baked simulation's depth and the first frame (Wan2.1 experts)"),

@@ -58,7 +58,11 @@ class Row:
             return "-" if value is None else f"{value:.{digits}f}"
 
         share = "-" if self.outside_forward_share is None else f"{100 * self.outside_forward_share:.1f}%"
-        return (self.task, self.variant, self.offload, self.resolution, str(self.particles), number(self.seconds_per_level, 3), number(self.seconds_per_forward, 3), number(self.seconds_per_job, 2), number(self.peak_vram_gib, 2), number(self.peak_host_gib, 2), share, str(self.nfe), self.note)
+        return (
+            self.task, self.variant, self.offload, self.resolution, str(self.particles),
+            number(self.seconds_per_level, 3), number(self.seconds_per_forward, 3), number(self.seconds_per_job, 2),
+            number(self.peak_vram_gib, 2), number(self.peak_host_gib, 2), share, str(self.nfe), self.note,
+        )
 
 
 def table(rows: list[Row]) -> str:

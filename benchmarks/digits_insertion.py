@@ -83,12 +83,25 @@ def main() -> None:
     print(f"nets ready in {time.perf_counter() - start:.0f} s; classifier held-out accuracy {experts.classifier_accuracy:.3f}")
     plates, objects = case.pairs(data, arguments.runs)
     composites = case.composite(plates, objects)
-    print(f"case: rows {case.mask_rows}, columns {case.mask_columns} of held-out {case.plate_classes} ({case.plates(data).shape[0]} plates) regenerated as a {case.target_class}, {arguments.runs} runs per cell")
-    print(f"classifier on the true composites: {digits.class_accuracy(experts, composites, case.target_class):.2f}, on the objects alone {digits.class_accuracy(experts, objects, case.target_class):.2f}")
-    print(f"settings (the insertion defaults unless given): levels {params.levels}, langevin_steps {params.langevin_steps}, step_scale {params.step_scale}, ess_threshold {params.ess_threshold}, t_max {params.t_max}, schedule {params.schedule}; layout weight {params.depth_weight}, fill weight {params.fill_weight}")
+    print(
+        f"case: rows {case.mask_rows}, columns {case.mask_columns} of held-out {case.plate_classes} ({case.plates(data).shape[0]} plates) "
+        f"regenerated as a {case.target_class}, {arguments.runs} runs per cell"
+    )
+    print(
+        f"classifier on the true composites: {digits.class_accuracy(experts, composites, case.target_class):.2f}, "
+        f"on the objects alone {digits.class_accuracy(experts, objects, case.target_class):.2f}"
+    )
+    print(
+        f"settings (the insertion defaults unless given): levels {params.levels}, langevin_steps {params.langevin_steps}, step_scale {params.step_scale}, "
+        f"ess_threshold {params.ess_threshold}, t_max {params.t_max}, schedule {params.schedule}; layout weight {params.depth_weight}, fill weight {params.fill_weight}"
+    )
     for guidance in arguments.class_guidance:
         guided = dataclasses.replace(case, class_guidance=guidance)
-        scores = {(method, p): digits.score_method(method, experts, guided, data, particles=p, runs=arguments.runs, seed=arguments.seed, params=params) for method in digits.METHODS for p in arguments.particles}
+        scores = {
+            (method, p): digits.score_method(method, experts, guided, data, particles=p, runs=arguments.runs, seed=arguments.seed, params=params)
+            for method in digits.METHODS
+            for p in arguments.particles
+        }
         for title, attribute, decimals in MEASURES:
             print(f"\n{title + f', class guidance {guidance:g}':<44} | " + " | ".join(f"{'P=' + str(p):>6}" for p in arguments.particles))
             print("-" * (47 + 9 * len(arguments.particles)))

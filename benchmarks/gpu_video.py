@@ -48,9 +48,16 @@ OFFLOADS = ("none", "group", "sequential")
 _VACE_KEYS = ("in_channels", "vace_layers", "vace_in_channels")  # set per row below
 WAN_14B = {k: v for k, v in FULL_CONFIGS["wan.transformer.vace"][1].items() if k not in _VACE_KEYS}
 WAN_1_3B = {k: v for k, v in FULL_CONFIGS["wan.transformer.vace.preview"][1].items() if k not in _VACE_KEYS}
-WAN_TINY = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8, out_channels=16, text_dim=32, freq_dim=32, ffn_dim=32, num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=32)
+WAN_TINY = dict(
+    patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8, out_channels=16, text_dim=32, freq_dim=32, ffn_dim=32, num_layers=2,
+    cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
+)
 FRAMEPACK_13B = dict(in_channels=16, out_channels=16, has_image_proj=True, image_proj_dim=1152, has_clean_x_embedder=True, image_condition_type=None, guidance_embeds=True)
-FRAMEPACK_TINY = dict(in_channels=16, out_channels=16, num_attention_heads=2, attention_head_dim=10, num_layers=1, num_single_layers=1, num_refiner_layers=1, text_embed_dim=16, pooled_projection_dim=8, rope_axes_dim=(2, 4, 4), has_image_proj=True, image_proj_dim=32, has_clean_x_embedder=True, image_condition_type=None, guidance_embeds=True)
+FRAMEPACK_TINY = dict(
+    in_channels=16, out_channels=16, num_attention_heads=2, attention_head_dim=10, num_layers=1, num_single_layers=1, num_refiner_layers=1,
+    text_embed_dim=16, pooled_projection_dim=8, rope_axes_dim=(2, 4, 4), has_image_proj=True, image_proj_dim=32, has_clean_x_embedder=True,
+    image_condition_type=None, guidance_embeds=True,
+)
 
 
 def _measure(task: str, variant: str, offload: str, resolution: str, particles: int, device: str, experts: list, event_shape: tuple, levels: int, langevin_steps: int) -> Row:
@@ -67,7 +74,10 @@ def _measure(task: str, variant: str, offload: str, resolution: str, particles: 
     forwards_before = sum(getattr(expert, "forward_count", 0) for expert in experts)
     with peak_vram(device) as vram, peak_host() as host:
         start = time.perf_counter()
-        sample_fkc(product, noise, linear_levels(levels, t_max=0.95), generator=generator, langevin_steps=langevin_steps, step_scale=Sim2VideoParams().step_scale, metropolis=Sim2VideoParams().metropolis)
+        sample_fkc(
+            product, noise, linear_levels(levels, t_max=0.95), generator=generator, langevin_steps=langevin_steps,
+            step_scale=Sim2VideoParams().step_scale, metropolis=Sim2VideoParams().metropolis,
+        )
         synchronize(device)
         total = time.perf_counter() - start
         peak_gib, host_gib = vram(), host()
@@ -101,7 +111,10 @@ def bench_sim2video(device: str, offload: str, full: bool, preview: bool, partic
     shape = latent_shape(frames, height, width)
     vace = random_model(lambda: WanVACETransformer3DModel(in_channels=16, vace_layers=vace_layers, vace_in_channels=96, **config), device, dtype)
     modules = [vace]
-    rand = lambda *size: torch.randn(*size, device=device, dtype=dtype)
+
+    def rand(*size: int) -> torch.Tensor:
+        return torch.randn(*size, device=device, dtype=dtype)
+
     prompt, negative = rand(1, 512, text_dim), rand(1, 512, text_dim)
     experts = [WanVACEExpert(vace, rand(1, 96, *shape[1:]), prompt, negative, 5.0)]
     if preview:
@@ -134,7 +147,10 @@ def bench_sim2video_ar(device: str, offload: str, full: bool, particles: int, le
     transformer = random_model(lambda: HunyuanVideoFramepackTransformer3DModel(**config), device, dtype)
     _place([transformer], offload, device)
     latent = (16, window, height // 8, width // 8)
-    rand = lambda *size: torch.randn(*size, device=device)
+
+    def rand(*size: int) -> torch.Tensor:
+        return torch.randn(*size, device=device)
+
     history = [rand(particles, *latent), rand(particles, *latent)]
     conditioning = section_conditioning(rand(particles, 16, 1, *latent[2:]), history, 2, 3, window, "inverted")
     prompt = PromptEmbeddings(rand(1, 256, text_dim), torch.ones(1, 256, device=device), rand(1, pooled_dim))
@@ -157,7 +173,10 @@ def _free() -> None:
 def video_rows(device: str, full: bool, offloads: tuple[str, ...] = OFFLOADS, particles: int = 1, levels: int = 3, langevin_steps: int = 1, tasks: tuple[str, ...] = ()) -> list[Row]:
     """Every row; a configuration that fails (e.g. out of memory under ``none``) gives a
     row with the error as its note instead of stopping the table."""
-    wants = lambda task: not tasks or task in tasks
+
+    def wants(task: str) -> bool:
+        return not tasks or task in tasks
+
     jobs = []
     for offload in offloads:
         if wants("sim2video"):

@@ -110,7 +110,10 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", type=Path, default=None, help="also write the numbers to this JSON file")
-    parser.add_argument("--tmp", type=Path, default=Path("/dev/shm") if Path("/dev/shm").is_dir() else None, help="where the bundle, the copies and the backend's data live (default /dev/shm: memory, so disk writeback noise does not decide the ratio)")
+    parser.add_argument(
+        "--tmp", type=Path, default=Path("/dev/shm") if Path("/dev/shm").is_dir() else None,
+        help="where the bundle, the copies and the backend's data live (default /dev/shm: memory, so disk writeback noise does not decide the ratio)",
+    )
     arguments = parser.parse_args()
     with tempfile.TemporaryDirectory(dir=arguments.tmp, prefix="poe-ipc-") as temporary:
         root = Path(temporary)
@@ -207,7 +210,10 @@ def print_table(report: dict) -> None:
     for name, what in (("transfer", "upload: streamed tar, extracted, bundle.json read"), ("validated", "upload + every pass validated at submit")):
         rows += [
             (what, f"{report[f'{name}_s']:.3f} s = {report[f'{name}_mib_s']:.0f} MiB/s, CPU (client + server) {report[f'{name}_cpu_s']:.3f} s"),
-            (f"  / copy: throughput ratio{' (goal > 0.5)' if name == 'transfer' else ''}", f"{report[f'{name}_ratio']:.2f} (per repeat: {', '.join(f'{ratio:.2f}' for ratio in report[f'{name}_pair_ratios'])})"),
+            (
+                f"  / copy: throughput ratio{' (goal > 0.5)' if name == 'transfer' else ''}",
+                f"{report[f'{name}_ratio']:.2f} (per repeat: {', '.join(f'{ratio:.2f}' for ratio in report[f'{name}_pair_ratios'])})",
+            ),
             ("  / copy: CPU-seconds ratio (load-independent)", f"{report[f'{name}_cpu_ratio']:.2f}"),
         ]
     rows += [("storage, repeats, CPUs", f"{report['storage']}, {report['repeats']} (medians), {report['cpu_count']}")]

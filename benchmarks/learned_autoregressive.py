@@ -61,7 +61,10 @@ def task_levels(params: Sim2VideoARParams) -> list[float]:
     return framepack_levels(params.levels, params.latent_window_size, (params.height or 480) // 8, (params.width or 832) // 8, t_max=params.t_max)
 
 
-def task_outputs(case: SequenceCase, net, *, particles: int, sweeps: int, runs: int, seed: int, langevin_steps: int = TASK.langevin_steps, transport: str = TASK.transport, levels: list[float] | None = None) -> torch.Tensor:
+def task_outputs(
+    case: SequenceCase, net, *, particles: int, sweeps: int, runs: int, seed: int,
+    langevin_steps: int = TASK.langevin_steps, transport: str = TASK.transport, levels: list[float] | None = None,
+) -> torch.Tensor:
     """``(runs, D)``: particle 0 of each run's equally weighted result (what the task writes
     as ``video.mp4``), on ``levels`` (default: the task's)."""
     make_product, outputs = case.factory(net), []
@@ -100,7 +103,10 @@ def main() -> None:
     generator = torch.Generator().manual_seed(arguments.seed)
     exact = case.exact_target().sample(arguments.runs, generator)
     floor = noise_floor(lambda n: case.exact_target().sample(n, generator), arguments.runs)
-    print(f"net ready in {time.perf_counter() - start:.0f} s; {case.sections} sections, renders {[round(v, 2) for v in case.renders.tolist()]}, {len(levels)} levels, {params.langevin_steps} Langevin steps ({arguments.preset}), {arguments.runs} runs per cell")
+    print(
+        f"net ready in {time.perf_counter() - start:.0f} s; {case.sections} sections, renders {[round(v, 2) for v in case.renders.tolist()]}, "
+        f"{len(levels)} levels, {params.langevin_steps} Langevin steps ({arguments.preset}), {arguments.runs} runs per cell"
+    )
     print(f"target's first-component share {float(case.exact_target().weights[0]):.3f} (exact samples: {first_component_share(case, exact):.3f}); two-sample floor {floor:.4f}")
     print(f"{'experts':<8} | {'transport':<11} | {'P':>2} | {'sweeps':>6} | {'SWD/floor':>9} | {'share':>6} | {'s':>5}")
     print("-" * 64)
@@ -109,9 +115,13 @@ def main() -> None:
             for particles in arguments.particles:
                 for sweeps in arguments.sweeps:
                     began = time.perf_counter()
-                    samples = task_outputs(case, model, particles=particles, sweeps=sweeps, runs=arguments.runs, seed=arguments.seed + 1, transport=transport, langevin_steps=params.langevin_steps, levels=levels)
+                    samples = task_outputs(
+                        case, model, particles=particles, sweeps=sweeps, runs=arguments.runs, seed=arguments.seed + 1,
+                        transport=transport, langevin_steps=params.langevin_steps, levels=levels,
+                    )
                     ratio = sliced_wasserstein(samples, exact) / floor
-                    print(f"{label:<8} | {transport:<11} | {particles:>2} | {sweeps:>6} | {ratio:>9.2f} | {first_component_share(case, samples):>6.3f} | {time.perf_counter() - began:>5.0f}", flush=True)
+                    share = first_component_share(case, samples)
+                    print(f"{label:<8} | {transport:<11} | {particles:>2} | {sweeps:>6} | {ratio:>9.2f} | {share:>6.3f} | {time.perf_counter() - began:>5.0f}", flush=True)
 
 
 if __name__ == "__main__":

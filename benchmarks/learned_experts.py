@@ -162,7 +162,10 @@ def kept_particles(result: SampleResult, group: int, generator: torch.Generator)
     return particles[rows, drawn], particles[rows, log_weights.argmax(dim=1)]
 
 
-def task_samples(name: str, experts: list[GenerativeExpert], policy: str, group: int, runs: int, dimension: int, generator: torch.Generator, levels: list[float], langevin_steps: int, transport: samplers.Transport) -> tuple[torch.Tensor, torch.Tensor]:
+def task_samples(
+    name: str, experts: list[GenerativeExpert], policy: str, group: int, runs: int, dimension: int, generator: torch.Generator,
+    levels: list[float], langevin_steps: int, transport: samplers.Transport,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Pooled kept particles of ``runs`` runs of ``group`` particles at the task settings.
     Runs without resampling are independent per particle, so they share one batched call;
     resampling runs (fkc with ``policy`` "ess 0.5" or "ess 1") are called one by one."""
@@ -183,7 +186,10 @@ def task_samples(name: str, experts: list[GenerativeExpert], policy: str, group:
 
 def part_task(cases: list[learned.LearnedCase], runs: int, seed: int, num_levels: int, langevin_steps: int, transport: samplers.Transport) -> None:
     levels = flux_levels(TASK.model_copy(update={"levels": num_levels}))
-    print(f"\n## Task settings: {num_levels} FLUX-shifted levels (mu for 4096 tokens), {langevin_steps} Langevin steps, {transport} transport, {runs} runs of P particles, one kept per run, pooled; SWD / floor ({runs} samples) vs the exact product")
+    print(
+        f"\n## Task settings: {num_levels} FLUX-shifted levels (mu for 4096 tokens), {langevin_steps} Langevin steps, {transport} transport, "
+        f"{runs} runs of P particles, one kept per run, pooled; SWD / floor ({runs} samples) vs the exact product"
+    )
     print("   P = 2 at 'ess 0.5' never resamples (the ESS of two particles is at least 1 = 0.5 P): it is 'never'.")
     print(f"{'case':<16} | {'sampler':<10} | {'policy':<8} | {'P':>2} | {'learned drawn':>13} | {'learned best':>12} | {'exact drawn':>11} | {'exact best':>11} | {'seconds':>7}")
     configurations = [("fkc", "never", 1), ("fkc", "never", 2), ("fkc", "never", 4), ("fkc", "ess 0.5", 4), ("fkc", "ess 1", 2), ("fkc", "ess 1", 4), ("langevin", "-", 1), ("naive", "-", 1)]
@@ -262,7 +268,11 @@ def part_spread(dimensions: list[int], exact_dimensions: list[int], particles: i
     for (kind, dimension), (cumulative, steps, seconds) in runs.items():
         step_ess = [ess_fraction(step, 4) for step in steps]
         below = sum(value < 0.5 for value in step_ess)
-        print(f"{kind:<7} | {dimension:>4} | {float(cumulative[-1].std()):>9.2f} | {max(float(s.std()) for s in steps):>8.2f} | {ess_fraction(cumulative[-1], 2):>13.2f} | {ess_fraction(cumulative[-1], 4):>5.2f} | {np.mean(step_ess):>21.2f} | {below:>5}/{len(steps):<6} | {seconds:>7.1f}")
+        print(
+            f"{kind:<7} | {dimension:>4} | {float(cumulative[-1].std()):>9.2f} | {max(float(s.std()) for s in steps):>8.2f} | "
+            f"{ess_fraction(cumulative[-1], 2):>13.2f} | {ess_fraction(cumulative[-1], 4):>5.2f} | {np.mean(step_ess):>21.2f} | "
+            f"{below:>5}/{len(steps):<6} | {seconds:>7.1f}"
+        )
     print("\n## Growth law in D (least squares in log-log) and extrapolation to D = 1e5 (ESS/P for Gaussian log-weights of that std)")
     for kind in ("learned", "exact"):
         rows = [(dimension, runs[k, dimension]) for k, dimension in keys if k == kind]

@@ -189,7 +189,10 @@ def choose_models(task: str, requested: str) -> tuple[str, str]:
         registry.check_available([role for family in EXAMPLES[task]["families"] for role in registry.roles_of(family)], "default")
     except registry.MissingWeights as error:
         missing = ", ".join(repo_id for repo_id, _ in error.missing if repo_id) or f"model '{error.role}'"
-        return "tiny", f"no weights found ({missing}; `poe-backend run` prints the download commands); ran the 'tiny' preset: the real architectures, small and random, so the image is noise and only the pipeline is shown"
+        return "tiny", (
+            f"no weights found ({missing}; `poe-backend run` prints the download commands); ran the 'tiny' preset: "
+            "the real architectures, small and random, so the image is noise and only the pipeline is shown"
+        )
     return "default", "the real weights (found locally)"
 
 

@@ -102,7 +102,17 @@ def create_app(config: ServerConfig, store: JobStore | None = None) -> FastAPI:
     @app.get("/v1/health")
     def health() -> dict[str, Any]:
         loaded = store.loaded_models()
-        return {"status": "ok", "version": __version__, "api_version": API_VERSION, **device_info(config.devices[0], store.workers[0].device_memory()), "devices": config.devices, "loaded_models": sorted({name for names in loaded for name in names}), "loaded_models_per_device": loaded, "queued": store.queue_length(), "max_upload_bytes": config.max_upload_bytes}
+        return {
+            "status": "ok",
+            "version": __version__,
+            "api_version": API_VERSION,
+            **device_info(config.devices[0], store.workers[0].device_memory()),
+            "devices": config.devices,
+            "loaded_models": sorted({name for names in loaded for name in names}),
+            "loaded_models_per_device": loaded,
+            "queued": store.queue_length(),
+            "max_upload_bytes": config.max_upload_bytes,
+        }
 
     api = APIRouter(prefix="/v1", dependencies=[Depends(require_token)])
 

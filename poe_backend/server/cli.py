@@ -26,7 +26,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-upload-mb", type=float, default=8192, help="largest accepted bundle upload (MiB, also after gzip decoding)")
     parser.add_argument("--max-upload-entries", type=int, default=20_000, help="most tar members in one upload (empty files and folders count)")
     parser.add_argument("--upload-timeout-s", type=float, default=60.0, help="longest wait for the next piece of an upload's body (seconds)")
-    parser.add_argument("--devices", default=None, help="comma-separated torch devices, one worker (one job at a time) each, e.g. cuda:0,cuda:1; a name may repeat (cpu,cpu runs two CPU jobs at once). Default: every visible GPU, else cpu")
+    parser.add_argument(
+        "--devices", default=None,
+        help="comma-separated torch devices, one worker (one job at a time) each, e.g. cuda:0,cuda:1; a name may repeat (cpu,cpu runs two CPU jobs at once). "
+        "Default: every visible GPU, else cpu",
+    )
     parser.add_argument("--keep-jobs", type=int, default=None, help="keep only the newest N finished jobs (default: all)")
     parser.add_argument("--keep-days", type=float, default=None, help="delete finished jobs older than D days (default: never)")
     parser.add_argument("--models", default="default", help="model preset when a job names none (e.g. tiny, default)")

@@ -39,7 +39,10 @@ def lock_data_dir(data_dir: Path, port: int) -> int:
     except BlockingIOError:
         holder = _read_holder(descriptor)
         os.close(descriptor)
-        raise DataDirBusy(f"another poe-backend server (pid {holder.get('pid', '?')}, port {holder.get('port', '?')}) already uses data dir {data_dir}; stop it, or give this one another --data-dir") from None
+        raise DataDirBusy(
+            f"another poe-backend server (pid {holder.get('pid', '?')}, port {holder.get('port', '?')}) already uses data dir {data_dir}; "
+            "stop it, or give this one another --data-dir"
+        ) from None
     os.ftruncate(descriptor, 0)
     os.pwrite(descriptor, json.dumps({"pid": os.getpid(), "port": port}).encode(), 0)
     return descriptor

@@ -7,8 +7,12 @@ into bundle.json (``passes.rgb``, ``schema``), so the add-on can show it as is.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Any
+
+from poe_backend.bundle import BundleError
+from poe_backend.experts.specs import MissingWeights
 
 
 class InputError(Exception):
@@ -48,13 +52,6 @@ OUT_OF_MEMORY_ADVICE = (
     "picks smaller model variants where a family has them."
 )
 
-#: Exception class names of a model that exists but cannot be loaded.
-MODEL_ERROR_NAMES = frozenset({"ModelNotFoundError", "ModelLoadError"})
-
-
-def _is_named(error: BaseException, names: frozenset[str]) -> bool:
-    return any(cls.__name__ in names for cls in type(error).__mro__)
-
 
 def pull_command(task: str, models: str) -> str:
     """The ``poe-backend models pull`` command that fetches what ``task`` needs in preset
@@ -64,17 +61,24 @@ def pull_command(task: str, models: str) -> str:
     return weights_pull_command(task, models.rsplit("/", 1)[-1].removesuffix(".json"))
 
 
+def _is_torch_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is torch's out-of-memory error (``torch.OutOfMemoryError``: CUDA,
+    MPS, ...). Looks torch up in ``sys.modules`` rather than importing it, so this module
+    stays torch-free: an error can only be torch's where torch is already loaded."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(error, torch.OutOfMemoryError)
+
+
 def describe_failure(error: BaseException, *, task: str = "", models: str = "default") -> JobFailure:
     """Map an exception raised by ``task`` run with model preset ``models`` to a
     :class:`JobFailure` (never re-raises)."""
-    if isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError":
+    # MemoryError also covers the memory planner's PlanError (a subclass; its module,
+    # poe_backend.experts.memory_plan, imports torch, so it is not imported here).
+    if isinstance(error, MemoryError) or _is_torch_out_of_memory(error):
         return JobFailure("out_of_memory", f"{OUT_OF_MEMORY_ADVICE} ({type(error).__name__}: {error})")
-    if _is_named(error, frozenset({"MissingWeights"})):
+    if isinstance(error, MissingWeights):
         command = pull_command(task, models)
         return JobFailure("missing_weights", f"the weights for this job are not on the backend machine: run `{command}` there, then submit again ({error})", command)
-    if _is_named(error, MODEL_ERROR_NAMES):
-        return JobFailure("model_unavailable", f"a model could not be loaded: {error}")
-    field = getattr(error, "field", None)
-    if type(error).__name__ == "BundleError" and field:
+    if isinstance(error, BundleError) and error.field:
         return JobFailure("invalid_bundle", str(error))
     return JobFailure("task_error", f"{type(error).__name__}: {error} (the job's log has the traceback)")

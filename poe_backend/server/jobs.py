@@ -82,7 +82,10 @@ class Job:
         :data:`LISTED_PROMPT_CHARS` characters."""
         prompt = str(self.bundle.get("prompt") or "")
         cut = prompt[:LISTED_PROMPT_CHARS] + ("…" if len(prompt) > LISTED_PROMPT_CHARS else "")
-        return {"id": self.id, "task": self.task, "state": self.state, "created": self.created, "started": self.started, "finished": self.finished, "progress": self.progress, "error": self.error, "kind": self.kind, "primary": self.primary, "prompt": cut}
+        return {
+            "id": self.id, "task": self.task, "state": self.state, "created": self.created, "started": self.started, "finished": self.finished,
+            "progress": self.progress, "error": self.error, "kind": self.kind, "primary": self.primary, "prompt": cut,
+        }
 
 
 def is_disk_full(error: BaseException) -> bool:
@@ -92,7 +95,8 @@ def is_disk_full(error: BaseException) -> bool:
 def disk_full_error(directory: Path) -> InputError:
     """507 naming the free space left where jobs are stored."""
     free = free_bytes(directory)
-    return InputError("bundle", f"the backend's disk is full ({free / 2**20:.1f} MiB free under its data dir); free space or delete finished jobs (DELETE /v1/jobs/<id>)", code="insufficient_storage", status=507)
+    message = f"the backend's disk is full ({free / 2**20:.1f} MiB free under its data dir); free space or delete finished jobs (DELETE /v1/jobs/<id>)"
+    return InputError("bundle", message, code="insufficient_storage", status=507)
 
 
 def new_job_id() -> str:

@@ -149,7 +149,11 @@ class DeviceWorker:
         self.loaded_models = []
         self.start()
         how = f"was killed by signal {-code}" if code is not None and code < 0 else f"exited with code {code}"
-        return JobOutcome("failed", JobFailure("worker_died", f"the job process on {self.device} {how} (out of host memory, or a crash in a native library); the backend started a new one: submit again, perhaps with params preset: 'preview'"))
+        message = (
+            f"the job process on {self.device} {how} (out of host memory, or a crash in a native library); "
+            "the backend started a new one: submit again, perhaps with params preset: 'preview'"
+        )
+        return JobOutcome("failed", JobFailure("worker_died", message))
 
     def progress(self, seq: int) -> dict[str, Any] | None:
         """The latest progress report of job ``seq`` (None before its first step, or

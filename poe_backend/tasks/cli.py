@@ -112,7 +112,10 @@ def memory_summary(manifest: dict[str, Any]) -> str:
     device = memory.get("peak_device_bytes")
     host = memory.get("peak_host_rss_bytes")
     where = ", ".join(f"{role}: {name}" for role, name in placements.items()) or "-"
-    gib = lambda value: "-" if value is None else f"{value / 2**30:.2f} GiB"
+
+    def gib(value: float | None) -> str:
+        return "-" if value is None else f"{value / 2**30:.2f} GiB"
+
     return f"placement {where}; peak device {gib(device)}; peak host RSS {gib(host)}"
 
 

@@ -216,7 +216,10 @@ def run_rf_solver(runtime, params: InsertionParams, embeddings, source: np.ndarr
     sharing = ValueSharing(invert.transformer, steps, inject=params.rf_inject, num_blocks=params.rf_share_blocks)
     try:
         noise, nfe = rf_solver(invert, x, times[::-1], callback=context.callback, should_stop=context.should_stop, num_levels=2 * steps, before_forward=sharing.inversion_hook)
-        edited, more = rf_solver(edit, noise, times, callback=context.callback, should_stop=context.should_stop, nfe_offset=nfe, level_offset=steps, num_levels=2 * steps, before_forward=sharing.editing_hook)
+        edited, more = rf_solver(
+            edit, noise, times, callback=context.callback, should_stop=context.should_stop,
+            nfe_offset=nfe, level_offset=steps, num_levels=2 * steps, before_forward=sharing.editing_hook,
+        )
     finally:
         sharing.remove()
     stats = {"path": f"rf-solver inversion + edit (V shared in {sharing.inject} steps)", "nfe_per_particle": nfe + more, "levels": times}

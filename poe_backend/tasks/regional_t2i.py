@@ -35,7 +35,11 @@ from poe_backend.tasks.base import Task, TaskContext, TaskResult, seed_for
 
 class RegionalParams(images.ImageParams):
     method: Literal["regional", "flux"] = "regional"
-    particles: int = Field(4, ge=1, le=256, description="resampled by the VQAScore twist: the region maps sum to 1 on every token (Σλ = 1), so the transport term Σλ(Σλ-1) that swamps a Σλ = 2 product's weights is zero and the weights are the reward's")
+    particles: int = Field(
+        4, ge=1, le=256,
+        description="resampled by the VQAScore twist: the region maps sum to 1 on every token (Σλ = 1), "
+        "so the transport term Σλ(Σλ-1) that swamps a Σλ = 2 product's weights is zero and the weights are the reward's",
+    )
     guidance: float = Field(3.5, ge=0.0, le=100.0)
     region_strength: float = Field(0.8, ge=0.0, le=1.0, description="share of a region expert on its box's tokens")
     vqascore: bool = True

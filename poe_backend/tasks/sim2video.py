@@ -61,7 +61,11 @@ class Sim2VideoParams(TaskParams):
     width: int | None = Field(None, ge=16, le=1280, description="at most max_side; default: the bundle's, scaled so its longer side fits max_side, rounded down to 16")
     max_side: int = Field(VIDEO_MAX_SIDE, ge=16, le=1280, description="cap on the longer side (Wan2.1's native 832 at 480p)")
     max_frames: int = Field(VIDEO_MAX_FRAMES, ge=5, le=241, description="cap on the frame count (Wan2.1's native 81)")
-    particles: int = Field(1, ge=1, le=64, description="independent alternatives: as in insertion (a Σλ = 2 product, no reward), the weights of a 10^6-value video latent carry no quality signal, so more particles cost P times and select on noise")
+    particles: int = Field(
+        1, ge=1, le=64,
+        description="independent alternatives: as in insertion (a Σλ = 2 product, no reward), the weights of a 10^6-value video latent "
+        "carry no quality signal, so more particles cost P times and select on noise",
+    )
     sampler: SamplerName = "fkc"
     levels: int = Field(30, ge=2, le=1000)
     langevin_steps: int = Field(1, ge=0, le=50)
@@ -172,10 +176,15 @@ def sample(runtime, params: Sim2VideoParams, pairing: str, prompt: str, inputs: 
     if params.mode in ("product", "i2v", "ddim_inversion"):
         if pairing == "i2v_vace":
             condition = runtime.i2v_condition(inputs["first_frame"])
-            first_frame_expert = lambda embeds, negatives, guidance: ("wan_i2v", runtime.i2v_expert(condition, image_embeds, embeds, negatives, guidance))
+
+            def first_frame_expert(embeds, negatives, guidance):
+                return "wan_i2v", runtime.i2v_expert(condition, image_embeds, embeds, negatives, guidance)
         else:
             control = runtime.vace_control(*wan.first_frame_control_inputs(inputs["first_frame"], num_frames), latent_mask=params.vace_latent_mask)
-            first_frame_expert = lambda embeds, negatives, guidance: ("wan_vace_first_frame", runtime.vace_expert(control, embeds, negatives, guidance, params.control_scale))
+
+            def first_frame_expert(embeds, negatives, guidance):
+                return "wan_vace_first_frame", runtime.vace_expert(control, embeds, negatives, guidance, params.control_scale)
+
         name, expert = first_frame_expert(positive, negative, params.i2v_guidance)
         factors.append(Factor(expert, params.i2v_weight))
         described.append({"expert": name, "weight": params.i2v_weight, "guidance": params.i2v_guidance})

@@ -174,17 +174,6 @@ def write_particle_videos(out_dir: Path, decode, latents: Tensor, chosen: int, f
     return outputs
 
 
-def write_frames(directory: Path, video: Tensor) -> list[Path]:
-    """One PNG per frame, ``directory/####.png``."""
-    directory.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for index, frame in enumerate(to_uint8_frames(video)):
-        path = directory / f"{index:04d}.png"
-        Image.fromarray(frame).save(path)
-        paths.append(path)
-    return paths
-
-
 def finite_log_weights(log_weights: Tensor) -> list[float | None]:
     """JSON-safe list (``None`` for non-finite values)."""
     return [value if math.isfinite(value) else None for value in log_weights.double().tolist()]

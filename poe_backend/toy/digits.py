@@ -258,7 +258,10 @@ def build_product(method: str, experts: DigitExperts, case: InsertionCase, plate
     return ProductOfExperts(factors), "summed_velocity"
 
 
-def sample_once(method: str, experts: DigitExperts, case: InsertionCase, plate: Tensor, object_image: Tensor, params: InsertionParams, seed: int, levels: list[float] | None = None, callback: Callable[[Progress], None] | None = None) -> SampleResult:
+def sample_once(
+    method: str, experts: DigitExperts, case: InsertionCase, plate: Tensor, object_image: Tensor, params: InsertionParams, seed: int,
+    levels: list[float] | None = None, callback: Callable[[Progress], None] | None = None,
+) -> SampleResult:
     """One run of ``params.particles`` particles on ``levels`` (default: the task's), with an
     optional progress ``callback``; returns the sampler's result."""
     product, sampler = build_product(method, experts, case, plate, object_image, params)

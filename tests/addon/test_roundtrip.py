@@ -18,7 +18,7 @@ import addon
 from addon import operators_jobs, results
 from addon.client import Client
 from addon.jobs import JobTracker
-from tests.addon.roundtrip_fixtures import backend  # noqa: F401 - fixture
+from tests.addon.roundtrip_fixtures import backend_fixture  # noqa: F401 - the backend fixture
 from tests.server.conftest import LONG, QUICK, start_backend, write_bundle
 
 pytestmark = pytest.mark.blender

@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import pytest
 
 from addon.client import AuthError, BackendError, BackendNotRunning, Client, VersionMismatch, is_local_url
-from tests.addon.roundtrip_fixtures import backend  # noqa: F401 - fixture
+from tests.addon.roundtrip_fixtures import backend_fixture  # noqa: F401 - the backend fixture
 from tests.server.conftest import QUICK, free_port, write_bundle
 
 

@@ -16,7 +16,7 @@ import pytest
 from addon import operators_jobs
 from addon.client import Client
 from addon.jobs import JobTracker
-from tests.addon.roundtrip_fixtures import backend  # noqa: F401 - fixture
+from tests.addon.roundtrip_fixtures import backend_fixture  # noqa: F401 - the backend fixture
 from tests.addon.test_roundtrip import RecordingLayout, _drive, _tick_until
 from tests.server.conftest import LONG, QUICK, write_bundle
 

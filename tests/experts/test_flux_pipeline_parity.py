@@ -48,7 +48,10 @@ def test_expert_matches_every_pipeline_transformer_call(kind, pipeline_class, gu
     image = Image.fromarray(pixels)
     extra = {"depth": {"control_image": image}, "fill": {"image": image, "mask_image": Image.fromarray(mask)}}.get(kind, {})
     try:
-        pipeline(prompt_embeds=embeds, pooled_prompt_embeds=pooled, height=HEIGHT, width=WIDTH, num_inference_steps=2, guidance_scale=guidance, output_type="latent", generator=generator, max_sequence_length=16, **extra)
+        pipeline(
+            prompt_embeds=embeds, pooled_prompt_embeds=pooled, height=HEIGHT, width=WIDTH, num_inference_steps=2, guidance_scale=guidance,
+            output_type="latent", generator=generator, max_sequence_length=16, **extra,
+        )
     finally:
         handle.remove()
     assert len(calls) == 2

@@ -99,7 +99,8 @@ def test_every_expert_called_at_every_langevin_step(components, encoded) -> None
     framepack = SpyExpert(_expert(components, encoded, 0, []))
     gaussian = SpyExpert(RenderGaussianExpert(encoded["latents"][0, :, 1 : 1 + WINDOW], 0.5))
     steps = []
-    sample_annealed_langevin(ProductOfExperts([Factor(framepack), Factor(gaussian)]), _section(6), linear_levels(3, t_max=0.9), generator=torch.Generator().manual_seed(0), langevin_steps=2, callback=steps.append)
+    product = ProductOfExperts([Factor(framepack), Factor(gaussian)])
+    sample_annealed_langevin(product, _section(6), linear_levels(3, t_max=0.9), generator=torch.Generator().manual_seed(0), langevin_steps=2, callback=steps.append)
     assert framepack.calls == gaussian.calls and len(framepack.calls) == len(steps)
 
 

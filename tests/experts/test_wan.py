@@ -89,7 +89,9 @@ def test_vae_round_trip_shapes_and_range(runtime) -> None:
 
 
 def test_i2v_velocity_shape_determinism_and_guidance(runtime, conditions) -> None:
-    make = lambda guidance: wan.WanI2VExpert(runtime.transformer("i2v"), conditions["i2v_condition"], conditions["image_embeds"], conditions["positive"], conditions["negative"], guidance)
+    def make(guidance: float) -> wan.WanI2VExpert:
+        return wan.WanI2VExpert(runtime.transformer("i2v"), conditions["i2v_condition"], conditions["image_embeds"], conditions["positive"], conditions["negative"], guidance)
+
     x = _noise()
     guided, unguided = make(4.0), make(1.0)
     velocity = guided.velocity(x, 0.7)

@@ -110,7 +110,9 @@ def test_two_clients_submitting_at_once_both_get_their_results(backend):
         answers["path"] = backend.client().post("/v1/jobs", json={"bundle_path": str(bundle), "params": QUICK}).json()
 
     def by_upload():
-        answers["upload"] = backend.client().post("/v1/jobs", params={"task": "toy2d", "params": json.dumps({**QUICK, "seed": 9})}, content=tar_of({"bundle.json": _bundle_bytes()}), headers={"content-type": "application/x-tar"}).json()
+        params = {"task": "toy2d", "params": json.dumps({**QUICK, "seed": 9})}
+        body = tar_of({"bundle.json": _bundle_bytes()})
+        answers["upload"] = backend.client().post("/v1/jobs", params=params, content=body, headers={"content-type": "application/x-tar"}).json()
 
     threads = [threading.Thread(target=by_path), threading.Thread(target=by_upload)]
     [thread.start() for thread in threads]

@@ -26,7 +26,10 @@ def test_demo_round_trip(tmp_path, arguments, task, models):
     installed.mkdir()
     (installed / "poe_backend").symlink_to(REPO / "poe_backend")
     environment = {**os.environ, "PYTHONPATH": str(installed)}
-    demo = f"import sys, bpy; from poe_backend.cli import main; before = list(sys.path); code = main(['demo', '--out', {str(out)!r}, *{arguments!r}]); print('sys.path kept:', sys.path == before); sys.exit(code)"
+    demo = (
+        "import sys, bpy; from poe_backend.cli import main; before = list(sys.path); "
+        f"code = main(['demo', '--out', {str(out)!r}, *{arguments!r}]); print('sys.path kept:', sys.path == before); sys.exit(code)"
+    )
     command = [sys.executable, "-P", "-c", demo]
     result = subprocess.run(command, cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -8,17 +8,14 @@ import time
 
 import pytest
 
+from poe_backend.bundle import BundleError
 from poe_backend.experts import registry
-
+from poe_backend.experts.specs import MissingWeights
 from poe_backend.server.errors import describe_failure
 from poe_backend.server.jobs import Job, JobStore, new_job_id
 from poe_backend.tasks import TASK_CLASSES
 from poe_backend.tasks.base import Task, TaskContext, TaskResult
 from tests.server.conftest import QUICK, write_bundle
-
-
-class ModelNotFoundError(FileNotFoundError):
-    """Named like the model registry's error (matched by name)."""
 
 
 class OutOfMemoryTask(Task):
@@ -32,7 +29,7 @@ class MissingWeightsTask(Task):
     name = "test_missing_weights"
 
     def run(self, context: TaskContext) -> TaskResult:
-        raise ModelNotFoundError("FLUX.1-Depth-dev weights not found; looked in $POE_MODELS/flux-depth and the Hugging Face cache")
+        raise MissingWeights("flux.transformer.depth", None, None, ["$POE_MODELS/flux-depth", "the Hugging Face cache"])
 
 
 class TinyVaeTask(Task):
@@ -78,17 +75,43 @@ def test_out_of_memory_and_missing_weights_fail_the_job_not_the_worker(store, tm
     oom_job, missing_job = _wait(store, oom), _wait(store, missing)
     assert oom_job["state"] == "failed" and oom_job["error"]["code"] == "out_of_memory"
     assert all(name in oom_job["error"]["message"] for name in ("preset: 'preview'", "'particles'", "'levels'", "offload: 'group'"))
-    assert missing_job["error"]["code"] == "model_unavailable" and "$POE_MODELS/flux-depth" in missing_job["error"]["message"]
+    assert missing_job["error"]["code"] == "missing_weights" and "$POE_MODELS/flux-depth" in missing_job["error"]["message"]
     assert _wait(store, fine)["state"] == "done"
     assert "MemoryError" in (store.job_dir(oom) / "log.txt").read_text()
 
 
-def test_cuda_out_of_memory_is_recognised_by_name():
-    class OutOfMemoryError(RuntimeError):
+def test_torch_out_of_memory_is_recognised():
+    import torch
+
+    assert describe_failure(torch.OutOfMemoryError("CUDA out of memory")).code == "out_of_memory"
+    assert describe_failure(ValueError("bad")).code == "task_error"
+
+
+def test_failures_are_classified_by_class_not_by_name():
+    import torch
+
+    from poe_backend.experts.memory_plan import PlanError
+
+    class DeviceOutOfMemory(torch.OutOfMemoryError):
         pass
 
-    assert describe_failure(OutOfMemoryError("CUDA out of memory")).code == "out_of_memory"
-    assert describe_failure(ValueError("bad")).code == "task_error"
+    class LocalWeightsMissing(MissingWeights):
+        pass
+
+    class SceneError(BundleError):
+        pass
+
+    assert describe_failure(DeviceOutOfMemory("CUDA out of memory")).code == "out_of_memory"
+    assert describe_failure(PlanError("nothing fits")).code == "out_of_memory"
+    assert describe_failure(LocalWeightsMissing("flux.vae", None, None, ["here"]), task="insertion").code == "missing_weights"
+    assert describe_failure(SceneError("passes.rgb", "no such pass")).code == "invalid_bundle"
+
+    # Unrelated classes that merely share a handled class's name are ordinary task errors.
+    impostors = {name: type(name, (RuntimeError,), {}) for name in ("OutOfMemoryError", "MissingWeights", "BundleError", "ModelNotFoundError")}
+    for name, cls in impostors.items():
+        error = cls("looks familiar")
+        error.field = "passes.rgb"
+        assert describe_failure(error).code == "task_error", name
 
 
 def test_missing_weights_reach_the_job_with_the_pull_command(store, tmp_path):

@@ -39,7 +39,10 @@ import uvicorn
 from poe_backend.server.app import ServerConfig, create_app
 from poe_backend.server.auth import load_or_create_token
 data_dir, port, root, limit_mib, entries, timeout = Path(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3]), *map(float, sys.argv[4:])
-config = ServerConfig(data_dir=data_dir, token=load_or_create_token(data_dir), allowed_roots=[root], max_upload_bytes=int(limit_mib) << 20, max_upload_entries=int(entries), upload_read_timeout_s=timeout)
+config = ServerConfig(
+    data_dir=data_dir, token=load_or_create_token(data_dir), allowed_roots=[root],
+    max_upload_bytes=int(limit_mib) << 20, max_upload_entries=int(entries), upload_read_timeout_s=timeout,
+)
 uvicorn.run(create_app(config), host="127.0.0.1", port=port, log_level="warning")
 """
 

@@ -54,7 +54,10 @@ def test_same_seed_same_result_other_seed_differs(tiny_data_dir, bundle_dir, tmp
     first = _run(bundle_dir, tmp_path / "a", mode="depth")
     second = _run(bundle_dir, tmp_path / "b", mode="depth")
     third = _run(bundle_dir, tmp_path / "c", mode="depth", seed=11)
-    load = lambda result: torch.load(result.outputs["latents"])["latents"]
+
+    def load(result):
+        return torch.load(result.outputs["latents"])["latents"]
+
     torch.testing.assert_close(load(first), load(second))
     assert not torch.allclose(load(first), load(third))
 
@@ -76,7 +79,11 @@ def test_baselines_and_pairings(tiny_data_dir, bundle_dir, tmp_path, mode, pairi
 def test_cancellation_mid_run(tiny_data_dir, bundle_dir, tmp_path) -> None:  # noqa: F811
     calls = []
     task = get_task("sim2video")
-    stop_after_two = lambda: calls.append(1) or len(calls) >= 2
+
+    def stop_after_two() -> bool:
+        calls.append(1)
+        return len(calls) >= 2
+
     context = TaskContext(bundle=read_bundle(bundle_dir), params=task.Params(**FAST), out_dir=tmp_path, models="tiny", should_stop=stop_after_two)
     with pytest.raises(SamplingCancelled):
         task.run(context)
