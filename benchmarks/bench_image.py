@@ -8,7 +8,7 @@ is not part of a sampler level. The VQA model stays resident under every offload
 the FLUX transformers are offloaded). Tiny (CPU): the tiny preset's classes at 32x32.
 
 The transformer and Qwen2.5-VL-7B configs are the planner's
-(``poe_backend.experts.memory_plan.FULL_CONFIGS``); the VAE config was written from the
+(``poe_backend.runtime.planner.full_configs()``: the families' declarations); the VAE config was written from the
 published ``config.json`` of black-forest-labs/FLUX.1-dev. Peak VRAM and host RSS are measured
 from after the models are built (in bf16 directly on the device) and placed.
 """
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from benchmarks.common import ForwardClock, Row, Settings, free, peak_host, peak_vram, random_model
-from poe_backend.experts.placement import apply_placement, placement_for_offload
+from poe_backend.runtime.placement import apply_placement, placement_for_offload
 
 FLUX_VAE = dict(
     in_channels=3,
@@ -64,7 +64,7 @@ def _size(settings: Settings) -> int:
 def _vae(settings: Settings):
     from diffusers import AutoencoderKL
 
-    from poe_backend.experts import flux_tiny
+    from poe_backend.families.flux import tiny as flux_tiny
 
     if settings.full:
         return random_model(lambda: AutoencoderKL(**FLUX_VAE), settings.device, _dtype(settings))
@@ -74,18 +74,18 @@ def _vae(settings: Settings):
 def _transformer(settings: Settings, in_channels: int):
     from diffusers import FluxTransformer2DModel
 
-    from poe_backend.experts import flux_tiny
+    from poe_backend.families.flux import tiny as flux_tiny
 
     if settings.full:
-        from poe_backend.experts.memory_plan import FULL_CONFIGS
+        from poe_backend.runtime.planner import full_configs
 
-        config = {**FULL_CONFIGS["flux.transformer.dev"][1], "in_channels": in_channels}
+        config = {**full_configs()["flux.transformer.dev"][1], "in_channels": in_channels}
         return random_model(lambda: FluxTransformer2DModel(**config), settings.device, _dtype(settings))
     return flux_tiny.transformer(in_channels).to(settings.device).eval().requires_grad_(False)
 
 
 def _prompt(settings: Settings, name: str):
-    from poe_backend.experts.flux import PromptEmbedding
+    from poe_backend.families.flux.runtime import PromptEmbedding
 
     length, width, pooled = (512, 4096, 768) if settings.full else (16, 32, 32)
     generator = torch.Generator().manual_seed(0)
@@ -115,7 +115,7 @@ def _sample(settings: Settings, product, space, clock: ForwardClock):
 
 def insertion(settings: Settings, offload: str) -> Row:
     """FLUX.1 Depth x Fill, FKC sampler, at 1024^2 (tiny: 32^2)."""
-    from poe_backend.experts import flux
+    from poe_backend.families.flux import runtime as flux
     from poe_backend.sampling import Factor, ProductOfExperts
 
     size, device = _size(settings), settings.device
@@ -149,17 +149,17 @@ def insertion(settings: Settings, offload: str) -> Row:
 def _vqa_components(settings: Settings):
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLImageProcessorPil
 
-    from poe_backend.experts import vqascore_tiny
+    from poe_backend.families.vqascore import tiny as vqascore_tiny
 
     tokenizer = vqascore_tiny.tokenizer()
     ids = dict(zip(vqascore_tiny.SPECIAL_TOKENS, tokenizer.convert_tokens_to_ids(vqascore_tiny.SPECIAL_TOKENS)))
     if not settings.full:
         model = vqascore_tiny.model(ids, len(tokenizer)).to(settings.device).eval().requires_grad_(False)
         return model, vqascore_tiny.image_processor(), tokenizer
-    from poe_backend.experts.memory_plan import FULL_CONFIGS
+    from poe_backend.runtime.planner import full_configs
 
     config = Qwen2_5_VLConfig(
-        **FULL_CONFIGS["vqa.model"][1],
+        **full_configs()["vqa.model"][1],
         image_token_id=ids["<|image_pad|>"],
         video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"],
@@ -171,8 +171,8 @@ def _vqa_components(settings: Settings):
 
 def regional(settings: Settings, offload: str) -> Row:
     """Global + 2 regional FLUX.1 [dev] experts (one shared transformer) x VQAScore."""
-    from poe_backend.experts import flux
-    from poe_backend.experts.vqascore import VQAScorer, VQAScoreReward
+    from poe_backend.families.flux import runtime as flux
+    from poe_backend.families.vqascore.scorer import VQAScorer, VQAScoreReward
     from poe_backend.sampling import Factor
 
     size, device = _size(settings), settings.device

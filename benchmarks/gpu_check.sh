@@ -1,10 +1,20 @@
 #!/usr/bin/env bash
-# One prepared device check: the memory plan for this machine, then the image tasks and the
-# video tasks with and without offload, each row in its own process under `timeout` (so a
-# row that hangs or runs out of memory costs only its own slot and frees everything), each
-# row's table printed as soon as it is done. Budget on one H200: under 8 minutes in all
-# (per-row limits below sum to 480 s). Without CUDA it runs the same rows with the tiny
-# models on the CPU, single-threaded.
+# One prepared device check, each row in its own process under `timeout` (so a row that hangs
+# or runs out of memory costs only its own slot and frees everything), each row's lines
+# printed as soon as they are done. First what only a card can answer about memory: two
+# consecutive jobs of each task through the real task code (model cache, planner, placement,
+# encoders, decode) with full-size random weights, on a 24 GiB and a 48 GiB card emulated
+# with torch.cuda.set_per_process_memory_fraction (benchmarks/gpu_memory.py: one row per job
+# with the plan, measured peak VRAM, pinned host bytes, RSS, seconds per forward); then the
+# memory plan for this machine. Budget on one H100 or H200: under 8 minutes in all (per-row
+# limits below sum to 475 s). Without CUDA it runs the same rows with the tiny models on the
+# CPU, single-threaded (not a measurement: it shows that every row works).
+#
+# Dropped for the memory rows' time (run them alone with `python benchmarks/gpu_tasks.py`):
+# the per-offload speed rows of the earlier check -- insertion resident (75 s) and group
+# offload (90 s), regional_t2i resident (75 s), sim2video resident (90 s) and group offload
+# (90 s); the memory rows time resident and streamed forwards of the same models. The plan
+# row went from 60 s to 15 s (it takes ~5 s).
 #
 # Usage: bash benchmarks/gpu_check.sh        (from the repository root; PYTHON overrides
 #                                             the interpreter, default `python`)
@@ -27,7 +37,7 @@ row() {  # row SECONDS LABEL COMMAND...
     local limit=$1 label=$2 start=$SECONDS
     shift 2
     echo "== $label (limit ${limit}s)"
-    timeout --kill-after=10 "$limit" "$@" 2>&1 | grep -v -e "should be kept in float32" -e "^USDT"
+    timeout --kill-after=10 "$limit" "$@" 2>&1 | grep -v -e "should be kept in float32" -e "^USDT" -e "requires torchvision (not installed)"
     local status=${PIPESTATUS[0]}
     [ "$status" -eq 124 ] || [ "$status" -eq 137 ] && echo "   $label: timed out after ${limit}s"
     [ "$status" -ne 0 ] && [ "$status" -ne 124 ] && [ "$status" -ne 137 ] && echo "   $label: exit status $status"
@@ -35,9 +45,24 @@ row() {  # row SECONDS LABEL COMMAND...
 }
 
 tiny=(); [ "$mode" = cpu ] && tiny=(--tiny)
-row 60 "memory plan for this machine" "$PYTHON" -c '
+# The tiny preset's tokenizers and files (the memory rows resolve them) are built once, here.
+POE_DATA_DIR=$(mktemp -d) && export POE_DATA_DIR HF_HUB_OFFLINE=1
+trap 'rm -rf "$POE_DATA_DIR"' EXIT
+
+# Memory: task x card (GiB), two jobs each (the second with a new prompt); limits from
+# estimates (no GPU run yet): process start ~10 s, random weights of streamed models built in
+# host RAM (~22-63 GB, then packed and page-locked), a few forwards of 2 particles.
+row 65 "memory: insertion, 24 GiB card" "$PYTHON" benchmarks/gpu_memory.py "${tiny[@]}" --task insertion --card-gb 24
+row 50 "memory: insertion, 48 GiB card" "$PYTHON" benchmarks/gpu_memory.py "${tiny[@]}" --task insertion --card-gb 48
+row 60 "memory: regional_t2i, 24 GiB card" "$PYTHON" benchmarks/gpu_memory.py "${tiny[@]}" --task regional_t2i --card-gb 24
+row 45 "memory: regional_t2i, 48 GiB card" "$PYTHON" benchmarks/gpu_memory.py "${tiny[@]}" --task regional_t2i --card-gb 48
+row 75 "memory: sim2video, 24 GiB card" "$PYTHON" benchmarks/gpu_memory.py "${tiny[@]}" --task sim2video --card-gb 24
+row 60 "memory: sim2video, 48 GiB card" "$PYTHON" benchmarks/gpu_memory.py "${tiny[@]}" --task sim2video --card-gb 48
+row 60 "memory: sim2video_ar, 24 GiB card" "$PYTHON" benchmarks/gpu_memory.py "${tiny[@]}" --task sim2video_ar --card-gb 24
+row 45 "memory: sim2video_ar, 48 GiB card" "$PYTHON" benchmarks/gpu_memory.py "${tiny[@]}" --task sim2video_ar --card-gb 48
+row 15 "memory plan for this machine" "$PYTHON" -c '
 import torch
-from poe_backend.experts import memory_plan as mp
+from poe_backend.runtime import planner as mp
 budget = mp.Budget.detect("cuda" if torch.cuda.is_available() else "cpu")
 if budget.vram_free_bytes == 0:
     budget = mp.Budget.nominal(141, 128)
@@ -46,9 +71,4 @@ for name, job in (("insertion 1024² P=2", mp.insertion_job()), ("sim2video 832x
     models, activation, decode, tiled = job
     print(name, "->", mp.plan(models, activation, decode, budget, alternating=len(models) > 1, tiled_decode_bytes=tiled).describe())
 '
-row 75 "insertion, resident" "$PYTHON" benchmarks/gpu_tasks.py "${tiny[@]}" --task insertion --offload none --particles 2
-row 90 "insertion, group offload" "$PYTHON" benchmarks/gpu_tasks.py "${tiny[@]}" --task insertion --offload group --particles 2
-row 75 "regional_t2i, resident" "$PYTHON" benchmarks/gpu_tasks.py "${tiny[@]}" --task regional_t2i --offload none --particles 2
-row 90 "sim2video, resident" "$PYTHON" -m benchmarks.gpu_video --task sim2video --offload none --particles 2
-row 90 "sim2video, group offload" "$PYTHON" -m benchmarks.gpu_video --task sim2video --offload group --particles 2
 echo "== done in ${SECONDS}s"

@@ -40,14 +40,14 @@ import torch
 if str(Path(__file__).resolve().parents[1]) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from poe_backend.experts.memory_plan import FULL_CONFIGS  # noqa: E402
+from poe_backend.runtime.planner import full_configs  # noqa: E402
 from benchmarks.common import ForwardClock, Row, peak_host, peak_vram, random_model, synchronize, table  # noqa: E402
 
 OFFLOADS = ("none", "group", "sequential")
 
 _VACE_KEYS = ("in_channels", "vace_layers", "vace_in_channels")  # set per row below
-WAN_14B = {k: v for k, v in FULL_CONFIGS["wan.transformer.vace"][1].items() if k not in _VACE_KEYS}
-WAN_1_3B = {k: v for k, v in FULL_CONFIGS["wan.transformer.vace.preview"][1].items() if k not in _VACE_KEYS}
+WAN_14B = {k: v for k, v in full_configs()["wan.transformer.vace"][1].items() if k not in _VACE_KEYS}
+WAN_1_3B = {k: v for k, v in full_configs()["wan.transformer.vace.preview"][1].items() if k not in _VACE_KEYS}
 WAN_TINY = dict(
     patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8, out_channels=16, text_dim=32, freq_dim=32, ffn_dim=32, num_layers=2,
     cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
@@ -89,7 +89,7 @@ def _measure(task: str, variant: str, offload: str, resolution: str, particles: 
 
 
 def _place(modules: list[torch.nn.Module], offload: str, device: str) -> None:
-    from poe_backend.experts.placement import apply_placement, placement_for_offload
+    from poe_backend.runtime.placement import apply_placement, placement_for_offload
 
     for module in modules:
         apply_placement(module, placement_for_offload(offload), device)
@@ -98,7 +98,7 @@ def _place(modules: list[torch.nn.Module], offload: str, device: str) -> None:
 def bench_sim2video(device: str, offload: str, full: bool, preview: bool, particles: int, levels: int, langevin_steps: int) -> Row:
     from diffusers import WanTransformer3DModel, WanVACETransformer3DModel
 
-    from poe_backend.experts.wan import WanI2VExpert, WanVACEExpert, latent_shape
+    from poe_backend.families.wan.experts import WanI2VExpert, WanVACEExpert, latent_shape
 
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     if full and preview:
@@ -137,8 +137,8 @@ def bench_sim2video(device: str, offload: str, full: bool, preview: bool, partic
 def bench_sim2video_ar(device: str, offload: str, full: bool, particles: int, levels: int, langevin_steps: int) -> Row:
     from diffusers import HunyuanVideoFramepackTransformer3DModel
 
-    from poe_backend.experts.framepack import FramePackSectionExpert, PromptEmbeddings, section_conditioning
-    from poe_backend.experts.render_gaussian import RenderGaussianExpert
+    from poe_backend.families.framepack.experts import FramePackSectionExpert, PromptEmbeddings, section_conditioning
+    from poe_backend.families.analytic.render_gaussian import RenderGaussianExpert
 
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     config = FRAMEPACK_13B if full else FRAMEPACK_TINY

@@ -46,7 +46,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from poe_backend.experts.framepack import framepack_levels  # noqa: E402
+from poe_backend.families.framepack.experts import framepack_levels  # noqa: E402
 from poe_backend.sampling.autoregressive import sample_autoregressive  # noqa: E402
 from poe_backend.tasks.sim2video_ar import Sim2VideoARParams  # noqa: E402
 from poe_backend.toy.learned_sequence import DTYPE, SequenceCase, default_case  # noqa: E402

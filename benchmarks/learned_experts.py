@@ -44,7 +44,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from poe_backend.experts.gmm import GaussianMixture, GaussianMixtureExpert  # noqa: E402
+from poe_backend.families.analytic.gmm import GaussianMixture, GaussianMixtureExpert  # noqa: E402
 from poe_backend.sampling import Factor, GenerativeExpert, ProductOfExperts, SampleResult, resampling, samplers  # noqa: E402
 from poe_backend.sampling.schedules import log_snr_levels  # noqa: E402
 from poe_backend.tasks import images  # noqa: E402

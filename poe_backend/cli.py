@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def register_models(subparsers: argparse._SubParsersAction) -> None:
     """``poe-backend models list|pull|check [--task T] [--preset P]``: the weights manager
-    (:mod:`poe_backend.experts.weights`), without torch; without ``--task``, every task's
+    (:mod:`poe_backend.models.weights`), without torch; without ``--task``, every task's
     roles. ``poe-backend models plan [--task T] [--card-gb N ...] [--ram-gb M ...]``: the
     memory planner's decisions for the full-size models (:func:`memory_plan.plan_report`)."""
     models = subparsers.add_parser("models", help="list, download or check the model weights a task needs")
@@ -58,14 +58,14 @@ def _models_roles(arguments: argparse.Namespace) -> list[str]:
 
 
 def _models_status(arguments: argparse.Namespace) -> list:
-    from poe_backend.experts import weights
-    from poe_backend.experts.specs import data_dir
+    from poe_backend.models import weights
+    from poe_backend.models.specs import data_dir
 
     return weights.status(_models_roles(arguments), arguments.preset, data_dir())
 
 
 def _models_list(arguments: argparse.Namespace) -> int:
-    from poe_backend.experts import weights
+    from poe_backend.models import weights
 
     statuses = _models_status(arguments)
     rows = [("role", "repo", "subfolders", "size", "state", "path")]
@@ -86,7 +86,7 @@ def _models_list(arguments: argparse.Namespace) -> int:
 
 
 def _models_pull(arguments: argparse.Namespace) -> int:
-    from poe_backend.experts import weights
+    from poe_backend.models import weights
 
     statuses = _models_status(arguments)
     for item in statuses:
@@ -111,7 +111,7 @@ def _models_pull(arguments: argparse.Namespace) -> int:
 
 
 def _models_check(arguments: argparse.Namespace) -> int:
-    from poe_backend.experts import weights
+    from poe_backend.models import weights
 
     lacking = [item for item in _models_status(arguments) if item.state != "present"]
     for item in lacking:
@@ -124,7 +124,7 @@ def _models_check(arguments: argparse.Namespace) -> int:
 
 
 def _models_plan(arguments: argparse.Namespace) -> int:
-    from poe_backend.experts import memory_plan
+    from poe_backend.runtime import planner as memory_plan
 
     try:
         print(memory_plan.plan_report([arguments.task] if arguments.task else None, tuple(arguments.card_gb), tuple(arguments.ram_gb)))

@@ -183,11 +183,12 @@ def choose_models(task: str, requested: str) -> tuple[str, str]:
         return "default", "no models: toy2d samples a product of analytic 2-D Gaussian-mixture experts"
     if requested != "auto":
         return requested, f"model preset {requested!r} as requested"
-    from poe_backend.experts import registry
+    from poe_backend.models import lookup
+    from poe_backend.models import specs
 
     try:
-        registry.check_available([role for family in EXAMPLES[task]["families"] for role in registry.roles_of(family)], "default")
-    except registry.MissingWeights as error:
+        lookup.check_available([role for family in EXAMPLES[task]["families"] for role in specs.roles_of(family)], "default")
+    except specs.MissingWeights as error:
         missing = ", ".join(repo_id for repo_id, _ in error.missing if repo_id) or f"model '{error.role}'"
         return "tiny", (
             f"no weights found ({missing}; `poe-backend run` prints the download commands); ran the 'tiny' preset: "

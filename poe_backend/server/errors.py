@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from poe_backend.bundle import BundleError
-from poe_backend.experts.specs import MissingWeights
+from poe_backend.models.specs import MissingWeights
 
 
 class InputError(Exception):
@@ -56,7 +56,7 @@ OUT_OF_MEMORY_ADVICE = (
 def pull_command(task: str, models: str) -> str:
     """The ``poe-backend models pull`` command that fetches what ``task`` needs in preset
     ``models`` (a JSON preset is named by its file stem, as ``<data dir>/presets`` holds it)."""
-    from poe_backend.experts.weights import pull_command as weights_pull_command
+    from poe_backend.models.weights import pull_command as weights_pull_command
 
     return weights_pull_command(task, models.rsplit("/", 1)[-1].removesuffix(".json"))
 
@@ -73,7 +73,7 @@ def describe_failure(error: BaseException, *, task: str = "", models: str = "def
     """Map an exception raised by ``task`` run with model preset ``models`` to a
     :class:`JobFailure` (never re-raises)."""
     # MemoryError also covers the memory planner's PlanError (a subclass; its module,
-    # poe_backend.experts.memory_plan, imports torch, so it is not imported here).
+    # poe_backend.runtime.planner, imports torch, so it is not imported here).
     if isinstance(error, MemoryError) or _is_torch_out_of_memory(error):
         return JobFailure("out_of_memory", f"{OUT_OF_MEMORY_ADVICE} ({type(error).__name__}: {error})")
     if isinstance(error, MissingWeights):

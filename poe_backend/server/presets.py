@@ -26,9 +26,9 @@ def allowed_model_roots(data_dir: Path, extra_roots: list[Path]) -> list[Path]:
     """The folders a preset's ``local_dir`` may point into (resolved)."""
     from huggingface_hub import constants
 
-    from poe_backend.experts import registry
+    from poe_backend.models import specs
 
-    return [root.resolve() for root in (data_dir, registry.data_dir(), Path(constants.HF_HUB_CACHE), *extra_roots)]
+    return [root.resolve() for root in (data_dir, specs.data_dir(), Path(constants.HF_HUB_CACHE), *extra_roots)]
 
 
 def check_models(models: object, data_dir: Path, roots: list[Path]) -> str:
@@ -65,13 +65,13 @@ def _read_preset(path: Path, name: str) -> dict:
 
 
 def _check_local_dirs(data: dict, name: str, roots: list[Path]) -> None:
-    from poe_backend.experts import registry
+    from poe_backend.models import specs
 
     for role, override in data.get("roles", {}).items():
         local = override.get("local_dir") if isinstance(override, dict) else None
         if local is None:
             continue
-        directory = Path(str(local)) if Path(str(local)).is_absolute() else registry.data_dir() / str(local)
+        directory = Path(str(local)) if Path(str(local)).is_absolute() else specs.data_dir() / str(local)
         resolved = directory.resolve()
         if not any(resolved.is_relative_to(root) for root in roots):
             raise InputError("models", f"preset {name!r} role {role!r}: local_dir is outside the allowed roots (the data dir, the Hugging Face cache, --allow-root folders)")

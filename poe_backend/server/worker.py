@@ -5,7 +5,7 @@ the GIL for long stretches and torch's intra-op threads take every core, so a jo
 thread of the server starved the event loop (50 concurrent status requests waited ~120 ms
 at p95 with a toy job running, against ~20 ms idle). In a process of its own a job shares
 neither the GIL nor the server's threads, and each device's model cache
-(:data:`~poe_backend.experts.model_cache.MODEL_CACHE`) is that process's own: two workers
+(:data:`~poe_backend.runtime.cache.MODEL_CACHE`) is that process's own: two workers
 never see, move or evict each other's models. A crash of the job process (a segfault, the
 OOM killer) fails that job and starts a fresh process; the server lives on.
 
@@ -230,7 +230,7 @@ def run_order(order: JobOrder, device: str, progress: Any, cancel_seq: Any) -> J
     """Run one job: the task's progress goes to ``progress`` ([seq, *fields]), and it stops
     at the next sampler step once ``cancel_seq`` holds ``order.seq``."""
     from poe_backend.bundle import read_bundle
-    from poe_backend.experts.model_cache import MODEL_CACHE
+    from poe_backend.runtime.cache import MODEL_CACHE
     from poe_backend.sampling import Progress, SamplingCancelled
     from poe_backend.server.errors import describe_failure
     from poe_backend.tasks.base import RESULT_FILE, TaskContext

@@ -204,7 +204,7 @@ def job_entry(run: Callable[[Task, TaskContext], TaskResult]) -> Callable[[Task,
     def run_job(self: Task, context: TaskContext) -> TaskResult:
         import torch
 
-        from poe_backend.experts.model_cache import MODEL_CACHE
+        from poe_backend.runtime.cache import MODEL_CACHE
 
         evicted = MODEL_CACHE.begin_job(self.model_roles(context))
         on_cuda = str(context.device).startswith("cuda") and torch.cuda.is_available()
@@ -224,7 +224,7 @@ def memory_report(device: str, evicted: list[str]) -> dict[str, Any]:
     torch's pinned allocator), the models evicted before the job and those loaded after it."""
     import torch
 
-    from poe_backend.experts.model_cache import MODEL_CACHE
+    from poe_backend.runtime.cache import MODEL_CACHE
 
     on_cuda = str(device).startswith("cuda") and torch.cuda.is_available()
     return {

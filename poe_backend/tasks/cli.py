@@ -84,7 +84,7 @@ def run_command(arguments: argparse.Namespace) -> int:
 
 def _run(task: Any, context: Any, bar: "_ProgressBar") -> int:
     from poe_backend.bundle import BundleError
-    from poe_backend.experts.specs import MissingWeights
+    from poe_backend.models.specs import MissingWeights
     from poe_backend.sampling import SamplingCancelled
 
     try:

@@ -9,7 +9,7 @@ outside the object mask equal the plate exactly (the mask is feathered inwards o
 Baselines (``method``): ``depth`` or ``fill`` alone; ``rf_solver``: RF-Solver inversion of
 the bundle's RGB render (the naive composite; the plate if there is none) with FLUX.1 [dev]
 and ``rf_source_prompt``, then editing with the prompt, sharing attention V for the first
-``rf_inject`` steps (see :mod:`poe_backend.experts.rf_solver`). Single-expert baselines use the summed-velocity ODE
+``rf_inject`` steps (see :mod:`poe_backend.families.flux.rf_solver`). Single-expert baselines use the summed-velocity ODE
 (each model's own sampler) unless ``sampler`` is set explicitly.
 
 Bundle: passes ``plate``, ``depth`` (first frame), ``mask.<object>`` (first frame; the union
@@ -90,13 +90,14 @@ class InsertionTask(Task):
     kind = "image"
 
     def model_roles(self, context: TaskContext) -> list[str]:
-        from poe_backend.experts.flux import FluxRuntime
+        from poe_backend.families.flux.runtime import FluxRuntime
 
         return FluxRuntime.roles(transformer_kinds(context.params.effective().method))
 
     def run(self, context: TaskContext) -> TaskResult:
-        from poe_backend.experts import registry
-        from poe_backend.experts.flux import FluxRuntime
+        from poe_backend.models import lookup
+        from poe_backend.models import specs
+        from poe_backend.families.flux.runtime import FluxRuntime
 
         params: InsertionParams = context.params.effective()
         if params.method in ("depth", "fill") and "sampler" not in params.model_fields_set:
@@ -108,7 +109,7 @@ class InsertionTask(Task):
         plate, depth, mask = read_inputs(bundle, params, (height, width))
         prompt = insertion_prompt(bundle)
         roles = FluxRuntime.roles(transformer_kinds(params.method))
-        registry.check_available(roles, context.models)
+        lookup.check_available(roles, context.models)
         seed = seed_for(context)
 
         runtime = FluxRuntime(height, width, preset=context.models, device=context.device, max_sequence_length=params.max_sequence_length)
@@ -141,7 +142,7 @@ class InsertionTask(Task):
             sampler_stats=stats,
             placement=runtime.describe(),
             mask_pixels=int(mask.sum()),
-            model_specs={role: registry.get_spec(role, context.models).describe() for role in roles},
+            model_specs={role: specs.get_spec(role, context.models).describe() for role in roles},
             seconds=timer.seconds,
         )
         return TaskResult(kind="image", primary="image", outputs=outputs, manifest=record)
@@ -203,7 +204,7 @@ def run_product(runtime, params: InsertionParams, embedding, plate, depth, mask,
 def run_rf_solver(runtime, params: InsertionParams, embeddings, source: np.ndarray, context: TaskContext):
     """RF-Solver baseline: invert ``source`` (t 0 -> 1, source prompt, guidance 1), edit
     (t 1 -> 0, prompt, ``rf_guidance``). Deterministic: one particle, no seed."""
-    from poe_backend.experts.rf_solver import ValueSharing, rf_solver
+    from poe_backend.families.flux.rf_solver import ValueSharing, rf_solver
     from poe_backend.sampling.schedules import flux_shift_mu, shifted_levels
 
     runtime.plan(["dev"], offload=params.offload, fp8_storage=params.fp8_storage, batch=1)

@@ -3,7 +3,7 @@
 Product (paper, "regional text-to-image"): a global FLUX.1 [dev] expert × one FLUX.1 [dev]
 expert per region prompt, with per-token weight maps from the boxes that add up to 1 on
 every token (inside a box ``p_global^(1−α)·p_region^α``, α = ``region_strength``; see
-:func:`poe_backend.experts.flux.regional_weights`), × VQAScore as a discriminative expert on the decoded clean predictions, with
+:func:`poe_backend.families.flux.runtime.regional_weights`), × VQAScore as a discriminative expert on the decoded clean predictions, with
 particles and resampling (score-only Feynman-Kac path by default). The final image is one
 particle drawn by weight with the job's seed (:func:`~poe_backend.sampling.resampling.chosen_particle`);
 all particles are written.
@@ -12,7 +12,7 @@ Regions come from the bundle's objects: each object with a non-empty ``prompt`` 
 the first frame (``bbox_px[0]``, scaled to the run's resolution). Objects with a prompt but
 no box there are skipped and listed in the manifest. The global prompt is the bundle's, or
 the region prompts joined by ", ". With ``layout_parser`` and no boxed region in the bundle,
-the LLM layout parser (:mod:`poe_backend.experts.layout`, the VQAScore backbone generating a
+the LLM layout parser (:mod:`poe_backend.families.vqascore.layout`, the VQAScore backbone generating a
 JSON layout) proposes regions from the global prompt; otherwise, or when its answer does not
 parse, the global expert runs alone.
 
@@ -55,16 +55,18 @@ class RegionalT2ITask(Task):
     kind = "image"
 
     def model_roles(self, context: TaskContext) -> list[str]:
-        from poe_backend.experts.flux import FluxRuntime
-        from poe_backend.experts.vqascore import ROLES
+        from poe_backend.families.flux.runtime import FluxRuntime
+        from poe_backend.families.vqascore.declaration import ROLES
 
         params: RegionalParams = context.params.effective()
         uses_vqa = params.method == "regional" and (params.vqascore or params.layout_parser)
         return FluxRuntime.roles(["dev"]) + (list(ROLES) if uses_vqa else [])
 
     def run(self, context: TaskContext) -> TaskResult:
-        from poe_backend.experts import flux, registry
-        from poe_backend.experts.vqascore import ROLES
+        from poe_backend.families.flux import runtime as flux
+        from poe_backend.models import lookup
+        from poe_backend.models import specs
+        from poe_backend.families.vqascore.declaration import ROLES
 
         params: RegionalParams = context.params.effective()
         bundle, timer = context.bundle, images.Timer()
@@ -78,10 +80,10 @@ class RegionalT2ITask(Task):
         use_vqa = params.method == "regional" and params.vqascore
         parse = params.method == "regional" and params.layout_parser and not regions
         roles = flux.FluxRuntime.roles(["dev"]) + (list(ROLES) if use_vqa or parse else [])
-        registry.check_available(roles, context.models)
+        lookup.check_available(roles, context.models)
         layout = None
         if parse:
-            from poe_backend.experts.layout import LayoutParser
+            from poe_backend.families.vqascore.layout import LayoutParser
 
             regions, answer = LayoutParser(context.models, device=context.device)(global_prompt, width, height)
             layout = {"answer": answer, "regions": len(regions)}
@@ -91,12 +93,12 @@ class RegionalT2ITask(Task):
         runtime = flux.FluxRuntime(height, width, preset=context.models, device=context.device, max_sequence_length=params.max_sequence_length)
         region_prompts = [prompt for prompt, _ in regions] if use_regions else []
         embeddings = runtime.encode_prompts([global_prompt] + region_prompts)
-        resident = registry.weight_bytes("vqa.model", context.models) if use_vqa else 0
+        resident = lookup.weight_bytes("vqa.model", context.models) if use_vqa else 0
         runtime.plan(["dev"], offload=params.offload, fp8_storage=params.fp8_storage, batch=params.max_batch or params.particles, resident_bytes=resident)
         factors = build_factors(runtime, embeddings, regions if use_regions else [], params)
         rewards, reward = [], None
         if use_vqa:
-            from poe_backend.experts.vqascore import VQAScorer, VQAScoreReward
+            from poe_backend.families.vqascore.scorer import VQAScorer, VQAScoreReward
 
             scorer = VQAScorer(context.models, device=context.device, max_pixels=params.vqa_max_pixels)
             vqa_prompts = {"global": [global_prompt], "regions": region_prompts or [global_prompt], "all": [global_prompt] + region_prompts}[params.vqa_prompts]
@@ -131,7 +133,7 @@ class RegionalT2ITask(Task):
             vqascore=None if reward is None else reward.last_scores,
             sampler_stats={**result.stats(), "sampler": params.sampler, "levels": levels, "expert_calls": [f.expert.calls for f in factors]},
             placement=runtime.describe(),
-            model_specs={role: registry.get_spec(role, context.models).describe() for role in roles},
+            model_specs={role: specs.get_spec(role, context.models).describe() for role in roles},
             seconds=timer.seconds,
         )
         return TaskResult(kind="image", primary="image", outputs=outputs, manifest=record)
@@ -156,7 +158,7 @@ def read_regions(bundle, height: int, width: int) -> tuple[list[tuple[str, list[
 
 def build_factors(runtime, embeddings, regions, params: RegionalParams) -> list[Factor]:
     """The global expert and one expert per region, sharing one transformer."""
-    from poe_backend.experts import flux
+    from poe_backend.families.flux import runtime as flux
 
     global_map, region_maps = flux.regional_weights([box for _, box in regions], runtime.space.height, runtime.space.width, region_strength=params.region_strength)
 

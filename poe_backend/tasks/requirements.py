@@ -1,46 +1,25 @@
-"""Which registry roles a task loads, for given parameters and registry preset (torch-free).
+"""Which model roles a task loads, for given parameters and preset (torch-free).
 
 The weights manager (``poe-backend models``) asks this module what to check or download
-before a job runs, so it must not import the tasks (they import torch and diffusers). Each
-entry below mirrors what the task's ``run`` passes to ``registry.check_available`` and says
-why; parameters not given take the tasks' defaults (``method="product"`` etc.).
+before a job runs, so it must not import the tasks (they import torch and diffusers). The
+role groups come from the families' declarations (``poe_backend/families/<family>/declaration.py``);
+each rule below mirrors what the task's ``run`` passes to ``lookup.check_available`` and
+says why; parameters not given take the tasks' defaults (``method="product"`` etc.).
 """
 
 from __future__ import annotations
 
 from typing import Mapping
 
-#: FLUX.1 [dev]'s VAE, CLIP-L and T5-XXL with their tokenizers: every FLUX task encodes its
-#: prompt and decodes its latent with them (Depth and Fill share them, see flux_models).
-FLUX_SHARED = ["flux.vae", "flux.text_encoder", "flux.tokenizer", "flux.text_encoder_2", "flux.tokenizer_2"]
-#: insertion ``method`` -> transformers: the product multiplies Depth and Fill; the single
+from poe_backend.families.flux import declaration as flux
+from poe_backend.families.framepack import declaration as framepack
+from poe_backend.families.vqascore import declaration as vqascore
+from poe_backend.families.wan import declaration as wan
+
+#: insertion ``method`` -> transformer kinds: the product multiplies Depth and Fill; the single
 #: expert baselines load one; RF-Solver inverts and edits with FLUX.1 [dev].
-INSERTION_TRANSFORMERS = {
-    "product": ["flux.transformer.depth", "flux.transformer.fill"],
-    "depth": ["flux.transformer.depth"],
-    "fill": ["flux.transformer.fill"],
-    "rf_solver": ["flux.transformer.dev"],
-}
-#: Qwen2.5-VL: the VQAScore reward and the LLM layout parser both run it.
-VQA = ["vqa.model", "vqa.image_processor", "vqa.tokenizer"]
-#: Wan2.1's VAE and UMT5-XXL: every sim2video mode encodes a prompt and decodes video.
-WAN_SHARED = ["wan.vae", "wan.tokenizer", "wan.text_encoder"]
-#: The I2V-14B transformer with its CLIP ViT-H image encoder (first-frame conditioning).
-WAN_I2V = ["wan.transformer.i2v", "wan.image_encoder", "wan.image_processor"]
+INSERTION_TRANSFORMERS = {"product": ["depth", "fill"], "depth": ["depth"], "fill": ["fill"], "rf_solver": ["dev"]}
 SIM2VIDEO_MODES = ("product", "i2v", "depth", "vace_combined", "ddim_inversion")
-#: FramePack ``sampling_type`` -> transformer (inverted anti-drifting or F1 "vanilla").
-FRAMEPACK_TRANSFORMERS = {"inverted": "framepack.transformer", "vanilla": "framepack.transformer.f1"}
-#: What every FramePack run loads besides the transformer (HunyuanVideo VAE, Llama, CLIP-L,
-#: SigLIP); the render-Gaussian expert uses the same VAE, so ``mode`` changes nothing.
-FRAMEPACK_SHARED = [
-    "framepack.vae",
-    "framepack.text_encoder",
-    "framepack.tokenizer",
-    "framepack.text_encoder_2",
-    "framepack.tokenizer_2",
-    "framepack.image_encoder",
-    "framepack.feature_extractor",
-]
 
 
 def required_roles(task: str, params: Mapping | None = None, preset: str = "default") -> list[str]:
@@ -69,7 +48,8 @@ def _toy2d(params: dict, preset: str) -> list[str]:
 
 
 def _insertion(params: dict, preset: str) -> list[str]:
-    return FLUX_SHARED + INSERTION_TRANSFORMERS[_choice(params, "method", "product", INSERTION_TRANSFORMERS)]
+    kinds = INSERTION_TRANSFORMERS[_choice(params, "method", "product", INSERTION_TRANSFORMERS)]
+    return flux.SHARED + [flux.TRANSFORMER_ROLES[kind] for kind in kinds]
 
 
 def _regional_t2i(params: dict, preset: str) -> list[str]:
@@ -78,7 +58,7 @@ def _regional_t2i(params: dict, preset: str) -> list[str]:
     it runs only when the bundle has no boxes, which parameters cannot tell, so it counts)."""
     method = _choice(params, "method", "regional", ("regional", "flux"))
     uses_qwen = method == "regional" and (params.get("vqascore", True) or params.get("layout_parser", False))
-    return FLUX_SHARED + ["flux.transformer.dev"] + (VQA if uses_qwen else [])
+    return flux.SHARED + [flux.TRANSFORMER_ROLES["dev"]] + (list(vqascore.ROLES) if uses_qwen else [])
 
 
 def sim2video_pairing(pairing: str, preset: str) -> str:
@@ -103,11 +83,11 @@ def _sim2video(params: dict, preset: str) -> list[str]:
     mode = _choice(params, "mode", "product", SIM2VIDEO_MODES)
     pairing = sim2video_pairing(_choice(params, "pairing", "auto", ("auto", "i2v_vace", "shared_vace")), preset)
     kinds = sim2video_transformers(mode, pairing)
-    return WAN_SHARED + (["wan.transformer.vace"] if "vace" in kinds else []) + (WAN_I2V if "i2v" in kinds else [])
+    return wan.SHARED + ([wan.TRANSFORMER_ROLES["vace"]] if "vace" in kinds else []) + (wan.I2V if "i2v" in kinds else [])
 
 
 def _sim2video_ar(params: dict, preset: str) -> list[str]:
-    return [FRAMEPACK_TRANSFORMERS[_choice(params, "sampling_type", "inverted", FRAMEPACK_TRANSFORMERS)]] + FRAMEPACK_SHARED
+    return [framepack.TRANSFORMER_ROLES[_choice(params, "sampling_type", "inverted", framepack.TRANSFORMER_ROLES)]] + framepack.SHARED
 
 
 _RULES = {

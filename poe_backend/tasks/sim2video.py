@@ -11,7 +11,7 @@ Baselines (``mode``): ``i2v`` (the I2V expert alone), ``depth`` (depth-to-video 
 ``vace_combined`` (one VACE call with first frame + depth in one control), and
 ``ddim_inversion`` (the full-scene baseline: the rendered RGB clip is encoded with the Wan
 VAE, inverted with the I2V expert's own ODE from t = 0 to t_max under ``source_prompt`` with
-guidance 1 (:func:`poe_backend.experts.wan.invert`), then regenerated from there under
+guidance 1 (:func:`poe_backend.families.wan.experts.invert`), then regenerated from there under
 ``prompt`` with ``i2v_guidance`` by the same ODE; always ``summed_velocity``, one expert).
 A single expert runs the same sampler (``summed_velocity`` gives that model's own ODE
 sampler). Trajectory-to-video, the paper's other baseline, needs a model diffusers does
@@ -22,7 +22,7 @@ modes with a depth control, ``rgb`` frame 0 as first frame unless ``first_frame`
 image, the whole ``rgb`` clip for ``ddim_inversion``; ``prompt``. Frames: the first
 ``num_frames`` (default all), cut to 4k+1.
 
-The task is bundle → conditions → :class:`~poe_backend.experts.wan_runtime.WanRuntime`
+The task is bundle → conditions → :class:`~poe_backend.families.wan.runtime.WanRuntime`
 experts → sampler → outputs: the runtime loads, encodes, plans (``offload``,
 ``fp8_storage``), places and decodes; :meth:`Sim2VideoTask.model_roles` names what the
 model cache keeps across jobs. Outputs: ``video.mp4`` (highest-weight particle), one MP4 per particle,
@@ -94,14 +94,14 @@ class Sim2VideoTask(Task):
     kind = "video"
 
     def model_roles(self, context: TaskContext) -> list[str]:
-        from poe_backend.experts.wan_runtime import WanRuntime
+        from poe_backend.families.wan.runtime import WanRuntime
 
         params: Sim2VideoParams = context.params.effective()
         return WanRuntime.roles(sim2video_transformers(params.mode, sim2video_pairing(params.pairing, context.models)))
 
     def run(self, context: TaskContext) -> TaskResult:
-        from poe_backend.experts.specs import get_spec
-        from poe_backend.experts.wan_runtime import WanRuntime
+        from poe_backend.models.specs import get_spec
+        from poe_backend.families.wan.runtime import WanRuntime
 
         started = time.perf_counter()
         params: Sim2VideoParams = context.params.effective()
@@ -163,7 +163,7 @@ def sample(runtime, params: Sim2VideoParams, pairing: str, prompt: str, inputs: 
     experts as the manifest lists them, the levels and the seconds spent loading/encoding
     and sampling (inversion included). The experts (and with them every reference to the
     transformers) die with this call, before the decode."""
-    from poe_backend.experts import wan
+    from poe_backend.families.wan import experts as wan
 
     started = time.perf_counter()
     source_prompt = prompt if params.source_prompt is None else params.source_prompt

@@ -1,7 +1,7 @@
 """``sim2video_ar``: first frame + RGB renders of the simulation -> video, autoregressively.
 
 Product (paper, autoregressive sim-to-video): FramePack × a Gaussian around the
-VAE-encoded renders, ``N(z_render, s² I)`` (:mod:`poe_backend.experts.render_gaussian`),
+VAE-encoded renders, ``N(z_render, s² I)`` (:mod:`poe_backend.families.analytic.render_gaussian`),
 on FramePack's latent, one section at a time with autoregressive annealing and Gibbs
 sweeps (:func:`poe_backend.sampling.autoregressive.sample_autoregressive`). A chunk is a
 FramePack section of ``latent_window_size`` latent frames; chunk ``g``'s product is the
@@ -19,7 +19,7 @@ stable step into substeps (more NFE), so a large ``render_weight`` with few leve
 time rather than diverging (``render_weight`` near 1 with a lower ``render_std`` is the
 cheaper pull), while ``"exponential"`` solves the pull for any gap without substeps.
 
-The task is bundle → conditions → :class:`~poe_backend.experts.framepack_runtime.FramePackRuntime`
+The task is bundle → conditions → :class:`~poe_backend.families.framepack.runtime.FramePackRuntime`
 experts → sampler → outputs: the runtime loads, encodes (prompt embeddings cached across
 jobs), plans (``offload``, ``fp8_storage``), owns the section layout and decodes;
 :meth:`Sim2VideoARTask.model_roles` names what the model cache keeps across jobs.
@@ -117,14 +117,14 @@ class Sim2VideoARTask(Task):
     kind = "video"
 
     def model_roles(self, context: TaskContext) -> list[str]:
-        from poe_backend.experts.framepack_runtime import FramePackRuntime
+        from poe_backend.families.framepack.runtime import FramePackRuntime
 
         return FramePackRuntime.roles(context.params.effective().sampling_type)
 
     def run(self, context: TaskContext) -> TaskResult:
-        from poe_backend.experts.framepack import num_pixel_frames
-        from poe_backend.experts.framepack_runtime import FramePackRuntime
-        from poe_backend.experts.specs import get_spec
+        from poe_backend.families.framepack.experts import num_pixel_frames
+        from poe_backend.families.framepack.runtime import FramePackRuntime
+        from poe_backend.models.specs import get_spec
 
         started = time.perf_counter()
         params: Sim2VideoARParams = context.params.effective()
@@ -166,7 +166,7 @@ class Sim2VideoARTask(Task):
     def _num_sections(available: int, max_frames: int, window: int, requested: int | None) -> int:
         """Sections of ``window`` latent frames: ``requested``, else as many as fit in
         ``min(available, max_frames)`` pixel frames (``1 + 4·sections·window``)."""
-        from poe_backend.experts.framepack import num_pixel_frames
+        from poe_backend.families.framepack.experts import num_pixel_frames
 
         if requested is None:
             sections = (max_frames - 1) // (4 * window)
@@ -201,7 +201,7 @@ def sample(runtime, params: Sim2VideoARParams, prompt: str, renders: torch.Tenso
     section); returns the result, the first frame's latent ``(1, C, 1, h, w)``, the levels
     and the seconds spent loading/encoding and sampling. The section experts die with this
     call, before the decode."""
-    from poe_backend.experts.render_gaussian import RenderGaussianExpert
+    from poe_backend.families.analytic.render_gaussian import RenderGaussianExpert
     from poe_backend.sampling.autoregressive import sample_autoregressive
 
     started = time.perf_counter()

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from poe_backend.experts.specs import data_dir
+from poe_backend.models.specs import data_dir
 from poe_backend.sampling import Factor, GenerativeExpert, Progress, ProductOfExperts, SampleResult, resampling
 from poe_backend.tasks import images
 from poe_backend.tasks.insertion import InsertionParams

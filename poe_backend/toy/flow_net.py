@@ -100,7 +100,7 @@ def load_or_train(path: Path, build: Callable[[], VelocityNet], train: Callable[
     """The net whose state dict is cached at ``path``; when absent: ``build()``, ``train(net)``
     and save it atomically (a temporary file renamed), so concurrent callers never read half a
     file. Callers name ``path`` by a hash of their configuration, under
-    ``poe_backend.experts.specs.data_dir() / "learned"``. Returns the net in eval mode."""
+    ``poe_backend.models.specs.data_dir() / "learned"``. Returns the net in eval mode."""
     net = build()
     if path.exists():
         net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))

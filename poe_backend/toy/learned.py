@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from poe_backend.experts.gmm import GaussianMixture
-from poe_backend.experts.specs import data_dir
+from poe_backend.families.analytic.gmm import GaussianMixture
+from poe_backend.models.specs import data_dir
 from poe_backend.sampling import Factor, ProductOfExperts
 from poe_backend.toy.flow_net import LearnedExpert, VelocityNet, cache_name, load_or_train, train_velocity
 from poe_backend.toy.spec import ToySpec, parse_spec

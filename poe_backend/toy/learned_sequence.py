@@ -10,13 +10,13 @@ point of R^D whose coordinates are the sections:
 * the *sequence expert* is a Gaussian mixture over R^D (AR(1)-correlated components)
   learned as one flow net for ``p(x_j | x_<j)`` (condition: the earlier coordinates
   zero-padded to D - 1, and the one-hot position j), the analogue of FramePack;
-* the *render expert* of section j is :class:`~poe_backend.experts.render_gaussian.RenderGaussianExpert`
+* the *render expert* of section j is :class:`~poe_backend.families.analytic.render_gaussian.RenderGaussianExpert`
   around ``r_j``, the task's own expert; the renders are the mixture's mean plus render
   noise, between the two components, so the target keeps both (the simulation fits either
   motion, as a rough render does) and the mode weights test the sampler.
 
 The target ``p(x) Π_j N(x_j; r_j, s²)^w`` is a Gaussian mixture
-(:func:`~poe_backend.experts.gmm.product_of_mixtures`), so runs are scored against exact
+(:func:`~poe_backend.families.analytic.gmm.product_of_mixtures`), so runs are scored against exact
 samples; the same runs with the mixture's exact conditionals tell sampler error from model
 error.
 """
@@ -31,9 +31,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from poe_backend.experts.gmm import GaussianMixture, GaussianMixtureExpert, product_of_mixtures
-from poe_backend.experts.render_gaussian import RenderGaussianExpert
-from poe_backend.experts.specs import data_dir
+from poe_backend.families.analytic.gmm import GaussianMixture, GaussianMixtureExpert, product_of_mixtures
+from poe_backend.families.analytic.render_gaussian import RenderGaussianExpert
+from poe_backend.models.specs import data_dir
 from poe_backend.sampling import Factor, ProductOfExperts
 from poe_backend.toy.flow_net import LearnedExpert, VelocityNet, cache_name, load_or_train, train_velocity
 from poe_backend.toy.learned import Training

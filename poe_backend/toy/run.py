@@ -9,7 +9,7 @@ from typing import Callable
 
 import torch
 
-from poe_backend.experts.gmm import GaussianMixtureExpert
+from poe_backend.families.analytic.gmm import GaussianMixtureExpert
 from poe_backend.sampling import Factor, GenerativeExpert, Progress, ProductOfExperts, SampleResult, samplers
 from poe_backend.sampling.autoregressive import sample_autoregressive
 from poe_backend.sampling.schedules import log_snr_levels

@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
-from poe_backend.experts.disc import DiscReward
-from poe_backend.experts.gmm import GaussianMixture, GaussianMixtureExpert, product_of_mixtures
+from poe_backend.families.analytic.disc import DiscReward
+from poe_backend.families.analytic.gmm import GaussianMixture, GaussianMixtureExpert, product_of_mixtures
 from poe_backend.sampling import Factor, ProductOfExperts
 
 DTYPE = torch.float64

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from poe_backend.experts.gmm import GaussianMixture, GaussianMixtureExpert
+from poe_backend.families.analytic.gmm import GaussianMixture, GaussianMixtureExpert
 from poe_backend.sampling import flow
 
 def _gaussian() -> tuple[np.ndarray, np.ndarray]:

@@ -6,7 +6,7 @@ from functools import partial
 import pytest
 import torch
 
-from poe_backend.experts.gmm import GaussianMixture, GaussianMixtureExpert
+from poe_backend.families.analytic.gmm import GaussianMixture, GaussianMixtureExpert
 from poe_backend.sampling import Factor, ProductOfExperts, sample_annealed_langevin, sample_fkc, sample_summed_velocity
 from poe_backend.sampling.budget import planned_nfe, transport_substeps
 from poe_backend.sampling.schedules import log_snr_levels, shifted_levels

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from poe_backend.experts.gmm import GaussianMixture, GaussianMixtureExpert, product_of_mixtures
+from poe_backend.families.analytic.gmm import GaussianMixture, GaussianMixtureExpert, product_of_mixtures
 from poe_backend.sampling import Factor, ProductOfExperts
 
 def _mixture_a() -> GaussianMixture:

@@ -9,8 +9,8 @@ import time
 import pytest
 
 from poe_backend.bundle import BundleError
-from poe_backend.experts import registry
-from poe_backend.experts.specs import MissingWeights
+from poe_backend.models import lookup
+from poe_backend.models.specs import MissingWeights
 from poe_backend.server.errors import describe_failure
 from poe_backend.server.jobs import Job, JobStore, new_job_id
 from poe_backend.tasks import TASK_CLASSES
@@ -38,7 +38,7 @@ class TinyVaeTask(Task):
     name = "test_tiny_vae"
 
     def run(self, context: TaskContext) -> TaskResult:
-        registry.check_available(["flux.vae"], context.models)
+        lookup.check_available(["flux.vae"], context.models)
         raise AssertionError("the weights should have been missing")
 
 
@@ -90,7 +90,7 @@ def test_torch_out_of_memory_is_recognised():
 def test_failures_are_classified_by_class_not_by_name():
     import torch
 
-    from poe_backend.experts.memory_plan import PlanError
+    from poe_backend.runtime.planner import PlanError
 
     class DeviceOutOfMemory(torch.OutOfMemoryError):
         pass

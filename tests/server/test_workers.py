@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from poe_backend.experts import registry
-from poe_backend.experts.model_cache import MODEL_CACHE
+from poe_backend.models import lookup
+from poe_backend.runtime.cache import MODEL_CACHE
 from poe_backend.server.jobs import Job, JobStore, new_job_id
 from poe_backend.tasks import TASK_CLASSES
 from poe_backend.tasks.base import RESULT_FILE, Task, TaskContext, TaskParams, TaskResult
@@ -62,7 +62,7 @@ def two_cpu_store(tmp_path, monkeypatch):
     monkeypatch.setitem(TASK_CLASSES, CrashTask.name, f"{__name__}:CrashTask")
     monkeypatch.setenv("POE_DATA_DIR", str(tmp_path / "models"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    registry.resolve(ROLES[0], "tiny")  # build the tiny family once, before the job processes start
+    lookup.resolve(ROLES[0], "tiny")  # build the tiny family once, before the job processes start
     store = JobStore(tmp_path / "data", devices=["cpu", "cpu"])
     store.start()
     yield store
@@ -95,7 +95,7 @@ def test_two_devices_cache_their_own_models_and_never_share(two_cpu_store, tmp_p
     jobs = [_wait(two_cpu_store, job_id) for job_id in (first_id, second_id)]
     assert [job["state"] for job in jobs] == ["done", "done"], jobs
     manifests = [json.loads((two_cpu_store.job_dir(job["id"]) / "outputs" / RESULT_FILE).read_text()) for job in jobs]
-    expected = [[str(registry.resolve(role, "tiny"))] for role in ROLES]
+    expected = [[str(lookup.resolve(role, "tiny"))] for role in ROLES]
     assert [manifest["memory"]["loaded_after"] for manifest in manifests] == expected
     assert manifests[0]["pid"] != manifests[1]["pid"] and os.getpid() not in (manifests[0]["pid"], manifests[1]["pid"])
     assert sorted(two_cpu_store.loaded_models()) == sorted(expected)

@@ -18,9 +18,9 @@ from diffusers.hooks import group_offloading
 from PIL import Image
 
 from poe_backend.bundle import read_bundle
-from poe_backend.experts import registry
-from poe_backend.experts import memory_plan
-from poe_backend.experts.memory_plan import Budget
+from poe_backend.runtime.cache import MODEL_CACHE
+from poe_backend.runtime import planner as memory_plan
+from poe_backend.runtime.planner import Budget
 from poe_backend.tasks import get_task
 from poe_backend.tasks.base import TaskContext
 from tests.tasks.image_bundles import insertion_bundle, regional_bundle
@@ -40,14 +40,14 @@ def run_insertion(tmp_path, name: str, params: dict | None = None):
 @pytest.fixture
 def one_transformer_budget(monkeypatch):
     """A device budget that holds one tiny FLUX transformer (plus activations) but not two."""
-    registry.clear_cache()
+    MODEL_CACHE.clear()
     size = memory_plan.installed_size("flux.transformer.depth", "tiny").weight_bytes
     budget = Budget(vram_free_bytes=memory_plan.GiB + int(1.5 * size) + 2**26, ram_free_bytes=2**34)  # the planner reserves 1 GiB
     monkeypatch.setattr(memory_plan, "device_budget", lambda device: budget)
     monkeypatch.setattr(memory_plan, "flux_activation_bytes", lambda tokens, text_tokens, batch, **_: 2**26)
     monkeypatch.setattr(memory_plan, "vae_decode_bytes", lambda *args, **kwargs: 0)
     yield
-    registry.clear_cache()
+    MODEL_CACHE.clear()
 
 
 def test_auto_plan_streams_blocks_and_never_moves_a_whole_transformer_per_evaluation(tmp_path, monkeypatch, one_transformer_budget):
@@ -67,7 +67,7 @@ def test_auto_plan_streams_blocks_and_never_moves_a_whole_transformer_per_evalua
     assert set(placements) == {"flux.transformer.depth", "flux.transformer.fill"}
     assert "group_offload" in placements.values() and set(placements.values()) <= {"resident", "group_offload"}  # both do not fit: stream, never swap
     assert evaluations >= 8 and len(moves) <= 4  # load + place once per transformer, never per evaluation
-    blocks = sum(len(registry.load(role, "tiny").transformer_blocks) for role in ("flux.transformer.depth", "flux.transformer.fill"))
+    blocks = sum(len(MODEL_CACHE.load(role, "tiny").transformer_blocks) for role in ("flux.transformer.depth", "flux.transformer.fill"))
     assert len(onloads) >= evaluations // 2 * blocks  # block groups stream in at every forward
     monkeypatch.setattr(torch.nn.Module, "to", original_to)
     resident, same = run_insertion(tmp_path, "resident", {"offload": "none"})
@@ -115,7 +115,7 @@ def test_insertion_then_video_jobs_then_insertion_keep_one_copy_per_weights(tmp_
     job keeps the models its ``model_roles`` name (the second sim2video reuses the very
     same Wan transformers and VAE), evicts the others before it loads, and no weights are
     ever loaded twice; text encoders are gone after encoding."""
-    registry.clear_cache()
+    MODEL_CACHE.clear()
     run_insertion(tmp_path, "first")
     assert _copies(_live(FluxTransformer2DModel)) == {128: 1, 384: 1}
 
@@ -143,7 +143,7 @@ def test_insertion_then_video_jobs_then_insertion_keep_one_copy_per_weights(tmp_
     assert _video_counts() == {cls.__name__: 0 for cls in VIDEO_CLASSES}
     assert _copies(_live(FluxTransformer2DModel)) == {128: 1, 384: 1}
     assert any(path.endswith("transformer") for path in again["memory"]["evicted_before"])  # FramePack's (weights at the root of its folder)
-    registry.clear_cache()
+    MODEL_CACHE.clear()
 
 
 def _live_model_bytes(device: str = "cpu") -> int:
@@ -170,10 +170,10 @@ def test_a_job_sequence_never_exceeds_a_small_device_budget(tmp_path, monkeypatc
     the models kept from the second (the 24 GB card's CUDA OOM), so the cache must evict
     before it loads. Measured after every load from the live models, independently of the
     cache's own count."""
-    from poe_backend.experts import model_cache
-    from poe_backend.experts.model_cache import MODEL_CACHE
+    from poe_backend.runtime import cache as model_cache
+    from poe_backend.runtime.cache import MODEL_CACHE
 
-    registry.clear_cache()
+    MODEL_CACHE.clear()
     budget = 900_000  # tiny presets, fp32: 875 kB for the regional job's models, 956 kB with its encoders
     measured: list[int] = []
     original = model_cache._from_pretrained
@@ -198,7 +198,7 @@ def test_a_job_sequence_never_exceeds_a_small_device_budget(tmp_path, monkeypatc
         run_insertion(tmp_path, "last")
     finally:
         MODEL_CACHE.set_budget("cpu", None)
-        registry.clear_cache()
+        MODEL_CACHE.clear()
     assert len(measured) > 20 and max(measured) > budget * 0.8  # the budget binds: the jobs came close to it
     assert max(measured) <= budget
     assert MODEL_CACHE.peak_bytes["cpu"] <= budget

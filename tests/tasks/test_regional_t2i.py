@@ -61,7 +61,7 @@ def test_flux_baseline_and_determinism(tmp_path):
 
 
 def test_layout_parser_parses_json_and_runs_without_boxes(tmp_path):
-    from poe_backend.experts.layout import parse_layout
+    from poe_backend.families.vqascore.layout import parse_layout
 
     answer = 'Sure: [{"prompt": "a dog", "box": [-5, 0, 20.4, 30]}, {"prompt": "", "box": [0, 0, 1, 1]}, {"prompt": "a cat", "box": [30, 30, 30, 40]}, {"prompt": "sky", "box": [0, 0, 48, 10]}]'
     assert parse_layout(answer, WIDTH, HEIGHT) == [("a dog", [0, 0, 20, 30]), ("sky", [0, 0, 48, 10])]
@@ -79,8 +79,8 @@ def test_layout_parser_parses_json_and_runs_without_boxes(tmp_path):
 
 
 def test_vqascore_twists_decode_all_particles_once_at_the_reduced_size(tmp_path, monkeypatch):
-    from poe_backend.experts.flux import FluxLatentSpace
-    from poe_backend.experts.vqascore import VQAScorer
+    from poe_backend.families.flux.runtime import FluxLatentSpace
+    from poe_backend.families.vqascore.scorer import VQAScorer
 
     decodes, scored = [], []
     original_decode, original_score = FluxLatentSpace.decode, VQAScorer.log_prob_yes

@@ -113,14 +113,14 @@ def test_depth_becomes_normalised_disparity() -> None:
 def test_preview_preset_uses_vace_1_3b_small_settings(tmp_path, monkeypatch, bundle_dir) -> None:
     """``--models preview``: unset fields take the preview values, both experts run on
     VACE-1.3B (shared mode), and missing weights name that repo before anything loads."""
-    from poe_backend.experts import registry
+    from poe_backend.models import specs
 
     task = get_task("sim2video")
     params = task.Params(levels=7, preset="preview").effective()
     assert params.levels == 7 and params.height == task.Params.PREVIEW["height"] and params.langevin_steps == 0
     assert task.Params().effective() == task.Params()
     monkeypatch.setenv("POE_DATA_DIR", str(tmp_path))
-    with pytest.raises(registry.MissingWeights, match="Wan-AI/Wan2.1-VACE-1.3B-diffusers"):
+    with pytest.raises(specs.MissingWeights, match="Wan-AI/Wan2.1-VACE-1.3B-diffusers"):
         _run(bundle_dir, tmp_path / "out", models="preview")
 
 

@@ -50,7 +50,7 @@ def test_tight_render_gaussian_pins_sections_to_the_renders(tiny_data_dir, bundl
     """With a small s, the product's sections sit much closer to the render latents than
     FramePack's alone (a random tiny FramePack has no meaningful density of its own, so the
     test compares distances, not a posterior mean)."""
-    from poe_backend.experts.framepack_runtime import FramePackRuntime
+    from poe_backend.families.framepack.runtime import FramePackRuntime
     from poe_backend.tasks import video_io
 
     pinned = torch.load(_run(bundle_dir, tmp_path / "p", render_std=0.05, gibbs_sweeps=0, levels=6)

@@ -3,7 +3,7 @@ round-trips, the expert wrapper keeps dtypes and follows resampling."""
 
 import torch
 
-from poe_backend.experts.gmm import GaussianMixture, GaussianMixtureExpert
+from poe_backend.families.analytic.gmm import GaussianMixture, GaussianMixtureExpert
 from poe_backend.toy.flow_net import LearnedExpert, VelocityNet, load_or_train, train_velocity
 
 GAUSSIAN = GaussianMixture(

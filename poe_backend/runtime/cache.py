@@ -1,0 +1,369 @@
+"""Loaded model instances: one per weights, whatever the device or placement, and the one place
+that makes room on a device before anything is loaded onto it.
+
+The key is what the weights are — the resolved directory and the dtype — never the device or
+the offload: asking for the same role on another device moves the one instance (unless it
+carries offload hooks or fp8 storage, which stay as placed), and placing it differently
+re-places that instance (:func:`~poe_backend.runtime.placement.apply_placement`; a change of
+fp8 storage reloads it from disk, since casting cannot be undone).
+
+Memory by need (ComfyUI's ``free_memory(required, device)``): before *any* load or move onto a
+device — transformer, encoder, VAE, reward model, layout parser — :meth:`ModelCache.free_memory`
+evicts least-recently-used models until the cached models' bytes on that device, plus the
+load, plus a working reserve, fit the device's budget. Models the running job has used are
+never evicted (:meth:`ModelCache.begin_job` starts a job: it drops models of roles the job
+does not name and marks the others as not yet used). An evicted module's tensors move to the
+meta device, so its memory comes back even where a stale reference holds the module.
+Encoders load with ``fallback_device="cpu"`` (:meth:`ModelCache.load_encoders`): when they
+cannot fit even after eviction they run on the CPU; any other load that cannot fit raises
+:class:`DeviceMemoryError` naming what holds the device.
+
+The budget is an input: :meth:`ModelCache.set_budget` (tests give a few MB on the CPU), else
+on CUDA the cached models' bytes plus what the device has free now, with the planner's
+reserve (``memory_plan.reserve_bytes``); off CUDA without a budget nothing is evicted by need.
+
+Lifetime otherwise: :meth:`ModelCache.release` drops one role (text encoders after
+encoding); :meth:`ModelCache.give_back` frees a module a job still references (the sampling
+models before a decode that does not fit beside them). Freeing runs ``gc.collect`` and, on
+CUDA, empties torch's device cache and its pinned-host cache, and unregisters the packed
+host buffers of streamed models (:func:`~poe_backend.runtime.placement.unpin`).
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib
+import itertools
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import torch
+
+from poe_backend.runtime import planner as memory_plan
+from poe_backend.models.lookup import parameter_count, resolve, weight_bytes
+from poe_backend.runtime.placement import PLACEMENT_NAMES, PlacementChangeNeedsReload, PlacementName, apply_placement, pinned_bytes, placement_of, unpin
+from poe_backend.models.specs import ModelSpec, get_spec
+
+_HOOKED = tuple(name for name in PLACEMENT_NAMES if name != "resident")
+
+
+class DeviceMemoryError(MemoryError):
+    """A model does not fit on its device even after every model the job is not using was
+    evicted; the message names the model, the bytes and what holds the device."""
+
+
+def default_dtype(device: str) -> torch.dtype:
+    """bf16 on GPU, fp32 on CPU."""
+    return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+
+
+def device_key(device: str | torch.device) -> str:
+    """A device's canonical name: ``"cpu"``, ``"cuda:0"`` (``"cuda"`` is the current CUDA
+    device, index 0 where CUDA is absent)."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        return f"cuda:{torch.cuda.current_device() if torch.cuda.is_available() else 0}"
+    return str(device)
+
+
+@dataclass(frozen=True)
+class DeviceBudget:
+    """What the cached models may hold on one device: ``total_bytes`` for models, a load
+    and the working reserve ``reserve_bytes`` together."""
+
+    total_bytes: int
+    reserve_bytes: int
+
+
+@dataclass
+class CachedModel:
+    """One loaded component: the roles that asked for it, when it was last used (a counter)
+    and whether the running job has used it (then it is never evicted by need)."""
+
+    key: tuple[str, str]
+    component: Any
+    roles: set[str] = field(default_factory=set)
+    last_used: int = 0
+    in_use: bool = True
+
+    def bytes_on(self, device: str) -> int:
+        """Bytes of this component's tensors on ``device`` (0 for tokenizers, processors)."""
+        if not isinstance(self.component, torch.nn.Module):
+            return 0
+        tensors = {id(tensor): tensor for tensor in [*self.component.parameters(), *self.component.buffers()]}
+        return sum(tensor.numel() * tensor.element_size() for tensor in tensors.values() if not tensor.is_meta and device_key(tensor.device) == device)
+
+
+class ModelCache:
+    """Loaded components keyed by ``(resolved path, dtype)``; thread-safe."""
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple[str, str], CachedModel] = {}
+        self._lock = threading.RLock()
+        self._clock = itertools.count(1)
+        self._budgets: dict[str, DeviceBudget] = {}
+        #: device -> the most bytes the cached models held on it after any load.
+        self.peak_bytes: dict[str, int] = {}
+
+    # -- budgets -------------------------------------------------------------------------
+
+    def set_budget(self, device: str, total_bytes: int | None, *, reserve_bytes: int = 0) -> None:
+        """Give ``device`` an explicit budget (None: back to the default, detected on CUDA,
+        none elsewhere)."""
+        key = device_key(device)
+        if total_bytes is None:
+            self._budgets.pop(key, None)
+        else:
+            self._budgets[key] = DeviceBudget(total_bytes, reserve_bytes)
+
+    def budget(self, device: str) -> DeviceBudget | None:
+        """``device``'s budget: the explicit one, else on CUDA the cached models' bytes there
+        plus what the process can still allocate (:func:`memory_plan.cuda_free_bytes`) with
+        the planner's reserve; None (unlimited) off CUDA."""
+        key = device_key(device)
+        if key in self._budgets:
+            return self._budgets[key]
+        if not key.startswith("cuda") or not torch.cuda.is_available():
+            return None
+        free = memory_plan.cuda_free_bytes(key)
+        return DeviceBudget(self.device_bytes(key) + free, memory_plan.reserve_bytes(free))
+
+    def device_bytes(self, device: str) -> int:
+        """Bytes the cached components hold on ``device`` now (measured on the tensors)."""
+        key = device_key(device)
+        return sum(entry.bytes_on(key) for entry in self._entries.values())
+
+    def reclaimable_bytes(self, device: str, *, keep: Iterable[str] = ()) -> int:
+        """Bytes on ``device`` that :meth:`free_memory` could evict, plus those of ``keep``'s
+        roles (a plan for those roles counts them as its own)."""
+        key, kept = device_key(device), set(keep)
+        return sum(entry.bytes_on(key) for entry in self._entries.values() if not entry.in_use or entry.roles & kept)
+
+    def free_memory(self, required_bytes: int, device: str) -> list[str]:
+        """Evict models the running job has not used, least recently used first, until
+        ``required_bytes`` more plus the reserve fit ``device``'s budget; returns the evicted
+        paths. Evicts nothing where the device has no budget."""
+        key, budget = device_key(device), self.budget(device)
+        if budget is None:
+            return []
+        evicted = []
+        with self._lock:
+            for entry in sorted(self._entries.values(), key=lambda item: item.last_used):
+                if self._fits(required_bytes, key, budget):
+                    break
+                if not entry.in_use and entry.bytes_on(key):
+                    self._evict(entry)
+                    evicted.append(entry.key[0])
+        if evicted:
+            empty_caches()
+        return evicted
+
+    def _fits(self, required_bytes: int, device: str, budget: DeviceBudget | None) -> bool:
+        return budget is None or self.device_bytes(device) + required_bytes + budget.reserve_bytes <= budget.total_bytes
+
+    def _make_room(self, role: str, required_bytes: int, device: str) -> None:
+        """:meth:`free_memory`, then :class:`DeviceMemoryError` when it still does not fit."""
+        self.free_memory(required_bytes, device)
+        budget = self.budget(device)
+        if not self._fits(required_bytes, device_key(device), budget):
+            held = ", ".join(f"{'/'.join(sorted(entry.roles))} {entry.bytes_on(device_key(device)) / 2**20:.1f} MiB" for entry in self._entries.values() if entry.bytes_on(device_key(device)))
+            raise DeviceMemoryError(
+                f"loading {role} needs {required_bytes / 2**20:.1f} MiB on {device} but its budget of {budget.total_bytes / 2**20:.1f} MiB "
+                f"(reserve {budget.reserve_bytes / 2**20:.1f}) is held by models this job uses ({held or 'none'}): "
+                "lower the resolution, frames or particles, allow fp8 storage, or use the preview preset"
+            )
+
+    # -- loading -------------------------------------------------------------------------
+
+    def load(self, role: str, preset: str = "default", *, device: str = "cpu", dtype: torch.dtype | None = None, fallback_device: str | None = None) -> Any:
+        """``role`` loaded with its loader's ``from_pretrained`` (local files only), cast to
+        ``dtype`` (default :func:`default_dtype`) and on ``device`` — the cached instance
+        when these weights are loaded already (moved to ``device`` unless it carries
+        offload hooks or fp8 storage). Room is made first (:meth:`free_memory`); when the
+        model cannot fit, it loads on ``fallback_device`` if given, else
+        :class:`DeviceMemoryError`."""
+        spec = get_spec(role, preset)
+        dtype = default_dtype(device) if dtype is None else dtype
+        with self._lock:
+            key = self._key(role, preset, spec, dtype)
+            entry = self._entries.get(key)
+            hooked = entry is not None and placement_of(entry.component) in _HOOKED
+            if spec.is_module and not hooked and not (entry is not None and _is_on(entry.component, device)):
+                device = self._room_or_fallback(role, preset, [(role, spec, dtype)], device, fallback_device)
+            entry = self._entry(role, preset, spec, dtype, device)
+            component = entry.component
+            if spec.is_module and placement_of(component) not in _HOOKED and not _is_on(component, device):
+                component.to(device)
+                component.__dict__.pop("_poe_placement", None)
+            self._note_peak(device)
+            return component
+
+    def load_encoders(self, roles: Iterable[str], preset: str, *, device: str, dtype: torch.dtype) -> tuple[list[Any], str]:
+        """Load encoders that run together (text encoders with their tokenizers) on one
+        device: ``device`` when all fit after :meth:`free_memory`, else the CPU. Returns the
+        components in ``roles`` order and the device they are on."""
+        roles = list(roles)
+        modules = [(role, spec, dtype) for role in roles if (spec := get_spec(role, preset)).is_module]
+        with self._lock:
+            chosen = self._room_or_fallback(", ".join(role for role, _, _ in modules), preset, modules, device, "cpu")
+            return [self.load(role, preset, device=chosen, dtype=dtype) for role in roles], chosen
+
+    def _room_or_fallback(self, name: str, preset: str, modules: list[tuple[str, ModelSpec, torch.dtype]], device: str, fallback_device: str | None) -> str:
+        required = sum(self._required_bytes(role, preset, dtype) for role, _, dtype in modules)
+        try:
+            self._make_room(name, required, device)
+        except DeviceMemoryError:
+            if fallback_device is None:
+                raise
+            return fallback_device
+        return device
+
+    def place(self, role: str, preset: str, name: PlacementName, device: str, *, dtype: torch.dtype | None = None) -> torch.nn.Module:
+        """``role`` loaded once and placed as ``name`` on ``device`` (a no-op when it is
+        placed so already; reloaded from disk when its fp8 storage changes). A resident
+        placement makes room for the model first; a streamed one holds nothing on the device
+        between forwards (the planner counted its blocks)."""
+        spec = get_spec(role, preset)
+        dtype = default_dtype(device) if dtype is None else dtype
+        with self._lock:
+            key = self._key(role, preset, spec, dtype)
+            entry = self._entries.get(key)
+            if name.removeprefix("fp8_") == "resident" and not (entry is not None and getattr(entry.component, "_poe_placement", None) == (name, str(device))):
+                size = memory_plan.installed_size(role, preset)
+                required = size.stored_bytes(name.startswith("fp8_")) * torch.finfo(dtype).bits // 16
+                self._make_room(role, max(0, required - (0 if entry is None else entry.bytes_on(device_key(device)))), device)
+            entry = self._entry(role, preset, spec, dtype, device if name == "resident" else "cpu")
+            try:
+                placed = apply_placement(entry.component, name, device)
+            except PlacementChangeNeedsReload:
+                self._drop(entry.key)
+                entry = self._entry(role, preset, spec, dtype, "cpu")
+                placed = apply_placement(entry.component, name, device)
+            self._note_peak(device)
+            return placed
+
+    def _required_bytes(self, role: str, preset: str, dtype: torch.dtype) -> int:
+        """Bytes ``role`` takes on a device in ``dtype``, from its files' headers (the files'
+        size where they are not safetensors)."""
+        count = parameter_count(role, preset)
+        return weight_bytes(role, preset) if count is None else count * (torch.finfo(dtype).bits // 8)
+
+    def _key(self, role: str, preset: str, spec: ModelSpec, dtype: torch.dtype) -> tuple[str, str]:
+        return (str(resolve(role, preset)), str(dtype) if spec.is_module else "-")
+
+    def _entry(self, role: str, preset: str, spec: ModelSpec, dtype: torch.dtype, device: str) -> CachedModel:
+        key = self._key(role, preset, spec, dtype)
+        entry = self._entries.get(key)
+        if entry is None:
+            entry = self._entries[key] = CachedModel(key, _from_pretrained(spec, key[0], dtype, device))
+        entry.roles.add(role)
+        entry.last_used = next(self._clock)
+        entry.in_use = True
+        return entry
+
+    def _note_peak(self, device: str) -> None:
+        key = device_key(device)
+        self.peak_bytes[key] = max(self.peak_bytes.get(key, 0), self.device_bytes(key))
+
+    # -- lifetime ------------------------------------------------------------------------
+
+    def begin_job(self, roles_needed: Iterable[str]) -> list[str]:
+        """Start a job: drop every component that none of ``roles_needed`` asked for (the
+        previous job's other models) and mark the rest as not yet used by this job, so that
+        :meth:`free_memory` may evict them; returns the dropped paths."""
+        needed = set(roles_needed)
+        with self._lock:
+            dropped = [key for key, entry in self._entries.items() if not entry.roles & needed]
+            for key in dropped:
+                self._drop(key)
+            for entry in self._entries.values():
+                entry.in_use = False
+        if dropped:
+            empty_caches()
+        return [key[0] for key in dropped]
+
+    def release(self, role: str, preset: str = "default") -> None:
+        """Drop every cached instance of ``role``'s weights (all dtypes) and free memory."""
+        path = str(resolve(role, preset))
+        with self._lock:
+            for key in [key for key in self._entries if key[0] == path]:
+                self._drop(key)
+        empty_caches()
+
+    def give_back(self, role: str, preset: str = "default") -> None:
+        """Free ``role``'s memory now, although a job's experts may still reference the
+        module (:meth:`_evict`); the next job loads it afresh. For the sampling models
+        before a decode that does not fit beside them (:class:`memory_plan.DecodePlan`)."""
+        path = str(resolve(role, preset))
+        with self._lock:
+            for entry in [entry for key, entry in self._entries.items() if key[0] == path]:
+                self._evict(entry)
+        empty_caches()
+
+    def clear(self) -> None:
+        """Forget every loaded component (tests; switching presets)."""
+        with self._lock:
+            for key in list(self._entries):
+                self._drop(key)
+        empty_caches()
+
+    def pinned_bytes(self) -> int:
+        """Host bytes page-locked for the cached streamed models (their packed offload groups)."""
+        return sum(pinned_bytes(entry.component) for entry in self._entries.values() if isinstance(entry.component, torch.nn.Module))
+
+    def loaded_models(self) -> list[str]:
+        """Paths of the components loaded now (the server's health route reports them)."""
+        return sorted({key[0] for key in self._entries})
+
+    def _evict(self, entry: CachedModel) -> None:
+        """Drop ``entry`` and free its memory even where its module is still referenced: its
+        tensors move to the meta device (no copy). A streamed (group/leaf-offloaded) module
+        holds no device memory between forwards and diffusers refuses to move it: it keeps
+        its host copy, no longer page-locked, until its last reference goes."""
+        component = entry.component
+        streamed = (placement_of(component) or "").removeprefix("fp8_") in ("group_offload", "leaf_offload")
+        self._drop(entry.key)
+        if isinstance(component, torch.nn.Module) and not streamed:
+            component.to("meta")
+
+    def _drop(self, key: tuple[str, str]) -> None:
+        entry = self._entries.pop(key)
+        if isinstance(entry.component, torch.nn.Module):
+            unpin(entry.component)
+
+
+def _from_pretrained(spec: ModelSpec, path: str, dtype: torch.dtype, device: str) -> Any:
+    """Load with the spec's loader. Modules load straight onto their device (``device_map``):
+    no transient host copy of a whole model bound for a GPU."""
+    module_name, class_name = spec.loader.split(":")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    kwargs = dict(spec.load_kwargs)
+    if spec.is_module:
+        kwargs["dtype" if module_name.startswith("transformers") else "torch_dtype"] = dtype
+        kwargs["device_map"] = device_key(device)
+    kwargs.setdefault("local_files_only", True)
+    component = cls.from_pretrained(path, **kwargs)
+    if spec.is_module and isinstance(component, torch.nn.Module):
+        component = component.eval().requires_grad_(False)
+    return component
+
+
+def _is_on(module: torch.nn.Module, device: str) -> bool:
+    """Whether ``module``'s first parameter is on ``device`` (``"cuda"`` matches any index)."""
+    parameter = next(module.parameters(), None)
+    actual, wanted = (torch.device("cpu") if parameter is None else parameter.device), torch.device(device)
+    return actual.type == wanted.type and (wanted.index is None or actual.index == wanted.index)
+
+
+def empty_caches() -> None:
+    """``gc.collect`` and, on CUDA, return cached device blocks to the driver and release
+    torch's cached pinned host blocks (``empty_host_cache``)."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.accelerator.empty_host_cache()
+
+
+#: The process's cache (the server runs one job at a time through it).
+MODEL_CACHE = ModelCache()

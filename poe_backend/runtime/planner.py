@@ -1,0 +1,587 @@
+"""Memory planner: from the real configs and the job's sizes, decide where every big model
+lives during sampling, and how the VAE decodes, before anything is loaded.
+
+Public API (stable; all sizes in bytes unless a name says GiB):
+
+* ``full_configs()[role] -> (loader, config)``: full-size configs of the big models, with the
+  registry's role names and loader strings.
+* ``installed_size(role, preset)``: the same for the files a job will load.
+* ``ModelSize(role, weight_bytes, fp8_weight_bytes, num_blocks, largest_block_bytes,
+  non_block_bytes, largest_leaf_bytes)`` and ``model_size(role, loader, config,
+  dtype=torch.bfloat16)``: exact sizes, built on the meta device (no memory, no download).
+* Activation / decode estimators (peak extra bytes of one batched forward in bf16; of one decode in the VAE's dtype):
+  ``flux_activation_bytes(tokens, text_tokens, batch)``,
+  ``wan_activation_bytes(latent_frames, latent_h, latent_w, batch, vace_layers=0)``,
+  ``framepack_activation_bytes(section_frames, latent_h, latent_w, batch)``,
+  ``vae_decode_bytes(family, frames, height, width, tiled)``.
+* ``Budget(vram_free_bytes, ram_free_bytes)``, ``Budget.detect(device)``, ``device_budget(device)``,
+  ``Budget.nominal(vram_gib, ram_gib)`` (a card/RAM size minus context and OS baselines).
+* ``plan(models, activation_bytes, decode_bytes, budget, *, alternating,
+  allow_fp8=True, tiled_decode_bytes=None) -> Plan``; ``Plan.placements[role]`` is a
+  ``RolePlan(placement, fp8_storage)`` with placement in ``PLACEMENTS``; ``Plan`` also holds
+  ``decode`` (``DecodePlan(tiled, per_image, free_transformers)``), ``peak_vram_bytes``,
+  ``peak_host_bytes``, ``reasons`` and ``to_json()``. ``PlanError`` when nothing fits; its
+  message names what to lower. ``decode_plan(models, placements, decode_bytes, budget,
+  tiled_decode_bytes=None)``: rule 7 alone, for placements an explicit ``offload`` named.
+* Jobs from configs: ``installed_config(role, preset)``, ``wan_job_bytes(configs, frames,
+  height, width, particles)`` and ``framepack_job_bytes(config, window, sections, height,
+  width, particles)`` give ``(activations, decode, tiled decode)``; the video runtimes plan
+  with them and :func:`plan_report` (``poe-backend models plan``) prints the same estimates
+  for the full-size models of every task.
+
+Placements (one way each, applied by the runtime with diffusers' mechanisms):
+
+* ``resident`` — on the device for the whole job (``fp8_storage``: diffusers
+  ``enable_layerwise_casting(float8_e4m3fn -> bf16)`` first; Linear/Conv weights stored in
+  1 byte, norms and embeddings kept in bf16, each layer upcast for its own forward).
+* ``group_offload`` — ``apply_group_offloading(offload_type="block_level",
+  num_blocks_per_group=1, use_stream=True, low_cpu_mem_usage=True)``: blocks stream in while
+  the previous one computes; ``low_cpu_mem_usage=True`` keeps the module's own host copy
+  and pins per transfer, so no second (pinned) full host copy (diffusers 0.42.1,
+  ``hooks/group_offloading.py``: ``_to_cpu`` pins a copy of every parameter otherwise).
+* ``leaf_offload`` — ``apply_group_offloading(offload_type="leaf_level", use_stream=True,
+  low_cpu_mem_usage=True)``: the last resort, one layer at a time.
+
+Policy (ComfyUI-style: sizes known before loading, a reserve for activations, partial
+offload as the fallback, one place that decides):
+
+1. Never a whole-model move per evaluation: there is no ``model`` placement. When several
+   experts alternate at every level, model offload swaps every model in and out at every
+   evaluation (a 22 GiB FLUX transformer over PCIe at ~20 GB/s is ~1-2 s against ~0.4-0.7 s
+   of compute); streaming blocks overlaps the transfer with compute and keeps VRAM small.
+   ``alternating`` is recorded in the plan and the reasons; placements never depend on a
+   per-evaluation move either way.
+2. All resident in bf16 when weights + activations + decode-time residue + reserve fit:
+   fastest and exact.
+3. Else, if ``allow_fp8``, all resident with fp8 storage when that fits: no transfers, the
+   compute stays bf16, and weight memory halves (diffusers documents this for FLUX/Wan);
+   a small quality cost, cheaper than streaming ~22 GiB per forward.
+4. Else group-offload the fewest models, largest first (k = 1, 2, ...): the others stay
+   resident (bf16 if that fits, else fp8), the offloaded ones stream in fp8 when allowed
+   (half the transfer and half the host copy). VRAM per streamed model: its non-block
+   parameters + two blocks (the current one and the prefetched one).
+5. Else leaf offload of every model.
+6. Host RAM must hold each offloaded copy once, plus the load-time transient: resident
+   models load first (bf16 ones straight to the device; fp8 ones on the CPU, cast, then
+   moved, so their host copy is gone before the next loads), then the offloaded ones, each loaded in bf16 and cast before the next.
+   When the peak exceeds free RAM the plan refuses (``PlanError``) naming what to lower.
+7. Decode: one image/video at a time (sliced); the transformers are freed before decode when
+   the decode peak does not fit beside them; tiled decode when it still does not fit.
+
+The reserve is ``max(1 GiB, 5 % of free VRAM)`` (allocator fragmentation, cuBLAS
+workspaces; ComfyUI's ``minimum_inference_memory`` is ~1 GiB).
+
+Estimates are formulas from the architectures, not measurements; they are unverified on a
+GPU. Attention is assumed to run through SDPA flash / memory-efficient kernels (memory
+linear in tokens).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import torch
+
+GiB = 2**30
+BF16 = 2
+PLACEMENTS: tuple[str, ...] = ("resident", "group_offload", "leaf_offload")
+Placement = Literal["resident", "group_offload", "leaf_offload"]
+CUDA_CONTEXT_BYTES = GiB // 2
+HOST_BASELINE_BYTES = 4 * GiB  # OS + Python + torch/CUDA libraries (RSS before any model)
+
+def full_configs() -> dict[str, tuple[str, dict[str, Any]]]:
+    """role -> ``(loader, config)`` of every family's full-size models, as the families declare
+    them (``FamilyFacts.full_configs``: the published ``config.json`` values)."""
+    from poe_backend.models.specs import family_facts
+
+    return {role: (loader, dict(config)) for facts in family_facts().values() for role, (loader, config) in facts.full_configs.items()}
+
+
+class PlanError(MemoryError):
+    """No placement fits the budget; the message says what to lower."""
+
+
+# ---------------------------------------------------------------------------------------
+# Model sizes (meta device)
+
+
+@dataclass(frozen=True)
+class ModelSize:
+    """Exact sizes of one model in bytes. ``fp8_weight_bytes``: under layerwise casting
+    (Linear/Conv weights outside diffusers' skip patterns in 1 byte, the rest in ``dtype``);
+    equal to ``weight_bytes`` for models that cannot be cast (transformers models).
+    Blocks are the children of the model's top-level ``ModuleList``s (what block-level group
+    offload streams); ``non_block_bytes`` stays on the device while the model runs."""
+
+    role: str
+    weight_bytes: int
+    fp8_weight_bytes: int
+    num_blocks: int
+    largest_block_bytes: int
+    non_block_bytes: int
+    largest_leaf_bytes: int
+
+    def stored_bytes(self, fp8: bool) -> int:
+        return self.fp8_weight_bytes if fp8 else self.weight_bytes
+
+    def streamed_vram_bytes(self, placement: str, fp8: bool) -> int:
+        """Device bytes while a streamed model runs: non-block parameters + two groups
+        (current + prefetched), scaled by the fp8 ratio when cast."""
+        ratio = self.fp8_weight_bytes / self.weight_bytes if fp8 else 1.0
+        unit = self.largest_block_bytes if placement == "group_offload" else self.largest_leaf_bytes
+        return int(ratio * (self.non_block_bytes + 2 * unit)) if placement == "group_offload" else int(ratio * 2 * unit)
+
+
+def _tensor_bytes(module: torch.nn.Module, dtype_bytes: int) -> int:
+    return sum(t.numel() for t in list(module.parameters()) + list(module.buffers())) * dtype_bytes
+
+
+def _fp8_bytes(model: torch.nn.Module, dtype_bytes: int) -> int:
+    from diffusers.hooks._common import _GO_LC_SUPPORTED_PYTORCH_LAYERS as SUPPORTED_PYTORCH_LAYERS
+    from diffusers.hooks.layerwise_casting import DEFAULT_SKIP_MODULES_PATTERN
+
+    # as ``ModelMixin.enable_layerwise_casting`` skips them: the defaults plus the model's own
+    patterns = (*DEFAULT_SKIP_MODULES_PATTERN, *(model._keep_in_fp32_modules or ()), *(model._skip_layerwise_casting_patterns or ()))
+    cast = 0
+    for name, child in model.named_modules():
+        if isinstance(child, SUPPORTED_PYTORCH_LAYERS) and not any(re.search(p, name) for p in patterns):
+            cast += sum(p.numel() for p in child.parameters(recurse=False))
+    return _tensor_bytes(model, dtype_bytes) - cast * (dtype_bytes - 1)
+
+
+def model_size(role: str, loader: str, config: dict[str, Any], dtype: torch.dtype = torch.bfloat16) -> ModelSize:
+    """Build ``loader``'s class from ``config`` on the meta device and measure it."""
+    import importlib
+
+    module_name, class_name = loader.split(":")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    dtype_bytes = torch.finfo(dtype).bits // 8
+    with torch.device("meta"):
+        if module_name == "transformers":
+            config_cls = cls.config_class
+            model = cls(config_cls(**config))
+        else:
+            model = cls(**config)
+    blocks = [block for child in model.children() if isinstance(child, torch.nn.ModuleList) for block in child]
+    if module_name == "transformers":  # Qwen2.5-VL nests its layers one level down
+        blocks = [block for sub in model.modules() if isinstance(sub, torch.nn.ModuleList) for block in sub]
+    total = _tensor_bytes(model, dtype_bytes)
+    block_bytes = [_tensor_bytes(block, dtype_bytes) for block in blocks] or [0]
+    leaves = [_tensor_bytes(m, dtype_bytes) for m in model.modules() if not list(m.children())]
+    fp8 = _fp8_bytes(model, dtype_bytes) if module_name == "diffusers" else total
+    return ModelSize(role, total, fp8, len(blocks), max(block_bytes), total - sum(block_bytes), max(leaves))
+
+
+@functools.lru_cache(maxsize=64)
+def installed_config(role: str, preset: str) -> dict[str, Any]:
+    """The ``config.json`` of ``role``'s files on this machine (the registry's lookup),
+    without diffusers' ``_``-prefixed bookkeeping keys. Read it, never mutate it (cached)."""
+    from poe_backend.models.lookup import resolve
+
+    config = json.loads((resolve(role, preset) / "config.json").read_text())
+    return {key: value for key, value in config.items() if not key.startswith("_")}
+
+
+@functools.lru_cache(maxsize=64)
+def installed_size(role: str, preset: str) -> ModelSize:
+    """:func:`model_size` of ``role`` from :func:`installed_config`, so a job plans with the
+    exact sizes of what it will load, before loading it."""
+    from poe_backend.models.specs import get_spec
+
+    return model_size(role, get_spec(role, preset).loader, installed_config(role, preset))
+
+
+def config_value(loader: str, config: dict[str, Any], key: str) -> Any:
+    """``config[key]``, else the default of that argument of ``loader``'s class (the full
+    FramePack config above lists only what differs from the class defaults)."""
+    import importlib
+    import inspect
+
+    if key in config:
+        return config[key]
+    module_name, class_name = loader.split(":")
+    return inspect.signature(getattr(importlib.import_module(module_name), class_name).__init__).parameters[key].default
+
+
+@functools.lru_cache(maxsize=None)
+def full_size(role: str) -> ModelSize:
+    """:func:`model_size` of a role in :data:`full_configs()` (bf16)."""
+    loader, config = full_configs()[role]
+    return model_size(role, loader, config)
+
+
+# ---------------------------------------------------------------------------------------
+# Activation and decode estimates (bytes, bf16)
+
+#: Live ``(batch, tokens, hidden)`` tensors at the peak of one block, per family. FLUX /
+#: HunyuanVideo single-stream block: residual 1 + norm 1 + q,k,v 3 + roped q,k 2 + attention
+#: out 1 + MLP 4 + GELU 4 + concat 5 + out 1 ≈ 22, rounded up to 24. Wan block (FFN 2.7×):
+#: residual 1 + norm in fp32 2 + q,k,v 3 + roped q,k in fp32 4 + attention out 1 ≈ 11,
+#: rounded up to 12; VACE keeps one hint per VACE layer plus the control stream alive for the
+#: whole forward.
+FLUX_LIVE_TENSORS = 24
+WAN_LIVE_TENSORS = 12
+
+
+def flux_activation_bytes(tokens: int, text_tokens: int, batch: int, *, hidden: int = 3072) -> int:
+    """Peak activation bytes of one batched FLUX forward: ``24 · batch · (tokens +
+    text_tokens) · hidden · 2`` (tokens = H/16 · W/16; 1024² → 4096, T5 512)."""
+    return FLUX_LIVE_TENSORS * batch * (tokens + text_tokens) * hidden * BF16
+
+
+def wan_activation_bytes(latent_frames: int, latent_h: int, latent_w: int, batch: int, *, vace_layers: int = 0, hidden: int = 5120, text_tokens: int = 512) -> int:
+    """Peak activation bytes of one batched Wan forward (CFG runs as separate passes, so
+    ``batch`` = particles): tokens = F' · H'/2 · W'/2 (patch 1×2×2; 81×480×832 → 21·30·52 =
+    32760); ``(12 + vace hints + 1 if VACE) · batch · (tokens + text) · hidden · 2``."""
+    tokens = latent_frames * (latent_h // 2) * (latent_w // 2)
+    live = WAN_LIVE_TENSORS + (vace_layers + 1 if vace_layers else 0)
+    return live * batch * (tokens + text_tokens) * hidden * BF16
+
+
+def framepack_activation_bytes(section_frames: int, latent_h: int, latent_w: int, batch: int, *, hidden: int = 3072, text_tokens: int = 256, image_tokens: int = 729) -> int:
+    """Peak activation bytes of one FramePack forward (HunyuanVideo blocks, as FLUX): the
+    section's tokens F'·H'/2·W'/2 plus the clean history (inverted ``history_sizes``
+    [1, 2, 16]: 2 frames at 1×, 2 at 2× = 1 frame-equivalent / 4, 16 at 4× = 4 / 16),
+    text and SigLIP image tokens."""
+    frame = (latent_h // 2) * (latent_w // 2)
+    tokens = section_frames * frame + 2 * frame + frame // 4 + 4 * frame // 16
+    return FLUX_LIVE_TENSORS * batch * (tokens + text_tokens + image_tokens) * hidden * BF16
+
+
+@dataclass(frozen=True)
+class DecoderCost:
+    """How one family's VAE decodes: ``per_pixel`` live values per output pixel and frame
+    at full resolution (channels × live tensors), ``chunk_frames`` pixel frames decoded at
+    once (0: all), the spatial ``tile`` side when tiled, the decoder's ``dtype_bytes`` and how
+    many fp32 copies of the whole output it holds at the end (``output_copies``)."""
+
+    per_pixel: int
+    chunk_frames: int
+    tile: int
+    dtype_bytes: int
+    output_copies: int
+
+
+#: FLUX VAE (model dtype, bf16 on GPU): 256 channels at full resolution after the last
+#: upsample, ~4 live -> 1024 per pixel, one image. Wan VAE (fp32, as Wan recommends): causal,
+#: one latent frame (4 pixel frames) at a time, 192 channels × 4. HunyuanVideo VAE (fp32):
+#: ``use_framewise_decoding`` is on by default, so even untiled it decodes 5 latent frames
+#: (17 pixel frames) at a time and keeps the decoded chunks before concatenating them (two
+#: copies of the output), 256 × 4 per pixel.
+DECODERS: dict[str, DecoderCost] = {
+    "flux": DecoderCost(1024, 1, 512, BF16, 1),
+    "wan": DecoderCost(768, 4, 256, 4, 1),
+    "framepack": DecoderCost(1024, 17, 256, 4, 2),
+}
+#: family -> the tile side (pixels) a tiled decode uses; the runtimes set it on the VAE.
+DECODE_TILE: dict[str, int] = {family: cost.tile for family, cost in DECODERS.items()}
+
+
+def vae_decode_bytes(family: str, frames: int, height: int, width: int, tiled: bool) -> int:
+    """Peak bytes of decoding ONE image/video (decode is sliced: one particle at a time):
+    ``per_pixel · chunk_frames · area · dtype_bytes`` (area: the tile when ``tiled``) plus
+    the output in fp32 (``output_copies · frames · 3 · H · W · 4``). ``frames`` = 1 for images."""
+    cost = DECODERS[family]
+    chunk_frames = min(frames, cost.chunk_frames or frames)
+    area = min(cost.tile, height) * min(cost.tile, width) if tiled else height * width
+    return cost.per_pixel * chunk_frames * area * cost.dtype_bytes + cost.output_copies * frames * 3 * height * width * 4
+
+
+# ---------------------------------------------------------------------------------------
+# Budget and plan
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Free device memory and free host RAM in bytes."""
+
+    vram_free_bytes: int
+    ram_free_bytes: int
+
+    @classmethod
+    def detect(cls, device: str | torch.device) -> "Budget":
+        """Free VRAM (:func:`cuda_free_bytes`; 0 off CUDA) and ``MemAvailable``."""
+        vram = cuda_free_bytes(device) if str(device).startswith("cuda") else 0
+        return cls(vram, _mem_available())
+
+    @classmethod
+    def nominal(cls, vram_gib: float, ram_gib: float) -> "Budget":
+        """A card of ``vram_gib`` and a machine of ``ram_gib`` before anything is loaded:
+        minus the CUDA context and the host baseline."""
+        return cls(int(vram_gib * GiB) - CUDA_CONTEXT_BYTES, int(ram_gib * GiB) - HOST_BASELINE_BYTES)
+
+    @property
+    def reserve_bytes(self) -> int:
+        return reserve_bytes(self.vram_free_bytes)
+
+
+def reserve_bytes(free_bytes: int) -> int:
+    """The working reserve kept free on a device with ``free_bytes`` free:
+    ``max(1 GiB, 5 %)`` (allocator fragmentation, cuBLAS workspaces, one layer's
+    activations of an encoder)."""
+    return max(GiB, free_bytes // 20)
+
+
+def cuda_free_bytes(device: str | torch.device) -> int:
+    """Bytes this process can still allocate on a CUDA device: the driver's free memory plus
+    torch's reserved but unallocated blocks, capped by the process's memory fraction
+    (``torch.cuda.set_per_process_memory_fraction``: a shared card, or a 24 GB card emulated
+    on a larger one)."""
+    device = torch.device(device)
+    free, total = torch.cuda.mem_get_info(device)
+    reserved, allocated = torch.cuda.memory_reserved(device), torch.cuda.memory_allocated(device)
+    return int(min(free + reserved - allocated, torch.cuda.get_per_process_memory_fraction(device) * total - allocated))
+
+
+def device_budget(device: str | torch.device) -> Budget | None:
+    """:meth:`Budget.detect` of a CUDA ``device``; None off CUDA (models stay in host
+    memory there: nothing to plan)."""
+    return Budget.detect(device) if str(device).startswith("cuda") and torch.cuda.is_available() else None
+
+
+def _mem_available() -> int:
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    raise RuntimeError("cannot read free host RAM")
+
+
+@dataclass(frozen=True)
+class RolePlan:
+    placement: Placement
+    fp8_storage: bool
+
+
+@dataclass(frozen=True)
+class DecodePlan:
+    """``per_image``: decode one particle at a time; ``free_transformers``: release the
+    sampling models before decoding; ``tiled``: ``vae.enable_tiling()``."""
+
+    tiled: bool
+    per_image: bool
+    free_transformers: bool
+
+
+@dataclass
+class Plan:
+    """Placements and decode of one job, its estimated device and host peaks, and
+    ``pinned_host_bytes``: the page-locked host copies of the streamed models (their stored
+    bytes, exactly what :func:`poe_backend.runtime.placement.pin_offload_groups` locks;
+    part of ``peak_host_bytes``)."""
+
+    placements: dict[str, RolePlan]
+    decode: DecodePlan
+    peak_vram_bytes: int
+    peak_host_bytes: int
+    pinned_host_bytes: int
+    alternating: bool
+    reasons: list[str] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["peak_vram_gib"] = round(self.peak_vram_bytes / GiB, 2)
+        data["peak_host_gib"] = round(self.peak_host_bytes / GiB, 2)
+        return json.dumps(data, sort_keys=True)
+
+    def describe(self) -> str:
+        """One short line: ``role=placement[+fp8]`` per model, decode, peaks in GiB."""
+        roles = " ".join(f"{role.split('.')[-1]}={rp.placement}{'+fp8' if rp.fp8_storage else ''}" for role, rp in self.placements.items())
+        decode = ("tiled" if self.decode.tiled else "full") + (", free first" if self.decode.free_transformers else "")
+        return f"{roles} | decode {decode} | VRAM {self.peak_vram_bytes / GiB:.1f} GiB, host {self.peak_host_bytes / GiB:.1f} GiB (pinned {self.pinned_host_bytes / GiB:.1f})"
+
+
+def _sampling_vram(models: list[ModelSize], placements: dict[str, RolePlan], activation_bytes: int) -> int:
+    total = activation_bytes
+    streamed = [0]
+    for model in models:
+        chosen = placements[model.role]
+        if chosen.placement == "resident":
+            total += model.stored_bytes(chosen.fp8_storage)
+        else:  # one streamed model runs at a time: its footprint is not summed
+            streamed.append(model.streamed_vram_bytes(chosen.placement, chosen.fp8_storage))
+    return total + max(streamed)
+
+
+def _host_peak(models: list[ModelSize], placements: dict[str, RolePlan]) -> int:
+    """Resident models load first: bf16 ones straight to the device
+    (``from_pretrained(device_map=device)``, no host copy), fp8 ones on the CPU in bf16, cast,
+    then moved (a transient host copy); then the offloaded ones, each loaded in bf16 and cast
+    before the next (rule 6)."""
+    peak, settled = 0, 0
+    for model in sorted(models, key=lambda m: placements[m.role].placement != "resident"):
+        chosen = placements[model.role]
+        direct = chosen.placement == "resident" and not chosen.fp8_storage
+        peak = max(peak, settled + (0 if direct else model.weight_bytes))
+        if chosen.placement != "resident":
+            settled += model.stored_bytes(chosen.fp8_storage)
+    return HOST_BASELINE_BYTES + max(peak, settled)
+
+
+def _candidates(models: list[ModelSize], allow_fp8: bool):
+    """Placements in policy order (rules 2-5), each with the reason it is tried."""
+    roles = [m.role for m in models]
+    yield {r: RolePlan("resident", False) for r in roles}, "all resident in bf16"
+    if allow_fp8:
+        yield {r: RolePlan("resident", True) for r in roles}, "all resident with fp8 storage"
+    by_size = sorted(models, key=lambda m: -m.weight_bytes)
+    for count in range(1, len(models) + 1):
+        streamed = {m.role for m in by_size[:count]}
+        for resident_fp8 in (False, True) if allow_fp8 else (False,):
+            yield {r: RolePlan("group_offload", allow_fp8) if r in streamed else RolePlan("resident", resident_fp8) for r in roles}, f"group offload of {', '.join(sorted(streamed))}"
+    yield {r: RolePlan("leaf_offload", allow_fp8) for r in roles}, "leaf offload of every model"
+
+
+def plan(models: list[ModelSize], activation_bytes: int, decode_bytes: int, budget: Budget, *, alternating: bool, allow_fp8: bool = True, tiled_decode_bytes: int | None = None) -> Plan:
+    """Choose placements for the sampling models (see the module docstring for the rules).
+    ``activation_bytes``: one batched forward of the largest job forward; ``decode_bytes``:
+    one untiled decode (:func:`vae_decode_bytes`), ``tiled_decode_bytes`` its tiled form."""
+    if not models:
+        raise ValueError("plan needs at least one model")
+    room = budget.vram_free_bytes - budget.reserve_bytes
+    for placements, why in _candidates(models, allow_fp8):
+        sampling = _sampling_vram(models, placements, activation_bytes)
+        if sampling > room:
+            continue
+        host = _host_peak(models, placements)
+        if host > budget.ram_free_bytes + HOST_BASELINE_BYTES:
+            raise PlanError(_host_message(host, budget, why))
+        reasons = [f"{why}: sampling needs {sampling / GiB:.1f} GiB of {room / GiB:.1f} GiB (free {budget.vram_free_bytes / GiB:.1f} minus reserve {budget.reserve_bytes / GiB:.1f})"]
+        if alternating:
+            reasons.append("experts alternate at every evaluation: no whole-model moves, streamed models move block by block")
+        decode, decode_peak = _decode(sampling - activation_bytes, decode_bytes, tiled_decode_bytes, room, reasons)
+        pinned = sum(model.stored_bytes(placements[model.role].fp8_storage) for model in models if placements[model.role].placement != "resident")
+        return Plan(placements, decode, max(sampling, decode_peak), host, pinned, alternating, reasons)
+    raise PlanError(f"even leaf offload of every model needs more than {room / GiB:.1f} GiB of VRAM: lower the resolution, frames or particles, or use the preview preset")
+
+
+def decode_plan(models: list[ModelSize], placements: dict[str, RolePlan], decode_bytes: int, budget: Budget, *, tiled_decode_bytes: int | None = None) -> DecodePlan:
+    """Rule 7 for models placed by an explicit ``offload`` (no search): decode beside them,
+    else free them first, else tiled after freeing; :class:`PlanError` when even that does
+    not fit."""
+    resident = _sampling_vram(models, placements, 0)
+    return _decode(resident, decode_bytes, tiled_decode_bytes, budget.vram_free_bytes - budget.reserve_bytes, [])[0]
+
+
+def _decode(resident_bytes: int, decode_bytes: int, tiled_bytes: int | None, room: int, reasons: list[str]) -> tuple[DecodePlan, int]:
+    if resident_bytes + decode_bytes <= room:
+        return DecodePlan(False, True, False), resident_bytes + decode_bytes
+    if decode_bytes <= room:
+        reasons.append(f"decode ({decode_bytes / GiB:.1f} GiB) does not fit beside the models: free them first")
+        return DecodePlan(False, True, True), decode_bytes
+    if tiled_bytes is not None and tiled_bytes <= room:
+        reasons.append(f"untiled decode needs {decode_bytes / GiB:.1f} GiB: tiled decode ({tiled_bytes / GiB:.1f} GiB) after freeing the models")
+        return DecodePlan(True, True, True), tiled_bytes
+    raise PlanError(f"VAE decode needs {(tiled_bytes or decode_bytes) / GiB:.1f} GiB of {room / GiB:.1f} GiB: lower the resolution or frames")
+
+
+def _host_message(host: int, budget: Budget, why: str) -> str:
+    free = budget.ram_free_bytes + HOST_BASELINE_BYTES
+    return (f"{why} needs {host / GiB:.1f} GiB of host RAM (one offloaded copy of each streamed model plus the load-time copy) "
+            f"but {free / GiB:.1f} GiB are available: allow fp8 storage, add RAM, use a card with more VRAM, or use the preview preset")
+
+
+# ---------------------------------------------------------------------------------------
+# Jobs of the tasks at their default sizes (the table below and the tests)
+
+
+def insertion_job(height: int = 1024, width: int = 1024, particles: int = 2) -> tuple[list[ModelSize], int, int, int]:
+    """FLUX.1 Depth × Fill, batch = particles, T5 freed after encoding."""
+    models = [full_size("flux.transformer.depth"), full_size("flux.transformer.fill")]
+    tokens = (height // 16) * (width // 16)
+    return models, flux_activation_bytes(tokens, 512, particles), vae_decode_bytes("flux", 1, height, width, False), vae_decode_bytes("flux", 1, height, width, True)
+
+
+def wan_job_bytes(configs: list[dict[str, Any]], frames: int, height: int, width: int, particles: int) -> tuple[int, int, int]:
+    """``(activations, decode, tiled decode)`` bytes of a Wan job: the largest one batched
+    forward of the transformers with these configs (hidden = heads · head dim, VACE hints
+    from ``vace_layers``; CFG runs as separate passes, so batch = particles) on the latent
+    ``((F-1)/4 + 1, H/8, W/8)``, and one video's decode (:func:`vae_decode_bytes`). The
+    Wan runtime plans with exactly this, from the installed configs."""
+    latent = ((frames - 1) // 4 + 1, height // 8, width // 8)
+    activation = max(
+        wan_activation_bytes(*latent, particles, vace_layers=len(config.get("vace_layers") or ()), hidden=config["num_attention_heads"] * config["attention_head_dim"])
+        for config in configs
+    )
+    return activation, vae_decode_bytes("wan", frames, height, width, False), vae_decode_bytes("wan", frames, height, width, True)
+
+
+def framepack_job_bytes(config: dict[str, Any], window: int, sections: int, height: int, width: int, particles: int) -> tuple[int, int, int]:
+    """``(activations, decode, tiled decode)`` bytes of a FramePack job: one section forward
+    (:func:`framepack_activation_bytes`, hidden from the config or the class defaults; true
+    CFG runs as a separate pass) and the decode of one whole video of ``1 + 4·C·W``
+    frames. The FramePack runtime plans with exactly this."""
+    loader = "diffusers:HunyuanVideoFramepackTransformer3DModel"
+    hidden = config_value(loader, config, "num_attention_heads") * config_value(loader, config, "attention_head_dim")
+    frames = 1 + 4 * sections * window
+    activation = framepack_activation_bytes(window, height // 8, width // 8, particles, hidden=hidden)
+    return activation, vae_decode_bytes("framepack", frames, height, width, False), vae_decode_bytes("framepack", frames, height, width, True)
+
+
+def sim2video_job(frames: int = 81, height: int = 480, width: int = 832, particles: int = 2, preview: bool = False) -> tuple[list[ModelSize], int, int, int]:
+    """Wan VACE-14B × I2V-14B (preview: VACE-1.3B as both experts), CFG as separate passes."""
+    roles = ["wan.transformer.vace.preview"] if preview else ["wan.transformer.vace", "wan.transformer.i2v"]
+    return [full_size(role) for role in roles], *wan_job_bytes([full_configs()[role][1] for role in roles], frames, height, width, particles)
+
+
+def sim2video_ar_job(sections: int = 2, window: int = 9, height: int = 480, width: int = 832, particles: int = 2) -> tuple[list[ModelSize], int, int, int]:
+    """FramePack (HunyuanVideo 13B) sections of ``window`` latent frames; the render
+    Gaussian has no weights. Two sections of 9 are 73 frames (the most under 81)."""
+    role = "framepack.transformer"
+    return [full_size(role)], *framepack_job_bytes(full_configs()[role][1], window, sections, height, width, particles)
+
+
+def regional_t2i_job(height: int = 1024, width: int = 1024, particles: int = 2) -> tuple[list[ModelSize], int, int, int]:
+    """FLUX.1 [dev] for the global and region experts, Qwen2.5-VL-7B (VQAScore) kept on the
+    device beside it for the rewards (counted with the activations, as the task does)."""
+    models = [full_size("flux.transformer.dev")]
+    tokens = (height // 16) * (width // 16)
+    return (
+        models,
+        flux_activation_bytes(tokens, 512, particles) + full_size("vqa.model").weight_bytes,
+        vae_decode_bytes("flux", 1, height, width, False),
+        vae_decode_bytes("flux", 1, height, width, True),
+    )
+
+
+#: task -> its jobs at the default sizes (label, job), for :func:`plan_report`.
+TASK_JOBS: dict[str, dict[str, Any]] = {
+    "insertion": {"insertion 1024² P=2": insertion_job},
+    "regional_t2i": {"regional_t2i 1024² P=2 with VQAScore 7B": regional_t2i_job},
+    "sim2video": {"sim2video 832x480x81 P=2": sim2video_job, "preview 1.3B 832x480x81 P=2": functools.partial(sim2video_job, preview=True)},
+    "sim2video_ar": {"sim2video_ar 832x480x73 (2 sections of 9) P=2": sim2video_ar_job},
+}
+
+
+def plan_report(tasks: list[str] | None = None, cards_gib: tuple[float, ...] = (24, 48, 80, 141), rams_gib: tuple[float, ...] = (32, 64, 128)) -> str:
+    """Text report of every job of ``tasks`` (default: all of :data:`TASK_JOBS`) over a grid
+    of cards and host RAM, fp8 storage allowed and not: placements (resident, streamed), the
+    decode, the VRAM and host peaks with what is pinned, or the reason it is refused
+    (``poe-backend models plan``)."""
+    unknown = [task for task in tasks or () if task not in TASK_JOBS]
+    if unknown:
+        raise KeyError(f"no memory plan for task {unknown[0]!r}; planned tasks: {', '.join(TASK_JOBS)}")
+    lines = []
+    for task in tasks or list(TASK_JOBS):
+        for name, make in TASK_JOBS[task].items():
+            models, activation, decode, tiled = make()
+            lines.append(f"{name}: weights {sum(m.weight_bytes for m in models) / GiB:.1f} GiB (fp8 {sum(m.fp8_weight_bytes for m in models) / GiB:.1f}), "
+                         f"activations {activation / GiB:.2f} GiB, decode {decode / GiB:.2f} GiB (tiled {tiled / GiB:.2f})")
+            for card in cards_gib:
+                for ram in rams_gib:
+                    for fp8 in (True, False):
+                        try:
+                            text = plan(models, activation, decode, Budget.nominal(card, ram), alternating=len(models) > 1, allow_fp8=fp8, tiled_decode_bytes=tiled).describe()
+                        except PlanError as error:
+                            text = f"refused: {error}"
+                        lines.append(f"  {card:>3g} GiB card, {ram:>3g} GiB RAM, fp8 {'on ' if fp8 else 'off'}: {text}")
+    return "\n".join(lines)
