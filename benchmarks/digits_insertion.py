@@ -9,7 +9,7 @@ classifier calls the target class (raw, and after pasting the plate back outside
 as the task's ``blend`` does), for each class guidance scale of the layout expert (0: the
 conditional net alone), then the product's Feynman-Kac log-weight spread per level at P = 2
 and 4 (the default case). The classifier's score of the true composites is printed
-beside them. See :mod:`poe_backend.toy.digits`.
+beside them. See :mod:`benchmarks.miniatures.digits`.
 Run: ``.venv/bin/python benchmarks/digits_insertion.py`` (trains both nets on first use,
 75-200 s on one thread, cached under the data dir; the rest about 6 minutes).
 
@@ -53,7 +53,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from poe_backend.tasks.insertion import InsertionParams  # noqa: E402
-from poe_backend.toy import digits  # noqa: E402
+from benchmarks.miniatures import digits  # noqa: E402
 
 PARTICLE_COUNTS = (1, 2, 4)
 MEASURES = (

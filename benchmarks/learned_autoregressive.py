@@ -1,6 +1,6 @@
 """sim2video_ar's sampler settings on a learned autoregressive expert with an exact answer.
 
-The miniature of :mod:`poe_backend.toy.learned_sequence`: a learned ``p(x_j | x_<j)`` over
+The miniature of :mod:`benchmarks.miniatures.learned_sequence`: a learned ``p(x_j | x_<j)`` over
 4 sections × the task's render Gaussian per section. Each cell runs ``--runs`` independent
 jobs at the task's settings (FramePack's 25-level schedule for a 480p section, 1 Langevin
 step at scale 0.5, unadjusted, Euler transport, Gibbs sweeps at ``gibbs_t`` 0.5), keeps the particle the task
@@ -49,8 +49,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from poe_backend.families.framepack.experts import framepack_levels  # noqa: E402
 from poe_backend.sampling.autoregressive import sample_autoregressive  # noqa: E402
 from poe_backend.tasks.sim2video_ar import Sim2VideoARParams  # noqa: E402
-from poe_backend.toy.learned_sequence import DTYPE, SequenceCase, default_case  # noqa: E402
-from poe_backend.toy.metrics import noise_floor, sliced_wasserstein  # noqa: E402
+from benchmarks.miniatures.learned_sequence import DTYPE, SequenceCase, default_case  # noqa: E402
+from benchmarks.miniatures.metrics import noise_floor, sliced_wasserstein  # noqa: E402
 
 TASK = Sim2VideoARParams()
 

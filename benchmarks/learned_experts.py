@@ -1,7 +1,7 @@
 """Score-only samplers on learned experts whose exact product is known.
 
 Experts are flow-matching nets trained on samples of Gaussian mixtures
-(:mod:`poe_backend.toy.learned`, cached under the data dir), so their velocities carry
+(:mod:`benchmarks.miniatures.learned`, cached under the data dir), so their velocities carry
 real model error while the exact product stays closed form. Every distance is the sliced
 Wasserstein distance to exact samples divided by the two-sample floor at the same sample
 count (1.0 = as good as exact sampling), printed as ``swd|modes`` with the mode-weight error
@@ -49,8 +49,8 @@ from poe_backend.sampling import Factor, GenerativeExpert, ProductOfExperts, Sam
 from poe_backend.sampling.schedules import log_snr_levels  # noqa: E402
 from poe_backend.tasks import images  # noqa: E402
 from poe_backend.tasks.insertion import InsertionParams  # noqa: E402
-from poe_backend.toy import learned  # noqa: E402
-from poe_backend.toy.metrics import noise_floor, sliced_wasserstein  # noqa: E402
+from benchmarks.miniatures import learned  # noqa: E402
+from benchmarks.miniatures.metrics import noise_floor, sliced_wasserstein  # noqa: E402
 from poe_backend.toy.run import DEFAULT_LANGEVIN_STEPS, DEFAULT_LEVEL_COUNT, DEFAULT_LEVELS  # noqa: E402
 from poe_backend.toy.spec import DTYPE  # noqa: E402
 

@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from poe_backend.sampling.budget import planned_nfe  # noqa: E402
 from poe_backend.sampling.schedules import log_snr_levels  # noqa: E402
-from poe_backend.toy.metrics import noise_floor, sliced_wasserstein  # noqa: E402
+from benchmarks.miniatures.metrics import noise_floor, sliced_wasserstein  # noqa: E402
 from poe_backend.toy.run import DEFAULT_LANGEVIN_STEPS, run_toy  # noqa: E402
 from poe_backend.toy.spec import parse_spec  # noqa: E402
 from tests.toy import products  # noqa: E402

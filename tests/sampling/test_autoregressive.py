@@ -2,7 +2,7 @@
 
 import torch
 
-from poe_backend.toy.metrics import noise_floor, sliced_wasserstein
+from benchmarks.miniatures.metrics import noise_floor, sliced_wasserstein
 from poe_backend.toy.run import run_toy
 from poe_backend.toy.spec import parse_spec
 from tests.toy import products

@@ -9,7 +9,7 @@ exact samples); naive at least 3x. Seeds are fixed."""
 import pytest
 import torch
 
-from poe_backend.toy.metrics import noise_floor, sliced_wasserstein
+from benchmarks.miniatures.metrics import noise_floor, sliced_wasserstein
 from poe_backend.toy.run import run_toy
 from poe_backend.toy.spec import parse_spec
 from tests.toy import products

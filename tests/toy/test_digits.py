@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from poe_backend.tasks.insertion import InsertionParams
-from poe_backend.toy import digits
+from benchmarks.miniatures import digits
 
 RUNS = 40
 PARTICLES = 4

@@ -4,7 +4,7 @@ round-trips, the expert wrapper keeps dtypes and follows resampling."""
 import torch
 
 from poe_backend.families.analytic.gmm import GaussianMixture, GaussianMixtureExpert
-from poe_backend.toy.flow_net import LearnedExpert, VelocityNet, load_or_train, train_velocity
+from benchmarks.miniatures.flow_net import LearnedExpert, VelocityNet, load_or_train, train_velocity
 
 GAUSSIAN = GaussianMixture(
     torch.tensor([1.0], dtype=torch.float64),

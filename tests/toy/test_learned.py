@@ -11,8 +11,8 @@ import torch
 from poe_backend.sampling import samplers
 from poe_backend.sampling.schedules import log_snr_levels
 from poe_backend.tasks.images import ImageParams
-from poe_backend.toy.learned import LearnedCase, Training
-from poe_backend.toy.metrics import noise_floor, sliced_wasserstein
+from benchmarks.miniatures.learned import LearnedCase, Training
+from benchmarks.miniatures.metrics import noise_floor, sliced_wasserstein
 from poe_backend.toy.run import DEFAULT_LANGEVIN_STEPS, DEFAULT_LEVEL_COUNT
 from poe_backend.toy.spec import DTYPE, parse_spec
 from tests.toy import products

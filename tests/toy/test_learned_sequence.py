@@ -1,12 +1,12 @@
 """The sim2video_ar miniature: a learned autoregressive expert × render Gaussians with an
-exact answer (poe_backend.toy.learned_sequence)."""
+exact answer (benchmarks.miniatures.learned_sequence)."""
 
 import pytest
 import torch
 
 from poe_backend.sampling import ProductOfExperts, samplers
 from poe_backend.sampling.schedules import log_snr_levels
-from poe_backend.toy.learned_sequence import DTYPE, default_case, history_condition
+from benchmarks.miniatures.learned_sequence import DTYPE, default_case, history_condition
 
 
 def test_history_condition_pads_the_past_and_marks_the_position() -> None:

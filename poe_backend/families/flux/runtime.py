@@ -24,11 +24,9 @@ every encoding so that a seed fully determines a run.
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -40,7 +38,8 @@ from poe_backend.families.flux.declaration import SHARED, TEXT_ROLES, TRANSFORME
 from poe_backend.runtime.cache import MODEL_CACHE, default_dtype
 from poe_backend.runtime import planner as memory_plan
 from poe_backend.runtime.planner import Budget
-from poe_backend.runtime.job_plan import JobPlan, describe, job_budget, plan_transformers
+from poe_backend.runtime.family import FamilyRuntime, PromptCache
+from poe_backend.runtime.job_plan import JobPlan, job_budget, plan_transformers
 from poe_backend.sampling import GenerativeExpert, ProductOfExperts
 
 LATENT_CHANNELS = 16
@@ -309,12 +308,13 @@ def box_token_weights(box: list[int] | tuple[int, int, int, int], height: int, w
 # The runtime: what a FLUX pipeline owns, for one job
 
 #: Prompt embeddings kept across jobs, keyed by (preset, max length, dtype, device, prompt).
-PROMPT_CACHE_SIZE = 64
-_PROMPT_CACHE: OrderedDict[tuple[str, int, str, str, str], PromptEmbedding] = OrderedDict()
+_PROMPTS: PromptCache[PromptEmbedding] = PromptCache(64)
 
 
-class FluxRuntime:
-    """The FLUX family for one job at one resolution, owning what a diffusers pipeline owns.
+class FluxRuntime(FamilyRuntime):
+    """The FLUX family for one job at one resolution, owning what a diffusers pipeline owns
+    (a :class:`FamilyRuntime`; one runtime serves every FLUX transformer at its resolution,
+    so :meth:`plan` takes the kinds the job uses).
 
     * components through the model cache: the VAE (kept), the text encoders (loaded only for
       prompts not encoded before, then released: embeddings are cached per prompt across
@@ -334,9 +334,7 @@ class FluxRuntime:
         dtype: torch.dtype | None = None, max_sequence_length: int = 512, budget: Budget | None | str = "detect",
     ) -> None:
         self.space = FluxLatentSpace(height, width, preset=preset, device=device, dtype=dtype, max_sequence_length=max_sequence_length)
-        self.preset, self.device, self.dtype = preset, device, self.space.dtype
-        self.budget = budget
-        self.job_plan: JobPlan | None = None
+        super().__init__(preset=preset, device=device, dtype=self.space.dtype, budget=budget)
 
     @staticmethod
     def roles(kinds: list[str]) -> list[str]:
@@ -356,17 +354,7 @@ class FluxRuntime:
     def encode_prompts(self, prompts: list[str]) -> list[PromptEmbedding]:
         """Embeddings of ``prompts``; only prompts never encoded before (with this preset,
         length, dtype and device) load the text encoders, which are released afterwards."""
-        keys = {prompt: (self.preset, self.space.max_sequence_length, str(self.dtype), str(self.device), prompt) for prompt in prompts}
-        missing = [prompt for prompt in dict.fromkeys(prompts) if keys[prompt] not in _PROMPT_CACHE]
-        if missing:
-            for embedding in self.space.encode_prompts(missing):
-                _PROMPT_CACHE[keys[embedding.prompt]] = embedding
-        for prompt in prompts:
-            _PROMPT_CACHE.move_to_end(keys[prompt])
-        embeddings = [_PROMPT_CACHE[keys[prompt]] for prompt in prompts]
-        while len(_PROMPT_CACHE) > PROMPT_CACHE_SIZE:
-            _PROMPT_CACHE.popitem(last=False)
-        return embeddings
+        return _PROMPTS.get((self.preset, self.space.max_sequence_length, str(self.dtype), str(self.device)), prompts, self.space.encode_prompts)
 
     # -- conditions -------------------------------------------------------------------
 
@@ -404,10 +392,7 @@ class FluxRuntime:
 
     def transformer(self, kind: str) -> torch.nn.Module:
         """The ``kind`` transformer, loaded once per process and placed as planned."""
-        if self.job_plan is None or TRANSFORMER_ROLES[kind] not in self.job_plan.placement.placements:
-            raise RuntimeError(f"plan the {kind!r} transformer first (FluxRuntime.plan)")
-        role = TRANSFORMER_ROLES[kind]
-        return MODEL_CACHE.place(role, self.preset, self.job_plan.placement.placements[role], self.device, dtype=self.dtype)
+        return self.planned_transformer(TRANSFORMER_ROLES[kind])
 
     def expert(self, kind: str, prompt: PromptEmbedding, *, guidance: float, condition: Tensor | None = None, max_batch: int | None = None, name: str | None = None) -> "FluxExpert":
         """A velocity expert of the ``kind`` transformer with fixed conditioning."""
@@ -427,22 +412,12 @@ class FluxRuntime:
             self.free_transformers()
         return self.space.decode(packed, max_batch=1 if decode.per_image else max_batch, tile=memory_plan.DECODE_TILE["flux"] if decode.tiled else None)
 
-    def free_transformers(self) -> None:
-        """Give back the memory of this job's transformers now (:meth:`ModelCache.give_back`:
-        the job's experts still reference them); the next job loads them afresh."""
-        for role in self.job_plan.placement.placements:
-            MODEL_CACHE.give_back(role, self.preset)
-
     def decode_preview(self, packed: Tensor, max_pixels: int) -> Tensor:
         """Packed latents ``(P, N, 64)`` -> images ``(P, 3, h, w)`` in [0, 1] with
         ``h·w <= max_pixels``: the latent is area-downsampled before the VAE decode, so a
         reward's images (VQAScore: 448² by default) cost a fraction of a full decode
         (1024² -> 448²: ~5x fewer pixels). All P particles in one batch."""
         return self.space.decode(packed, max_batch=packed.shape[0], max_pixels=max_pixels)
-
-    def describe(self) -> dict[str, Any]:
-        """The plan as JSON (``result.json``'s ``placement``)."""
-        return describe(self.job_plan, self.device, self.dtype)
 
 
 def regional_weights(boxes: list[list[int]], height: int, width: int, *, region_strength: float = 0.8) -> tuple[Tensor, list[Tensor]]:

@@ -18,7 +18,6 @@ Order of a job: ``FramePackRuntime(...)`` (checks every weight, loads the VAE) â
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from typing import Any
 
 import torch
@@ -32,15 +31,15 @@ from poe_backend.families.framepack.experts import (
 )
 from poe_backend.models.lookup import check_available
 from poe_backend.runtime.planner import Budget
-from poe_backend.runtime.cache import MODEL_CACHE, default_dtype
-from poe_backend.runtime.job_plan import JobPlan, decode_videos, describe, job_budget, plan_transformers, set_vae_tiling
+from poe_backend.runtime.cache import MODEL_CACHE
+from poe_backend.runtime.family import FamilyRuntime, PromptCache
+from poe_backend.runtime.job_plan import JobPlan, decode_videos, job_budget, plan_transformers, set_vae_tiling
 
 #: Prompt embeddings on the CPU, keyed by (preset, length, dtype, text), oldest dropped first.
-PROMPT_CACHE_SIZE = 32
-_PROMPT_CACHE: OrderedDict[tuple[str, int, str, str], PromptEmbeddings] = OrderedDict()
+_PROMPTS: PromptCache[PromptEmbeddings] = PromptCache(32)
 
 
-class FramePackRuntime:
+class FramePackRuntime(FamilyRuntime):
     """FramePack for one job: ``num_sections`` sections of ``window`` latent frames at
     ``height`` Ã— ``width`` (multiples of 16), generated in ``sampling_type`` order.
     ``budget``: what ``auto`` plans against (``"detect"``: :func:`memory_plan.device_budget`,
@@ -53,15 +52,11 @@ class FramePackRuntime:
         self.sampling_type, self.window, self.num_sections = sampling_type, window, num_sections
         self.height, self.width = height, width
         self.num_frames = num_pixel_frames(num_sections, window)
-        self.preset, self.device = preset, str(device)
-        self.dtype = default_dtype(self.device) if dtype is None else dtype
+        super().__init__(preset=preset, device=device, dtype=dtype, budget=budget)
         self.max_sequence_length = max_sequence_length
         self.transformer_role = TRANSFORMER_ROLES[sampling_type]
         check_available(self.roles(sampling_type), preset)
         self.vae = MODEL_CACHE.load("framepack.vae", preset, device=self.device, dtype=torch.float32)
-        self.budget = budget
-        self.job_plan: JobPlan | None = None
-        self._transformer_freed = False
 
     @staticmethod
     def roles(sampling_type: SamplingType) -> list[str]:
@@ -81,24 +76,20 @@ class FramePackRuntime:
         through the pipeline's ``encode_prompt``. Only texts never encoded before (this
         preset, length and dtype) load the text encoders (on the job's device when they fit
         there after the model cache made room, else on the CPU), released afterwards."""
-        keys = {text: (self.preset, self.max_sequence_length, str(self.dtype), text) for text in texts}
-        missing = [text for text in dict.fromkeys(texts) if keys[text] not in _PROMPT_CACHE]
-        if missing:
-            (text_encoder, tokenizer, text_encoder_2, tokenizer_2), encoder_device = MODEL_CACHE.load_encoders(TEXT_ROLES, self.preset, device=self.device, dtype=self.dtype)
-            pipeline = self._pipeline(text_encoder=text_encoder, tokenizer=tokenizer, text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2)
-            template = prompt_template(pipeline.tokenizer)
-            for text in missing:
-                embeds, pooled, mask = pipeline.encode_prompt(prompt=text, prompt_template=template, device=torch.device(encoder_device), dtype=self.dtype,
-                                                              max_sequence_length=self.max_sequence_length)
-                _PROMPT_CACHE[keys[text]] = PromptEmbeddings(embeds.cpu(), mask.cpu(), pooled.cpu())
-            del pipeline
-            for role in TEXT_ROLES:
-                MODEL_CACHE.release(role, self.preset)
+        return [self._on_device(embedding) for embedding in _PROMPTS.get((self.preset, self.max_sequence_length, str(self.dtype)), texts, self._encode_texts)]
+
+    def _encode_texts(self, texts: list[str]) -> list[PromptEmbeddings]:
+        (text_encoder, tokenizer, text_encoder_2, tokenizer_2), encoder_device = MODEL_CACHE.load_encoders(TEXT_ROLES, self.preset, device=self.device, dtype=self.dtype)
+        pipeline = self._pipeline(text_encoder=text_encoder, tokenizer=tokenizer, text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2)
+        template = prompt_template(pipeline.tokenizer)
+        embeddings = []
         for text in texts:
-            _PROMPT_CACHE.move_to_end(keys[text])
-        embeddings = [self._on_device(_PROMPT_CACHE[keys[text]]) for text in texts]
-        while len(_PROMPT_CACHE) > PROMPT_CACHE_SIZE:
-            _PROMPT_CACHE.popitem(last=False)
+            embeds, pooled, mask = pipeline.encode_prompt(prompt=text, prompt_template=template, device=torch.device(encoder_device), dtype=self.dtype,
+                                                          max_sequence_length=self.max_sequence_length)
+            embeddings.append(PromptEmbeddings(embeds.cpu(), mask.cpu(), pooled.cpu()))
+        del pipeline, text_encoder, text_encoder_2
+        for role in TEXT_ROLES:
+            MODEL_CACHE.release(role, self.preset)
         return embeddings
 
     def _on_device(self, embedding: PromptEmbeddings) -> PromptEmbeddings:
@@ -145,9 +136,7 @@ class FramePackRuntime:
     @property
     def transformer(self) -> torch.nn.Module:
         """The transformer, loaded once per process and placed as planned."""
-        if self.job_plan is None:
-            raise RuntimeError("plan the FramePack transformer first (FramePackRuntime.plan)")
-        return MODEL_CACHE.place(self.transformer_role, self.preset, self.job_plan.placement.placements[self.transformer_role], self.device, dtype=self.dtype)
+        return self.planned_transformer(self.transformer_role)
 
     def levels(self, num_levels: int, t_max: float) -> list[float]:
         """FramePack's shifted schedule for this section size (:func:`framepack_levels`)."""
@@ -182,15 +171,4 @@ class FramePackRuntime:
         """Scaled latents ``(B, C, F', h, w)`` -> videos ``(B, 4(F'-1)+1, 3, H, W)`` in [0, 1]
         (float32, CPU), one at a time, with the plan's decode settings (transformer
         released first, tiling)."""
-        return decode_videos(self.vae, latents, self.job_plan, self.free_transformer, lambda latent: (latent.float() / self.vae.config.scaling_factor).to(self.device, self.vae.dtype))
-
-    def free_transformer(self) -> None:
-        """Give back the transformer's memory now, once (:meth:`ModelCache.give_back`: the
-        job's experts still reference it); the next job loads it afresh."""
-        if not self._transformer_freed:
-            MODEL_CACHE.give_back(self.transformer_role, self.preset)
-            self._transformer_freed = True
-
-    def describe(self) -> dict[str, Any]:
-        """The plan as JSON (``result.json``'s ``placement``)."""
-        return describe(self.job_plan, self.device, self.dtype)
+        return decode_videos(self.vae, latents, self.job_plan, self.free_transformers, lambda latent: (latent.float() / self.vae.config.scaling_factor).to(self.device, self.vae.dtype))

@@ -23,8 +23,7 @@ decode does not fit beside them untiled (encode and decode peak alike).
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -32,17 +31,17 @@ from torch import Tensor
 from poe_backend.runtime import planner as memory_plan
 from poe_backend.models.lookup import check_available
 from poe_backend.runtime.planner import Budget
-from poe_backend.runtime.cache import MODEL_CACHE, default_dtype
-from poe_backend.runtime.job_plan import JobPlan, decode_videos, describe, job_budget, plan_transformers, set_vae_tiling
+from poe_backend.runtime.cache import MODEL_CACHE
+from poe_backend.runtime.family import FamilyRuntime, PromptCache
+from poe_backend.runtime.job_plan import JobPlan, decode_videos, job_budget, plan_transformers, set_vae_tiling
 from poe_backend.families.wan.declaration import I2V, SHARED, TRANSFORMER_ROLES
 from poe_backend.families.wan.experts import LATENT_CHANNELS, WanI2VExpert, WanVACEExpert, _clean_prompt, _space_to_depth, latent_shape
 #: UMT5 embeddings ``(1, L, D)`` on the CPU, keyed by (preset, length, dtype, text), oldest
 #: dropped first (4 MiB each at full size).
-PROMPT_CACHE_SIZE = 32
-_PROMPT_CACHE: OrderedDict[tuple[str, int, str, str], Tensor] = OrderedDict()
+_PROMPTS: PromptCache[Tensor] = PromptCache(32)
 
 
-class WanRuntime:
+class WanRuntime(FamilyRuntime):
     """The Wan components for one job of ``num_frames`` × ``height`` × ``width`` pixels
     (``F = 4k + 1``, sides multiples of 16) with the ``kinds`` transformers (``"vace"``,
     ``"i2v"``). ``budget``: what ``auto`` plans against; ``"detect"`` asks
@@ -57,15 +56,11 @@ class WanRuntime:
         self.kinds = list(dict.fromkeys(kinds))
         self.event_shape = latent_shape(num_frames, height, width)
         self.num_frames, self.height, self.width = num_frames, height, width
-        self.preset, self.device = preset, str(device)
-        self.dtype = default_dtype(self.device) if dtype is None else dtype
+        super().__init__(preset=preset, device=device, dtype=dtype, budget=budget)
         self.max_sequence_length = max_sequence_length
         check_available(self.roles(self.kinds), preset)
         self.vae = MODEL_CACHE.load("wan.vae", preset, device=self.device, dtype=torch.float32)  # fp32, as Wan recommends
         self.tokenizer = MODEL_CACHE.load("wan.tokenizer", preset)
-        self.budget = budget
-        self.job_plan: JobPlan | None = None
-        self._transformers_freed = False
 
     @staticmethod
     def roles(kinds: list[str]) -> list[str]:
@@ -83,19 +78,13 @@ class WanRuntime:
         the text is cleaned the same way). Only texts never encoded before (this preset,
         length and dtype) load UMT5-XXL (~11 GB: on the job's device when it fits there after the
         model cache made room, else on the CPU), which is released afterwards."""
-        keys = {text: (self.preset, self.max_sequence_length, str(self.dtype), text) for text in texts}
-        missing = [text for text in dict.fromkeys(texts) if keys[text] not in _PROMPT_CACHE]
-        if missing:
-            (encoder,), _ = MODEL_CACHE.load_encoders(["wan.text_encoder"], self.preset, device=self.device, dtype=self.dtype)
-            for text in missing:
-                _PROMPT_CACHE[keys[text]] = self._t5_embeds(encoder, text).cpu()
-            del encoder
-            MODEL_CACHE.release("wan.text_encoder", self.preset)
-        for text in texts:
-            _PROMPT_CACHE.move_to_end(keys[text])
-        embeddings = [_PROMPT_CACHE[keys[text]].to(self.device, self.dtype) for text in texts]
-        while len(_PROMPT_CACHE) > PROMPT_CACHE_SIZE:
-            _PROMPT_CACHE.popitem(last=False)
+        return [embedding.to(self.device, self.dtype) for embedding in _PROMPTS.get((self.preset, self.max_sequence_length, str(self.dtype)), texts, self._encode_texts)]
+
+    def _encode_texts(self, texts: list[str]) -> list[Tensor]:
+        (encoder,), _ = MODEL_CACHE.load_encoders(["wan.text_encoder"], self.preset, device=self.device, dtype=self.dtype)
+        embeddings = [self._t5_embeds(encoder, text).cpu() for text in texts]
+        del encoder
+        MODEL_CACHE.release("wan.text_encoder", self.preset)
         return embeddings
 
     def _t5_embeds(self, encoder: torch.nn.Module, text: str) -> Tensor:
@@ -141,10 +130,9 @@ class WanRuntime:
 
     def transformer(self, kind: str) -> torch.nn.Module:
         """The ``kind`` transformer, loaded once per process and placed as planned."""
-        if self.job_plan is None or kind not in self.kinds:
-            raise RuntimeError(f"plan the {kind!r} transformer first (WanRuntime(kinds=...).plan)")
-        role = TRANSFORMER_ROLES[kind]
-        return MODEL_CACHE.place(role, self.preset, self.job_plan.placement.placements[role], self.device, dtype=self.dtype)
+        if kind not in self.kinds:
+            raise RuntimeError(f"this job's Wan runtime has no {kind!r} transformer (kinds {self.kinds})")
+        return self.planned_transformer(TRANSFORMER_ROLES[kind])
 
     # -- conditions ----------------------------------------------------------------------
 
@@ -214,15 +202,3 @@ class WanRuntime:
         so."""
         mean, std = self._normalisation()
         return decode_videos(self.vae, latents, self.job_plan, self.free_transformers, lambda latent: (latent.float().to(self.device) * std + mean).to(self.vae.dtype))
-
-    def free_transformers(self) -> None:
-        """Give back this job's transformers' memory now, once (:meth:`ModelCache.give_back`:
-        the job's experts still reference them); the next job loads them afresh."""
-        if not self._transformers_freed:
-            for kind in self.kinds:
-                MODEL_CACHE.give_back(TRANSFORMER_ROLES[kind], self.preset)
-            self._transformers_freed = True
-
-    def describe(self) -> dict[str, Any]:
-        """The plan as JSON (``result.json``'s ``placement``)."""
-        return describe(self.job_plan, self.device, self.dtype)

@@ -35,8 +35,8 @@ from poe_backend.families.analytic.gmm import GaussianMixture, GaussianMixtureEx
 from poe_backend.families.analytic.render_gaussian import RenderGaussianExpert
 from poe_backend.models.specs import data_dir
 from poe_backend.sampling import Factor, ProductOfExperts
-from poe_backend.toy.flow_net import LearnedExpert, VelocityNet, cache_name, load_or_train, train_velocity
-from poe_backend.toy.learned import Training
+from benchmarks.miniatures.flow_net import LearnedExpert, VelocityNet, cache_name, load_or_train, train_velocity
+from benchmarks.miniatures.learned import Training
 
 DTYPE = torch.float64
 ProductFactory = Callable[[int, list[Tensor | None]], ProductOfExperts]

@@ -42,7 +42,7 @@ from poe_backend.models.specs import data_dir
 from poe_backend.sampling import Factor, GenerativeExpert, Progress, ProductOfExperts, SampleResult, resampling
 from poe_backend.tasks import images
 from poe_backend.tasks.insertion import InsertionParams
-from poe_backend.toy.flow_net import LearnedExpert, VelocityNet, cache_name, load_or_train, train_velocity
+from benchmarks.miniatures.flow_net import LearnedExpert, VelocityNet, cache_name, load_or_train, train_velocity
 
 SIDE = 8
 DIMENSION = SIDE * SIDE

@@ -2,7 +2,7 @@
 Gaussian mixtures.
 
 A :class:`LearnedCase` is a toy spec (the true mixtures, so the exact product is closed
-form) plus how to train one :class:`~poe_backend.toy.flow_net.VelocityNet` per mixture. The
+form) plus how to train one :class:`~benchmarks.miniatures.flow_net.VelocityNet` per mixture. The
 learned product then carries real model error (its velocities are regressed, imperfect and
 not the gradient of anything), as a neural expert's do; comparing its samples with the exact
 product measures model error and sampler error together, and each expert's own samples
@@ -23,7 +23,7 @@ import torch
 from poe_backend.families.analytic.gmm import GaussianMixture
 from poe_backend.models.specs import data_dir
 from poe_backend.sampling import Factor, ProductOfExperts
-from poe_backend.toy.flow_net import LearnedExpert, VelocityNet, cache_name, load_or_train, train_velocity
+from benchmarks.miniatures.flow_net import LearnedExpert, VelocityNet, cache_name, load_or_train, train_velocity
 from poe_backend.toy.spec import ToySpec, parse_spec
 
 CACHE_VERSION = 1  # bump when the net or its training changes meaning
