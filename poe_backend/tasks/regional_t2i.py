@@ -93,17 +93,16 @@ class RegionalT2ITask(Task):
         runtime = flux.FluxRuntime(height, width, preset=context.models, device=context.device, max_sequence_length=params.max_sequence_length)
         region_prompts = [prompt for prompt, _ in regions] if use_regions else []
         embeddings = runtime.encode_prompts([global_prompt] + region_prompts)
-        resident = lookup.weight_bytes("vqa.model", context.models) if use_vqa else 0
-        runtime.plan(["dev"], offload=params.offload, fp8_storage=params.fp8_storage, batch=params.max_batch or params.particles, resident_bytes=resident)
-        factors = build_factors(runtime, embeddings, regions if use_regions else [], params)
         rewards, reward = [], None
-        if use_vqa:
+        if use_vqa:  # loaded before the transformer is planned, so the plan sees its memory as taken
             from poe_backend.families.vqascore.scorer import VQAScorer, VQAScoreReward
 
             scorer = VQAScorer(context.models, device=context.device, max_pixels=params.vqa_max_pixels)
             vqa_prompts = {"global": [global_prompt], "regions": region_prompts or [global_prompt], "all": [global_prompt] + region_prompts}[params.vqa_prompts]
             reward = VQAScoreReward(scorer, lambda x0: runtime.decode_preview(x0, params.vqa_max_pixels), vqa_prompts, strength=params.vqa_strength)
             rewards.append(reward)
+        runtime.plan(["dev"], offload=params.offload, fp8_storage=params.fp8_storage, batch=params.max_batch or params.particles)
+        factors = build_factors(runtime, embeddings, regions if use_regions else [], params)
         if params.method == "flux" and "sampler" not in params.model_fields_set:
             params = params.model_copy(update={"sampler": "summed_velocity"})
         timer.mark("load_and_encode")

@@ -36,7 +36,7 @@ from torch import Tensor
 
 from poe_backend.families.flux.declaration import SHARED, TEXT_ROLES, TRANSFORMER_ROLES
 from poe_backend.runtime.cache import MODEL_CACHE, default_dtype
-from poe_backend.runtime import planner as memory_plan
+from poe_backend.runtime import planner
 from poe_backend.runtime.planner import Budget
 from poe_backend.runtime.family import FamilyRuntime, PromptCache
 from poe_backend.runtime.job_plan import JobPlan, job_budget, plan_transformers
@@ -87,7 +87,7 @@ class FluxLatentSpace:
     process through the model cache), prompt encoding (text encoders loaded, used, released;
     :meth:`FluxRuntime.encode_prompts` caches the results) and packing/ids.
 
-    ``preset`` is a registry preset; ``device`` a torch device string; ``dtype`` the model
+    ``preset`` is a model preset; ``device`` a torch device string; ``dtype`` the model
     dtype (bf16 on GPU, fp32 on CPU by default).
     """
 
@@ -99,7 +99,7 @@ class FluxLatentSpace:
         self.height, self.width, self.preset, self.device = height, width, preset, device
         self.dtype = default_dtype(device) if dtype is None else dtype
         self.max_sequence_length = max_sequence_length
-        # ``vae`` injects an instance (benchmarks with random full-size weights); else the registry's
+        # ``vae`` injects an instance (benchmarks with random full-size weights); else the preset's, from the cache
         self.vae = MODEL_CACHE.load("flux.vae", preset, device=device, dtype=self.dtype) if vae is None else vae
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.latent_height = height // self.vae_scale_factor
@@ -325,7 +325,7 @@ class FluxRuntime(FamilyRuntime):
       :meth:`decode_preview` at a reduced size for rewards).
 
     ``budget`` is what ``auto`` plans against: ``"detect"`` (default) asks
-    :func:`memory_plan.device_budget` when the job plans (free VRAM and host RAM; None off
+    :func:`planner.device_budget` when the job plans (free VRAM and host RAM; None off
     CUDA, where everything is resident).
     """
 
@@ -372,20 +372,20 @@ class FluxRuntime(FamilyRuntime):
 
     # -- transformers -----------------------------------------------------------------
 
-    def plan(self, kinds: list[str], *, offload: str = "auto", fp8_storage: bool = False, batch: int = 1, resident_bytes: int = 0) -> JobPlan:
+    def plan(self, kinds: list[str], *, offload: str = "auto", fp8_storage: bool = False, batch: int = 1) -> JobPlan:
         """Decide where each transformer lives, and how the VAE decodes, for this job before
-        anything loads (:func:`runtime_plan.plan_transformers`, as the video runtimes do):
-        the models' exact sizes (their configs built on the meta device), one batched
-        forward's activations plus ``resident_bytes`` (models that stay on the device, e.g.
-        VQAScore) and the decode, against :attr:`budget`; ``fp8_storage`` allows fp8
+        they load (:func:`job_plan.plan_transformers`, as the video runtimes do): the models'
+        exact sizes (their configs built on the meta device), one batched forward's
+        activations and the decode, against :attr:`budget` (read now: models already loaded
+        for this job, e.g. VQAScore, hold their memory); ``fp8_storage`` allows fp8
         placements; another ``offload`` than ``auto`` names the placement. Raises
-        :class:`memory_plan.PlanError` (a MemoryError) when nothing fits."""
+        :class:`planner.PlanError` (a MemoryError) when nothing fits."""
         roles, height, width = [TRANSFORMER_ROLES[kind] for kind in kinds], self.space.height, self.space.width
         self.job_plan = plan_transformers(
             roles, self.preset, self.device, offload=offload, fp8_storage=fp8_storage,
-            activation_bytes=memory_plan.flux_activation_bytes(self.num_tokens, self.space.max_sequence_length, batch) + resident_bytes,
-            decode_bytes=memory_plan.vae_decode_bytes("flux", 1, height, width, False),
-            tiled_decode_bytes=memory_plan.vae_decode_bytes("flux", 1, height, width, True),
+            activation_bytes=planner.flux_activation_bytes(self.num_tokens, self.space.max_sequence_length, batch),
+            decode_bytes=planner.vae_decode_bytes("flux", 1, height, width, False),
+            tiled_decode_bytes=planner.vae_decode_bytes("flux", 1, height, width, True),
             budget=job_budget(self.budget, self.device), alternating=len(roles) > 1,
         )
         return self.job_plan
@@ -403,14 +403,14 @@ class FluxRuntime(FamilyRuntime):
     def decode(self, packed: Tensor, *, max_batch: int = 4) -> Tensor:
         """Packed latents ``(P, N, 64)`` -> images ``(P, 3, H, W)`` in [0, 1] (CPU, float32),
         as the plan's decode says: one image at a time, the transformers released first
-        (the next job loads them again) and/or tiled in :data:`memory_plan.DECODE_TILE`
+        (the next job loads them again) and/or tiled in :data:`planner.DECODE_TILE`
         ["flux"]-pixel tiles when the planner found the untiled decode would not fit."""
         if self.job_plan is None:
             return self.space.decode(packed, max_batch=max_batch)
         decode = self.job_plan.decode
         if decode.free_transformers:
             self.free_transformers()
-        return self.space.decode(packed, max_batch=1 if decode.per_image else max_batch, tile=memory_plan.DECODE_TILE["flux"] if decode.tiled else None)
+        return self.space.decode(packed, max_batch=1 if decode.per_image else max_batch, tile=planner.DECODE_TILE["flux"] if decode.tiled else None)
 
     def decode_preview(self, packed: Tensor, max_pixels: int) -> Tensor:
         """Packed latents ``(P, N, 64)`` -> images ``(P, 3, h, w)`` in [0, 1] with
