@@ -13,31 +13,17 @@ beside them. See :mod:`benchmarks.miniatures.digits`.
 Run: ``.venv/bin/python benchmarks/digits_insertion.py`` (trains both nets on first use,
 75-200 s on one thread, cached under the data dir; the rest about 6 minutes).
 
-Measured (400 runs, one shared CPU thread; known / masked RMSE, raw accuracy; P = 1, 2, 4
-agree within noise on every measure, P = 4 shown; the default case: the left half of
-held-out 3s regenerated as a 3). Guided (scale 1, the default): product-fkc 0.158 / 0.259,
-0.94; product-annealed_langevin 0.165 / 0.268, 0.92; layout expert alone 0.291 / 0.269,
-0.99; inpainter alone 0.168 / 0.515, 0.62; naive sum 0.182 / 0.237, 0.96. Unguided:
-product-fkc 0.156 / 0.266, 0.92; layout alone 0.290 / 0.274, 0.95; inpainter 0.168 / 0.515,
-0.62; naive sum 0.153 / 0.226, 0.94. The true 3s score 0.95. The product keeps the known
-pixels best once the layout expert is guided, and shows the class where the inpainter
-often draws an 8 or 9; the naive sum draws the erased half closer to the truth, and it
-is not a colder draw: the per-pixel spread of the masked half over runs is 0.70× the
-truth's for the naive sum and 0.71× for the product (P = 1, 200 runs, unguided). Each
-expert alone also loses 0.02-0.03 RMSE on the product's stochastic transport against its
-own ODE (inpainter known pixels 0.197 vs 0.168 at 28 levels, 0.183 at 100), which is the
-part of the gap a sampler could still close. Raising the layout expert's power (``--layout-weight``) moves the product towards the
-object at the known pixels' expense (P = 1, 200 runs, guidance 1; product / layout alone /
-naive sum, the inpainter alone 0.169 / 0.518 / 0.59): weight 1 known 0.162 / 0.286 /
-0.181, masked 0.255 / 0.270 / 0.236, accuracy 0.94 / 0.98 / 0.97; 1.5: 0.170 / 0.276 /
-0.222, 0.241 / 0.253 / 0.257, 0.94 / 0.99 / 0.98; 2: 0.173 / 0.298 / 0.256, 0.233 / 0.281
-/ 0.289, 0.96 / 1.00 / 0.98; at guidance 4 and weight 2 the product reaches the layout
-expert's accuracy (1.00) at known RMSE 0.262. No weight or guidance beats the layout
-expert alone on accuracy and the inpainter alone on known pixels at once: the layout
-expert ignores the plate and draws a prototype 3, more often read as one than the true
-composites are. The product's log-weights spread by std 7
-at the first level and 15-16 at t = 0 (64 values); ESS/P stays near 1/P + a little at every
-level (P = 2: never resampled; P = 4: 17.6 of 27 levels resampled).
+What it shows (figures: README.md, Measurements, digit insertion miniature, and The
+sampling math): P = 1, 2, 4 agree within noise; the product keeps the known pixels best once
+the layout expert is guided, and shows the class where the inpainter often draws an 8 or 9;
+the naive sum draws the erased half closer to the truth without being a colder draw; each
+expert alone also loses RMSE on the product's stochastic transport against its own ODE,
+which is the part of the gap a sampler could still close. Raising the layout expert's power
+(``--layout-weight``) moves the product towards the object at the known pixels' expense; no
+weight or guidance beats the layout expert alone on accuracy and the inpainter alone on
+known pixels at once (the layout expert ignores the plate and draws a prototype 3, more
+often read as one than the true composites are). The product's log-weights spread by
+several nats from the first level and ESS/P stays near 1/P.
 """
 
 from __future__ import annotations

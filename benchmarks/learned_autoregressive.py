@@ -10,29 +10,13 @@ the target's first component (exact share in the header). "exact" rows use the m
 exact conditionals: the sampler's own error. Run (one thread; trains the net on first use,
 ~30 s): ``.venv/bin/python benchmarks/learned_autoregressive.py``.
 
-Measured (300 runs per cell, one shared CPU thread; target's first-component share 0.057),
-SWD ÷ floor / share:
-
-| experts | P | no sweep | 1 sweep |
-|---|---|---|---|
-| learned | 1 | 1.96 / 0.071 | 2.38 / 0.056 |
-| learned | 2 | 1.93 / 0.062 | 2.33 / 0.041 |
-| learned | 4 | 2.31 / 0.070 | 2.20 / 0.075 |
-| exact | 1 | 2.01 / 0.061 | 2.47 / 0.046 |
-| exact | 2 | 1.98 / 0.051 | 2.52 / 0.033 |
-| exact | 4 | 2.30 / 0.049 | 2.17 / 0.070 |
-
-With 600 runs at P = 2: learned 2.42 → 2.96, exact 2.45 → 3.14. The learned and exact rows
-agree, so the error is the sampler's: the sections are drawn in order, each fitted to its
-own render only, and with few particles the next sections' weights cannot undo that; a
-sweep given the past only makes it worse.
-
-The transport step (``--transport euler exponential --particles 1 2 --sweeps 0``, 300 runs;
-learned / exact): Euler P = 1 1.96 / 2.01, P = 2 1.93 / 1.98; exponential P = 1 2.08 / 2.18,
-P = 2 2.18 / 2.32; with 600 runs at P = 1 (``--seed 7``) Euler 2.42 / 2.45, exponential
-2.63 / 2.77; at ``--preset preview`` (10 levels, no corrector; 600 runs, ``--seed 7``)
-Euler 2.32 / 2.32, exponential 4.39 / 4.41 (23 vs 9 forwards per section). Euler wins
-every cell, so the task keeps it in both presets, as the image tasks do.
+What it shows (figures: README.md, Measurements, autoregressive miniature): the learned and
+exact rows agree, so the error is the sampler's: the sections are drawn in order, each fitted
+to its own render only, and with few particles the next sections' weights cannot undo that;
+a sweep given the past only makes it worse. The transport step (``--transport euler
+exponential --particles 1 2 --sweeps 0``, and ``--preset preview``; 600-run rows with
+``--seed 7``): Euler wins every cell, so the task keeps it in both presets, as the image
+tasks do.
 """
 
 from __future__ import annotations

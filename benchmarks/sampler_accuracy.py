@@ -9,18 +9,7 @@ perfect sampler gets there with as many runs. Each budget gets the most log-SNR 
 (:func:`poe_backend.sampling.budget.planned_nfe`) fits in it. Run (one thread):
 ``PYTHONPATH=. .venv/bin/python benchmarks/sampler_accuracy.py --particles 2000``.
 
-Measured with ``--runs 8`` (SWD ÷ floor; one run's ratio varies by about ±0.5, so the
-means carry about ±0.15):
-
-| product | exact samples | FKC @50 | @125 | @250 | @500 | AIS @250 | annealed Langevin @250 |
-|---|---|---|---|---|---|---|---|
-| 2d, 2 experts | 1.36 | 2.14 | 1.96 | 1.37 | 1.36 | 1.39 | 3.62 |
-| 2d, 3 experts | 1.25 | 18.97 | 1.63 | 1.21 | 1.51 | 1.58 | 2.58 |
-| 2d, 2 experts x disc | 1.20 | 1.57 | 1.21 | 1.21 | 1.20 | 1.12 | 1.68 |
-| 2d, barely overlapping | 0.86 | 3.37 | 1.10 | 0.62 | 1.01 | 1.23 | 0.78 |
-| 8d, 2 experts | 1.20 | 3.76 | 1.26 | 1.27 | 1.27 | 1.21 | 3.01 |
-
-At 50 NFE the 3-expert product affords 3 levels (Σλ = 3 forces stability substeps).
+The ``--runs 8`` table is in README.md, Measurements (analytic products).
 """
 
 from __future__ import annotations
@@ -74,7 +63,7 @@ def main() -> None:
     parser.add_argument("--particles", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--langevin-steps", type=int, default=DEFAULT_LANGEVIN_STEPS, help="corrector steps per level of the annealed samplers")
-    parser.add_argument("--runs", type=int, default=1, help="sampler seeds per row; SWD and ratio are their mean (one run's ratio varies by ±0.4-0.7 even for exact samples)")
+    parser.add_argument("--runs", type=int, default=1, help="sampler seeds per row; SWD and ratio are their mean (one run's ratio is noisy even for exact samples: README.md, Measurements)")
     parser.add_argument("--products", nargs="*", default=list(PRODUCTS), help="product names to run (default all)")
     parser.add_argument("--samplers", nargs="*", default=[row[1] for row in SAMPLERS], help="run_toy sampler names (default all)")
     arguments = parser.parse_args()

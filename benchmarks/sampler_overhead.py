@@ -44,7 +44,7 @@ class TimedGaussianExpert(GenerativeExpert):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--forward-ms", type=float, default=50.0, help="cost of one expert forward (a 12B FLUX forward at 1024² is ~100-300 ms on an H100)")
+    parser.add_argument("--forward-ms", type=float, default=50.0, help="cost of one expert forward in ms (a stand-in for a GPU transformer call)")
     parser.add_argument("--particles", type=int, default=4)
     parser.add_argument("--levels", type=int, default=20)
     parser.add_argument("--langevin-steps", type=int, default=2)

@@ -5,9 +5,8 @@
    p50/p95 in ms over every request. The client is plain asyncio streams: one keep-alive
    connection per concurrent request (opened and used once before timing), every request
    written at once, each timed from its write to its last body byte. Not httpx: its
-   AsyncClient spends ~5 ms of CPU per request (measured here: 0.46 s of client CPU
-   against 0.06 s of server CPU for 100 requests), so on a small machine its p95 measures
-   the client.
+   AsyncClient spends several times the server's CPU per request (README.md,
+   Measurements, Server), so on a small machine its p95 measures the client.
 2. Upload: :mod:`benchmarks.ipc`'s 49-frame 832x480 bundle (noise PNGs and EXRs) uploaded
    by the add-on's client as a streamed tar (the remote-backend path; the *transfer* twin,
    whose bundle.json lists no passes, so the server receives, extracts and reads

@@ -30,7 +30,7 @@ def register_models(subparsers: argparse._SubParsersAction) -> None:
     """``poe-backend models list|pull|check [--task T] [--preset P]``: the weights manager
     (:mod:`poe_backend.models.weights`), without torch; without ``--task``, every task's
     roles. ``poe-backend models plan [--task T] [--card-gb N ...] [--ram-gb M ...]``: the
-    memory planner's decisions for the full-size models (:func:`memory_plan.plan_report`)."""
+    memory planner's decisions for the full-size models (:func:`planner.plan_report`)."""
     models = subparsers.add_parser("models", help="list, download or check the model weights a task needs")
     actions = models.add_subparsers(dest="action", required=True)
     for action, help_text, func in (
@@ -41,7 +41,7 @@ def register_models(subparsers: argparse._SubParsersAction) -> None:
     ):
         parser = actions.add_parser(action, help=help_text)
         parser.add_argument("--task", default=None, help="a task name (default: every task)")
-        parser.add_argument("--preset", default="default", help="registry preset: default, preview, tiny or a JSON preset")
+        parser.add_argument("--preset", default="default", help="model preset: default, preview, tiny or a JSON preset")
         if action == "pull":
             parser.add_argument("--dry-run", action="store_true", help="print what would be downloaded and stop")
         if action == "plan":
@@ -124,10 +124,10 @@ def _models_check(arguments: argparse.Namespace) -> int:
 
 
 def _models_plan(arguments: argparse.Namespace) -> int:
-    from poe_backend.runtime import planner as memory_plan
+    from poe_backend.runtime import planner
 
     try:
-        print(memory_plan.plan_report([arguments.task] if arguments.task else None, tuple(arguments.card_gb), tuple(arguments.ram_gb)))
+        print(planner.plan_report([arguments.task] if arguments.task else None, tuple(arguments.card_gb), tuple(arguments.ram_gb)))
     except KeyError as error:
         print(f"error: {error.args[0]}", file=sys.stderr)
         return 2

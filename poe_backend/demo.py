@@ -13,7 +13,7 @@
    add-on's result loader), saves ``demo.blend``, ``result.png`` and a short report
    (``report.txt`` and ``report.json``).
 
-Models: ``--models auto`` (the default) uses the real weights when the model registry finds
+Models: ``--models auto`` (the default) uses the real weights when the model lookup finds
 them locally and otherwise the ``tiny`` preset — the same architectures, small and with
 random weights, so the pipeline runs end to end on a CPU but the picture is noise — and the
 report says which plainly.

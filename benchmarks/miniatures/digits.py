@@ -199,10 +199,11 @@ class InsertionCase:
     object in it, a natural image as a photograph with an object inserted is, so the
     layout expert's condition (the scene's layout) is one it was trained on and the
     object's truth is the erased half. The right half of a 3 also allows an 8, a 9 or a
-    2: the inpainter alone draws a 3 only 62 % of the time. (An object pasted into a
-    digit of another class, a 3's left half beside an 8's right half, is no digit: the
-    classifier read such composites as a 3 only 58 % of the time and the layout expert
-    saw a condition it was never trained on.) With ``plate_classes`` equal to
+    2: the inpainter alone often draws one of those. (An object pasted into a digit of
+    another class, a 3's left half beside an 8's right half, is no digit: the classifier
+    read such composites as a 3 little more than half the time and the layout expert saw
+    a condition it was never trained on.) Figures: README.md, The sampling math and
+    Measurements (``benchmarks/digits_insertion.py``). With ``plate_classes`` equal to
     ``(target_class,)`` run i's object is its plate (:meth:`pairs`). ``class_guidance``
     is the layout expert's classifier-free guidance scale on the class; its null
     condition keeps the layout. The default 1.0 mirrors FLUX Depth, which runs guided

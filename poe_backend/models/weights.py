@@ -243,7 +243,7 @@ def _role_status(role: str, spec: ModelSpec, data_dir: Path, sizes: "_SizeLookup
 def _find(spec: ModelSpec, data_dir: Path) -> tuple[State, Path | None, str | None]:
     """(state, directory, repo found in when it is another one) of a hub spec."""
     if spec.repo_id is None:
-        raise ValueError("locate: the spec has no repo id (local directories are the registry's)")
+        raise ValueError("locate: the spec has no repo id (local directories are the lookup's)")
     patterns = allow_patterns(spec)
     local = data_dir / "models" / spec.repo_id
     if _completeness(local, patterns, spec.is_module) == "present":

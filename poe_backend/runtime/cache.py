@@ -20,7 +20,7 @@ cannot fit even after eviction they run on the CPU; any other load that cannot f
 
 The budget is an input: :meth:`ModelCache.set_budget` (tests give a few MB on the CPU), else
 on CUDA the cached models' bytes plus what the device has free now, with the planner's
-reserve (``memory_plan.reserve_bytes``); off CUDA without a budget nothing is evicted by need.
+reserve (``planner.reserve_bytes``); off CUDA without a budget nothing is evicted by need.
 
 Lifetime otherwise: :meth:`ModelCache.release` drops one role (text encoders after
 encoding); :meth:`ModelCache.give_back` frees a module a job still references (the sampling
@@ -40,7 +40,7 @@ from typing import Any, Iterable
 
 import torch
 
-from poe_backend.runtime import planner as memory_plan
+from poe_backend.runtime import planner
 from poe_backend.models.lookup import parameter_count, resolve, weight_bytes
 from poe_backend.runtime.placement import PLACEMENT_NAMES, PlacementChangeNeedsReload, PlacementName, apply_placement, pinned_bytes, placement_of, unpin
 from poe_backend.models.specs import ModelSpec, get_spec
@@ -119,15 +119,15 @@ class ModelCache:
 
     def budget(self, device: str) -> DeviceBudget | None:
         """``device``'s budget: the explicit one, else on CUDA the cached models' bytes there
-        plus what the process can still allocate (:func:`memory_plan.cuda_free_bytes`) with
+        plus what the process can still allocate (:func:`planner.cuda_free_bytes`) with
         the planner's reserve; None (unlimited) off CUDA."""
         key = device_key(device)
         if key in self._budgets:
             return self._budgets[key]
         if not key.startswith("cuda") or not torch.cuda.is_available():
             return None
-        free = memory_plan.cuda_free_bytes(key)
-        return DeviceBudget(self.device_bytes(key) + free, memory_plan.reserve_bytes(free))
+        free = planner.cuda_free_bytes(key)
+        return DeviceBudget(self.device_bytes(key) + free, planner.reserve_bytes(free))
 
     def device_bytes(self, device: str) -> int:
         """Bytes the cached components hold on ``device`` now (measured on the tensors)."""
@@ -210,7 +210,7 @@ class ModelCache:
             return [self.load(role, preset, device=chosen, dtype=dtype) for role in roles], chosen
 
     def _room_or_fallback(self, name: str, preset: str, modules: list[tuple[str, ModelSpec, torch.dtype]], device: str, fallback_device: str | None) -> str:
-        required = sum(self._required_bytes(role, preset, dtype) for role, _, dtype in modules)
+        required = sum(self._required_bytes(role, preset, spec, dtype, device) for role, spec, dtype in modules)
         try:
             self._make_room(name, required, device)
         except DeviceMemoryError:
@@ -230,7 +230,7 @@ class ModelCache:
             key = self._key(role, preset, spec, dtype)
             entry = self._entries.get(key)
             if name.removeprefix("fp8_") == "resident" and not (entry is not None and getattr(entry.component, "_poe_placement", None) == (name, str(device))):
-                size = memory_plan.installed_size(role, preset)
+                size = planner.installed_size(role, preset)
                 required = size.stored_bytes(name.startswith("fp8_")) * torch.finfo(dtype).bits // 16
                 self._make_room(role, max(0, required - (0 if entry is None else entry.bytes_on(device_key(device)))), device)
             entry = self._entry(role, preset, spec, dtype, device if name == "resident" else "cpu")
@@ -243,11 +243,14 @@ class ModelCache:
             self._note_peak(device)
             return placed
 
-    def _required_bytes(self, role: str, preset: str, dtype: torch.dtype) -> int:
-        """Bytes ``role`` takes on a device in ``dtype``, from its files' headers (the files'
-        size where they are not safetensors)."""
+    def _required_bytes(self, role: str, preset: str, spec: ModelSpec, dtype: torch.dtype, device: str) -> int:
+        """Bytes loading ``role`` in ``dtype`` adds to ``device``: its size from its files'
+        headers (the files' size where they are not safetensors) less what its cached
+        instance already holds there."""
         count = parameter_count(role, preset)
-        return weight_bytes(role, preset) if count is None else count * (torch.finfo(dtype).bits // 8)
+        size = weight_bytes(role, preset) if count is None else count * (torch.finfo(dtype).bits // 8)
+        entry = self._entries.get(self._key(role, preset, spec, dtype))
+        return max(0, size - (0 if entry is None else entry.bytes_on(device_key(device))))
 
     def _key(self, role: str, preset: str, spec: ModelSpec, dtype: torch.dtype) -> tuple[str, str]:
         return (str(resolve(role, preset)), str(dtype) if spec.is_module else "-")
@@ -294,7 +297,7 @@ class ModelCache:
     def give_back(self, role: str, preset: str = "default") -> None:
         """Free ``role``'s memory now, although a job's experts may still reference the
         module (:meth:`_evict`); the next job loads it afresh. For the sampling models
-        before a decode that does not fit beside them (:class:`memory_plan.DecodePlan`)."""
+        before a decode that does not fit beside them (:class:`planner.DecodePlan`)."""
         path = str(resolve(role, preset))
         with self._lock:
             for entry in [entry for key, entry in self._entries.items() if key[0] == path]:

@@ -2,9 +2,9 @@
 exact sizes and a job's activation and decode bytes to the placements to apply and the decode
 settings, through :func:`poe_backend.runtime.planner.plan` (the one place that decides).
 
-* ``offload="auto"`` on CUDA: :func:`memory_plan.plan` chooses placements and decode.
+* ``offload="auto"`` on CUDA: :func:`planner.plan` chooses placements and decode.
 * an explicit ``offload`` (``none``, ``group``, ``sequential``) names the placement; on CUDA
-  the decode settings still come from the planner's rule 7 (:func:`memory_plan.decode_plan`).
+  the decode settings still come from the planner's rule 7 (:func:`planner.decode_plan`).
 * off CUDA (no device budget): everything stays in host memory and decodes untiled, one
   video at a time, beside the models.
 
@@ -22,7 +22,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from poe_backend.runtime import planner as memory_plan
+from poe_backend.runtime import planner
 from poe_backend.runtime.planner import Budget, DecodePlan, RolePlan
 from poe_backend.runtime.cache import MODEL_CACHE
 from poe_backend.runtime.placement import FP8_PREFIX, PlacementPlan, placement_for_offload, placement_name
@@ -46,26 +46,26 @@ class JobPlan:
 def job_budget(budget: Budget | None | str, device: str) -> Budget | None:
     """What a job plans against: ``budget`` as given, or the device's free memory read now
     when it is ``"detect"`` (at planning time, after the text encoders are released)."""
-    return memory_plan.device_budget(device) if budget == "detect" else budget
+    return planner.device_budget(device) if budget == "detect" else budget
 
 
 def plan_transformers(roles: list[str], preset: str, device: str, *, offload: str, fp8_storage: bool, activation_bytes: int,
                       decode_bytes: int, tiled_decode_bytes: int, budget: Budget | None, alternating: bool) -> JobPlan:
     """Plan the transformers ``roles`` of ``preset`` for one job on ``device`` (see the module
-    docstring). Raises :class:`memory_plan.PlanError` (a MemoryError) when nothing fits."""
-    sizes = [memory_plan.installed_size(role, preset) for role in roles]
+    docstring). Raises :class:`planner.PlanError` (a MemoryError) when nothing fits."""
+    sizes = [planner.installed_size(role, preset) for role in roles]
     weight_bytes = {size.role: size.weight_bytes for size in sizes}
     if budget is None:
         placements = {role: "resident" for role in roles} if offload == "auto" else {role: placement_for_offload(offload, fp8_storage) for role in roles}
         return JobPlan(PlacementPlan(placements, weight_bytes, f"no CUDA device: models stay in host memory (offload={offload!r})"), HOST_DECODE)
     budget = replace(budget, vram_free_bytes=budget.vram_free_bytes + MODEL_CACHE.reclaimable_bytes(device, keep=roles))
     if offload == "auto":
-        planned = memory_plan.plan(sizes, activation_bytes, decode_bytes, budget, alternating=alternating, allow_fp8=fp8_storage, tiled_decode_bytes=tiled_decode_bytes)
+        planned = planner.plan(sizes, activation_bytes, decode_bytes, budget, alternating=alternating, allow_fp8=fp8_storage, tiled_decode_bytes=tiled_decode_bytes)
         placements = {role: placement_name(role_plan) for role, role_plan in planned.placements.items()}
         return JobPlan(PlacementPlan(placements, weight_bytes, "; ".join(planned.reasons), planned), planned.decode)
     name = placement_for_offload(offload, fp8_storage)
     role_plans = {role: RolePlan(name.removeprefix(FP8_PREFIX), name.startswith(FP8_PREFIX)) for role in roles}
-    decode = memory_plan.decode_plan(sizes, role_plans, decode_bytes, budget, tiled_decode_bytes=tiled_decode_bytes)
+    decode = planner.decode_plan(sizes, role_plans, decode_bytes, budget, tiled_decode_bytes=tiled_decode_bytes)
     return JobPlan(PlacementPlan({role: name for role in roles}, weight_bytes, f"offload={offload!r} requested"), decode)
 
 

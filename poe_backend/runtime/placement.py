@@ -30,8 +30,8 @@ new one. Switching fp8 storage cannot be undone in place (the weights were cast)
 cache reloads the module instead (:class:`PlacementChangeNeedsReload`).
 
 Whole-model moves per evaluation are never planned: the planner chooses between the
-decisions above only (two alternating 22 GiB FLUX transformers swapped over PCIe cost
-10-16 s per evaluation against ~1.4 s of compute).
+decisions above only (its rule 1; swapping two alternating FLUX transformers over PCIe
+costs several times their compute per evaluation: README.md, Measurements, GPU).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ lives during sampling, and how the VAE decodes, before anything is loaded.
 Public API (stable; all sizes in bytes unless a name says GiB):
 
 * ``full_configs()[role] -> (loader, config)``: full-size configs of the big models, with the
-  registry's role names and loader strings.
+  role names and loader strings of :mod:`poe_backend.models.specs`.
 * ``installed_size(role, preset)``: the same for the files a job will load.
 * ``ModelSize(role, weight_bytes, fp8_weight_bytes, num_blocks, largest_block_bytes,
   non_block_bytes, largest_leaf_bytes)`` and ``model_size(role, loader, config,
@@ -47,8 +47,9 @@ offload as the fallback, one place that decides):
 
 1. Never a whole-model move per evaluation: there is no ``model`` placement. When several
    experts alternate at every level, model offload swaps every model in and out at every
-   evaluation (a 22 GiB FLUX transformer over PCIe at ~20 GB/s is ~1-2 s against ~0.4-0.7 s
-   of compute); streaming blocks overlaps the transfer with compute and keeps VRAM small.
+   evaluation (a 22 GiB FLUX transformer over PCIe at ~20 GB/s is over a second per move,
+   more than its forward's compute; the measured swap cost is in README.md, Measurements,
+   GPU); streaming blocks overlaps the transfer with compute and keeps VRAM small.
    ``alternating`` is recorded in the plan and the reasons; placements never depend on a
    per-evaluation move either way.
 2. All resident in bf16 when weights + activations + decode-time residue + reserve fit:
@@ -178,7 +179,7 @@ def model_size(role: str, loader: str, config: dict[str, Any], dtype: torch.dtyp
 
 @functools.lru_cache(maxsize=64)
 def installed_config(role: str, preset: str) -> dict[str, Any]:
-    """The ``config.json`` of ``role``'s files on this machine (the registry's lookup),
+    """The ``config.json`` of ``role``'s files on this machine (:func:`~poe_backend.models.lookup.resolve`),
     without diffusers' ``_``-prefixed bookkeeping keys. Read it, never mutate it (cached)."""
     from poe_backend.models.lookup import resolve
 

@@ -40,9 +40,10 @@ def chosen_particle(log_weights: Tensor, seed: int) -> int:
     """The one particle a run hands to the user: drawn with probability ``w_i`` by a
     generator seeded with ``seed`` (a job's result is fixed by its seed). Not the largest
     weight: after resampling that is the particle with the largest last increment, with
-    learned scores an outlier (``benchmarks/learned_experts.py --part task``, far-modes,
-    P = 4: SWD 5.7× the floor for the largest weight, 0.9× drawn; drawing was never clearly
-    worse in any case)."""
+    learned scores an outlier (``benchmarks/learned_experts.py --part task``: on far-modes
+    at P = 4 the largest weight lands far from the exact product where the drawn particle
+    is near the floor, and drawing was never clearly worse in any case; figures in
+    README.md, The sampling math)."""
     generator = torch.Generator().manual_seed(seed)
     return int(multinomial(generator, log_weights.detach().cpu(), 1)[0])
 

@@ -111,26 +111,27 @@ def sample_fkc(
     each one more evaluation. "exponential" solves the step exactly for clean predictions
     held fixed (:func:`_transport_step`): no substeps, so a run costs what its levels say,
     but biased: holding ``x̂`` fixed over a gap drops its dependence on ``y``, and at 8-28
-    levels the draws come out too narrow (1.2-2.3× Euler's distance to the exact product:
-    :func:`poe_backend.tasks.base.transport_field`). The weight rate holds for either:
+    levels the draws come out too narrow and further from the exact product than Euler's
+    (:func:`poe_backend.tasks.base.transport_field`). The weight rate holds for either:
     every member of ``dy = -((1 + g²)/2) S du + g dW`` has it (the experts' divergences in ``∂_u log π_u`` cancel those of the drift and the
     diffusion), the deterministic flow ``g = 0`` included; but that flow contracts by
     ``(σ'/σ)^Σλ`` per step, too fast for a product whose experts share a prior, and at P ≤ 4
-    no weight can undo it: 7.7-10.3× the floor on the learned products of
-    ``benchmarks/learned_experts.py`` at the task settings, against 1.0-1.8× for g = 1.
+    no weight can undo it: several times further from the exact product than g = 1 on the
+    learned products of ``benchmarks/learned_experts.py`` at the task settings (README.md,
+    Measurements, transport step).
     Resample on low ESS, then
     ``langevin_steps`` Langevin correctors with ``η = step_scale · σ² / Σλ``, each move
     accepted by the score-only Metropolis test (:func:`mcmc.score_only_log_ratio`) when
     ``metropolis``, else unadjusted (ULA). ``start`` (x-space, at ``levels[0]``) replaces
     the Gaussian start, e.g. a re-noised chunk in a Gibbs sweep.
 
-    Defaults (``metropolis``, ``step_scale = 1``) from ``benchmarks/sampler_accuracy.py``
-    at 250 NFE per expert, 8 runs of 2000 particles, SWD ÷ two-sample floor: 1.21-1.37 on
-    the 2-D products and 1.27 in 8-D, 0.62 on the barely overlapping one. ULA leaves a bias
-    the weights never see: on a Gaussian level ``N(0, v)`` its stationary variance is
+    Defaults (``metropolis``, ``step_scale = 1``) from ``benchmarks/sampler_accuracy.py
+    --runs 8`` (the table in README.md, Measurements): at 250 NFE per expert the sampler
+    comes close to the two-sample floor on every analytic product. ULA leaves a bias the
+    weights never see: on a Gaussian level ``N(0, v)`` its stationary variance is
     ``v / (1 - η / 2v)``, 1.33 v where σ dominates the data's scale; on the 3-expert 2-D
-    product ULA at 0.5 scored 2.08 and Metropolis at 0.5 / 0.75 / 1.0 1.54 / 1.46 / 1.21
-    (16 runs). The tasks turn it off: on learned experts the test rejects most moves
+    product Metropolis-adjusted moves beat ULA, the more so at larger steps (README.md, The
+    sampling math). The tasks turn it off: on learned experts the test rejects most moves
     (:func:`poe_backend.tasks.base.metropolis_field`).
     The last step, to t = 0, is deterministic: the product's clean prediction (Tweedie,
     :attr:`Evaluation.x0`) at the last level, with that step's weight increment and the

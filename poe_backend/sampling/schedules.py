@@ -28,9 +28,9 @@ def log_snr_levels(num_levels: int, t_max: float = 0.98, t_min: float = 0.0, sig
     increment carries no information (its spread per level is ``½(Σλ - 1)(1 - r²)·sqrt(2D)``
     nats for a σ ratio ``r`` in ``D`` dimensions), and for three experts the stability
     substeps there cost levels: at 250 NFE the 3-expert 2-D product gets 51 levels from
-    0.98 and 43 from 0.999, and scores 1.21× vs 1.47× the two-sample floor (16 runs,
-    Metropolis correctors; the other analytic products within noise,
-    ``benchmarks/sampler_accuracy.py``)."""
+    0.98 and 43 from 0.999, and scores closer to the two-sample floor from 0.98 (Metropolis
+    correctors; the other analytic products within noise; ``benchmarks/sampler_accuracy.py``,
+    figures in README.md, The sampling math)."""
     _check(num_levels, t_max, t_min)
     if t_max >= 1.0:
         raise ValueError("t_max must be below 1 for a log-SNR schedule")

@@ -2,10 +2,11 @@
 
 Accepted: a built-in preset (``default``, ``preview``, ``tiny``) or a JSON preset file in
 ``<data dir>/presets/`` named by its stem (``studio``) or path. Every ``local_dir`` in it
-must lie under an allowed root: the data dir, the registry's data dir (where relative
-``local_dir`` values are read), the Hugging Face cache, and the ``--allow-root`` folders.
+must lie under an allowed root: the data dir, the models' data dir
+(:func:`~poe_backend.models.specs.data_dir`, where relative ``local_dir`` values are read),
+the Hugging Face cache, and the ``--allow-root`` folders.
 Nothing of a refused file's content is echoed. The job then carries the file's absolute
-path, which the registry reads as a JSON preset.
+path, which :mod:`poe_backend.models.specs` reads as a JSON preset.
 """
 
 from __future__ import annotations

@@ -2,9 +2,10 @@
 
 Why a process and not a thread: a job's Python (the sampler loop, the task's glue) holds
 the GIL for long stretches and torch's intra-op threads take every core, so a job run in a
-thread of the server starved the event loop (50 concurrent status requests waited ~120 ms
-at p95 with a toy job running, against ~20 ms idle). In a process of its own a job shares
-neither the GIL nor the server's threads, and each device's model cache
+thread of the server starved the event loop (concurrent status requests waited several
+times longer with a toy job running than idle: ``benchmarks/server_latency.py``, figures in
+README.md, Measurements). In a process of its own a job shares neither the GIL nor the
+server's threads, and each device's model cache
 (:data:`~poe_backend.runtime.cache.MODEL_CACHE`) is that process's own: two workers
 never see, move or evict each other's models. A crash of the job process (a segfault, the
 OOM killer) fails that job and starts a fresh process; the server lives on.
@@ -119,8 +120,9 @@ class DeviceWorker:
     def device_memory(self) -> tuple[int | None, int | None]:
         """Free and total bytes of this worker's CUDA device as its job process last read
         them (at its start and after every job); None off CUDA or before the first read.
-        The server process never touches CUDA itself: a context there would hold ~0.5 GiB
-        of the first card that the jobs' memory planner then lacks."""
+        The server process never touches CUDA itself: a context there would hold memory
+        of the first card (:data:`~poe_backend.runtime.planner.CUDA_CONTEXT_BYTES`) that the
+        jobs' memory planner then lacks."""
         free, total = self._memory[:]
         return (None, None) if math.isnan(free) else (int(free), int(total))
 

@@ -47,14 +47,14 @@ SamplerName = Literal["fkc", "annealed_langevin", "summed_velocity"]
 def metropolis_field() -> Any:
     """The ``metropolis`` parameter of the tasks that run Langevin correctors: off, because
     on learned experts the score-only Metropolis test rejects most moves and the rejection
-    grows with dimension. In the 64-value digit miniature (a layout net × an inpainter, 28
-    levels, P = 4) it accepted 54 % of the moves at ``step_scale`` 0.5 and 9 % at 1.0 and
-    changed neither RMSE nor class accuracy beyond noise (100 runs); on the learned 2-D
-    product it scored 1.96× the floor where ULA scores 1.39× (a field that is not a
-    gradient makes the test adjust towards the wrong target). Image latents have
-    10^5 values and video latents 10^6. On the analytic products, where the scores are exact,
-    it is what brings the Feynman-Kac sampler within 1.5× of the two-sample floor at 250
-    NFE (:func:`poe_backend.sampling.samplers.sample_fkc`)."""
+    grows with dimension. In the 64-value digit miniature (a layout net × an inpainter) it
+    accepted about half the moves at the tasks' step scale and few at twice that, without
+    changing RMSE or class accuracy beyond noise; on the learned 2-D product it scored worse than ULA
+    (a field that is not a gradient makes the test adjust towards the wrong target). Image
+    latents have 10^5 values and video latents 10^6. On the analytic products, where the
+    scores are exact, it is what brings the Feynman-Kac sampler close to the two-sample
+    floor (:func:`poe_backend.sampling.samplers.sample_fkc`). Figures: README.md, The
+    sampling math (``benchmarks/digits_insertion.py``, ``benchmarks/sampler_accuracy.py``)."""
     return Field(False, description="Metropolis-adjust the Langevin correctors (score-only trapezoid test); off: on learned experts it rejects most moves (fkc only)")
 
 
@@ -63,19 +63,18 @@ def transport_field() -> Any:
     (:func:`poe_backend.sampling.samplers.sample_fkc`): "euler" (Euler-Maruyama, level gaps
     too wide for a stable step split into counted substeps) by default; "exponential" solves
     the step exactly for the experts' clean predictions held fixed (one expert: the DDPM
-    posterior step), needs no substeps and so costs less (insertion 106 instead of 122
-    evaluations, the preview 26 instead of 52), but it is biased: holding the clean
-    prediction fixed drops its uncertainty, and the draw comes out too narrow.
-    ``benchmarks/learned_experts.py --part transport`` (2000 independent P = 1 runs; SWD ÷
-    floor and total variance ÷ the exact product's, learned experts, Euler vs exponential):
-    at the insertion settings (28 levels, 1 Langevin step) many modes 3.31 / 0.81 vs 4.05 /
-    0.72, 32-D 2.06 / 0.86 vs 3.58 / 0.67, far modes 1.15 / 0.94 vs 1.49 / 0.92 (exact
-    experts alike: 3.28 vs 4.05, 1.86 vs 3.38, 0.91 vs 1.28); at the preview's 8 levels
-    3.88 vs 6.88, 2.43 vs 5.47, 1.30 vs 2.15 (variance 0.49-0.76×): its half-cost preview
-    is worse than Euler's. On the autoregressive miniature it lost every cell (600 runs:
-    2.63 vs 2.42). Only the digit insertion miniature's known-pixel RMSE preferred it (0.151
-    vs 0.162, P = 1, 200 runs), by a slightly colder draw (the masked half's spread over
-    runs 0.67× the truth's vs 0.71×) that an RMSE against one truth rewards."""
+    posterior step), needs no substeps and so costs fewer evaluations (insertion's counts:
+    :class:`poe_backend.tasks.insertion.InsertionParams`), but it is biased: holding the
+    clean prediction fixed drops its uncertainty, and the draw comes out too narrow.
+    ``benchmarks/learned_experts.py --part transport`` (independent P = 1 runs, learned and
+    exact experts, Euler vs exponential at the insertion presets' levels) measures it: the
+    exponential step is further from the exact product in every case, with a smaller total
+    variance, and more so at the preview's levels, where its half-cost run is worse than
+    Euler's. On the autoregressive miniature it lost every cell
+    (``benchmarks/learned_autoregressive.py --transport euler exponential``). Only the digit
+    insertion miniature's known-pixel RMSE preferred it, by a slightly colder draw that an
+    RMSE against one truth rewards (``benchmarks/digits_insertion.py``). Figures: README.md,
+    Measurements (transport step, digit and autoregressive miniatures)."""
     return Field(
         "euler",
         description="fkc's transport step: euler (Euler-Maruyama, wide gaps split into substeps) or exponential "
@@ -114,7 +113,7 @@ class TaskParams(BaseModel):
 
 @dataclass
 class TaskContext:
-    """Everything a run needs. ``models`` is a registry preset ("tiny", "default", ...);
+    """Everything a run needs. ``models`` is a model preset ("tiny", "default", ...);
     ``device`` a torch device string."""
 
     bundle: Bundle
@@ -188,7 +187,7 @@ class Task:
             cls.run = job_entry(cls.__dict__["run"])
 
     def model_roles(self, context: TaskContext) -> list[str]:
-        """Registry roles this job may load; cached models of other roles are freed before
+        """Model roles this job may load; cached models of other roles are freed before
         it runs. The default, none, frees every cached model."""
         return []
 

@@ -33,39 +33,38 @@ from poe_backend.tasks.base import Task, TaskContext, TaskResult, seed_for
 
 
 class InsertionParams(images.ImageParams):
-    """Defaults from measurements (issue 10), not from the analytic toys alone:
+    """Defaults from measurements (issue 10), not from the analytic toys alone; the figures
+    are in README.md (The sampling math, Task defaults and why, Measurements):
 
     * ``particles=1``: in the insertion miniature (``benchmarks/digits_insertion.py``: a
       layout expert, the class and the coarse layout of the scene with the object, × an
-      inpainter on 8×8 digits, at these settings, 400 runs per cell) P = 1, 2 and 4 with
-      the particle drawn by weight gave the same known-pixel RMSE (0.161 / 0.160 / 0.158),
-      masked-pixel RMSE against the object (0.257 / 0.255 / 0.259) and class accuracy
-      (0.95 / 0.93 / 0.94).
+      inpainter on 8×8 digits, at these settings) P = 1, 2 and 4 with the particle drawn by
+      weight scored the same within noise on known-pixel RMSE, masked-pixel RMSE against
+      the object and class accuracy.
       The Feynman-Kac weights of a Σλ = 2 product are dominated by the
-      ``½Σλ(Σλ-1)‖s̄‖²`` transport term, which carries no information about the modes
-      (on the analytic 2-expert product ESS/P falls below 0.5 at nearly every level, 18-23
-      resamplings in a 51-level run); in the miniature their spread is already 7-17 nats
-      at 64 dimensions and ESS/P stays near 1/P from the first level, and with a spread growing
-      like √D a 1024² latent (262,144 values) would reach hundreds of nats, so resampling
-      and the final choice are near-greedy picks on noise. More particles only give more
-      alternatives (``save_particles``), at P times the cost.
-    * ``langevin_steps=1``: 0 / 1 / 2 corrector steps gave the miniature's known-pixel
-      RMSE 0.160 / 0.162 / 0.158 (masked 0.257 / 0.255 / 0.256, P = 1, 200 runs); on the
-      32-D learned product (P = 1, 500 runs, SWD ÷ floor) 0 / 2 / 4 steps scored 1.64 /
-      1.38 / 1.25 and one 1.52 (``benchmarks/learned_experts.py --part task``), at a
-      growing cost (planned NFE at 28 levels, both experts: 70 / 122 / 174 for 0 / 1 / 2
-      steps; the exponential transport 54 / 106 / 158). One
-      step is the compromise: with P = 1 the default run costs 122 FLUX forwards, ~49 s on
-      an H100-class GPU at ~0.4 s per 1024² forward (estimate, no GPU here), inside the
-      60 s target the earlier default (P = 2, 2 steps: 174 forwards of two particles)
-      missed by 2×; two steps would be ~70 s. Transport (Euler, not the cheaper
+      ``½Σλ(Σλ-1)‖s̄‖²`` transport term, which carries no information about the modes (on
+      the analytic 2-expert product ESS/P falls below 0.5 at nearly every level); in the
+      miniature their spread is already several nats at 64 dimensions and ESS/P stays near
+      1/P from the first level, and with a spread growing like √D a 1024² latent (262,144 values) would reach hundreds of nats
+      (``benchmarks/learned_experts.py --part spread``), so resampling and the final choice
+      are near-greedy picks on noise. More particles only give more alternatives
+      (``save_particles``), at P times the cost.
+    * ``langevin_steps=1``: 0 / 1 / 2 corrector steps moved the miniature's RMSEs by less
+      than their noise; on the 32-D learned product (``benchmarks/learned_experts.py --part
+      task --task-langevin-steps N``) each step brought the draw closer to the exact
+      product, at a growing cost (planned NFE at 28 levels, both experts: 70 / 122 / 174 for
+      0 / 1 / 2 steps; the exponential transport 54 / 106 / 158). One step is the
+      compromise: with P = 1 the default run costs 122 FLUX forwards, inside the run-time
+      target that the earlier default (P = 2, 2 steps: 174 forwards of two particles)
+      missed (an estimate, no GPU measurement yet). Transport (Euler, not the cheaper
       exponential step, whose draws are too narrow):
       :func:`poe_backend.tasks.base.transport_field`.
-    * ``sampler="fkc"``: on the analytic products it is 0.6-1.4× the two-sample floor at
-      250 NFE where annealed Langevin is 1.7-3.6× on all but one (no transport weights),
-      and in the miniature it keeps the known pixels better (0.158 vs 0.165 RMSE, P = 4).
+    * ``sampler="fkc"``: on the analytic products it is close to the two-sample floor where
+      annealed Langevin is well above it on all but one (no transport weights;
+      ``benchmarks/sampler_accuracy.py``), and in the miniature it keeps the known pixels
+      better.
     * ``levels=28``: FLUX's own step count; 100 levels changed the miniature by less than
-      its noise (known / masked RMSE 0.157 / 0.251 vs 0.162 / 0.255, P = 1, 200 runs).
+      its noise.
     """
 
     method: Literal["product", "depth", "fill", "rf_solver"] = "product"

@@ -24,7 +24,7 @@ SIM2VIDEO_MODES = ("product", "i2v", "depth", "vace_combined", "ddim_inversion")
 
 def required_roles(task: str, params: Mapping | None = None, preset: str = "default") -> list[str]:
     """Roles ``task`` loads with ``params`` (missing keys take the task's defaults) under the
-    registry ``preset``; ``KeyError`` names the known tasks, ``ValueError`` a bad mode."""
+    model ``preset``; ``KeyError`` names the known tasks, ``ValueError`` a bad mode."""
     params = dict(params or {})
     if task not in _RULES:
         raise KeyError(f"unknown task {task!r}; known: {', '.join(_RULES)}")

@@ -50,31 +50,30 @@ from poe_backend.tasks.images import OffloadName
 
 class Sim2VideoARParams(TaskParams):
     """Defaults from the miniature (``benchmarks/learned_autoregressive.py``: a learned
-    autoregressive expert over 4 sections × this task's render Gaussians, exact answer):
+    autoregressive expert over 4 sections × this task's render Gaussians, exact answer; the
+    figures are in README.md, Measurements, and the sim2video_ar bullet of The sampling
+    math):
 
     * ``gibbs_sweeps=0``: a sweep re-draws a section given the sections *before* it only
-      (FramePack conditions on the past), which loses its fit to the sections after it.
-      At P = 2, 600 runs, SWD ÷ floor went 2.42 → 2.96 with one sweep on the learned
-      expert and 2.45 → 3.14 with its exact conditionals (P = 1, 300 runs: 1.96 → 2.38),
-      and one sweep costs 1.41× the evaluations over 4 sections (620 vs 440 NFE) and
-      1.18× over the 2 sections of a 73-frame clip (130 vs 110 FramePack forwards).
+      (FramePack conditions on the past), which loses its fit to the sections after it:
+      at P = 1 and 2 one sweep moved the draw further from the exact answer, with the
+      learned expert and with its exact conditionals alike, and it costs more evaluations (620 vs 440 NFE over
+      4 sections; 130 vs 110 FramePack forwards over the 2 sections of a 73-frame clip).
     * ``particles=1``: the section weights carry the normaliser of the next section's
       product, real information about how a history fits the later renders, but P = 1 /
-      2 / 4 scored alike within noise (1.96 / 1.93 / 2.31, 300 runs) and each particle
-      costs a full run; the error left is the myopic order itself (the exact conditionals
-      score the same), which only many particles repair (P = 8: 1.43-1.52, 200 runs). In
-      a 10^5-value section latent the transport noise in those weights (as in
-      ``sim2video``) would drown that information.
+      2 / 4 scored alike within noise and each particle costs a full run; the error left is
+      the myopic order itself (the exact conditionals score the same), which only many
+      particles repair (P = 8). In a 10^5-value section latent the transport noise in those
+      weights (as in ``sim2video``) would drown that information.
     * ``langevin_steps=1``, 25 levels: 4 steps or 100 levels moved the exact-conditional
-      miniature by less than its noise (1.74 / 2.2 / 1.56).
+      miniature by less than its noise.
     * ``transport="euler"`` (:func:`poe_backend.tasks.base.transport_field`): the
-      exponential step was worse in every cell of the miniature (learned / exact
-      conditionals, SWD ÷ floor: P = 1, 300 runs 2.08 / 2.18 vs Euler's 1.96 / 2.01; P = 2,
-      300 runs 2.18 / 2.32 vs 1.93 / 1.98; P = 1, 600 runs 2.42 → 2.63 and 2.45 → 2.77 for
-      Euler → exponential), for 15 % fewer forwards (a 73-frame clip, 2 sections at 480p:
-      94 vs 110 FramePack forwards). At the preview's 10 levels and no corrector it was
-      4.39 / 4.41 against 2.32 / 2.32 (600 runs): Euler's preview (23 forwards per section)
-      beats the exponential quality run (47) at half its cost.
+      exponential step was worse in every cell of the miniature, learned and exact
+      conditionals, P = 1 and 2 (``--transport euler exponential``), for 15 % fewer
+      forwards (a 73-frame clip, 2 sections at 480p: 94 vs 110 FramePack forwards). At the
+      preview's 10 levels and no corrector (``--preset preview``) it was far worse: Euler's
+      preview (23 forwards per section) beats the exponential quality run (47) at half its
+      cost.
     """
 
     mode: Literal["product", "framepack"] = "product"

@@ -189,12 +189,12 @@ def test_rf_solver_value_sharing_stores_and_injects(space, prompts):
 
 
 def test_runtime_caches_prompt_embeddings_across_jobs(monkeypatch):
-    from poe_backend.runtime import cache as model_cache
+    from poe_backend.runtime import cache
 
     first = flux.FluxRuntime(HEIGHT, WIDTH, preset="tiny", max_sequence_length=16).encode_prompts(["a blue cube", "a lamp"])
     loads = []
-    original = model_cache._from_pretrained
-    monkeypatch.setattr(model_cache, "_from_pretrained", lambda spec, path, *rest: loads.append(path) or original(spec, path, *rest))
+    original = cache._from_pretrained
+    monkeypatch.setattr(cache, "_from_pretrained", lambda spec, path, *rest: loads.append(path) or original(spec, path, *rest))
     again = flux.FluxRuntime(HEIGHT, WIDTH, preset="tiny", max_sequence_length=16).encode_prompts(["a lamp", "a blue cube"])
     assert not any("text_encoder" in path for path in loads)  # no encoder loaded for known prompts
     assert again[0] is first[1] and again[1] is first[0]
@@ -224,17 +224,17 @@ def test_runtime_plans_before_loading_and_reports_the_plan():
 
 
 def test_models_resident_from_an_earlier_job_count_as_free_memory(monkeypatch):
-    from poe_backend.runtime import planner as memory_plan
+    from poe_backend.runtime import planner
     from poe_backend.runtime.planner import Budget
 
     MODEL_CACHE.clear()
-    monkeypatch.setattr(memory_plan, "flux_activation_bytes", lambda tokens, text_tokens, batch: 0)
-    monkeypatch.setattr(memory_plan, "vae_decode_bytes", lambda *args, **kwargs: 0)
-    size = memory_plan.installed_size("flux.transformer.depth", "tiny").weight_bytes
-    small = Budget(vram_free_bytes=memory_plan.GiB + size // 2, ram_free_bytes=2**34)  # the planner reserves 1 GiB
+    monkeypatch.setattr(planner, "flux_activation_bytes", lambda tokens, text_tokens, batch: 0)
+    monkeypatch.setattr(planner, "vae_decode_bytes", lambda *args, **kwargs: 0)
+    size = planner.installed_size("flux.transformer.depth", "tiny").weight_bytes
+    small = Budget(vram_free_bytes=planner.GiB + size // 2, ram_free_bytes=2**34)  # the planner reserves 1 GiB
     fresh = flux.FluxRuntime(HEIGHT, WIDTH, preset="tiny", max_sequence_length=16, budget=small)
     assert fresh.plan(["depth"]).placement.placements["flux.transformer.depth"] in ("group_offload", "leaf_offload")  # does not fit: streamed
-    first = flux.FluxRuntime(HEIGHT, WIDTH, preset="tiny", max_sequence_length=16, budget=Budget(vram_free_bytes=memory_plan.GiB + 10 * size, ram_free_bytes=2**34))
+    first = flux.FluxRuntime(HEIGHT, WIDTH, preset="tiny", max_sequence_length=16, budget=Budget(vram_free_bytes=planner.GiB + 10 * size, ram_free_bytes=2**34))
     first.plan(["depth"])
     first.transformer("depth")  # resident now, holding its bytes of the device
     MODEL_CACHE.clear()
@@ -256,12 +256,12 @@ def test_tiled_decode_changes_only_how_the_vae_runs(space):
 def test_decode_follows_the_plan_freeing_and_tiling(monkeypatch):
     from dataclasses import replace
 
-    from poe_backend.runtime import planner as memory_plan
+    from poe_backend.runtime import planner
     from poe_backend.runtime.planner import Budget, DecodePlan
 
     MODEL_CACHE.clear()
-    monkeypatch.setitem(memory_plan.DECODE_TILE, "flux", 32)  # tiny images: a tile smaller than the image
-    runtime = flux.FluxRuntime(HEIGHT, WIDTH, preset="tiny", max_sequence_length=16, budget=Budget(vram_free_bytes=64 * memory_plan.GiB, ram_free_bytes=64 * memory_plan.GiB))
+    monkeypatch.setitem(planner.DECODE_TILE, "flux", 32)  # tiny images: a tile smaller than the image
+    runtime = flux.FluxRuntime(HEIGHT, WIDTH, preset="tiny", max_sequence_length=16, budget=Budget(vram_free_bytes=64 * planner.GiB, ram_free_bytes=64 * planner.GiB))
     planned = runtime.plan(["depth"])
     assert planned.placement.planned is not None and planned.decode == DecodePlan(tiled=False, per_image=True, free_transformers=False)
     packed = torch.randn(2, *runtime.event_shape, generator=torch.Generator().manual_seed(5))

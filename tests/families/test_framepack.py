@@ -158,10 +158,10 @@ def test_prompt_template_follows_the_tokenizer() -> None:
 
 
 def test_the_decode_plan_frees_the_transformer_when_it_says_so(tiny_data_dir, monkeypatch) -> None:  # noqa: F811
-    from poe_backend.runtime import planner as memory_plan
+    from poe_backend.runtime import planner
 
-    monkeypatch.setattr(memory_plan, "vae_decode_bytes", lambda family, frames, height, width, tiled: memory_plan.GiB // 8 if tiled else 8 * memory_plan.GiB)
-    runtime = _runtime(budget=memory_plan.Budget(vram_free_bytes=2 * memory_plan.GiB, ram_free_bytes=2**34))
+    monkeypatch.setattr(planner, "vae_decode_bytes", lambda family, frames, height, width, tiled: planner.GiB // 8 if tiled else 8 * planner.GiB)
+    runtime = _runtime(budget=planner.Budget(vram_free_bytes=2 * planner.GiB, ram_free_bytes=2**34))
     assert runtime.job_plan.decode.free_transformers and runtime.job_plan.decode.tiled
     assert runtime.transformer is not None and any(path.endswith("transformer") for path in MODEL_CACHE.loaded_models())
     runtime.decode(torch.zeros(1, *runtime.chunk_shape[:1], 1 + SECTIONS * WINDOW, 4, 4))

@@ -190,11 +190,11 @@ def test_the_decode_plan_frees_the_transformers_and_tiles_when_it_says_so(tiny_d
     """A budget whose room holds the transformers but not the decode beside them: the plan
     says free first, then tile; decode releases both transformers from the cache and runs
     with VAE tiling; the next runtime reloads them."""
-    from poe_backend.runtime import planner as memory_plan
+    from poe_backend.runtime import planner
 
     MODEL_CACHE.clear()  # earlier tests' models are not this job's
-    monkeypatch.setattr(memory_plan, "vae_decode_bytes", lambda family, frames, height, width, tiled: memory_plan.GiB // 8 if tiled else 8 * memory_plan.GiB)
-    budget = memory_plan.Budget(vram_free_bytes=2 * memory_plan.GiB, ram_free_bytes=2**34)  # room: 1 GiB after the reserve
+    monkeypatch.setattr(planner, "vae_decode_bytes", lambda family, frames, height, width, tiled: planner.GiB // 8 if tiled else 8 * planner.GiB)
+    budget = planner.Budget(vram_free_bytes=2 * planner.GiB, ram_free_bytes=2**34)  # room: 1 GiB after the reserve
     planned = WanRuntime(["vace", "i2v"], NUM_FRAMES, SIZE, SIZE, preset="tiny", budget=budget)
     job = planned.plan()
     assert set(job.placement.placements.values()) == {"resident"}

@@ -6,18 +6,18 @@ import json
 
 import pytest
 
-from poe_backend.runtime import planner as mp
+from poe_backend.runtime import planner
 from poe_backend.runtime.planner import GiB, Budget, PlanError
 
 
 @pytest.fixture(scope="module")
 def insertion():
-    return mp.insertion_job()
+    return planner.insertion_job()
 
 
 def _plan(job, card, ram, **kwargs):
     models, activation, decode, tiled = job
-    return mp.plan(models, activation, decode, Budget.nominal(card, ram), alternating=len(models) > 1, tiled_decode_bytes=tiled, **kwargs)
+    return planner.plan(models, activation, decode, Budget.nominal(card, ram), alternating=len(models) > 1, tiled_decode_bytes=tiled, **kwargs)
 
 
 def _placements(result):
@@ -25,7 +25,7 @@ def _placements(result):
 
 
 def test_flux_transformer_size_matches_the_published_parameter_count():
-    size = mp.full_size("flux.transformer.dev")
+    size = planner.full_size("flux.transformer.dev")
     assert 11.8e9 < size.weight_bytes / 2 < 11.95e9  # FLUX.1 [dev]: 11.9B parameters
     assert size.num_blocks == 19 + 38
     assert size.non_block_bytes + size.num_blocks * size.largest_block_bytes >= size.weight_bytes
@@ -34,7 +34,7 @@ def test_flux_transformer_size_matches_the_published_parameter_count():
 
 def test_wan_14b_sizes():
     for role in ("wan.transformer.vace", "wan.transformer.i2v"):
-        size = mp.full_size(role)
+        size = planner.full_size(role)
         assert 14e9 < size.weight_bytes / 2 < 17.5e9, role
 
 
@@ -55,7 +55,7 @@ def test_insertion_grid(insertion, card, ram):
     assert result.peak_vram_bytes <= Budget.nominal(card, ram).vram_free_bytes
     assert result.peak_host_bytes <= ram * GiB
     assert result.alternating and any("no whole-model moves" in reason for reason in result.reasons)
-    assert json.loads(result.to_json())["placements"]["flux.transformer.fill"]["placement"] in mp.PLACEMENTS
+    assert json.loads(result.to_json())["placements"]["flux.transformer.fill"]["placement"] in planner.PLACEMENTS
 
 
 def test_insertion_without_fp8_streams_bf16_and_refuses_on_small_ram(insertion):
@@ -66,7 +66,7 @@ def test_insertion_without_fp8_streams_bf16_and_refuses_on_small_ram(insertion):
 
 
 def test_no_plan_moves_whole_models_per_evaluation(insertion):
-    video = mp.sim2video_job()
+    video = planner.sim2video_job()
     for job in (insertion, video):
         for card in (24, 48, 80, 141):
             for fp8 in (True, False):
@@ -74,12 +74,12 @@ def test_no_plan_moves_whole_models_per_evaluation(insertion):
                     result = _plan(job, card, 128, allow_fp8=fp8)
                 except PlanError:
                     continue
-                assert {rp.placement for rp in result.placements.values()} <= set(mp.PLACEMENTS)
-    assert "model" not in mp.PLACEMENTS
+                assert {rp.placement for rp in result.placements.values()} <= set(planner.PLACEMENTS)
+    assert "model" not in planner.PLACEMENTS
 
 
 def test_sim2video_plans_on_h200_and_80gb():
-    job = mp.sim2video_job()
+    job = planner.sim2video_job()
     assert _placements(_plan(job, 141, 64)) == {"vace": ("resident", False), "i2v": ("resident", False)}
     assert _placements(_plan(job, 80, 128)) == {"vace": ("resident", True), "i2v": ("resident", True)}
     streamed = _plan(job, 24, 128)
@@ -87,7 +87,7 @@ def test_sim2video_plans_on_h200_and_80gb():
 
 
 def test_preview_is_all_resident_on_24gb():
-    result = _plan(mp.sim2video_job(preview=True), 24, 32)
+    result = _plan(planner.sim2video_job(preview=True), 24, 32)
     assert _placements(result) == {"preview": ("resident", False)}
     assert not result.decode.free_transformers
 
@@ -96,20 +96,20 @@ def test_wan_job_bytes_from_the_full_configs():
     """The Wan runtime's estimate (the same function, on the installed configs): the larger
     of the two forwards, VACE-14B with its 8 hints, at 832×480×81 (latent 21×60×104), P=2;
     the I2V model alone has no hints."""
-    vace, i2v = (mp.full_configs()[role][1] for role in ("wan.transformer.vace", "wan.transformer.i2v"))
-    activation, decode, tiled = mp.wan_job_bytes([vace, i2v], 81, 480, 832, 2)
-    assert activation == mp.wan_activation_bytes(21, 60, 104, 2, vace_layers=8, hidden=5120)
-    assert mp.wan_job_bytes([i2v], 81, 480, 832, 2)[0] == mp.wan_activation_bytes(21, 60, 104, 2, hidden=5120)
-    assert (decode, tiled) == (mp.vae_decode_bytes("wan", 81, 480, 832, False), mp.vae_decode_bytes("wan", 81, 480, 832, True))
+    vace, i2v = (planner.full_configs()[role][1] for role in ("wan.transformer.vace", "wan.transformer.i2v"))
+    activation, decode, tiled = planner.wan_job_bytes([vace, i2v], 81, 480, 832, 2)
+    assert activation == planner.wan_activation_bytes(21, 60, 104, 2, vace_layers=8, hidden=5120)
+    assert planner.wan_job_bytes([i2v], 81, 480, 832, 2)[0] == planner.wan_activation_bytes(21, 60, 104, 2, hidden=5120)
+    assert (decode, tiled) == (planner.vae_decode_bytes("wan", 81, 480, 832, False), planner.vae_decode_bytes("wan", 81, 480, 832, True))
 
 
 def test_framepack_job_reads_the_hidden_size_from_the_class_defaults():
     """The full FramePack config lists only what differs from the class defaults: hidden
     24 heads × 128 = 3072; two sections of 9 latent frames decode 73 frames."""
-    config = mp.full_configs()["framepack.transformer"][1]
-    activation, decode, _ = mp.framepack_job_bytes(config, 9, 2, 480, 832, 2)
-    assert activation == mp.framepack_activation_bytes(9, 60, 104, 2, hidden=3072)
-    assert decode == mp.vae_decode_bytes("framepack", 73, 480, 832, False)
+    config = planner.full_configs()["framepack.transformer"][1]
+    activation, decode, _ = planner.framepack_job_bytes(config, 9, 2, 480, 832, 2)
+    assert activation == planner.framepack_activation_bytes(9, 60, 104, 2, hidden=3072)
+    assert decode == planner.vae_decode_bytes("framepack", 73, 480, 832, False)
 
 
 def test_sim2video_ar_grid():
@@ -118,7 +118,7 @@ def test_sim2video_ar_grid():
     for 73 frames at 480x832, not the ~56 GiB of all frames at once): it fits beside the
     transformer from 80 GiB, so an H100 no longer frees and reloads the transformer every
     job; a 48 GiB card frees it first, a 24 GiB card also tiles."""
-    job = mp.sim2video_ar_job()
+    job = planner.sim2video_ar_job()
     assert _placements(_plan(job, 24, 64, allow_fp8=False)) == {"transformer": ("group_offload", False)}
     assert _placements(_plan(job, 24, 64)) == {"transformer": ("resident", True)}
     for card, tiled, free in ((24, True, True), (48, False, True), (80, False, False), (141, False, False)):
@@ -128,13 +128,13 @@ def test_sim2video_ar_grid():
 
 
 def test_plan_report_prints_every_job_on_every_card():
-    table = mp.plan_report(cards_gib=(24, 141), rams_gib=(64,))
+    table = planner.plan_report(cards_gib=(24, 141), rams_gib=(64,))
     for job in ("insertion 1024² P=2", "regional_t2i 1024²", "sim2video 832x480x81 P=2", "preview 1.3B", "sim2video_ar 832x480x73"):
         assert sum(line.startswith(job) for line in table.splitlines()) == 1, job
     assert "141 GiB card,  64 GiB RAM, fp8 off: vace=resident i2v=resident | decode full" in table
-    assert mp.plan_report(["sim2video_ar"], cards_gib=(24,), rams_gib=(64,)).count("\n") == 2
+    assert planner.plan_report(["sim2video_ar"], cards_gib=(24,), rams_gib=(64,)).count("\n") == 2
     with pytest.raises(KeyError, match="toy2d"):
-        mp.plan_report(["toy2d"])
+        planner.plan_report(["toy2d"])
 
 
 def test_the_plan_counts_as_pinned_exactly_the_streamed_models_stored_bytes(insertion):
@@ -143,16 +143,16 @@ def test_the_plan_counts_as_pinned_exactly_the_streamed_models_stored_bytes(inse
     result = _plan(insertion, 24, 64)
     streamed = [model for model in insertion[0] if result.placements[model.role].placement == "group_offload"]
     assert streamed and result.pinned_host_bytes == sum(model.stored_bytes(result.placements[model.role].fp8_storage) for model in streamed)
-    assert result.peak_host_bytes >= result.pinned_host_bytes + mp.HOST_BASELINE_BYTES
+    assert result.peak_host_bytes >= result.pinned_host_bytes + planner.HOST_BASELINE_BYTES
     assert _plan(insertion, 141, 64).pinned_host_bytes == 0
 
 
 def test_decode_frees_then_tiles_when_short():
-    model = mp.ModelSize("m", 10 * GiB, 5 * GiB, 10, GiB, 0, GiB // 8)
+    model = planner.ModelSize("m", 10 * GiB, 5 * GiB, 10, GiB, 0, GiB // 8)
     budget = Budget(int(14 * GiB), 64 * GiB)  # reserve 1 GiB -> 13 GiB room
-    result = mp.plan([model], GiB, 4 * GiB, budget, alternating=False, tiled_decode_bytes=GiB)
+    result = planner.plan([model], GiB, 4 * GiB, budget, alternating=False, tiled_decode_bytes=GiB)
     assert result.decode.free_transformers and not result.decode.tiled
-    result = mp.plan([model], GiB, 20 * GiB, budget, alternating=False, tiled_decode_bytes=GiB)
+    result = planner.plan([model], GiB, 20 * GiB, budget, alternating=False, tiled_decode_bytes=GiB)
     assert result.decode.tiled and result.decode.free_transformers
 
 
@@ -160,16 +160,16 @@ def test_video_decodes_are_counted_in_fp32_and_hunyuan_video_in_17_frame_chunks(
     """The Wan and HunyuanVideo VAEs run in fp32; HunyuanVideo's framewise decoding holds 17
     pixel frames of the decoder at a time whatever the clip length."""
     output = 73 * 3 * 480 * 832 * 4
-    assert mp.vae_decode_bytes("framepack", 73, 480, 832, False) == 1024 * 17 * 480 * 832 * 4 + 2 * output
-    assert mp.vae_decode_bytes("framepack", 145, 480, 832, False) - mp.vae_decode_bytes("framepack", 73, 480, 832, False) == 2 * output * 72 // 73
-    assert mp.vae_decode_bytes("wan", 81, 480, 832, False) == 768 * 4 * 480 * 832 * 4 + 81 * 3 * 480 * 832 * 4
-    assert mp.vae_decode_bytes("flux", 1, 1024, 1024, False) == 1024 * 1024 * 1024 * 2 + 3 * 1024 * 1024 * 4  # FLUX's VAE runs in bf16
+    assert planner.vae_decode_bytes("framepack", 73, 480, 832, False) == 1024 * 17 * 480 * 832 * 4 + 2 * output
+    assert planner.vae_decode_bytes("framepack", 145, 480, 832, False) - planner.vae_decode_bytes("framepack", 73, 480, 832, False) == 2 * output * 72 // 73
+    assert planner.vae_decode_bytes("wan", 81, 480, 832, False) == 768 * 4 * 480 * 832 * 4 + 81 * 3 * 480 * 832 * 4
+    assert planner.vae_decode_bytes("flux", 1, 1024, 1024, False) == 1024 * 1024 * 1024 * 2 + 3 * 1024 * 1024 * 4  # FLUX's VAE runs in bf16
 
 
 def test_activation_estimates_scale_with_tokens_and_batch():
-    assert mp.flux_activation_bytes(4096, 512, 2) == 2 * mp.flux_activation_bytes(4096, 512, 1)
-    assert mp.wan_activation_bytes(21, 60, 104, 2, vace_layers=8) > mp.wan_activation_bytes(21, 60, 104, 2)
-    assert mp.vae_decode_bytes("wan", 81, 480, 832, True) < mp.vae_decode_bytes("wan", 81, 480, 832, False)
+    assert planner.flux_activation_bytes(4096, 512, 2) == 2 * planner.flux_activation_bytes(4096, 512, 1)
+    assert planner.wan_activation_bytes(21, 60, 104, 2, vace_layers=8) > planner.wan_activation_bytes(21, 60, 104, 2)
+    assert planner.vae_decode_bytes("wan", 81, 480, 832, True) < planner.vae_decode_bytes("wan", 81, 480, 832, False)
 
 
 _MEASURE = """
@@ -223,7 +223,7 @@ inputs = dict(
 )
 run = lambda: model(**inputs)
 """)
-    estimate = mp.flux_activation_bytes(4096, 64, 1, hidden=384) * 2  # fp32 here
+    estimate = planner.flux_activation_bytes(4096, 64, 1, hidden=384) * 2  # fp32 here
     assert estimate / 4 < peak < estimate * 2.5, (peak, estimate)  # RSS can only undercount (paging)
 
 
@@ -236,5 +236,5 @@ vae = AutoencoderKL(**FLUX_VAE).eval()
 latents = torch.randn(1, 16, 16, 16)
 run = lambda: vae.decode(latents)
 """)
-    estimate = 2 * mp.vae_decode_bytes("flux", 1, 128, 128, tiled=False)  # fp32 here
+    estimate = 2 * planner.vae_decode_bytes("flux", 1, 128, 128, tiled=False)  # fp32 here
     assert estimate / 4 < peak < estimate * 2.5, (peak, estimate)  # RSS can only undercount (paging)

@@ -33,7 +33,7 @@ class MissingWeightsTask(Task):
 
 
 class TinyVaeTask(Task):
-    """Resolves one role through the real registry, as the image tasks do first."""
+    """Resolves one role through the real lookup, as the image tasks do first."""
 
     name = "test_tiny_vae"
 

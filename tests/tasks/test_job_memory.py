@@ -19,7 +19,7 @@ from PIL import Image
 
 from poe_backend.bundle import read_bundle
 from poe_backend.runtime.cache import MODEL_CACHE
-from poe_backend.runtime import planner as memory_plan
+from poe_backend.runtime import planner
 from poe_backend.runtime.planner import Budget
 from poe_backend.tasks import get_task
 from poe_backend.tasks.base import TaskContext
@@ -41,11 +41,11 @@ def run_insertion(tmp_path, name: str, params: dict | None = None):
 def one_transformer_budget(monkeypatch):
     """A device budget that holds one tiny FLUX transformer (plus activations) but not two."""
     MODEL_CACHE.clear()
-    size = memory_plan.installed_size("flux.transformer.depth", "tiny").weight_bytes
-    budget = Budget(vram_free_bytes=memory_plan.GiB + int(1.5 * size) + 2**26, ram_free_bytes=2**34)  # the planner reserves 1 GiB
-    monkeypatch.setattr(memory_plan, "device_budget", lambda device: budget)
-    monkeypatch.setattr(memory_plan, "flux_activation_bytes", lambda tokens, text_tokens, batch, **_: 2**26)
-    monkeypatch.setattr(memory_plan, "vae_decode_bytes", lambda *args, **kwargs: 0)
+    size = planner.installed_size("flux.transformer.depth", "tiny").weight_bytes
+    budget = Budget(vram_free_bytes=planner.GiB + int(1.5 * size) + 2**26, ram_free_bytes=2**34)  # the planner reserves 1 GiB
+    monkeypatch.setattr(planner, "device_budget", lambda device: budget)
+    monkeypatch.setattr(planner, "flux_activation_bytes", lambda tokens, text_tokens, batch, **_: 2**26)
+    monkeypatch.setattr(planner, "vae_decode_bytes", lambda *args, **kwargs: 0)
     yield
     MODEL_CACHE.clear()
 
@@ -170,20 +170,20 @@ def test_a_job_sequence_never_exceeds_a_small_device_budget(tmp_path, monkeypatc
     the models kept from the second (the 24 GB card's CUDA OOM), so the cache must evict
     before it loads. Measured after every load from the live models, independently of the
     cache's own count."""
-    from poe_backend.runtime import cache as model_cache
+    from poe_backend.runtime import cache
     from poe_backend.runtime.cache import MODEL_CACHE
 
     MODEL_CACHE.clear()
     budget = 900_000  # tiny presets, fp32: 875 kB for the regional job's models, 956 kB with its encoders
     measured: list[int] = []
-    original = model_cache._from_pretrained
+    original = cache._from_pretrained
 
     def observed(*args, **kwargs):
         component = original(*args, **kwargs)
         measured.append(_live_model_bytes())
         return component
 
-    monkeypatch.setattr(model_cache, "_from_pretrained", observed)
+    monkeypatch.setattr(cache, "_from_pretrained", observed)
     MODEL_CACHE.set_budget("cpu", budget)
     MODEL_CACHE.peak_bytes.clear()
     try:

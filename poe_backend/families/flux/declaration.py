@@ -2,7 +2,7 @@
 
 FLUX.1 Depth [dev] and Fill [dev] share FLUX.1 [dev]'s VAE, CLIP-L and T5-XXL (the same
 weights ship in all three repos), so only the transformers come from their own repos.
-Revisions are left at ``main``; pin one with a JSON preset (see the registry docstring).
+Revisions are left at ``main``; pin one with a JSON preset (see the :mod:`poe_backend.models.specs` docstring).
 """
 
 from __future__ import annotations

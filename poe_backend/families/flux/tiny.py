@@ -5,7 +5,7 @@ downsampling, packed 64 / Depth 128 / Fill 384 input channels), but one transfor
 each kind, hidden sizes 16-32, a 4-level VAE of width 8, and tokenizers built offline from a
 handmade character vocabulary (CLIP BPE without merges; T5 unigram). Sizes follow diffusers'
 ``tests/pipelines/flux/test_pipeline_flux_control.py::get_dummy_components``.
-Every component is written with ``save_pretrained`` and later read back by the registry with
+Every component is written with ``save_pretrained`` and later read back by the model cache with
 ``from_pretrained``: the real loading path.
 """
 
@@ -100,7 +100,7 @@ def text_encoders():
 
 def build_tiny(directory: Path) -> None:
     """Write every tiny FLUX component under ``directory/<subfolder>`` (subfolders as in
-    ``flux_models``: vae, text_encoder, tokenizer, text_encoder_2, tokenizer_2,
+    the flux declaration: vae, text_encoder, tokenizer, text_encoder_2, tokenizer_2,
     transformer_dev, transformer_depth, transformer_fill). Seeded: the same bytes every time."""
     torch.manual_seed(TINY_SEED)
     clip, t5 = text_encoders()

@@ -6,7 +6,7 @@ VAE kept across jobs; Llama, CLIP-L and SigLIP loaded only to encode, then relea
 prompt embeddings (cached per prompt across jobs: a repeated prompt never loads the ~15 GB
 Llama encoder), the latent layout (sections, their time order, the render slices, the
 assembled video latent), the placement of the transformer (planned before it loads by
-:func:`poe_backend.runtime.job_plan.plan_transformers`, i.e. ``memory_plan.plan``), the
+:func:`poe_backend.runtime.job_plan.plan_transformers`, i.e. ``planner.plan``), the
 section experts for the autoregressive sampler, and the decode (the plan's settings: free
 the transformer first and tile when the decode does not fit beside it; HunyuanVideo's VAE
 decodes all frames at once untiled, ~56 GiB for 73 frames at 832×480).
@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from poe_backend.runtime import planner as memory_plan
+from poe_backend.runtime import planner
 from poe_backend.families.framepack.declaration import SHARED, TEXT_ROLES, TRANSFORMER_ROLES
 from poe_backend.families.framepack.experts import (
     SPATIAL_FACTOR, FramePackSectionExpert, PromptEmbeddings, SamplingType, framepack_levels, num_pixel_frames,
@@ -42,7 +42,7 @@ _PROMPTS: PromptCache[PromptEmbeddings] = PromptCache(32)
 class FramePackRuntime(FamilyRuntime):
     """FramePack for one job: ``num_sections`` sections of ``window`` latent frames at
     ``height`` × ``width`` (multiples of 16), generated in ``sampling_type`` order.
-    ``budget``: what ``auto`` plans against (``"detect"``: :func:`memory_plan.device_budget`,
+    ``budget``: what ``auto`` plans against (``"detect"``: :func:`planner.device_budget`,
     None off CUDA). Raises ``MissingWeights`` for every absent repo before loading anything."""
 
     def __init__(self, sampling_type: SamplingType, window: int, num_sections: int, height: int, width: int, *, preset: str = "default",
@@ -123,11 +123,11 @@ class FramePackRuntime(FamilyRuntime):
 
     def plan(self, *, offload: str = "auto", fp8_storage: bool = False, batch: int = 1) -> JobPlan:
         """Decide the transformer's placement and the decode before it loads:
-        :func:`memory_plan.framepack_job_bytes` from the installed config (one section
+        :func:`planner.framepack_job_bytes` from the installed config (one section
         forward of ``batch`` particles) against :attr:`budget`. Raises
-        :class:`memory_plan.PlanError` (a MemoryError) when nothing fits."""
-        config = memory_plan.installed_config(self.transformer_role, self.preset)
-        activation, decode, tiled = memory_plan.framepack_job_bytes(config, self.window, self.num_sections, self.height, self.width, batch)
+        :class:`planner.PlanError` (a MemoryError) when nothing fits."""
+        config = planner.installed_config(self.transformer_role, self.preset)
+        activation, decode, tiled = planner.framepack_job_bytes(config, self.window, self.num_sections, self.height, self.width, batch)
         self.job_plan = plan_transformers([self.transformer_role], self.preset, self.device, offload=offload, fp8_storage=fp8_storage,
                                           activation_bytes=activation, decode_bytes=decode, tiled_decode_bytes=tiled, budget=job_budget(self.budget, self.device), alternating=False)
         set_vae_tiling(self.vae, self.job_plan.decode.tiled or self.job_plan.decode.free_transformers)
@@ -140,7 +140,7 @@ class FramePackRuntime(FamilyRuntime):
 
     def levels(self, num_levels: int, t_max: float) -> list[float]:
         """FramePack's shifted schedule for this section size (:func:`framepack_levels`)."""
-        patch = memory_plan.installed_config(self.transformer_role, self.preset).get("patch_size", 2)
+        patch = planner.installed_config(self.transformer_role, self.preset).get("patch_size", 2)
         return framepack_levels(num_levels, self.window, self.height // SPATIAL_FACTOR, self.width // SPATIAL_FACTOR, patch_size=patch, t_max=t_max)
 
     def section_expert(self, generation_index: int, history: list[Tensor], image_latents: Tensor, prompt: PromptEmbeddings, image_embeds: Tensor,

@@ -1,5 +1,5 @@
 """FramePack's tiny preset: diffusers' own FramePack test configs (4 latent channels,
-seeded random weights) for every role, tokenizers built in code; the registry's tiny specs
+seeded random weights) for every role, tokenizers built in code; the tiny preset's specs
 name this module, production code never imports it."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import torch
 
 
 def build_tiny_framepack(directory: Path, seed: int = 0) -> None:
-    """The registry's tiny builder: diffusers' FramePack test configs (seeded random
+    """The tiny preset's builder: diffusers' FramePack test configs (seeded random
     weights) for every role, tokenizers built in code."""
     from diffusers import AutoencoderKLHunyuanVideo, HunyuanVideoFramepackTransformer3DModel
     from transformers import CLIPTextConfig, CLIPTextModel, LlamaConfig, LlamaModel, SiglipImageProcessor, SiglipVisionConfig, SiglipVisionModel

@@ -1,7 +1,7 @@
 """Optional LLM layout parser for regional_t2i: a global prompt -> region prompts and boxes.
 
 Uses the VQAScore backbone (Qwen2.5-VL, text only, greedy decoding) through the same
-registry roles (``vqa.model``, ``vqa.tokenizer``), so no extra model is needed. The model is
+model roles (``vqa.model``, ``vqa.tokenizer``), so no extra model is needed. The model is
 asked for a JSON list ``[{"prompt": ..., "box": [x_min, y_min, x_max, y_max]}, ...]`` in
 pixels; :func:`parse_layout` takes the first JSON array in the answer and keeps the valid
 entries (boxes clipped to the image, empty ones dropped). Anything unparsable gives no

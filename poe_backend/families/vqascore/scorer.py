@@ -7,7 +7,7 @@ times a 152k vocabulary),
 with Qwen's default chat framing (system "You are a helpful assistant.", the image first in
 the user turn, then the assistant header) -- exactly what ``apply_chat_template`` writes.
 
-Built from separate image-processor and tokenizer roles (see ``vqascore_models``): the image
+Built from separate image-processor and tokenizer roles (see the vqascore declaration): the image
 placeholder is expanded here to ``grid_t·grid_h·grid_w / merge²`` ``<|image_pad|>`` tokens, as
 the Qwen2.5-VL processor does. Images are first shrunk to at most ``max_pixels`` pixels
 (default 448², 256 visual tokens) to bound the cost per particle.
@@ -41,12 +41,12 @@ ANSWER = "Yes"
 
 
 class VQAScorer:
-    """Qwen2.5-VL answering the VQAScore question; loaded through the registry
+    """Qwen2.5-VL answering the VQAScore question; loaded through the model cache
     (``vqa.model``, ``vqa.image_processor``, ``vqa.tokenizer``)."""
 
     def __init__(self, preset: str = "default", *, device: str = "cpu", dtype: torch.dtype | None = None, max_pixels: int = 448 * 448, max_batch: int = 4, components: tuple | None = None) -> None:
         """``components`` = ``(model, image_processor, tokenizer)`` injects instances
-        (benchmarks with random full-size weights); otherwise they come from the registry."""
+        (benchmarks with random full-size weights); otherwise they come from the model cache."""
         self.device, self.max_pixels, self.max_batch = device, max_pixels, max_batch
         self.dtype = default_dtype(device) if dtype is None else dtype
         if components is None:

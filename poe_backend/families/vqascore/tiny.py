@@ -2,7 +2,7 @@
 ``tests/models/qwen2_5_vl/test_modeling_qwen2_5_vl.py`` (text hidden 32, 4 layers; vision
 depth 2, hidden 32, patch 14, merge 2), a byte-level BPE tokenizer built offline from the 256
 byte symbols plus merges for "Yes"/"No" and Qwen's special tokens, and the Qwen2-VL image
-processor with a small pixel budget. Saved with ``save_pretrained`` for the registry."""
+processor with a small pixel budget. Saved with ``save_pretrained`` for the model cache."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@
 kept across jobs, UMT5 and CLIP loaded only to encode and then released), the prompt
 embeddings (cached per prompt across jobs), the conditions (I2V first-frame latents, VACE
 control contexts, VAE encodes), the placement of the transformers (planned before they load
-by :func:`poe_backend.runtime.job_plan.plan_transformers`, i.e. ``memory_plan.plan``),
+by :func:`poe_backend.runtime.job_plan.plan_transformers`, i.e. ``planner.plan``),
 the experts for the sampler, and the decode (the plan's decode settings: VAE tiling, and
 freeing the transformers first when the decode does not fit beside them).
 
@@ -28,7 +28,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from poe_backend.runtime import planner as memory_plan
+from poe_backend.runtime import planner
 from poe_backend.models.lookup import check_available
 from poe_backend.runtime.planner import Budget
 from poe_backend.runtime.cache import MODEL_CACHE
@@ -45,7 +45,7 @@ class WanRuntime(FamilyRuntime):
     """The Wan components for one job of ``num_frames`` × ``height`` × ``width`` pixels
     (``F = 4k + 1``, sides multiples of 16) with the ``kinds`` transformers (``"vace"``,
     ``"i2v"``). ``budget``: what ``auto`` plans against; ``"detect"`` asks
-    :func:`memory_plan.device_budget` (None off CUDA: everything stays resident in host
+    :func:`planner.device_budget` (None off CUDA: everything stays resident in host
     memory). Raises ``MissingWeights`` naming every absent repo before loading anything."""
 
     def __init__(self, kinds: list[str], num_frames: int, height: int, width: int, *, preset: str = "default", device: str = "cpu",
@@ -117,12 +117,12 @@ class WanRuntime(FamilyRuntime):
 
     def plan(self, *, offload: str = "auto", fp8_storage: bool = False, batch: int = 1) -> JobPlan:
         """Decide placements and decode for this job before the transformers load:
-        :func:`memory_plan.wan_job_bytes` from the installed configs (one batched forward
+        :func:`planner.wan_job_bytes` from the installed configs (one batched forward
         of ``batch`` particles, CFG passes one after the other) against :attr:`budget`.
-        Raises :class:`memory_plan.PlanError` (a MemoryError) when nothing fits."""
+        Raises :class:`planner.PlanError` (a MemoryError) when nothing fits."""
         roles = [TRANSFORMER_ROLES[kind] for kind in self.kinds]
-        configs = [memory_plan.installed_config(role, self.preset) for role in roles]
-        activation, decode, tiled = memory_plan.wan_job_bytes(configs, self.num_frames, self.height, self.width, batch)
+        configs = [planner.installed_config(role, self.preset) for role in roles]
+        activation, decode, tiled = planner.wan_job_bytes(configs, self.num_frames, self.height, self.width, batch)
         self.job_plan = plan_transformers(roles, self.preset, self.device, offload=offload, fp8_storage=fp8_storage, activation_bytes=activation,
                                           decode_bytes=decode, tiled_decode_bytes=tiled, budget=job_budget(self.budget, self.device), alternating=len(roles) > 1)
         set_vae_tiling(self.vae, self.job_plan.decode.tiled or self.job_plan.decode.free_transformers)

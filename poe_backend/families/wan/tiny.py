@@ -2,7 +2,7 @@
 (1-layer transformers, 3-channel-base VAE, 1-layer UMT5 with a character-level tokenizer
 built in code, 2-layer CLIP vision), written with ``save_pretrained`` so that tests load
 them through :class:`poe_backend.families.wan.runtime.WanRuntime` (the model cache), the path
-real weights take. Only the registry's tiny specs name this module; production code never
+real weights take. Only the tiny preset's specs name this module; production code never
 imports it."""
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def _tiny_transformer_config() -> dict:
 
 def build_tiny_wan(directory: Path, seed: int = 0) -> None:
     """Write every tiny Wan component (seeded random weights) under ``directory/<role
-    subfolder>``: the registry's tiny builder for the ``wan`` family."""
+    subfolder>``: the tiny preset's builder for the ``wan`` family."""
     from diffusers import AutoencoderKLWan, WanTransformer3DModel, WanVACETransformer3DModel
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel
 
