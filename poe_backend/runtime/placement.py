@@ -114,10 +114,11 @@ def _apply_group_offloading(module: torch.nn.Module, name: str, device: str) -> 
     on_cuda = str(device).startswith("cuda") and torch.cuda.is_available()
     if on_cuda and not pinned_bytes(module):
         pin_offload_groups(module, register=True)
-    if name == "group_offload":
-        apply_group_offloading(module, onload_device=torch.device(device), offload_type="block_level", num_blocks_per_group=1, use_stream=on_cuda)
-    else:
-        apply_group_offloading(module, onload_device=torch.device(device), offload_type="leaf_level")
+    # With a stream the hooks offload by pointing each tensor back at its host copy (the packed,
+    # registered buffers), never a new pageable copy; low_cpu_mem_usage: they keep those
+    # tensors and pin per transfer only what is not pinned yet, never a second pinned copy.
+    levels = {"offload_type": "block_level", "num_blocks_per_group": 1} if name == "group_offload" else {"offload_type": "leaf_level"}
+    apply_group_offloading(module, onload_device=torch.device(device), use_stream=on_cuda, low_cpu_mem_usage=True, **levels)
 
 
 class RegisteredHostBuffer:

@@ -36,11 +36,14 @@ Placements (one way each, applied by the runtime with diffusers' mechanisms):
   1 byte, norms and embeddings kept in bf16, each layer upcast for its own forward).
 * ``group_offload`` — ``apply_group_offloading(offload_type="block_level",
   num_blocks_per_group=1, use_stream=True, low_cpu_mem_usage=True)``: blocks stream in while
-  the previous one computes; ``low_cpu_mem_usage=True`` keeps the module's own host copy
-  and pins per transfer, so no second (pinned) full host copy (diffusers 0.42.1,
-  ``hooks/group_offloading.py``: ``_to_cpu`` pins a copy of every parameter otherwise).
+  the previous one computes, from the module's own host copy, packed per block into
+  page-locked buffers (:func:`~poe_backend.runtime.placement.pin_offload_groups`): one host
+  copy, locked at exactly its size (diffusers 0.42.1, ``hooks/group_offloading.py``:
+  without ``low_cpu_mem_usage`` its ``_to_cpu`` would pin a second copy of any parameter
+  not pinned already).
 * ``leaf_offload`` — ``apply_group_offloading(offload_type="leaf_level", use_stream=True,
-  low_cpu_mem_usage=True)``: the last resort, one layer at a time.
+  low_cpu_mem_usage=True)`` from the same packed buffers: the last resort, one layer at a
+  time.
 
 Policy (ComfyUI-style: sizes known before loading, a reserve for activations, partial
 offload as the fallback, one place that decides):
