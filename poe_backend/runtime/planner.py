@@ -459,13 +459,13 @@ def plan(models: list[ModelSize], activation_bytes: int, decode_bytes: int, budg
         host = _host_peak(models, placements)
         if host > budget.ram_free_bytes + HOST_BASELINE_BYTES:
             raise PlanError(_host_message(host, budget, why))
-        reasons = [f"{why}: sampling needs {sampling / GiB:.1f} GiB of {room / GiB:.1f} GiB (free {budget.vram_free_bytes / GiB:.1f} minus reserve {budget.reserve_bytes / GiB:.1f})"]
+        reasons = [f"{why}: sampling needs {_size(sampling)} of {_size(room)} (free {_size(budget.vram_free_bytes)} minus reserve {_size(budget.reserve_bytes)})"]
         if alternating:
             reasons.append("experts alternate at every evaluation: no whole-model moves, streamed models move block by block")
         decode, decode_peak = _decode(sampling - activation_bytes, decode_bytes, tiled_decode_bytes, room, reasons)
         pinned = sum(model.stored_bytes(placements[model.role].fp8_storage) for model in models if placements[model.role].placement != "resident")
         return Plan(placements, decode, max(sampling, decode_peak), host, pinned, alternating, reasons)
-    raise PlanError(f"even leaf offload of every model needs more than {room / GiB:.1f} GiB of VRAM: lower the resolution, frames or particles, or use the preview preset")
+    raise PlanError(f"even leaf offload of every model needs more than {_size(room)} of VRAM: lower the resolution, frames or particles, or use the preview preset")
 
 
 def decode_plan(models: list[ModelSize], placements: dict[str, RolePlan], decode_bytes: int, budget: Budget, *, tiled_decode_bytes: int | None = None) -> DecodePlan:
@@ -480,18 +480,23 @@ def _decode(resident_bytes: int, decode_bytes: int, tiled_bytes: int | None, roo
     if resident_bytes + decode_bytes <= room:
         return DecodePlan(False, True, False), resident_bytes + decode_bytes
     if decode_bytes <= room:
-        reasons.append(f"decode ({decode_bytes / GiB:.1f} GiB) does not fit beside the models: free them first")
+        reasons.append(f"decode ({_size(decode_bytes)}) does not fit beside the models: free them first")
         return DecodePlan(False, True, True), decode_bytes
     if tiled_bytes is not None and tiled_bytes <= room:
-        reasons.append(f"untiled decode needs {decode_bytes / GiB:.1f} GiB: tiled decode ({tiled_bytes / GiB:.1f} GiB) after freeing the models")
+        reasons.append(f"untiled decode needs {_size(decode_bytes)}: tiled decode ({_size(tiled_bytes)}) after freeing the models")
         return DecodePlan(True, True, True), tiled_bytes
-    raise PlanError(f"VAE decode needs {(tiled_bytes or decode_bytes) / GiB:.1f} GiB of {room / GiB:.1f} GiB: lower the resolution or frames")
+    raise PlanError(f"VAE decode needs {_size(tiled_bytes or decode_bytes)} of {_size(room)}: lower the resolution or frames")
+
+
+def _size(size_bytes: int) -> str:
+    """Bytes for a message: GiB to one decimal, MiB below 1 GiB (small budgets stay readable)."""
+    return f"{size_bytes / GiB:.1f} GiB" if abs(size_bytes) >= GiB else f"{size_bytes / 2**20:.1f} MiB"
 
 
 def _host_message(host: int, budget: Budget, why: str) -> str:
     free = budget.ram_free_bytes + HOST_BASELINE_BYTES
-    return (f"{why} needs {host / GiB:.1f} GiB of host RAM (one offloaded copy of each streamed model plus the load-time copy) "
-            f"but {free / GiB:.1f} GiB are available: allow fp8 storage, add RAM, use a card with more VRAM, or use the preview preset")
+    return (f"{why} needs {_size(host)} of host RAM (one offloaded copy of each streamed model plus the load-time copy) "
+            f"but {_size(free)} are available: allow fp8 storage, add RAM, use a card with more VRAM, or use the preview preset")
 
 
 # ---------------------------------------------------------------------------------------

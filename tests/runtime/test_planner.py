@@ -238,3 +238,10 @@ run = lambda: vae.decode(latents)
 """)
     estimate = 2 * planner.vae_decode_bytes("flux", 1, 128, 128, tiled=False)  # fp32 here
     assert estimate / 4 < peak < estimate * 2.5, (peak, estimate)  # RSS can only undercount (paging)
+
+
+def test_refusals_under_small_budgets_name_sizes_in_mib():
+    """A budget under 1 GiB (a shared card, a test) gets sizes that say something, not '0.0 GiB of 0.0 GiB'."""
+    model = planner.ModelSize("m", 300 * 2**20, 150 * 2**20, 10, 30 * 2**20, 0, 2**20)
+    with pytest.raises(PlanError, match=r"VAE decode needs 600\.0 MiB of"):
+        planner.plan([model], 2**20, 600 * 2**20, Budget(GiB + 500 * 2**20, 64 * GiB), alternating=False)
