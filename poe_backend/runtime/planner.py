@@ -116,7 +116,7 @@ class PlanError(MemoryError):
 @dataclass(frozen=True)
 class ModelSize:
     """Exact sizes of one model in bytes. ``fp8_weight_bytes``: under layerwise casting
-    (Linear/Conv weights outside diffusers' skip patterns in 1 byte, the rest in ``dtype``);
+    (Linear/Conv weights outside diffusers' skip patterns in 1 byte, the rest as loaded);
     equal to ``weight_bytes`` for models that cannot be cast (transformers models).
     Blocks are the children of the model's top-level ``ModuleList``s (what block-level group
     offload streams); ``non_block_bytes`` stays on the device while the model runs."""
@@ -140,43 +140,55 @@ class ModelSize:
         return int(ratio * (self.non_block_bytes + 2 * unit)) if placement == "group_offload" else int(ratio * 2 * unit)
 
 
-def _tensor_bytes(module: torch.nn.Module, dtype_bytes: int) -> int:
-    return sum(t.numel() for t in list(module.parameters()) + list(module.buffers())) * dtype_bytes
+def _tensor_bytes(module: torch.nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in list(module.parameters()) + list(module.buffers()))
 
 
-def _fp8_bytes(model: torch.nn.Module, dtype_bytes: int) -> int:
+def _as_loaded(model: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Give the meta model the dtypes ``from_pretrained(torch_dtype=dtype)`` loads it in:
+    ``dtype``, except the parameters of the model's ``_keep_in_fp32_modules``, which stay
+    float32 in half precision (Wan keeps its norms, time embedder and modulation tables in
+    fp32); buffers stay as the constructor made them (Wan's rope tables: fp32), since they are
+    not in the checkpoint."""
+    keep = (getattr(model, "_keep_in_fp32_modules", None) or ()) if dtype in (torch.float16, torch.bfloat16) else ()
+    for name, parameter in model.named_parameters():
+        parameter.data = parameter.data.to(torch.float32 if any(module in name.split(".") for module in keep) else dtype)
+
+
+def _fp8_bytes(model: torch.nn.Module) -> int:
     from diffusers.hooks._common import _GO_LC_SUPPORTED_PYTORCH_LAYERS as SUPPORTED_PYTORCH_LAYERS
     from diffusers.hooks.layerwise_casting import DEFAULT_SKIP_MODULES_PATTERN
 
     # as ``ModelMixin.enable_layerwise_casting`` skips them: the defaults plus the model's own
     patterns = (*DEFAULT_SKIP_MODULES_PATTERN, *(model._keep_in_fp32_modules or ()), *(model._skip_layerwise_casting_patterns or ()))
-    cast = 0
+    saved = 0
     for name, child in model.named_modules():
         if isinstance(child, SUPPORTED_PYTORCH_LAYERS) and not any(re.search(p, name) for p in patterns):
-            cast += sum(p.numel() for p in child.parameters(recurse=False))
-    return _tensor_bytes(model, dtype_bytes) - cast * (dtype_bytes - 1)
+            saved += sum(p.numel() * (p.element_size() - 1) for p in child.parameters(recurse=False))
+    return _tensor_bytes(model) - saved
 
 
 def model_size(role: str, loader: str, config: dict[str, Any], dtype: torch.dtype = torch.bfloat16) -> ModelSize:
-    """Build ``loader``'s class from ``config`` on the meta device and measure it."""
+    """Build ``loader``'s class from ``config`` on the meta device, in the dtypes
+    ``from_pretrained`` would load it in (:func:`_as_loaded`), and measure it."""
     import importlib
 
     module_name, class_name = loader.split(":")
     cls = getattr(importlib.import_module(module_name), class_name)
-    dtype_bytes = torch.finfo(dtype).bits // 8
     with torch.device("meta"):
         if module_name == "transformers":
             config_cls = cls.config_class
             model = cls(config_cls(**config))
         else:
             model = cls(**config)
+    _as_loaded(model, dtype)
     blocks = [block for child in model.children() if isinstance(child, torch.nn.ModuleList) for block in child]
     if module_name == "transformers":  # Qwen2.5-VL nests its layers one level down
         blocks = [block for sub in model.modules() if isinstance(sub, torch.nn.ModuleList) for block in sub]
-    total = _tensor_bytes(model, dtype_bytes)
-    block_bytes = [_tensor_bytes(block, dtype_bytes) for block in blocks] or [0]
-    leaves = [_tensor_bytes(m, dtype_bytes) for m in model.modules() if not list(m.children())]
-    fp8 = _fp8_bytes(model, dtype_bytes) if module_name == "diffusers" else total
+    total = _tensor_bytes(model)
+    block_bytes = [_tensor_bytes(block) for block in blocks] or [0]
+    leaves = [_tensor_bytes(m) for m in model.modules() if not list(m.children())]
+    fp8 = _fp8_bytes(model) if module_name == "diffusers" else total
     return ModelSize(role, total, fp8, len(blocks), max(block_bytes), total - sum(block_bytes), max(leaves))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from poe_backend.runtime import planner
 from poe_backend.runtime.planner import GiB, Budget, PlanError
@@ -245,3 +246,16 @@ def test_refusals_under_small_budgets_name_sizes_in_mib():
     model = planner.ModelSize("m", 300 * 2**20, 150 * 2**20, 10, 30 * 2**20, 0, 2**20)
     with pytest.raises(PlanError, match=r"VAE decode needs 600\.0 MiB of"):
         planner.plan([model], 2**20, 600 * 2**20, Budget(GiB + 500 * 2**20, 64 * GiB), alternating=False)
+
+
+@pytest.mark.parametrize("role", ["wan.transformer.vace", "wan.transformer.i2v", "flux.transformer.depth", "framepack.transformer"])
+def test_planned_size_is_what_from_pretrained_loads_in_bf16(role):
+    """The planner's bytes equal the loaded module's in bf16, dtype by dtype: diffusers keeps
+    Wan's ``_keep_in_fp32_modules`` in fp32, and buffers built by the constructor stay fp32."""
+    from poe_backend.models.lookup import resolve
+    from poe_backend.models.specs import get_spec
+    from poe_backend.runtime.cache import _from_pretrained
+    from poe_backend.runtime.placement import parameter_bytes
+
+    loaded = _from_pretrained(get_spec(role, "tiny"), str(resolve(role, "tiny")), torch.bfloat16, "cpu")
+    assert planner.installed_size(role, "tiny").weight_bytes == parameter_bytes(loaded)
