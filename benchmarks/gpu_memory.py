@@ -545,7 +545,7 @@ def size(value: float | int | None) -> str:
     return f"{value / 1024:.0f}K"
 
 
-HEADER = ("task", "card", "job", "status", "placements", "decode", "plan VRAM/host/pinned", "peak VRAM", "cache peak",
+HEADER = ("task", "card", "job", "status", "placements", "decode", "plan VRAM/host/pinned", "peak VRAM alloc/reserved", "cache peak",
           "pinned (all/torch)", "RSS now/peak", "job s", "build s", "sample s", "NFE", "fwd", "s/fwd")
 
 
@@ -563,7 +563,8 @@ def row(task: str, card: float, job: int, status: str, manifest: dict[str, Any] 
     sample_seconds = seconds.get("sample", seconds.get("sampling"))
     peak_device = memory.get("peak_device_bytes", measured.get("peak_device"))
     cells = (
-        task, f"{card:g}G", f"{job}/2", status, placements, decode_text, planned, size(peak_device), size(measured.get("cache_peak")),
+        task, f"{card:g}G", f"{job}/2", status, placements, decode_text, planned, f"{size(peak_device)}/{size(measured.get('peak_reserved'))}",
+        size(measured.get("cache_peak")),
         f"{size(memory.get('pinned_host_bytes'))}/{size(measured.get('torch_pinned'))}", f"{size(measured.get('rss'))}/{size(measured.get('hwm'))}",
         f"{measured['seconds']:.1f}", f"{measured['build']:.1f}", "-" if sample_seconds is None else f"{sample_seconds:.1f}",
         str(stats.get("nfe_per_particle", "-")), str(measured["forwards"]), "-" if not measured["forwards"] else f"{measured['forward_seconds'] / measured['forwards']:.3f}",
@@ -591,7 +592,10 @@ def main(argv: list[str] | None = None) -> int:
     card = arguments.card_gb
     if cuda:  # before anything is allocated on the device
         total = torch.cuda.get_device_properties(0).total_memory
-        fraction = min(1.0, card * GiB / total)
+        from poe_backend.runtime import planner
+
+        # the CUDA context lives outside the fraction: a real card of that size has it inside
+        fraction = min(1.0, (card * GiB - planner.CUDA_CONTEXT_BYTES) / total)
         torch.cuda.set_per_process_memory_fraction(fraction, 0)
         where = f"emulated {card:g} GiB card: memory fraction {fraction:.3f} of {torch.cuda.get_device_name(0)} ({total / GiB:.1f} GiB)"
         if card * GiB > total:
@@ -625,7 +629,8 @@ def _quiet() -> None:
 
 def _run(task: str, card: float, cuda: bool, where: str, scratch: Path, cut: bool = False) -> int:
     from poe_backend.runtime import planner as memory_plan
-    from poe_backend.runtime.cache import MODEL_CACHE, device_key
+    from poe_backend.runtime.cache import MODEL_CACHE
+    from poe_backend.runtime.placement import device_key
 
     device = "cuda" if cuda else "cpu"
     what, params, write_bundle = job_settings(task, full=cuda)
@@ -665,11 +670,10 @@ def _run(task: str, card: float, cuda: bool, where: str, scratch: Path, cut: boo
             "seconds": seconds, "build": CLOCK.build_seconds, "forwards": CLOCK.forwards, "forward_seconds": CLOCK.forward_seconds,
             "cache_peak": MODEL_CACHE.peak_bytes.get(device_key(device)), "rss": _proc_status("VmRSS"), "hwm": _proc_status("VmHWM"),
             "peak_device": torch.cuda.max_memory_allocated() if cuda else None,
+            "peak_reserved": torch.cuda.max_memory_reserved() if cuda else None,  # the fraction caps reserved memory
             "torch_pinned": torch.cuda.host_memory_stats().get("allocated_bytes.current", 0) if cuda else None,
         }
-        print(row(task, card, job, status, manifest, measured), flush=True)
-        if cuda:
-            torch.cuda.empty_cache()
+        print(row(task, card, job, status, manifest, measured), flush=True)  # no empty_cache between jobs: the server does none
     return 1 if failed else 0
 
 

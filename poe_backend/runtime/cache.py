@@ -42,8 +42,8 @@ import torch
 
 from poe_backend.runtime import planner
 from poe_backend.models.lookup import parameter_count, resolve, weight_bytes
-from poe_backend.runtime.placement import PLACEMENT_NAMES, PlacementChangeNeedsReload, PlacementName, apply_placement, pinned_bytes, placement_of, unpin
-from poe_backend.models.specs import ModelSpec, get_spec
+from poe_backend.runtime.placement import PLACEMENT_NAMES, PlacementName, apply_placement, device_key, needs_reload, pinned_bytes, placement_of, unpin
+from poe_backend.models.specs import MissingWeights, ModelSpec, get_spec
 
 _HOOKED = tuple(name for name in PLACEMENT_NAMES if name != "resident")
 
@@ -56,15 +56,6 @@ class DeviceMemoryError(MemoryError):
 def default_dtype(device: str) -> torch.dtype:
     """bf16 on GPU, fp32 on CPU."""
     return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
-
-
-def device_key(device: str | torch.device) -> str:
-    """A device's canonical name: ``"cpu"``, ``"cuda:0"`` (``"cuda"`` is the current CUDA
-    device, index 0 where CUDA is absent)."""
-    device = torch.device(device)
-    if device.type == "cuda" and device.index is None:
-        return f"cuda:{torch.cuda.current_device() if torch.cuda.is_available() else 0}"
-    return str(device)
 
 
 @dataclass(frozen=True)
@@ -143,31 +134,52 @@ class ModelCache:
     def free_memory(self, required_bytes: int, device: str) -> list[str]:
         """Evict models the running job has not used, least recently used first, until
         ``required_bytes`` more plus the reserve fit ``device``'s budget; returns the evicted
-        paths. Evicts nothing where the device has no budget."""
-        key, budget = device_key(device), self.budget(device)
-        if budget is None:
-            return []
-        evicted = []
+        paths. Evicts nothing where the device has no budget, or when even evicting every
+        such model would not make the room (the caller falls back or fails: nothing is lost
+        for nothing)."""
+        budget = self.budget(device)
+        return [] if budget is None else self._evict_for(required_bytes, device_key(device), budget)
+
+    def evict_unused(self, device: str, *, keep: Iterable[str] = ()) -> list[str]:
+        """Evict every model on ``device`` the running job has not used, except ``keep``'s
+        roles: what a plan that counted :meth:`reclaimable_bytes` as free relies on."""
+        key, kept = device_key(device), set(keep)
         with self._lock:
-            for entry in sorted(self._entries.values(), key=lambda item: item.last_used):
+            victims = [entry for entry in self._entries.values() if not entry.in_use and not entry.roles & kept and entry.bytes_on(key)]
+            for entry in victims:
+                self._evict(entry)
+        if victims:
+            empty_caches()
+        return [entry.key[0] for entry in victims]
+
+    def _evict_for(self, required_bytes: int, key: str, budget: DeviceBudget) -> list[str]:
+        with self._lock:
+            candidates = sorted((entry for entry in self._entries.values() if not entry.in_use and entry.bytes_on(key)), key=lambda item: item.last_used)
+            reclaimable = sum(entry.bytes_on(key) for entry in candidates)
+            if self._fits(required_bytes, key, budget) or not self._fits(required_bytes - reclaimable, key, budget):
+                return []
+            evicted = []
+            for entry in candidates:
+                self._evict(entry)
+                evicted.append(entry.key[0])
                 if self._fits(required_bytes, key, budget):
                     break
-                if not entry.in_use and entry.bytes_on(key):
-                    self._evict(entry)
-                    evicted.append(entry.key[0])
-        if evicted:
-            empty_caches()
+        empty_caches()
         return evicted
 
     def _fits(self, required_bytes: int, device: str, budget: DeviceBudget | None) -> bool:
         return budget is None or self.device_bytes(device) + required_bytes + budget.reserve_bytes <= budget.total_bytes
 
     def _make_room(self, role: str, required_bytes: int, device: str) -> None:
-        """:meth:`free_memory`, then :class:`DeviceMemoryError` when it still does not fit."""
-        self.free_memory(required_bytes, device)
-        budget = self.budget(device)
-        if not self._fits(required_bytes, device_key(device), budget):
-            held = ", ".join(f"{'/'.join(sorted(entry.roles))} {entry.bytes_on(device_key(device)) / 2**20:.1f} MiB" for entry in self._entries.values() if entry.bytes_on(device_key(device)))
+        """Evict for ``required_bytes`` (:meth:`free_memory`), judged against one budget read
+        before evicting (so the reserve does not move), then :class:`DeviceMemoryError` when
+        it still does not fit."""
+        key, budget = device_key(device), self.budget(device)
+        if budget is None:
+            return
+        self._evict_for(required_bytes, key, budget)
+        if not self._fits(required_bytes, key, budget):
+            held = ", ".join(f"{'/'.join(sorted(entry.roles))} {entry.bytes_on(key) / 2**20:.1f} MiB" for entry in self._entries.values() if entry.bytes_on(key))
             raise DeviceMemoryError(
                 f"loading {role} needs {required_bytes / 2**20:.1f} MiB on {device} but its budget of {budget.total_bytes / 2**20:.1f} MiB "
                 f"(reserve {budget.reserve_bytes / 2**20:.1f}) is held by models this job uses ({held or 'none'}): "
@@ -186,18 +198,20 @@ class ModelCache:
         spec = get_spec(role, preset)
         dtype = default_dtype(device) if dtype is None else dtype
         with self._lock:
-            key = self._key(role, preset, spec, dtype)
-            entry = self._entries.get(key)
+            entry = self._entries.get(self._key(role, preset, spec, dtype))
             hooked = entry is not None and placement_of(entry.component) in _HOOKED
             if spec.is_module and not hooked and not (entry is not None and _is_on(entry.component, device)):
                 device = self._room_or_fallback(role, preset, [(role, spec, dtype)], device, fallback_device)
-            entry = self._entry(role, preset, spec, dtype, device)
-            component = entry.component
-            if spec.is_module and placement_of(component) not in _HOOKED and not _is_on(component, device):
-                component.to(device)
-                component.__dict__.pop("_poe_placement", None)
-            self._note_peak(device)
-            return component
+            return self._load(role, preset, spec, dtype, device)
+
+    def _load(self, role: str, preset: str, spec: ModelSpec, dtype: torch.dtype, device: str) -> Any:
+        """Load or move ``role`` onto ``device``; the caller made room."""
+        component = self._entry(role, preset, spec, dtype, device).component
+        if spec.is_module and placement_of(component) not in _HOOKED and not _is_on(component, device):
+            component.to(device)
+            component.__dict__.pop("_poe_placement", None)
+        self._note_peak(device)
+        return component
 
     def load_encoders(self, roles: Iterable[str], preset: str, *, device: str, dtype: torch.dtype) -> tuple[list[Any], str]:
         """Load encoders that run together (text encoders with their tokenizers) on one
@@ -207,7 +221,7 @@ class ModelCache:
         modules = [(role, spec, dtype) for role in roles if (spec := get_spec(role, preset)).is_module]
         with self._lock:
             chosen = self._room_or_fallback(", ".join(role for role, _, _ in modules), preset, modules, device, "cpu")
-            return [self.load(role, preset, device=chosen, dtype=dtype) for role in roles], chosen
+            return [self._load(role, preset, get_spec(role, preset), dtype, chosen) for role in roles], chosen
 
     def _room_or_fallback(self, name: str, preset: str, modules: list[tuple[str, ModelSpec, torch.dtype]], device: str, fallback_device: str | None) -> str:
         required = sum(self._required_bytes(role, preset, spec, dtype, device) for role, spec, dtype in modules)
@@ -229,17 +243,17 @@ class ModelCache:
         with self._lock:
             key = self._key(role, preset, spec, dtype)
             entry = self._entries.get(key)
-            if name.removeprefix("fp8_") == "resident" and not (entry is not None and getattr(entry.component, "_poe_placement", None) == (name, str(device))):
+            if name.removeprefix("fp8_") == "resident" and not (entry is not None and getattr(entry.component, "_poe_placement", None) == (name, device_key(device))):
                 size = planner.installed_size(role, preset)
                 required = size.stored_bytes(name.startswith("fp8_")) * torch.finfo(dtype).bits // 16
                 self._make_room(role, max(0, required - (0 if entry is None else entry.bytes_on(device_key(device)))), device)
-            entry = self._entry(role, preset, spec, dtype, device if name == "resident" else "cpu")
-            try:
-                placed = apply_placement(entry.component, name, device)
-            except PlacementChangeNeedsReload:
-                self._drop(entry.key)
-                entry = self._entry(role, preset, spec, dtype, "cpu")
-                placed = apply_placement(entry.component, name, device)
+            load_device = device if name == "resident" else "cpu"
+            entry = self._entry(role, preset, spec, dtype, load_device)
+            if needs_reload(entry.component, name):  # fp8 storage changes: the old copy goes before the new one loads
+                self._evict(entry)
+                empty_caches()
+                entry = self._entry(role, preset, spec, dtype, load_device)
+            placed = apply_placement(entry.component, name, device)
             self._note_peak(device)
             return placed
 
@@ -271,13 +285,19 @@ class ModelCache:
 
     # -- lifetime ------------------------------------------------------------------------
 
-    def begin_job(self, roles_needed: Iterable[str]) -> list[str]:
-        """Start a job: drop every component that none of ``roles_needed`` asked for (the
-        previous job's other models) and mark the rest as not yet used by this job, so that
+    def begin_job(self, roles_needed: Iterable[str], preset: str) -> list[str]:
+        """Start a job with models of ``preset``: drop every component that is not the files
+        of one of ``roles_needed`` in that preset (the previous job's other models, another
+        preset's copy of a role) and mark the rest as not yet used by this job, so that
         :meth:`free_memory` may evict them; returns the dropped paths."""
-        needed = set(roles_needed)
+        needed = set()
+        for role in roles_needed:
+            try:
+                needed.add(str(resolve(role, preset)))
+            except MissingWeights:  # not on this machine: the task names it when it checks
+                continue
         with self._lock:
-            dropped = [key for key, entry in self._entries.items() if not entry.roles & needed]
+            dropped = [key for key in self._entries if key[0] not in needed]
             for key in dropped:
                 self._drop(key)
             for entry in self._entries.values():

@@ -9,8 +9,9 @@ settings, through :func:`poe_backend.runtime.planner.plan` (the one place that d
   video at a time, beside the models.
 
 The budget counts as free what the model cache may evict for this job (models the job has not
-used yet) and the device memory the same roles already hold from an earlier job, so a
-repeated job keeps them resident instead of offloading them.
+used yet, which are evicted right after planning) and the device memory the same roles
+already hold from an earlier job, so a repeated job keeps them resident instead of
+offloading them.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ def plan_transformers(roles: list[str], preset: str, device: str, *, offload: st
         placements = {role: "resident" for role in roles} if offload == "auto" else {role: placement_for_offload(offload, fp8_storage) for role in roles}
         return JobPlan(PlacementPlan(placements, weight_bytes, f"no CUDA device: models stay in host memory (offload={offload!r})"), HOST_DECODE)
     budget = replace(budget, vram_free_bytes=budget.vram_free_bytes + MODEL_CACHE.reclaimable_bytes(device, keep=roles))
+    MODEL_CACHE.evict_unused(device, keep=roles)  # the plan counted their memory as free: make it so
     if offload == "auto":
         planned = planner.plan(sizes, activation_bytes, decode_bytes, budget, alternating=alternating, allow_fp8=fp8_storage, tiled_decode_bytes=tiled_decode_bytes)
         placements = {role: placement_name(role_plan) for role, role_plan in planned.placements.items()}

@@ -37,6 +37,7 @@ costs several times their compute per evaluation: README.md, Measurements, GPU).
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from typing import Any, Literal, Mapping
 
@@ -47,6 +48,15 @@ from poe_backend.runtime.planner import Plan, RolePlan
 PlacementName = Literal["resident", "group_offload", "leaf_offload", "fp8_resident", "fp8_group_offload", "fp8_leaf_offload"]
 PLACEMENT_NAMES: tuple[str, ...] = ("resident", "group_offload", "leaf_offload", "fp8_resident", "fp8_group_offload", "fp8_leaf_offload")
 FP8_PREFIX = "fp8_"
+
+
+def device_key(device: str | torch.device) -> str:
+    """A device's canonical name: ``"cpu"``, ``"cuda:0"`` (``"cuda"`` is the current CUDA
+    device, index 0 where CUDA is absent)."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        return f"cuda:{torch.cuda.current_device() if torch.cuda.is_available() else 0}"
+    return str(device)
 
 
 class PlacementChangeNeedsReload(RuntimeError):
@@ -83,11 +93,12 @@ def apply_placement(module: torch.nn.Module, name: PlacementName, device: str) -
     if name not in PLACEMENT_NAMES:
         raise ValueError(f"placement: unknown {name!r}; choose one of {', '.join(PLACEMENT_NAMES)}")
     previous = getattr(module, "_poe_placement", None)
-    if previous == (name, str(device)):
+    if previous == (name, device_key(device)):
         return module
     fp8, base = name.startswith(FP8_PREFIX), name.removeprefix(FP8_PREFIX)
-    if previous is not None and previous[0].startswith(FP8_PREFIX) != fp8:
+    if needs_reload(module, name):
         raise PlacementChangeNeedsReload(f"module placed as {previous[0]}, now {name}: reload it")
+    module.__dict__.pop("_poe_placement", None)  # a failure below leaves no stale name behind
     if previous is not None and previous[0].removeprefix(FP8_PREFIX) != "resident":
         _remove_group_offloading(module)
     if fp8 and previous is None:
@@ -97,8 +108,15 @@ def apply_placement(module: torch.nn.Module, name: PlacementName, device: str) -
         module.to(device)
     else:
         _apply_group_offloading(module, base, device)
-    module._poe_placement = (name, str(device))
+    module._poe_placement = (name, device_key(device))
     return module
+
+
+def needs_reload(module: torch.nn.Module, name: PlacementName) -> bool:
+    """Whether placing ``module`` as ``name`` changes its fp8 storage (a cast that cannot be
+    undone in place: the module must be loaded again from disk)."""
+    previous = getattr(module, "_poe_placement", None)
+    return previous is not None and previous[0].startswith(FP8_PREFIX) != name.startswith(FP8_PREFIX)
 
 
 def placement_of(module: torch.nn.Module) -> str | None:
@@ -113,7 +131,10 @@ def _apply_group_offloading(module: torch.nn.Module, name: str, device: str) -> 
     module.to("cpu")
     on_cuda = str(device).startswith("cuda") and torch.cuda.is_available()
     if on_cuda and not pinned_bytes(module):
-        pin_offload_groups(module, register=True)
+        try:
+            pin_offload_groups(module, register=True, include_rest=name != "group_offload")
+        except RuntimeError as error:  # e.g. the OS limit on locked memory: stream from pageable memory, slower
+            warnings.warn(f"streaming {type(module).__name__} from pageable host memory: {error}", RuntimeWarning, stacklevel=2)
     # With a stream the hooks offload by pointing each tensor back at its host copy (the packed,
     # registered buffers), never a new pageable copy; low_cpu_mem_usage: they keep those
     # tensors and pin per transfer only what is not pinned yet, never a second pinned copy.
@@ -141,11 +162,11 @@ class RegisteredHostBuffer:
         self.release()
 
 
-def offload_groups(module: torch.nn.Module) -> list[list[torch.Tensor]]:
+def offload_groups(module: torch.nn.Module, *, include_rest: bool) -> list[list[torch.Tensor]]:
     """The tensors of each block-level offload group: one list per child of the module's
     top-level ``ModuleList``s (what ``apply_group_offloading(block_level, 1 block per
-    group)`` streams), then one of every other parameter and buffer. Shared tensors are
-    listed once."""
+    group)`` streams), then, with ``include_rest``, one of every other parameter and buffer.
+    Shared tensors are listed once."""
     seen: set[int] = set()
 
     def unique(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -155,7 +176,8 @@ def offload_groups(module: torch.nn.Module) -> list[list[torch.Tensor]]:
 
     blocks = [block for child in module.children() if isinstance(child, torch.nn.ModuleList) for block in child]
     groups = [unique([*block.parameters(), *block.buffers()]) for block in blocks]
-    return [group for group in [*groups, unique([*module.parameters(), *module.buffers()])] if group]
+    rest = [unique([*module.parameters(), *module.buffers()])] if include_rest else []
+    return [group for group in [*groups, *rest] if group]
 
 
 def pack_contiguous(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -175,12 +197,16 @@ def pack_contiguous(tensors: list[torch.Tensor]) -> torch.Tensor:
     return buffer
 
 
-def pin_offload_groups(module: torch.nn.Module, *, register: bool) -> int:
+def pin_offload_groups(module: torch.nn.Module, *, register: bool, include_rest: bool) -> int:
     """Pack ``module``'s CPU tensors into one contiguous buffer per offload group
     (:func:`offload_groups`, :func:`pack_contiguous`), registered with CUDA when ``register``
     (on a CUDA machine); returns the packed bytes, i.e. what is page-locked. The module
-    keeps the buffers (:func:`unpin` releases them)."""
-    buffers = [pack_contiguous([tensor for tensor in group if tensor.device.type == "cpu"]) for group in offload_groups(module)]
+    keeps the buffers (:func:`unpin` releases them). ``include_rest``: also the tensors
+    outside the blocks; diffusers streams them under leaf offload, but under block-level
+    offload moves them synchronously and offloads them to new pageable memory, so packing
+    them there would leave a locked copy nothing reads."""
+    groups = [[tensor for tensor in group if tensor.device.type == "cpu"] for group in offload_groups(module, include_rest=include_rest)]
+    buffers = [pack_contiguous(group) for group in groups if group]
     module._poe_host_buffers = [RegisteredHostBuffer(buffer) for buffer in buffers] if register else buffers
     return sum(buffer.nbytes for buffer in buffers)
 

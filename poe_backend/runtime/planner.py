@@ -128,9 +128,18 @@ class ModelSize:
     largest_block_bytes: int
     non_block_bytes: int
     largest_leaf_bytes: int
+    fp8_non_block_bytes: int
 
     def stored_bytes(self, fp8: bool) -> int:
         return self.fp8_weight_bytes if fp8 else self.weight_bytes
+
+    def pinned_bytes(self, placement: str, fp8: bool) -> int:
+        """Host bytes page-locked while the model streams: the blocks under block-level
+        offload (diffusers moves the rest synchronously, from pageable memory), everything
+        under leaf offload (:func:`poe_backend.runtime.placement.pin_offload_groups`)."""
+        if placement == "group_offload":
+            return self.stored_bytes(fp8) - (self.fp8_non_block_bytes if fp8 else self.non_block_bytes)
+        return self.stored_bytes(fp8)
 
     def streamed_vram_bytes(self, placement: str, fp8: bool) -> int:
         """Device bytes while a streamed model runs: non-block parameters + two groups
@@ -155,17 +164,22 @@ def _as_loaded(model: torch.nn.Module, dtype: torch.dtype) -> None:
         parameter.data = parameter.data.to(torch.float32 if any(module in name.split(".") for module in keep) else dtype)
 
 
-def _fp8_bytes(model: torch.nn.Module) -> int:
+def _fp8_savings(model: torch.nn.Module) -> tuple[int, int]:
+    """Bytes layerwise fp8 casting saves on the whole model and on its parameters outside
+    the blocks (the children of its top-level ``ModuleList``s)."""
     from diffusers.hooks._common import _GO_LC_SUPPORTED_PYTORCH_LAYERS as SUPPORTED_PYTORCH_LAYERS
     from diffusers.hooks.layerwise_casting import DEFAULT_SKIP_MODULES_PATTERN
 
     # as ``ModelMixin.enable_layerwise_casting`` skips them: the defaults plus the model's own
     patterns = (*DEFAULT_SKIP_MODULES_PATTERN, *(model._keep_in_fp32_modules or ()), *(model._skip_layerwise_casting_patterns or ()))
-    saved = 0
+    block_prefixes = tuple(f"{name}." for name, child in model.named_children() if isinstance(child, torch.nn.ModuleList))
+    saved, saved_outside = 0, 0
     for name, child in model.named_modules():
         if isinstance(child, SUPPORTED_PYTORCH_LAYERS) and not any(re.search(p, name) for p in patterns):
-            saved += sum(p.numel() * (p.element_size() - 1) for p in child.parameters(recurse=False))
-    return _tensor_bytes(model) - saved
+            here = sum(p.numel() * (p.element_size() - 1) for p in child.parameters(recurse=False))
+            saved += here
+            saved_outside += 0 if name.startswith(block_prefixes) else here
+    return saved, saved_outside
 
 
 def model_size(role: str, loader: str, config: dict[str, Any], dtype: torch.dtype = torch.bfloat16) -> ModelSize:
@@ -188,8 +202,9 @@ def model_size(role: str, loader: str, config: dict[str, Any], dtype: torch.dtyp
     total = _tensor_bytes(model)
     block_bytes = [_tensor_bytes(block) for block in blocks] or [0]
     leaves = [_tensor_bytes(m) for m in model.modules() if not list(m.children())]
-    fp8 = _fp8_bytes(model) if module_name == "diffusers" else total
-    return ModelSize(role, total, fp8, len(blocks), max(block_bytes), total - sum(block_bytes), max(leaves))
+    non_block = total - sum(block_bytes)
+    saved, saved_outside = _fp8_savings(model) if module_name == "diffusers" else (0, 0)
+    return ModelSize(role, total, total - saved, len(blocks), max(block_bytes), non_block, max(leaves), non_block - saved_outside)
 
 
 @functools.lru_cache(maxsize=64)
@@ -475,7 +490,7 @@ def plan(models: list[ModelSize], activation_bytes: int, decode_bytes: int, budg
         if alternating:
             reasons.append("experts alternate at every evaluation: no whole-model moves, streamed models move block by block")
         decode, decode_peak = _decode(sampling - activation_bytes, decode_bytes, tiled_decode_bytes, room, reasons)
-        pinned = sum(model.stored_bytes(placements[model.role].fp8_storage) for model in models if placements[model.role].placement != "resident")
+        pinned = sum(model.pinned_bytes(placements[model.role].placement, placements[model.role].fp8_storage) for model in models if placements[model.role].placement != "resident")
         return Plan(placements, decode, max(sampling, decode_peak), host, pinned, alternating, reasons)
     raise PlanError(f"even leaf offload of every model needs more than {_size(room)} of VRAM: lower the resolution, frames or particles, or use the preview preset")
 

@@ -205,7 +205,7 @@ def job_entry(run: Callable[[Task, TaskContext], TaskResult]) -> Callable[[Task,
 
         from poe_backend.runtime.cache import MODEL_CACHE
 
-        evicted = MODEL_CACHE.begin_job(self.model_roles(context))
+        evicted = MODEL_CACHE.begin_job(self.model_roles(context), context.models)
         on_cuda = str(context.device).startswith("cuda") and torch.cuda.is_available()
         if on_cuda:
             torch.cuda.reset_peak_memory_stats(torch.device(context.device))

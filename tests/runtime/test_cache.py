@@ -30,7 +30,7 @@ def test_begin_job_frees_the_other_models():
     cache = ModelCache()
     dev = weakref.ref(cache.load("flux.transformer.dev", "tiny"))
     depth = cache.load("flux.transformer.depth", "tiny")
-    dropped = cache.begin_job(["flux.transformer.depth", "flux.vae"])
+    dropped = cache.begin_job(["flux.transformer.depth", "flux.vae"], "tiny")
     gc.collect()
     assert dev() is None and len(dropped) == 1 and dropped[0].endswith("transformer_dev")
     assert cache.load("flux.transformer.depth", "tiny") is depth
@@ -48,7 +48,7 @@ def test_a_load_evicts_least_recently_used_models_the_job_has_not_used():
     dev = cache.load("flux.transformer.dev", "tiny")
     cache.load("flux.transformer.depth", "tiny")
     cache.load("flux.transformer.dev", "tiny")  # used again: depth is now the least recent
-    cache.begin_job(["flux.transformer.dev", "flux.transformer.depth", "flux.transformer.fill", "flux.vae"])
+    cache.begin_job(["flux.transformer.dev", "flux.transformer.depth", "flux.transformer.fill", "flux.vae"], "tiny")
     vae = cache.load("flux.vae", "tiny")  # used by this job: never evicted
     reserve = 1000
     cache.set_budget("cpu", sizes["flux.transformer.dev"] + sizes["flux.vae"] + sizes["flux.transformer.fill"] + reserve, reserve_bytes=reserve)
@@ -99,4 +99,61 @@ def test_give_back_leaves_a_streamed_module_as_it_is():
     MODEL_CACHE.give_back("flux.transformer.depth", "tiny")
     assert placement_of(streamed) == "group_offload" and not next(streamed.parameters()).is_meta
     assert str(lookup.resolve("flux.transformer.depth", "tiny")) not in MODEL_CACHE.loaded_models()
+    MODEL_CACHE.clear()
+
+
+def test_nothing_is_evicted_when_even_evicting_everything_would_not_make_room():
+    cache = ModelCache()
+    dev = cache.load("flux.transformer.dev", "tiny")
+    cache.begin_job(["flux.transformer.dev", "flux.transformer.fill"], "tiny")
+    cache.set_budget("cpu", parameter_bytes(dev) + 1000)  # fill alone does not fit, with or without dev
+    with pytest.raises(DeviceMemoryError, match="flux.transformer.fill"):
+        cache.load("flux.transformer.fill", "tiny")
+    assert not any(parameter.is_meta for parameter in dev.parameters())  # kept: evicting it would not have helped
+    assert cache.free_memory(10**9, "cpu") == [] and len(cache.loaded_models()) == 1
+    cache.clear()
+
+
+def test_a_change_of_fp8_storage_evicts_the_old_copy_before_loading_the_new():
+    cache = ModelCache()
+    old = cache.place("flux.transformer.depth", "tiny", "resident", "cpu")
+    new = cache.place("flux.transformer.depth", "tiny", "fp8_resident", "cpu")
+    assert new is not old and all(parameter.is_meta for parameter in old.parameters())
+    assert placement_of(new) == "fp8_resident" and len(cache.loaded_models()) == 1
+    cache.clear()
+
+
+def test_begin_job_drops_another_presets_copy_of_a_needed_role(tmp_path):
+    """A job with models of one preset does not keep another preset's files of the same role."""
+    import json
+    import shutil
+
+    from poe_backend.models import lookup
+
+    copy = tmp_path / "dev-copy"
+    shutil.copytree(lookup.resolve("flux.transformer.dev", "tiny"), copy)
+    preset = tmp_path / "copy.json"
+    preset.write_text(json.dumps({"base": "tiny", "roles": {"flux.transformer.dev": {"local_dir": str(copy)}}}))
+    cache = ModelCache()
+    tiny = weakref.ref(cache.load("flux.transformer.dev", "tiny"))
+    cache.load("flux.transformer.dev", str(preset))
+    dropped = cache.begin_job(["flux.transformer.dev"], str(preset))
+    gc.collect()
+    assert tiny() is None and cache.loaded_models() == [str(copy)] and len(dropped) == 1
+    cache.clear()
+
+
+def test_planning_evicts_the_models_it_counted_as_free():
+    """The plan counts models of earlier jobs that this job has not used as free memory; the
+    cache must then really free them, or the job runs out of memory during sampling."""
+    from poe_backend.families.flux import runtime as flux
+    from poe_backend.runtime.planner import GiB, Budget
+
+    MODEL_CACHE.clear()
+    earlier = MODEL_CACHE.load("flux.transformer.dev", "tiny")
+    MODEL_CACHE.begin_job(["flux.vae", "flux.transformer.dev", "flux.transformer.depth"], "tiny")
+    runtime = flux.FluxRuntime(48, 48, preset="tiny", max_sequence_length=16, budget=Budget(vram_free_bytes=64 * GiB, ram_free_bytes=64 * GiB))
+    runtime.plan(["depth"])
+    assert all(parameter.is_meta for parameter in earlier.parameters())  # counted as free, and freed
+    assert not any(parameter.is_meta for parameter in runtime.space.vae.parameters())  # the job's own VAE stays
     MODEL_CACHE.clear()

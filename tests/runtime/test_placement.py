@@ -80,27 +80,33 @@ def _power_of_two_bytes(module: torch.nn.Module) -> int:
 
 
 @pytest.mark.parametrize("fp8", [False, True])
-def test_offload_groups_lock_exactly_the_host_bytes_the_planner_counts(fp8):
-    """The planner counts one host copy of a streamed model (``ModelSize.stored_bytes``);
-    packing each offload group into one buffer locks exactly that, where pinning every
-    tensor on its own locked each rounded up to a power of two (FLUX 12B: 22.2 -> 34.7 GiB)."""
+@pytest.mark.parametrize("streamed", ["group_offload", "leaf_offload"])
+def test_offload_groups_lock_exactly_the_host_bytes_the_planner_counts(streamed, fp8):
+    """The planner counts what a streamed model locks (``ModelSize.pinned_bytes``: its blocks
+    under block-level offload, whose other tensors diffusers moves from pageable memory, all
+    of it under leaf offload); packing each offload group into one buffer locks exactly that,
+    where pinning every tensor on its own locked each rounded up to a power of two."""
     from poe_backend.runtime.planner import installed_config, model_size
 
     role = "flux.transformer.depth"
     module = _fresh(role)
     if fp8:
         module.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=torch.float32)
-    planned = model_size(role, "diffusers:FluxTransformer2DModel", installed_config(role, "tiny"), dtype=torch.float32).stored_bytes(fp8)
+    planned = model_size(role, "diffusers:FluxTransformer2DModel", installed_config(role, "tiny"), dtype=torch.float32).pinned_bytes(streamed, fp8)
     inputs = {"hidden_states": torch.randn(1, 16, 128), "encoder_hidden_states": torch.randn(1, 4, module.config.joint_attention_dim),
               "pooled_projections": torch.randn(1, module.config.pooled_projection_dim), "timestep": torch.tensor([0.5]), "guidance": torch.tensor([3.5]),
               "txt_ids": torch.zeros(4, 3), "img_ids": torch.zeros(16, 3), "return_dict": False}
     before = module(**inputs)[0]
     per_tensor = _power_of_two_bytes(module)
-    packed = placement.pin_offload_groups(module, register=False)
+    include_rest = streamed == "leaf_offload"
+    packed = placement.pin_offload_groups(module, register=False, include_rest=include_rest)
     assert packed == planned == placement.pinned_bytes(module)
     assert per_tensor > planned
-    storages = {tensor.untyped_storage().data_ptr() for tensor in [*module.parameters(), *module.buffers()]}
-    assert len(storages) == len(placement.offload_groups(module)) == len(module.transformer_blocks) + len(module.single_transformer_blocks) + 1
+    blocks = len(module.transformer_blocks) + len(module.single_transformer_blocks)
+    groups = placement.offload_groups(module, include_rest=include_rest)
+    assert len(groups) == blocks + include_rest
+    storages = {tensor.untyped_storage().data_ptr() for group in groups for tensor in group}
+    assert len(storages) == len(groups)  # one buffer per group
     # the same weights, now views of the group buffers (on the CPU, vector kernels may sum in another order at
     # another alignment; on CUDA the forward reads the device copies)
     torch.testing.assert_close(module(**inputs)[0], before, rtol=1e-5, atol=1e-6)

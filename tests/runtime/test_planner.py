@@ -143,13 +143,13 @@ def test_the_plan_counts_as_pinned_exactly_the_streamed_models_stored_bytes(inse
     streamed model: tests/runtime/test_placement.py), and it is part of the host peak."""
     result = _plan(insertion, 24, 64)
     streamed = [model for model in insertion[0] if result.placements[model.role].placement == "group_offload"]
-    assert streamed and result.pinned_host_bytes == sum(model.stored_bytes(result.placements[model.role].fp8_storage) for model in streamed)
+    assert streamed and result.pinned_host_bytes == sum(model.pinned_bytes("group_offload", result.placements[model.role].fp8_storage) for model in streamed)
     assert result.peak_host_bytes >= result.pinned_host_bytes + planner.HOST_BASELINE_BYTES
     assert _plan(insertion, 141, 64).pinned_host_bytes == 0
 
 
 def test_decode_frees_then_tiles_when_short():
-    model = planner.ModelSize("m", 10 * GiB, 5 * GiB, 10, GiB, 0, GiB // 8)
+    model = planner.ModelSize("m", 10 * GiB, 5 * GiB, 10, GiB, 0, GiB // 8, 0)
     budget = Budget(int(14 * GiB), 64 * GiB)  # reserve 1 GiB -> 13 GiB room
     result = planner.plan([model], GiB, 4 * GiB, budget, alternating=False, tiled_decode_bytes=GiB)
     assert result.decode.free_transformers and not result.decode.tiled
@@ -243,7 +243,7 @@ run = lambda: vae.decode(latents)
 
 def test_refusals_under_small_budgets_name_sizes_in_mib():
     """A budget under 1 GiB (a shared card, a test) gets sizes that say something, not '0.0 GiB of 0.0 GiB'."""
-    model = planner.ModelSize("m", 300 * 2**20, 150 * 2**20, 10, 30 * 2**20, 0, 2**20)
+    model = planner.ModelSize("m", 300 * 2**20, 150 * 2**20, 10, 30 * 2**20, 0, 2**20, 0)
     with pytest.raises(PlanError, match=r"VAE decode needs 600\.0 MiB of"):
         planner.plan([model], 2**20, 600 * 2**20, Budget(GiB + 500 * 2**20, 64 * GiB), alternating=False)
 

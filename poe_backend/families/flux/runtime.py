@@ -132,7 +132,9 @@ class FluxLatentSpace:
         )
         unique = list(dict.fromkeys(prompts))
         embeds, pooled, _ = pipeline.encode_prompt(unique, unique, device=torch.device(encoder_device), max_sequence_length=self.max_sequence_length)
-        by_prompt = {prompt: PromptEmbedding(prompt, embeds[i : i + 1].to(self.device, self.dtype), pooled[i : i + 1].to(self.device, self.dtype)) for i, prompt in enumerate(unique)}
+        # clones: a cached prompt must not keep the whole batch's tensors alive
+        by_prompt = {prompt: PromptEmbedding(prompt, embeds[i : i + 1].to(self.device, self.dtype).clone(), pooled[i : i + 1].to(self.device, self.dtype).clone())
+                     for i, prompt in enumerate(unique)}
         del pipeline, text_encoder, text_encoder_2
         for role in TEXT_ROLES:
             MODEL_CACHE.release(role, self.preset)
