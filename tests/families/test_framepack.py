@@ -134,6 +134,8 @@ def test_prompt_embeddings_are_cached_across_jobs_without_the_text_encoders(comp
     loads = []
     original = MODEL_CACHE.load
     monkeypatch.setattr(MODEL_CACHE, "load", lambda role, *args, **kwargs: loads.append(role) or original(role, *args, **kwargs))
+    original_encoders = MODEL_CACHE.load_encoders  # encoders load together, through one room check
+    monkeypatch.setattr(MODEL_CACHE, "load_encoders", lambda roles, *args, **kwargs: loads.extend(roles) or original_encoders(roles, *args, **kwargs))
     again = FramePackRuntime("inverted", WINDOW, SECTIONS, 32, 32, preset="tiny").encode_prompts(["a cached prompt"])[0]
     assert not [role for role in loads if "text_encoder" in role]
     torch.testing.assert_close(first.embeds, again.embeds)

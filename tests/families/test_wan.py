@@ -177,6 +177,8 @@ def test_prompt_embeddings_are_cached_across_jobs_without_umt5(runtime, monkeypa
     loads = []
     original = MODEL_CACHE.load
     monkeypatch.setattr(MODEL_CACHE, "load", lambda role, *args, **kwargs: loads.append(role) or original(role, *args, **kwargs))
+    original_encoders = MODEL_CACHE.load_encoders  # encoders load together, through one room check
+    monkeypatch.setattr(MODEL_CACHE, "load_encoders", lambda roles, *args, **kwargs: loads.extend(roles) or original_encoders(roles, *args, **kwargs))
     again = WanRuntime(["vace"], NUM_FRAMES, SIZE, SIZE, preset="tiny").encode_prompts(["a cached prompt", ""])
     assert "wan.text_encoder" not in loads
     torch.testing.assert_close(first[0], again[0])
