@@ -360,6 +360,7 @@ def _wrap_loader(replacement) -> None:
     (None: the original loader); either way build time goes to :data:`CLOCK` and a
     diffusion transformer gets timed forwards."""
     from poe_backend.runtime import cache as model_cache
+    from poe_backend.runtime.placement import device_key
 
     original = getattr(model_cache._from_pretrained, "__wrapped__", model_cache._from_pretrained)
     roles = roles_by_path()
@@ -367,7 +368,7 @@ def _wrap_loader(replacement) -> None:
     def from_pretrained(spec, path, dtype, device):
         role = roles.get(str(Path(path).resolve()))
         started = time.perf_counter()
-        component = None if replacement is None or role is None else replacement(role, spec, path, dtype, model_cache.device_key(device))
+        component = None if replacement is None or role is None else replacement(role, spec, path, dtype, device_key(device))
         if component is None:
             component = original(spec, path, dtype, device)
         _synchronize(device)

@@ -198,15 +198,16 @@ class ModelCache:
         spec = get_spec(role, preset)
         dtype = default_dtype(device) if dtype is None else dtype
         with self._lock:
-            entry = self._entries.get(self._key(role, preset, spec, dtype))
+            key = self._key(role, preset, spec, dtype)
+            entry = self._entries.get(key)
             hooked = entry is not None and placement_of(entry.component) in _HOOKED
             if spec.is_module and not hooked and not (entry is not None and _is_on(entry.component, device)):
-                device = self._room_or_fallback(role, preset, [(role, spec, dtype)], device, fallback_device)
-            return self._load(role, preset, spec, dtype, device)
+                device = self._room_or_fallback(role, preset, [(role, key, dtype)], device, fallback_device)
+            return self._load(role, key, spec, dtype, device)
 
-    def _load(self, role: str, preset: str, spec: ModelSpec, dtype: torch.dtype, device: str) -> Any:
-        """Load or move ``role`` onto ``device``; the caller made room."""
-        component = self._entry(role, preset, spec, dtype, device).component
+    def _load(self, role: str, key: tuple[str, str], spec: ModelSpec, dtype: torch.dtype, device: str) -> Any:
+        """Load or move ``role`` (cache key ``key``) onto ``device``; the caller made room."""
+        component = self._entry(role, key, spec, dtype, device).component
         if spec.is_module and placement_of(component) not in _HOOKED and not _is_on(component, device):
             component.to(device)
             component.__dict__.pop("_poe_placement", None)
@@ -217,14 +218,17 @@ class ModelCache:
         """Load encoders that run together (text encoders with their tokenizers) on one
         device: ``device`` when all fit after :meth:`free_memory`, else the CPU. Returns the
         components in ``roles`` order and the device they are on."""
-        roles = list(roles)
-        modules = [(role, spec, dtype) for role in roles if (spec := get_spec(role, preset)).is_module]
+        specs = {role: get_spec(role, preset) for role in roles}
+        keys = {role: self._key(role, preset, spec, dtype) for role, spec in specs.items()}
+        modules = [(role, keys[role], dtype) for role, spec in specs.items() if spec.is_module]
         with self._lock:
             chosen = self._room_or_fallback(", ".join(role for role, _, _ in modules), preset, modules, device, "cpu")
-            return [self._load(role, preset, get_spec(role, preset), dtype, chosen) for role in roles], chosen
+            return [self._load(role, keys[role], spec, dtype, chosen) for role, spec in specs.items()], chosen
 
-    def _room_or_fallback(self, name: str, preset: str, modules: list[tuple[str, ModelSpec, torch.dtype]], device: str, fallback_device: str | None) -> str:
-        required = sum(self._required_bytes(role, preset, spec, dtype, device) for role, spec, dtype in modules)
+    def _room_or_fallback(self, name: str, preset: str, modules: list[tuple[str, tuple[str, str], torch.dtype]], device: str, fallback_device: str | None) -> str:
+        """Make room for ``modules`` (role, cache key, dtype) on ``device``: ``device``, or
+        ``fallback_device`` when they cannot fit (:class:`DeviceMemoryError` without one)."""
+        required = sum(self._added_bytes(key, self._file_bytes(role, preset, dtype), device) for role, key, dtype in modules)
         try:
             self._make_room(name, required, device)
         except DeviceMemoryError:
@@ -244,33 +248,35 @@ class ModelCache:
             key = self._key(role, preset, spec, dtype)
             entry = self._entries.get(key)
             if name.removeprefix("fp8_") == "resident" and not (entry is not None and getattr(entry.component, "_poe_placement", None) == (name, device_key(device))):
-                size = planner.installed_size(role, preset)
-                required = size.stored_bytes(name.startswith("fp8_")) * torch.finfo(dtype).bits // 16
-                self._make_room(role, max(0, required - (0 if entry is None else entry.bytes_on(device_key(device)))), device)
+                stored = planner.installed_size(role, preset).stored_bytes(name.startswith("fp8_")) * torch.finfo(dtype).bits // 16
+                self._make_room(role, self._added_bytes(key, stored, device), device)
             load_device = device if name == "resident" else "cpu"
-            entry = self._entry(role, preset, spec, dtype, load_device)
+            entry = self._entry(role, key, spec, dtype, load_device)
             if needs_reload(entry.component, name):  # fp8 storage changes: the old copy goes before the new one loads
                 self._evict(entry)
                 empty_caches()
-                entry = self._entry(role, preset, spec, dtype, load_device)
+                entry = self._entry(role, key, spec, dtype, load_device)
             placed = apply_placement(entry.component, name, device)
             self._note_peak(device)
             return placed
 
-    def _required_bytes(self, role: str, preset: str, spec: ModelSpec, dtype: torch.dtype, device: str) -> int:
-        """Bytes loading ``role`` in ``dtype`` adds to ``device``: its size from its files'
-        headers (the files' size where they are not safetensors) less what its cached
-        instance already holds there."""
+    @staticmethod
+    def _file_bytes(role: str, preset: str, dtype: torch.dtype) -> int:
+        """Bytes ``role`` takes in ``dtype``, from its files' headers (the files' size where
+        they are not safetensors)."""
         count = parameter_count(role, preset)
-        size = weight_bytes(role, preset) if count is None else count * (torch.finfo(dtype).bits // 8)
-        entry = self._entries.get(self._key(role, preset, spec, dtype))
-        return max(0, size - (0 if entry is None else entry.bytes_on(device_key(device))))
+        return weight_bytes(role, preset) if count is None else count * (torch.finfo(dtype).bits // 8)
+
+    def _added_bytes(self, key: tuple[str, str], size_bytes: int, device: str) -> int:
+        """What putting a model of ``size_bytes`` (cache key ``key``) on ``device`` adds
+        there: its size less what its cached instance already holds on that device."""
+        entry = self._entries.get(key)
+        return max(0, size_bytes - (0 if entry is None else entry.bytes_on(device_key(device))))
 
     def _key(self, role: str, preset: str, spec: ModelSpec, dtype: torch.dtype) -> tuple[str, str]:
         return (str(resolve(role, preset)), str(dtype) if spec.is_module else "-")
 
-    def _entry(self, role: str, preset: str, spec: ModelSpec, dtype: torch.dtype, device: str) -> CachedModel:
-        key = self._key(role, preset, spec, dtype)
+    def _entry(self, role: str, key: tuple[str, str], spec: ModelSpec, dtype: torch.dtype, device: str) -> CachedModel:
         entry = self._entries.get(key)
         if entry is None:
             entry = self._entries[key] = CachedModel(key, _from_pretrained(spec, key[0], dtype, device))
