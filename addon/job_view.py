@@ -19,8 +19,11 @@ LINE_WIDTH = 60
 
 
 def progress_details(progress: dict[str, Any] | None) -> str:
-    """``level 4/10  NFE 37/58  ESS 51  ETA 3s  elapsed 12s`` from a job's ``progress``
-    record (fields that are missing are left out; ``/58`` is the run's planned cost)."""
+    """``level 4/10  NFE 37/58  forwards 74/116  ESS 51  ETA 3s  elapsed 12s`` from a job's
+    ``progress`` record (fields that are missing are left out; ``/58`` is the run's planned
+    cost). NFE counts expert evaluations, forwards the network passes behind them (true
+    classifier-free guidance: two per evaluation; a conditioning term's backward: two
+    more), shown when they differ from the evaluations."""
     progress = progress or {}
     parts = []
     if progress.get("num_levels"):
@@ -28,6 +31,9 @@ def progress_details(progress: dict[str, Any] | None) -> str:
     if progress.get("nfe") is not None:
         planned = f"/{progress['planned_nfe']}" if progress.get("planned_nfe") else ""
         parts.append(f"NFE {progress['nfe']}{planned}")
+    if progress.get("forwards") is not None and (progress.get("forwards"), progress.get("planned_forwards")) != (progress.get("nfe"), progress.get("planned_nfe")):
+        planned = f"/{progress['planned_forwards']}" if progress.get("planned_forwards") else ""
+        parts.append(f"forwards {progress['forwards']}{planned}")
     if progress.get("ess") is not None:
         parts.append(f"ESS {progress['ess']:.0f}")
     if progress.get("eta_s") is not None:

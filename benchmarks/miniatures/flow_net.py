@@ -123,7 +123,7 @@ class LearnedExpert(GenerativeExpert):
     """
 
     def __init__(self, net: VelocityNet, condition: Tensor | None = None) -> None:
-        self.net = net
+        self.net = net.requires_grad_(False)
         self.condition = condition
 
     def velocity(self, x: Tensor, t: float) -> Tensor:
@@ -134,8 +134,7 @@ class LearnedExpert(GenerativeExpert):
         if self.condition is not None:
             condition = self.condition.to(device=parameter.device, dtype=parameter.dtype)
             condition = condition.expand(x.shape[0], -1) if condition.dim() == 1 else condition
-        with torch.no_grad():
-            velocity = self.net(flat, times, condition)
+        velocity = self.net(flat, times, condition)
         return velocity.reshape(x.shape).to(device=x.device, dtype=x.dtype)
 
     def reindex(self, indices: Tensor) -> None:

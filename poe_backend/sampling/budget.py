@@ -9,7 +9,12 @@ Its exponential transport takes none.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from poe_backend.sampling import samplers
+
+if TYPE_CHECKING:
+    from poe_backend.sampling.experts import ProductOfExperts
 
 
 def planned_nfe(sampler: str, levels: list[float], *, num_experts: int, langevin_steps: int = 0, total_weight: float | None = None, transport: samplers.Transport = "euler") -> int:
@@ -37,3 +42,11 @@ def transport_substeps(levels: list[float], total_weight: float) -> int:
     """Extra evaluations per expert the Feynman-Kac transport adds to ``levels`` (0 when
     every gap is stable as it is)."""
     return sum(len(samplers.transport_steps(total_weight, t, t_next, "euler")) - 1 for t, t_next in zip(levels[:-1], levels[1:]) if t_next > 0.0)
+
+
+def planned_forwards(product: "ProductOfExperts", planned: int) -> int:
+    """Network forward-equivalents of a run of ``planned`` expert evaluations
+    (:func:`planned_nfe`) on ``product``: every expert is evaluated equally often, and each
+    round costs :meth:`ProductOfExperts.passes_per_round` (true CFG doubles an expert's
+    forwards, a conditioning term adds its backward)."""
+    return planned // len(product.factors) * product.passes_per_round()

@@ -7,6 +7,10 @@ exact AIS weights. A *discriminative* expert (reward) scores predicted clean sam
 
 Target (paper eq. 1): ``p(x) ∝ Π_i p_i(x)^λ_i · Π_j r_j(x)``; level ``t`` of the annealing
 path is ``π_t(x) ∝ Π_i p_{i,t}(x)^λ_i`` with score ``Σ_i λ_i s_i(x, t)``.
+
+Conditional experts (the paper's final version): ``p(x) ∝ Π_i p_i(x_i | x_pa(i))``, an expert
+conditioned on what its parents generate, approximated for flow experts by an alignment term
+on the child's velocity (:class:`Conditioning`, :meth:`GenerativeExpert.aligned_velocity`).
 """
 
 from __future__ import annotations
@@ -29,10 +33,37 @@ class GenerativeExpert:
     """
 
     has_energy: bool = False
+    #: Network forward passes one evaluation costs for all particles (true classifier-free
+    #: guidance: 2; analytic experts: 0). Progress and the planned cost count them.
+    passes_per_evaluation: int = 1
+    #: Particles per network call (micro-batches; None: all at once).
+    max_batch: int | None = None
 
     def velocity(self, x: Tensor, t: float) -> Tensor:
-        """``E[eps - x0 | x_t = x]``, same shape as ``x``."""
+        """``E[eps - x0 | x_t = x]``, same shape as ``x``. Must be differentiable in ``x``
+        (no ``no_grad`` inside; neural experts freeze their weights instead), so that
+        :meth:`aligned_velocity` can take a vector–Jacobian product through it; the product
+        calls it under ``torch.no_grad`` otherwise."""
         raise NotImplementedError
+
+    def aligned_velocity(self, x: Tensor, t: float, targets: Sequence[Tensor], region: float | Tensor, weight: float) -> Tensor:
+        """The conditional expert's velocity ``v(x) − w ∇_x Σ_p Σ region·(v(x) − v_p)²``
+        (``targets`` = the parents' velocities ``v_p``, held fixed: the stop-gradient;
+        ``region`` broadcastable to one particle, the part of ``x`` the child generates).
+
+        One vector–Jacobian product through the expert per micro-batch of ``max_batch``
+        particles (autograd is on only here, and each micro-batch's graph is freed before the
+        next), so it costs a backward pass per forward. Experts whose conditioning holds
+        per-particle state must override it (none of the conditioned children does)."""
+        aligned = []
+        for rows in particle_batches(x.shape[0], self.max_batch):
+            with torch.enable_grad():
+                leaf = x[rows].detach().requires_grad_(True)
+                velocity = self.velocity(leaf, t)
+                loss = sum((region * (velocity - target[rows]).square()).sum() for target in targets)
+                (gradient,) = torch.autograd.grad(loss, leaf)
+            aligned.append(velocity.detach() - weight * gradient)
+        return torch.cat(aligned)
 
     def log_density_and_score(self, x: Tensor, t: float) -> tuple[Tensor, Tensor]:
         """Unnormalised ``log p_t(x)`` of shape ``(P,)`` and its gradient (shape of ``x``)."""
@@ -55,6 +86,31 @@ class Reward:
 
     def log_potential(self, x0: Tensor, t: float) -> Tensor:
         raise NotImplementedError
+
+
+def particle_batches(count: int, max_batch: int | None) -> list[slice]:
+    """Row slices of ``count`` particles in micro-batches of at most ``max_batch`` (None:
+    one batch)."""
+    size = count if not max_batch else max_batch
+    return [slice(start, min(start + size, count)) for start in range(0, count, size)]
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """Factor ``child`` conditioned on factors ``parents`` (indices into the product's
+    factors): its velocity becomes :meth:`GenerativeExpert.aligned_velocity` towards theirs
+    with ``weight`` (the paper's ``w``) over ``region`` (1.0: the whole event; a map
+    broadcastable to one particle: the part the child generates)."""
+
+    child: int
+    parents: tuple[int, ...]
+    weight: float
+    region: float | Tensor = 1.0
+
+
+#: Forward-equivalents of one aligned (conditioned) pass beyond its forward: the backward
+#: recomputes the checkpointed forward and then takes the input gradient.
+BACKWARD_PASSES = 2
 
 
 @dataclass(frozen=True)
@@ -92,18 +148,31 @@ class Evaluation:
 
 
 class ProductOfExperts:
-    """``Π_i p_i^λ_i · Π_j r_j`` with a forward counter.
+    """``Π_i p_i^λ_i · Π_j r_j`` with cost counters, and optionally conditional experts.
 
-    ``nfe`` counts expert forward passes (each batched over all particles), summed over
-    experts, so ``nfe`` is the cost per particle in the paper's sense.
+    ``nfe`` counts expert evaluations (each batched over all particles), summed over
+    experts, so ``nfe`` is the cost per particle in the paper's sense. ``passes`` counts
+    network forward-equivalents: each evaluation adds its expert's
+    :attr:`~GenerativeExpert.passes_per_evaluation` (two with true CFG), and a conditioned
+    child ``BACKWARD_PASSES`` more per pass. ``conditioning`` lists the conditional experts;
+    parents are evaluated before their children (the links must form no cycle).
     """
 
-    def __init__(self, factors: Sequence[Factor], rewards: Sequence[Reward] = ()) -> None:
+    def __init__(self, factors: Sequence[Factor], rewards: Sequence[Reward] = (), conditioning: Sequence[Conditioning] = ()) -> None:
         if not factors:
             raise ValueError("a product needs at least one generative expert")
         self.factors = list(factors)
         self.rewards = list(rewards)
+        self.conditioning = {link.child: link for link in conditioning}
+        if len(self.conditioning) != len(conditioning):
+            raise ValueError("conditioning: one link per child (list all its parents in it)")
+        self._order = _evaluation_order(len(self.factors), self.conditioning)
         self.nfe = 0
+        self.passes = 0
+
+    def passes_per_round(self) -> int:
+        """Forward-equivalents of evaluating every expert once (see the class docstring)."""
+        return sum(factor.expert.passes_per_evaluation * (1 + BACKWARD_PASSES * (index in self.conditioning)) for index, factor in enumerate(self.factors))
 
     @property
     def has_energy(self) -> bool:
@@ -115,36 +184,48 @@ class ProductOfExperts:
         return sum(factor.weight for factor in self.factors)
 
     def evaluate(self, x: Tensor, t: float, *, with_energy: bool = False) -> Evaluation:
-        """Call every expert once at ``(x, t)``; ``with_energy`` needs :attr:`has_energy`."""
-        scores, velocities, log_density = [], [], None
-        for factor in self.factors:
-            if with_energy:
+        """Call every expert once at ``(x, t)``; ``with_energy`` needs :attr:`has_energy` (and
+        no conditioning)."""
+        scores, velocities, log_density = [], None, None
+        if with_energy:
+            if self.conditioning:
+                raise ValueError("conditional experts have no energy; use a score-only sampler")
+            for factor in self.factors:
                 if isinstance(factor.weight, Tensor):
                     raise ValueError("energies need scalar expert weights, not maps")
                 log_p, score = factor.expert.log_density_and_score(x, t)
                 weighted = factor.weight * log_p
                 log_density = weighted if log_density is None else log_density + weighted
-            else:
-                velocity = factor.expert.velocity(x, t)
-                velocities.append(velocity)
-                score = flow.score_from_velocity(x, t, velocity) if t > 0.0 else torch.zeros_like(x)
-            scores.append(score)
-            self.nfe += 1
+                scores.append(score)
+            self.nfe += len(self.factors)
+        else:
+            velocities = self.velocities(x, t)
+            scores = [flow.score_from_velocity(x, t, velocity) if t > 0.0 else torch.zeros_like(x) for velocity in velocities]
         return Evaluation(
             t=t,
             x=x,
             scores=scores,
             score=self.weighted_sum(scores),
             total_weight=self.total_weight(),
-            velocities=None if with_energy else velocities,
+            velocities=velocities,
             log_density=log_density,
         )
 
     def velocities(self, x: Tensor, t: float) -> list[Tensor]:
-        """Every expert's velocity at ``(x, t)``, nothing derived (the ODE baselines need no
-        scores)."""
+        """Every expert's velocity at ``(x, t)`` in factor order, parents before their
+        conditioned children (whose velocities are aligned to the parents'); nothing
+        derived (the ODE baselines need no scores)."""
+        velocities: list[Tensor | None] = [None] * len(self.factors)
+        for index in self._order:
+            expert, link = self.factors[index].expert, self.conditioning.get(index)
+            if link is None:
+                with torch.no_grad():
+                    velocities[index] = expert.velocity(x, t)
+            else:
+                velocities[index] = expert.aligned_velocity(x, t, [velocities[parent] for parent in link.parents], link.region, link.weight)
         self.nfe += len(self.factors)
-        return [factor.expert.velocity(x, t) for factor in self.factors]
+        self.passes += self.passes_per_round()
+        return velocities
 
     def weighted_sum(self, values: Sequence[Tensor]) -> Tensor:
         """``Σ_i λ_i · values[i]`` (elementwise for map weights); unit weights cost no
@@ -173,3 +254,27 @@ class ProductOfExperts:
         for reward in self.rewards:
             total = total + reward.log_potential(x0, t)
         return total
+
+
+def _evaluation_order(count: int, conditioning: dict[int, Conditioning]) -> list[int]:
+    """Factor indices with every parent before its children (depth-first); ValueError on an
+    unknown index or a cycle."""
+    order: list[int] = []
+    state: dict[int, str] = {}
+
+    def visit(index: int, path: tuple[int, ...]) -> None:
+        if not 0 <= index < count:
+            raise ValueError(f"conditioning: no factor {index} (the product has {count})")
+        if state.get(index) == "done":
+            return
+        if index in path:
+            raise ValueError(f"conditioning: cycle through factors {path + (index,)}")
+        link = conditioning.get(index)
+        for parent in () if link is None else link.parents:
+            visit(parent, path + (index,))
+        state[index] = "done"
+        order.append(index)
+
+    for index in list(conditioning) + list(range(count)):
+        visit(index, ())
+    return order

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, Literal
 
 import torch
 from torch import Tensor
 
 from poe_backend.sampling import resampling
+
+if TYPE_CHECKING:
+    from poe_backend.sampling.experts import ProductOfExperts
+
+#: How a run's result is picked from its particles (:meth:`SampleResult.chosen_index`).
+Selection = Literal["best", "draw"]
 
 
 class SamplingCancelled(RuntimeError):
@@ -19,11 +25,13 @@ class SamplingCancelled(RuntimeError):
 class Progress:
     """One observed sampler step. ``level`` counts from 1 to ``num_levels``; ``step`` is
     the MCMC step within the level (0 = the MCMC-init/transport step); ``nfe`` is expert
-    forwards so far (per particle, summed over experts); ``ess`` in [1, P] or None;
-    ``particles`` the current x-space particles ``(P, ...)`` (a view: copy to keep);
-    ``planned_nfe`` the run's whole cost in the same unit when the caller knows it
-    (:func:`poe_backend.sampling.budget.planned_nfe`), so ``nfe / planned_nfe`` is the
-    exact fraction done."""
+    evaluations so far (per particle, summed over experts); ``forwards`` the network
+    forward-equivalents behind them (:attr:`ProductOfExperts.passes`: true CFG makes an
+    evaluation two forwards, a conditioning term adds its backward); ``ess`` in [1, P] or
+    None; ``particles`` the current x-space particles ``(P, ...)`` (a view: copy to keep);
+    ``planned_nfe`` and ``planned_forwards`` the run's whole cost in the same units when the
+    caller knows it (:func:`poe_backend.sampling.budget.planned_nfe`), so
+    ``forwards / planned_forwards`` is the fraction of the work done."""
 
     level: int
     num_levels: int
@@ -33,10 +41,13 @@ class Progress:
     ess: float | None
     particles: Tensor | None = field(default=None, repr=False, compare=False)
     planned_nfe: int | None = None
+    forwards: int | None = None
+    planned_forwards: int | None = None
 
     def summary(self) -> dict:
         """JSON-ready fields (without the particles)."""
-        return {"level": self.level, "num_levels": self.num_levels, "step": self.step, "t": self.t, "nfe": self.nfe, "planned_nfe": self.planned_nfe, "ess": self.ess}
+        return {"level": self.level, "num_levels": self.num_levels, "step": self.step, "t": self.t, "nfe": self.nfe, "planned_nfe": self.planned_nfe,
+                "forwards": self.forwards, "planned_forwards": self.planned_forwards, "ess": self.ess}
 
 
 @dataclass
@@ -45,7 +56,10 @@ class SampleResult:
     all equal after a final resampling) and statistics. ``ancestors[i]`` is the starting
     slot of particle i (resampling copies particles). ``substeps`` counts the extra
     transport evaluations per expert that split wide level gaps (Feynman-Kac only; known
-    before a run from :func:`poe_backend.sampling.budget.planned_nfe`)."""
+    before a run from :func:`poe_backend.sampling.budget.planned_nfe`). ``forwards``: network
+    forward-equivalents (:attr:`Progress.forwards`). ``scores``: every particle's exact
+    discriminative score at the end, ``Σ_j log r_j(x)`` ``(P,)``, when the product has
+    rewards and the run reached t = 0 (else None)."""
 
     particles: Tensor
     log_weights: Tensor
@@ -56,9 +70,17 @@ class SampleResult:
     ancestors: Tensor | None = None
     acceptance_rate: float | None = None
     substeps: int = 0
+    forwards: int = 0
+    scores: Tensor | None = None
 
-    def chosen_index(self, seed: int) -> int:
-        """The particle a user gets (:func:`resampling.chosen_particle`: drawn by weight)."""
+    def chosen_index(self, seed: int, select: Selection = "draw") -> int:
+        """The particle a user gets: ``"best"`` the highest discriminative score (the paper's
+        output; needs :attr:`scores`), ``"draw"`` one drawn by weight with ``seed``
+        (:func:`resampling.chosen_particle`)."""
+        if select == "best":
+            if self.scores is None:
+                raise ValueError("select='best' needs rewards: this run has no discriminative scores")
+            return int(torch.argmax(self.scores.detach().double().cpu()))
         return resampling.chosen_particle(self.log_weights, seed)
 
     def equally_weighted(self, generator: torch.Generator) -> Tensor:
@@ -76,6 +98,8 @@ class SampleResult:
             "resample_count": self.resample_count,
             "acceptance_rate": self.acceptance_rate,
             "substeps": self.substeps,
+            "forwards": self.forwards,
+            "scores": None if self.scores is None else [float(value) for value in self.scores.detach().double().cpu()],
         }
 
 
@@ -88,10 +112,11 @@ class Observer:
     callback: Callable[[Progress], None] | None = None
     should_stop: Callable[[], bool] | None = None
 
-    def step(self, level: int, step: int, t: float, nfe: int, particles: Callable[[], Tensor], log_weights: Tensor | None = None) -> None:
-        """``particles()`` gives the x-space particles; it runs only when there is a callback."""
+    def step(self, level: int, step: int, t: float, product: "ProductOfExperts", particles: Callable[[], Tensor], log_weights: Tensor | None = None) -> None:
+        """Report the product's cost so far; ``particles()`` gives the x-space particles (it
+        runs only when there is a callback)."""
         if self.callback is not None:
             ess = None if log_weights is None else resampling.effective_sample_size(log_weights)
-            self.callback(Progress(level, self.num_levels, step, t, nfe, ess, particles()))
+            self.callback(Progress(level, self.num_levels, step, t, product.nfe, ess, particles(), forwards=product.passes))
         if self.should_stop is not None and self.should_stop():
             raise SamplingCancelled(f"cancelled at level {level}, step {step}")

@@ -77,11 +77,11 @@ def sample_ais(
         state = _twisted_energy_state(product, x, t)
         log_weights = log_weights + state.log_density - (0.0 if previous is None else previous)
         state, log_weights = tracker.maybe_resample(generator, product, log_weights, ess_threshold, state, _index_energy_state)
-        observer.step(level, 0, t, product.nfe, lambda: state.x, log_weights)
+        observer.step(level, 0, t, product, lambda: state.x, log_weights)
         for step in range(1, langevin_steps + 1):
             state, accepted = mcmc.mala_step(generator, state, step_size, lambda z: _twisted_energy_state(product, z, t))
             step_size *= math.exp(tracker.record_acceptance(accepted) - TARGET_ACCEPTANCE)
-            observer.step(level, step, t, product.nfe, lambda: state.x, log_weights)
+            observer.step(level, step, t, product, lambda: state.x, log_weights)
         x, previous = state.x, state.log_density
     return tracker.finish(product, state.x, log_weights, "ais (energies, MALA)")
 
@@ -97,6 +97,7 @@ def sample_fkc(
     ess_threshold: float = 0.5,
     metropolis: bool = True,
     transport: Transport = "euler",
+    fk_scale: float = 1.0,
     start: Tensor | None = None,
     callback: Callback = None,
     should_stop: StopFlag = None,
@@ -119,6 +120,9 @@ def sample_fkc(
     no weight can undo it: several times further from the exact product than g = 1 on the
     learned products of ``benchmarks/learned_experts.py`` at the task settings (README.md,
     Measurements, transport step).
+    ``fk_scale`` multiplies the transport increment: 1 keeps the Feynman-Kac weights of the
+    product (exact); 0 leaves the rewards' twist ratios alone, what the paper resamples by;
+    values between temper the product's part (a bias traded for weights the reward drives).
     Resample on low ESS, then
     ``langevin_steps`` Langevin correctors with ``η = step_scale · σ² / Σλ``, each move
     accepted by the score-only Metropolis test (:func:`mcmc.score_only_log_ratio`) when
@@ -150,7 +154,7 @@ def sample_fkc(
         tracker.substeps += len(steps) - 1
         for t_from, t_to in steps:
             delta_u = flow.sigma_from_t(t_from) ** 2 - flow.sigma_from_t(t_to) ** 2
-            log_weights = log_weights + _transport_log_weight(product, evaluation, delta_u)
+            log_weights = log_weights + fk_scale * _transport_log_weight(product, evaluation, delta_u)
             y = _transport_step(product, y, evaluation, t_to, transport, generator)
             evaluation = product.evaluate(flow.x_from_y(y, t_to), t_to)
             new_twist = product.twist(evaluation)
@@ -158,14 +162,15 @@ def sample_fkc(
         (y, evaluation, twist), log_weights = tracker.maybe_resample(
             generator, product, log_weights, ess_threshold, (y, evaluation, twist), _index_y_state
         )
-        observer.step(level, 0, t_next, product.nfe, lambda: flow.x_from_y(y, t_next), log_weights)
+        observer.step(level, 0, t_next, product, lambda: flow.x_from_y(y, t_next), log_weights)
         y, evaluation, twist = _langevin_correctors(product, y, evaluation, twist, langevin_steps, step_scale, generator, observer, level, log_weights, tracker, metropolis)
     if levels[-1] > 0.0:
         return tracker.finish(product, flow.x_from_y(y, levels[-1]), log_weights, "fkc (score-only, Feynman-Kac weights)")
     x = evaluation.x0 if evaluation.t > 0.0 else evaluation.x
-    log_weights = log_weights + _transport_log_weight(product, evaluation, flow.sigma_from_t(evaluation.t) ** 2) + product.log_potential(x, 0.0) - twist
-    observer.step(len(levels), 0, 0.0, product.nfe, lambda: x, log_weights)
-    return tracker.finish(product, x, log_weights, "fkc (score-only, Feynman-Kac weights)")
+    scores = product.log_potential(x, 0.0)
+    log_weights = log_weights + fk_scale * _transport_log_weight(product, evaluation, flow.sigma_from_t(evaluation.t) ** 2) + scores - twist
+    observer.step(len(levels), 0, 0.0, product, lambda: x, log_weights)
+    return tracker.finish(product, x, log_weights, "fkc (score-only, Feynman-Kac weights)", scores)
 
 
 def sample_annealed_langevin(
@@ -195,11 +200,11 @@ def sample_annealed_langevin(
         x0 = evaluation.x0
         if t_next == 0.0:
             y = x0  # the clean prediction: no forward at t = 0, no noise left
-            observer.step(level, 0, 0.0, product.nfe, lambda: y)
+            observer.step(level, 0, 0.0, product, lambda: y)
             break
         y = x0 + (flow.sigma_from_t(t_next) / flow.sigma_from_t(t)) * (y - x0)
         evaluation = product.evaluate(flow.x_from_y(y, t_next), t_next)
-        observer.step(level, 0, t_next, product.nfe, lambda: flow.x_from_y(y, t_next))
+        observer.step(level, 0, t_next, product, lambda: flow.x_from_y(y, t_next))
         y, evaluation, _ = _langevin_correctors(product, y, evaluation, None, langevin_steps, step_scale, generator, observer, level, None, tracker, metropolis=False)
         if product.rewards and t_next > 0.0:
             potential = product.twist(evaluation)
@@ -207,7 +212,8 @@ def sample_annealed_langevin(
             y, evaluation, previous = y[indices], _index_evaluation(evaluation, indices), potential[indices]
             tracker.record_resampling(product, indices)
     x = flow.x_from_y(y, levels[-1])
-    return tracker.finish(product, x, product.log_potential(x, 0.0) - previous, "annealed langevin (paper, unweighted)")
+    scores = product.log_potential(x, 0.0)
+    return tracker.finish(product, x, scores - previous, "annealed langevin (paper, unweighted)", scores if levels[-1] == 0.0 else None)
 
 
 def sample_summed_velocity(
@@ -228,8 +234,9 @@ def sample_summed_velocity(
     x = noise * levels[0] if start is None else start
     for level, (t, t_next) in enumerate(zip(levels[:-1], levels[1:]), start=2):
         x = x + (t_next - t) * product.weighted_sum(product.velocities(x, t))
-        observer.step(level, 0, t_next, product.nfe, lambda: x)
-    return tracker.finish(product, x, product.log_potential(x, 0.0), "summed-velocity ODE (naive)")
+        observer.step(level, 0, t_next, product, lambda: x)
+    scores = product.log_potential(x, 0.0)
+    return tracker.finish(product, x, scores, "summed-velocity ODE (naive)", scores if levels[-1] == 0.0 else None)
 
 
 def _transport_step(product: ProductOfExperts, y: Tensor, evaluation: Evaluation, t_to: float, transport: Transport, generator: torch.Generator) -> Tensor:
@@ -343,7 +350,7 @@ def _langevin_correctors(
                 y, evaluation, twist = _where(accepted, (proposal, proposed, proposed_twist), (y, evaluation, twist))
         else:
             y, evaluation = proposal, proposed
-        observer.step(level, step, t, product.nfe, lambda: flow.x_from_y(y, t), log_weights)
+        observer.step(level, step, t, product, lambda: flow.x_from_y(y, t), log_weights)
     return y, evaluation, twist
 
 
@@ -424,7 +431,9 @@ class _Tracker:
         self.acceptances.append(rate)
         return rate
 
-    def finish(self, product: ProductOfExperts, x: Tensor, log_weights: Tensor, path: str) -> SampleResult:
+    def finish(self, product: ProductOfExperts, x: Tensor, log_weights: Tensor, path: str, scores: Tensor | None = None) -> SampleResult:
+        """The result; ``scores`` the exact rewards ``Σ_j log r_j(x)`` at t = 0 (when the
+        run has rewards and reached t = 0)."""
         self.ess_history.append(resampling.effective_sample_size(log_weights))
         return SampleResult(
             particles=x,
@@ -436,4 +445,6 @@ class _Tracker:
             ancestors=self.ancestors,
             acceptance_rate=sum(self.acceptances) / len(self.acceptances) if self.acceptances else None,
             substeps=self.substeps,
+            forwards=product.passes,
+            scores=scores if product.rewards else None,
         )

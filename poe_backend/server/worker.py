@@ -41,8 +41,8 @@ from poe_backend.server.errors import JobFailure
 
 #: The progress report's fields, in their shared-memory order (``ess``, ``eta_s``: NaN
 #: stands for None).
-PROGRESS_FIELDS = ("level", "num_levels", "step", "t", "nfe", "planned_nfe", "ess", "fraction", "elapsed_s", "eta_s")
-INTEGER_FIELDS = frozenset({"level", "num_levels", "step", "nfe", "planned_nfe"})
+PROGRESS_FIELDS = ("level", "num_levels", "step", "t", "nfe", "planned_nfe", "forwards", "planned_forwards", "ess", "fraction", "elapsed_s", "eta_s")
+INTEGER_FIELDS = frozenset({"level", "num_levels", "step", "nfe", "planned_nfe", "forwards", "planned_forwards"})
 #: Seconds between checks that the server process is still alive (a job process whose
 #: server was killed exits within this time).
 PARENT_CHECK_S = 1.0
@@ -279,8 +279,10 @@ def _release_device_memory() -> None:
 
 class ProgressMeter:
     """Turns sampler :class:`~poe_backend.sampling.Progress` reports into a monotonic
-    fraction (0..1) and an ETA (seconds). The fraction is ``nfe / planned_nfe`` when the
-    report carries the run's planned cost (every task's sampler run does), else it is
+    fraction (0..1) and an ETA (seconds). The fraction is ``forwards / planned_forwards``
+    (network forward-equivalents: true CFG's two passes and a conditioning term's backward
+    counted) when the report carries the run's planned cost (every task's sampler run
+    does), else ``nfe / planned_nfe``, else it is
     counted in levels, with the steps per level learnt from the first level (the largest
     step index seen + 1)."""
 
@@ -291,7 +293,10 @@ class ProgressMeter:
         self.fraction = 0.0
 
     def update(self, progress: Any) -> dict[str, Any]:
-        fraction = progress.nfe / progress.planned_nfe if progress.planned_nfe else self._level_fraction(progress)
+        if getattr(progress, "planned_forwards", None):
+            fraction = progress.forwards / progress.planned_forwards
+        else:
+            fraction = progress.nfe / progress.planned_nfe if progress.planned_nfe else self._level_fraction(progress)
         self.fraction = min(1.0, max(self.fraction, fraction))
         elapsed = time.monotonic() - self.start
         eta = elapsed * (1.0 - self.fraction) / self.fraction if self.fraction > 0 else None

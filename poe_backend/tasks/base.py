@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from poe_backend.bundle import Bundle
 from poe_backend.sampling import SampleResult, sample_annealed_langevin, sample_fkc, sample_summed_velocity
-from poe_backend.sampling.budget import planned_nfe
+from poe_backend.sampling.budget import planned_forwards, planned_nfe
 from poe_backend.sampling.run import Progress
 
 RESULT_FILE = "result.json"
@@ -160,7 +160,8 @@ def run_sampler(name: SamplerName, product: Any, noise: Any, levels: list[float]
     """Run sampler ``name`` with the task's callback and cancel flag; ``options`` (e.g.
     ``langevin_steps``, ``step_scale``, ``ess_threshold``, ``transport``) go to the samplers that take them.
     Every progress report carries the run's exact cost, known before it starts
-    (``Progress.planned_nfe``: transport substeps included), so the first report, after
+    (``Progress.planned_nfe``: transport substeps included; ``planned_forwards``: the network
+    forward-equivalents behind them), so the first report, after
     one step, already says what the whole run costs (options not given count at the
     sampler's own defaults)."""
     sampler, taken = SAMPLERS[name], sampler_options(name, **options)
@@ -169,7 +170,8 @@ def run_sampler(name: SamplerName, product: Any, noise: Any, levels: list[float]
         total = product.total_weight()
         costs = {key: taken.get(key, parameter.default) for key, parameter in inspect.signature(sampler).parameters.items() if key in ("langevin_steps", "transport")}
         planned = planned_nfe(name, levels, num_experts=len(product.factors), total_weight=float(total.max()) if hasattr(total, "max") else float(total), **costs)
-        callback = lambda progress: context.callback(replace(progress, planned_nfe=planned))  # noqa: E731
+        forwards = planned_forwards(product, planned)
+        callback = lambda progress: context.callback(replace(progress, planned_nfe=planned, planned_forwards=forwards))  # noqa: E731
     return sampler(product, noise, levels, generator=generator, callback=callback, should_stop=context.should_stop, **taken)
 
 

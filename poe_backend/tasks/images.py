@@ -167,6 +167,27 @@ def write_outputs(out_dir: Path, image: np.ndarray, particles: np.ndarray | None
     return outputs
 
 
+def write_expert_inputs(out_dir: Path, seen: dict[str, dict[str, np.ndarray]]) -> tuple[dict[str, Path], dict[str, dict[str, str]]]:
+    """Write what each expert was given as PNGs (``seen``: expert name -> input name ->
+    ``(H, W, 3)`` or ``(H, W)`` uint8 at the run's resolution) to ``inputs/<expert>_<input>.png``;
+    returns the output names -> paths (for ``outputs``) and ``expert_inputs`` (expert ->
+    input -> output name) for ``result.json``, so a result can be checked against its inputs."""
+    (out_dir / "inputs").mkdir(parents=True, exist_ok=True)
+    outputs, listing = {}, {}
+    for expert, inputs in seen.items():
+        for name, image in inputs.items():
+            key = f"{expert}_{name}"
+            outputs[key] = out_dir / "inputs" / f"{key}.png"
+            Image.fromarray(image).save(outputs[key])
+            listing.setdefault(expert, {})[name] = key
+    return outputs, listing
+
+
+def as_uint8(values: np.ndarray) -> np.ndarray:
+    """An array in [0, 1] -> uint8 (rounded)."""
+    return (np.clip(values, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
 def manifest(task: str, context: TaskContext, params: ImageParams, seed: int, **extra: Any) -> dict[str, Any]:
     """The reproducibility record: task, bundle, effective params, seed, model preset and the
     exact model specs used, device, torch/diffusers versions, plus ``extra``."""

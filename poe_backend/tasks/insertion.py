@@ -27,6 +27,7 @@ from pydantic import Field
 
 from poe_backend.bundle import BundleError
 from poe_backend.sampling import Factor, ProductOfExperts
+from poe_backend.sampling.experts import Conditioning
 from poe_backend.sampling.resampling import chosen_particle
 from poe_backend.tasks import images
 from poe_backend.tasks.base import Task, TaskContext, TaskResult, seed_for
@@ -81,6 +82,7 @@ class InsertionParams(images.ImageParams):
     rf_guidance: float = Field(2.0, ge=0.0, le=100.0)
     rf_inject: int = Field(2, ge=0, le=50, description="RF-Solver V-sharing steps (0: off)")
     rf_share_blocks: int = Field(18, ge=0, le=38, description="last single-stream blocks whose V is shared")
+    cond_weight: float = Field(0.0, ge=0.0, le=10.0, description="conditional experts (product only): Fill, the child, aligned to Depth, its parent, over the object's tokens (0: off)")
 
 
 class InsertionTask(Task):
@@ -128,6 +130,8 @@ class InsertionTask(Task):
         outputs = images.write_outputs(context.out_dir, final, decoded if params.save_particles else None, log_weights)
         Image.fromarray(decoded[best]).save(context.out_dir / "raw.png")
         outputs["raw"] = context.out_dir / "raw.png"
+        written, seen = images.write_expert_inputs(context.out_dir, expert_inputs(params, bundle, plate, depth, mask, (height, width)))
+        outputs.update(written)
         timer.mark("decode_and_write")
         record = images.manifest(
             self.name,
@@ -141,6 +145,7 @@ class InsertionTask(Task):
             sampler_stats=stats,
             placement=runtime.describe(),
             mask_pixels=int(mask.sum()),
+            expert_inputs=seen,
             model_specs={role: specs.get_spec(role, context.models).describe() for role in roles},
             seconds=timer.seconds,
         )
@@ -192,12 +197,33 @@ def run_product(runtime, params: InsertionParams, embedding, plate, depth, mask,
     if "fill" in kinds:
         expert = runtime.expert("fill", embedding, guidance=params.guidance_fill, condition=runtime.fill_condition(plate, mask), max_batch=params.max_batch)
         factors.append(Factor(expert, params.fill_weight))
-    product = ProductOfExperts(factors)
+    product = ProductOfExperts(factors, conditioning=conditioning(params, kinds, mask, runtime.device))
     generator, noise = images.start_noise(seed, params.particles, runtime.event_shape)
     levels = images.levels_for(params, runtime.num_tokens)
     result = images.run_sampler(params, product, noise.to(context.device), levels, generator, context)
     stats = {**result.stats(), "sampler": params.sampler, "levels": levels, "expert_calls": {f.expert.name: f.expert.calls for f in factors}}
     return result.particles, result.log_weights.float().cpu(), stats
+
+
+def conditioning(params: InsertionParams, kinds: list[str], mask: np.ndarray, device: str) -> list[Conditioning]:
+    """The paper's conditional experts for insertion, ``p_depth(x) · p_fill(x_obj | x)``:
+    Depth is the parent (it holds the scene's exact geometry with the object in it, from
+    the render), Fill the child over the object's tokens (the region it generates; outside
+    it Fill is already conditioned on the plate). The term pulls Fill's velocity towards
+    Depth's where the object goes, the controllability the paper's ablation measures.
+    Empty when ``cond_weight`` is 0 or one expert runs alone."""
+    if params.cond_weight == 0.0 or kinds != ["depth", "fill"]:
+        return []
+    return [Conditioning(child=1, parents=(0,), weight=params.cond_weight, region=token_region(mask).to(device))]
+
+
+def token_region(mask: np.ndarray) -> torch.Tensor:
+    """A pixel mask ``(H, W)`` in [0, 1] -> FLUX's per-token share ``(N, 1)`` (each packed
+    token covers 16×16 pixels, row-major as the packing orders them)."""
+    from poe_backend.families.flux.runtime import TOKEN_PIXELS
+
+    pooled = torch.nn.functional.avg_pool2d(torch.from_numpy(np.asarray(mask, dtype=np.float32))[None, None], TOKEN_PIXELS)
+    return pooled.reshape(-1, 1)
 
 
 def run_rf_solver(runtime, params: InsertionParams, embeddings, source: np.ndarray, context: TaskContext):
@@ -224,6 +250,24 @@ def run_rf_solver(runtime, params: InsertionParams, embeddings, source: np.ndarr
         sharing.remove()
     stats = {"path": f"rf-solver inversion + edit (V shared in {sharing.inject} steps)", "nfe_per_particle": nfe + more, "levels": times}
     return edited, torch.zeros(1), stats
+
+
+def expert_inputs(params: InsertionParams, bundle, plate: np.ndarray, depth: np.ndarray, mask: np.ndarray, size: tuple[int, int]) -> dict[str, dict[str, np.ndarray]]:
+    """What each expert of ``params.method`` was given, as images at the run's resolution:
+    Depth its normalised disparity (near = white), Fill the masked plate (the object's
+    pixels grey, as ``image · (1 − mask)`` in [-1, 1] is) and the mask, RF-Solver's inversion
+    the source render."""
+    from poe_backend.families.flux.runtime import disparity_from_depth
+
+    binary = (mask >= 0.5)[..., None]
+    seen: dict[str, dict[str, np.ndarray]] = {}
+    if "depth" in transformer_kinds(params.method):
+        seen["depth"] = {"control": images.as_uint8(disparity_from_depth(depth))}
+    if "fill" in transformer_kinds(params.method):
+        seen["fill"] = {"masked_plate": np.where(binary, np.uint8(128), plate), "mask": images.as_uint8(mask)}
+    if params.method == "rf_solver":
+        seen["inversion"] = {"source": read_source(bundle, size)}
+    return seen
 
 
 def feathered(mask: np.ndarray, feather_px: int) -> np.ndarray:

@@ -4,9 +4,11 @@ Product (paper, "regional text-to-image"): a global FLUX.1 [dev] expert × one F
 expert per region prompt, with per-token weight maps from the boxes that add up to 1 on
 every token (inside a box ``p_global^(1−α)·p_region^α``, α = ``region_strength``; see
 :func:`poe_backend.families.flux.runtime.regional_weights`), × VQAScore as a discriminative expert on the decoded clean predictions, with
-particles and resampling (score-only Feynman-Kac path by default). The final image is one
-particle drawn by weight with the job's seed (:func:`~poe_backend.sampling.resampling.chosen_particle`);
-all particles are written.
+particles and resampling (score-only Feynman-Kac path by default). The final image is the
+particle with the highest final VQAScore, the paper's output (``select="draw"``: one drawn
+by weight with the job's seed); every particle's score is recorded and all particles are
+written. ``cond_weight`` > 0 conditions each region expert on the global one
+(:func:`conditioning`).
 
 Regions come from the bundle's objects: each object with a non-empty ``prompt`` and a box on
 the first frame (``bbox_px[0]``, scaled to the run's resolution). Objects with a prompt but
@@ -28,7 +30,8 @@ from pydantic import Field
 
 from poe_backend.bundle import BundleError
 from poe_backend.sampling import Factor
-from poe_backend.sampling.resampling import chosen_particle
+from poe_backend.sampling.experts import Conditioning
+from poe_backend.sampling.run import Selection
 from poe_backend.tasks import images
 from poe_backend.tasks.base import Task, TaskContext, TaskResult, seed_for
 
@@ -47,6 +50,8 @@ class RegionalParams(images.ImageParams):
     vqa_strength: float = Field(1.0, ge=0.0, le=100.0)
     vqa_max_pixels: int = Field(448 * 448, ge=28 * 28, le=2048 * 2048)
     layout_parser: bool = Field(False, description="propose boxes with the LLM when the bundle has none")
+    select: Selection = Field("best", description="the result: best = the particle with the highest VQAScore (the paper's output); draw = one drawn by weight with the seed")
+    cond_weight: float = Field(0.0, ge=0.0, le=10.0, description="conditional experts: each region expert, the child, aligned to the global expert, its parent, over its box's tokens (0: off)")
 
 
 class RegionalT2ITask(Task):
@@ -107,14 +112,15 @@ class RegionalT2ITask(Task):
             params = params.model_copy(update={"sampler": "summed_velocity"})
         timer.mark("load_and_encode")
 
-        product = flux.RegionalProduct(factors, rewards)
+        product = flux.RegionalProduct(factors, rewards, conditioning=conditioning(factors, params.cond_weight))
         generator, noise = images.start_noise(seed, params.particles, runtime.event_shape)
         levels = images.levels_for(params, runtime.num_tokens)
         result = images.run_sampler(params, product, noise.to(context.device), levels, generator, context)
         timer.mark("sample")
         log_weights = result.log_weights.float().cpu()
         decoded = images.to_uint8(runtime.decode(result.particles))
-        best = chosen_particle(log_weights, seed)
+        select = params.select if result.scores is not None else "draw"
+        best = result.chosen_index(seed, select)
         outputs = images.write_outputs(context.out_dir, decoded[best], decoded if params.save_particles else None, log_weights)
         timer.mark("decode_and_write")
         record = images.manifest(
@@ -128,6 +134,8 @@ class RegionalT2ITask(Task):
             layout_parser=layout,
             resolution=[height, width],
             chosen_index=best,
+            selected_by="highest VQAScore" if select == "best" else "drawn by weight",
+            particle_scores=None if result.scores is None else result.scores.tolist(),
             log_weights=log_weights.tolist(),
             vqascore=None if reward is None else reward.last_scores,
             sampler_stats={**result.stats(), "sampler": params.sampler, "levels": levels, "expert_calls": [f.expert.calls for f in factors]},
@@ -153,6 +161,16 @@ def read_regions(bundle, height: int, width: int) -> tuple[list[tuple[str, list[
         scaled = [int(box[0] * scale_x), int(box[1] * scale_y), max(int(box[0] * scale_x) + 1, round(box[2] * scale_x)), max(int(box[1] * scale_y) + 1, round(box[3] * scale_y))]
         regions.append((obj.prompt.strip(), scaled))
     return regions, skipped
+
+
+def conditioning(factors: list[Factor], cond_weight: float) -> list[Conditioning]:
+    """The paper's conditional experts for layouts: the global expert (factor 0) is every
+    region expert's parent, and each region expert the child over its box's tokens (where
+    its weight map is non-zero), so a region's content is drawn to agree with the global
+    composition around it. Empty when ``cond_weight`` is 0 or there are no regions."""
+    if cond_weight == 0.0:
+        return []
+    return [Conditioning(child=index, parents=(0,), weight=cond_weight, region=(factor.weight > 0).to(factor.weight.dtype)) for index, factor in enumerate(factors) if index > 0]
 
 
 def build_factors(runtime, embeddings, regions, params: RegionalParams) -> list[Factor]:

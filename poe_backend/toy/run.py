@@ -107,6 +107,8 @@ def _run_autoregressive(spec: ToySpec, product: ProductOfExperts, levels: list[f
 class _ScoreOnly(GenerativeExpert):
     """Hides an analytic expert's energy so only its velocity is used."""
 
+    passes_per_evaluation = 0
+
     def __init__(self, expert: GenerativeExpert) -> None:
         self.expert = expert
 

@@ -17,6 +17,8 @@ def test_progress_details_lists_level_nfe_ess_eta_and_elapsed():
     assert text == "level 4/10  NFE 37  ESS 51  ETA 3s  elapsed 12s"
     assert job_view.progress_details({"level": 1, "num_levels": 2}) == "level 1/2"
     assert job_view.progress_details({"nfe": 12, "planned_nfe": 58}) == "NFE 12/58"
+    assert job_view.progress_details({"nfe": 12, "planned_nfe": 58, "forwards": 12, "planned_forwards": 58}) == "NFE 12/58"
+    assert job_view.progress_details({"nfe": 12, "planned_nfe": 58, "forwards": 24, "planned_forwards": 116}) == "NFE 12/58  forwards 24/116"  # true CFG
 
 
 def test_failure_lines_give_the_reason_then_what_to_do():

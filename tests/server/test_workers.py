@@ -118,3 +118,6 @@ def test_progress_fraction_is_the_share_of_the_planned_cost():
     assert report["fraction"] == 0.25 and decode_progress(encode_progress(report))["planned_nfe"] == 40
     unplanned = ProgressMeter().update(Progress(level=2, num_levels=4, step=0, t=0.5, nfe=10, ess=None))
     assert unplanned["fraction"] == 0.5 and unplanned["planned_nfe"] is None  # counted in levels
+    # work counted in network forward-equivalents when known (a conditioned child's backward, true CFG)
+    weighted = ProgressMeter().update(Progress(level=1, num_levels=4, step=0, t=0.9, nfe=10, ess=None, planned_nfe=40, forwards=30, planned_forwards=60))
+    assert weighted["fraction"] == 0.5 and decode_progress(encode_progress(weighted))["planned_forwards"] == 60

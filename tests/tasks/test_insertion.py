@@ -47,6 +47,32 @@ def test_product_writes_image_particles_and_manifest(tmp_path):
     assert {p.planned_nfe for p in progress} == {manifest["sampler_stats"]["nfe_per_particle"]}
 
 
+def test_expert_inputs_are_saved_and_listed(tmp_path):
+    """What Depth and Fill were given is written and listed in result.json: the disparity
+    (near = white, background black), the masked plate (the object's pixels grey, the rest
+    the plate) and the mask."""
+    _, out = run(tmp_path, "inputs", {**FAST, "particles": 1})
+    manifest = json.loads((out / "result.json").read_text())
+    assert manifest["expert_inputs"] == {"depth": {"control": "depth_control"}, "fill": {"masked_plate": "fill_masked_plate", "mask": "fill_mask"}}
+    control = np.asarray(Image.open(out / manifest["outputs"]["depth_control"]))
+    mask = np.asarray(Image.open(out / manifest["outputs"]["fill_mask"])) > 127
+    masked = np.asarray(Image.open(out / manifest["outputs"]["fill_masked_plate"]))
+    plate = np.asarray(Image.open(out / "image.png"))  # blended: the plate outside the mask
+    assert control.shape == (HEIGHT, WIDTH) and control.max() == 255 and mask.any()
+    assert (masked[mask] == 128).all() and np.array_equal(masked[~mask], plate[~mask])
+
+
+def test_conditioned_product_counts_the_backward(tmp_path):
+    """cond_weight > 0: Fill is aligned to Depth over the object's tokens; each round costs
+    Depth's forward + Fill's forward and backward (1 + 3), planned and done alike, and the
+    result differs from the unconditioned run."""
+    progress = []
+    _, out = run(tmp_path, "conditioned", {**FAST, "cond_weight": 0.5}, callback=progress.append)
+    _, plain = run(tmp_path, "plain", FAST)
+    assert progress[-1].forwards == progress[-1].planned_forwards == progress[-1].nfe // 2 * 4
+    assert not np.array_equal(np.asarray(Image.open(out / "raw.png")), np.asarray(Image.open(plain / "raw.png")))
+
+
 def test_mask_preservation_and_determinism(tmp_path):
     _, first = run(tmp_path, "a", FAST)
     _, second = run(tmp_path, "b", FAST)

@@ -41,15 +41,30 @@ def test_regional_product_with_vqascore(tmp_path):
     assert np.asarray(Image.open(out / "image.png")).shape == (HEIGHT, WIDTH, 3)
     particles = np.load(out / "particles.npz")
     assert particles["images"].shape == (3, HEIGHT, WIDTH, 3)
-    # the image is the particle drawn by weight with the job's seed (not the largest weight)
-    chosen = manifest["chosen_index"]
-    assert chosen == chosen_particle(torch.from_numpy(particles["log_weights"]), manifest["seed"])
+    # the image is the particle with the highest final VQAScore (the paper's output)
+    chosen, scores = manifest["chosen_index"], manifest["particle_scores"]
+    assert len(scores) == 3 and chosen == int(np.argmax(scores)) and manifest["selected_by"] == "highest VQAScore"
     assert np.array_equal(particles["images"][chosen], np.asarray(Image.open(out / "image.png")))
     assert set(manifest["vqascore"]) == {"a park", "a dog", "a cat"}
     assert all(0 < score < 1 for scores in manifest["vqascore"].values() for score in scores)
     assert manifest["skipped_regions"] == ["bird"]
     assert manifest["sampler_stats"]["expert_calls"] == [3, 3, 3]  # start, Langevin step, transport; none at t=0
     assert manifest["sampler_stats"]["resample_count"] >= 1  # ess_threshold 1 resamples
+
+
+def test_draw_selection_and_conditioned_regions(tmp_path):
+    """select=draw hands out the particle drawn by weight with the seed; cond_weight > 0
+    aligns each region expert to the global one (a backward per region evaluation)."""
+    progress = []
+    bundle = regional_bundle(tmp_path / "bundle")
+    task = get_task("regional_t2i")
+    context = TaskContext(bundle=bundle, params=task.Params(**FAST, select="draw", cond_weight=0.1), out_dir=tmp_path / "out", models="tiny", callback=progress.append)
+    context.out_dir.mkdir()
+    manifest = task.run(context).manifest
+    log_weights = torch.tensor(manifest["log_weights"], dtype=torch.float64)
+    assert manifest["chosen_index"] == chosen_particle(log_weights, manifest["seed"]) and manifest["selected_by"] == "drawn by weight"
+    # global + 2 regions, each region a conditioned child: 1 + 2 × 3 forward-equivalents per round
+    assert progress[-1].forwards == progress[-1].planned_forwards == progress[-1].nfe // 3 * 7
 
 
 def test_flux_baseline_and_determinism(tmp_path):

@@ -123,6 +123,7 @@ class GaussianMixtureExpert(GenerativeExpert):
     """A mixture as a generative expert with exact velocity, score and energy at every t."""
 
     has_energy = True
+    passes_per_evaluation = 0  # closed form: no network
 
     def __init__(self, mixture: GaussianMixture) -> None:
         self.mixture = mixture

@@ -47,6 +47,7 @@ class RenderGaussianExpert(GenerativeExpert):
     """
 
     has_energy = True
+    passes_per_evaluation = 0  # closed form: no network
 
     def __init__(self, center: Tensor, std: float, *, per_particle: bool = False) -> None:
         if std <= 0.0:

@@ -41,6 +41,7 @@ from poe_backend.runtime.planner import Budget
 from poe_backend.runtime.family import FamilyRuntime, PromptCache
 from poe_backend.runtime.job_plan import JobPlan, job_budget, plan_transformers
 from poe_backend.sampling import GenerativeExpert, ProductOfExperts
+from poe_backend.sampling.experts import particle_batches
 
 LATENT_CHANNELS = 16
 PACKED_CHANNELS = 64
@@ -114,7 +115,7 @@ class FluxLatentSpace:
 
     # -- text -------------------------------------------------------------------------
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> list[PromptEmbedding]:
         """Encode every prompt of a run at once (CLIP-L pooled + T5), then release the text
         encoders (encode once, then free). The encoders run on the job's device when they
@@ -151,7 +152,7 @@ class FluxLatentSpace:
         """``(B, N, 64) -> (B, 16, H/8, W/8)``."""
         return FluxPipeline._unpack_latents(packed, self.height, self.width, self.vae_scale_factor)
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def encode_image(self, image: Tensor) -> Tensor:
         """Images ``(B, 3, H, W)`` in [-1, 1] -> normalised packed latents ``(B, N, 64)``
         (float32), from the VAE posterior's mode."""
@@ -160,7 +161,7 @@ class FluxLatentSpace:
         latents = (posterior.mode() - self.vae.config.shift_factor) * self.vae.config.scaling_factor
         return self.pack(latents).float()
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def decode(self, packed: Tensor, *, max_batch: int = 4, max_pixels: int | None = None, tile: int | None = None) -> Tensor:
         """Normalised packed latents ``(P, N, 64)`` -> images ``(P, 3, H, W)`` in [0, 1]
         (float32, on the CPU), decoded ``max_batch`` at a time. With ``max_pixels`` below
@@ -216,14 +217,14 @@ class FluxExpert(GenerativeExpert):
         self.guidance, self.condition = guidance, condition
         self.max_batch, self.name = max_batch, name
         self.calls = 0
+        transformer.requires_grad_(False)
         self.text_ids = torch.zeros(prompt.embeds.shape[1], 3, device=space.device, dtype=space.dtype)
 
-    @torch.inference_mode()
     def velocity(self, x: Tensor, t: float) -> Tensor:
-        """``E[eps - x0 | x_t = x]`` for particles ``x (P, N, 64)`` at time ``t``."""
+        """``E[eps - x0 | x_t = x]`` for particles ``x (P, N, 64)`` at time ``t`` (differentiable
+        in ``x``: the weights are frozen, the product turns autograd off around plain calls)."""
         self.calls += 1
-        chunks = x.split(self.max_batch) if self.max_batch else (x,)
-        return torch.cat([self._forward(chunk, t) for chunk in chunks])
+        return torch.cat([self._forward(x[rows], t) for rows in particle_batches(x.shape[0], self.max_batch)])
 
     def _forward(self, x: Tensor, t: float) -> Tensor:
         count, dtype, device = x.shape[0], self.space.dtype, self.space.device

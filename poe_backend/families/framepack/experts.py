@@ -181,6 +181,7 @@ class FramePackSectionExpert(GenerativeExpert):
         self.guidance_scale = float(guidance_scale)
         self.true_cfg_scale = float(true_cfg_scale)
         self.forward_count = 0
+        transformer.requires_grad_(False)
 
     def reindex(self, indices: Tensor) -> None:
         self.conditioning.reindex(indices)
@@ -211,7 +212,10 @@ class FramePackSectionExpert(GenerativeExpert):
             return_dict=False,
         )[0]
 
-    @torch.no_grad()
+    @property
+    def passes_per_evaluation(self) -> int:
+        return 1 if self.true_cfg_scale == 1.0 else 2
+
     def velocity(self, x: Tensor, t: float) -> Tensor:
         prediction = self._forward(x, t, self.prompt)
         if self.true_cfg_scale != 1.0:

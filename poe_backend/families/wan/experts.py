@@ -140,6 +140,7 @@ class _WanExpert(GenerativeExpert):
         self.negative_prompt_embeds = negative_prompt_embeds
         self.guidance_scale = float(guidance_scale)
         self.forward_count = 0
+        transformer.requires_grad_(False)
 
     @property
     def _dtype(self) -> torch.dtype:
@@ -148,9 +149,13 @@ class _WanExpert(GenerativeExpert):
     def _forward(self, x: Tensor, timestep: Tensor, embeds: Tensor) -> Tensor:
         raise NotImplementedError
 
-    @torch.no_grad()
+    @property
+    def passes_per_evaluation(self) -> int:
+        return 1 if self.guidance_scale == 1.0 else 2
+
     def velocity(self, x: Tensor, t: float) -> Tensor:
-        """``x`` ``(P, 16, F', h, w)`` -> velocity of the same shape, float32 on x's device."""
+        """``x`` ``(P, 16, F', h, w)`` -> velocity of the same shape, float32 on x's device
+        (differentiable in ``x``: the weights are frozen)."""
         num_particles = x.shape[0]
         timestep = torch.full((num_particles,), t * TIMESTEP_SCALE, device=x.device, dtype=torch.float32)
         hidden = x.to(self._dtype)
