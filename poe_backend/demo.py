@@ -286,7 +286,8 @@ def _run_job(arguments, out, scene, bundle_dir, client, health, report, jobs_mod
         print(report.write(out))
         return 1
     progress = tracked.progress or {}
-    report.step("job done", f"levels {progress.get('num_levels')}, NFE {progress.get('nfe')}, ESS {progress.get('ess') or 0:.1f}, {progress.get('elapsed_s')} s sampling")
+    cost = f"NFE {progress.get('nfe')}, forwards {progress.get('forwards')}"
+    report.step("job done", f"levels {progress.get('num_levels')}, {cost}, ESS {progress.get('ess') or 0:.1f}, {progress.get('elapsed_s')} s sampling")
     loaded = _loaded_result(bpy, scene, tracked.job_id)
     report.step("result loaded", loaded)
     blend_path = out / "demo.blend"

@@ -131,7 +131,8 @@ def _default_device() -> str:
 
 
 class _ProgressBar:
-    """A tqdm bar over levels, showing t, NFE and ESS; created on the first report."""
+    """A tqdm bar over levels, showing t, expert evaluations (NFE) and the network forwards
+    behind them against the planned totals, and ESS; created on the first report."""
 
     def __init__(self, disabled: bool = False) -> None:
         self.disabled, self.bar, self.level = disabled, None, 0
@@ -149,7 +150,9 @@ class _ProgressBar:
             self.bar.update(progress.level - self.level)
             self.level = progress.level
         ess = "-" if progress.ess is None else f"{progress.ess:.2f}"
-        self.bar.set_postfix_str(f"t={progress.t:.3f} step={progress.step} nfe={progress.nfe} ess={ess}")
+        nfe = f"{progress.nfe}" + (f"/{progress.planned_nfe}" if progress.planned_nfe else "")
+        forwards = "" if progress.forwards is None else f" forwards={progress.forwards}" + (f"/{progress.planned_forwards}" if progress.planned_forwards else "")
+        self.bar.set_postfix_str(f"t={progress.t:.3f} step={progress.step} nfe={nfe}{forwards} ess={ess}")
 
     def close(self) -> None:
         if self.bar is not None:

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 from typing import Literal
 
+import numpy as np
+import torch
 from pydantic import Field
 
 from poe_backend.bundle import BundleError
@@ -122,6 +124,8 @@ class RegionalT2ITask(Task):
         select = params.select if result.scores is not None else "draw"
         best = result.chosen_index(seed, select)
         outputs = images.write_outputs(context.out_dir, decoded[best], decoded if params.save_particles else None, log_weights)
+        written, seen = images.write_expert_inputs(context.out_dir, weight_map_images(factors, height, width))
+        outputs.update(written)
         timer.mark("decode_and_write")
         record = images.manifest(
             self.name,
@@ -131,6 +135,7 @@ class RegionalT2ITask(Task):
             prompt=global_prompt,
             regions=[{"prompt": prompt, "box_px": box} for prompt, box in regions],
             skipped_regions=skipped,
+            expert_inputs=seen,
             layout_parser=layout,
             resolution=[height, width],
             chosen_index=best,
@@ -171,6 +176,19 @@ def conditioning(factors: list[Factor], cond_weight: float) -> list[Conditioning
     if cond_weight == 0.0:
         return []
     return [Conditioning(child=index, parents=(0,), weight=cond_weight, region=(factor.weight > 0).to(factor.weight.dtype)) for index, factor in enumerate(factors) if index > 0]
+
+
+def weight_map_images(factors: list[Factor], height: int, width: int) -> dict[str, dict[str, np.ndarray]]:
+    """Each expert's weight map (its share of every 16×16-pixel token, white = 1) as an
+    ``(H, W)`` uint8 image: where the global expert and each region expert act."""
+    from poe_backend.families.flux.runtime import TOKEN_PIXELS
+
+    seen = {}
+    for factor in factors:
+        weight = torch.as_tensor(factor.weight, dtype=torch.float32).cpu().expand(height // TOKEN_PIXELS * (width // TOKEN_PIXELS), 1)
+        tokens = weight.reshape(height // TOKEN_PIXELS, width // TOKEN_PIXELS).numpy()
+        seen[factor.expert.name] = {"weight_map": images.as_uint8(np.kron(tokens, np.ones((TOKEN_PIXELS, TOKEN_PIXELS), dtype=np.float32)))}
+    return seen
 
 
 def build_factors(runtime, embeddings, regions, params: RegionalParams) -> list[Factor]:

@@ -48,6 +48,11 @@ def test_regional_product_with_vqascore(tmp_path):
     assert set(manifest["vqascore"]) == {"a park", "a dog", "a cat"}
     assert all(0 < score < 1 for scores in manifest["vqascore"].values() for score in scores)
     assert manifest["skipped_regions"] == ["bird"]
+    # what each expert acted on: the global expert everywhere, each region on its box's tokens
+    assert set(manifest["expert_inputs"]) == {"global", "region0", "region1"}
+    maps = {name: np.asarray(Image.open(out / manifest["outputs"][inputs["weight_map"]])) / 255.0 for name, inputs in manifest["expert_inputs"].items()}
+    assert np.allclose(maps["global"] + maps["region0"] + maps["region1"], 1.0, atol=2 / 255)  # Σλ = 1 on every token
+    assert maps["region0"][0, 0] > 0.5 and maps["region0"][-1, -1] == 0.0
     assert manifest["sampler_stats"]["expert_calls"] == [3, 3, 3]  # start, Langevin step, transport; none at t=0
     assert manifest["sampler_stats"]["resample_count"] >= 1  # ess_threshold 1 resamples
 
