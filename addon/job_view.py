@@ -10,7 +10,7 @@ import re
 import textwrap
 from typing import Any
 
-from .bundle_schema import VIDEO_MAX_FRAMES, VIDEO_MAX_SIDE, VIDEO_TASKS, capped_video_size
+from .bundle_schema import VIDEO_MAX_FRAMES, VIDEO_MAX_SIDE, VIDEO_TASKS, capped_video_size, frames_at_rate
 
 #: The parameters an out-of-memory failure asks to lower (the server's advice names them).
 OUT_OF_MEMORY_PARAMETERS = ("preset", "particles", "levels", "offload")
@@ -65,16 +65,21 @@ def task_defaults(tasks: list[dict[str, Any]] | None, task: str) -> dict[str, An
     return {}
 
 
-def generated_size(task: str, width: int, height: int, num_frames: int, tasks: list[dict[str, Any]] | None = None) -> str:
-    """What the backend will generate, e.g. ``832x464, 81 frames`` for a 1920x1080x250
-    sim2video capture: video tasks go through the backend's cap rule with the task's
-    ``max_side``/``max_frames`` defaults from ``/v1/tasks`` (the constants when the backend
-    was not reached); image tasks are one frame at the captured size."""
+def generated_size(task: str, width: int, height: int, frames: list[int], scene_fps: float, tasks: list[dict[str, Any]] | None = None) -> str:
+    """What the backend will generate, e.g. ``832x464, 81 frames at 16 fps`` for a
+    1920x1080 sim2video capture of 250 frames at 24 fps: video tasks sample the capture
+    (scene ``frames`` at ``scene_fps``) by time at the task's model rate (``fps`` from
+    ``/v1/tasks``; the one rule, ``frames_at_rate``) and go through the backend's cap rule
+    with the task's ``max_side``/``max_frames`` defaults (the constants when the backend was
+    not reached, and then the frames are counted at the scene rate); image tasks are one
+    frame at the captured size."""
     if task not in VIDEO_TASKS:
         return f"{width}x{height}, 1 image"
     defaults = task_defaults(tasks, task)
-    capped_width, capped_height, frames = capped_video_size(
+    fps = next((entry.get("fps") for entry in tasks or [] if entry.get("name") == task), None) or scene_fps
+    num_frames = len(frames_at_rate(frames, scene_fps, fps)) if frames else 0
+    capped_width, capped_height, count = capped_video_size(
         width, height, num_frames,
         max_side=defaults.get("max_side") or VIDEO_MAX_SIDE, max_frames=defaults.get("max_frames") or VIDEO_MAX_FRAMES,
     )
-    return f"{capped_width}x{capped_height}, {frames} frames"
+    return f"{capped_width}x{capped_height}, {count} frames at {fps:g} fps"

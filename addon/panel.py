@@ -73,7 +73,8 @@ def generation_summary(scene) -> str:
     cannot be captured as set."""
     settings = scene.poe
     try:
-        width, height, num_frames = planned_size(scene, settings.task, properties.capture_frames(settings), properties.capture_resolution(settings))
+        width, height, frames = planned_size(scene, settings.task, properties.capture_frames(settings), properties.capture_resolution(settings))
     except CaptureError as error:
         return f"Cannot capture: {error}"
-    return f"Will generate: {job_view.generated_size(settings.task, width, height, num_frames, operators_jobs.SESSION.tasks)}"
+    scene_fps = scene.render.fps / scene.render.fps_base
+    return f"Will generate: {job_view.generated_size(settings.task, width, height, frames, scene_fps, operators_jobs.SESSION.tasks)}"

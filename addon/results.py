@@ -6,7 +6,20 @@
   shift are honoured), with an emission material; or, with ``as_background=True``, the
   camera's background image instead of a plane.
 * video: a movie strip in the scene's sequencer starting at the captured first frame;
-  a video given as numbered images becomes an image-sequence strip.
+  a video given as numbered images becomes an image-sequence strip. The video plays over
+  the seconds of the simulation it was made from, not stretched, not cut: the backend
+  generates at the model's rate (Wan 16 fps, FramePack 30 fps), and a strip added through
+  the API (``new_movie``) shows one media frame per scene frame on every Blender version
+  (4.2, 4.5, 5.0: a 33-frame 16 fps clip lasts 33 frames of a 24 fps scene, 1.4 s instead
+  of 2 s). ``new_movie`` has no playback-rate option, the strip's automatic playback rate
+  (the Add Movie operator's "Adjust Playback Rate") is not exposed to Python, retiming
+  keys cannot be created through the API, and the operator needs a Sequencer area and on
+  4.x also sets the scene's rate to the movie's. So a media rate that differs from the
+  scene's is played through a Speed Control effect strip (``MULTIPLY``, factor media rate /
+  scene rate) on the channel above the (muted) source: media frame ``k`` lands on scene
+  frame ``first + k · scene_fps / media_fps``, and both strips end on the scene frame of
+  the last media frame (33 frames at 16 fps from frame 1 of a 24 fps scene: frames 1..49,
+  the 2 s of a simulation baked on frames 1..49).
 
 Every datablock (image, object, mesh, material, strip) carries the ``poe_*`` properties
 of :func:`jobs.provenance`. Loading a job again replaces what it created before (found by
@@ -15,6 +28,7 @@ of :func:`jobs.provenance`. Loading a job again replaces what it created before 
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +46,8 @@ def load_result(scene: bpy.types.Scene, result: JobResult, *, as_background: boo
     is_image = result.primary.suffix.lower() in IMAGE_SUFFIXES
     if result.kind == "video":
         frames = [path for name, path in sorted(result.outputs.items()) if path.suffix.lower() in IMAGE_SUFFIXES and name != "result.json"]
-        return [load_video(scene, result.primary, props, _first_frame(result), image_sequence=frames if is_image else None)]
+        return load_video(scene, result.primary, props, _first_frame(result), image_sequence=frames if is_image else None,
+                          fps=_size(result).get("fps"), scene_fps=_scene_fps(scene, result))
     if not is_image:
         raise ValueError(f"a {result.kind} result whose main file is {result.primary.name} has nothing to show in Blender")
     image = load_image(result.primary, props)
@@ -44,6 +59,18 @@ def load_result(scene: bpy.types.Scene, result: JobResult, *, as_background: boo
 def _first_frame(result: JobResult) -> int:
     frames = (result.job.get("bundle") or {}).get("frames") or result.manifest.get("frames") or [1]
     return int(frames[0])
+
+
+def _size(result: JobResult) -> dict[str, Any]:
+    return result.manifest.get("size") or {}
+
+
+def _scene_fps(scene: bpy.types.Scene, result: JobResult) -> float:
+    """The rate the simulation was captured at (result.json's ``size.scene_fps``, else the
+    job's bundle ``fps``), so the video stays on the simulation's frames even if the
+    scene's rate changed since; the scene's own rate for results that say neither."""
+    captured = _size(result).get("scene_fps") or (result.job.get("bundle") or {}).get("fps")
+    return float(captured) if captured else scene.render.fps / scene.render.fps_base
 
 
 def tag(datablock: Any, props: dict[str, Any]) -> None:
@@ -155,13 +182,18 @@ def _strips(scene: bpy.types.Scene) -> tuple[Any, Any]:
     return editor.sequences, editor.sequences_all
 
 
-def load_video(scene: bpy.types.Scene, path: Path, props: dict[str, Any], frame_start: int, *, image_sequence: list[Path] | None = None) -> Any:
-    """A movie strip (or image-sequence strip) at ``frame_start`` on the job's channel."""
+def load_video(scene: bpy.types.Scene, path: Path, props: dict[str, Any], frame_start: int, *, image_sequence: list[Path] | None = None,
+               fps: float | None = None, scene_fps: float | None = None) -> list[Any]:
+    """A movie strip (or image-sequence strip) at ``frame_start`` on the job's channel,
+    played at the scene's rate (:func:`play_at_scene_rate`): ``fps`` is the media's rate
+    (a movie's own rate wins; needed for an image sequence), ``scene_fps`` the rate of the
+    scene frames the video belongs to (default: the scene's). Returns the strips, the one
+    that plays first: ``[source]``, or ``[speed control, muted source]``."""
     strips, all_strips = _strips(scene)
-    channel = None
-    for old in find_tagged(strips, props["poe_job_id"]):  # top level only: remove() cannot reach into meta strips
-        channel = old.channel
-        strips.remove(old)
+    old = find_tagged(strips, props["poe_job_id"])  # top level only: remove() cannot reach into meta strips
+    channel = min((strip.channel for strip in old), default=None)
+    for strip in sorted(old, key=lambda strip: strip.type != "SPEED"):  # an effect before its input (removing the input removes it)
+        strips.remove(strip)
     if channel is None:
         channel = 1 + max((strip.channel for strip in all_strips), default=0)
     name = f"PoE {props['poe_task']} {props['poe_job_id']}"
@@ -172,4 +204,39 @@ def load_video(scene: bpy.types.Scene, path: Path, props: dict[str, Any], frame_
     else:
         strip = strips.new_movie(name=name, filepath=str(path), channel=channel, frame_start=frame_start)
     tag(strip, props)
-    return strip
+    media_fps = getattr(strip, "fps", 0.0) or fps or 0.0
+    speed = play_at_scene_rate(strips, strip, media_fps, scene_fps or scene.render.fps / scene.render.fps_base)
+    if speed is None:
+        return [strip]
+    tag(speed, props)
+    return [speed, strip]
+
+
+def scene_duration(media_frames: int, media_fps: float, scene_fps: float) -> int:
+    """Scene frames from the first media frame's to the last one's, both included: the
+    media's ``(media_frames - 1) / media_fps`` seconds at ``scene_fps`` (33 frames at 16 fps
+    in a 24 fps scene: 2 s, 49 frames)."""
+    return math.floor((media_frames - 1) * scene_fps / media_fps + 1e-6) + 1
+
+
+def play_at_scene_rate(strips: Any, strip: Any, media_fps: float, scene_fps: float) -> Any | None:
+    """Make ``strip`` (media at ``media_fps`` frames per second) play in real time in a
+    ``scene_fps`` scene: a Speed Control strip on the channel above, ``MULTIPLY`` by
+    ``media_fps / scene_fps``, shows media frame ``k`` on scene frame ``start + k ·
+    scene_fps / media_fps`` (between those, 4.5 and 5.0 show the nearest media frame, 4.2
+    the one before); the source is muted and set to :func:`scene_duration` (holding its
+    last frame, or cut when the media is faster), which the effect's length follows.
+    Returns the Speed Control strip, or None when the rates agree (or ``media_fps`` is
+    unknown, 0) and the strip plays as it is."""
+    if media_fps <= 0 or math.isclose(media_fps, scene_fps, rel_tol=1e-6):
+        return None
+    duration = scene_duration(strip.frame_duration, media_fps, scene_fps)
+    strip.frame_final_duration = duration
+    parameters = strips.bl_rna.functions["new_effect"].parameters
+    source = {"input1" if "input1" in parameters else "seq1": strip}  # 4.5+ / 4.2
+    length = {"length": duration} if "length" in parameters else {"frame_end": int(strip.frame_start) + duration}  # 5.0 / 4.x
+    speed = strips.new_effect(name=f"{strip.name} {media_fps:g} fps", type="SPEED", channel=strip.channel + 1, frame_start=int(strip.frame_start), **source, **length)
+    speed.speed_control = "MULTIPLY"
+    speed.speed_factor = media_fps / scene_fps
+    strip.mute = True
+    return speed

@@ -23,6 +23,7 @@ was made (renderer samples, Blender version), which the backend keeps but never 
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 import re
@@ -350,3 +351,28 @@ def capped_video_size(width: int, height: int, num_frames: int, *, max_side: int
     frames = min(num_frames, max_frames)
     frames = (frames - 1) // frame_multiple * frame_multiple + 1 if frames >= frame_multiple + 1 else 0
     return width, height, frames
+
+
+def frames_at_rate(frames: list[int], fps: float, rate: float) -> list[int]:
+    """The captured frame each frame of a ``rate`` frames-per-second clip shows, for a
+    capture of scene ``frames`` at ``fps``: the clip keeps the capture's seconds.
+
+    Captured frame ``n`` is at ``(n - first) / fps`` s, clip frame ``k`` at ``k / rate`` s for
+    ``k = 0 .. floor(duration · rate)`` (``duration = (last - first) / fps``), and shows the
+    captured frame nearest in time (a tie takes the later one). The timing error is at most
+    half a captured frame (±1/48 s at 24 fps) and zero when ``fps`` is a multiple of
+    ``rate``; a ``rate`` above ``fps`` repeats captured frames (24 -> 30 fps shows every
+    fourth twice). A 2 s capture at 24 fps (frames 1..49) is 33 frames at 16 fps:
+    ``[1, 3, 4, 6, 7, ..., 48, 49]``. One rule for both sides: the backend samples the
+    simulation with it, the add-on counts the frames a job will generate with it."""
+    ordered = sorted(frames)
+    offsets = [frame - ordered[0] for frame in ordered]  # scene frames since the first
+    count = math.floor(offsets[-1] * rate / fps + 1e-9) + 1
+    chosen = []
+    for index in range(count):
+        target = index * fps / rate  # clip frame time, in scene frames since the first
+        right = bisect.bisect_left(offsets, target)
+        if right == len(offsets) or (right > 0 and target - offsets[right - 1] < offsets[right] - target):
+            right -= 1
+        chosen.append(ordered[right])
+    return chosen

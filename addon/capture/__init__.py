@@ -196,11 +196,12 @@ def _objects(scene, task: str, objects) -> list:
     return chosen
 
 
-def planned_size(scene, task: str, frames=None, resolution: tuple[int, int] | None = None) -> tuple[int, int, int]:
-    """``(width, height, num_frames)`` a capture with these arguments would write (the
-    same frame and resolution rules as :func:`capture_bundle`); for the panel."""
+def planned_size(scene, task: str, frames=None, resolution: tuple[int, int] | None = None) -> tuple[int, int, list[int]]:
+    """``(width, height, frames)`` a capture with these arguments would write (the same
+    frame and resolution rules as :func:`capture_bundle`; ``frames`` the scene frame
+    numbers); for the panel."""
     width, height = resolution or _scene_resolution(scene)
-    return width, height, len(_frames(scene, task, frames))
+    return width, height, list(_frames(scene, task, frames))
 
 
 def _scene_resolution(scene) -> tuple[int, int]:

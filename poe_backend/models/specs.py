@@ -127,7 +127,8 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class FamilyFacts:
-    """What a family declares besides its roles, read by the weights manager and the planner:
+    """What a family declares besides its roles, read by the weights manager, the planner and
+    the tasks:
 
     * ``shared_repos``: repos whose shared subfolders (VAE, text encoders, tokenizers) ship
       the same files, so one serves the others (FLUX.1 [dev] / Depth / Fill);
@@ -135,13 +136,17 @@ class FamilyFacts:
     * ``estimated_bytes``: offline download sizes per ``(repo, subfolder or None, is_module)``
       (parameter count × stored dtype bytes; tokenizers by their file sizes);
     * ``full_configs``: role -> ``(loader, config)`` of the full-size models the planner
-      sizes on the meta device (the published ``config.json`` values).
+      sizes on the meta device (the published ``config.json`` values);
+    * ``native_fps``: the frame rate (frames per second) a video family's checkpoints were
+      trained at; the video tasks sample the captured simulation at this rate
+      (:func:`poe_backend.tasks.video_io.clip_timing`). None for image families.
     """
 
     shared_repos: frozenset[str] = frozenset()
     gated_repos: frozenset[str] = frozenset()
     estimated_bytes: Mapping[tuple[str, str | None, bool], int] = field(default_factory=dict)
     full_configs: Mapping[str, tuple[str, Mapping[str, Any]]] = field(default_factory=dict)
+    native_fps: float | None = None
 
 
 _FAMILIES: dict[str, dict[str, dict[str, ModelSpec]]] = {}

@@ -7,12 +7,14 @@ from __future__ import annotations
 from typing import Any
 
 from poe_backend.bundle import TASK_PASSES
+from poe_backend.models.specs import family_facts
 from poe_backend.tasks import get_task
 
 
 def describe_task(name: str) -> dict[str, Any]:
-    """A task's passes, result kind and parameters (JSON schema plus a flat list with
-    type, default, minimum and maximum for the add-on's UI)."""
+    """A task's passes, result kind, frame rate (video tasks: the model's native rate the
+    simulation is sampled at; None for images) and parameters (JSON schema plus a flat list
+    with type, default, minimum and maximum for the add-on's UI)."""
     try:
         task = get_task(name)
     except Exception as error:  # noqa: BLE001 - one broken task must not hide the others
@@ -29,7 +31,8 @@ def describe_task(name: str) -> dict[str, Any]:
             "maximum": ranged.get("maximum", ranged.get("exclusiveMaximum")),
             "description": prop.get("description", ""),
         })
-    return {"name": name, "available": True, "kind": task.kind, "passes": list(TASK_PASSES.get(name, ())), "parameters": parameters, "schema": schema}
+    fps = None if task.video_family is None else family_facts()[task.video_family].native_fps
+    return {"name": name, "available": True, "kind": task.kind, "fps": fps, "passes": list(TASK_PASSES.get(name, ())), "parameters": parameters, "schema": schema}
 
 
 def _json_type(prop: dict[str, Any]) -> str:

@@ -182,6 +182,9 @@ class Task:
     name: ClassVar[str]
     Params: ClassVar[type[TaskParams]] = TaskParams
     kind: ClassVar[ResultKind] = "image"
+    #: Video tasks: the model family whose native frame rate the clip is sampled and written
+    #: at (``FamilyFacts.native_fps``); None for image tasks.
+    video_family: ClassVar[str | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

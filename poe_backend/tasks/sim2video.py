@@ -6,6 +6,10 @@ video as control) × Wan2.1 image-to-video (the first frame), both on the Wan la
 ``pairing`` picks the I2V expert: ``i2v_vace`` = Wan2.1-I2V-14B (the paper's), or
 ``shared_vace`` = the same VACE transformer with the first frame as control (half the
 memory; the ``preview`` preset's only option, as there is no 1.3B I2V).
+Conditional experts (``cond_weight`` > 0, the paper's final version): the depth expert is
+the parent (it holds the simulation's exact geometry and timing, as Depth does in
+insertion), the first-frame expert the child over the whole clip, its velocity aligned to
+the depth expert's (one vector–Jacobian product through both CFG passes per evaluation).
 
 Baselines (``mode``): ``i2v`` (the I2V expert alone), ``depth`` (depth-to-video alone),
 ``vace_combined`` (one VACE call with first frame + depth in one control), and
@@ -19,15 +23,30 @@ not ship, so it is not here.
 
 Inputs (per mode, :func:`poe_backend.bundle.required_passes`): the ``depth`` pass for the
 modes with a depth control, ``rgb`` frame 0 as first frame unless ``first_frame`` names an
-image, the whole ``rgb`` clip for ``ddim_inversion``; ``prompt``. Frames: the first
-``num_frames`` (default all), cut to 4k+1.
+image, the whole ``rgb`` clip for ``ddim_inversion``; ``prompt`` and ``negative_prompt``
+(default: :data:`~poe_backend.families.wan.declaration.NEGATIVE_PROMPT`, the one diffusers'
+Wan examples pass). Inputs as Wan was trained on them:
+
+* Frames: Wan2.1 runs at 16 fps (``FamilyFacts.native_fps``), so the simulation is sampled
+  by time at 16 fps whatever the scene's rate (:class:`~poe_backend.tasks.video_io.ClipTiming`:
+  model frame ``k`` at ``k/16`` s shows the captured frame nearest in time): a 2 s
+  simulation baked at 24 fps (frames 1..49) is 33 frames, the I2V motion prior and the
+  depth timing agree, and 81 frames are 5 s. ``num_frames`` / ``max_frames`` count these
+  model frames; the first ``num_frames`` (default all) are cut to 4k+1.
+* Depth: the control is VACE's per-frame min–max disparity
+  (:func:`~poe_backend.tasks.video_io.depth_to_disparity_video`).
 
 The task is bundle → conditions → :class:`~poe_backend.families.wan.runtime.WanRuntime`
 experts → sampler → outputs: the runtime loads, encodes, plans (``offload``,
 ``fp8_storage``), places and decodes; :meth:`Sim2VideoTask.model_roles` names what the
-model cache keeps across jobs. Outputs: ``video.mp4`` (highest-weight particle), one MP4 per particle,
-``latents.pt`` (all particles), the depth control as ``control_depth.mp4``, and the
-manifest with every parameter, the seed and the model sources.
+model cache keeps across jobs. Outputs, every video at 16 fps: ``video.mp4`` (highest-weight
+particle), one MP4 per particle, ``latents.pt`` (all particles), what each expert saw (the
+depth control ``control_depth.mp4``, the resized first frame ``first_frame.png``, for
+``ddim_inversion`` the inverted render clip ``renders.mp4``; the manifest's
+``expert_inputs`` maps each expert to them), and the manifest with every parameter, the
+seed, the model sources and the timing (``size.fps`` the model rate, ``size.scene_fps``
+the bundle's, ``timing``: the scene frame of every model frame, both times, the largest
+timing error).
 """
 
 from __future__ import annotations
@@ -41,7 +60,9 @@ import torch
 from pydantic import Field
 
 from poe_backend.bundle import VIDEO_MAX_FRAMES, VIDEO_MAX_SIDE, BundleError, required_passes
+from poe_backend.families.wan.declaration import NEGATIVE_PROMPT
 from poe_backend.sampling import Factor, ProductOfExperts, SampleResult
+from poe_backend.sampling.experts import Conditioning
 from poe_backend.sampling.samplers import Transport
 from poe_backend.sampling.schedules import shifted_levels
 from poe_backend.tasks import video_io
@@ -53,14 +74,14 @@ class Sim2VideoParams(TaskParams):
     mode: Literal["product", "i2v", "depth", "vace_combined", "ddim_inversion"] = "product"
     pairing: Literal["auto", "i2v_vace", "shared_vace"] = Field("auto", description="auto: shared_vace for the preview preset, else i2v_vace")
     prompt: str | None = Field(None, description="defaults to the bundle's prompt")
-    negative_prompt: str = ""
+    negative_prompt: str = Field(NEGATIVE_PROMPT, description="default: the negative prompt of diffusers' Wan I2V and VACE examples")
     source_prompt: str | None = Field(None, description="ddim_inversion: the prompt the render is inverted under (default: prompt)")
     first_frame: str | None = Field(None, description="image path relative to the bundle (inside it); default: the rgb pass at the first frame")
-    num_frames: int | None = Field(None, ge=5, le=241, description="first N frames, cut to 4k+1 (at most max_frames); default all up to max_frames")
+    num_frames: int | None = Field(None, ge=5, le=241, description="first N frames at Wan's 16 fps, cut to 4k+1 (at most max_frames); default all the simulation lasts, up to max_frames")
     height: int | None = Field(None, ge=16, le=1280, description="at most max_side; default: the bundle's, scaled so its longer side fits max_side, rounded down to 16")
     width: int | None = Field(None, ge=16, le=1280, description="at most max_side; default: the bundle's, scaled so its longer side fits max_side, rounded down to 16")
     max_side: int = Field(VIDEO_MAX_SIDE, ge=16, le=1280, description="cap on the longer side (Wan2.1's native 832 at 480p)")
-    max_frames: int = Field(VIDEO_MAX_FRAMES, ge=5, le=241, description="cap on the frame count (Wan2.1's native 81)")
+    max_frames: int = Field(VIDEO_MAX_FRAMES, ge=5, le=241, description="cap on the frame count at 16 fps (Wan2.1's native 81 = 5 s)")
     particles: int = Field(
         1, ge=1, le=64,
         description="independent alternatives: as in insertion (a Σλ = 2 product, no reward), the weights of a 10^6-value video latent "
@@ -79,6 +100,10 @@ class Sim2VideoParams(TaskParams):
     i2v_guidance: float = Field(5.0, ge=1.0, le=20.0)
     depth_guidance: float = Field(5.0, ge=1.0, le=20.0)
     control_scale: float = Field(1.0, ge=0.0, le=4.0)
+    cond_weight: float = Field(
+        0.0, ge=0.0, le=10.0,
+        description="conditional experts (product mode): the first-frame expert, the child, aligned to the depth expert, its parent, over the whole clip (0: off)",
+    )
     vace_latent_mask: Literal["resize", "exact"] = "resize"
     offload: OffloadName = "auto"
     fp8_storage: bool = Field(False, description="auto may store transformer weights in fp8 (half the memory, compute stays bf16)")
@@ -92,6 +117,7 @@ class Sim2VideoTask(Task):
     name = "sim2video"
     Params = Sim2VideoParams
     kind = "video"
+    video_family = "wan"
 
     def model_roles(self, context: TaskContext) -> list[str]:
         from poe_backend.families.wan.runtime import WanRuntime
@@ -112,14 +138,17 @@ class Sim2VideoTask(Task):
         pairing = sim2video_pairing(params.pairing, context.models)
         seed = seed_for(context)
         prompt = bundle.prompt if params.prompt is None else params.prompt
-        size = video_io.capped_size(bundle, params.height, params.width, params.num_frames, max_side=params.max_side, max_frames=params.max_frames)
-        frames = video_io.clip_frames(bundle, size.max_frames, strict="num_frames" in context.params.model_fields_set)
+        fps = video_io.native_fps(self.video_family)
+        available = len(video_io.model_frames(bundle, fps))
+        size = video_io.capped_size(bundle, params.height, params.width, params.num_frames, available=available, max_side=params.max_side, max_frames=params.max_frames)
+        timing = video_io.clip_timing(bundle, fps, size.max_frames, strict="num_frames" in context.params.model_fields_set)
+        frames = timing.frames
         inputs = read_inputs(context, params, frames, size.height, size.width)
 
         runtime = WanRuntime(sim2video_transformers(params.mode, pairing), len(frames), size.height, size.width, preset=context.models, device=context.device)
         result, described, levels, seconds = sample(runtime, params, pairing, prompt, inputs, seed, context)
         chosen = result.chosen_index(seed)
-        outputs = write_outputs(context, runtime, result, chosen, inputs.get("depth"), bundle.fps, params.save_particles)
+        outputs = write_outputs(context, runtime, result, chosen, inputs, timing.fps, params.save_particles)
         manifest = {
             "task": self.name,
             "params": params.model_dump(),
@@ -130,8 +159,10 @@ class Sim2VideoTask(Task):
             "placement": runtime.describe(),
             "pairing": pairing,
             "experts": described,
+            "expert_inputs": expert_inputs(described, params.mode),
             "frames": frames,
-            "size": {"height": size.height, "width": size.width, "num_frames": len(frames), "fps": bundle.fps, "capped_from": size.capped_from},
+            "timing": timing.describe(),
+            "size": {"height": size.height, "width": size.width, "num_frames": len(frames), "fps": timing.fps, "scene_fps": bundle.fps, "capped_from": size.capped_from},
             "levels": levels,
             "stats": result.stats(),
             "log_weights": video_io.finite_log_weights(result.log_weights),
@@ -142,10 +173,30 @@ class Sim2VideoTask(Task):
         return TaskResult(kind="video", primary="video", outputs=outputs, manifest=manifest)
 
 
+#: Expert (as the manifest's ``experts`` names it) -> {its input: the output that holds it}.
+EXPERT_INPUTS: dict[str, dict[str, str]] = {
+    "wan_i2v": {"first_frame": "first_frame"},
+    "wan_vace_first_frame": {"first_frame": "first_frame"},
+    "wan_vace_depth": {"control": "control_depth"},
+    "wan_vace_first_frame_and_depth": {"first_frame": "first_frame", "control": "control_depth"},
+}
+
+
+def expert_inputs(described: list[dict], mode: str) -> dict[str, dict[str, str]]:
+    """The manifest's ``expert_inputs``: what each expert of ``described`` was given, as
+    output names; under ``ddim_inversion`` the first-frame expert also inverted the render
+    clip (``renders``)."""
+    inputs = {entry["expert"]: dict(EXPERT_INPUTS[entry["expert"]]) for entry in described}
+    if mode == "ddim_inversion":
+        for entry in inputs.values():
+            entry["inverted"] = "renders"
+    return inputs
+
+
 def read_inputs(context: TaskContext, params: Sim2VideoParams, frames: list[int], height: int, width: int) -> dict[str, torch.Tensor]:
-    """What the mode reads from the bundle: ``first_frame`` ``(3, H, W)``, ``depth`` (the
-    normalised-disparity control video ``(F, 3, H, W)``), ``renders`` (the RGB clip
-    ``(F, 3, H, W)`` for ddim_inversion), all in [0, 1]."""
+    """What the mode reads from the bundle at the model frames' scene ``frames``:
+    ``first_frame`` ``(3, H, W)``, ``depth`` (the VACE depth control video ``(F, 3, H, W)``),
+    ``renders`` (the RGB clip ``(F, 3, H, W)`` for ddim_inversion), all in [0, 1]."""
     bundle, inputs = context.bundle, {}
     if params.mode != "depth":
         inputs["first_frame"] = (video_io.read_image(bundle.pass_path("rgb", frames[0]), height, width, field="passes.rgb")
@@ -197,7 +248,10 @@ def sample(runtime, params: Sim2VideoParams, pairing: str, prompt: str, inputs: 
         factors.append(Factor(runtime.vace_expert(control, positive, negative, params.depth_guidance, params.control_scale), 1.0))
         described.append({"expert": "wan_vace_first_frame_and_depth", "weight": 1.0, "guidance": params.depth_guidance, "control_scale": params.control_scale})
 
-    product = ProductOfExperts(factors)
+    links = [Conditioning(child=0, parents=(1,), weight=params.cond_weight)] if params.mode == "product" and params.cond_weight > 0.0 else []
+    if links:
+        described[0]["conditioned_on"] = [described[1]["expert"]]
+    product = ProductOfExperts(factors, conditioning=links)
     levels = shifted_levels(params.levels, math.log(params.flow_shift), t_max=params.t_max)
     generator = torch.Generator().manual_seed(seed)
     shape = (params.particles, *runtime.event_shape)
@@ -216,14 +270,20 @@ def sample(runtime, params: Sim2VideoParams, pairing: str, prompt: str, inputs: 
     return result, described, levels, seconds
 
 
-def write_outputs(context: TaskContext, runtime, result: SampleResult, chosen: int, depth_video: torch.Tensor | None, fps: float, save_particles: bool) -> dict[str, Path]:
+def write_outputs(context: TaskContext, runtime, result: SampleResult, chosen: int, inputs: dict[str, torch.Tensor], fps: float, save_particles: bool) -> dict[str, Path]:
     """``latents.pt`` (all particles), ``video.mp4`` (particle ``chosen``), ``particles/*.mp4``
-    and the depth control as ``control_depth.mp4``; decoding through the runtime's plan."""
+    (decoding through the runtime's plan) and what the experts saw, from :func:`read_inputs`:
+    ``first_frame.png``, the depth control ``control_depth.mp4``, the inverted render clip
+    ``renders.mp4``. Videos at ``fps``, the model's rate."""
     out_dir = context.out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     latents_path = out_dir / "latents.pt"
     torch.save({"latents": result.particles.cpu(), "log_weights": result.log_weights.cpu()}, latents_path)
     outputs: dict[str, Path] = {"latents": latents_path, **video_io.write_particle_videos(out_dir, runtime.decode, result.particles, chosen, fps, save_particles)}
-    if depth_video is not None:
-        outputs["control_depth"] = video_io.write_mp4(out_dir / "control_depth.mp4", depth_video, fps)
+    if "first_frame" in inputs:
+        outputs["first_frame"] = video_io.write_png(out_dir / "first_frame.png", inputs["first_frame"])
+    if "depth" in inputs:
+        outputs["control_depth"] = video_io.write_mp4(out_dir / "control_depth.mp4", inputs["depth"], fps)
+    if "renders" in inputs:
+        outputs["renders"] = video_io.write_mp4(out_dir / "renders.mp4", inputs["renders"], fps)
     return outputs

@@ -11,8 +11,12 @@ its time section's render latents (the render clip is encoded once, then sliced)
 Baseline (``mode="framepack"``): FramePack alone (image-to-video from the first frame),
 same sampler and sections.
 
-Inputs: the bundle's ``rgb`` pass (frames 0..F-1 with ``F = 1 + 4·sections·window``; the
-first frame is ``rgb`` frame 0 unless ``first_frame`` names an image), ``prompt``.
+Inputs: the bundle's ``rgb`` pass, ``prompt``. FramePack runs at 30 fps
+(``FamilyFacts.native_fps``), so the simulation is sampled by time at 30 fps whatever the
+scene's rate (:class:`~poe_backend.tasks.video_io.ClipTiming`: model frame ``k`` at
+``k/30`` s shows the captured frame nearest in time; a 24 fps capture repeats every fourth
+frame); the clip is the first ``F = 1 + 4·sections·window`` of these model frames, and the
+first frame is the first of them unless ``first_frame`` names an image.
 Stiffness: the sampler's transport step pulls each particle by ``Δu·λ/(s² + σ²)``
 towards the render; the default ``transport="euler"`` splits level gaps too wide for a
 stable step into substeps (more NFE), so a large ``render_weight`` with few levels costs
@@ -24,9 +28,14 @@ experts → sampler → outputs: the runtime loads, encodes (prompt embeddings c
 jobs), plans (``offload``, ``fp8_storage``), owns the section layout and decodes;
 :meth:`Sim2VideoARTask.model_roles` names what the model cache keeps across jobs.
 
-Outputs: ``video.mp4`` (particle 0: the autoregressive sampler ends every chunk with an
-equal-weight resampling, so all particles are equally weighted), one MP4 per particle,
-``latents.pt``, ``renders.mp4`` (the input clip as used), and the manifest.
+Outputs, every video at 30 fps: ``video.mp4`` (a particle drawn with the seed: the
+autoregressive sampler ends every chunk with an equal-weight resampling, so all particles
+are equally weighted), one MP4 per particle, ``latents.pt``, what the experts saw
+(``renders.mp4``, the clip the render Gaussian is centred on, and ``first_frame.png``,
+FramePack's first frame; the manifest's ``expert_inputs`` maps each expert to them), and
+the manifest with the timing (``size.fps`` the model rate, ``size.scene_fps`` the
+bundle's, ``timing``: the scene frame of every model frame, both times, the largest
+timing error).
 """
 
 from __future__ import annotations
@@ -46,6 +55,10 @@ from poe_backend.sampling.samplers import Transport
 from poe_backend.tasks import video_io
 from poe_backend.tasks.base import SAMPLERS, SamplerName, Task, TaskContext, TaskParams, TaskResult, metropolis_field, sampler_options, seed_for, transport_field
 from poe_backend.tasks.images import OffloadName
+
+
+#: Expert (as the manifest's ``experts`` names it) -> {its input: the output that holds it}.
+EXPERT_INPUTS: dict[str, dict[str, str]] = {"framepack": {"first_frame": "first_frame"}, "render_gaussian": {"renders": "renders"}}
 
 
 class Sim2VideoARParams(TaskParams):
@@ -86,7 +99,7 @@ class Sim2VideoARParams(TaskParams):
     height: int | None = Field(None, ge=16, le=1280, description="at most max_side; default: the bundle's, scaled so its longer side fits max_side, rounded down to 16")
     width: int | None = Field(None, ge=16, le=1280, description="at most max_side; default: the bundle's, scaled so its longer side fits max_side, rounded down to 16")
     max_side: int = Field(VIDEO_MAX_SIDE, ge=16, le=1280, description="cap on the longer side")
-    max_frames: int = Field(VIDEO_MAX_FRAMES, ge=5, le=241, description="cap on the frame count (sections are dropped to fit)")
+    max_frames: int = Field(VIDEO_MAX_FRAMES, ge=5, le=241, description="cap on the frame count at FramePack's 30 fps (sections are dropped to fit)")
     particles: int = Field(1, ge=1, le=64, description="particles per run: SMC over section histories (see the class docstring)")
     sampler: SamplerName = "fkc"
     levels: int = Field(25, ge=2, le=1000)
@@ -114,6 +127,7 @@ class Sim2VideoARTask(Task):
     name = "sim2video_ar"
     Params = Sim2VideoARParams
     kind = "video"
+    video_family = "framepack"
 
     def model_roles(self, context: TaskContext) -> list[str]:
         from poe_backend.families.framepack.runtime import FramePackRuntime
@@ -130,10 +144,13 @@ class Sim2VideoARTask(Task):
         bundle = context.bundle
         seed = seed_for(context)
         prompt = bundle.prompt if params.prompt is None else params.prompt
-        size = video_io.capped_size(bundle, params.height, params.width, None, max_side=params.max_side, max_frames=params.max_frames)
+        fps = video_io.native_fps(self.video_family)
+        available = video_io.model_frames(bundle, fps)
+        size = video_io.capped_size(bundle, params.height, params.width, None, available=len(available), max_side=params.max_side, max_frames=params.max_frames)
         window = params.latent_window_size
-        num_sections = self._num_sections(len(bundle.frames), size.max_frames, window, params.num_sections)
-        frames = bundle.frames[: num_pixel_frames(num_sections, window)]
+        num_sections = self._num_sections(len(available), size.max_frames, window, params.num_sections)
+        timing = video_io.ClipTiming(fps, bundle.fps, available[: num_pixel_frames(num_sections, window)])
+        frames = timing.frames
         renders = video_io.read_rgb_frames(bundle, frames, size.height, size.width)  # (F, 3, H, W) in [0, 1]
         first_frame = renders[0] if params.first_frame is None else video_io.read_first_frame(bundle, params.first_frame, size.height, size.width)
 
@@ -141,7 +158,8 @@ class Sim2VideoARTask(Task):
         result, image_latents, levels, seconds = sample(runtime, params, prompt, renders, first_frame, seed, context)
         latents = runtime.assemble(image_latents.expand(params.particles, -1, -1, -1, -1), result.chunks)
         chosen = chosen_particle(torch.zeros(params.particles), seed)  # the chunks are equally weighted
-        outputs = self._write_outputs(context, runtime, latents, chosen, renders, bundle.fps, params.save_particles)
+        outputs = self._write_outputs(context, runtime, latents, chosen, renders, first_frame, timing.fps, params.save_particles)
+        experts = ["framepack"] + (["render_gaussian"] if params.mode == "product" else [])
         manifest = {
             "task": self.name,
             "params": params.model_dump(),
@@ -150,9 +168,12 @@ class Sim2VideoARTask(Task):
             "models": context.models,
             "model_sources": {role: get_spec(role, context.models).describe() for role in FramePackRuntime.roles(params.sampling_type)},
             "placement": runtime.describe(),
-            "experts": ["framepack"] + (["render_gaussian"] if params.mode == "product" else []),
+            "experts": experts,
+            "expert_inputs": {expert: dict(EXPERT_INPUTS[expert]) for expert in experts},
             "frames": frames,
-            "size": {"height": size.height, "width": size.width, "num_frames": len(frames), "fps": bundle.fps, "sections": num_sections, "latent_window_size": window, "capped_from": size.capped_from},
+            "timing": timing.describe(),
+            "size": {"height": size.height, "width": size.width, "num_frames": len(frames), "fps": timing.fps, "scene_fps": bundle.fps, "sections": num_sections,
+                     "latent_window_size": window, "capped_from": size.capped_from},
             "levels": levels,
             "stats": result.stats(),
             "chosen_particle": chosen,
@@ -164,33 +185,38 @@ class Sim2VideoARTask(Task):
     @staticmethod
     def _num_sections(available: int, max_frames: int, window: int, requested: int | None) -> int:
         """Sections of ``window`` latent frames: ``requested``, else as many as fit in
-        ``min(available, max_frames)`` pixel frames (``1 + 4·sections·window``)."""
+        ``min(available, max_frames)`` pixel frames (``1 + 4·sections·window``), counted at
+        the model's rate (``available``: the model frames the simulation lasts)."""
         from poe_backend.families.framepack.experts import num_pixel_frames
 
         if requested is None:
             sections = (max_frames - 1) // (4 * window)
             if sections < 1:
-                raise BundleError("frames", f"needs at least {num_pixel_frames(1, window)} frames for one section of {window} latent frames, the bundle has {available} (max_frames {max_frames})")
+                raise BundleError("frames", f"needs at least {num_pixel_frames(1, window)} model frames for one section of {window} latent frames, "
+                                            f"the bundle's simulation lasts {available} (max_frames {max_frames})")
             return sections
         needed = num_pixel_frames(requested, window)
         if needed > available:
-            raise BundleError("frames", f"{requested} sections of {window} latent frames need {needed} frames, the bundle has {available}")
+            raise BundleError("frames", f"{requested} sections of {window} latent frames need {needed} model frames, the bundle's simulation lasts {available}")
         if needed > max_frames:
             raise BundleError("params.num_sections", f"{requested} sections of {window} latent frames are {needed} frames, above max_frames={max_frames}")
         return requested
 
     @staticmethod
-    def _write_outputs(context: TaskContext, runtime, latents: torch.Tensor, chosen: int, renders: torch.Tensor, fps: float, save_particles: bool) -> dict[str, Path]:
+    def _write_outputs(context: TaskContext, runtime, latents: torch.Tensor, chosen: int, renders: torch.Tensor, first_frame: torch.Tensor, fps: float,
+                       save_particles: bool) -> dict[str, Path]:
         """``latents.pt`` (all particles), ``video.mp4`` (particle ``chosen``, drawn
         uniformly with the job's seed: the particles are equally weighted, and particle 0
-        of a systematic resampling is not a uniform draw), ``particles/*.mp4`` and
-        ``renders.mp4``."""
+        of a systematic resampling is not a uniform draw), ``particles/*.mp4``,
+        ``renders.mp4`` (``(F, 3, H, W)``) and ``first_frame.png`` (``(3, H, W)``), videos
+        at ``fps``, the model's rate."""
         out_dir = context.out_dir
         out_dir.mkdir(parents=True, exist_ok=True)
         latents_path = out_dir / "latents.pt"
         torch.save({"latents": latents.cpu()}, latents_path)
         outputs: dict[str, Path] = {"latents": latents_path, **video_io.write_particle_videos(out_dir, runtime.decode, latents, chosen, fps, save_particles)}
         outputs["renders"] = video_io.write_mp4(out_dir / "renders.mp4", renders, fps)
+        outputs["first_frame"] = video_io.write_png(out_dir / "first_frame.png", first_frame)
         return outputs
 
 

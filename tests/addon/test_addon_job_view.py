@@ -30,11 +30,15 @@ def test_failure_lines_give_the_reason_then_what_to_do():
     assert job_view.failure_lines(None, "the backend is not reachable") == ["the backend is not reachable"]
 
 
-def test_generated_size_applies_the_backends_caps():
-    assert job_view.generated_size("sim2video", 1920, 1080, 250) == "832x464, 81 frames"
-    tasks = [{"name": "sim2video", "parameters": [{"name": "max_side", "default": 480}, {"name": "max_frames", "default": 33}]}]
-    assert job_view.generated_size("sim2video", 1920, 1080, 250, tasks) == "480x256, 33 frames"
-    assert job_view.generated_size("insertion", 1920, 1080, 1, tasks) == "1920x1080, 1 image"
+def test_generated_size_applies_the_backends_caps_and_model_rate():
+    frames = list(range(1, 251))
+    assert job_view.generated_size("sim2video", 1920, 1080, frames, 24.0) == "832x464, 81 frames at 24 fps"  # backend not reached: scene rate
+    tasks = [{"name": "sim2video", "fps": 16.0, "parameters": [{"name": "max_side", "default": 480}, {"name": "max_frames", "default": 33}]}]
+    assert job_view.generated_size("sim2video", 1920, 1080, frames, 24.0, tasks) == "480x256, 33 frames at 16 fps"
+    # a 2 s simulation at 24 fps (frames 1..49) is 33 frames at Wan's 16 fps, not 49 cut to 45
+    tasks[0]["parameters"] = []
+    assert job_view.generated_size("sim2video", 832, 480, list(range(1, 50)), 24.0, tasks) == "832x480, 33 frames at 16 fps"
+    assert job_view.generated_size("insertion", 1920, 1080, [1], 24.0, tasks) == "1920x1080, 1 image"
 
 
 @pytest.fixture
@@ -51,6 +55,6 @@ def test_panel_shows_the_capped_size_of_the_scene(registered, monkeypatch):
     scene.frame_start, scene.frame_end = 1, 250
     scene.poe.task = "sim2video"
     monkeypatch.setattr(operators_jobs.SESSION, "tasks", None)
-    assert panel.generation_summary(scene) == "Will generate: 832x464, 81 frames"
+    assert panel.generation_summary(scene) == "Will generate: 832x464, 81 frames at 24 fps"
     scene.poe.use_scene_range, scene.poe.frame_start, scene.poe.frame_end = False, 10, 5
     assert panel.generation_summary(scene).startswith("Cannot capture: the frame range is empty")

@@ -131,7 +131,7 @@ def test_panel_shows_the_capped_video_size(registered):
     labels = []
     stub = type("Panel", (), {"layout": _RecordingLayout(labels), "_draw_frames_and_resolution": staticmethod(panel.POE_PT_main._draw_frames_and_resolution)})()
     panel.POE_PT_main.draw(stub, bpy.context)
-    assert "Will generate: 832x464, 81 frames" in labels, labels
+    assert "Will generate: 832x464, 81 frames at 24 fps" in labels, labels
     settings.task = "insertion"
     labels.clear()
     panel.POE_PT_main.draw(stub, bpy.context)

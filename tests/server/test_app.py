@@ -39,6 +39,8 @@ def test_tasks_list_parameters_with_types_defaults_and_ranges(backend):
     assert parameters["particles"] == {**parameters["particles"], "type": "integer", "default": 500, "minimum": 1, "maximum": 100_000}
     assert parameters["levels"]["type"] == "integer|null" and (parameters["levels"]["minimum"], parameters["levels"]["maximum"]) == (2, 10_000)
     assert tasks["toy2d"]["kind"] == "image" and "properties" in tasks["toy2d"]["schema"]
+    # video tasks say the rate their clip is sampled and written at (the model's native one)
+    assert (tasks["sim2video"]["fps"], tasks["sim2video_ar"]["fps"], tasks["toy2d"]["fps"]) == (16.0, 30.0, None)
 
 
 def test_refuses_a_non_loopback_bind_without_allow_remote(tmp_path):

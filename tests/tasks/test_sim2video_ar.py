@@ -1,5 +1,7 @@
 """The sim2video_ar task end to end with the tiny FramePack preset: two sections of one
-latent frame each (9 pixel frames of 32x32), autoregressive annealing with a Gibbs sweep."""
+latent frame each (9 pixel frames of 32x32), autoregressive annealing with a Gibbs sweep.
+Bundles are captured at FramePack's 30 fps unless a test is about the frame rate, so their
+frames are the model frames one for one."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import imageio.v3 as iio
 import pytest
 import torch
 
-from poe_backend.bundle import BundleError, read_bundle
+from poe_backend.bundle import BundleError, frames_at_rate, read_bundle
 from poe_backend.sampling import SamplingCancelled
 from poe_backend.tasks import get_task
 from poe_backend.tasks.base import TaskContext
@@ -18,9 +20,18 @@ from tests.video_support import tiny_data_dir, write_video_bundle  # noqa: F401 
 FAST = {"latent_window_size": 1, "levels": 3, "langevin_steps": 1, "particles": 2, "gibbs_sweeps": 1}
 
 
+def _bundle(root, num_frames: int = 9, fps: float = 30):
+    """``write_video_bundle`` without depth, captured at ``fps`` (its own writes 8)."""
+    write_video_bundle(root, "sim2video_ar", num_frames=num_frames, with_depth=False)
+    data = json.loads((root / "bundle.json").read_text())
+    data["fps"] = fps
+    (root / "bundle.json").write_text(json.dumps(data))
+    return root
+
+
 @pytest.fixture(scope="module")
 def bundle_dir(tmp_path_factory):
-    return write_video_bundle(tmp_path_factory.mktemp("bundle"), "sim2video_ar", num_frames=9, with_depth=False)
+    return _bundle(tmp_path_factory.mktemp("bundle"))
 
 
 def _run(bundle_dir, out_dir, callback=None, should_stop=None, **params):
@@ -38,6 +49,9 @@ def test_product_run_writes_video_and_manifest(tiny_data_dir, bundle_dir, tmp_pa
     manifest = json.loads((tmp_path / "result.json").read_text())
     assert manifest["experts"] == ["framepack", "render_gaussian"]
     assert manifest["size"]["sections"] == 2 and manifest["size"]["num_frames"] == 9
+    assert manifest["expert_inputs"] == {"framepack": {"first_frame": "first_frame"}, "render_gaussian": {"renders": "renders"}}
+    assert manifest["outputs"]["first_frame"] == "first_frame.png" and manifest["outputs"]["renders"] == "renders.mp4"
+    assert iio.imread(tmp_path / "first_frame.png").shape == (32, 32, 3)
     frames = iio.imread(tmp_path / "video.mp4")
     assert frames.shape == (9, 32, 32, 3)
     latents = torch.load(result.outputs["latents"])["latents"]
@@ -114,3 +128,19 @@ def test_the_video_is_the_particle_drawn_with_the_seed(tiny_data_dir, bundle_dir
     chosen = manifest["chosen_particle"]
     assert 0 <= chosen < 4
     torch.testing.assert_close(torch.from_numpy(iio.imread(result.outputs["video"])), torch.from_numpy(iio.imread(result.outputs[f"particle_{chosen:02d}"])))
+
+
+def test_a_24_fps_capture_is_sampled_at_framepack_30_fps(tiny_data_dir, tmp_path) -> None:  # noqa: F811
+    """9 frames at 24 fps last 1/3 s: 11 frames at 30 fps, of which two sections of one
+    latent frame take 9 (0.27 s), every fourth captured frame shown twice; the videos are
+    written at 30 fps and result.json says both rates and the timing (±1/60 s here)."""
+    result = _run(_bundle(tmp_path / "b", fps=24), tmp_path / "out", gibbs_sweeps=0, particles=1)
+    manifest = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert manifest["frames"] == frames_at_rate(list(range(1, 10)), 24, 30)[:9] == [1, 2, 3, 3, 4, 5, 6, 7, 7]
+    size = manifest["size"]
+    assert (size["num_frames"], size["sections"], size["fps"], size["scene_fps"]) == (9, 2, 30.0, 24.0)
+    assert manifest["timing"]["times_s"][-1] == pytest.approx(8 / 30) and manifest["timing"]["max_error_s"] == pytest.approx(1 / 60)
+    for name in ("video", "renders", "particle_00"):
+        assert iio.immeta(result.outputs[name])["fps"] == 30.0 and iio.imread(result.outputs[name]).shape[0] == 9, name
+    renders = iio.imread(result.outputs["renders"]).astype(float)
+    assert abs(renders[2] - renders[3]).mean() < 2 < abs(renders[3] - renders[4]).mean()  # scene frame 3 shown twice

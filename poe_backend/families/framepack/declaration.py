@@ -5,6 +5,10 @@ root, so no subfolder): ``FramePackI2V_HY`` (inverted anti-drifting sampling) an
 ``FramePack_F1_I2V_HY_20250503`` (forward, "vanilla"). VAE, Llama text encoder and CLIP-L
 come from ``hunyuanvideo-community/HunyuanVideo``; the SigLIP image encoder from
 ``lllyasviel/flux_redux_bfl`` (MODELS.md "FramePack").
+
+FramePack generates 30 fps video (lllyasviel/FramePack's demo writes its MP4s at 30 fps and
+diffusers' ``HunyuanVideoFramepackPipeline`` examples export at ``fps=30``): :data:`NATIVE_FPS`
+is what ``sim2video_ar`` samples the simulation at.
 """
 
 from __future__ import annotations
@@ -15,6 +19,9 @@ INVERTED = "lllyasviel/FramePackI2V_HY"
 F1 = "lllyasviel/FramePack_F1_I2V_HY_20250503"
 HUNYUAN = "hunyuanvideo-community/HunyuanVideo"
 REDUX = "lllyasviel/flux_redux_bfl"
+
+#: Frames per second FramePack was trained at.
+NATIVE_FPS = 30.0
 
 #: role -> (loader, repo, subfolder, is_module)
 _COMPONENTS: Components = {
@@ -43,6 +50,7 @@ register_family(
     "framepack",
     {"default": hub_specs(_COMPONENTS), "tiny": tiny_specs("framepack", _COMPONENTS, "poe_backend.families.framepack.tiny:build_tiny_framepack")},
     FamilyFacts(
+        native_fps=NATIVE_FPS,
         estimated_bytes={
             (INVERTED, None, True): int(12.9e9 * _BF16),
             (F1, None, True): int(12.9e9 * _BF16),

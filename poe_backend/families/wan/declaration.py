@@ -6,6 +6,12 @@ loaded once for both experts. There is no Wan2.1 I2V at 1.3B: the ``preview`` pr
 both sim-to-video experts on VACE-1.3B (shared mode, see :mod:`poe_backend.families.wan.experts`).
 Wan2.1-Fun Control (``alibaba-pai/Wan2.1-Fun-14B-Control``) has no diffusers class and is
 not registered (see :data:`poe_backend.families.wan.experts.UNSUPPORTED_MODELS`).
+
+Inputs as the checkpoints were trained: Wan2.1 generates 16 fps video (Wan-Video/Wan2.1
+``wan/configs/shared_config.py``: ``sample_fps = 16``, ``frame_num = 81``, i.e. 5 s;
+diffusers' Wan I2V and VACE examples export at ``fps=16``), so :data:`NATIVE_FPS` is what
+the video tasks sample the simulation at; :data:`NEGATIVE_PROMPT` is the negative prompt
+those examples pass.
 """
 
 from __future__ import annotations
@@ -16,6 +22,18 @@ I2V_480P = "Wan-AI/Wan2.1-I2V-14B-480P-Diffusers"
 I2V_720P = "Wan-AI/Wan2.1-I2V-14B-720P-Diffusers"
 VACE_14B = "Wan-AI/Wan2.1-VACE-14B-diffusers"
 VACE_1_3B = "Wan-AI/Wan2.1-VACE-1.3B-diffusers"
+
+#: Frames per second Wan2.1 was trained at (and its 81-frame clips last 5 s at).
+NATIVE_FPS = 16.0
+#: The negative prompt of diffusers' Wan examples, the same text for ``WanImageToVideoPipeline``
+#: and ``WanVACEPipeline`` (``EXAMPLE_DOC_STRING`` of ``diffusers/pipelines/wan/pipeline_wan_i2v.py``
+#: and ``pipeline_wan_vace.py``, diffusers 0.42; ``docs/source/en/api/pipelines/wan.md``): the
+#: English of the Wan2.1 repository's default ``sample_neg_prompt`` (``shared_config.py``).
+NEGATIVE_PROMPT = (
+    "Bright tones, overexposed, static, blurred details, subtitles, style, works, paintings, images, static, overall gray, worst quality, "
+    "low quality, JPEG compression residue, ugly, incomplete, extra fingers, poorly drawn hands, poorly drawn faces, deformed, disfigured, "
+    "misshapen limbs, fused fingers, still picture, messy background, three legs, many people in the background, walking backwards"
+)
 
 #: role -> (loader, repo, subfolder, is_module)
 _DEFAULT: Components = {
@@ -54,6 +72,7 @@ register_family(
         "tiny": tiny_specs("wan", _DEFAULT, "poe_backend.families.wan.tiny:build_tiny_wan"),
     },
     FamilyFacts(
+        native_fps=NATIVE_FPS,
         shared_repos=frozenset(_REPOS),
         estimated_bytes={
             (VACE_14B, "transformer", True): int(17.3e9 * _BF16),  # 14B + 8 VACE blocks
