@@ -24,10 +24,26 @@ mixtures (score-only) to tell sampler error from model error. Parts (``--part``)
   levels and Langevin steps (quality 28 levels / 1 step, preview 8 / 1), ``--particles``
   independent P = 1 runs, with the total variance of the draw against the exact product's
   (the exponential step's draws are too narrow: see ``tasks.base.transport_field``).
+* ``conditioning``: conditional experts (the paper's ``p_i(x_i | x_pa(i))``, an alignment of
+  the child's velocity to the parent's over the whole event:
+  :meth:`~poe_backend.sampling.GenerativeExpert.aligned_velocity`) on the 2-expert cases,
+  fkc at the task settings, ``--runs`` independent P = 1 runs in one batched call, for both
+  directions and each ``--cond-weight``: the distance to the exact (plain) product, the
+  total variance / the exact product's, and the product modes holding at least 1 % of the
+  samples (the exact product's count beside it). Conditioning changes the target, so the
+  distance measures how far the term moves the draw off the plain product. Up to w = 0.03
+  the SWD moves by less than two seeds of the plain product differ (``--seed``); from
+  w = 0.1 it grows in one direction or both, and w = 1 breaks the draw (10-80 floors; on
+  the many modes the spread shrinks with the broad expert as the child and grows with the
+  tight grid as the child). The mode shares move towards the parent's from w = 0.01, which in one direction cancels
+  part of the sampler's own share error and in the other adds to it (32-D, seeds 0 and 1:
+  expert 0 the child 3.8 / 3.2 -> 2.7 / 2.0 floors at w = 0.1, expert 1 the child -> 8.6 /
+  9.0).
 
 Run: ``.venv/bin/python benchmarks/learned_experts.py --part toy`` (one thread). Wall times on
-a shared 2-core machine: fidelity + toy ~13 min, task ~3-5 min per case, spread ~11 min; the
-first run also trains the nets (2-D: ~25 s each, 32-D: ~2 min, 128-D: ~8 min).
+a shared 2-core machine: fidelity + toy ~13 min, task ~3-5 min per case, spread ~11 min,
+conditioning (not in the default set; ``--runs 2000``) ~1 min per 2-D case and ~3 min for the
+32-D one; the first run also trains the nets (2-D: ~25 s each, 32-D: ~2 min, 128-D: ~8 min).
 """
 
 from __future__ import annotations
@@ -37,7 +53,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -46,6 +62,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from poe_backend.families.analytic.gmm import GaussianMixture, GaussianMixtureExpert  # noqa: E402
 from poe_backend.sampling import Factor, GenerativeExpert, ProductOfExperts, SampleResult, resampling, samplers  # noqa: E402
+from poe_backend.sampling.experts import Conditioning  # noqa: E402
 from poe_backend.sampling.schedules import log_snr_levels  # noqa: E402
 from poe_backend.tasks import images  # noqa: E402
 from poe_backend.tasks.insertion import InsertionParams  # noqa: E402
@@ -66,6 +83,8 @@ def flux_levels(params: InsertionParams) -> list[float]:
 TASK_LEVELS = flux_levels(TASK)
 REFERENCE_SETS = 4  # exact reference sets each distance is averaged over
 MODE_REFERENCE = 20000  # exact samples of the reference mode shares
+COVERED_SHARE = 0.01  # a mode holding at least this share of the samples counts as covered
+CONDITIONING_WEIGHTS = (0.0, 0.01, 0.03, 0.1, 0.3, 1.0)
 
 
 class Measure:
@@ -82,6 +101,11 @@ class Measure:
     def ratios(self, samples: torch.Tensor) -> tuple[float, float]:
         distance = float(np.mean([sliced_wasserstein(samples, reference) for reference in self.references]))
         return distance / self.floor, self._mode_error(samples) / self.mode_floor
+
+    def covered(self, samples: torch.Tensor) -> int:
+        """The mixture's components holding at least ``COVERED_SHARE`` of ``samples`` (by
+        responsibility, as the mode error)."""
+        return int((self._shares(samples) >= COVERED_SHARE).sum())
 
     def _shares(self, samples: torch.Tensor) -> torch.Tensor:
         nearest = self.mixture.component_log_densities(samples.to(self.mixture.means))[0].argmax(dim=1)
@@ -102,12 +126,13 @@ def exact_experts(case: learned.LearnedCase) -> list[GenerativeExpert]:
 
 
 def run_sampler(name: str, experts: list[GenerativeExpert], noise: torch.Tensor, levels: list[float], generator: torch.Generator, langevin_steps: int, ess_threshold: float = 0.5,
-                transport: samplers.Transport | None = None) -> SampleResult:
-    """``name``: "fkc", "langevin", "naive" or "single:K" on a fresh product of ``experts``,
-    correctors at the tasks' step scale; ``transport``: fkc's (None: the sampler's default)."""
+                transport: samplers.Transport | None = None, conditioning: Sequence[Conditioning] = ()) -> SampleResult:
+    """``name``: "fkc", "langevin", "naive" or "single:K" on a fresh product of ``experts``
+    (with ``conditioning``, except "single"), correctors at the tasks' step scale;
+    ``transport``: fkc's (None: the sampler's default)."""
     if name.startswith("single"):
         return samplers.sample_summed_velocity(ProductOfExperts([Factor(experts[int(name.split(":")[1])])]), noise, levels, generator=generator)
-    product = ProductOfExperts([Factor(expert) for expert in experts])
+    product = ProductOfExperts([Factor(expert) for expert in experts], conditioning=conditioning)
     if name == "fkc":
         options = {} if transport is None else {"transport": transport}
         return samplers.sample_fkc(product, noise, levels, generator=generator, langevin_steps=langevin_steps, step_scale=TASK.step_scale, ess_threshold=ess_threshold, metropolis=False, **options)
@@ -227,6 +252,46 @@ def part_transport(cases: list[learned.LearnedCase], particles: int, seed: int) 
                     print(f"{case.name:<16} | {kind:<7} | {name:<7} | {transport:<11} | {result.nfe // len(experts):>4} | {cell(measure.ratios(result.particles)):>11} | {variance:>8.2f}", flush=True)
 
 
+def conditioning_rows(weights: Sequence[float]) -> list[tuple[str, list[Conditioning]]]:
+    """``(label, links)`` of a 2-expert product: the plain product once, then expert 1
+    conditioned on expert 0 ("0>1") and the reverse ("1>0") at each nonzero weight, over
+    the whole event."""
+    rows = [("plain", [])]
+    for parent, child in ((0, 1), (1, 0)):
+        rows += [(f"{parent}>{child} w={weight:g}", [Conditioning(child=child, parents=(parent,), weight=weight)]) for weight in weights if weight != 0.0]
+    return rows
+
+
+def part_conditioning(cases: list[learned.LearnedCase], runs: int, seed: int, weights: Sequence[float]) -> None:
+    """fkc at the task settings with and without a conditioning link, ``runs`` independent
+    P = 1 runs in one batched call per row (the same noise and generator seed in every
+    row), learned and exact experts; the single experts' ODEs for reference."""
+    print(
+        f"\n## Conditional experts: fkc at the task settings ({TASK.levels} FLUX-shifted levels, {TASK.langevin_steps} Langevin step, {TASK.transport}), {runs} independent P = 1 runs; "
+        "'parent>child w': the child aligned to the parent over the whole event"
+    )
+    print(f"   SWD|modes: ÷ their floors vs the exact plain product; variance: total variance ÷ the exact product's; modes: the exact product's components holding ≥ {COVERED_SHARE:.0%}")
+    print(f"{'case':<16} | {'experts':<7} | {'row':<12} | {'SWD|modes':>11} | {'variance':>8} | {'modes':>7} | {'evals':>5} | {'fwd':>4} | {'seconds':>7}")
+    for case in (case for case in cases if len(case.spec.mixtures) == 2):
+        generator = torch.Generator().manual_seed(seed)
+        measure = Measure(lambda n: case.exact_samples(n, generator), runs, case.spec.exact_product())
+        exact = case.exact_samples(MODE_REFERENCE, generator)
+        exact_variance, exact_modes = float(exact.var(0).sum()), measure.covered(exact)
+        rows = conditioning_rows(weights) + [(f"single:{index}", []) for index in range(2)]
+        for kind, experts in (("learned", case.experts()), ("exact", exact_experts(case))):
+            for label, links in rows:
+                noise = torch.randn(runs, case.dimension, generator=torch.Generator().manual_seed(seed + 1), dtype=DTYPE)
+                name, start = (label if label.startswith("single") else "fkc"), time.perf_counter()
+                result = run_sampler(name, experts, noise, TASK_LEVELS, torch.Generator().manual_seed(seed + 2), TASK.langevin_steps, ess_threshold=0.0, transport=TASK.transport, conditioning=links)
+                seconds, samples = time.perf_counter() - start, torch.nan_to_num(result.particles, nan=0.0)
+                variance = float(samples.var(0).sum()) / exact_variance
+                print(
+                    f"{case.name:<16} | {kind:<7} | {label:<12} | {cell(measure.ratios(samples)):>11} | {variance:>8.2f} | {measure.covered(samples):>3}/{exact_modes:<3} | "
+                    f"{result.nfe:>5} | {result.forwards:>4} | {seconds:>7.1f}",
+                    flush=True,
+                )
+
+
 def log_weights_at(experts: list[GenerativeExpert], noise: torch.Tensor, level: int, seed: int) -> torch.Tensor:
     """Feynman-Kac log-weights ``(N,)`` without resampling after the transport to
     ``TASK_LEVELS[level]`` (the final ones for the last level): a run on the truncated
@@ -287,16 +352,17 @@ def part_spread(dimensions: list[int], exact_dimensions: list[int], particles: i
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", choices=("fidelity", "toy", "task", "spread", "transport"), action="append", help="repeatable; default: all")
+    parser.add_argument("--part", choices=("fidelity", "toy", "task", "spread", "transport", "conditioning"), action="append", help="repeatable; default: all but conditioning")
     parser.add_argument("--case", action="append", help="case name (repeatable); default: all of learned.cases()")
     parser.add_argument("--particles", type=int, default=2000, help="particles of the toy-budget and fidelity parts")
-    parser.add_argument("--runs", type=int, default=500, help="independent runs per row of the task part")
+    parser.add_argument("--runs", type=int, default=500, help="independent runs per row of the task and conditioning parts")
     parser.add_argument("--task-levels", type=int, default=TASK.levels, help="levels of the task part")
     parser.add_argument("--task-langevin-steps", type=int, default=TASK.langevin_steps, help="Langevin steps of the task part")
     parser.add_argument("--task-transport", choices=("euler", "exponential"), default=TASK.transport, help="fkc's transport step in the task part")
     parser.add_argument("--spread-particles", type=int, default=256)
     parser.add_argument("--dimensions", type=int, nargs="+", default=[8, 32, 128], help="learned dimensions of the spread part")
     parser.add_argument("--exact-dimensions", type=int, nargs="+", default=[8, 32, 128], help="exact experts cost O(D^3) per call (D = 128: ~3 min)")
+    parser.add_argument("--cond-weight", type=float, nargs="+", default=list(CONDITIONING_WEIGHTS), help="alignment weights w of the conditioning part")
     parser.add_argument("--seed", type=int, default=0)
     arguments = parser.parse_args()
     torch.set_num_threads(1)
@@ -312,6 +378,8 @@ def main() -> None:
         part_spread(arguments.dimensions, arguments.exact_dimensions, arguments.spread_particles, arguments.seed)
     if "transport" in parts:
         part_transport(cases, arguments.particles, arguments.seed)
+    if "conditioning" in parts:
+        part_conditioning(cases, arguments.runs, arguments.seed, arguments.cond_weight)
 
 
 if __name__ == "__main__":

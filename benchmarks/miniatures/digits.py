@@ -29,10 +29,11 @@ the plate outside the mask (``blend``).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+import time
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Callable
+from typing import Callable, Literal
 
 import numpy as np
 import torch
@@ -40,6 +41,7 @@ from torch import Tensor
 
 from poe_backend.models.specs import data_dir
 from poe_backend.sampling import Factor, GenerativeExpert, Progress, ProductOfExperts, SampleResult, resampling
+from poe_backend.sampling.experts import Conditioning
 from poe_backend.tasks import images
 from poe_backend.tasks.insertion import InsertionParams
 from benchmarks.miniatures.flow_net import LearnedExpert, VelocityNet, cache_name, load_or_train, train_velocity
@@ -176,6 +178,7 @@ class GuidedExpert(GenerativeExpert):
         self.conditional = LearnedExpert(net, condition)
         self.unconditional = LearnedExpert(net, null_condition)
         self.scale = scale
+        self.passes_per_evaluation = 1 if scale == 0.0 else 2
 
     def velocity(self, x: Tensor, t: float) -> Tensor:
         velocity = self.conditional.velocity(x, t)
@@ -245,16 +248,51 @@ def task_levels(params: InsertionParams) -> list[float]:
     return images.levels_for(params, FLUX_TOKENS_1024)
 
 
-def build_product(method: str, experts: DigitExperts, case: InsertionCase, plate: Tensor, object_image: Tensor, params: InsertionParams) -> tuple[ProductOfExperts, str]:
+@dataclass(frozen=True)
+class ConditioningReading:
+    """Which of the product's two experts is conditioned on the other (the paper's
+    ``p_i(x_i | x_pa(i))``, an alignment of the child's velocity to the parent's:
+    :meth:`~poe_backend.sampling.GenerativeExpert.aligned_velocity`) and over which pixels:
+    ``parent`` "layout" (the inpainter is the child) or "inpaint" (the layout expert is);
+    ``region`` "mask" (the object's pixels, what the inpainter generates), "outside" (the
+    known pixels) or "whole" (all 64); ``weight`` the paper's ``w`` (0: the plain product)."""
+
+    parent: Literal["layout", "inpaint"] = "layout"
+    region: Literal["mask", "outside", "whole"] = "mask"
+    weight: float = 0.0
+
+    @property
+    def name(self) -> str:
+        """``parent>child:region``, e.g. ``layout>inpaint:mask``."""
+        child = "inpaint" if self.parent == "layout" else "layout"
+        return f"{self.parent}>{child}:{self.region}"
+
+    def link(self, mask: Tensor) -> Conditioning:
+        """The product's conditioning link; factor 0 is the layout expert, 1 the inpainter
+        (:func:`build_product`); ``mask`` ``(64,)`` in {0, 1}."""
+        region = {"mask": mask, "outside": 1.0 - mask, "whole": 1.0}[self.region]
+        child, parent = (1, 0) if self.parent == "layout" else (0, 1)
+        return Conditioning(child=child, parents=(parent,), weight=self.weight, region=region)
+
+
+def build_product(
+    method: str, experts: DigitExperts, case: InsertionCase, plate: Tensor, object_image: Tensor, params: InsertionParams, reading: ConditioningReading | None = None,
+) -> tuple[ProductOfExperts, str]:
     """The product a method samples and the sampler it uses (as the insertion task does:
-    single experts and the naive sum on the summed-velocity ODE)."""
-    scene = case.composite(plate, object_image)[None]
-    target = torch.tensor([case.target_class])
-    layout_expert = GuidedExpert(experts.layout_net, layout_condition(target, scene)[0], layout_condition(None, scene)[0], case.class_guidance)
-    layout_factor = Factor(layout_expert, params.depth_weight)
-    inpainter = Factor(LearnedExpert(experts.inpaint_net, inpaint_condition(plate, case.mask)), params.fill_weight)
+    single experts and the naive sum on the summed-velocity ODE). ``plate`` and
+    ``object_image`` are ``(64,)`` (one run) or ``(N, 64)`` (N runs batched as N particles,
+    each with its own conditions: valid while nothing resamples). ``reading`` conditions the
+    ``product-*`` methods (None or weight 0: the plain product)."""
+    scenes = case.composite(plate, object_image).reshape(-1, DIMENSION)
+    targets = torch.full((scenes.shape[0],), case.target_class)
+    conditions = [layout_condition(targets, scenes), layout_condition(None, scenes), inpaint_condition(plate.reshape(-1, DIMENSION), case.mask.expand(scenes.shape[0], -1))]
+    if plate.dim() == 1:
+        conditions = [condition[0] for condition in conditions]
+    layout_factor = Factor(GuidedExpert(experts.layout_net, conditions[0], conditions[1], case.class_guidance), params.depth_weight)
+    inpainter = Factor(LearnedExpert(experts.inpaint_net, conditions[2]), params.fill_weight)
     if method.startswith("product-"):
-        return ProductOfExperts([layout_factor, inpainter]), method.removeprefix("product-")
+        links = [] if reading is None or reading.weight == 0.0 else [reading.link(case.mask)]
+        return ProductOfExperts([layout_factor, inpainter], conditioning=links), method.removeprefix("product-")
     factors = {"layout expert alone": [layout_factor], "inpainter alone": [inpainter], "naive sum": [layout_factor, inpainter]}[method]
     return ProductOfExperts(factors), "summed_velocity"
 
@@ -306,6 +344,90 @@ def score_method(method: str, experts: DigitExperts, case: InsertionCase, data: 
         method, particles, runs, _rmse(outputs, plates, known), _rmse(outputs, objects, case.mask),
         class_accuracy(experts, outputs, case.target_class), class_accuracy(experts, blended, case.target_class), outputs,
     )
+
+
+#: Raw output pixels beyond this magnitude (the data lie in [-1, 1]) count as out of range.
+OUT_OF_RANGE = 1.5
+
+
+@dataclass
+class RunScores:
+    """One method over ``N`` independent P = 1 runs, per run: squared errors of the raw
+    output averaged over the known pixels (against the plate) and over the masked ones
+    (against the object), whether the classifier calls it the target class (raw, and
+    after the paste-back), and the fraction of its raw pixels beyond ``OUT_OF_RANGE`` or not
+    finite (overshoot); all ``(N,)`` numpy arrays. ``nfe`` and ``forwards`` are one run's
+    cost (:attr:`ProductOfExperts.nfe`, expert evaluations summed over experts, and
+    :attr:`ProductOfExperts.passes`, network forward-equivalents: a guided evaluation 2, a
+    conditioned one 3 times its forwards); ``seconds`` the wall time of all N runs."""
+
+    method: str
+    known_mse: np.ndarray
+    masked_mse: np.ndarray
+    correct: np.ndarray
+    blended_correct: np.ndarray
+    out_of_range: np.ndarray
+    nfe: int
+    forwards: int
+    seconds: float
+
+
+def score_runs(
+    method: str, experts: DigitExperts, case: InsertionCase, data: DigitsData, *, runs: int, seed: int = 0, params: InsertionParams | None = None,
+    reading: ConditioningReading | None = None,
+) -> RunScores:
+    """``runs`` independent P = 1 runs (run i: :meth:`InsertionCase.pairs`) in one batched
+    sampler call of ``runs`` particles, each with its own conditions and no resampling
+    (``ess_threshold`` 0; a P = 1 run never resamples), so it draws what ``runs`` separate
+    runs draw, from other random numbers than :func:`score_method`'s (noise and corrector
+    noise from one generator seeded ``seed``). NaN output pixels are scored as 0 (mid-grey),
+    infinite ones as ±1."""
+    params = (params or InsertionParams()).model_copy(update={"particles": runs, "ess_threshold": 0.0})
+    plates, objects = case.pairs(data, runs)
+    product, sampler = build_product(method, experts, case, plates, objects, params, reading)
+    generator, noise = images.start_noise(seed, runs, (DIMENSION,))
+    start = time.perf_counter()
+    result = images.run_sampler(params.model_copy(update={"sampler": sampler}), product, noise, task_levels(params), generator, SimpleNamespace(callback=None, should_stop=None))
+    seconds = time.perf_counter() - start
+    raw = result.particles.detach()
+    out_of_range = (~torch.isfinite(raw) | (raw.abs() > OUT_OF_RANGE)).double().mean(dim=1).numpy()
+    outputs = torch.nan_to_num(raw, nan=0.0).clamp(-1.0, 1.0)
+    blended = case.composite(plates, outputs)
+    return RunScores(
+        method, _mse_per_run(outputs, plates, 1.0 - case.mask), _mse_per_run(outputs, objects, case.mask),
+        _predicted(experts, outputs) == case.target_class, _predicted(experts, blended) == case.target_class, out_of_range, product.nfe, product.passes, seconds,
+    )
+
+
+def alignment_gain(experts: DigitExperts, case: InsertionCase, data: DigitsData, reading: ConditioningReading, t: float, *, runs: int, seed: int = 0) -> float:
+    """How hard the conditioning term pulls per unit ``w`` at level ``t``: the median over
+    ``runs`` forward-noised composites ``x = (1 - t)·composite + t·ε`` of ``<v_c - a, d> / ‖d‖²``
+    with ``a`` the child's aligned velocity at w = 1 and ``d = region·(v_c - v_p)`` (the
+    child's and parent's velocities). At weight w the child's difference to the parent
+    along ``d`` becomes ``(1 - w·gain)·d``: aligned at w·gain = 1, flipped and growing
+    beyond 2. ``J ≈ I/t`` (a point-mass posterior) would give ``2/t``; ``J ≈ I`` (t near 1) 2."""
+    plates, objects = case.pairs(data, runs)
+    product, _ = build_product("product-fkc", experts, case, plates, objects, InsertionParams(), replace(reading, weight=1.0))
+    link = reading.link(case.mask)
+    child, parent = product.factors[link.child].expert, product.factors[link.parents[0]].expert
+    noise = torch.randn(plates.shape, generator=torch.Generator().manual_seed(seed))
+    x = (1.0 - t) * case.composite(plates, objects) + t * noise
+    with torch.no_grad():
+        target, velocity = parent.velocity(x, t), child.velocity(x, t)
+    aligned = child.aligned_velocity(x, t, [target], link.region, 1.0)
+    difference = link.region * (velocity - target)
+    return float((((velocity - aligned) * difference).sum(dim=1) / difference.square().sum(dim=1)).median())
+
+
+def _mse_per_run(outputs: Tensor, truth: Tensor, where: Tensor) -> np.ndarray:
+    """Mean of ``(outputs - truth)²`` ``(N, 64)`` over the pixels where ``where`` ``(64,)``
+    is 1, per row: ``(N,)`` float64."""
+    return (((outputs - truth) ** 2 * where).sum(dim=1) / where.sum()).double().numpy()
+
+
+def _predicted(experts: DigitExperts, outputs: Tensor) -> np.ndarray:
+    """The classifier's classes ``(N,)`` of images ``(N, 64)``."""
+    return experts.classifier.predict(outputs.numpy())
 
 
 def _rmse(outputs: Tensor, truth: Tensor, where: Tensor) -> float:
