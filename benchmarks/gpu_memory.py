@@ -1,6 +1,29 @@
-"""Memory of two consecutive jobs of one task on an emulated card, through the real task code.
+"""Memory of two consecutive jobs of one task on an emulated card, through the real task code;
+or one planned evaluation of many particles (``--check``), through the family runtime.
 
     python benchmarks/gpu_memory.py --task insertion --card-gb 24 [--tiny | --shallow]
+    python benchmarks/gpu_memory.py --check regional-p32 --card-gb 48 [--tiny]
+    python benchmarks/gpu_memory.py --check conditioned-insertion --card-gb 48 [--tiny]
+
+``--check`` (issue 21), one row each, planned against measured:
+
+* ``regional-p32``: regional FLUX.1 [dev] at 1024², P = 32, Qwen2.5-VL-7B (VQAScore) loaded
+  first, as the task does: ``FluxRuntime.plan(["dev"], particles=32)`` picks the micro-batch;
+  one evaluation of the global and one region expert (their forwards in micro-batches) and
+  one VQAScore twist (previews decoded ``FluxRuntime.preview_batch`` at a time, scored 4 at
+  a time). Printed: placements, micro-batch, the batch sizes the transformer saw, planned
+  activations (micro-batch × one particle's) against measured (peak minus what was allocated
+  before the evaluation), planned peak (plan + the VQAScore model it was planned beside)
+  against ``max_memory_allocated``.
+* ``conditioned-insertion``: FLUX.1 Depth × Fill at 1024² with Fill conditioned on Depth
+  (``Conditioning(child=fill, parents=(depth,))``): ``plan(["depth", "fill"], particles=32,
+  conditioned=["fill"])`` picks the micro-batch B; one evaluation of B particles (one
+  micro-batch: Depth's forward, then Fill's aligned pass, forward and backward,
+  checkpointed). Printed as above: the aligned pass's measured peak against
+  ``planner.flux_conditioned_bytes`` × B.
+
+Prompt embeddings and the Depth/Fill conditions are random tensors of their real shapes
+(no T5-XXL build, no VAE encodes): the memory of a forward does not depend on their values.
 
 One process, one task (insertion, regional_t2i, sim2video, sim2video_ar), one card size. On
 CUDA the card is emulated on the big one with ``torch.cuda.set_per_process_memory_fraction(
@@ -579,14 +602,132 @@ def failure(error: BaseException) -> str:
     return f"{type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}"
 
 
+# ---------------------------------------------------------------------------------------
+# Checks of one planned evaluation (--check)
+
+CHECKS = ("regional-p32", "conditioned-insertion")
+CHECK_PARTICLES = 32
+CHECK_HEADER = ("check", "card", "status", "placements", "micro-batch", "batches seen", "activations planned/measured", "peak planned/measured", "s")
+
+
+def _random_prompt(runtime) -> Any:
+    """A prompt embedding of the transformer's text shapes (T5 ``(1, L, joint_attention_dim)``,
+    CLIP ``(1, pooled_projection_dim)``), random: no text encoder is built."""
+    from poe_backend.families.flux.runtime import PromptEmbedding
+    from poe_backend.runtime.planner import installed_config
+
+    config = installed_config("flux.transformer.dev", runtime.preset)
+    generator = torch.Generator().manual_seed(0)
+    embeds = torch.randn(1, runtime.space.max_sequence_length, config["joint_attention_dim"], generator=generator)
+    pooled = torch.randn(1, config["pooled_projection_dim"], generator=generator)
+    return PromptEmbedding("random", embeds.to(runtime.device, runtime.dtype), pooled.to(runtime.device, runtime.dtype))
+
+
+def _spy_batches(transformer: torch.nn.Module, seen: list[int]) -> None:
+    transformer.register_forward_pre_hook(lambda module, args, kwargs: seen.append(kwargs["hidden_states"].shape[0]), with_kwargs=True)
+
+
+def _regional_p32(runtime, device: str, full: bool, seen: list[int]) -> tuple[Any, Any, int]:
+    """``(plan, evaluation callable, bytes held beside the plan)`` of regional_t2i at P = 32."""
+    from poe_backend.families.flux import runtime as flux
+    from poe_backend.families.vqascore.scorer import VQAScoreReward, VQAScorer
+    from poe_backend.sampling import Factor
+    from poe_backend.runtime.placement import parameter_bytes
+
+    max_pixels = 448 * 448 if full else 56 * 56
+    scorer = VQAScorer("tiny", device=device, max_pixels=max_pixels)  # loaded before planning, as the task does
+    plan = runtime.plan(["dev"], particles=CHECK_PARTICLES)
+    size = runtime.space.height
+    global_map, (region_map,) = flux.regional_weights([[0, 0, size // 2, size]], size, runtime.space.width)
+    prompt = _random_prompt(runtime)
+    factors = [Factor(runtime.expert("dev", prompt, guidance=3.5, name=name), weights.to(device)) for name, weights in (("global", global_map), ("region", region_map))]
+    _spy_batches(factors[0].expert.transformer, seen)
+    reward = VQAScoreReward(scorer, lambda x0: runtime.decode_preview(x0, max_pixels), ["a dog on the left", "a cat"])
+    product = flux.RegionalProduct(factors, [reward])
+    x = torch.randn(CHECK_PARTICLES, *runtime.event_shape, generator=torch.Generator().manual_seed(1)).to(device)
+    return plan, lambda: product.twist(product.evaluate(x, 0.5)), parameter_bytes(scorer.model)
+
+
+def _conditioned_insertion(runtime, device: str, full: bool, seen: list[int]) -> tuple[Any, Any, int]:
+    """``(plan, evaluation callable, 0)`` of insertion with Fill conditioned on Depth, one
+    micro-batch of the planned B particles."""
+    from poe_backend.sampling import Factor, ProductOfExperts
+    from poe_backend.sampling.experts import Conditioning
+
+    plan = runtime.plan(["depth", "fill"], particles=CHECK_PARTICLES, conditioned=["fill"])
+    prompt, generator = _random_prompt(runtime), torch.Generator().manual_seed(2)
+    depth = runtime.expert("depth", prompt, guidance=10.0, condition=torch.randn(1, runtime.num_tokens, 64, generator=generator).to(device))
+    fill = runtime.expert("fill", prompt, guidance=30.0, condition=torch.randn(1, runtime.num_tokens, 320, generator=generator).to(device))
+    _spy_batches(fill.transformer, seen)
+    product = ProductOfExperts([Factor(depth), Factor(fill)], conditioning=[Conditioning(child=1, parents=(0,), weight=0.1)])
+    x = torch.randn(plan.micro_batch, *runtime.event_shape, generator=generator).to(device)
+    return plan, lambda: product.velocities(x, 0.5), 0
+
+
+def _run_check(check: str, card: float, cuda: bool, where: str) -> int:
+    """One ``--check`` row: full-size random weights at 1024² on CUDA, the tiny preset at 48²
+    under the emulated budget on the CPU."""
+    from poe_backend.families.flux.runtime import FluxRuntime
+
+    device = "cuda" if cuda else "cpu"
+    print(f"gpu_memory: {check}, {where}", flush=True)
+    print(f"   {'full-size random weights (bf16)' if cuda else 'tiny preset'}; {'1024x1024' if cuda else '48x48'}, P={CHECK_PARTICLES}; random prompt embeddings and conditions", flush=True)
+    if cuda:
+        install_full_size()
+    else:
+        _wrap_loader(None)
+        _emulate_budget(card, cut=False)
+    print(" | ".join(CHECK_HEADER), flush=True)
+    started, seen, status, plan, measured, held = time.perf_counter(), [], "ok", None, {}, 0
+    try:
+        size = 1024 if cuda else 48
+        runtime = FluxRuntime(size, size, preset="tiny", device=device, max_sequence_length=512 if cuda else 16)
+        plan, evaluate, held = {"regional-p32": _regional_p32, "conditioned-insertion": _conditioned_insertion}[check](runtime, device, cuda, seen)
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            measured["before"] = torch.cuda.memory_allocated()
+        evaluate()
+        if cuda:
+            torch.cuda.synchronize()
+            measured["peak"] = torch.cuda.max_memory_allocated()
+    except Exception as error:  # noqa: BLE001 - a failed check is a row, not a crash
+        status = failure(error)
+        traceback.print_exc(limit=-3)
+    print(check_row(check, card, status, plan, seen, measured, held, time.perf_counter() - started), flush=True)
+    return 0 if status == "ok" else 1
+
+
+def check_row(check: str, card: float, status: str, plan, seen: list[int], measured: dict[str, int], held: int, seconds: float) -> str:
+    """One ``--check`` row: the plan's placements and micro-batch, the batches the transformer
+    saw, activations planned (B × one particle's) and measured (peak minus what was
+    allocated before), peaks planned (the plan's plus ``held``) and measured."""
+    if plan is None:
+        return " | ".join((check, f"{card:g}G", status, *["-"] * (len(CHECK_HEADER) - 4), f"{seconds:.1f}"))
+    planned_peak = plan.placement.planned.peak_vram_bytes + held if plan.placement.planned is not None else None
+    activations = plan.micro_batch * plan.particle_bytes
+    measured_activations = measured["peak"] - measured["before"] if "peak" in measured else None
+    batches = ",".join(str(count) for count in seen[:12]) + ("..." if len(seen) > 12 else "")
+    cells = (
+        check, f"{card:g}G", status, " ".join(f"{role.split('.')[-1]}={name}" for role, name in plan.placement.placements.items()),
+        f"{plan.micro_batch} of {plan.particles}", batches or "-", f"{size(activations)}/{size(measured_activations)}",
+        f"{size(planned_peak)}/{size(measured.get('peak'))}", f"{seconds:.1f}",
+    )
+    return " | ".join(cells)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", required=True, choices=TASKS)
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--task", choices=TASKS)
+    what.add_argument("--check", choices=CHECKS, help="one planned evaluation of many particles (issue 21) instead of two task jobs")
     parser.add_argument("--card-gb", type=float, required=True, help="card size in GiB to emulate (CPU: the budget in MiB)")
     parser.add_argument("--tiny", action="store_true", help="tiny models on the CPU even when CUDA is available")
     parser.add_argument("--shallow", action="store_true", help="dry run of the full-size path on the CPU: full widths, vocabularies, VAEs and "
                         "processors with 1-2 layers per stack, at the tiny sizes (checks the wiring without a GPU; not a measurement)")
     arguments = parser.parse_args(argv)
+    if arguments.check and arguments.shallow:
+        parser.error("--shallow runs --task jobs only (a check runs 1024² with 32 particles)")
     _quiet()
 
     cuda = torch.cuda.is_available() and not arguments.tiny and not arguments.shallow
@@ -614,6 +755,8 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["POE_DATA_DIR"] = str(scratch / "data")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
+        if arguments.check:
+            return _run_check(arguments.check, card, cuda, where)
         return _run(arguments.task, card, cuda, where, scratch, arguments.shallow)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -628,8 +771,23 @@ def _quiet() -> None:
     diffusers.utils.logging.disable_progress_bar()
 
 
-def _run(task: str, card: float, cuda: bool, where: str, scratch: Path, cut: bool = False) -> int:
+def _emulate_budget(card: float, cut: bool) -> None:
+    """Off CUDA: a device budget on the CPU standing for a ``card`` GiB card (``card`` GiB
+    with ``cut``, else :data:`TINY_MIB_PER_GIB` MiB per GiB), for the model cache and for the
+    planner (``planner.device_budget``, None off CUDA otherwise)."""
     from poe_backend.runtime import planner as memory_plan
+    from poe_backend.runtime.cache import MODEL_CACHE
+
+    budget = int(card * (GiB if cut else TINY_MIB_PER_GIB * MiB))
+    MODEL_CACHE.set_budget("cpu", budget)
+
+    def device_budget(dev):  # the planner's view of the same budget (1 GiB added back: its fixed reserve)
+        return memory_plan.Budget(max(0, budget - MODEL_CACHE.device_bytes("cpu")) + GiB, memory_plan._mem_available())
+
+    memory_plan.device_budget = device_budget
+
+
+def _run(task: str, card: float, cuda: bool, where: str, scratch: Path, cut: bool = False) -> int:
     from poe_backend.runtime.cache import MODEL_CACHE
     from poe_backend.runtime.placement import device_key
 
@@ -644,13 +802,7 @@ def _run(task: str, card: float, cuda: bool, where: str, scratch: Path, cut: boo
     if not cuda:
         if not cut:
             _wrap_loader(None)
-        budget = int(card * (GiB if cut else TINY_MIB_PER_GIB * MiB))
-        MODEL_CACHE.set_budget("cpu", budget)
-
-        def device_budget(dev):  # the planner's view of the same budget (1 GiB added back: its fixed reserve)
-            return memory_plan.Budget(max(0, budget - MODEL_CACHE.device_bytes("cpu")) + GiB, memory_plan._mem_available())
-
-        memory_plan.device_budget = device_budget
+        _emulate_budget(card, cut)
     print(" | ".join(HEADER), flush=True)
     failed = False
     for job, prompt in enumerate(PROMPTS, start=1):

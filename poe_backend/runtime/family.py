@@ -5,8 +5,10 @@ A family runtime owns, for one job, what a diffusers pipeline owns: its componen
 :data:`~poe_backend.runtime.cache.MODEL_CACHE`), encoded prompts cached across jobs
 (:class:`PromptCache`), the plan of its transformers (:meth:`FamilyRuntime.plan`, through
 :func:`~poe_backend.runtime.job_plan.plan_transformers`), the placed transformers
-(:meth:`FamilyRuntime.planned_transformer`), freeing them once before a decode that does not
-fit beside them (:meth:`FamilyRuntime.free_transformers`) and the decode. Subclasses add
+(:meth:`FamilyRuntime.planned_transformer`), the particles per expert forward its experts run
+(:attr:`FamilyRuntime.micro_batch`: the planner's, or the task's ``max_batch``), freeing them
+once before a decode that does not fit beside them (:meth:`FamilyRuntime.free_transformers`)
+and the decode. Subclasses add
 their conditions and experts: ``families/flux/runtime.py``, ``families/wan/runtime.py``,
 ``families/framepack/runtime.py``.
 """
@@ -56,8 +58,9 @@ class FamilyRuntime:
     ``budget`` is what ``offload="auto"`` plans against: ``"detect"`` reads the device when
     the job plans (None off CUDA, where models stay in host memory). Subclasses implement
     ``roles`` (static: every role a job of theirs loads), ``encode_prompts``, ``plan`` (which
-    sets :attr:`job_plan` through :func:`~poe_backend.runtime.job_plan.plan_transformers`)
-    and ``decode``."""
+    sets :attr:`job_plan` through :func:`~poe_backend.runtime.job_plan.plan_transformers`
+    from the job's ``particles``, the task's ``max_batch`` if any and, where the family has
+    conditioned experts, the kinds that are ``conditioned``) and ``decode``."""
 
     def __init__(self, *, preset: str, device: str, dtype: torch.dtype | None, budget: Budget | None | str) -> None:
         self.preset, self.device = preset, str(device)
@@ -69,7 +72,7 @@ class FamilyRuntime:
     def encode_prompts(self, texts: list[str]) -> list[Any]:
         raise NotImplementedError
 
-    def plan(self, *, offload: str = "auto", fp8_storage: bool = False, batch: int = 1) -> JobPlan:
+    def plan(self, *, offload: str = "auto", fp8_storage: bool = False, particles: int = 1, max_batch: int | None = None) -> JobPlan:
         raise NotImplementedError
 
     def decode(self, latents: Tensor) -> Tensor:
@@ -81,6 +84,13 @@ class FamilyRuntime:
         if self.job_plan is None or role not in self.job_plan.placement.placements:
             raise RuntimeError(f"plan the transformer {role!r} first ({type(self).__name__}.plan)")
         return MODEL_CACHE.place(role, self.preset, self.job_plan.placement.placements[role], self.device, dtype=self.dtype)
+
+    @property
+    def micro_batch(self) -> int:
+        """Particles per expert forward, as planned (``RuntimeError`` before :meth:`plan`)."""
+        if self.job_plan is None:
+            raise RuntimeError(f"plan the job first ({type(self).__name__}.plan)")
+        return self.job_plan.micro_batch
 
     def free_transformers(self) -> None:
         """Give back this job's transformers' memory now, once (:meth:`ModelCache.give_back`:

@@ -2,11 +2,17 @@
 exact sizes and a job's activation and decode bytes to the placements to apply and the decode
 settings, through :func:`poe_backend.runtime.planner.plan` (the one place that decides).
 
-* ``offload="auto"`` on CUDA: :func:`planner.plan` chooses placements and decode.
+* ``offload="auto"`` on CUDA: :func:`planner.plan` chooses placements, the micro-batch and
+  the decode.
 * an explicit ``offload`` (``none``, ``group``, ``sequential``) names the placement; on CUDA
-  the decode settings still come from the planner's rule 7 (:func:`planner.decode_plan`).
+  the decode settings and the micro-batch still come from the planner's rules 7 and 9
+  (:func:`planner.decode_plan`, :func:`planner.micro_batch_beside`). A conditioned expert's
+  model cannot be streamed (rule 8): naming a streamed placement for one is a ValueError.
 * off CUDA (no device budget): everything stays in host memory and decodes untiled, one
-  video at a time, beside the models.
+  video at a time, beside the models; every particle in one forward unless ``max_batch``.
+
+A task's ``max_batch`` fixes the particles per forward everywhere; without it the planner
+chooses them (rule 9) and :attr:`JobPlan.micro_batch` is what the runtimes give their experts.
 
 The budget counts as free what the model cache may evict for this job (models the job has not
 used yet, which are evicted right after planning) and the device memory the same roles
@@ -18,7 +24,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
 import torch
 from torch import Tensor
@@ -34,14 +40,19 @@ HOST_DECODE = DecodePlan(tiled=False, per_image=True, free_transformers=False)
 
 @dataclass(frozen=True)
 class JobPlan:
-    """What a video runtime applies: ``placement`` (role -> placement name, the planner's
-    :class:`~poe_backend.runtime.planner.Plan` when ``auto`` decided) and ``decode``."""
+    """What a runtime applies: ``placement`` (role -> placement name, the planner's
+    :class:`~poe_backend.runtime.planner.Plan` when ``auto`` decided), ``decode``, and
+    ``micro_batch`` of the job's ``particles`` per expert forward, each costing
+    ``particle_bytes`` of activations (one particle's, as planned)."""
 
     placement: PlacementPlan
     decode: DecodePlan
+    micro_batch: int
+    particles: int
+    particle_bytes: int
 
     def to_json(self) -> dict[str, Any]:
-        return {**self.placement.to_json(), "decode": asdict(self.decode)}
+        return {**self.placement.to_json(), "decode": asdict(self.decode), "micro_batch": self.micro_batch, "particles": self.particles}
 
 
 def job_budget(budget: Budget | None | str, device: str) -> Budget | None:
@@ -50,25 +61,35 @@ def job_budget(budget: Budget | None | str, device: str) -> Budget | None:
     return planner.device_budget(device) if budget == "detect" else budget
 
 
-def plan_transformers(roles: list[str], preset: str, device: str, *, offload: str, fp8_storage: bool, activation_bytes: int,
-                      decode_bytes: int, tiled_decode_bytes: int, budget: Budget | None, alternating: bool) -> JobPlan:
-    """Plan the transformers ``roles`` of ``preset`` for one job on ``device`` (see the module
-    docstring). Raises :class:`planner.PlanError` (a MemoryError) when nothing fits."""
+def plan_transformers(roles: list[str], preset: str, device: str, *, offload: str, fp8_storage: bool, particle_bytes: int, decode_bytes: int,
+                      tiled_decode_bytes: int, budget: Budget | None, alternating: bool, particles: int = 1, max_batch: int | None = None,
+                      conditioned: Collection[str] = ()) -> JobPlan:
+    """Plan the transformers ``roles`` of ``preset`` for one job of ``particles`` on
+    ``device`` (see the module docstring): ``particle_bytes`` is one particle's activations
+    of the job's largest pass, ``conditioned`` the roles conditioned experts back-propagate
+    through. Raises :class:`planner.PlanError` (a MemoryError) when nothing fits."""
     sizes = [planner.installed_size(role, preset) for role in roles]
     weight_bytes = {size.role: size.weight_bytes for size in sizes}
+    fixed = min(max_batch, particles) if max_batch else None
+    if offload != "auto" and set(conditioned) & set(roles) and placement_for_offload(offload, fp8_storage).removeprefix(FP8_PREFIX) != "resident":
+        raise ValueError(f"offload={offload!r} streams {', '.join(sorted(set(conditioned) & set(roles)))}, whose conditioned expert back-propagates through it: "
+                         "streamed weights do not support that; use offload='auto' or 'none'")
     if budget is None:
         placements = {role: "resident" for role in roles} if offload == "auto" else {role: placement_for_offload(offload, fp8_storage) for role in roles}
-        return JobPlan(PlacementPlan(placements, weight_bytes, f"no CUDA device: models stay in host memory (offload={offload!r})"), HOST_DECODE)
+        placement = PlacementPlan(placements, weight_bytes, f"no CUDA device: models stay in host memory (offload={offload!r})")
+        return JobPlan(placement, HOST_DECODE, fixed or particles, particles, particle_bytes)
     budget = replace(budget, vram_free_bytes=budget.vram_free_bytes + MODEL_CACHE.reclaimable_bytes(device, keep=roles))
     MODEL_CACHE.evict_unused(device, keep=roles)  # the plan counted their memory as free: make it so
     if offload == "auto":
-        planned = planner.plan(sizes, activation_bytes, decode_bytes, budget, alternating=alternating, allow_fp8=fp8_storage, tiled_decode_bytes=tiled_decode_bytes)
+        planned = planner.plan(sizes, particle_bytes, decode_bytes, budget, alternating=alternating, allow_fp8=fp8_storage, tiled_decode_bytes=tiled_decode_bytes,
+                               particles=particles, max_batch=max_batch, resident_roles=conditioned)
         placements = {role: placement_name(role_plan) for role, role_plan in planned.placements.items()}
-        return JobPlan(PlacementPlan(placements, weight_bytes, "; ".join(planned.reasons), planned), planned.decode)
+        return JobPlan(PlacementPlan(placements, weight_bytes, "; ".join(planned.reasons), planned), planned.decode, planned.micro_batch, particles, particle_bytes)
     name = placement_for_offload(offload, fp8_storage)
     role_plans = {role: RolePlan(name.removeprefix(FP8_PREFIX), name.startswith(FP8_PREFIX)) for role in roles}
     decode = planner.decode_plan(sizes, role_plans, decode_bytes, budget, tiled_decode_bytes=tiled_decode_bytes)
-    return JobPlan(PlacementPlan({role: name for role in roles}, weight_bytes, f"offload={offload!r} requested"), decode)
+    batch = fixed or planner.micro_batch_beside(sizes, role_plans, particle_bytes, budget, particles)
+    return JobPlan(PlacementPlan({role: name for role in roles}, weight_bytes, f"offload={offload!r} requested"), decode, batch, particles, particle_bytes)
 
 
 def describe(plan: JobPlan | None, device: str, dtype: Any) -> dict[str, Any]:

@@ -13,21 +13,29 @@ Public API (stable; all sizes in bytes unless a name says GiB):
   ``flux_activation_bytes(tokens, text_tokens, batch)``,
   ``wan_activation_bytes(latent_frames, latent_h, latent_w, batch, vace_layers=0)``,
   ``framepack_activation_bytes(section_frames, latent_h, latent_w, batch)``,
-  ``vae_decode_bytes(family, frames, height, width, tiled)``.
+  ``vae_decode_bytes(family, frames, height, width, tiled)``; of one conditioned expert's
+  aligned pass (forward and backward with gradient checkpointing, rule 8):
+  ``flux_conditioned_bytes(tokens, text_tokens, batch)``,
+  ``wan_conditioned_bytes(latent_frames, latent_h, latent_w, batch, vace_layers=0)``.
 * ``Budget(vram_free_bytes, ram_free_bytes)``, ``Budget.detect(device)``, ``device_budget(device)``,
   ``Budget.nominal(vram_gib, ram_gib)`` (a card/RAM size minus context and OS baselines).
 * ``plan(models, activation_bytes, decode_bytes, budget, *, alternating,
-  allow_fp8=True, tiled_decode_bytes=None) -> Plan``; ``Plan.placements[role]`` is a
-  ``RolePlan(placement, fp8_storage)`` with placement in ``PLACEMENTS``; ``Plan`` also holds
-  ``decode`` (``DecodePlan(tiled, per_image, free_transformers)``), ``peak_vram_bytes``,
-  ``peak_host_bytes``, ``reasons`` and ``to_json()``. ``PlanError`` when nothing fits; its
-  message names what to lower. ``decode_plan(models, placements, decode_bytes, budget,
-  tiled_decode_bytes=None)``: rule 7 alone, for placements an explicit ``offload`` named.
-* Jobs from configs: ``installed_config(role, preset)``, ``wan_job_bytes(configs, frames,
-  height, width, particles)`` and ``framepack_job_bytes(config, window, sections, height,
-  width, particles)`` give ``(activations, decode, tiled decode)``; the video runtimes plan
-  with them and :func:`plan_report` (``poe-backend models plan``) prints the same estimates
-  for the full-size models of every task.
+  allow_fp8=True, tiled_decode_bytes=None, particles=1, max_batch=None, resident_roles=())
+  -> Plan``; ``Plan.placements[role]`` is a ``RolePlan(placement, fp8_storage)`` with
+  placement in ``PLACEMENTS``; ``Plan`` also holds ``micro_batch`` (particles per expert
+  forward, rule 9), ``decode`` (``DecodePlan(tiled, per_image, free_transformers)``),
+  ``peak_vram_bytes``, ``peak_host_bytes``, ``reasons`` and ``to_json()``. ``PlanError`` when
+  nothing fits; its message names what to lower. ``decode_plan(models, placements,
+  decode_bytes, budget, tiled_decode_bytes=None)``: rule 7 alone, and ``micro_batch_beside(
+  models, placements, particle_bytes, budget, particles)``: rule 9 alone, for placements an
+  explicit ``offload`` named. ``micro_batch(particles, particle_bytes, room_bytes)``: rule 9's
+  arithmetic, a pure function.
+* Jobs from configs: ``installed_config(role, preset)``, ``flux_job_bytes(configs, height,
+  width, text_tokens, conditioned)``, ``wan_job_bytes(configs, frames, height, width,
+  conditioned)`` and ``framepack_job_bytes(config, window, sections, height, width)`` give
+  ``(one particle's activations, decode, tiled decode)``; the runtimes plan with them and
+  :func:`plan_report` (``poe-backend models plan``) prints the same estimates for the
+  full-size models of every task (:class:`Job`).
 
 Placements (one way each, applied by the runtime with diffusers' mechanisms):
 
@@ -71,12 +79,31 @@ offload as the fallback, one place that decides):
    When the peak exceeds free RAM the plan refuses (``PlanError``) naming what to lower.
 7. Decode: one image/video at a time (sliced); the transformers are freed before decode when
    the decode peak does not fit beside them; tiled decode when it still does not fit.
+8. A conditioned expert (``sampling.experts.Conditioning``) back-propagates through its
+   transformer once per evaluation (a vector–Jacobian product for the input, weights frozen),
+   with gradient checkpointing of the blocks: its models (``resident_roles``) stay resident,
+   in bf16 or fp8 (layerwise casting keeps exact gradients, tests/families/test_flux.py:
+   the saved upcast weights are what the backward reads, one recomputed block's bf16
+   weights at a time, ≤ 0.8 GB, inside the reserve), never streamed: group offload moves a
+   block's weights back to the host after its forward and the backward then meets host
+   weights (a device mismatch: huggingface/diffusers#11515's test of training under group
+   offloading). Its pass costs :func:`flux_conditioned_bytes` / :func:`wan_conditioned_bytes`
+   per particle.
+9. Particles per forward (the micro-batch B): placements are chosen for ONE particle's
+   activations (``activation_bytes`` is one particle's; activations are linear in the
+   batch), then B is the fewest equal micro-batches of the job's ``particles`` whose
+   activations fit beside those placements (:func:`micro_batch`). An offloaded or fp8 model
+   costs transfers or precision at every forward for the whole job; a smaller batch only
+   costs parallelism, and one 1024² FLUX particle (4608 tokens) already fills a large GPU.
+   Equal micro-batches: the same number of forwards as the largest batch that fits, with a
+   lower peak (P = 32 with room for 31: two of 16, not 31 + 1). An explicit ``max_batch``
+   instead plans the placements for that many particles per forward.
 
 The reserve is ``max(1 GiB, 5 % of free VRAM)`` (allocator fragmentation, cuBLAS
 workspaces; ComfyUI's ``minimum_inference_memory`` is ~1 GiB).
 
-Estimates are formulas from the architectures, not measurements; they are unverified on a
-GPU. Attention is assumed to run through SDPA flash / memory-efficient kernels (memory
+Estimates are formulas from the architectures, not measurements (rule 8's saved-tensor
+counts are counted on the CPU); they are unverified on a GPU. Attention is assumed to run through SDPA flash / memory-efficient kernels (memory
 linear in tokens).
 """
 
@@ -84,9 +111,10 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import re
-from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Collection, Literal
 
 import torch
 
@@ -283,6 +311,62 @@ def framepack_activation_bytes(section_frames: int, latent_h: int, latent_w: int
     return FLUX_LIVE_TENSORS * batch * (tokens + text_tokens + image_tokens) * hidden * BF16
 
 
+# ---------------------------------------------------------------------------------------
+# A conditioned expert's aligned pass: forward and backward, checkpointed (rule 8)
+
+#: ``(batch, tokens, hidden)`` tensors autograd saves inside one transformer block for its
+#: backward, counted with ``torch.autograd.graph.saved_tensors_hooks`` (bf16 as loaded, CPU):
+#: FLUX double-stream 14.1, single-stream 13.1 (the same at full and at 1/8 width); Wan 21.0
+#: at full width (its norms and rope run in fp32), 21.2 at 1/20 width; rounded up.
+#: tests/runtime/test_planner.py counts them at reduced width. Under gradient checkpointing
+#: a block keeps only its input (one tensor) until the backward recomputes it; then these,
+#: for its own backward only.
+FLUX_BLOCK_SAVED = 15
+WAN_BLOCK_SAVED = 22
+#: The same, saved outside the checkpointed blocks (embedders, output norm and projection):
+#: FLUX 1.2 at full width, 1.7 at 1/8; Wan 2.2 at full width, 3.1-3.2 at 1/20 (its fp32
+#: output norm); rounded up.
+FLUX_OUTSIDE_SAVED = 2
+WAN_OUTSIDE_SAVED = 4
+#: Gradients alive while one block back-propagates (an estimate, not counted: its output's
+#: and input's, attention's q/k/v and the MLP's hidden layer).
+BACKWARD_GRADIENTS = 6
+
+
+def conditioned_bytes(unit_bytes: int, blocks: int, *, outside: int, forward_bytes: int, block_saved: int, passes: int = 1) -> int:
+    """Peak activation bytes of one aligned pass with gradient checkpointing, in units of one
+    ``(batch, tokens, hidden)`` activation (``unit_bytes``): every pass keeps its blocks'
+    inputs and what is saved outside them, ``passes · (blocks + outside)``, until the backward
+    (with true CFG both passes' graphs, since the guided velocity combines them before the
+    loss); on top, the larger of a plain forward's peak (``forward_bytes``: one block's live
+    tensors) and one recomputed block's backward (``block_saved + BACKWARD_GRADIENTS``):
+    max(forward peak, backward peak)."""
+    return unit_bytes * passes * (blocks + outside) + max(forward_bytes, unit_bytes * (block_saved + BACKWARD_GRADIENTS))
+
+
+def flux_conditioned_bytes(tokens: int, text_tokens: int, batch: int, *, hidden: int = 3072, blocks: int = 57) -> int:
+    """:func:`conditioned_bytes` of FLUX (19 double + 38 single blocks, each checkpointed on its
+    image and text tokens): ``batch · (tokens + text) · hidden · 2 · (blocks + 2 + 24)``
+    (a forward's block peak, 24, exceeds a block's backward, 15 + 6). 1024² with 512 text
+    tokens: 2.19 GiB per particle, 3.5× a plain forward's 0.63 GiB."""
+    unit = batch * (tokens + text_tokens) * hidden * BF16
+    forward = flux_activation_bytes(tokens, text_tokens, batch, hidden=hidden)
+    return conditioned_bytes(unit, blocks, outside=FLUX_OUTSIDE_SAVED, forward_bytes=forward, block_saved=FLUX_BLOCK_SAVED)
+
+
+def wan_conditioned_bytes(latent_frames: int, latent_h: int, latent_w: int, batch: int, *, vace_layers: int = 0, hidden: int = 5120, blocks: int = 40,
+                          passes: int = 2, text_tokens: int = 512) -> int:
+    """:func:`conditioned_bytes` of Wan: each block (and each VACE block) checkpointed on its
+    ``F'·H'/2·W'/2`` video tokens (the text is shared by every block), ``passes`` = 2 with
+    true CFG; at full size a block's backward (22 + 6) exceeds a forward's peak
+    (:func:`wan_activation_bytes`, 21.3 for VACE): ``batch · tokens · hidden · 2 · (passes ·
+    (blocks + vace + 4) + 28)``. 832×480×81 (32760 tokens): VACE-14B 41.2 GiB, I2V-14B
+    36.2 GiB per particle."""
+    unit = batch * latent_frames * (latent_h // 2) * (latent_w // 2) * hidden * BF16
+    forward = wan_activation_bytes(latent_frames, latent_h, latent_w, batch, vace_layers=vace_layers, hidden=hidden, text_tokens=text_tokens)
+    return conditioned_bytes(unit, blocks + vace_layers, outside=WAN_OUTSIDE_SAVED, forward_bytes=forward, block_saved=WAN_BLOCK_SAVED, passes=passes)
+
+
 @dataclass(frozen=True)
 class DecoderCost:
     """How one family's VAE decodes: ``per_pixel`` live values per output pixel and frame
@@ -408,7 +492,8 @@ class Plan:
     """Placements and decode of one job, its estimated device and host peaks, and
     ``pinned_host_bytes``: the page-locked host copies of the streamed models (their stored
     bytes, exactly what :func:`poe_backend.runtime.placement.pin_offload_groups` locks;
-    part of ``peak_host_bytes``)."""
+    part of ``peak_host_bytes``). ``micro_batch`` of the job's ``particles`` go through
+    each expert forward (rule 9); ``particle_bytes`` is one particle's activations."""
 
     placements: dict[str, RolePlan]
     decode: DecodePlan
@@ -417,6 +502,9 @@ class Plan:
     pinned_host_bytes: int
     alternating: bool
     reasons: list[str] = field(default_factory=list)
+    micro_batch: int = 1
+    particles: int = 1
+    particle_bytes: int = 0
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -428,7 +516,19 @@ class Plan:
         """One short line: ``role=placement[+fp8]`` per model, decode, peaks in GiB."""
         roles = " ".join(f"{role.split('.')[-1]}={rp.placement}{'+fp8' if rp.fp8_storage else ''}" for role, rp in self.placements.items())
         decode = ("tiled" if self.decode.tiled else "full") + (", free first" if self.decode.free_transformers else "")
-        return f"{roles} | decode {decode} | VRAM {self.peak_vram_bytes / GiB:.1f} GiB, host {self.peak_host_bytes / GiB:.1f} GiB (pinned {self.pinned_host_bytes / GiB:.1f})"
+        return (f"{roles} | {self.micro_batch} of {self.particles} particles per forward | decode {decode} | "
+                f"VRAM {self.peak_vram_bytes / GiB:.1f} GiB, host {self.peak_host_bytes / GiB:.1f} GiB (pinned {self.pinned_host_bytes / GiB:.1f})")
+
+
+def micro_batch(particles: int, particle_bytes: int, room_bytes: int) -> int:
+    """Particles per forward (rule 9): the fewest equal micro-batches of ``particles`` whose
+    activations (``particle_bytes`` each, linear in the batch) fit in ``room_bytes``, i.e.
+    ``ceil(P / ceil(P / floor(room / particle)))``; at least 1 (the placement was chosen to
+    fit one particle), ``particles`` when activations cost nothing."""
+    if particle_bytes <= 0:
+        return particles
+    largest = max(1, min(particles, room_bytes // particle_bytes))
+    return math.ceil(particles / math.ceil(particles / largest))
 
 
 def _sampling_vram(models: list[ModelSize], placements: dict[str, RolePlan], activation_bytes: int) -> int:
@@ -458,41 +558,65 @@ def _host_peak(models: list[ModelSize], placements: dict[str, RolePlan]) -> int:
     return HOST_BASELINE_BYTES + max(peak, settled)
 
 
-def _candidates(models: list[ModelSize], allow_fp8: bool):
-    """Placements in policy order (rules 2-5), each with the reason it is tried."""
+def _candidates(models: list[ModelSize], allow_fp8: bool, resident_roles: frozenset[str]):
+    """Placements in policy order (rules 2-5), each with the reason it is tried; the models
+    of ``resident_roles`` (conditioned experts', rule 8) are never streamed."""
     roles = [m.role for m in models]
     yield {r: RolePlan("resident", False) for r in roles}, "all resident in bf16"
     if allow_fp8:
         yield {r: RolePlan("resident", True) for r in roles}, "all resident with fp8 storage"
-    by_size = sorted(models, key=lambda m: -m.weight_bytes)
-    for count in range(1, len(models) + 1):
+    by_size = [m for m in sorted(models, key=lambda m: -m.weight_bytes) if m.role not in resident_roles]
+    for count in range(1, len(by_size) + 1):
         streamed = {m.role for m in by_size[:count]}
         for resident_fp8 in (False, True) if allow_fp8 else (False,):
             yield {r: RolePlan("group_offload", allow_fp8) if r in streamed else RolePlan("resident", resident_fp8) for r in roles}, f"group offload of {', '.join(sorted(streamed))}"
-    yield {r: RolePlan("leaf_offload", allow_fp8) for r in roles}, "leaf offload of every model"
+    if by_size:
+        kept = f" ({', '.join(sorted(resident_roles))} resident: conditioned)" if resident_roles else ""
+        yield {r: RolePlan("resident", allow_fp8) if r in resident_roles else RolePlan("leaf_offload", allow_fp8) for r in roles}, f"leaf offload of every model{kept}"
 
 
-def plan(models: list[ModelSize], activation_bytes: int, decode_bytes: int, budget: Budget, *, alternating: bool, allow_fp8: bool = True, tiled_decode_bytes: int | None = None) -> Plan:
-    """Choose placements for the sampling models (see the module docstring for the rules).
-    ``activation_bytes``: one batched forward of the largest job forward; ``decode_bytes``:
-    one untiled decode (:func:`vae_decode_bytes`), ``tiled_decode_bytes`` its tiled form."""
+def plan(models: list[ModelSize], activation_bytes: int, decode_bytes: int, budget: Budget, *, alternating: bool, allow_fp8: bool = True,
+         tiled_decode_bytes: int | None = None, particles: int = 1, max_batch: int | None = None, resident_roles: Collection[str] = ()) -> Plan:
+    """Choose placements and the micro-batch for the sampling models (see the module
+    docstring for the rules). ``activation_bytes``: ONE particle's activations of the job's
+    largest pass (rules 8-9); ``particles``: the job's particles; ``max_batch``: particles per
+    forward fixed by the task (placements then planned for that many); ``resident_roles``:
+    models conditioned experts back-propagate through (rule 8); ``decode_bytes``: one
+    untiled decode (:func:`vae_decode_bytes`), ``tiled_decode_bytes`` its tiled form."""
     if not models:
         raise ValueError("plan needs at least one model")
     room = budget.vram_free_bytes - budget.reserve_bytes
-    for placements, why in _candidates(models, allow_fp8):
-        sampling = _sampling_vram(models, placements, activation_bytes)
-        if sampling > room:
+    fixed = min(max_batch, particles) if max_batch else None
+    for placements, why in _candidates(models, allow_fp8, frozenset(resident_roles)):
+        weights = _sampling_vram(models, placements, 0)
+        if weights + (fixed or 1) * activation_bytes > room:
             continue
         host = _host_peak(models, placements)
         if host > budget.ram_free_bytes + HOST_BASELINE_BYTES:
             raise PlanError(_host_message(host, budget, why))
-        reasons = [f"{why}: sampling needs {_size(sampling)} of {_size(room)} (free {_size(budget.vram_free_bytes)} minus reserve {_size(budget.reserve_bytes)})"]
+        batch = fixed or micro_batch(particles, activation_bytes, room - weights)
+        sampling = weights + batch * activation_bytes
+        reasons = [f"{why}: sampling needs {_size(sampling)} of {_size(room)} (free {_size(budget.vram_free_bytes)} minus reserve {_size(budget.reserve_bytes)})",
+                   _batch_reason(batch, particles, activation_bytes, fixed is not None)]
         if alternating:
             reasons.append("experts alternate at every evaluation: no whole-model moves, streamed models move block by block")
-        decode, decode_peak = _decode(sampling - activation_bytes, decode_bytes, tiled_decode_bytes, room, reasons)
+        decode, decode_peak = _decode(weights, decode_bytes, tiled_decode_bytes, room, reasons)
         pinned = sum(model.pinned_bytes(placements[model.role].placement, placements[model.role].fp8_storage) for model in models if placements[model.role].placement != "resident")
-        return Plan(placements, decode, max(sampling, decode_peak), host, pinned, alternating, reasons)
-    raise PlanError(f"even leaf offload of every model needs more than {_size(room)} of VRAM: lower the resolution, frames or particles, or use the preview preset")
+        return Plan(placements, decode, max(sampling, decode_peak), host, pinned, alternating, reasons, batch, particles, activation_bytes)
+    kept = f"; {', '.join(sorted(resident_roles))} stay resident (conditioned)" if resident_roles else ""
+    raise PlanError(f"even leaf offload of every model needs more than {_size(room)} of VRAM ({_size((fixed or 1) * activation_bytes)} of activations{kept}): "
+                    "lower the resolution, frames or particles, or use the preview preset")
+
+
+def _batch_reason(batch: int, particles: int, particle_bytes: int, fixed: bool) -> str:
+    why = "max_batch requested" if fixed else "the fewest equal micro-batches that fit beside the models"
+    return f"{batch} of {particles} particles per forward ({why}; {_size(particle_bytes)} of activations each)"
+
+
+def micro_batch_beside(models: list[ModelSize], placements: dict[str, RolePlan], particle_bytes: int, budget: Budget, particles: int) -> int:
+    """Rule 9 alone, for placements an explicit ``offload`` named: :func:`micro_batch` in the
+    room those placements leave (1 when not even one particle fits: the task asked for them)."""
+    return micro_batch(particles, particle_bytes, budget.vram_free_bytes - budget.reserve_bytes - _sampling_vram(models, placements, 0))
 
 
 def decode_plan(models: list[ModelSize], placements: dict[str, RolePlan], decode_bytes: int, budget: Budget, *, tiled_decode_bytes: int | None = None) -> DecodePlan:
@@ -527,73 +651,119 @@ def _host_message(host: int, budget: Budget, why: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------
-# Jobs of the tasks at their default sizes (the table below and the tests)
+# Jobs from configs (the runtimes plan with these), and the tasks' jobs at their default sizes
 
 
-def insertion_job(height: int = 1024, width: int = 1024, particles: int = 2) -> tuple[list[ModelSize], int, int, int]:
-    """FLUX.1 Depth × Fill, batch = particles, T5 freed after encoding."""
-    models = [full_size("flux.transformer.depth"), full_size("flux.transformer.fill")]
+def flux_job_bytes(configs: dict[str, dict[str, Any]], height: int, width: int, text_tokens: int, conditioned: Collection[str] = ()) -> tuple[int, int, int]:
+    """``(one particle's activations, decode, tiled decode)`` bytes of a FLUX job: the largest
+    over the transformers ``configs`` (role -> config; hidden = heads · head dim, blocks =
+    double + single) of a plain forward (:func:`flux_activation_bytes`) or, for the roles in
+    ``conditioned``, an aligned pass (:func:`flux_conditioned_bytes`), on ``(H/16)(W/16)``
+    image tokens; and one image's decode (:func:`vae_decode_bytes`). The FLUX runtime plans
+    with exactly this, from the installed configs."""
+    loader = "diffusers:FluxTransformer2DModel"
     tokens = (height // 16) * (width // 16)
-    return models, flux_activation_bytes(tokens, 512, particles), vae_decode_bytes("flux", 1, height, width, False), vae_decode_bytes("flux", 1, height, width, True)
+    activation = 0
+    for role, config in configs.items():
+        hidden = config_value(loader, config, "num_attention_heads") * config_value(loader, config, "attention_head_dim")
+        activation = max(activation, flux_activation_bytes(tokens, text_tokens, 1, hidden=hidden))
+        if role in conditioned:
+            blocks = config_value(loader, config, "num_layers") + config_value(loader, config, "num_single_layers")
+            activation = max(activation, flux_conditioned_bytes(tokens, text_tokens, 1, hidden=hidden, blocks=blocks))
+    return activation, vae_decode_bytes("flux", 1, height, width, False), vae_decode_bytes("flux", 1, height, width, True)
 
 
-def wan_job_bytes(configs: list[dict[str, Any]], frames: int, height: int, width: int, particles: int) -> tuple[int, int, int]:
-    """``(activations, decode, tiled decode)`` bytes of a Wan job: the largest one batched
-    forward of the transformers with these configs (hidden = heads · head dim, VACE hints
-    from ``vace_layers``; CFG runs as separate passes, so batch = particles) on the latent
-    ``((F-1)/4 + 1, H/8, W/8)``, and one video's decode (:func:`vae_decode_bytes`). The
-    Wan runtime plans with exactly this, from the installed configs."""
+def wan_job_bytes(configs: dict[str, dict[str, Any]], frames: int, height: int, width: int, conditioned: Collection[str] = ()) -> tuple[int, int, int]:
+    """``(one particle's activations, decode, tiled decode)`` bytes of a Wan job: the largest
+    over the transformers ``configs`` (role -> config; hidden = heads · head dim, VACE hints
+    from ``vace_layers``) of one forward (CFG runs as separate passes) or, for the roles in
+    ``conditioned``, an aligned pass with both CFG passes (:func:`wan_conditioned_bytes`), on
+    the latent ``((F-1)/4 + 1, H/8, W/8)``; and one video's decode (:func:`vae_decode_bytes`).
+    The Wan runtime plans with exactly this, from the installed configs."""
     latent = ((frames - 1) // 4 + 1, height // 8, width // 8)
-    activation = max(
-        wan_activation_bytes(*latent, particles, vace_layers=len(config.get("vace_layers") or ()), hidden=config["num_attention_heads"] * config["attention_head_dim"])
-        for config in configs
-    )
+    activation = 0
+    for role, config in configs.items():
+        hidden, vace = config["num_attention_heads"] * config["attention_head_dim"], len(config.get("vace_layers") or ())
+        activation = max(activation, wan_activation_bytes(*latent, 1, vace_layers=vace, hidden=hidden))
+        if role in conditioned:
+            activation = max(activation, wan_conditioned_bytes(*latent, 1, vace_layers=vace, hidden=hidden, blocks=config["num_layers"]))
     return activation, vae_decode_bytes("wan", frames, height, width, False), vae_decode_bytes("wan", frames, height, width, True)
 
 
-def framepack_job_bytes(config: dict[str, Any], window: int, sections: int, height: int, width: int, particles: int) -> tuple[int, int, int]:
-    """``(activations, decode, tiled decode)`` bytes of a FramePack job: one section forward
-    (:func:`framepack_activation_bytes`, hidden from the config or the class defaults; true
-    CFG runs as a separate pass) and the decode of one whole video of ``1 + 4·C·W``
-    frames. The FramePack runtime plans with exactly this."""
+def framepack_job_bytes(config: dict[str, Any], window: int, sections: int, height: int, width: int) -> tuple[int, int, int]:
+    """``(one particle's activations, decode, tiled decode)`` bytes of a FramePack job: one
+    section forward (:func:`framepack_activation_bytes`, hidden from the config or the class
+    defaults; true CFG runs as a separate pass) and the decode of one whole video of
+    ``1 + 4·C·W`` frames. The FramePack runtime plans with exactly this."""
     loader = "diffusers:HunyuanVideoFramepackTransformer3DModel"
     hidden = config_value(loader, config, "num_attention_heads") * config_value(loader, config, "attention_head_dim")
     frames = 1 + 4 * sections * window
-    activation = framepack_activation_bytes(window, height // 8, width // 8, particles, hidden=hidden)
+    activation = framepack_activation_bytes(window, height // 8, width // 8, 1, hidden=hidden)
     return activation, vae_decode_bytes("framepack", frames, height, width, False), vae_decode_bytes("framepack", frames, height, width, True)
 
 
-def sim2video_job(frames: int = 81, height: int = 480, width: int = 832, particles: int = 2, preview: bool = False) -> tuple[list[ModelSize], int, int, int]:
+@dataclass(frozen=True)
+class Job:
+    """One task's job at full size, as :func:`plan` takes it: the sampling ``models``, one
+    particle's activations (``particle_bytes``), the decode, the job's ``particles``, the
+    roles of conditioned experts (kept resident, rule 8) and ``held_bytes`` of the device
+    that models outside the plan hold (VQAScore's 7B beside regional FLUX: the task loads it
+    before planning, so the runtime's budget already lacks it)."""
+
+    models: list[ModelSize]
+    particle_bytes: int
+    decode_bytes: int
+    tiled_decode_bytes: int
+    particles: int
+    conditioned: tuple[str, ...] = ()
+    held_bytes: int = 0
+
+    def plan(self, budget: Budget, *, allow_fp8: bool = True, max_batch: int | None = None) -> Plan:
+        """:func:`plan` of this job on ``budget`` less :attr:`held_bytes`."""
+        budget = replace(budget, vram_free_bytes=budget.vram_free_bytes - self.held_bytes)
+        return plan(self.models, self.particle_bytes, self.decode_bytes, budget, alternating=len(self.models) > 1, allow_fp8=allow_fp8,
+                    tiled_decode_bytes=self.tiled_decode_bytes, particles=self.particles, max_batch=max_batch, resident_roles=self.conditioned)
+
+
+def _configs(roles: list[str]) -> dict[str, dict[str, Any]]:
+    return {role: full_configs()[role][1] for role in roles}
+
+
+def insertion_job(height: int = 1024, width: int = 1024, particles: int = 2, conditioned: tuple[str, ...] = ()) -> Job:
+    """FLUX.1 Depth × Fill, T5 freed after encoding; ``conditioned``: the roles of the
+    conditioned experts (e.g. Fill conditioned on Depth)."""
+    roles = ["flux.transformer.depth", "flux.transformer.fill"]
+    return Job([full_size(role) for role in roles], *flux_job_bytes(_configs(roles), height, width, 512, conditioned), particles, conditioned)
+
+
+def sim2video_job(frames: int = 81, height: int = 480, width: int = 832, particles: int = 2, preview: bool = False, conditioned: tuple[str, ...] = ()) -> Job:
     """Wan VACE-14B × I2V-14B (preview: VACE-1.3B as both experts), CFG as separate passes."""
     roles = ["wan.transformer.vace.preview"] if preview else ["wan.transformer.vace", "wan.transformer.i2v"]
-    return [full_size(role) for role in roles], *wan_job_bytes([full_configs()[role][1] for role in roles], frames, height, width, particles)
+    return Job([full_size(role) for role in roles], *wan_job_bytes(_configs(roles), frames, height, width, conditioned), particles, conditioned)
 
 
-def sim2video_ar_job(sections: int = 2, window: int = 9, height: int = 480, width: int = 832, particles: int = 2) -> tuple[list[ModelSize], int, int, int]:
+def sim2video_ar_job(sections: int = 2, window: int = 9, height: int = 480, width: int = 832, particles: int = 2) -> Job:
     """FramePack (HunyuanVideo 13B) sections of ``window`` latent frames; the render
     Gaussian has no weights. Two sections of 9 are 73 frames (the most under 81)."""
     role = "framepack.transformer"
-    return [full_size(role)], *framepack_job_bytes(full_configs()[role][1], window, sections, height, width, particles)
+    return Job([full_size(role)], *framepack_job_bytes(full_configs()[role][1], window, sections, height, width), particles)
 
 
-def regional_t2i_job(height: int = 1024, width: int = 1024, particles: int = 2) -> tuple[list[ModelSize], int, int, int]:
-    """FLUX.1 [dev] for the global and region experts, Qwen2.5-VL-7B (VQAScore) kept on the
-    device beside it for the rewards (counted with the activations, as the task does)."""
-    models = [full_size("flux.transformer.dev")]
-    tokens = (height // 16) * (width // 16)
-    return (
-        models,
-        flux_activation_bytes(tokens, 512, particles) + full_size("vqa.model").weight_bytes,
-        vae_decode_bytes("flux", 1, height, width, False),
-        vae_decode_bytes("flux", 1, height, width, True),
-    )
+def regional_t2i_job(height: int = 1024, width: int = 1024, particles: int = 2) -> Job:
+    """FLUX.1 [dev] for the global and region experts, Qwen2.5-VL-7B (VQAScore) held on the
+    device beside it for the rewards."""
+    roles = ["flux.transformer.dev"]
+    return Job([full_size(role) for role in roles], *flux_job_bytes(_configs(roles), height, width, 512), particles, held_bytes=full_size("vqa.model").weight_bytes)
 
 
 #: task -> its jobs at the default sizes (label, job), for :func:`plan_report`.
 TASK_JOBS: dict[str, dict[str, Any]] = {
-    "insertion": {"insertion 1024² P=2": insertion_job},
-    "regional_t2i": {"regional_t2i 1024² P=2 with VQAScore 7B": regional_t2i_job},
-    "sim2video": {"sim2video 832x480x81 P=2": sim2video_job, "preview 1.3B 832x480x81 P=2": functools.partial(sim2video_job, preview=True)},
+    "insertion": {"insertion 1024² P=2": insertion_job,
+                  "insertion 1024² P=2, Fill conditioned on Depth": functools.partial(insertion_job, conditioned=("flux.transformer.fill",))},
+    "regional_t2i": {"regional_t2i 1024² P=2 with VQAScore 7B": regional_t2i_job,
+                     "regional_t2i 1024² P=32 with VQAScore 7B": functools.partial(regional_t2i_job, particles=32)},
+    "sim2video": {"sim2video 832x480x81 P=2": sim2video_job, "preview 1.3B 832x480x81 P=2": functools.partial(sim2video_job, preview=True),
+                  "sim2video 832x480x81 P=2, VACE conditioned on I2V": functools.partial(sim2video_job, conditioned=("wan.transformer.vace",))},
     "sim2video_ar": {"sim2video_ar 832x480x73 (2 sections of 9) P=2": sim2video_ar_job},
 }
 
@@ -601,22 +771,22 @@ TASK_JOBS: dict[str, dict[str, Any]] = {
 def plan_report(tasks: list[str] | None = None, cards_gib: tuple[float, ...] = (24, 48, 80, 141), rams_gib: tuple[float, ...] = (32, 64, 128)) -> str:
     """Text report of every job of ``tasks`` (default: all of :data:`TASK_JOBS`) over a grid
     of cards and host RAM, fp8 storage allowed and not: placements (resident, streamed), the
-    decode, the VRAM and host peaks with what is pinned, or the reason it is refused
-    (``poe-backend models plan``)."""
+    particles per forward, the decode, the VRAM and host peaks with what is pinned, or the
+    reason it is refused (``poe-backend models plan``)."""
     unknown = [task for task in tasks or () if task not in TASK_JOBS]
     if unknown:
         raise KeyError(f"no memory plan for task {unknown[0]!r}; planned tasks: {', '.join(TASK_JOBS)}")
     lines = []
     for task in tasks or list(TASK_JOBS):
         for name, make in TASK_JOBS[task].items():
-            models, activation, decode, tiled = make()
-            lines.append(f"{name}: weights {sum(m.weight_bytes for m in models) / GiB:.1f} GiB (fp8 {sum(m.fp8_weight_bytes for m in models) / GiB:.1f}), "
-                         f"activations {activation / GiB:.2f} GiB, decode {decode / GiB:.2f} GiB (tiled {tiled / GiB:.2f})")
+            job = make()
+            lines.append(f"{name}: weights {sum(m.weight_bytes for m in job.models) / GiB:.1f} GiB (fp8 {sum(m.fp8_weight_bytes for m in job.models) / GiB:.1f}), "
+                         f"activations {job.particle_bytes / GiB:.2f} GiB per particle, decode {job.decode_bytes / GiB:.2f} GiB (tiled {job.tiled_decode_bytes / GiB:.2f})")
             for card in cards_gib:
                 for ram in rams_gib:
                     for fp8 in (True, False):
                         try:
-                            text = plan(models, activation, decode, Budget.nominal(card, ram), alternating=len(models) > 1, allow_fp8=fp8, tiled_decode_bytes=tiled).describe()
+                            text = job.plan(Budget.nominal(card, ram), allow_fp8=fp8).describe()
                         except PlanError as error:
                             text = f"refused: {error}"
                         lines.append(f"  {card:>3g} GiB card, {ram:>3g} GiB RAM, fp8 {'on ' if fp8 else 'off'}: {text}")

@@ -47,7 +47,7 @@ class ImageParams(TaskParams):
     schedule: Literal["flux_shift", "log_snr"] = "flux_shift"
     t_max: float = Field(0.98, gt=0.0, lt=1.0, description="first level; below 1 (sigma must stay finite)")
     particles: int = Field(2, ge=1, le=256)
-    max_batch: int | None = Field(None, ge=1, le=256, description="particles per transformer forward (memory)")
+    max_batch: int | None = Field(None, ge=1, le=256, description="particles per transformer forward; None: the planner sizes the micro-batch from the free memory")
     offload: OffloadName = "auto"
     fp8_storage: bool = False
     max_sequence_length: int = Field(512, ge=8, le=512)

@@ -220,7 +220,8 @@ def sample(runtime, params: Sim2VideoParams, pairing: str, prompt: str, inputs: 
     source_prompt = prompt if params.source_prompt is None else params.source_prompt
     positive, negative, source = runtime.encode_prompts([prompt, params.negative_prompt, source_prompt])
     image_embeds = runtime.encode_image(inputs["first_frame"]) if "i2v" in runtime.kinds else None
-    runtime.plan(offload=params.offload, fp8_storage=params.fp8_storage, batch=params.particles)
+    conditioned = ["i2v" if pairing == "i2v_vace" else "vace"] if params.mode == "product" and params.cond_weight > 0.0 else []
+    runtime.plan(offload=params.offload, fp8_storage=params.fp8_storage, particles=params.particles, conditioned=conditioned)
     num_frames = runtime.num_frames
 
     factors, described = [], []

@@ -234,7 +234,7 @@ def sample(runtime, params: Sim2VideoARParams, prompt: str, renders: torch.Tenso
     embeddings = runtime.encode_prompts(texts)
     prompt_embeds, negative = embeddings[0], (embeddings[1] if len(embeddings) > 1 else None)
     image_embeds = runtime.encode_image(first_frame)
-    runtime.plan(offload=params.offload, fp8_storage=params.fp8_storage, batch=params.particles)
+    runtime.plan(offload=params.offload, fp8_storage=params.fp8_storage, particles=params.particles)
     render_latents = runtime.encode_video(renders.permute(1, 0, 2, 3)[None] * 2 - 1)[0]  # (C, 1 + S·W, h, w)
     image_latents = render_latents[None, :, :1] if params.first_frame is None else runtime.encode_video(first_frame[None, :, None] * 2 - 1)
     count = params.particles

@@ -228,7 +228,7 @@ def test_models_resident_from_an_earlier_job_count_as_free_memory(monkeypatch):
     from poe_backend.runtime.planner import Budget
 
     MODEL_CACHE.clear()
-    monkeypatch.setattr(planner, "flux_activation_bytes", lambda tokens, text_tokens, batch: 0)
+    monkeypatch.setattr(planner, "flux_activation_bytes", lambda tokens, text_tokens, batch, **_: 0)
     monkeypatch.setattr(planner, "vae_decode_bytes", lambda *args, **kwargs: 0)
     size = planner.installed_size("flux.transformer.depth", "tiny").weight_bytes
     small = Budget(vram_free_bytes=planner.GiB + size // 2, ram_free_bytes=2**34)  # the planner reserves 1 GiB
@@ -273,3 +273,143 @@ def test_decode_follows_the_plan_freeing_and_tiling(monkeypatch):
     assert next(transformer.parameters()).is_meta  # its memory is given back though the job still holds it
     assert not any("transformer" in path for path in MODEL_CACHE.loaded_models())
     MODEL_CACHE.clear()
+
+
+# ---------------------------------------------------------------------------------------
+# Many particles: planned micro-batches (issue 21)
+
+
+def _batch_sizes(transformer: torch.nn.Module) -> tuple[list[int], object]:
+    """The particle count of every forward of ``transformer`` (a spy), and its hook handle."""
+    sizes: list[int] = []
+    handle = transformer.register_forward_pre_hook(lambda module, args, kwargs: sizes.append(kwargs["hidden_states"].shape[0]), with_kwargs=True)
+    return sizes, handle
+
+
+def _dev_particle_bytes() -> int:
+    from poe_backend.runtime import planner
+
+    configs = {"flux.transformer.dev": planner.installed_config("flux.transformer.dev", "tiny")}
+    return planner.flux_job_bytes(configs, HEIGHT, WIDTH, 16)[0]
+
+
+def test_thirty_two_particles_run_in_the_micro_batches_the_plan_fits(monkeypatch):
+    """A budget with room for the weights and 10 particles' activations: P = 32 runs in four
+    micro-batches of 8 (the fewest equal ones that fit), the transformer never sees more, the
+    velocities are those of one batch of 32, and result.json's placement records 8."""
+    from poe_backend.runtime import planner
+    from poe_backend.runtime.planner import Budget
+
+    MODEL_CACHE.clear()
+    monkeypatch.setattr(planner, "vae_decode_bytes", lambda *args, **kwargs: 0)
+    weights = planner.installed_size("flux.transformer.dev", "tiny").weight_bytes
+    budget = Budget(vram_free_bytes=planner.GiB + weights + 10 * _dev_particle_bytes(), ram_free_bytes=2**34)  # the planner reserves 1 GiB
+    runtime = flux.FluxRuntime(HEIGHT, WIDTH, preset="tiny", max_sequence_length=16, budget=budget)
+    prompt = runtime.encode_prompts(["a red ball"])[0]
+    assert runtime.plan(["dev"], particles=32).micro_batch == 8 and runtime.describe()["micro_batch"] == 8
+    assert runtime.describe()["plan"]["micro_batch"] == 8 and runtime.describe()["placements"] == {"flux.transformer.dev": "resident"}
+    expert = runtime.expert("dev", prompt, guidance=3.5)
+    sizes, handle = _batch_sizes(expert.transformer)
+    x = torch.randn(32, *runtime.event_shape, generator=torch.Generator().manual_seed(6))
+    velocity = ProductOfExperts([Factor(expert)]).velocities(x, 0.5)[0]
+    handle.remove()
+    assert sizes == [8, 8, 8, 8]
+    whole = runtime.expert("dev", prompt, guidance=3.5, max_batch=32)
+    torch.testing.assert_close(velocity, whole.velocity(x, 0.5), atol=1e-5, rtol=1e-5)
+    assert runtime.plan(["dev"], particles=32, max_batch=4).micro_batch == 4  # a task's max_batch still decides
+    unbudgeted = flux.FluxRuntime(HEIGHT, WIDTH, preset="tiny", max_sequence_length=16, budget=None)
+    assert unbudgeted.plan(["dev"], particles=32).micro_batch == 32  # off CUDA: all at once unless given
+    MODEL_CACHE.clear()
+
+
+def test_reward_previews_decode_in_batches_that_fit_the_activations_room(monkeypatch):
+    """The VQAScore preview decode of 32 particles runs :meth:`FluxRuntime.preview_batch`
+    images at a time (here 1: one 16×24 preview decode needs more than the planned
+    activations of a micro-batch), with the images of one decode of all 32."""
+    from poe_backend.runtime import planner
+    from poe_backend.runtime.planner import Budget
+
+    MODEL_CACHE.clear()
+    weights = planner.installed_size("flux.transformer.dev", "tiny").weight_bytes
+    decode = planner.vae_decode_bytes("flux", 1, HEIGHT, WIDTH, False)
+    runtime = flux.FluxRuntime(HEIGHT, WIDTH, preset="tiny", max_sequence_length=16, budget=Budget(planner.GiB + weights + decode, 2**34))
+    runtime.plan(["dev"], particles=32)
+    packed = torch.randn(32, *runtime.event_shape, generator=torch.Generator().manual_seed(7))
+    max_pixels = 16 * 24
+    batch = runtime.preview_batch(32, max_pixels)
+    preview_bytes = planner.vae_decode_bytes("flux", 1, 16, 24, False)
+    assert batch == max(1, runtime.micro_batch * runtime.job_plan.particle_bytes // preview_bytes) < 32
+    sizes = []
+    handle = runtime.space.vae.decoder.register_forward_pre_hook(lambda module, args: sizes.append(args[0].shape[0]))
+    previews = runtime.decode_preview(packed, max_pixels)
+    handle.remove()
+    assert sizes == [batch] * (32 // batch) and previews.shape == (32, 3, 16, 24)
+    torch.testing.assert_close(previews, runtime.space.decode(packed, max_batch=32, max_pixels=max_pixels), atol=1e-5, rtol=1e-5)
+    MODEL_CACHE.clear()
+
+
+def test_conditioned_fill_plans_its_aligned_pass_and_is_never_streamed():
+    """``conditioned=["fill"]``: one particle costs Fill's aligned pass (not a forward), and an
+    explicit streamed offload of a conditioned transformer is refused by name."""
+    from poe_backend.runtime import planner
+    from poe_backend.runtime.planner import Budget
+
+    runtime = flux.FluxRuntime(HEIGHT, WIDTH, preset="tiny", max_sequence_length=16, budget=Budget(64 * planner.GiB, 64 * planner.GiB))
+    config = planner.installed_config("flux.transformer.fill", "tiny")
+    hidden, blocks = config["num_attention_heads"] * config["attention_head_dim"], config["num_layers"] + config["num_single_layers"]
+    plan = runtime.plan(["depth", "fill"], particles=4, conditioned=["fill"])
+    assert plan.particle_bytes == planner.flux_conditioned_bytes(runtime.num_tokens, 16, 1, hidden=hidden, blocks=blocks) > planner.flux_activation_bytes(runtime.num_tokens, 16, 1, hidden=hidden)
+    assert plan.placement.planned.placements["flux.transformer.fill"].placement == "resident"
+    with pytest.raises(ValueError, match="streams flux.transformer.fill"):
+        runtime.plan(["depth", "fill"], offload="group", conditioned=["fill"])
+    with pytest.raises(ValueError, match="not among"):
+        runtime.plan(["depth"], conditioned=["fill"])
+    MODEL_CACHE.clear()
+
+
+def _saved_bytes(call) -> tuple[torch.Tensor, int]:
+    """``call()``'s result and the bytes of the tensors autograd saved while it ran (seen by an
+    outer ``saved_tensors_hooks``; checkpointed blocks save theirs through torch's own)."""
+    storages: dict[int, int] = {}
+
+    def keep(tensor: torch.Tensor) -> torch.Tensor:
+        storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor):
+        result = call()
+    return result, sum(storages.values())
+
+
+def test_the_aligned_pass_runs_checkpointed_with_the_same_result(space, depth_expert):
+    """FluxExpert.aligned_velocity turns the transformer's gradient checkpointing on: the
+    result is the plain aligned pass's, and the tensors kept outside the checkpointed blocks
+    are a small part of what the plain pass keeps."""
+    from poe_backend.sampling import GenerativeExpert
+
+    x = torch.randn(3, *space.event_shape, generator=torch.Generator().manual_seed(8))
+    target = torch.randn_like(x)
+    depth_expert.transformer.disable_gradient_checkpointing()
+    plain, plain_bytes = _saved_bytes(lambda: GenerativeExpert.aligned_velocity(depth_expert, x, 0.5, [target], 1.0, 0.1))
+    checkpointed, checkpointed_bytes = _saved_bytes(lambda: depth_expert.aligned_velocity(x, 0.5, [target], 1.0, 0.1))
+    assert depth_expert.transformer.is_gradient_checkpointing
+    torch.testing.assert_close(checkpointed, plain, atol=1e-5, rtol=1e-5)
+    assert checkpointed_bytes < plain_bytes / 2
+
+
+def test_fp8_storage_keeps_the_aligned_pass_exact(space, depth_expert):
+    """A resident fp8 placement (layerwise casting) under the checkpointed backward: the
+    aligned pass equals that of the same model with its weights rounded to fp8 and kept in
+    fp32 (the backward reads the upcast copies the forward saved, not the fp8 storage)."""
+    import copy
+
+    stored = copy.deepcopy(depth_expert.transformer)
+    stored.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=torch.float32)
+    rounded = copy.deepcopy(depth_expert.transformer)
+    rounded.load_state_dict({name: value.float() for name, value in stored.state_dict().items()})
+    x = torch.randn(2, *space.event_shape, generator=torch.Generator().manual_seed(9))
+    target = torch.randn_like(x)
+    cast, plain = (flux.FluxExpert(model, space, depth_expert.prompt, guidance=10.0, condition=depth_expert.condition).aligned_velocity(x, 0.5, [target], 1.0, 0.1)
+                   for model in (stored, rounded))
+    torch.testing.assert_close(cast, plain, atol=1e-6, rtol=1e-6)
+    assert stored.is_gradient_checkpointing  # the backward recomputed each block through the casting hooks

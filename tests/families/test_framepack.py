@@ -168,3 +168,32 @@ def test_the_decode_plan_frees_the_transformer_when_it_says_so(tiny_data_dir, mo
     assert runtime.transformer is not None and any(path.endswith("transformer") for path in MODEL_CACHE.loaded_models())
     runtime.decode(torch.zeros(1, *runtime.chunk_shape[:1], 1 + SECTIONS * WINDOW, 4, 4))
     assert not any(path.endswith("transformer") for path in MODEL_CACHE.loaded_models()) and runtime.vae.use_tiling
+
+
+def test_micro_batches_take_their_own_rows_of_the_history(components, encoded, monkeypatch) -> None:
+    """A budget with room for the transformer and 2 particles' activations: P = 5 runs as
+    2 + 2 + 1 (the runtime's section experts get the plan's micro-batch), each micro-batch
+    with its own particles' history, giving the velocities of one batch of 5; a velocity
+    for another particle count than the history's is refused."""
+    from poe_backend.runtime import planner
+
+    monkeypatch.setattr(planner, "vae_decode_bytes", lambda *args, **kwargs: 0)
+    config = planner.installed_config("framepack.transformer", "tiny")
+    particle = planner.framepack_job_bytes(config, WINDOW, SECTIONS, 32, 32)[0]
+    weights = planner.installed_size("framepack.transformer", "tiny").weight_bytes
+    runtime = _runtime(budget=planner.Budget(vram_free_bytes=planner.GiB + weights + 2 * particle, ram_free_bytes=2**34))
+    assert runtime.plan(particles=5).micro_batch == 2
+    image = encoded["latents"][:, :, :1].expand(5, -1, -1, -1, -1)
+    history = [torch.randn(5, 4, WINDOW, 4, 4, generator=torch.Generator().manual_seed(12))]  # a different history per particle
+    expert = runtime.section_expert(1, history, image, encoded["prompt"], encoded["image_embeds"], 10.0)
+    sizes = []
+    handle = expert.transformer.register_forward_pre_hook(lambda module, args, kwargs: sizes.append(kwargs["hidden_states"].shape[0]), with_kwargs=True)
+    x = torch.randn(5, 4, WINDOW, 4, 4, generator=torch.Generator().manual_seed(13))
+    velocity = expert.velocity(x, 0.6)
+    handle.remove()
+    assert sizes == [2, 2, 1] and expert.forward_count == 1
+    whole = fp.FramePackSectionExpert(expert.transformer, expert.conditioning, encoded["prompt"], encoded["image_embeds"], 10.0)
+    torch.testing.assert_close(velocity, whole.velocity(x, 0.6), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="x has 2 particles, the section conditioning 5"):
+        expert.velocity(x[:2], 0.6)
+    MODEL_CACHE.clear()

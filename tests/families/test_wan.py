@@ -213,3 +213,82 @@ def test_the_decode_plan_frees_the_transformers_and_tiles_when_it_says_so(tiny_d
     assert described["plan"]["placements"]["wan.transformer.vace"]["placement"] == "resident"
     unplanned = WanRuntime(["vace"], NUM_FRAMES, SIZE, SIZE, preset="tiny", budget=None)
     assert unplanned.plan().decode.free_transformers is False and not unplanned.vae.use_tiling  # off CUDA: host memory, untiled
+
+
+def _wan_particle_bytes(kinds: list[str]) -> int:
+    from poe_backend.runtime import planner
+
+    configs = {wan_role: planner.installed_config(wan_role, "tiny") for wan_role in (f"wan.transformer.{kind}" for kind in kinds)}
+    return planner.wan_job_bytes(configs, NUM_FRAMES, SIZE, SIZE)[0]
+
+
+def test_planned_micro_batches_run_through_both_cfg_passes(runtime, conditions, monkeypatch) -> None:
+    """A budget with room for both transformers and 3 particles' activations: P = 8 runs as
+    3 + 3 + 2, each micro-batch through both CFG passes (the transformer sees 3, 3, 3, 3, 2,
+    2), with the velocities of one batch of 8."""
+    from poe_backend.runtime import planner
+
+    monkeypatch.setattr(planner, "vae_decode_bytes", lambda *args, **kwargs: 0)
+    weights = sum(planner.installed_size(f"wan.transformer.{kind}", "tiny").weight_bytes for kind in ("vace", "i2v"))
+    budget = planner.Budget(vram_free_bytes=planner.GiB + weights + 3 * _wan_particle_bytes(["vace", "i2v"]), ram_free_bytes=2**34)
+    planned = WanRuntime(["vace", "i2v"], NUM_FRAMES, SIZE, SIZE, preset="tiny", budget=budget)
+    assert planned.plan(particles=8).micro_batch == 3 and planned.describe()["micro_batch"] == 3
+    expert = planned.vace_expert(conditions["depth_control"], conditions["positive"], conditions["negative"], 3.0)
+    sizes = []
+    handle = expert.transformer.register_forward_pre_hook(lambda module, args, kwargs: sizes.append(kwargs["hidden_states"].shape[0]), with_kwargs=True)
+    x = _noise(particles=8)
+    velocity = expert.velocity(x, 0.6)
+    handle.remove()
+    assert sizes == [3, 3, 3, 3, 2, 2] and expert.forward_count == 2
+    whole = wan.WanVACEExpert(expert.transformer, conditions["depth_control"], conditions["positive"], conditions["negative"], 3.0)
+    torch.testing.assert_close(velocity, whole.velocity(x, 0.6), atol=1e-5, rtol=1e-5)
+    assert planned.i2v_expert(conditions["i2v_condition"], conditions["image_embeds"], conditions["positive"], None, 1.0).max_batch == 3
+    MODEL_CACHE.clear()
+
+
+def test_conditioned_vace_plans_its_aligned_pass_through_both_cfg_passes(tiny_data_dir) -> None:  # noqa: F811
+    from poe_backend.runtime import planner
+
+    planned = WanRuntime(["vace", "i2v"], NUM_FRAMES, SIZE, SIZE, preset="tiny", budget=planner.Budget(64 * planner.GiB, 64 * planner.GiB))
+    config = planner.installed_config("wan.transformer.vace", "tiny")
+    latent = wan.latent_shape(NUM_FRAMES, SIZE, SIZE)[1:]
+    expected = planner.wan_conditioned_bytes(*latent, 1, vace_layers=len(config["vace_layers"]), hidden=config["num_attention_heads"] * config["attention_head_dim"],
+                                             blocks=config["num_layers"], passes=2)
+    job = planned.plan(particles=2, conditioned=["vace"])
+    assert job.particle_bytes == expected and job.placement.planned.placements["wan.transformer.vace"].placement == "resident"
+    with pytest.raises(ValueError, match="streams wan.transformer.vace"):
+        planned.plan(offload="sequential", conditioned=["vace"])
+    MODEL_CACHE.clear()
+
+
+def test_the_aligned_pass_runs_checkpointed_with_the_same_result(runtime, conditions) -> None:
+    """_WanExpert.aligned_velocity turns the transformer's gradient checkpointing on (both CFG
+    passes): the result is the plain aligned pass's."""
+    from poe_backend.sampling import GenerativeExpert
+
+    expert = wan.WanVACEExpert(runtime.transformer("vace"), conditions["depth_control"], conditions["positive"], conditions["negative"], 3.0)
+    x, target = _noise(seed=9), _noise(seed=10)
+    expert.transformer.disable_gradient_checkpointing()
+    plain = GenerativeExpert.aligned_velocity(expert, x, 0.5, [target], 1.0, 0.1)
+    checkpointed = expert.aligned_velocity(x, 0.5, [target], 1.0, 0.1)
+    assert expert.transformer.is_gradient_checkpointing
+    torch.testing.assert_close(checkpointed, plain, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(checkpointed, expert.velocity(x, 0.5), atol=1e-4)
+
+
+def test_clip_image_encoder_loads_and_runs_in_fp32(tiny_data_dir, monkeypatch) -> None:  # noqa: F811
+    """As the reference loads it: CLIP in fp32 whatever the transformers' dtype (bf16 here),
+    its embeddings cast to that dtype; the room the cache makes before loading it is exactly
+    the fp32 encoder's bytes."""
+    MODEL_CACHE.clear()
+    made, loaded = [], []
+    original_room, original_encoders = MODEL_CACHE._make_room, MODEL_CACHE.load_encoders
+    monkeypatch.setattr(MODEL_CACHE, "_make_room", lambda name, required, device: made.append((name, required)) or original_room(name, required, device))
+    monkeypatch.setattr(MODEL_CACHE, "load_encoders", lambda roles, *args, **kwargs: loaded.append(original_encoders(roles, *args, **kwargs)) or loaded[-1])
+    bf16 = WanRuntime(["i2v"], NUM_FRAMES, SIZE, SIZE, preset="tiny", dtype=torch.bfloat16, budget=None)
+    embeds = bf16.encode_image(torch.rand(3, SIZE, SIZE, generator=torch.Generator().manual_seed(11)))
+    (_, encoder), _ = loaded[-1]
+    assert embeds.dtype == torch.bfloat16 and {parameter.dtype for parameter in encoder.parameters()} == {torch.float32}
+    stored = sum(tensor.numel() * tensor.element_size() for tensor in encoder.state_dict().values())
+    assert ("wan.image_encoder", stored) in made
+    MODEL_CACHE.clear()

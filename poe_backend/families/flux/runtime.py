@@ -13,8 +13,10 @@ sampler's x-space for every FLUX expert, so their products need no conversion.
 
 Every transformer predicts ``eps - x0`` at ``σ = t`` (our velocity) and multiplies timestep and
 guidance by 1000 itself, so :class:`FluxExpert` passes ``t`` and the raw distilled guidance.
-One forward is batched over the P particles (optionally in chunks of ``max_batch``); the
-sampler's state stays float32 and is cast to the model's dtype only for the forward.
+One forward is batched over the P particles in micro-batches of ``max_batch`` (the planner's,
+:attr:`FluxRuntime.micro_batch`, unless the task fixes it); the sampler's state stays float32
+and is cast to the model's dtype only for the forward. A conditioned expert's aligned pass
+runs with the transformer's gradient checkpointing (:meth:`FluxExpert.aligned_velocity`).
 
 Diffusers helpers are reused (``FluxPipeline._pack_latents``, ``_unpack_latents``,
 ``_prepare_latent_image_ids``, ``encode_prompt``); the VAE posterior's *mode* is used for
@@ -24,7 +26,7 @@ every encoding so that a seed fully determines a run.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -161,21 +163,28 @@ class FluxLatentSpace:
         latents = (posterior.mode() - self.vae.config.shift_factor) * self.vae.config.scaling_factor
         return self.pack(latents).float()
 
+    def preview_latent_size(self, max_pixels: int | None) -> tuple[int, int]:
+        """The VAE latent ``(h, w)`` a decode of at most ``max_pixels`` pixels starts from: the
+        whole latent, or one area-downsampled to ``64·h·w <= max_pixels`` (pixels = 8× latent)."""
+        if max_pixels is None or max_pixels >= self.height * self.width:
+            return self.latent_height, self.latent_width
+        scale = math.sqrt(max_pixels / (self.height * self.width))
+        return max(1, int(self.latent_height * scale)), max(1, int(self.latent_width * scale))
+
     @torch.no_grad()
     def decode(self, packed: Tensor, *, max_batch: int = 4, max_pixels: int | None = None, tile: int | None = None) -> Tensor:
         """Normalised packed latents ``(P, N, 64)`` -> images ``(P, 3, H, W)`` in [0, 1]
         (float32, on the CPU), decoded ``max_batch`` at a time. With ``max_pixels`` below
-        ``H·W`` the latents are area-downsampled first, giving ``(P, 3, h, w)`` with
-        ``h·w <= max_pixels`` (a preview for rewards). ``tile`` (pixels) decodes in
-        overlapping tiles of that side (diffusers' VAE tiling, blended over 1/4 of a tile):
-        the peak is per tile, not per image."""
+        ``H·W`` the latents are area-downsampled first (:meth:`preview_latent_size`), giving
+        ``(P, 3, h, w)`` with ``h·w <= max_pixels`` (a preview for rewards). ``tile`` (pixels)
+        decodes in overlapping tiles of that side (diffusers' VAE tiling, blended over 1/4 of
+        a tile): the peak is per tile, not per image."""
         images = []
+        size = self.preview_latent_size(max_pixels)
         with _tiled(self.vae, tile):
             for chunk in packed.split(max_batch):
                 latents = self.unpack(chunk.to(self.device, self.dtype))
-                if max_pixels is not None and max_pixels < self.height * self.width:
-                    scale = math.sqrt(max_pixels / (self.height * self.width))
-                    size = (max(1, int(self.latent_height * scale)), max(1, int(self.latent_width * scale)))
+                if size != (self.latent_height, self.latent_width):
                     latents = functional.interpolate(latents, size=size, mode="area")
                 latents = latents / self.vae.config.scaling_factor + self.vae.config.shift_factor
                 decoded = self.vae.decode(latents, return_dict=False)[0]
@@ -202,7 +211,7 @@ class FluxExpert(GenerativeExpert):
     dimension before the forward: Depth's control latents (C = 64) or Fill's masked-image
     latents plus mask (C = 320). ``guidance`` is the distilled guidance value (raw; the
     model scales it). :class:`FluxRuntime` places the transformer before the expert is made.
-    ``max_batch`` splits large particle batches.
+    ``max_batch`` particles go through one forward (micro-batches; None: all at once).
     """
 
     def __init__(
@@ -225,6 +234,16 @@ class FluxExpert(GenerativeExpert):
         in ``x``: the weights are frozen, the product turns autograd off around plain calls)."""
         self.calls += 1
         return torch.cat([self._forward(x[rows], t) for rows in particle_batches(x.shape[0], self.max_batch)])
+
+    def aligned_velocity(self, x: Tensor, t: float, targets: Sequence[Tensor], region: float | Tensor, weight: float) -> Tensor:
+        """:meth:`GenerativeExpert.aligned_velocity` with the transformer's blocks
+        gradient-checkpointed (diffusers' ``enable_gradient_checkpointing``, which acts only
+        while autograd is on, so plain calls are unchanged and it stays on): the backward
+        keeps one ``(B, tokens, hidden)`` input per block instead of every block's activations
+        (:func:`planner.flux_conditioned_bytes`: 1024² 2.19 GiB per particle, not ~21 GiB)."""
+        if not self.transformer.is_gradient_checkpointing:
+            self.transformer.enable_gradient_checkpointing()
+        return super().aligned_velocity(x, t, targets, region, weight)
 
     def _forward(self, x: Tensor, t: float) -> Tensor:
         count, dtype, device = x.shape[0], self.space.dtype, self.space.device
@@ -375,21 +394,29 @@ class FluxRuntime(FamilyRuntime):
 
     # -- transformers -----------------------------------------------------------------
 
-    def plan(self, kinds: list[str], *, offload: str = "auto", fp8_storage: bool = False, batch: int = 1) -> JobPlan:
-        """Decide where each transformer lives, and how the VAE decodes, for this job before
-        they load (:func:`job_plan.plan_transformers`, as the video runtimes do): the models'
-        exact sizes (their configs built on the meta device), one batched forward's
-        activations and the decode, against :attr:`budget` (read now: models already loaded
-        for this job, e.g. VQAScore, hold their memory); ``fp8_storage`` allows fp8
-        placements; another ``offload`` than ``auto`` names the placement. Raises
-        :class:`planner.PlanError` (a MemoryError) when nothing fits."""
-        roles, height, width = [TRANSFORMER_ROLES[kind] for kind in kinds], self.space.height, self.space.width
+    def plan(self, kinds: list[str], *, offload: str = "auto", fp8_storage: bool = False, particles: int = 1, max_batch: int | None = None,
+             conditioned: Collection[str] = ()) -> JobPlan:
+        """Decide where each transformer lives, how many of the job's ``particles`` go through
+        one forward and how the VAE decodes, for this job before the transformers load
+        (:func:`job_plan.plan_transformers`): the models' exact sizes (their configs built on
+        the meta device), one particle's activations of the largest pass
+        (:func:`planner.flux_job_bytes`; an aligned pass for the ``conditioned`` kinds, whose
+        experts are conditioned children, and which then stay resident) and the decode,
+        against :attr:`budget` (read now: models already loaded for this job, e.g.
+        VQAScore, hold their memory); ``max_batch`` fixes the particles per forward;
+        ``fp8_storage`` allows fp8 placements; another ``offload`` than ``auto`` names the
+        placement. Raises :class:`planner.PlanError` (a MemoryError) when nothing fits."""
+        unknown = [kind for kind in conditioned if kind not in kinds]
+        if unknown:
+            raise ValueError(f"conditioned: {unknown} are not among this job's transformers {kinds}")
+        roles = [TRANSFORMER_ROLES[kind] for kind in kinds]
+        configs = {role: planner.installed_config(role, self.preset) for role in roles}
+        activation, decode, tiled = planner.flux_job_bytes(configs, self.space.height, self.space.width, self.space.max_sequence_length,
+                                                           [TRANSFORMER_ROLES[kind] for kind in conditioned])
         self.job_plan = plan_transformers(
-            roles, self.preset, self.device, offload=offload, fp8_storage=fp8_storage,
-            activation_bytes=planner.flux_activation_bytes(self.num_tokens, self.space.max_sequence_length, batch),
-            decode_bytes=planner.vae_decode_bytes("flux", 1, height, width, False),
-            tiled_decode_bytes=planner.vae_decode_bytes("flux", 1, height, width, True),
-            budget=job_budget(self.budget, self.device), alternating=len(roles) > 1,
+            roles, self.preset, self.device, offload=offload, fp8_storage=fp8_storage, particle_bytes=activation, decode_bytes=decode,
+            tiled_decode_bytes=tiled, budget=job_budget(self.budget, self.device), alternating=len(roles) > 1, particles=particles,
+            max_batch=max_batch, conditioned=[TRANSFORMER_ROLES[kind] for kind in conditioned],
         )
         return self.job_plan
 
@@ -398,8 +425,10 @@ class FluxRuntime(FamilyRuntime):
         return self.planned_transformer(TRANSFORMER_ROLES[kind])
 
     def expert(self, kind: str, prompt: PromptEmbedding, *, guidance: float, condition: Tensor | None = None, max_batch: int | None = None, name: str | None = None) -> "FluxExpert":
-        """A velocity expert of the ``kind`` transformer with fixed conditioning."""
-        return FluxExpert(self.transformer(kind), self.space, prompt, guidance=guidance, condition=condition, max_batch=max_batch, name=name or kind)
+        """A velocity expert of the ``kind`` transformer with fixed conditioning, running
+        ``max_batch`` particles per forward (default: the plan's :attr:`micro_batch`)."""
+        batch = self.micro_batch if max_batch is None else max_batch
+        return FluxExpert(self.transformer(kind), self.space, prompt, guidance=guidance, condition=condition, max_batch=batch, name=name or kind)
 
     # -- outputs ----------------------------------------------------------------------
 
@@ -419,8 +448,20 @@ class FluxRuntime(FamilyRuntime):
         """Packed latents ``(P, N, 64)`` -> images ``(P, 3, h, w)`` in [0, 1] with
         ``h·w <= max_pixels``: the latent is area-downsampled before the VAE decode, so a
         reward's images (VQAScore: 448² by default) cost a fraction of a full decode
-        (1024² -> 448²: ~5x fewer pixels). All P particles in one batch."""
-        return self.space.decode(packed, max_batch=packed.shape[0], max_pixels=max_pixels)
+        (1024² -> 448²: ~5x fewer pixels). Decoded :meth:`preview_batch` at a time."""
+        return self.space.decode(packed, max_batch=self.preview_batch(packed.shape[0], max_pixels), max_pixels=max_pixels)
+
+    def preview_batch(self, count: int, max_pixels: int) -> int:
+        """Images per preview decode: as many as fit in the planned activations' room (free
+        between forwards, when rewards decode), ``micro_batch · particle_bytes // one preview
+        decode`` (:func:`planner.vae_decode_bytes` at :meth:`FluxLatentSpace.preview_latent_size`),
+        at least 1 and at most ``count``; all ``count`` before planning. 448² previews of a
+        1024² job: ~0.39 GiB each against 0.63 GiB per particle of a forward."""
+        if self.job_plan is None:
+            return count
+        height, width = (side * self.space.vae_scale_factor for side in self.space.preview_latent_size(max_pixels))
+        room = self.job_plan.micro_batch * self.job_plan.particle_bytes
+        return max(1, min(count, room // planner.vae_decode_bytes("flux", 1, height, width, False)))
 
 
 def regional_weights(boxes: list[list[int]], height: int, width: int, *, region_strength: float = 0.8) -> tuple[Tensor, list[Tensor]]:

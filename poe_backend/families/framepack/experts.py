@@ -48,13 +48,13 @@ Decisions:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
-from poe_backend.sampling.experts import GenerativeExpert
+from poe_backend.sampling.experts import GenerativeExpert, particle_batches
 from poe_backend.sampling.schedules import flux_shift_mu, shifted_levels
 
 SamplingType = Literal["inverted", "vanilla"]
@@ -86,6 +86,10 @@ def framepack_levels(num_levels: int, window: int, latent_height: int, latent_wi
     return shifted_levels(num_levels, mu, t_max=t_max)
 
 
+#: The :class:`SectionConditioning` fields that hold one row per particle.
+PER_PARTICLE = ("latents_clean", "latents_history_2x", "latents_history_4x")
+
+
 @dataclass
 class SectionConditioning:
     """Per-particle inputs of one section's forward (diffusers' names): clean latents
@@ -99,10 +103,19 @@ class SectionConditioning:
     latents_history_4x: Tensor
     indices_latents_history_4x: Tensor
 
+    @property
+    def particles(self) -> int:
+        return self.latents_clean.shape[0]
+
     def reindex(self, indices: Tensor) -> None:
-        for name in ("latents_clean", "latents_history_2x", "latents_history_4x"):
+        for name in PER_PARTICLE:
             value = getattr(self, name)
             setattr(self, name, value[indices.to(value.device)])
+
+    def rows(self, rows: slice) -> "SectionConditioning":
+        """The conditioning of particles ``rows`` (a micro-batch): per-particle latents sliced
+        (views), the frame indices shared."""
+        return replace(self, **{name: getattr(self, name)[rows] for name in PER_PARTICLE})
 
 
 def section_conditioning(
@@ -158,8 +171,10 @@ class FramePackSectionExpert(GenerativeExpert):
     """``p(section | history, first frame, prompt)`` for one generation step.
 
     ``x`` ``(P, C, W, h, w)``. The conditioning holds per-particle history, so
-    :meth:`reindex` follows resampling. ``guidance_scale`` is the distilled guidance;
-    ``true_cfg_scale`` > 1 adds a negative-prompt pass."""
+    :meth:`reindex` follows resampling, and a micro-batch of ``max_batch`` particles (None:
+    all at once) runs with its rows of it. ``guidance_scale`` is the distilled guidance;
+    ``true_cfg_scale`` > 1 adds a negative-prompt pass. ``forward_count`` counts passes over
+    all particles."""
 
     def __init__(
         self,
@@ -170,6 +185,7 @@ class FramePackSectionExpert(GenerativeExpert):
         guidance_scale: float = 10.0,
         negative_prompt: PromptEmbeddings | None = None,
         true_cfg_scale: float = 1.0,
+        max_batch: int | None = None,
     ) -> None:
         if true_cfg_scale != 1.0 and negative_prompt is None:
             raise ValueError("true_cfg_scale != 1 needs negative prompt embeddings")
@@ -180,20 +196,19 @@ class FramePackSectionExpert(GenerativeExpert):
         self.image_embeds = image_embeds
         self.guidance_scale = float(guidance_scale)
         self.true_cfg_scale = float(true_cfg_scale)
+        self.max_batch = max_batch
         self.forward_count = 0
         transformer.requires_grad_(False)
 
     def reindex(self, indices: Tensor) -> None:
         self.conditioning.reindex(indices)
 
-    def _forward(self, x: Tensor, t: float, prompt: PromptEmbeddings) -> Tensor:
+    def _forward(self, x: Tensor, t: float, prompt: PromptEmbeddings, cond: SectionConditioning) -> Tensor:
         count, dtype, device = x.shape[0], self.transformer.dtype, x.device
 
         def batch(tensor: Tensor) -> Tensor:
             return tensor.to(device=device).expand(count, *tensor.shape[1:])
 
-        cond = self.conditioning
-        self.forward_count += 1
         return self.transformer(
             hidden_states=x.to(dtype),
             timestep=torch.full((count,), t * TIMESTEP_SCALE, device=device),
@@ -217,9 +232,18 @@ class FramePackSectionExpert(GenerativeExpert):
         return 1 if self.true_cfg_scale == 1.0 else 2
 
     def velocity(self, x: Tensor, t: float) -> Tensor:
-        prediction = self._forward(x, t, self.prompt)
+        """``x`` ``(P, C, W, h, w)``, the conditioning's P particles -> velocity of the same
+        shape, ``max_batch`` particles (and their conditioning rows) at a time; ValueError
+        for another particle count (a micro-batch cut elsewhere would meet the wrong rows)."""
+        if x.shape[0] != self.conditioning.particles:
+            raise ValueError(f"x has {x.shape[0]} particles, the section conditioning {self.conditioning.particles}")
+        self.forward_count += self.passes_per_evaluation
+        return torch.cat([self._guided(x[rows], t, self.conditioning.rows(rows)) for rows in particle_batches(x.shape[0], self.max_batch)])
+
+    def _guided(self, x: Tensor, t: float, cond: SectionConditioning) -> Tensor:
+        prediction = self._forward(x, t, self.prompt, cond)
         if self.true_cfg_scale != 1.0:
-            negative = self._forward(x, t, self.negative_prompt)
+            negative = self._forward(x, t, self.negative_prompt, cond)
             prediction = negative + self.true_cfg_scale * (prediction - negative)
         return prediction.to(x.dtype)
 

@@ -121,15 +121,17 @@ class FramePackRuntime(FamilyRuntime):
 
     # -- placement and experts -----------------------------------------------------------
 
-    def plan(self, *, offload: str = "auto", fp8_storage: bool = False, batch: int = 1) -> JobPlan:
-        """Decide the transformer's placement and the decode before it loads:
-        :func:`planner.framepack_job_bytes` from the installed config (one section
-        forward of ``batch`` particles) against :attr:`budget`. Raises
-        :class:`planner.PlanError` (a MemoryError) when nothing fits."""
+    def plan(self, *, offload: str = "auto", fp8_storage: bool = False, particles: int = 1, max_batch: int | None = None) -> JobPlan:
+        """Decide the transformer's placement, the particles per section forward and the
+        decode before it loads: :func:`planner.framepack_job_bytes` from the installed config
+        (one particle's section forward) against :attr:`budget`, for ``particles``;
+        ``max_batch`` fixes the particles per forward. Raises :class:`planner.PlanError` (a
+        MemoryError) when nothing fits."""
         config = planner.installed_config(self.transformer_role, self.preset)
-        activation, decode, tiled = planner.framepack_job_bytes(config, self.window, self.num_sections, self.height, self.width, batch)
-        self.job_plan = plan_transformers([self.transformer_role], self.preset, self.device, offload=offload, fp8_storage=fp8_storage,
-                                          activation_bytes=activation, decode_bytes=decode, tiled_decode_bytes=tiled, budget=job_budget(self.budget, self.device), alternating=False)
+        activation, decode, tiled = planner.framepack_job_bytes(config, self.window, self.num_sections, self.height, self.width)
+        self.job_plan = plan_transformers([self.transformer_role], self.preset, self.device, offload=offload, fp8_storage=fp8_storage, particle_bytes=activation,
+                                          decode_bytes=decode, tiled_decode_bytes=tiled, budget=job_budget(self.budget, self.device), alternating=False,
+                                          particles=particles, max_batch=max_batch)
         set_vae_tiling(self.vae, self.job_plan.decode.tiled or self.job_plan.decode.free_transformers)
         return self.job_plan
 
@@ -147,9 +149,9 @@ class FramePackRuntime(FamilyRuntime):
                        guidance_scale: float, negative: PromptEmbeddings | None = None, true_cfg_scale: float = 1.0) -> FramePackSectionExpert:
         """FramePack for generation step ``generation_index`` given the chunks generated
         before it (``history``, each ``(P, C, W, h, w)``) and the first frame's latent
-        ``(P, C, 1, h, w)``."""
+        ``(P, C, 1, h, w)``, running the plan's :attr:`micro_batch` particles per forward."""
         conditioning = section_conditioning(image_latents, history, generation_index, self.num_sections, self.window, self.sampling_type)
-        return FramePackSectionExpert(self.transformer, conditioning, prompt, image_embeds, guidance_scale, negative, true_cfg_scale)
+        return FramePackSectionExpert(self.transformer, conditioning, prompt, image_embeds, guidance_scale, negative, true_cfg_scale, max_batch=self.micro_batch)
 
     def render_section(self, render_latents: Tensor, generation_index: int) -> Tensor:
         """The slice ``(C, W, h, w)`` of the encoded render clip ``(C, 1 + S·W, h, w)`` that

@@ -43,11 +43,12 @@ Decisions:
 
 from __future__ import annotations
 
+from typing import Sequence
 
 import torch
 from torch import Tensor
 
-from poe_backend.sampling.experts import GenerativeExpert
+from poe_backend.sampling.experts import GenerativeExpert, particle_batches
 
 LATENT_CHANNELS = 16
 TEMPORAL_FACTOR = 4
@@ -130,15 +131,19 @@ def first_frame_and_depth_control_inputs(image: Tensor, depth_video: Tensor) -> 
 
 
 class _WanExpert(GenerativeExpert):
-    """True classifier-free guidance around one transformer call ``_forward(x, t, embeds)``."""
+    """True classifier-free guidance around one transformer call ``_forward(x, t, embeds)``,
+    over micro-batches of ``max_batch`` particles (None: all at once), each through both
+    passes. ``forward_count`` counts passes over all particles."""
 
-    def __init__(self, transformer: torch.nn.Module, prompt_embeds: Tensor, negative_prompt_embeds: Tensor | None, guidance_scale: float) -> None:
+    def __init__(self, transformer: torch.nn.Module, prompt_embeds: Tensor, negative_prompt_embeds: Tensor | None, guidance_scale: float,
+                 max_batch: int | None = None) -> None:
         if guidance_scale != 1.0 and negative_prompt_embeds is None:
             raise ValueError("guidance_scale != 1 needs negative prompt embeddings")
         self.transformer = transformer
         self.prompt_embeds = prompt_embeds
         self.negative_prompt_embeds = negative_prompt_embeds
         self.guidance_scale = float(guidance_scale)
+        self.max_batch = max_batch
         self.forward_count = 0
         transformer.requires_grad_(False)
 
@@ -155,15 +160,26 @@ class _WanExpert(GenerativeExpert):
 
     def velocity(self, x: Tensor, t: float) -> Tensor:
         """``x`` ``(P, 16, F', h, w)`` -> velocity of the same shape, float32 on x's device
-        (differentiable in ``x``: the weights are frozen)."""
-        num_particles = x.shape[0]
-        timestep = torch.full((num_particles,), t * TIMESTEP_SCALE, device=x.device, dtype=torch.float32)
+        (differentiable in ``x``: the weights are frozen), ``max_batch`` particles at a time."""
+        self.forward_count += self.passes_per_evaluation
+        return torch.cat([self._guided(x[rows], t) for rows in particle_batches(x.shape[0], self.max_batch)])
+
+    def aligned_velocity(self, x: Tensor, t: float, targets: Sequence[Tensor], region: float | Tensor, weight: float) -> Tensor:
+        """:meth:`GenerativeExpert.aligned_velocity` with the transformer's blocks
+        gradient-checkpointed (diffusers' ``enable_gradient_checkpointing``; it acts only
+        while autograd is on, so plain calls are unchanged and it stays on): both CFG passes
+        keep one ``(B, tokens, hidden)`` input per block for the backward instead of every
+        block's activations (:func:`poe_backend.runtime.planner.wan_conditioned_bytes`)."""
+        if not self.transformer.is_gradient_checkpointing:
+            self.transformer.enable_gradient_checkpointing()
+        return super().aligned_velocity(x, t, targets, region, weight)
+
+    def _guided(self, x: Tensor, t: float) -> Tensor:
+        timestep = torch.full((x.shape[0],), t * TIMESTEP_SCALE, device=x.device, dtype=torch.float32)
         hidden = x.to(self._dtype)
         conditional = self._forward(hidden, timestep, self.prompt_embeds)
-        self.forward_count += 1
         if self.guidance_scale != 1.0:
             unconditional = self._forward(hidden, timestep, self.negative_prompt_embeds)
-            self.forward_count += 1
             conditional = unconditional + self.guidance_scale * (conditional - unconditional)
         return conditional.to(x.dtype)
 
@@ -181,8 +197,9 @@ class WanI2VExpert(_WanExpert):
     ``image_embeds`` ``(1, 257, 1280)`` from :meth:`WanRuntime.encode_image`; prompt
     embeddings ``(1, L, 4096)``. Default guidance 5 (Wan's I2V default)."""
 
-    def __init__(self, transformer, condition: Tensor, image_embeds: Tensor, prompt_embeds: Tensor, negative_prompt_embeds: Tensor | None = None, guidance_scale: float = 5.0) -> None:
-        super().__init__(transformer, prompt_embeds, negative_prompt_embeds, guidance_scale)
+    def __init__(self, transformer, condition: Tensor, image_embeds: Tensor, prompt_embeds: Tensor, negative_prompt_embeds: Tensor | None = None, guidance_scale: float = 5.0,
+                 max_batch: int | None = None) -> None:
+        super().__init__(transformer, prompt_embeds, negative_prompt_embeds, guidance_scale, max_batch)
         self.condition = condition
         self.image_embeds = image_embeds
 
@@ -201,8 +218,9 @@ class WanVACEExpert(_WanExpert):
     ``control`` ``(1, 96, F', h, w)`` from :meth:`WanRuntime.vace_control`; ``control_scale`` multiplies every VACE layer's hint
     (diffusers' ``conditioning_scale``). Default guidance 5 (the VACE pipeline's)."""
 
-    def __init__(self, transformer, control: Tensor, prompt_embeds: Tensor, negative_prompt_embeds: Tensor | None = None, guidance_scale: float = 5.0, control_scale: float = 1.0) -> None:
-        super().__init__(transformer, prompt_embeds, negative_prompt_embeds, guidance_scale)
+    def __init__(self, transformer, control: Tensor, prompt_embeds: Tensor, negative_prompt_embeds: Tensor | None = None, guidance_scale: float = 5.0, control_scale: float = 1.0,
+                 max_batch: int | None = None) -> None:
+        super().__init__(transformer, prompt_embeds, negative_prompt_embeds, guidance_scale, max_batch)
         self.control = control
         self.control_scale = float(control_scale)
 

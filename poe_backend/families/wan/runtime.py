@@ -23,7 +23,7 @@ decode does not fit beside them untiled (encode and decode peak alike).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Collection, Literal
 
 import torch
 from torch import Tensor
@@ -36,6 +36,9 @@ from poe_backend.runtime.family import FamilyRuntime, PromptCache
 from poe_backend.runtime.job_plan import JobPlan, decode_videos, job_budget, plan_transformers, set_vae_tiling
 from poe_backend.families.wan.declaration import I2V, SHARED, TRANSFORMER_ROLES
 from poe_backend.families.wan.experts import LATENT_CHANNELS, WanI2VExpert, WanVACEExpert, _clean_prompt, _space_to_depth, latent_shape
+
+#: The CLIP image encoder's dtype (the reference loads it in fp32).
+IMAGE_ENCODER_DTYPE = torch.float32
 #: UMT5 embeddings ``(1, L, D)`` on the CPU, keyed by (preset, length, dtype, text), oldest
 #: dropped first (4 MiB each at full size).
 _PROMPTS: PromptCache[Tensor] = PromptCache(32)
@@ -102,11 +105,15 @@ class WanRuntime(FamilyRuntime):
     @torch.no_grad()
     def encode_image(self, image: Tensor) -> Tensor:
         """CLIP ViT-H ``hidden_states[-2]`` of an image ``(3, H, W)`` in [0, 1]
-        (``(1, 257, 1280)`` for the real encoder); the encoder runs on the job's device when it
-        fits there (else on the CPU) and is released afterwards."""
+        (``(1, 257, 1280)`` for the real encoder), in the transformers' dtype. The encoder
+        loads and runs in fp32, as the reference does (diffusers' Wan I2V example:
+        ``CLIPVisionModel.from_pretrained(..., torch_dtype=torch.float32)``; the pipeline casts
+        the embeddings to the transformer's dtype), so the cache's room check counts 4 bytes
+        per parameter; it runs on the job's device when it fits there (else on the CPU) and
+        is released afterwards."""
         if "i2v" not in self.kinds:
             raise RuntimeError("the CLIP image encoder belongs to the I2V model, which this job does not use")
-        (processor, encoder), encoder_device = MODEL_CACHE.load_encoders(["wan.image_processor", "wan.image_encoder"], self.preset, device=self.device, dtype=self.dtype)
+        (processor, encoder), encoder_device = MODEL_CACHE.load_encoders(["wan.image_processor", "wan.image_encoder"], self.preset, device=self.device, dtype=IMAGE_ENCODER_DTYPE)
         pixels = processor(images=image.float().clamp(0, 1), do_rescale=False, return_tensors="pt").to(encoder_device)
         embeds = encoder(**pixels, output_hidden_states=True).hidden_states[-2].to(self.device, self.dtype)
         del encoder
@@ -115,16 +122,24 @@ class WanRuntime(FamilyRuntime):
 
     # -- placement -----------------------------------------------------------------------
 
-    def plan(self, *, offload: str = "auto", fp8_storage: bool = False, batch: int = 1) -> JobPlan:
-        """Decide placements and decode for this job before the transformers load:
-        :func:`planner.wan_job_bytes` from the installed configs (one batched forward
-        of ``batch`` particles, CFG passes one after the other) against :attr:`budget`.
-        Raises :class:`planner.PlanError` (a MemoryError) when nothing fits."""
+    def plan(self, *, offload: str = "auto", fp8_storage: bool = False, particles: int = 1, max_batch: int | None = None, conditioned: Collection[str] = ()) -> JobPlan:
+        """Decide placements, particles per forward and decode for this job of ``particles``
+        before the transformers load: :func:`planner.wan_job_bytes` from the installed
+        configs (one particle's largest pass: a forward, CFG passes one after the other, or
+        for the ``conditioned`` kinds, whose experts are conditioned children and then stay
+        resident, an aligned pass through both CFG passes) against :attr:`budget`;
+        ``max_batch`` fixes the particles per forward. Raises :class:`planner.PlanError` (a
+        MemoryError) when nothing fits."""
+        unknown = [kind for kind in conditioned if kind not in self.kinds]
+        if unknown:
+            raise ValueError(f"conditioned: {unknown} are not among this job's transformers {self.kinds}")
         roles = [TRANSFORMER_ROLES[kind] for kind in self.kinds]
-        configs = [planner.installed_config(role, self.preset) for role in roles]
-        activation, decode, tiled = planner.wan_job_bytes(configs, self.num_frames, self.height, self.width, batch)
-        self.job_plan = plan_transformers(roles, self.preset, self.device, offload=offload, fp8_storage=fp8_storage, activation_bytes=activation,
-                                          decode_bytes=decode, tiled_decode_bytes=tiled, budget=job_budget(self.budget, self.device), alternating=len(roles) > 1)
+        child_roles = [TRANSFORMER_ROLES[kind] for kind in conditioned]
+        configs = {role: planner.installed_config(role, self.preset) for role in roles}
+        activation, decode, tiled = planner.wan_job_bytes(configs, self.num_frames, self.height, self.width, child_roles)
+        self.job_plan = plan_transformers(roles, self.preset, self.device, offload=offload, fp8_storage=fp8_storage, particle_bytes=activation, decode_bytes=decode,
+                                          tiled_decode_bytes=tiled, budget=job_budget(self.budget, self.device), alternating=len(roles) > 1, particles=particles,
+                                          max_batch=max_batch, conditioned=child_roles)
         set_vae_tiling(self.vae, self.job_plan.decode.tiled or self.job_plan.decode.free_transformers)
         return self.job_plan
 
@@ -186,12 +201,14 @@ class WanRuntime(FamilyRuntime):
     # -- experts -------------------------------------------------------------------------
 
     def i2v_expert(self, condition: Tensor, image_embeds: Tensor, prompt: Tensor, negative: Tensor | None, guidance: float) -> WanI2VExpert:
-        """Wan2.1-I2V on :meth:`i2v_condition` and :meth:`encode_image` outputs."""
-        return WanI2VExpert(self.transformer("i2v"), condition, image_embeds, prompt, negative, guidance)
+        """Wan2.1-I2V on :meth:`i2v_condition` and :meth:`encode_image` outputs, running the
+        plan's :attr:`micro_batch` particles per forward."""
+        return WanI2VExpert(self.transformer("i2v"), condition, image_embeds, prompt, negative, guidance, max_batch=self.micro_batch)
 
     def vace_expert(self, control: Tensor, prompt: Tensor, negative: Tensor | None, guidance: float, control_scale: float = 1.0) -> WanVACEExpert:
-        """Wan2.1 VACE on a :meth:`vace_control` context."""
-        return WanVACEExpert(self.transformer("vace"), control, prompt, negative, guidance, control_scale)
+        """Wan2.1 VACE on a :meth:`vace_control` context, running the plan's :attr:`micro_batch`
+        particles per forward."""
+        return WanVACEExpert(self.transformer("vace"), control, prompt, negative, guidance, control_scale, max_batch=self.micro_batch)
 
     # -- outputs -------------------------------------------------------------------------
 
