@@ -72,8 +72,8 @@ def plan_transformers(roles: list[str], preset: str, device: str, *, offload: st
     weight_bytes = {size.role: size.weight_bytes for size in sizes}
     fixed = min(max_batch, particles) if max_batch else None
     if offload != "auto" and set(conditioned) & set(roles) and placement_for_offload(offload, fp8_storage).removeprefix(FP8_PREFIX) != "resident":
-        raise ValueError(f"offload={offload!r} streams {', '.join(sorted(set(conditioned) & set(roles)))}, whose conditioned expert back-propagates through it: "
-                         "streamed weights do not support that; use offload='auto' or 'none'")
+        raise ValueError(f"offload={offload!r} streams {', '.join(sorted(set(conditioned) & set(roles)))}, whose conditioned expert (cond_weight > 0) back-propagates through it: "
+                         "streamed weights do not support that; use offload='auto' or 'none', or cond_weight=0")
     if budget is None:
         placements = {role: "resident" for role in roles} if offload == "auto" else {role: placement_for_offload(offload, fp8_storage) for role in roles}
         placement = PlacementPlan(placements, weight_bytes, f"no CUDA device: models stay in host memory (offload={offload!r})")
