@@ -44,6 +44,7 @@ class ImageParams(TaskParams):
     metropolis: bool = base.metropolis_field()
     transport: Transport = base.transport_field()
     ess_threshold: float = Field(0.5, ge=0.0, le=1.0, description="resample when ESS/P falls below it (0: never; at P = 2, 0.5 never fires since ESS >= 1)")
+    fk_scale: float = Field(1.0, ge=0.0, le=1.0, description="fkc: multiplies the experts' Feynman-Kac transport weight (1: exact; 0: the rewards' twist alone, the paper's resampling)")
     schedule: Literal["flux_shift", "log_snr"] = "flux_shift"
     t_max: float = Field(0.98, gt=0.0, lt=1.0, description="first level; below 1 (sigma must stay finite)")
     particles: int = Field(2, ge=1, le=256)
@@ -139,7 +140,7 @@ def start_noise(seed: int, num_particles: int, event_shape: tuple[int, ...]) -> 
 def run_sampler(params: ImageParams, product: Any, noise: torch.Tensor, levels: list[float], generator: torch.Generator, context: TaskContext) -> SampleResult:
     """Run the chosen sampler with the image parameters' options."""
     return base.run_sampler(params.sampler, product, noise, levels, generator, context, langevin_steps=params.langevin_steps, step_scale=params.step_scale, metropolis=params.metropolis,
-                            ess_threshold=params.ess_threshold, transport=params.transport)
+                            ess_threshold=params.ess_threshold, transport=params.transport, fk_scale=params.fk_scale)
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:

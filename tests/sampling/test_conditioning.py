@@ -114,3 +114,20 @@ def test_best_selection_picks_the_highest_final_score(sampler) -> None:
     assert plain.scores is None
     with pytest.raises(ValueError, match="needs rewards"):
         plain.chosen_index(0, "best")
+
+
+def test_fk_scale_tempers_the_transport_weight_and_zero_leaves_the_rewards_alone() -> None:
+    """Without resampling the particles' paths do not depend on ``fk_scale``: the log-weights
+    are ``fk_scale · T + R`` (T the experts' disagreement, R the reward's twist ratios), so
+    runs at 0, 0.5 and 1 lie on one line."""
+    reward = QuadraticReward(torch.full((2, 3), 0.5))
+    noise = torch.randn(6, 2, 3, generator=torch.Generator().manual_seed(9))
+
+    def run(scale: float):
+        product = ProductOfExperts([Factor(MLPExpert(0)), Factor(MLPExpert(1))], rewards=[reward])
+        return sample_fkc(product, noise, [0.9, 0.6, 0.3, 0.0], generator=torch.Generator().manual_seed(10), langevin_steps=0, ess_threshold=0.0, fk_scale=scale)
+
+    zero, half, one = run(0.0), run(0.5), run(1.0)
+    torch.testing.assert_close(zero.particles, one.particles)
+    torch.testing.assert_close(half.log_weights, (zero.log_weights + one.log_weights) / 2)
+    assert (one.log_weights - zero.log_weights).abs().max() > 1e-3  # the experts disagree
