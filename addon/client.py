@@ -18,6 +18,7 @@ Every call waits on the network: the add-on makes them on its worker thread
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import socket
@@ -57,9 +58,16 @@ class VersionMismatch(BackendError):
 
 
 def is_local_url(url: str) -> bool:
-    """True when ``url`` points at this machine (the bundle can be sent by path)."""
+    """True when ``url`` points at this machine (the bundle can be sent by path):
+    ``localhost`` or a loopback address (``127.0.0.0/8``, ``::1``); a name that only starts
+    like one (``127.evil.example``) is not."""
     host = urllib.parse.urlsplit(url).hostname or ""
-    return host in ("localhost", "::1") or host.startswith("127.")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class Client:

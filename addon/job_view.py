@@ -6,6 +6,7 @@ what these functions return, so they are tested directly.
 
 from __future__ import annotations
 
+import math
 import re
 import textwrap
 from typing import Any
@@ -20,27 +21,28 @@ LINE_WIDTH = 60
 
 def progress_details(progress: dict[str, Any] | None) -> str:
     """``level 4/10  NFE 37/58  forwards 74/116  ESS 51  ETA 3s  elapsed 12s`` from a job's
-    ``progress`` record (fields that are missing are left out; ``/58`` is the run's planned
-    cost). NFE counts expert evaluations, forwards the network passes behind them (true
-    classifier-free guidance: two per evaluation; a conditioning term's backward: two
+    ``progress`` record (fields that are missing, or not finite numbers, are left out: the
+    record comes from the backend and must not break the panel; ``/58`` is the run's
+    planned cost). NFE counts expert evaluations, forwards the network passes behind them
+    (true classifier-free guidance: two per evaluation; a conditioning term's backward: two
     more), shown when they differ from the evaluations."""
-    progress = progress or {}
+    values = {key: value for key, value in (progress or {}).items() if _finite(value)}
     parts = []
-    if progress.get("num_levels"):
-        parts.append(f"level {progress.get('level', 0)}/{progress['num_levels']}")
-    if progress.get("nfe") is not None:
-        planned = f"/{progress['planned_nfe']}" if progress.get("planned_nfe") else ""
-        parts.append(f"NFE {progress['nfe']}{planned}")
-    if progress.get("forwards") is not None and (progress.get("forwards"), progress.get("planned_forwards")) != (progress.get("nfe"), progress.get("planned_nfe")):
-        planned = f"/{progress['planned_forwards']}" if progress.get("planned_forwards") else ""
-        parts.append(f"forwards {progress['forwards']}{planned}")
-    if progress.get("ess") is not None:
-        parts.append(f"ESS {progress['ess']:.0f}")
-    if progress.get("eta_s") is not None:
-        parts.append(f"ETA {progress['eta_s']:.0f}s")
-    if progress.get("elapsed_s") is not None:
-        parts.append(f"elapsed {progress['elapsed_s']:.0f}s")
+    if values.get("num_levels"):
+        parts.append(f"level {values.get('level', 0):.0f}/{values['num_levels']:.0f}")
+    if "nfe" in values:
+        parts.append(f"NFE {values['nfe']:.0f}" + (f"/{values['planned_nfe']:.0f}" if values.get("planned_nfe") else ""))
+    if "forwards" in values and (values.get("forwards"), values.get("planned_forwards")) != (values.get("nfe"), values.get("planned_nfe")):
+        parts.append(f"forwards {values['forwards']:.0f}" + (f"/{values['planned_forwards']:.0f}" if values.get("planned_forwards") else ""))
+    for key, label, unit in (("ess", "ESS", ""), ("eta_s", "ETA", "s"), ("elapsed_s", "elapsed", "s")):
+        if key in values:
+            parts.append(f"{label} {values[key]:.0f}{unit}")
     return "  ".join(parts)
+
+
+def _finite(value: Any) -> bool:
+    """A real, finite number (not a bool, a string or NaN)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def failure_lines(error: dict[str, Any] | None, fallback: str = "") -> list[str]:

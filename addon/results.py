@@ -83,10 +83,15 @@ def find_tagged(collection: Any, job_id: str) -> list[Any]:
 
 
 def load_image(path: Path, props: dict[str, Any]) -> bpy.types.Image:
-    """A new packed image datablock named ``PoE <task> <job>``, replacing the job's old one."""
+    """A new packed image datablock named ``PoE <task> <job>``, replacing the job's old one.
+    ValueError when Blender cannot decode the file (it would load as an empty 0×0 image and
+    report success); the job's old image is then kept."""
+    image = bpy.data.images.load(str(path), check_existing=False)
+    if tuple(image.size) == (0, 0):
+        bpy.data.images.remove(image)
+        raise ValueError(f"the result {path.name} is not an image Blender can read")
     for old in find_tagged(bpy.data.images, props["poe_job_id"]):
         bpy.data.images.remove(old)
-    image = bpy.data.images.load(str(path), check_existing=False)
     image.name = f"PoE {props['poe_task']} {props['poe_job_id']}"
     image.pack()
     tag(image, props)

@@ -21,6 +21,13 @@ def test_progress_details_lists_level_nfe_ess_eta_and_elapsed():
     assert job_view.progress_details({"nfe": 12, "planned_nfe": 58, "forwards": 24, "planned_forwards": 116}) == "NFE 12/58  forwards 24/116"  # true CFG
 
 
+def test_progress_details_skip_what_is_not_a_finite_number():
+    """A hostile or broken backend's progress values (strings, NaN, lists, booleans) are left
+    out, not raised on: the panel's status line is drawn on every redraw."""
+    hostile = {"level": "4", "num_levels": 10, "nfe": float("nan"), "planned_nfe": [1], "forwards": True, "ess": "x", "eta_s": None, "elapsed_s": 12.0}
+    assert job_view.progress_details(hostile) == "level 0/10  elapsed 12s"
+
+
 def test_failure_lines_give_the_reason_then_what_to_do():
     command = "poe-backend models pull --task sim2video --preset preview"
     lines = job_view.failure_lines({"code": "missing_weights", "message": f"weights for wan vace-1.3b are not on this machine; run `{command}` (12.3 GB)"})

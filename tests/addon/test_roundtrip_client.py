@@ -60,6 +60,8 @@ def test_server_messages_pass_through_with_the_field(backend, tmp_path):
 def test_submit_by_path_falls_back_to_upload_and_downloads(backend, tmp_path):
     client = Client(backend.url, backend.token)
     assert is_local_url(backend.url) and not is_local_url("http://gpu-box:7860")
+    assert is_local_url("http://localhost:7860") and is_local_url("http://127.0.0.2:1") and is_local_url("http://[::1]:7860")
+    assert not is_local_url("http://127.evil.example:7860") and not is_local_url("http://127.0.0.1.nip.io/") and not is_local_url("http://[::2]:1")
     outside = write_bundle(tmp_path / "outside-the-roots" / "deeper")
     (outside / "rgb").mkdir()
     (outside / "rgb" / "notes with spaces.txt").write_text("carried along")

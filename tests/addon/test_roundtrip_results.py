@@ -70,3 +70,18 @@ def test_a_points_result_without_an_image_is_refused(tmp_path):
     result = JobResult("pts", "points", path, {"samples": path}, {}, {"task": "toy2d", "bundle": {}})
     with pytest.raises(ValueError, match="nothing to show"):
         results.load_result(scene, result)
+
+
+def test_an_image_result_blender_cannot_read_is_refused_and_the_old_image_kept(tmp_path):
+    """A result named .png that is not an image would load as a 0×0 image and report
+    success; it is refused, and the job's previously loaded image stays."""
+    _scene()
+    good = tmp_path / "good.png"
+    Image.fromarray(np.full((4, 6, 3), 200, dtype=np.uint8)).save(good)
+    props = {"poe_job_id": "img1", "poe_task": "insertion"}
+    results.load_image(good, props)
+    bad = tmp_path / "bad.png"
+    bad.write_text("not an image")
+    with pytest.raises(ValueError, match="not an image"):
+        results.load_image(bad, props)
+    assert [tuple(image.size) for image in bpy.data.images if image.get("poe_job_id") == "img1"] == [(6, 4)]
