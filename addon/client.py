@@ -21,6 +21,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
 import socket
 import tarfile
 import urllib.error
@@ -80,11 +81,13 @@ class Client:
 
     # ---- low level ---------------------------------------------------------------------
     def _request(self, method: str, route: str, *, body: Any = None, headers: dict[str, str] | None = None, timeout: float | None = None):
+        """One request to the configured origin; redirects are refused (:class:`_NoRedirect`),
+        so the token never leaves for another server and no other server's answer is taken."""
         request = urllib.request.Request(f"{self.url}/v1{route}", data=body, method=method, headers=headers or {})
         if self.token:
             request.add_header("Authorization", f"Bearer {self.token}")
         try:
-            return urllib.request.urlopen(request, timeout=timeout or self.timeout)
+            return _OPENER.open(request, timeout=timeout or self.timeout)
         except urllib.error.HTTPError as error:
             raise _http_error(error) from None
         except (urllib.error.URLError, ConnectionError, socket.timeout, TimeoutError) as error:
@@ -97,7 +100,7 @@ class Client:
         body = None if payload is None else json.dumps(payload).encode()
         headers = {"Content-Type": "application/json"} if payload is not None else {}
         with self._request(method, route, body=body, headers=headers, **kwargs) as response:
-            return json.loads(response.read() or b"null")
+            return json.loads(_read_capped(response, f"{method} {route}") or b"null")
 
     # ---- routes ------------------------------------------------------------------------
     def health(self) -> dict[str, Any]:
@@ -152,7 +155,7 @@ class Client:
             raise BackendError(f"bundle: {size / 2**20:.0f} MiB is more than the backend accepts ({limit / 2**20:.0f} MiB, serve --max-upload-mb)", status=413, code="too_large", field="bundle")
         headers = {"Content-Type": "application/x-tar", "Content-Length": str(size)}
         with self._request("POST", f"/jobs?{query_text}", body=_tar_stream(members), headers=headers, timeout=timeout) as response:
-            return json.loads(response.read())
+            return json.loads(_read_capped(response, "POST /jobs") or b"null")
 
     def download(self, job_id: str, name: str, destination: str | Path, *, timeout: float = 300.0) -> Path:
         """Save output ``name`` of a job to ``destination`` (written atomically)."""
@@ -177,21 +180,41 @@ class Client:
 
     def local_output_dir(self, job: dict[str, Any]) -> Path | None:
         """The job's ``outputs/`` folder when this machine can read it: the backend is on
-        a loopback address and every listed output is a file at ``job["output_dir"]``
-        (the status of ``GET /v1/jobs/{id}`` names it). A backend on another machine,
+        a loopback address and every listed output is a file inside ``job["output_dir"]``
+        (the status of ``GET /v1/jobs/{id}`` names it; it must be a ``<job id>/outputs``
+        folder, and a link out of it is not followed). A backend on another machine,
         reached through an SSH tunnel to localhost, fails the file test. None otherwise."""
         output_dir = job.get("output_dir")
-        if not output_dir or not is_local_url(self.url):
+        if not isinstance(output_dir, str) or not output_dir or not is_local_url(self.url):
             return None
         source = Path(output_dir)
-        if all((source / relative).is_file() for _, relative in _output_paths(job)):
+        if source.name != "outputs" or source.parent.name != checked_job_id(job):
+            raise BackendError(f"the backend named {output_dir[:200]!r} as job {job['id']}'s outputs, not a <job id>/outputs folder; refusing it")
+        root = source.resolve()
+        files = [(source / relative) for _, relative in _output_paths(job)]
+        if all(path.is_file() and path.resolve().is_relative_to(root) for path in files):
             return source
         return None
 
     def download_outputs(self, job: dict[str, Any], directory: str | Path) -> dict[str, Path]:
         """Download every output of a finished job into ``directory``, keeping the
         server's relative paths; returns name -> local path."""
-        return {name: self.download(job["id"], name, Path(directory) / relative) for name, relative in _output_paths(job)}
+        job_id = checked_job_id(job)
+        return {name: self.download(job_id, name, Path(directory) / relative) for name, relative in _output_paths(job)}
+
+
+#: The backend's job ids (``poe_backend.server.jobs.new_job_id``): ``YYYYmmdd-HHMMSS-<6 hex>``.
+JOB_ID = re.compile(r"[0-9]{8}-[0-9]{6}-[0-9a-f]{6}")
+
+
+def checked_job_id(job: dict[str, Any]) -> str:
+    """The job record's ``id`` when it has the backend's id format (it becomes a folder
+    name under the results folder: ``../escape`` or an absolute path must not);
+    BackendError otherwise."""
+    job_id = job.get("id")
+    if not isinstance(job_id, str) or not JOB_ID.fullmatch(job_id):
+        raise BackendError(f"the backend named a job {str(job_id)[:80]!r}, which is not a job id it makes; refusing it")
+    return job_id
 
 
 def _output_paths(job: dict[str, Any]) -> list[tuple[str, Path]]:
@@ -218,9 +241,35 @@ def _link_or_in_place(source: Path, destination: Path) -> Path:
         return source
     return destination
 
+#: The largest JSON answer read from the backend (a job list of thousands of jobs is a few
+#: MiB); a larger one is refused unread rather than held in Blender's memory.
+MAX_JSON_BYTES = 16 * 2**20
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Refuse every redirect: urllib would resend ``Authorization`` to the new origin and
+    take its answer as the backend's. The 3xx surfaces as an HTTPError."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001 - urllib's signature
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
+
+
+def _read_capped(response: Any, what: str) -> bytes:
+    """The body of ``response``, at most :data:`MAX_JSON_BYTES`; BackendError beyond."""
+    data = response.read(MAX_JSON_BYTES + 1)
+    if len(data) > MAX_JSON_BYTES:
+        raise BackendError(f"the backend's answer to {what} is larger than {MAX_JSON_BYTES // 2**20} MiB; refusing it")
+    return data
+
+
 def _http_error(error: urllib.error.HTTPError) -> BackendError:
+    if 300 <= error.code < 400:
+        return BackendError(f"the backend answered {error.code} with a redirect to {error.headers.get('Location')!r}; redirects are refused (the token would go along)", status=error.code)
     try:
-        detail = json.loads(error.read() or b"{}")
+        detail = json.loads(error.read(MAX_JSON_BYTES) or b"{}")
     except ValueError:
         detail = {}
     info = detail.get("error") if isinstance(detail, dict) else None

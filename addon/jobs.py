@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 from .bundle_schema import FINISHED_STATES
 from .job_view import progress_details
-from .client import BackendError, BackendNotRunning, Client, is_local_url
+from .client import BackendError, BackendNotRunning, Client, checked_job_id, is_local_url
 from .worker import Worker
 
 POLL_INTERVAL_S = 0.5
@@ -236,7 +236,7 @@ class JobTracker:
         """A done job's outputs in ``<results_dir>/<job id>/`` (hard-linked from the job's
         folder when the backend is on this machine, downloaded otherwise) and its
         result.json read. Waits on disk and network: call it off the main thread."""
-        directory = self.results_dir / record["id"]
+        directory = self.results_dir / checked_job_id(record)
         outputs = self.client.fetch_outputs(record, directory)
         manifest = json.loads(outputs["result.json"].read_text(encoding="utf-8"))
         primary = outputs[record.get("primary") or manifest["primary"]]

@@ -9,6 +9,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
+from addon import client as client_module
 from addon.client import AuthError, BackendError, BackendNotRunning, Client, VersionMismatch, is_local_url
 from tests.addon.roundtrip_fixtures import backend_fixture  # noqa: F401 - the backend fixture
 from tests.server.conftest import QUICK, free_port, write_bundle
@@ -82,3 +83,116 @@ def test_submit_by_path_falls_back_to_upload_and_downloads(backend, tmp_path):
         assert paths["image"].read_bytes().startswith(b"\x89PNG") and json.loads(paths["result.json"].read_text())["task"] == "toy2d"
     with pytest.raises(BackendError, match="no output"):
         client.download(job_id, "missing", tmp_path / "x")
+
+
+def _serve(handler: type[BaseHTTPRequestHandler], requests: int = 1) -> HTTPServer:
+    """A fake backend on 127.0.0.1 answering ``requests`` requests with ``handler``."""
+    server = HTTPServer(("127.0.0.1", 0), handler)
+
+    def serve() -> None:
+        for _ in range(requests):
+            server.handle_request()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return server
+
+
+def test_redirects_are_refused_and_the_token_stays_home():
+    """A 307 to another origin: urllib would resend the bearer token there and take that
+    server's answer as the job. The client refuses the redirect; the other server sees
+    nothing."""
+    seen = []
+
+    class Elsewhere(BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append(self.headers.get("Authorization"))
+            body = json.dumps({"id": "evil", "state": "done"}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    elsewhere = _serve(Elsewhere)
+
+    class Redirecting(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(307)
+            self.send_header("Location", f"http://127.0.0.1:{elsewhere.server_port}{self.path}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = _serve(Redirecting)
+    try:
+        with pytest.raises(BackendError, match="redirect"):
+            Client(f"http://127.0.0.1:{server.server_port}", "secret-token").job("abc")
+        assert seen == []
+    finally:
+        server.server_close()
+        elsewhere.server_close()
+
+
+def test_a_json_answer_larger_than_the_cap_is_refused_unread(monkeypatch):
+    """The client reads at most MAX_JSON_BYTES of a JSON answer (a hostile backend's 300 MiB
+    answer took Blender from 24 to 624 MB)."""
+    monkeypatch.setattr(client_module, "MAX_JSON_BYTES", 1000)
+
+    class Huge(BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = json.dumps({"jobs": ["x" * 100] * 100}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = _serve(Huge)
+    try:
+        with pytest.raises(BackendError, match="larger than"):
+            Client(f"http://127.0.0.1:{server.server_port}").jobs()
+    finally:
+        server.server_close()
+
+
+@pytest.mark.parametrize("job_id", ["../escape", "/tmp/victim", "20260101-000000-abcdef/../../x", 7])
+def test_job_ids_from_the_backend_must_have_its_format(tmp_path, job_id):
+    """A job id becomes a folder under the results folder: ``../escape`` wrote result.json
+    outside it, an absolute id (with a chosen output_dir) deleted a user's file. Only the
+    backend's own format is taken, before anything is written."""
+    from addon.jobs import JobTracker
+
+    record = {"id": job_id, "state": "done", "outputs": {"result.json": "result.json"}, "output_dir": str(tmp_path / "user")}
+    tracker = JobTracker(Client("http://127.0.0.1:9"), tmp_path / "results")
+    with pytest.raises(BackendError, match="not a job id"):
+        tracker.fetch_result(record)
+    with pytest.raises(BackendError, match="not a job id"):
+        Client("http://127.0.0.1:9").download_outputs(record, tmp_path / "out")
+    assert not (tmp_path / "results").exists() and not (tmp_path / "out").exists()
+
+
+def test_a_local_output_dir_must_be_the_jobs_outputs_folder(tmp_path):
+    """``output_dir`` pointing at a user's folder is refused; a ``<id>/outputs`` folder whose
+    listed file links out of it is not read in place."""
+    from poe_backend.server.jobs import new_job_id
+
+    job_id = new_job_id()
+    assert client_module.JOB_ID.fullmatch(job_id)  # the client's pattern is the backend's format
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "notes.txt").write_text("precious")
+    client = Client("http://127.0.0.1:9")
+    with pytest.raises(BackendError, match="outputs folder"):
+        client.local_output_dir({"id": job_id, "output_dir": str(user), "outputs": {"notes": "notes.txt"}})
+    outputs = tmp_path / "jobs" / job_id / "outputs"
+    outputs.mkdir(parents=True)
+    (outputs / "image.png").write_bytes(b"png")
+    (outputs / "notes.txt").symlink_to(user / "notes.txt")
+    assert client.local_output_dir({"id": job_id, "output_dir": str(outputs), "outputs": {"image": "image.png"}}) == outputs
+    assert client.local_output_dir({"id": job_id, "output_dir": str(outputs), "outputs": {"notes": "notes.txt"}}) is None
