@@ -181,15 +181,16 @@ class Client:
     def local_output_dir(self, job: dict[str, Any]) -> Path | None:
         """The job's ``outputs/`` folder when this machine can read it: the backend is on
         a loopback address and every listed output is a file inside ``job["output_dir"]``
-        (the status of ``GET /v1/jobs/{id}`` names it; it must be a ``<job id>/outputs``
-        folder, and a link out of it is not followed). A backend on another machine,
+        (the status of ``GET /v1/jobs/{id}`` names it; only a ``<job id>/outputs`` folder
+        is read in place, and a link out of it is not followed: anything else is
+        downloaded, so a hostile ``output_dir`` cannot hand over a user's files). A backend on another machine,
         reached through an SSH tunnel to localhost, fails the file test. None otherwise."""
         output_dir = job.get("output_dir")
         if not isinstance(output_dir, str) or not output_dir or not is_local_url(self.url):
             return None
         source = Path(output_dir)
         if source.name != "outputs" or source.parent.name != checked_job_id(job):
-            raise BackendError(f"the backend named {output_dir[:200]!r} as job {job['id']}'s outputs, not a <job id>/outputs folder; refusing it")
+            return None  # not a job's outputs folder: never read in place, download
         root = source.resolve()
         files = [(source / relative) for _, relative in _output_paths(job)]
         if all(path.is_file() and path.resolve().is_relative_to(root) for path in files):

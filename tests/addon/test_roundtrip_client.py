@@ -178,8 +178,9 @@ def test_job_ids_from_the_backend_must_have_its_format(tmp_path, job_id):
 
 
 def test_a_local_output_dir_must_be_the_jobs_outputs_folder(tmp_path):
-    """``output_dir`` pointing at a user's folder is refused; a ``<id>/outputs`` folder whose
-    listed file links out of it is not read in place."""
+    """``output_dir`` pointing at a user's folder is not read in place (the outputs are
+    downloaded into the results folder instead), nor is a ``<id>/outputs`` folder whose
+    listed file links out of it."""
     from poe_backend.server.jobs import new_job_id
 
     job_id = new_job_id()
@@ -188,8 +189,7 @@ def test_a_local_output_dir_must_be_the_jobs_outputs_folder(tmp_path):
     user.mkdir()
     (user / "notes.txt").write_text("precious")
     client = Client("http://127.0.0.1:9")
-    with pytest.raises(BackendError, match="outputs folder"):
-        client.local_output_dir({"id": job_id, "output_dir": str(user), "outputs": {"notes": "notes.txt"}})
+    assert client.local_output_dir({"id": job_id, "output_dir": str(user), "outputs": {"notes": "notes.txt"}}) is None  # downloaded instead
     outputs = tmp_path / "jobs" / job_id / "outputs"
     outputs.mkdir(parents=True)
     (outputs / "image.png").write_bytes(b"png")
