@@ -13,20 +13,29 @@ hard-linked from the job's folder when the backend is on this machine, downloade
 otherwise (:meth:`Client.fetch_outputs`).
 
 Every call waits on the network: the add-on makes them on its worker thread
-(:mod:`.worker`), never in a timer callback.
+(:mod:`.worker`), never in a timer callback. What comes back is not trusted: each request
+has a total deadline (a backend dripping bytes is cut off), redirects are refused (the
+token stays with the configured origin), JSON answers are capped, job ids must have the
+backend's format before they name a folder, and outputs are read in place only from the
+job's own ``<id>/outputs`` folder.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import http.client
 import ipaddress
 import json
 import os
 import re
 import socket
 import tarfile
+import threading
 import urllib.error
 import urllib.parse
 import urllib.request
+import weakref
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -82,15 +91,21 @@ class Client:
     # ---- low level ---------------------------------------------------------------------
     def _request(self, method: str, route: str, *, body: Any = None, headers: dict[str, str] | None = None, timeout: float | None = None):
         """One request to the configured origin; redirects are refused (:class:`_NoRedirect`),
-        so the token never leaves for another server and no other server's answer is taken."""
+        so the token never leaves for another server and no other server's answer is taken.
+        ``timeout`` (default :attr:`timeout`) bounds the whole exchange, not each wait: a
+        backend that drips a byte at a time is cut off when it runs out
+        (:class:`_DeadlineConnection`; the response is read within the same deadline)."""
         request = urllib.request.Request(f"{self.url}/v1{route}", data=body, method=method, headers=headers or {})
+        request.deadline = _Deadline(timeout or self.timeout)
         if self.token:
             request.add_header("Authorization", f"Bearer {self.token}")
         try:
             return _OPENER.open(request, timeout=timeout or self.timeout)
         except urllib.error.HTTPError as error:
             raise _http_error(error) from None
-        except (urllib.error.URLError, ConnectionError, socket.timeout, TimeoutError) as error:
+        except (urllib.error.URLError, ConnectionError, socket.timeout, TimeoutError, http.client.HTTPException) as error:
+            if request.deadline.expired:
+                raise request.deadline.error(self.url) from None
             reason = getattr(error, "reason", error)
             if body is not None and isinstance(reason, (BrokenPipeError, ConnectionResetError)):
                 raise BackendError(f"the backend at {self.url} closed the connection while the request was being sent ({reason}); see the backend's log") from None
@@ -100,7 +115,7 @@ class Client:
         body = None if payload is None else json.dumps(payload).encode()
         headers = {"Content-Type": "application/json"} if payload is not None else {}
         with self._request(method, route, body=body, headers=headers, **kwargs) as response:
-            return json.loads(_read_capped(response, f"{method} {route}") or b"null")
+            return _read_json(response, f"{method} {route}", self.url)
 
     # ---- routes ------------------------------------------------------------------------
     def health(self) -> dict[str, Any]:
@@ -155,10 +170,11 @@ class Client:
             raise BackendError(f"bundle: {size / 2**20:.0f} MiB is more than the backend accepts ({limit / 2**20:.0f} MiB, serve --max-upload-mb)", status=413, code="too_large", field="bundle")
         headers = {"Content-Type": "application/x-tar", "Content-Length": str(size)}
         with self._request("POST", f"/jobs?{query_text}", body=_tar_stream(members), headers=headers, timeout=timeout) as response:
-            return json.loads(_read_capped(response, "POST /jobs") or b"null")
+            return _read_json(response, "POST /jobs", self.url)
 
     def download(self, job_id: str, name: str, destination: str | Path, *, timeout: float = 300.0) -> Path:
-        """Save output ``name`` of a job to ``destination`` (written atomically)."""
+        """Save output ``name`` of a job to ``destination`` (written atomically; nothing is
+        written when the ``timeout`` seconds the whole download may take run out)."""
         destination = Path(destination)
         destination.parent.mkdir(parents=True, exist_ok=True)
         temporary = destination.with_name(destination.name + ".part")
@@ -166,6 +182,9 @@ class Client:
         with self._request("GET", route, timeout=timeout) as response, open(temporary, "wb") as handle:
             while chunk := response.read(READ_CHUNK):
                 handle.write(chunk)
+        if response.deadline.expired:  # the shut-down socket ends the read early: the file is cut
+            temporary.unlink(missing_ok=True)
+            raise response.deadline.error(self.url)
         os.replace(temporary, destination)
         return destination
 
@@ -255,15 +274,71 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None
 
 
-_OPENER = urllib.request.build_opener(_NoRedirect)
+class _Deadline:
+    """A request's total time: ``seconds`` from the connection on, after which its socket is
+    shut down (:class:`_DeadlineConnection`) and :attr:`expired` is set."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.expired = False
+
+    def error(self, url: str) -> BackendError:
+        return BackendError(f"the backend at {url} did not answer within {self.seconds:g} s; it may be stuck (see its log)")
 
 
-def _read_capped(response: Any, what: str) -> bytes:
-    """The body of ``response``, at most :data:`MAX_JSON_BYTES`; BackendError beyond."""
-    data = response.read(MAX_JSON_BYTES + 1)
-    if len(data) > MAX_JSON_BYTES:
-        raise BackendError(f"the backend's answer to {what} is larger than {MAX_JSON_BYTES // 2**20} MiB; refusing it")
-    return data
+class _DeadlineConnection(http.client.HTTPConnection):
+    """An HTTP connection whose socket is shut down when its request's :class:`_Deadline`
+    runs out, so a blocked send or read returns at once however the server drips. The
+    timer holds the socket itself: urllib hands the socket to the response and clears
+    ``self.sock`` once the headers are in."""
+
+    def __init__(self, *args: Any, deadline: _Deadline, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.deadline = deadline
+
+    def connect(self) -> None:
+        super().connect()
+        sock, deadline = self.sock, self.deadline
+
+        def expire() -> None:
+            deadline.expired = True
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+        timer = threading.Timer(deadline.seconds, expire)
+        timer.daemon = True
+        timer.start()
+        weakref.finalize(sock, timer.cancel)
+
+
+class _DeadlineHandler(urllib.request.HTTPHandler):
+    """Plain HTTP through :class:`_DeadlineConnection`; the response carries the deadline
+    so its body is read under it (:func:`_read_json`)."""
+
+    def http_open(self, req: urllib.request.Request) -> Any:
+        response = self.do_open(functools.partial(_DeadlineConnection, deadline=req.deadline), req)
+        response.deadline = req.deadline
+        return response
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect, _DeadlineHandler)
+
+
+def _read_json(response: Any, what: str, url: str) -> Any:
+    """The JSON body of ``response``, at most :data:`MAX_JSON_BYTES` (BackendError beyond),
+    read within the request's deadline (BackendError when it ran out mid-body)."""
+    deadline = getattr(response, "deadline", None)
+    try:
+        data = response.read(MAX_JSON_BYTES + 1)
+        if deadline is not None and deadline.expired:  # the shut-down socket ends the read early, not with an error
+            raise deadline.error(url)
+        if len(data) > MAX_JSON_BYTES:
+            raise BackendError(f"the backend's answer to {what} is larger than {MAX_JSON_BYTES // 2**20} MiB; refusing it")
+        return json.loads(data or b"null")
+    except (OSError, ValueError, http.client.HTTPException):
+        if deadline is not None and deadline.expired:
+            raise deadline.error(url) from None
+        raise
 
 
 def _http_error(error: urllib.error.HTTPError) -> BackendError:

@@ -196,3 +196,38 @@ def test_a_local_output_dir_must_be_the_jobs_outputs_folder(tmp_path):
     (outputs / "notes.txt").symlink_to(user / "notes.txt")
     assert client.local_output_dir({"id": job_id, "output_dir": str(outputs), "outputs": {"image": "image.png"}}) == outputs
     assert client.local_output_dir({"id": job_id, "output_dir": str(outputs), "outputs": {"notes": "notes.txt"}}) is None
+
+
+@pytest.mark.parametrize("phase", ["headers", "body"])
+def test_a_backend_that_drips_is_cut_off_at_the_total_deadline(phase):
+    """One byte every 0.3 s keeps each socket wait short, so a per-wait timeout never fires
+    (the old client stayed blocked for as long as the server dripped: Generate hung
+    Blender's UI). The whole request now has a deadline: 1.5 s here."""
+    import time
+
+    class Dripping(BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = json.dumps({"jobs": []}).encode() + b" " * 200
+            head = f"HTTP/1.1 200 OK\\r\\nContent-Length: {len(body)}\\r\\n\\r\\n".encode()
+            slow, fast = (head, b"") if phase == "headers" else (b"", head)
+            self.wfile.write(fast)
+            self.wfile.flush()
+            try:
+                for byte in (slow or body):
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+                    time.sleep(0.3)
+            except OSError:
+                pass
+
+        def log_message(self, *args):
+            pass
+
+    server = _serve(Dripping)
+    started = time.monotonic()
+    try:
+        with pytest.raises(BackendError, match="did not answer within 1.5 s"):
+            Client(f"http://127.0.0.1:{server.server_port}", timeout=1.5).jobs()
+        assert time.monotonic() - started < 4.0
+    finally:
+        server.server_close()
