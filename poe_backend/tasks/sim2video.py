@@ -39,8 +39,8 @@ Wan examples pass). Inputs as Wan was trained on them:
 The task is bundle → conditions → :class:`~poe_backend.families.wan.runtime.WanRuntime`
 experts → sampler → outputs: the runtime loads, encodes, plans (``offload``,
 ``fp8_storage``), places and decodes; :meth:`Sim2VideoTask.model_roles` names what the
-model cache keeps across jobs. Outputs, every video at 16 fps: ``video.mp4`` (highest-weight
-particle), one MP4 per particle, ``latents.pt`` (all particles), what each expert saw (the
+model cache keeps across jobs. Outputs, every video at 16 fps: ``video.mp4`` (the particle drawn by
+weight with the seed), one MP4 per particle, ``latents.pt`` (all particles), what each expert saw (the
 depth control ``control_depth.mp4``, the resized first frame ``first_frame.png``, for
 ``ddim_inversion`` the inverted render clip ``renders.mp4``; the manifest's
 ``expert_inputs`` maps each expert to them), and the manifest with every parameter, the
