@@ -94,7 +94,9 @@ class Client:
         so the token never leaves for another server and no other server's answer is taken.
         ``timeout`` (default :attr:`timeout`) bounds the whole exchange, not each wait: a
         backend that drips a byte at a time is cut off when it runs out
-        (:class:`_DeadlineConnection`; the response is read within the same deadline)."""
+        (:class:`_DeadlineConnection`; the response is read within the same deadline). That
+        holds for plain HTTP, what the backend serves; an ``https`` URL (a proxy in front of
+        it) keeps urllib's timeout per wait."""
         request = urllib.request.Request(f"{self.url}/v1{route}", data=body, method=method, headers=headers or {})
         request.deadline = _Deadline(timeout or self.timeout)
         if self.token:
@@ -182,9 +184,10 @@ class Client:
         with self._request("GET", route, timeout=timeout) as response, open(temporary, "wb") as handle:
             while chunk := response.read(READ_CHUNK):
                 handle.write(chunk)
-        if response.deadline.expired:  # the shut-down socket ends the read early: the file is cut
+        deadline = getattr(response, "deadline", None)  # plain HTTP only: HTTPS keeps per-wait timeouts
+        if deadline is not None and deadline.expired:  # the shut-down socket ends the read early: the file is cut
             temporary.unlink(missing_ok=True)
-            raise response.deadline.error(self.url)
+            raise deadline.error(self.url)
         os.replace(temporary, destination)
         return destination
 
