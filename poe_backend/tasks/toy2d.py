@@ -7,11 +7,11 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from poe_backend.tasks.base import Task, TaskContext, TaskParams, TaskResult, seed_for
 from poe_backend.toy import figures
-from poe_backend.toy.run import SAMPLER_NAMES, run_toy
+from poe_backend.toy.run import SAMPLER_NAMES, product_for, run_toy
 from poe_backend.toy.spec import SpecError, parse_spec
 
 DEFAULT_SPEC: dict[str, Any] = {"experts": figures.EXPERTS, "rewards": [figures.DISC]}
@@ -39,6 +39,16 @@ class Toy2DParams(TaskParams):
         if parsed.dimension != 2:
             raise ValueError(f"toy2d needs 2-dimensional experts, got {parsed.dimension}")
         return spec
+
+    @model_validator(mode="after")
+    def _known_sampler(self) -> "Toy2DParams":
+        """The sampler is checked against the spec at submit (``single:99`` on a 2-expert
+        spec used to fail only when the job ran)."""
+        try:
+            product_for(parse_spec(self.spec), self.sampler, self.score_only)
+        except ValueError as error:
+            raise ValueError(f"sampler: {error}") from None
+        return self
 
 
 class Toy2DTask(Task):

@@ -52,7 +52,7 @@ def run_toy(
 ) -> ToyRun:
     """Sample ``spec``'s product with the named sampler (see :data:`SAMPLER_NAMES`;
     ``single:K`` samples expert K alone). ``score_only`` hides the experts' energies."""
-    product = _product_for(spec, sampler, score_only)
+    product = product_for(spec, sampler, score_only)
     name = sampler.split(":")[0]
     if name == "annealed":
         name = "ais" if product.has_energy else "fkc"
@@ -119,7 +119,10 @@ class _ScoreOnly(GenerativeExpert):
         self.expert.reindex(indices)
 
 
-def _product_for(spec: ToySpec, sampler: str, score_only: bool) -> ProductOfExperts:
+def product_for(spec: ToySpec, sampler: str, score_only: bool) -> ProductOfExperts:
+    """The product ``sampler`` runs on: ``single:K`` expert K alone (ValueError naming the
+    count when there is no expert K), else the spec's product; ValueError on an unknown
+    sampler name. The toy2d task calls it at submit, so a bad name fails there."""
     product = spec.product()
     if sampler.startswith("single"):
         index = int(sampler.split(":")[1]) if ":" in sampler else 0

@@ -125,7 +125,7 @@ def _parse_reward(reward: Any, where: str, dimension: int) -> DiscReward:
     center = _tensor(reward.get("center"), f"{where}.center", 1)
     _require(center.shape[0] == dimension, f"{where}.center", f"must have {dimension} coordinates")
     radius = reward.get("radius")
-    _require(isinstance(radius, (int, float)) and not isinstance(radius, bool) and radius > 0, f"{where}.radius", "must be a positive number")
+    _require(isinstance(radius, (int, float)) and not isinstance(radius, bool) and math.isfinite(radius) and radius > 0, f"{where}.radius", "must be a positive finite number")
     return DiscReward(center, float(radius))
 
 

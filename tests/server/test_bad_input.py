@@ -14,6 +14,7 @@ from PIL import Image
 from pydantic import ValidationError
 
 from poe_backend.tasks import TASK_CLASSES, get_task
+from poe_backend.tasks.toy2d import DEFAULT_SPEC
 
 from tests.server.conftest import assert_field, post_tar, write_bundle
 
@@ -72,10 +73,22 @@ def _directory(name: str) -> tarfile.TarInfo:
     ({"params": {"langevin_steps": "1"}}, "params.langevin_steps"),
     ({"params": [1, 2]}, "params"),
     ({"colour": "red"}, "colour"),
+    # checked at submit, not when the job runs: a sampler the spec cannot run
+    ({"params": {"sampler": "single:99"}}, "params"),
+    ({"params": {"sampler": "warp"}}, "params"),
 ])
 def test_bad_request_fields(backend, fields, field):
     bundle = write_bundle(backend.data_dir / "b-fields")
     assert_field(_post_path(backend, bundle, **fields), 400, field)
+
+
+def test_an_infinite_reward_radius_is_refused_at_submit(backend):
+    """``1e999`` parses to infinity; the toy spec refused it only when the job ran."""
+    bundle = write_bundle(backend.data_dir / "b-radius")
+    spec = json.dumps({**DEFAULT_SPEC, "rewards": [{"type": "disc", "center": [0, 0], "radius": 12345}]}).replace("12345", "1e999")
+    body = '{"bundle_path": %s, "params": {"spec": %s}}' % (json.dumps(str(bundle)), spec)
+    response = backend.client().post("/v1/jobs", content=body, headers={"content-type": "application/json"})
+    assert_field(response, 400, "params.spec")
 
 
 @pytest.mark.parametrize("task_name", list(TASK_CLASSES))
