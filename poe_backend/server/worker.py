@@ -293,7 +293,7 @@ class ProgressMeter:
         self.fraction = 0.0
 
     def update(self, progress: Any) -> dict[str, Any]:
-        if getattr(progress, "planned_forwards", None):
+        if progress.planned_forwards:
             fraction = progress.forwards / progress.planned_forwards
         else:
             fraction = progress.nfe / progress.planned_nfe if progress.planned_nfe else self._level_fraction(progress)

@@ -144,8 +144,8 @@ def run_sampler(params: ImageParams, product: Any, noise: torch.Tensor, levels: 
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """``(P, 3, H, W)`` in [0, 1] -> ``(P, H, W, 3)`` uint8."""
-    return (images.clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
+    """``(P, 3, H, W)`` in [0, 1] -> ``(P, H, W, 3)`` uint8 (images, or a video's frames)."""
+    return as_uint8(images.permute(0, 2, 3, 1).cpu().numpy())
 
 
 def write_outputs(out_dir: Path, image: np.ndarray, particles: np.ndarray | None, log_weights: torch.Tensor | None, extra: dict[str, np.ndarray] | None = None) -> dict[str, Path]:

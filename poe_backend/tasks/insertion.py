@@ -196,8 +196,9 @@ def run_product(runtime, params: InsertionParams, embedding, plate, depth, mask,
     """Depth × Fill (or one of them) on the runtime's latent; returns particles, log-weights,
     sampler stats."""
     kinds = transformer_kinds(params.method)
+    links = conditioning(params, kinds, mask, runtime.device)
     runtime.plan(kinds, offload=params.offload, fp8_storage=params.fp8_storage, particles=params.particles, max_batch=params.max_batch,
-                 conditioned=["fill"] if params.cond_weight != 0.0 and kinds == ["depth", "fill"] else [])
+                 conditioned=[kinds[link.child] for link in links])
     factors = []
     if "depth" in kinds:
         expert = runtime.expert("depth", embedding, guidance=params.guidance_depth, condition=runtime.depth_condition(depth), max_batch=params.max_batch)
@@ -205,7 +206,7 @@ def run_product(runtime, params: InsertionParams, embedding, plate, depth, mask,
     if "fill" in kinds:
         expert = runtime.expert("fill", embedding, guidance=params.guidance_fill, condition=runtime.fill_condition(plate, mask), max_batch=params.max_batch)
         factors.append(Factor(expert, params.fill_weight))
-    product = ProductOfExperts(factors, conditioning=conditioning(params, kinds, mask, runtime.device))
+    product = ProductOfExperts(factors, conditioning=links)
     generator, noise = images.start_noise(seed, params.particles, runtime.event_shape)
     levels = images.levels_for(params, runtime.num_tokens)
     result = images.run_sampler(params, product, noise.to(context.device), levels, generator, context)

@@ -220,8 +220,8 @@ def sample(runtime, params: Sim2VideoParams, pairing: str, prompt: str, inputs: 
     source_prompt = prompt if params.source_prompt is None else params.source_prompt
     positive, negative, source = runtime.encode_prompts([prompt, params.negative_prompt, source_prompt])
     image_embeds = runtime.encode_image(inputs["first_frame"]) if "i2v" in runtime.kinds else None
-    conditioned = ["i2v" if pairing == "i2v_vace" else "vace"] if params.mode == "product" and params.cond_weight > 0.0 else []
-    runtime.plan(offload=params.offload, fp8_storage=params.fp8_storage, particles=params.particles, conditioned=conditioned)
+    conditioned = params.mode == "product" and params.cond_weight > 0.0
+    runtime.plan(offload=params.offload, fp8_storage=params.fp8_storage, particles=params.particles, conditioned=["i2v" if pairing == "i2v_vace" else "vace"] if conditioned else [])
     num_frames = runtime.num_frames
 
     factors, described = [], []
@@ -249,7 +249,7 @@ def sample(runtime, params: Sim2VideoParams, pairing: str, prompt: str, inputs: 
         factors.append(Factor(runtime.vace_expert(control, positive, negative, params.depth_guidance, params.control_scale), 1.0))
         described.append({"expert": "wan_vace_first_frame_and_depth", "weight": 1.0, "guidance": params.depth_guidance, "control_scale": params.control_scale})
 
-    links = [Conditioning(child=0, parents=(1,), weight=params.cond_weight)] if params.mode == "product" and params.cond_weight > 0.0 else []
+    links = [Conditioning(child=0, parents=(1,), weight=params.cond_weight)] if conditioned else []
     if links:
         described[0]["conditioned_on"] = [described[1]["expert"]]
     product = ProductOfExperts(factors, conditioning=links)

@@ -27,6 +27,7 @@ from torch import Tensor
 
 from poe_backend.bundle import Bundle, BundleError, capped_video_size, frames_at_rate
 from poe_backend.models.specs import family_facts
+from poe_backend.tasks.images import to_uint8
 
 
 def read_first_frame(bundle: Bundle, relative: str, height: int, width: int) -> Tensor:
@@ -222,14 +223,9 @@ def capped_size(bundle: Bundle, height: int | None, width: int | None, num_frame
     return CappedSize(height, width, min(available, max_frames) if num_frames is None else num_frames, capped_from)
 
 
-def to_uint8_frames(video: Tensor) -> np.ndarray:
-    """``(F, 3, H, W)`` in [0, 1] -> ``(F, H, W, 3)`` uint8."""
-    return (video.clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
-
-
 def write_png(path: Path, image: Tensor) -> Path:
     """An RGB image ``(3, H, W)`` in [0, 1] as an 8-bit PNG."""
-    Image.fromarray(to_uint8_frames(image[None])[0]).save(path)
+    Image.fromarray(to_uint8(image[None])[0]).save(path)
     return path
 
 
@@ -237,7 +233,7 @@ def write_mp4(path: Path, video: Tensor, fps: float) -> Path:
     """H.264 MP4 through imageio-ffmpeg (yuv420p, so sizes are even: libx264 needs it)."""
     import imageio.v2 as imageio
 
-    frames = to_uint8_frames(video)
+    frames = to_uint8(video)
     with imageio.get_writer(str(path), fps=float(fps), codec="libx264", quality=8, macro_block_size=2, pixelformat="yuv420p", ffmpeg_log_level="error") as writer:
         for frame in frames:
             writer.append_data(frame)

@@ -15,6 +15,38 @@ from tests.addon.roundtrip_fixtures import backend_fixture  # noqa: F401 - the b
 from tests.server.conftest import QUICK, free_port, write_bundle
 
 
+def _answering(payload: object, seen: list | None = None) -> type[BaseHTTPRequestHandler]:
+    """A fake backend's handler answering every GET with ``payload`` as JSON (200), noting
+    each request's ``Authorization`` header in ``seen``."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            if seen is not None:
+                seen.append(self.headers.get("Authorization"))
+            body = json.dumps(payload).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    return Handler
+
+
+def _serve(handler: type[BaseHTTPRequestHandler], requests: int = 1) -> HTTPServer:
+    """A fake backend on 127.0.0.1 answering ``requests`` requests with ``handler``."""
+    server = HTTPServer(("127.0.0.1", 0), handler)
+
+    def serve() -> None:
+        for _ in range(requests):
+            server.handle_request()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return server
+
+
 def test_backend_not_running_names_the_url():
     url = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(BackendNotRunning, match=f"{url} is not reachable.*Start local backend"):
@@ -29,20 +61,7 @@ def test_wrong_token_is_an_auth_error(backend):
 
 
 def test_version_mismatch_is_explained():
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):
-            body = json.dumps({"status": "ok", "version": "9.0", "api_version": 99}).encode()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.handle_request, daemon=True)
-    thread.start()
+    server = _serve(_answering({"status": "ok", "version": "9.0", "api_version": 99}))
     try:
         with pytest.raises(VersionMismatch, match="API 99.*this add-on speaks API 1"):
             Client(f"http://127.0.0.1:{server.server_port}").health()
@@ -85,37 +104,12 @@ def test_submit_by_path_falls_back_to_upload_and_downloads(backend, tmp_path):
         client.download(job_id, "missing", tmp_path / "x")
 
 
-def _serve(handler: type[BaseHTTPRequestHandler], requests: int = 1) -> HTTPServer:
-    """A fake backend on 127.0.0.1 answering ``requests`` requests with ``handler``."""
-    server = HTTPServer(("127.0.0.1", 0), handler)
-
-    def serve() -> None:
-        for _ in range(requests):
-            server.handle_request()
-
-    threading.Thread(target=serve, daemon=True).start()
-    return server
-
-
 def test_redirects_are_refused_and_the_token_stays_home():
     """A 307 to another origin: urllib would resend the bearer token there and take that
     server's answer as the job. The client refuses the redirect; the other server sees
     nothing."""
     seen = []
-
-    class Elsewhere(BaseHTTPRequestHandler):
-        def do_GET(self):
-            seen.append(self.headers.get("Authorization"))
-            body = json.dumps({"id": "evil", "state": "done"}).encode()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    elsewhere = _serve(Elsewhere)
+    elsewhere = _serve(_answering({"id": "evil", "state": "done"}, seen))
 
     class Redirecting(BaseHTTPRequestHandler):
         def do_GET(self):
@@ -142,18 +136,7 @@ def test_a_json_answer_larger_than_the_cap_is_refused_unread(monkeypatch):
     answer took Blender from 24 to 624 MB)."""
     monkeypatch.setattr(client_module, "MAX_JSON_BYTES", 1000)
 
-    class Huge(BaseHTTPRequestHandler):
-        def do_GET(self):
-            body = json.dumps({"jobs": ["x" * 100] * 100}).encode()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    server = _serve(Huge)
+    server = _serve(_answering({"jobs": ["x" * 100] * 100}))
     try:
         with pytest.raises(BackendError, match="larger than"):
             Client(f"http://127.0.0.1:{server.server_port}").jobs()

@@ -26,7 +26,7 @@ every encoding so that a seed fully determines a run.
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -40,9 +40,9 @@ from poe_backend.families.flux.declaration import SHARED, TEXT_ROLES, TRANSFORME
 from poe_backend.runtime.cache import MODEL_CACHE, default_dtype
 from poe_backend.runtime import planner
 from poe_backend.runtime.planner import Budget
-from poe_backend.runtime.family import FamilyRuntime, PromptCache
+from poe_backend.runtime.family import CheckpointedExpert, FamilyRuntime, PromptCache
 from poe_backend.runtime.job_plan import JobPlan, job_budget, plan_transformers
-from poe_backend.sampling import GenerativeExpert, ProductOfExperts
+from poe_backend.sampling import ProductOfExperts
 from poe_backend.sampling.experts import particle_batches
 
 LATENT_CHANNELS = 16
@@ -204,7 +204,7 @@ class FluxLatentSpace:
             raise ValueError(f"image: expected (B, 3, {self.height}, {self.width}), got {tuple(image.shape)}")
 
 
-class FluxExpert(GenerativeExpert):
+class FluxExpert(CheckpointedExpert):
     """One FLUX transformer with fixed conditioning, as a velocity field on ``(P, N, 64)``.
 
     ``condition`` (``(1, N, C)`` or None) is concatenated to the particles on the channel
@@ -234,16 +234,6 @@ class FluxExpert(GenerativeExpert):
         in ``x``: the weights are frozen, the product turns autograd off around plain calls)."""
         self.calls += 1
         return torch.cat([self._forward(x[rows], t) for rows in particle_batches(x.shape[0], self.max_batch)])
-
-    def aligned_velocity(self, x: Tensor, t: float, targets: Sequence[Tensor], region: float | Tensor, weight: float) -> Tensor:
-        """:meth:`GenerativeExpert.aligned_velocity` with the transformer's blocks
-        gradient-checkpointed (diffusers' ``enable_gradient_checkpointing``, which acts only
-        while autograd is on, so plain calls are unchanged and it stays on): the backward
-        keeps one ``(B, tokens, hidden)`` input per block instead of every block's activations
-        (:func:`planner.flux_conditioned_bytes`: 1024² 2.19 GiB per particle, not ~21 GiB)."""
-        if not self.transformer.is_gradient_checkpointing:
-            self.transformer.enable_gradient_checkpointing()
-        return super().aligned_velocity(x, t, targets, region, weight)
 
     def _forward(self, x: Tensor, t: float) -> Tensor:
         count, dtype, device = x.shape[0], self.space.dtype, self.space.device

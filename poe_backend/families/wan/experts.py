@@ -43,11 +43,11 @@ Decisions:
 
 from __future__ import annotations
 
-from typing import Sequence
 
 import torch
 from torch import Tensor
 
+from poe_backend.runtime.family import CheckpointedExpert
 from poe_backend.sampling.experts import GenerativeExpert, particle_batches
 
 LATENT_CHANNELS = 16
@@ -130,7 +130,7 @@ def first_frame_and_depth_control_inputs(image: Tensor, depth_video: Tensor) -> 
 # ----------------------------------------------------------------------------- experts
 
 
-class _WanExpert(GenerativeExpert):
+class _WanExpert(CheckpointedExpert):
     """True classifier-free guidance around one transformer call ``_forward(x, t, embeds)``,
     over micro-batches of ``max_batch`` particles (None: all at once), each through both
     passes. ``forward_count`` counts passes over all particles."""
@@ -163,16 +163,6 @@ class _WanExpert(GenerativeExpert):
         (differentiable in ``x``: the weights are frozen), ``max_batch`` particles at a time."""
         self.forward_count += self.passes_per_evaluation
         return torch.cat([self._guided(x[rows], t) for rows in particle_batches(x.shape[0], self.max_batch)])
-
-    def aligned_velocity(self, x: Tensor, t: float, targets: Sequence[Tensor], region: float | Tensor, weight: float) -> Tensor:
-        """:meth:`GenerativeExpert.aligned_velocity` with the transformer's blocks
-        gradient-checkpointed (diffusers' ``enable_gradient_checkpointing``; it acts only
-        while autograd is on, so plain calls are unchanged and it stays on): both CFG passes
-        keep one ``(B, tokens, hidden)`` input per block for the backward instead of every
-        block's activations (:func:`poe_backend.runtime.planner.wan_conditioned_bytes`)."""
-        if not self.transformer.is_gradient_checkpointing:
-            self.transformer.enable_gradient_checkpointing()
-        return super().aligned_velocity(x, t, targets, region, weight)
 
     def _guided(self, x: Tensor, t: float) -> Tensor:
         timestep = torch.full((x.shape[0],), t * TIMESTEP_SCALE, device=x.device, dtype=torch.float32)
