@@ -131,7 +131,9 @@ class RegionalT2ITask(Task):
             vqa_prompts = {"global": [global_prompt], "regions": region_prompts or [global_prompt], "all": [global_prompt] + region_prompts}[params.vqa_prompts]
             reward = VQAScoreReward(scorer, lambda x0: runtime.decode_preview(x0, params.vqa_max_pixels), vqa_prompts, strength=params.vqa_strength)
             rewards.append(reward)
-        runtime.plan(["dev"], offload=params.offload, fp8_storage=params.fp8_storage, particles=params.particles, max_batch=params.max_batch)
+        # conditioned region experts back-propagate through [dev]: the plan sizes that pass and keeps it resident
+        runtime.plan(["dev"], offload=params.offload, fp8_storage=params.fp8_storage, particles=params.particles, max_batch=params.max_batch,
+                     conditioned=["dev"] if params.cond_weight > 0.0 and use_regions else [])
         factors = build_factors(runtime, embeddings, regions if use_regions else [], params)
         if params.method == "flux" and "sampler" not in params.model_fields_set:
             params = params.model_copy(update={"sampler": "summed_velocity"})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -70,6 +71,13 @@ def test_draw_selection_and_conditioned_regions(tmp_path):
     assert manifest["chosen_index"] == chosen_particle(log_weights, manifest["seed"]) and manifest["selected_by"] == "drawn by weight"
     # global + 2 regions, each region a conditioned child: 1 + 2 × 3 forward-equivalents per round
     assert progress[-1].forwards == progress[-1].planned_forwards == progress[-1].nfe // 3 * 7
+
+
+def test_conditioned_regions_are_planned_as_a_backward_through_dev(tmp_path):
+    """The planner is told that [dev] carries a conditioned child's backward: it sizes that
+    pass and refuses to stream the model (a backward through group offload fails)."""
+    with pytest.raises(ValueError, match="cond_weight"):
+        run(tmp_path, "streamed", {**FAST, "cond_weight": 0.1, "offload": "group"})
 
 
 def test_flux_baseline_and_determinism(tmp_path):
