@@ -1,13 +1,14 @@
 """Job tracking for the add-on in plain Python (no bpy), so tests drive it directly.
 
 The UI registers a ``bpy.app.timers`` callback that calls :meth:`JobTracker.tick`; the
-callback's return value (seconds until the next call, or None to stop) is tick's. The
-polls run on a :class:`.worker.Worker` thread: each asks for one unfinished job's status
-and, once the job is done, brings its outputs and result.json into
-``<results_dir>/<job id>/``; the next tick applies the status to the job's row and hands
-the :class:`JobResult` to the loader (which creates the image plane or movie strip) on
-the main thread. A tick never waits on the network and never raises: network trouble and
-loader errors end up in ``TrackedJob.message``.
+callback's return value (seconds until the next call, or None to stop) is tick's. All
+network work runs on a :class:`.worker.Worker`: the submission (by path or as an upload),
+the polls (each asks for one unfinished job's status and, once the job is done, brings
+its outputs and result.json into ``<results_dir>/<job id>/``) and cancel requests. The
+next tick applies each outcome to the job's row and hands the :class:`JobResult` to the
+loader (which creates the image plane or movie strip) on the main thread. Neither
+:meth:`JobTracker.submit` nor a tick waits on the network, and a tick never raises:
+refusals, network trouble and loader errors end up in ``TrackedJob.message``.
 """
 
 from __future__ import annotations
@@ -24,10 +25,17 @@ from typing import Any, Callable
 
 from .bundle_schema import FINISHED_STATES
 from .job_view import progress_details
-from .client import BackendError, BackendNotRunning, Client, checked_job_id, is_local_url
+from .client import BackendError, BackendNotRunning, Client, checked_job_id
 from .worker import Worker
 
 POLL_INTERVAL_S = 0.5
+
+#: The state of a row whose bundle is on its way to the backend (not a backend state).
+SUBMITTING = "submitting"
+
+#: Placeholder ids of rows still submitting, unique in this Blender: a tracker recreated
+#: for a new URL or token takes over the rows of the one before.
+_placeholder_ids = itertools.count(1)
 
 
 @dataclass
@@ -46,9 +54,10 @@ class JobResult:
 
 @dataclass
 class TrackedJob:
-    """What the panel shows for one job. ``state`` is the backend's, or ``uploading`` while
-    the bundle is still on its way (``job_id`` is then a placeholder, replaced by the
-    backend's when the upload is answered). ``scene``: the scene its result goes into."""
+    """What the panel shows for one job. ``state`` is the backend's, or :data:`SUBMITTING`
+    while the bundle is still on its way (``job_id`` is then a placeholder,
+    ``submit-<n>``, replaced by the backend's when the submission is answered).
+    ``scene``: the scene its result goes into."""
 
     job_id: str
     task: str
@@ -95,12 +104,21 @@ def provenance(result: JobResult) -> dict[str, Any]:
     }
 
 
+def _job_record(answer: Any, what: str) -> dict[str, Any]:
+    """``answer`` when it is a job record (a JSON object); BackendError otherwise, naming
+    ``what`` was answered (a broken or hostile backend must not break the tick)."""
+    if not isinstance(answer, dict):
+        raise BackendError(f"the backend answered {what} with a {type(answer).__name__}, not a job")
+    return answer
+
+
 class JobTracker:
     """Submits bundles, follows jobs and hands finished results to ``loader``.
 
-    Status polls, result fetches and cancel requests run on ``worker``; :meth:`tick`
-    (the timer callback's work) only applies their outcomes, calls ``loader`` on this
-    thread and queues the next polls, so it never waits on the network."""
+    Submissions, status polls, result fetches and cancel requests run on ``worker``;
+    :meth:`submit` only queues one, and :meth:`tick` (the timer callback's work) only
+    applies their outcomes, calls ``loader`` on this thread and queues the next polls, so
+    neither waits on the network."""
 
     def __init__(self, client: Client, results_dir: str | Path, loader: Callable[[JobResult], None] | None = None, worker: Worker | None = None) -> None:
         self.client = client
@@ -109,25 +127,43 @@ class JobTracker:
         self.worker = worker or Worker()
         self.jobs: dict[str, TrackedJob] = {}
         self._polling: set[str] = set()  # job ids with a poll on the worker
-        self._uploads = itertools.count(1)  # placeholder ids of uploads under way
 
     def submit(self, bundle_dir: str | Path, *, task: str | None = None, params: dict[str, Any] | None = None, models: str | None = None, scene: str = "") -> TrackedJob:
-        """Submit and follow a bundle. To a backend on this machine the bundle goes by path
-        and this waits for the answer (a request, no copy: a refusal naming a field raises
-        here, for the operator to report). An upload (a remote backend, or a path this
-        backend cannot read) runs on the worker, as it takes as long as the bytes take: the
-        job returned is ``uploading`` at once and becomes the backend's job (the same
-        object, its id replaced) when the upload is answered; a refusal fails its row."""
-        if is_local_url(self.client.url):
-            try:
-                return self.track(self.client.submit_path(bundle_dir, task=task, params=params, models=models), scene=scene)
-            except BackendError as error:
-                if error.field != "bundle_path":
-                    raise
-        tracked = TrackedJob(job_id=f"upload-{next(self._uploads)}", task=task or "", state="uploading", scene=scene)
+        """Submit and follow a bundle without waiting: the row returned is
+        :data:`SUBMITTING` at once (a placeholder id) and the worker sends the bundle
+        (:meth:`.client.Client.submit`: by path to a backend on this machine, as an upload
+        to a remote one or when the backend refuses the path). The tick that applies the
+        answer makes the row the backend's job (the same object, its id replaced) or fails
+        it with the reason: the backend's message, its ``field`` in ``record["error"]``."""
+        tracked = TrackedJob(job_id=f"submit-{next(_placeholder_ids)}", task=task or "", state=SUBMITTING, scene=scene)
         self.jobs[tracked.job_id] = tracked
-        self.worker.submit(partial(self.client.upload, bundle_dir, task=task, params=params, models=models), partial(self._apply_upload, tracked))
+        self.worker.submit(partial(self._send, bundle_dir, task=task, params=params, models=models), partial(self._apply_submitted, tracked))
         return tracked
+
+    def _send(self, bundle_dir: str | Path, **submission: Any) -> dict[str, Any]:
+        """Worker thread: submit the bundle; the answer must be a job record whose id has
+        the backend's format (it becomes the row's key and, later, a folder name):
+        BackendError otherwise."""
+        record = _job_record(self.client.submit(bundle_dir, **submission), "the submission")
+        checked_job_id(record)
+        return record
+
+    def _apply_submitted(self, tracked: TrackedJob, record: dict[str, Any] | None, error: Exception | None) -> None:
+        if error is not None:
+            message = getattr(error, "message", f"{type(error).__name__}: {error}")
+            tracked.state, tracked.message = "failed", f"not submitted: {message}"
+            tracked.record = {"error": {"message": message, "code": getattr(error, "code", None), "field": getattr(error, "field", None)}}
+            return
+        self._rename(tracked, record["id"])
+        self._update(tracked, record)
+
+    def _rename(self, tracked: TrackedJob, job_id: str) -> None:
+        """Give ``tracked`` the backend's ``job_id`` in place of its placeholder; its row
+        keeps its place in :attr:`jobs` (the panel's order is the order of submission)."""
+        rows = list(self.jobs.items())
+        self.jobs.clear()
+        self.jobs.update((job_id if row is tracked else key, row) for key, row in rows)
+        tracked.job_id = job_id
 
     def track(self, record: dict[str, Any], *, scene: str = "") -> TrackedJob:
         """Follow a job the backend already knows (e.g. after reopening Blender)."""
@@ -135,21 +171,14 @@ class JobTracker:
         self.jobs[tracked.job_id] = tracked
         return tracked
 
-    def _apply_upload(self, tracked: TrackedJob, record: dict[str, Any] | None, error: Exception | None) -> None:
-        if error is not None:
-            message = getattr(error, "message", f"{type(error).__name__}: {error}")
-            tracked.state, tracked.message = "failed", f"upload refused: {message}"
-            tracked.record = {"error": {"message": message, "code": getattr(error, "code", None), "field": getattr(error, "field", None)}}
-            return
-        del self.jobs[tracked.job_id]
-        tracked.job_id, tracked.task = record["id"], tracked.task or record.get("task", "")
-        self.jobs[tracked.job_id] = tracked
-        self._update(tracked, record)
-
     def cancel(self, job_id: str) -> None:
         """Ask the backend to cancel ``job_id``; a later tick shows its answer."""
         tracked = self.jobs.setdefault(job_id, TrackedJob(job_id, ""))
-        self.worker.submit(partial(self.client.cancel, job_id), partial(self._apply_cancel, tracked))
+        self.worker.submit(partial(self._request_cancel, job_id), partial(self._apply_cancel, tracked))
+
+    def _request_cancel(self, job_id: str) -> dict[str, Any]:
+        """Worker thread: ``POST /v1/jobs/{id}/cancel``; the job's record."""
+        return _job_record(self.client.cancel(job_id), "the cancel request")
 
     def reload(self, job_id: str) -> TrackedJob:
         """Bring a done job's result in again (it replaces what it created before), by the
@@ -159,13 +188,13 @@ class JobTracker:
         return tracked
 
     def active(self) -> list[TrackedJob]:
-        """Jobs the backend runs and this tracker polls (not those still uploading)."""
-        return [job for job in self.jobs.values() if not job.finished and job.state != "uploading"]
+        """Jobs the backend runs and this tracker polls (not those still submitting)."""
+        return [job for job in self.jobs.values() if not job.finished and job.state != SUBMITTING]
 
     def tick(self) -> float | None:
         """Apply what the worker finished, then queue one poll for each active job that
         has none under way; returns the delay until the next tick, None when no job is
-        unfinished (uploads included). Never waits on the network and never raises."""
+        unfinished (submissions included). Never waits on the network and never raises."""
         self.worker.apply_finished()
         for tracked in self.active():
             if tracked.job_id not in self._polling:
@@ -177,7 +206,7 @@ class JobTracker:
         """Worker thread: the job's status and, once it is done, its result (fetched once:
         ``result`` is the one already here). A failed fetch is returned, not raised, so
         the status still reaches the panel."""
-        record = self.client.job(job_id)
+        record = _job_record(self.client.job(job_id), "the status request")
         if record.get("state") != "done" or result is not None:
             return record, result, None
         try:
@@ -195,6 +224,8 @@ class JobTracker:
             tracked.message = f"could not read the job's status: {type(error).__name__}: {error}"
         else:
             record, result, fetch_error = outcome
+            if self._outdated(tracked, record):
+                return
             tracked.message = ""
             self._update(tracked, record)
             if tracked.state == "done" and not tracked.loaded:
@@ -203,8 +234,16 @@ class JobTracker:
     def _apply_cancel(self, tracked: TrackedJob, record: dict[str, Any] | None, error: Exception | None) -> None:
         if error is not None:
             tracked.message = f"could not cancel: {getattr(error, 'message', error)}"
-        else:
+        elif not self._outdated(tracked, record):
             self._update(tracked, record)
+
+    @staticmethod
+    def _outdated(tracked: TrackedJob, record: dict[str, Any]) -> bool:
+        """True when ``record`` is older than what the row shows: the backend never takes a
+        job out of a finished state, so an unfinished record for a finished row is the
+        answer to a request sent before (a poll and a cancel of one job run at once on the
+        worker and may be answered in either order). It is dropped, not shown."""
+        return tracked.state in FINISHED_STATES and record.get("state") not in FINISHED_STATES
 
     def _update(self, tracked: TrackedJob, record: dict[str, Any]) -> None:
         tracked.record, tracked.state, tracked.progress = record, record.get("state", tracked.state), record.get("progress")

@@ -6,11 +6,12 @@ bpy-free tracker (:mod:`.jobs`) or client (:mod:`.client`), report errors with
 Settings come from :func:`.preferences.backend_settings`; Generate captures through
 :func:`.operators.capture_scene`, the same call as the Capture operator.
 
-Operators never wait on the network, except Generate for the backend's answer to the
-submission (its validation errors are reported at once): Start local backend, Cancel and
-Load hand their requests to the session's worker thread (:mod:`.worker`), and the timer
-shows the outcome in the panel (Load result goes through the same path as a job that has
-just finished).
+Operators never wait on the network: Generate, Start local backend, Cancel and Load hand
+their requests to the session's worker (:mod:`.worker`), and the timer shows the outcome
+in the panel. Generate reports that the bundle is on its way; its row in the panel becomes
+the job when the backend answers, or fails with the backend's reason (a refused field is
+named there, where a synchronous submit used to report it). Load result goes through the
+same path as a job that has just finished.
 
 One :class:`Session` per Blender process holds the tracker, the started backend process,
 the worker and the timer; Blender's timers and operators need such a place to meet.
@@ -67,9 +68,10 @@ def bring_up_backend(config: Settings, timeout: float) -> BackendUp:
 
 @dataclass
 class Session:
-    """The tracker (recreated when URL or token change; each tracked job names the scene
-    its result loads into), the backend process this Blender started, and the one worker thread all of them
-    wait on (:mod:`.worker`): the timer applies its outcomes."""
+    """The tracker (recreated when URL or token change, taking over the rows of the one
+    before; each tracked job names the scene its result loads into), the backend process
+    this Blender started, and the one worker all of them wait on (:mod:`.worker`): the
+    timer applies its outcomes."""
 
     tracker: jobs.JobTracker | None = None
     backend: Any = None
@@ -113,9 +115,9 @@ class Session:
     def tracker_for(self, config: Settings) -> jobs.JobTracker:
         client = Client(config.url, config.token)
         if self.tracker is None or (self.tracker.client.url, self.tracker.client.token) != (client.url, client.token):
-            previous = self.tracker.jobs if self.tracker else {}
+            rows = self.tracker.jobs if self.tracker else {}
             self.tracker = jobs.JobTracker(client, config.output_dir / "results", self.load, self.worker)
-            self.tracker.jobs.update(previous)
+            self.tracker.jobs = rows  # the same dict: a submission still under way renames its row in it
         self.as_background = config.as_background
         return self.tracker
 
@@ -166,7 +168,8 @@ def _redraw_panels() -> None:
 
 
 def capture_and_submit(context: bpy.types.Context, config: Settings, bundle_dir: str) -> jobs.TrackedJob:
-    """Submit ``bundle_dir`` as is, or capture the scene into a new bundle first."""
+    """Submit ``bundle_dir`` as is, or capture the scene into a new bundle first; returns
+    the job's row at once (:data:`.jobs.SUBMITTING`: the submission runs on the worker)."""
     tracker = SESSION.tracker_for(config)
     SESSION.refresh_tasks(tracker.client)
     if bundle_dir:
@@ -190,14 +193,10 @@ class POE_OT_generate(bpy.types.Operator):
     def execute(self, context: bpy.types.Context) -> set[str]:
         try:
             tracked = capture_and_submit(context, preferences.backend_settings(context), self.bundle_dir)
-        except BackendError as error:
-            self.report({"ERROR"}, error.message)
-            return {"CANCELLED"}
         except Exception as error:  # noqa: BLE001 - reported in the UI, never a traceback
             self.report({"ERROR"}, f"could not capture or submit: {type(error).__name__}: {error}")
             return {"CANCELLED"}
-        what = "uploading the bundle" if tracked.state == "uploading" else f"submitted job {tracked.job_id}"
-        self.report({"INFO"}, f"{what} ({tracked.task})")
+        self.report({"INFO"}, f"submitting the bundle{f' ({tracked.task})' if tracked.task else ''}; the panel shows the backend's answer")
         return {"FINISHED"}
 
 
@@ -277,7 +276,7 @@ def draw_jobs(layout: bpy.types.UILayout, context: bpy.types.Context, *, max_row
         box = layout.box()
         row = box.row()
         row.label(text=f"{tracked.task} {tracked.state}", icon=STATE_ICONS.get(tracked.state, "TIME"))
-        if tracked.state not in FINISHED_STATES and tracked.state != "uploading":
+        if tracked.state not in FINISHED_STATES and tracked.state != jobs.SUBMITTING:
             row.operator(POE_OT_cancel.bl_idname, text="", icon="CANCEL").job_id = tracked.job_id
         elif tracked.state == "done":
             row.operator(POE_OT_load_result.bl_idname, text="", icon="FILE_REFRESH").job_id = tracked.job_id

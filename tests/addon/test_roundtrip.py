@@ -212,11 +212,15 @@ class RecordingLayout:
 
 
 def test_operator_errors_are_reports_not_tracebacks(operators, backend, scene, tmp_path):
-    with pytest.raises(RuntimeError, match="params.particles"):
-        bpy.ops.poe.generate(bundle_dir=str(write_bundle(backend.data_dir / "op-bad", params={"particles": 0})))
-    with pytest.raises(RuntimeError, match="is not reachable"):
-        operators.backend_url = "http://127.0.0.1:9"
-        bpy.ops.poe.generate(bundle_dir=str(write_bundle(backend.data_dir / "op-down")))
+    # Generate does not wait for the backend: a refusal or an unreachable backend fails the job's row
+    assert bpy.ops.poe.generate(bundle_dir=str(write_bundle(backend.data_dir / "op-bad", params={"particles": 0}))) == {"FINISHED"}
+    operators.backend_url = "http://127.0.0.1:9"
+    assert bpy.ops.poe.generate(bundle_dir=str(write_bundle(backend.data_dir / "op-down"))) == {"FINISHED"}
+    _tick_until(operators_jobs.SESSION.tick, lambda: all(job.finished for job in operators_jobs.SESSION.tracker.jobs.values()))
+    refused, unreachable = operators_jobs.SESSION.tracker.jobs.values()
+    assert refused.state == unreachable.state == "failed"
+    assert refused.record["error"]["field"] == "params.particles" and "params.particles" in refused.message
+    assert "is not reachable" in unreachable.message
     with pytest.raises(RuntimeError, match="could not capture or submit"):
         bpy.ops.poe.generate()  # capture needs addon.capture and scene.poe (the capture branch)
     operators.backend_command = f"{Path('/nonexistent/poe-backend')} serve"

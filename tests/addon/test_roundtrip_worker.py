@@ -76,11 +76,11 @@ def test_outputs_of_a_backend_on_this_machine_are_linked_not_downloaded(backend,
 
 def test_an_upload_runs_on_the_worker_and_its_row_becomes_the_job(backend, tmp_path):
     """A bundle the backend cannot read by path goes as an upload, which takes as long as
-    its bytes take: submit returns an ``uploading`` row at once, and that same row becomes
+    its bytes take: submit returns a ``submitting`` row at once, and that same row becomes
     the backend's job; an upload the backend refuses fails its row with the field named."""
     tracker = JobTracker(Client(backend.url, backend.token), tmp_path / "results")
     tracked = tracker.submit(write_bundle(tmp_path / "outside-the-roots"), params=QUICK)  # refused by path: uploaded
-    assert tracked.state == "uploading" and tracker.active() == [] and tracker.worker.busy
+    assert tracked.state == "submitting" and tracker.active() == [] and tracker.worker.busy
     _drive(tracker)
     assert tracked.state == "done" and tracked.result is not None and tracker.jobs[tracked.job_id] is tracked
     assert (backend.data_dir / "jobs" / tracked.job_id / "bundle" / "bundle.json").is_file()  # it came as an upload
