@@ -27,6 +27,11 @@ encoding); :meth:`ModelCache.give_back` frees a module a job still references (t
 models before a decode that does not fit beside them). Freeing runs ``gc.collect`` and, on
 CUDA, empties torch's device cache and its pinned-host cache, and unregisters the packed
 host buffers of streamed models (:func:`~poe_backend.runtime.placement.unpin`).
+
+Cancellation: every load is preceded and every fresh load followed by a
+:func:`~poe_backend.sampling.run.checkpoint`, so a cancelled job stops between two
+components, never inside one: what it loaded stays cached whole for the next job, what it had
+not loaded is absent.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from poe_backend.runtime import planner
 from poe_backend.models.lookup import parameter_count, resolve, weight_bytes
 from poe_backend.runtime.placement import PLACEMENT_NAMES, PlacementName, apply_placement, device_key, needs_reload, pinned_bytes, placement_of, unpin
 from poe_backend.models.specs import MissingWeights, ModelSpec, get_spec
+from poe_backend.sampling.run import checkpoint
 
 _HOOKED = tuple(name for name in PLACEMENT_NAMES if name != "resident")
 
@@ -277,12 +283,20 @@ class ModelCache:
         return (str(resolve(role, preset)), str(dtype) if spec.is_module else "-")
 
     def _entry(self, role: str, key: tuple[str, str], spec: ModelSpec, dtype: torch.dtype, device: str) -> CachedModel:
+        """The cached entry of ``key``, loaded first when missing. A cancelled job
+        (:func:`~poe_backend.sampling.run.checkpoint`) stops before the load, or after it
+        with the loaded component cached: a component is either wholly loaded and kept for
+        the next job, or absent."""
+        checkpoint()
         entry = self._entries.get(key)
-        if entry is None:
+        loading = entry is None
+        if loading:
             entry = self._entries[key] = CachedModel(key, _from_pretrained(spec, key[0], dtype, device))
         entry.roles.add(role)
         entry.last_used = next(self._clock)
         entry.in_use = True
+        if loading:
+            checkpoint()
         return entry
 
     def _note_peak(self, device: str) -> None:

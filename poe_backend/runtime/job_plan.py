@@ -33,6 +33,7 @@ from poe_backend.runtime import planner
 from poe_backend.runtime.planner import Budget, DecodePlan, RolePlan
 from poe_backend.runtime.cache import MODEL_CACHE
 from poe_backend.runtime.placement import FP8_PREFIX, PlacementPlan, placement_for_offload, placement_name
+from poe_backend.sampling.run import checkpoint
 
 #: Decode off CUDA: untiled, one video at a time, models kept.
 HOST_DECODE = DecodePlan(tiled=False, per_image=True, free_transformers=False)
@@ -114,6 +115,7 @@ def decode_videos(vae: Any, latents: Tensor, job_plan: JobPlan | None, free_tran
         set_vae_tiling(vae, job_plan.decode.tiled)
     videos = []
     for latent in latents.split(1):
+        checkpoint()
         video = vae.decode(vae_input(latent), return_dict=False)[0].float().clamp(-1, 1)
         videos.append(((video[0].permute(1, 0, 2, 3) + 1) / 2).cpu())
     return torch.stack(videos)

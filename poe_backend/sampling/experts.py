@@ -15,6 +15,7 @@ on the child's velocity (:class:`Conditioning`, :meth:`GenerativeExpert.aligned_
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -22,6 +23,7 @@ import torch
 from torch import Tensor
 
 from poe_backend.sampling import flow
+from poe_backend.sampling.run import checkpoint
 
 
 class GenerativeExpert:
@@ -88,11 +90,14 @@ class Reward:
         raise NotImplementedError
 
 
-def particle_batches(count: int, max_batch: int | None) -> list[slice]:
+def particle_batches(count: int, max_batch: int | None) -> Iterator[slice]:
     """Row slices of ``count`` particles in micro-batches of at most ``max_batch`` (None:
-    one batch)."""
+    one batch), each handed out after a :func:`~poe_backend.sampling.run.checkpoint`: a
+    cancelled job stops between two micro-batches of an evaluation, not after all of them."""
     size = count if not max_batch else max_batch
-    return [slice(start, min(start + size, count)) for start in range(0, count, size)]
+    for start in range(0, count, size):
+        checkpoint()
+        yield slice(start, min(start + size, count))
 
 
 @dataclass(frozen=True)

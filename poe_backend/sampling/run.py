@@ -1,7 +1,19 @@
-"""What every sampler shares: its result record, progress reports and cancellation."""
+"""What every sampler shares: its result record, progress reports and cancellation.
+
+Cancellation has one flag and two readers: the samplers get it as ``should_stop`` and check
+it after every step (:class:`Observer`); everything else a job does — loading models,
+encoding prompts and images, each micro-batch of an expert evaluation, each batch of a
+decode — calls :func:`checkpoint`, which reads the flag of the enclosing :func:`stop_scope`
+(the server's job process opens one around every task run). Both raise
+:class:`SamplingCancelled`, so a cancel takes effect within one such unit of work, not at the
+next sampler step (which, before the first step, can be minutes away).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Literal
 
@@ -18,7 +30,35 @@ Selection = Literal["best", "draw"]
 
 
 class SamplingCancelled(RuntimeError):
-    """Raised between steps when the caller's ``should_stop()`` returns True."""
+    """Raised between steps when the caller's ``should_stop()`` returns True, and at any
+    :func:`checkpoint` once the enclosing :func:`stop_scope`'s flag is set."""
+
+
+#: The cancel flag of the job running in this context (None: outside any job).
+_STOP_FLAG: ContextVar[Callable[[], bool] | None] = ContextVar("poe_stop_flag", default=None)
+
+
+@contextmanager
+def stop_scope(should_stop: Callable[[], bool] | None) -> Iterator[None]:
+    """Within the block, :func:`checkpoint` raises :class:`SamplingCancelled` once
+    ``should_stop()`` returns True (None: never). Scopes nest; the outer one is back after
+    the block."""
+    token = _STOP_FLAG.set(should_stop)
+    try:
+        yield
+    finally:
+        _STOP_FLAG.reset(token)
+
+
+def checkpoint() -> None:
+    """Raise :class:`SamplingCancelled` when the enclosing :func:`stop_scope`'s flag is set;
+    a no-op outside a scope. Called at the boundaries of a job's units of work (each model
+    load, text encode, micro-batch of an expert evaluation, decode batch), so a cancel waits
+    for one such unit at most. Cheap: one call of the flag (a shared-memory read in the
+    server's job process)."""
+    should_stop = _STOP_FLAG.get()
+    if should_stop is not None and should_stop():
+        raise SamplingCancelled("cancelled between units of work")
 
 
 @dataclass(frozen=True)

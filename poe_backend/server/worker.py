@@ -14,8 +14,8 @@ The server side (:class:`DeviceWorker`) sends a :class:`JobOrder` through a pipe
 for one :class:`JobOutcome`. Three small pieces of shared memory carry the rest without
 messages: the latest progress report (written by the job at every sampler step, read by
 the server only when a client asks for the job's status), the number of the job to
-cancel (read by the job's ``should_stop`` at every step, so a cancel is seen within one
-step) and the device's free and total memory (read by the job process at its start and
+cancel (read by the job's ``should_stop`` at every sampler step and every checkpoint: a
+model load, text encode, micro-batch or decode batch) and the device's free and total memory (read by the job process at its start and
 after every job, for ``/health``: the server process never makes a CUDA context). Job processes start with the ``spawn`` method (a fresh interpreter: no copied locks
 or CUDA state), ignore SIGINT (the server stops them) and exit when the server dies. As
 with any ``spawn`` child, a script that runs the app in-process (``uvicorn.run(create_app(
@@ -169,7 +169,8 @@ class DeviceWorker:
         return decode_progress(values[1:])
 
     def cancel(self, seq: int) -> None:
-        """Ask job ``seq`` to stop at its next sampler step (ignored once it has ended)."""
+        """Ask job ``seq`` to stop at its next sampler step or checkpoint (a model load, text
+        encode, micro-batch or decode batch; ignored once it has ended)."""
         self._cancel_seq.value = seq
 
     def stop(self) -> None:
@@ -229,8 +230,10 @@ def _exit_with_server(server_pid: int) -> None:
 
 
 def run_order(order: JobOrder, device: str, progress: Any, cancel_seq: Any) -> JobOutcome:
-    """Run one job: the task's progress goes to ``progress`` ([seq, *fields]), and it stops
-    at the next sampler step once ``cancel_seq`` holds ``order.seq``."""
+    """Run one job: the task's progress goes to ``progress`` ([seq, *fields]), and once
+    ``cancel_seq`` holds ``order.seq`` it stops at its next sampler step or checkpoint
+    (:func:`~poe_backend.tasks.base.job_entry`): within one model load, text encode,
+    micro-batch of an expert evaluation or decode batch."""
     from poe_backend.bundle import read_bundle
     from poe_backend.runtime.cache import MODEL_CACHE
     from poe_backend.sampling import Progress, SamplingCancelled

@@ -23,14 +23,14 @@ import json
 import resource
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Literal, Self
+from typing import Any, Callable, ClassVar, Collection, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from poe_backend.bundle import Bundle
 from poe_backend.sampling import SampleResult, sample_annealed_langevin, sample_fkc, sample_summed_velocity
-from poe_backend.sampling.budget import planned_forwards, planned_nfe
-from poe_backend.sampling.run import Progress
+from poe_backend.sampling.budget import passes_per_round, planned_forwards, planned_nfe
+from poe_backend.sampling.run import Progress, checkpoint, stop_scope
 
 RESULT_FILE = "result.json"
 ResultKind = Literal["image", "video", "points"]
@@ -156,6 +156,91 @@ def seed_for(context: TaskContext) -> int:
     return context.bundle.seed if context.params.seed is None else context.params.seed
 
 
+def cost_options(name: SamplerName, **options: Any) -> dict[str, Any]:
+    """The options :func:`~poe_backend.sampling.budget.planned_nfe` counts
+    (``langevin_steps``, ``transport``) as sampler ``name`` runs with ``options``: their
+    values, else the sampler's defaults; those it does not take are left out."""
+    taken = sampler_options(name, **options)
+    return {key: taken.get(key, parameter.default) for key, parameter in inspect.signature(SAMPLERS[name]).parameters.items() if key in ("langevin_steps", "transport")}
+
+
+def planned_sampler_cost(name: SamplerName, levels: list[float], *, expert_passes: list[int], total_weight: float, children: Collection[int] = (),
+                         **options: Any) -> tuple[int, int]:
+    """``(nfe, forwards)`` of :func:`run_sampler` running ``name`` over ``levels`` with
+    ``options``, on a product of experts costing ``expert_passes`` forwards per evaluation
+    (factor order), exponents summing to ``total_weight`` (the largest element of a map), and
+    the conditioned ``children``: what its progress reports as ``planned_nfe`` and
+    ``planned_forwards``, known before any expert exists."""
+    nfe = planned_nfe(name, levels, num_experts=len(expert_passes), total_weight=total_weight, **cost_options(name, **options))
+    return nfe, nfe // len(expert_passes) * passes_per_round(expert_passes, children)
+
+
+def flux_tokens(height: int, width: int) -> int:
+    """Latent tokens of one FLUX image of ``height`` × ``width`` pixels (multiples of 16):
+    one packed token per 16×16 pixels (the 8× VAE and FLUX's 2×2 packing;
+    ``families.flux.runtime.TOKEN_PIXELS``, not imported: that module loads diffusers, and
+    the server computes costs without it)."""
+    return (height // 16) * (width // 16)
+
+
+@dataclass(frozen=True)
+class JobCost:
+    """What a job will compute, known at submit from its bundle and parameters alone
+    (:meth:`Task.planned_cost`: no model is loaded, no device touched).
+
+    * ``particles``: P; every particle is a full run (each forward is batched over them).
+    * ``nfe``: expert evaluations per particle, summed over experts (``Progress.nfe``;
+      closed-form experts count), over every run of the job.
+    * ``forwards``: network forward-equivalents (``Progress.forwards``: true CFG makes an
+      evaluation two, a conditioned child's backward adds two; closed-form experts none),
+      over every run of the job: where the job is one sampler run it is exactly the
+      ``planned_forwards`` its progress reports; an inversion before it
+      (``ddim_inversion``, ``rf_solver``) is counted too.
+    * ``tokens``: latent tokens one particle puts through one forward (FLUX
+      ``(H/16)·(W/16)``; Wan the whole clip, ``F'·(H/16)·(W/16)``; FramePack one section,
+      ``W·(H/16)·(W/16)``, its clean history not counted; toy2d 1, a 2-D point).
+    * ``width``, ``height``: pixels of each image or frame the task generates (0: toy2d).
+    * ``frames``: frames per particle (an image 1; toy2d 0).
+    * ``exact``: False where ``nfe`` and ``forwards`` are an upper bound (regional_t2i's
+      layout parser, whose regions are known only once it has run).
+
+    The work unit is the *token-forward*: one particle's latent token through one network
+    forward (:attr:`work`)."""
+
+    particles: int
+    nfe: int
+    forwards: int
+    tokens: int
+    width: int = 0
+    height: int = 0
+    frames: int = 0
+    exact: bool = True
+
+    @property
+    def pixels(self) -> int:
+        """Pixels of one image or frame at the size the task generates."""
+        return self.width * self.height
+
+    @property
+    def total_pixels(self) -> int:
+        """Pixels of every frame of every particle: what the job decodes and writes."""
+        return self.particles * self.frames * self.pixels
+
+    @property
+    def work(self) -> int:
+        """Token-forwards: ``forwards × particles × tokens``; a job that runs no network
+        (toy2d: closed-form experts, 0 forwards) counts each of its ``nfe`` evaluations as
+        a forward."""
+        return (self.forwards or self.nfe) * self.particles * self.tokens
+
+    def describe(self) -> str:
+        """One line a person reads: forwards (or evaluations), particles, tokens, size, work."""
+        steps = f"{self.forwards:,} forwards" if self.forwards else f"{self.nfe:,} expert evaluations"
+        size = f" ({self.frames} frames of {self.width}x{self.height})" if self.frames > 1 else f" ({self.width}x{self.height})" if self.frames else ""
+        bound = "at most " if not self.exact else ""
+        return f"{bound}{steps} × {self.particles:,} particles × {self.tokens:,} tokens{size} = {self.work:.3g} token-forwards"
+
+
 def run_sampler(name: SamplerName, product: Any, noise: Any, levels: list[float], generator: Any, context: TaskContext, **options: Any) -> SampleResult:
     """Run sampler ``name`` with the task's callback and cancel flag; ``options`` (e.g.
     ``langevin_steps``, ``step_scale``, ``ess_threshold``, ``transport``) go to the samplers that take them.
@@ -168,8 +253,7 @@ def run_sampler(name: SamplerName, product: Any, noise: Any, levels: list[float]
     callback = context.callback
     if callback is not None:
         total = product.total_weight()
-        costs = {key: taken.get(key, parameter.default) for key, parameter in inspect.signature(sampler).parameters.items() if key in ("langevin_steps", "transport")}
-        planned = planned_nfe(name, levels, num_experts=len(product.factors), total_weight=float(total.max()) if hasattr(total, "max") else float(total), **costs)
+        planned = planned_nfe(name, levels, num_experts=len(product.factors), total_weight=float(total.max()) if hasattr(total, "max") else float(total), **cost_options(name, **taken))
         forwards = planned_forwards(product, planned)
         callback = lambda progress: context.callback(replace(progress, planned_nfe=planned, planned_forwards=forwards))  # noqa: E731
     return sampler(product, noise, levels, generator=generator, callback=callback, should_stop=context.should_stop, **taken)
@@ -199,10 +283,21 @@ class Task:
     def run(self, context: TaskContext) -> TaskResult:
         raise NotImplementedError
 
+    def planned_cost(self, bundle: Bundle, params: TaskParams) -> JobCost:
+        """What :meth:`run` will compute for ``bundle`` and ``params`` (validated, as
+        submitted: the preset is applied here), from those alone; cheap (no model, no
+        device, no pixel read), so the server checks it at submit. Raises
+        :class:`~poe_backend.bundle.BundleError` where the run would (a size above a cap, too
+        few frames)."""
+        raise NotImplementedError
+
 
 def job_entry(run: Callable[[Task, TaskContext], TaskResult]) -> Callable[[Task, TaskContext], TaskResult]:
     """Wrap a task's ``run``: evict models the job does not need, reset the device's peak
-    counter, run, and add ``manifest["memory"]`` (:func:`memory_report`)."""
+    counter, run, and add ``manifest["memory"]`` (:func:`memory_report`). The whole run is
+    a :func:`~poe_backend.sampling.run.stop_scope` of ``context.should_stop``, so a cancel
+    lands at the next checkpoint (a model load, text encode, micro-batch or decode batch),
+    not only at the next sampler step."""
 
     @functools.wraps(run)
     def run_job(self: Task, context: TaskContext) -> TaskResult:
@@ -210,11 +305,13 @@ def job_entry(run: Callable[[Task, TaskContext], TaskResult]) -> Callable[[Task,
 
         from poe_backend.runtime.cache import MODEL_CACHE
 
-        evicted = MODEL_CACHE.begin_job(self.model_roles(context), context.models)
-        on_cuda = str(context.device).startswith("cuda") and torch.cuda.is_available()
-        if on_cuda:
-            torch.cuda.reset_peak_memory_stats(torch.device(context.device))
-        result = run(self, context)
+        with stop_scope(context.should_stop):
+            checkpoint()  # a job cancelled before it began keeps the previous job's models
+            evicted = MODEL_CACHE.begin_job(self.model_roles(context), context.models)
+            on_cuda = str(context.device).startswith("cuda") and torch.cuda.is_available()
+            if on_cuda:
+                torch.cuda.reset_peak_memory_stats(torch.device(context.device))
+            result = run(self, context)
         result.manifest["memory"] = memory_report(context.device, evicted)
         return result
 

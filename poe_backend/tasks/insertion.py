@@ -25,12 +25,12 @@ import torch
 from PIL import Image, ImageFilter
 from pydantic import Field
 
-from poe_backend.bundle import BundleError
+from poe_backend.bundle import Bundle, BundleError
 from poe_backend.sampling import Factor, ProductOfExperts
 from poe_backend.sampling.experts import Conditioning
 from poe_backend.sampling.resampling import chosen_particle
 from poe_backend.tasks import images
-from poe_backend.tasks.base import Task, TaskContext, TaskResult, seed_for
+from poe_backend.tasks.base import JobCost, Task, TaskContext, TaskResult, flux_tokens, planned_sampler_cost, seed_for
 
 
 class InsertionParams(images.ImageParams):
@@ -107,9 +107,7 @@ class InsertionTask(Task):
         from poe_backend.models import specs
         from poe_backend.families.flux.runtime import FluxRuntime
 
-        params: InsertionParams = context.params.effective()
-        if params.method in ("depth", "fill") and "sampler" not in params.model_fields_set:
-            params = params.model_copy(update={"sampler": "summed_velocity"})  # the model's own flow sampler
+        params = with_own_sampler(context.params.effective())
         bundle, timer = context.bundle, images.Timer()
         if bundle.task != self.name:
             raise BundleError("task", f"this bundle is for '{bundle.task}', not '{self.name}'")
@@ -157,6 +155,31 @@ class InsertionTask(Task):
             seconds=timer.seconds,
         )
         return TaskResult(kind="image", primary="image", outputs=outputs, manifest=record)
+
+    def planned_cost(self, bundle: Bundle, params: InsertionParams) -> JobCost:
+        """The product (or a single expert) at the run's resolution: FLUX's forwards (one
+        per evaluation: [dev] models are guidance-distilled) over its levels, the conditioned
+        Fill three; ``rf_solver`` is one particle, inverted and edited over ``levels - 1``
+        steps each, RF-Solver's two forwards per step."""
+        params = with_own_sampler(params.effective())
+        height, width = images.resolution(bundle, params.max_side)
+        tokens = flux_tokens(height, width)
+        if params.method == "rf_solver":
+            forwards = 2 * 2 * (params.levels - 1)
+            return JobCost(particles=1, nfe=forwards, forwards=forwards, tokens=tokens, width=width, height=height, frames=1)
+        kinds = transformer_kinds(params.method)
+        weights = {"depth": params.depth_weight, "fill": params.fill_weight}
+        nfe, forwards = planned_sampler_cost(params.sampler, images.levels_for(params, tokens), expert_passes=[1] * len(kinds), total_weight=sum(weights[kind] for kind in kinds),
+                                             children=conditioned_children(params, kinds), langevin_steps=params.langevin_steps, transport=params.transport)
+        return JobCost(particles=params.particles, nfe=nfe, forwards=forwards, tokens=tokens, width=width, height=height, frames=1)
+
+
+def with_own_sampler(params: InsertionParams) -> InsertionParams:
+    """The single-expert baselines (``depth``, ``fill``) run their model's own flow sampler
+    (``summed_velocity``) unless the caller chose a sampler."""
+    if params.method in ("depth", "fill") and "sampler" not in params.model_fields_set:
+        return params.model_copy(update={"sampler": "summed_velocity"})
+    return params
 
 
 def transformer_kinds(method: str) -> list[str]:
@@ -221,9 +244,13 @@ def conditioning(params: InsertionParams, kinds: list[str], mask: np.ndarray, de
     it Fill is already conditioned on the plate). The term pulls Fill's velocity towards
     Depth's where the object goes, the controllability the paper's ablation measures.
     Empty when ``cond_weight`` is 0 or one expert runs alone."""
-    if params.cond_weight == 0.0 or kinds != ["depth", "fill"]:
-        return []
-    return [Conditioning(child=1, parents=(0,), weight=params.cond_weight, region=token_region(mask).to(device))]
+    return [Conditioning(child=child, parents=(0,), weight=params.cond_weight, region=token_region(mask).to(device)) for child in conditioned_children(params, kinds)]
+
+
+def conditioned_children(params: InsertionParams, kinds: list[str]) -> list[int]:
+    """The factors :func:`conditioning` conditions: Fill (factor 1) when ``cond_weight`` is
+    not 0 and both experts run, else none."""
+    return [1] if params.cond_weight != 0.0 and kinds == ["depth", "fill"] else []
 
 
 def token_region(mask: np.ndarray) -> torch.Tensor:

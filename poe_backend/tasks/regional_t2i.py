@@ -30,12 +30,12 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from poe_backend.bundle import BundleError
+from poe_backend.bundle import Bundle, BundleError
 from poe_backend.sampling import Factor
 from poe_backend.sampling.experts import Conditioning
 from poe_backend.sampling.run import Selection
 from poe_backend.tasks import images
-from poe_backend.tasks.base import Task, TaskContext, TaskResult, seed_for
+from poe_backend.tasks.base import JobCost, Task, TaskContext, TaskResult, flux_tokens, planned_sampler_cost, seed_for
 
 
 class RegionalParams(images.ImageParams):
@@ -116,6 +116,7 @@ class RegionalT2ITask(Task):
             from poe_backend.families.vqascore.layout import LayoutParser
 
             regions, answer = LayoutParser(context.models, device=context.device)(global_prompt, width, height)
+            regions = regions[:MAX_PARSED_REGIONS]
             layout = {"answer": answer, "regions": len(regions)}
         use_regions = params.method == "regional" and bool(regions)
         seed = seed_for(context)
@@ -135,8 +136,7 @@ class RegionalT2ITask(Task):
         runtime.plan(["dev"], offload=params.offload, fp8_storage=params.fp8_storage, particles=params.particles, max_batch=params.max_batch,
                      conditioned=["dev"] if params.cond_weight > 0.0 and use_regions else [])
         factors = build_factors(runtime, embeddings, regions if use_regions else [], params)
-        if params.method == "flux" and "sampler" not in params.model_fields_set:
-            params = params.model_copy(update={"sampler": "summed_velocity"})
+        params = with_own_sampler(params)
         timer.mark("load_and_encode")
 
         product = flux.RegionalProduct(factors, rewards, conditioning=conditioning(factors, params.cond_weight))
@@ -174,6 +174,37 @@ class RegionalT2ITask(Task):
             seconds=timer.seconds,
         )
         return TaskResult(kind="image", primary="image", outputs=outputs, manifest=record)
+
+    def planned_cost(self, bundle: Bundle, params: RegionalParams) -> JobCost:
+        """The global expert and one per boxed region at the run's resolution, one FLUX
+        forward per evaluation ([dev] is guidance-distilled), a conditioned region expert
+        three; the weight maps sum to 1 on every token. VQAScore is a reward, not counted
+        (as in ``planned_nfe``). With the layout parser and no boxed region the regions are
+        known only once it has run: the cost is then an upper bound, at
+        :data:`MAX_PARSED_REGIONS` regions."""
+        params = with_own_sampler(params.effective())
+        height, width = images.resolution(bundle, params.max_side)
+        regions, _ = read_regions(bundle, height, width)
+        parse = params.method == "regional" and params.layout_parser and not regions
+        count = MAX_PARSED_REGIONS if parse else len(regions) if params.method == "regional" else 0
+        tokens = flux_tokens(height, width)
+        children = range(1, 1 + count) if params.cond_weight != 0.0 else ()
+        nfe, forwards = planned_sampler_cost(params.sampler, images.levels_for(params, tokens), expert_passes=[1] * (1 + count), total_weight=1.0, children=children,
+                                             langevin_steps=params.langevin_steps, transport=params.transport)
+        return JobCost(particles=params.particles, nfe=nfe, forwards=forwards, tokens=tokens, width=width, height=height, frames=1, exact=not parse)
+
+
+#: Most regions the layout parser's answer may add (the first ones it lists): each is one
+#: more expert, so this bounds a job's cost before the parser has run.
+MAX_PARSED_REGIONS = 8
+
+
+def with_own_sampler(params: RegionalParams) -> RegionalParams:
+    """The ``flux`` baseline runs FLUX's own flow sampler (``summed_velocity``) unless the
+    caller chose a sampler."""
+    if params.method == "flux" and "sampler" not in params.model_fields_set:
+        return params.model_copy(update={"sampler": "summed_velocity"})
+    return params
 
 
 def read_regions(bundle, height: int, width: int) -> tuple[list[tuple[str, list[int]]], list[str]]:

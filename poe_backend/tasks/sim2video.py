@@ -59,14 +59,16 @@ from typing import ClassVar, Literal
 import torch
 from pydantic import Field
 
-from poe_backend.bundle import VIDEO_MAX_FRAMES, VIDEO_MAX_SIDE, BundleError, required_passes
+from poe_backend.bundle import VIDEO_MAX_FRAMES, VIDEO_MAX_SIDE, Bundle, BundleError, required_passes
 from poe_backend.families.wan.declaration import NEGATIVE_PROMPT
 from poe_backend.sampling import Factor, ProductOfExperts, SampleResult
 from poe_backend.sampling.experts import Conditioning
 from poe_backend.sampling.samplers import Transport
 from poe_backend.sampling.schedules import shifted_levels
 from poe_backend.tasks import video_io
-from poe_backend.tasks.base import SamplerName, Task, TaskContext, TaskParams, TaskResult, metropolis_field, run_sampler, seed_for, transport_field
+from poe_backend.tasks.base import (
+    JobCost, SamplerName, Task, TaskContext, TaskParams, TaskResult, metropolis_field, planned_sampler_cost, run_sampler, seed_for, transport_field,
+)
 from poe_backend.tasks.images import OffloadName
 from poe_backend.tasks.requirements import sim2video_pairing, sim2video_transformers
 
@@ -172,6 +174,51 @@ class Sim2VideoTask(Task):
         }
         return TaskResult(kind="video", primary="video", outputs=outputs, manifest=manifest)
 
+    def planned_cost(self, bundle: Bundle, params: Sim2VideoParams) -> JobCost:
+        """The mode's experts (:func:`mode_experts`) on the whole clip's Wan latent at the
+        size and frame count :meth:`run` generates, two forwards per evaluation under CFG
+        (guidance above 1), the conditioned first-frame expert three times that;
+        ``ddim_inversion`` adds its inversion (one unguided forward per level gap) before
+        its summed-velocity run."""
+        from poe_backend.families.wan.experts import latent_shape
+
+        requested, params = params, params.effective()
+        fps = video_io.native_fps(self.video_family)
+        size = video_io.capped_size(bundle, params.height, params.width, params.num_frames, available=len(video_io.model_frames(bundle, fps)), max_side=params.max_side,
+                                    max_frames=params.max_frames)
+        frames = len(video_io.clip_timing(bundle, fps, size.max_frames, strict="num_frames" in requested.model_fields_set).frames)
+        _, latent_frames, latent_height, latent_width = latent_shape(frames, size.height, size.width)
+        experts = mode_experts(params)
+        inversion = params.mode == "ddim_inversion"
+        sampler = "summed_velocity" if inversion else params.sampler
+        levels = sim2video_levels(params)
+        nfe, forwards = planned_sampler_cost(sampler, levels, expert_passes=[1 if guidance == 1.0 else 2 for guidance, _ in experts], total_weight=sum(weight for _, weight in experts),
+                                             children=[0] if conditioned(params) else [], langevin_steps=params.langevin_steps, transport=params.transport)
+        inverted = len(levels) - 1 if inversion else 0
+        return JobCost(particles=params.particles, nfe=nfe + inverted, forwards=forwards + inverted, tokens=latent_frames * (latent_height // 2) * (latent_width // 2),
+                       width=size.width, height=size.height, frames=frames)
+
+
+def mode_experts(params: Sim2VideoParams) -> list[tuple[float, float]]:
+    """``(guidance, weight)`` of each expert of ``params.mode``, in the factor order
+    :func:`sample` builds them: the first-frame expert, the depth expert, or the one
+    combined VACE call."""
+    first_frame = [(params.i2v_guidance, params.i2v_weight)] if params.mode in ("product", "i2v", "ddim_inversion") else []
+    depth = [(params.depth_guidance, params.depth_weight)] if params.mode in ("product", "depth") else []
+    combined = [(params.depth_guidance, 1.0)] if params.mode == "vace_combined" else []
+    return first_frame + depth + combined
+
+
+def conditioned(params: Sim2VideoParams) -> bool:
+    """Whether the first-frame expert is conditioned on the depth expert (product mode with
+    ``cond_weight`` > 0)."""
+    return params.mode == "product" and params.cond_weight > 0.0
+
+
+def sim2video_levels(params: Sim2VideoParams) -> list[float]:
+    """The annealing levels: Wan's shifted grid (shift ``flow_shift``) from ``t_max`` to 0."""
+    return shifted_levels(params.levels, math.log(params.flow_shift), t_max=params.t_max)
+
 
 #: Expert (as the manifest's ``experts`` names it) -> {its input: the output that holds it}.
 EXPERT_INPUTS: dict[str, dict[str, str]] = {
@@ -220,8 +267,7 @@ def sample(runtime, params: Sim2VideoParams, pairing: str, prompt: str, inputs: 
     source_prompt = prompt if params.source_prompt is None else params.source_prompt
     positive, negative, source = runtime.encode_prompts([prompt, params.negative_prompt, source_prompt])
     image_embeds = runtime.encode_image(inputs["first_frame"]) if "i2v" in runtime.kinds else None
-    conditioned = params.mode == "product" and params.cond_weight > 0.0
-    runtime.plan(offload=params.offload, fp8_storage=params.fp8_storage, particles=params.particles, conditioned=["i2v" if pairing == "i2v_vace" else "vace"] if conditioned else [])
+    runtime.plan(offload=params.offload, fp8_storage=params.fp8_storage, particles=params.particles, conditioned=["i2v" if pairing == "i2v_vace" else "vace"] if conditioned(params) else [])
     num_frames = runtime.num_frames
 
     factors, described = [], []
@@ -249,11 +295,11 @@ def sample(runtime, params: Sim2VideoParams, pairing: str, prompt: str, inputs: 
         factors.append(Factor(runtime.vace_expert(control, positive, negative, params.depth_guidance, params.control_scale), 1.0))
         described.append({"expert": "wan_vace_first_frame_and_depth", "weight": 1.0, "guidance": params.depth_guidance, "control_scale": params.control_scale})
 
-    links = [Conditioning(child=0, parents=(1,), weight=params.cond_weight)] if conditioned else []
+    links = [Conditioning(child=0, parents=(1,), weight=params.cond_weight)] if conditioned(params) else []
     if links:
         described[0]["conditioned_on"] = [described[1]["expert"]]
     product = ProductOfExperts(factors, conditioning=links)
-    levels = shifted_levels(params.levels, math.log(params.flow_shift), t_max=params.t_max)
+    levels = sim2video_levels(params)
     generator = torch.Generator().manual_seed(seed)
     shape = (params.particles, *runtime.event_shape)
     noise = torch.randn(shape, generator=generator).to(context.device)

@@ -47,13 +47,16 @@ from typing import ClassVar, Literal
 import torch
 from pydantic import Field
 
-from poe_backend.bundle import VIDEO_MAX_FRAMES, VIDEO_MAX_SIDE, BundleError
+from poe_backend.bundle import VIDEO_MAX_FRAMES, VIDEO_MAX_SIDE, Bundle, BundleError
 from poe_backend.sampling import Factor, ProductOfExperts
 from poe_backend.sampling.autoregressive import AutoregressiveResult
+from poe_backend.sampling.budget import passes_per_round, planned_autoregressive_nfe
 from poe_backend.sampling.resampling import chosen_particle
 from poe_backend.sampling.samplers import Transport
 from poe_backend.tasks import video_io
-from poe_backend.tasks.base import SAMPLERS, SamplerName, Task, TaskContext, TaskParams, TaskResult, metropolis_field, sampler_options, seed_for, transport_field
+from poe_backend.tasks.base import (
+    SAMPLERS, JobCost, SamplerName, Task, TaskContext, TaskParams, TaskResult, cost_options, metropolis_field, sampler_options, seed_for, transport_field,
+)
 from poe_backend.tasks.images import OffloadName
 
 
@@ -181,6 +184,29 @@ class Sim2VideoARTask(Task):
             "device": str(context.device),
         }
         return TaskResult(kind="video", primary="video", outputs=outputs, manifest=manifest)
+
+    def planned_cost(self, bundle: Bundle, params: Sim2VideoARParams) -> JobCost:
+        """Autoregressive annealing over the sections :meth:`run` generates (first passes
+        and Gibbs re-draws, :func:`~poe_backend.sampling.budget.planned_autoregressive_nfe`),
+        FramePack × the render Gaussian (closed-form: no forward), FramePack's levels for one
+        section at its patch size 2 (the real and the tiny checkpoints'); FramePack costs one
+        forward per evaluation, two under true CFG (``true_cfg_scale`` above 1)."""
+        from poe_backend.families.framepack.experts import SPATIAL_FACTOR, framepack_levels, num_pixel_frames
+
+        params = params.effective()
+        fps = video_io.native_fps(self.video_family)
+        available = len(video_io.model_frames(bundle, fps))
+        size = video_io.capped_size(bundle, params.height, params.width, None, available=available, max_side=params.max_side, max_frames=params.max_frames)
+        window = params.latent_window_size
+        sections = self._num_sections(available, size.max_frames, window, params.num_sections)
+        latent_height, latent_width = size.height // SPATIAL_FACTOR, size.width // SPATIAL_FACTOR
+        expert_passes = [1 if params.true_cfg_scale == 1.0 else 2] + ([0] if params.mode == "product" else [])
+        total_weight = params.framepack_weight + (params.render_weight if params.mode == "product" else 0.0)
+        nfe = planned_autoregressive_nfe(params.sampler, framepack_levels(params.levels, window, latent_height, latent_width, t_max=params.t_max), num_chunks=sections,
+                                         gibbs_sweeps=params.gibbs_sweeps, gibbs_t=params.gibbs_t, num_experts=len(expert_passes), total_weight=total_weight,
+                                         **cost_options(params.sampler, langevin_steps=params.langevin_steps, transport=params.transport))
+        return JobCost(particles=params.particles, nfe=nfe, forwards=nfe // len(expert_passes) * passes_per_round(expert_passes), tokens=window * (latent_height // 2) * (latent_width // 2),
+                       width=size.width, height=size.height, frames=num_pixel_frames(sections, window))
 
     @staticmethod
     def _num_sections(available: int, max_frames: int, window: int, requested: int | None) -> int:

@@ -9,9 +9,14 @@ from typing import Any
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
-from poe_backend.tasks.base import Task, TaskContext, TaskParams, TaskResult, seed_for
+from poe_backend.bundle import Bundle
+from poe_backend.sampling.budget import planned_autoregressive_nfe, planned_nfe
+from poe_backend.sampling.schedules import log_snr_levels
+from poe_backend.tasks.base import JobCost, Task, TaskContext, TaskParams, TaskResult, seed_for
 from poe_backend.toy import figures
-from poe_backend.toy.run import SAMPLER_NAMES, product_for, run_toy
+from poe_backend.toy.run import (
+    AUTOREGRESSIVE_GIBBS_T, AUTOREGRESSIVE_SWEEPS, DEFAULT_LEVEL_COUNT, DEFAULT_LEVELS, SAMPLER_NAMES, product_for, run_toy,
+)
 from poe_backend.toy.spec import SpecError, parse_spec
 
 DEFAULT_SPEC: dict[str, Any] = {"experts": figures.EXPERTS, "rewards": [figures.DISC]}
@@ -51,10 +56,39 @@ class Toy2DParams(TaskParams):
         return self
 
 
+#: run_toy's sampler -> its name in :func:`~poe_backend.sampling.budget.planned_nfe`.
+BUDGET_SAMPLERS = {"ais": "ais", "fkc": "fkc", "langevin": "annealed_langevin", "naive": "summed_velocity", "single": "summed_velocity"}
+
+
+def toy_sampler(sampler: str, has_energy: bool) -> str:
+    """The sampler :func:`~poe_backend.toy.run.run_toy` runs for the ``sampler`` parameter:
+    ``single:K`` is ``single``, ``annealed`` exact AIS where every expert has an energy
+    (``has_energy``), else the Feynman-Kac sampler."""
+    name = sampler.split(":")[0]
+    if name == "annealed":
+        return "ais" if has_energy else "fkc"
+    return name
+
+
 class Toy2DTask(Task):
     name = "toy2d"
     Params = Toy2DParams
     kind = "image"
+
+    def planned_cost(self, bundle: Bundle, params: Toy2DParams) -> JobCost:
+        """The evaluations :func:`~poe_backend.toy.run.run_toy` makes (closed-form experts:
+        no network forward), for one 2-D point per particle; the autoregressive sampler's
+        chunks are the coordinates, re-drawn in its Gibbs sweeps."""
+        spec = parse_spec(params.spec)
+        product = product_for(spec, params.sampler, params.score_only)
+        name = toy_sampler(params.sampler, product.has_energy)
+        levels = log_snr_levels(params.levels or DEFAULT_LEVELS.get(name, DEFAULT_LEVEL_COUNT))
+        costs = {"num_experts": len(product.factors), "total_weight": float(product.total_weight()), "langevin_steps": params.langevin_steps}
+        if name == "autoregressive":
+            nfe = planned_autoregressive_nfe("fkc", levels, num_chunks=spec.dimension, gibbs_sweeps=AUTOREGRESSIVE_SWEEPS, gibbs_t=AUTOREGRESSIVE_GIBBS_T, **costs)
+        else:
+            nfe = planned_nfe(BUDGET_SAMPLERS[name], levels, **costs)
+        return JobCost(particles=params.particles, nfe=nfe, forwards=0, tokens=1)
 
     def run(self, context: TaskContext) -> TaskResult:
         params: Toy2DParams = context.params

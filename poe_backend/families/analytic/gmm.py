@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from poe_backend.sampling.experts import GenerativeExpert
+from poe_backend.sampling.experts import GenerativeExpert, particle_batches
 
 
 @dataclass(frozen=True)
@@ -49,8 +49,9 @@ class GaussianMixture:
         means = self.means[None, :, free_index] + (gain[None] @ offsets[..., None])[..., 0]
         return GaussianMixture(torch.softmax(log_weights, dim=1), means, free_covariance - gain @ cross.transpose(1, 2))
 
-    def reindexed(self, indices: Tensor) -> GaussianMixture:
-        """Follow a particle resampling (batched mixtures only change)."""
+    def reindexed(self, indices: Tensor | slice) -> GaussianMixture:
+        """The mixture of the particles ``indices`` (a resampling's indices, or a
+        micro-batch's rows); an unbatched mixture is every particle's."""
         if self.weights.dim() == 1:
             return self
         return GaussianMixture(self.weights[indices], self.means[indices], self.covariances)
@@ -119,8 +120,16 @@ def _product_of_two(a: GaussianMixture, b: GaussianMixture) -> GaussianMixture:
     return GaussianMixture(weights, means.reshape(-1, dimension), covariances.reshape(-1, dimension, dimension))
 
 
+#: Values of one ``(P, K, D)`` intermediate of a mixture evaluation in one micro-batch
+#: (2^21 float64 values: 16 MiB; an evaluation holds a few at once), so an evaluation's
+#: memory is bounded whatever the particles and components (100 000 particles of a
+#: 400-component 2-D mixture held 0.6 GiB per intermediate in one batch).
+VALUES_PER_BATCH = 2**21
+
+
 class GaussianMixtureExpert(GenerativeExpert):
-    """A mixture as a generative expert with exact velocity, score and energy at every t."""
+    """A mixture as a generative expert with exact velocity, score and energy at every t,
+    evaluated in micro-batches of :attr:`max_batch` particles."""
 
     has_energy = True
     passes_per_evaluation = 0  # closed form: no network
@@ -128,8 +137,15 @@ class GaussianMixtureExpert(GenerativeExpert):
     def __init__(self, mixture: GaussianMixture) -> None:
         self.mixture = mixture
 
+    @property
+    def max_batch(self) -> int:
+        """Particles per micro-batch: :data:`VALUES_PER_BATCH` over components × dimension,
+        at least 1."""
+        return max(1, VALUES_PER_BATCH // (self.mixture.weights.shape[-1] * self.mixture.dimension))
+
     def log_density_and_score(self, x: Tensor, t: float) -> tuple[Tensor, Tensor]:
-        return self.mixture.noised(t).log_density_and_score(x)
+        parts = [self.mixture.reindexed(rows).noised(t).log_density_and_score(x[rows]) for rows in particle_batches(x.shape[0], self.max_batch)]
+        return torch.cat([log_density for log_density, _ in parts]), torch.cat([score for _, score in parts])
 
     def reindex(self, indices: Tensor) -> None:
         self.mixture = self.mixture.reindexed(indices)
@@ -137,9 +153,13 @@ class GaussianMixtureExpert(GenerativeExpert):
     def velocity(self, x: Tensor, t: float) -> Tensor:
         """``v = E[eps | x] - E[x0 | x] = -t·s - x0_hat`` with the per-component Tweedie
         posterior means ``μ_k + (1-t) Σ_k C_k^{-1} (x - (1-t) μ_k)``."""
-        noised = self.mixture.noised(t)
+        return torch.cat([self._velocity(x[rows], t, self.mixture.reindexed(rows)) for rows in particle_batches(x.shape[0], self.max_batch)])
+
+    @staticmethod
+    def _velocity(x: Tensor, t: float, mixture: GaussianMixture) -> Tensor:
+        noised = mixture.noised(t)
         log_components, solved = noised.component_log_densities(x)
         responsibilities = torch.softmax(log_components, dim=1)[..., None]  # (P, K, 1)
         score = -(responsibilities * solved).sum(1)
-        component_x0 = self.mixture.means + (1.0 - t) * (self.mixture.covariances[None] @ solved[..., None])[..., 0]
+        component_x0 = mixture.means + (1.0 - t) * (mixture.covariances[None] @ solved[..., None])[..., 0]
         return -t * score - (responsibilities * component_x0).sum(1)

@@ -44,6 +44,7 @@ from poe_backend.runtime.family import CheckpointedExpert, FamilyRuntime, Prompt
 from poe_backend.runtime.job_plan import JobPlan, job_budget, plan_transformers
 from poe_backend.sampling import ProductOfExperts
 from poe_backend.sampling.experts import particle_batches
+from poe_backend.sampling.run import checkpoint
 
 LATENT_CHANNELS = 16
 PACKED_CHANNELS = 64
@@ -174,7 +175,8 @@ class FluxLatentSpace:
     @torch.no_grad()
     def decode(self, packed: Tensor, *, max_batch: int = 4, max_pixels: int | None = None, tile: int | None = None) -> Tensor:
         """Normalised packed latents ``(P, N, 64)`` -> images ``(P, 3, H, W)`` in [0, 1]
-        (float32, on the CPU), decoded ``max_batch`` at a time. With ``max_pixels`` below
+        (float32, on the CPU), decoded ``max_batch`` at a time (a cancelled job stops
+        between two batches: :func:`~poe_backend.sampling.run.checkpoint`). With ``max_pixels`` below
         ``H·W`` the latents are area-downsampled first (:meth:`preview_latent_size`), giving
         ``(P, 3, h, w)`` with ``h·w <= max_pixels`` (a preview for rewards). ``tile`` (pixels)
         decodes in overlapping tiles of that side (diffusers' VAE tiling, blended over 1/4 of
@@ -183,6 +185,7 @@ class FluxLatentSpace:
         size = self.preview_latent_size(max_pixels)
         with _tiled(self.vae, tile):
             for chunk in packed.split(max_batch):
+                checkpoint()
                 latents = self.unpack(chunk.to(self.device, self.dtype))
                 if size != (self.latent_height, self.latent_width):
                     latents = functional.interpolate(latents, size=size, mode="area")

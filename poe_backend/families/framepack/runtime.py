@@ -34,6 +34,7 @@ from poe_backend.runtime.planner import Budget
 from poe_backend.runtime.cache import MODEL_CACHE
 from poe_backend.runtime.family import FamilyRuntime, PromptCache
 from poe_backend.runtime.job_plan import JobPlan, decode_videos, job_budget, plan_transformers, set_vae_tiling
+from poe_backend.sampling.run import checkpoint
 
 #: Prompt embeddings on the CPU, keyed by (preset, length, dtype, text), oldest dropped first.
 _PROMPTS: PromptCache[PromptEmbeddings] = PromptCache(32)
@@ -84,6 +85,7 @@ class FramePackRuntime(FamilyRuntime):
         template = prompt_template(pipeline.tokenizer)
         embeddings = []
         for text in texts:
+            checkpoint()
             embeds, pooled, mask = pipeline.encode_prompt(prompt=text, prompt_template=template, device=torch.device(encoder_device), dtype=self.dtype,
                                                           max_sequence_length=self.max_sequence_length)
             embeddings.append(PromptEmbeddings(embeds.cpu(), mask.cpu(), pooled.cpu()))

@@ -29,6 +29,7 @@ from torch import Tensor
 
 from poe_backend.runtime.cache import MODEL_CACHE, default_dtype
 from poe_backend.sampling import Reward
+from poe_backend.sampling.run import checkpoint
 
 QUESTION = 'Does this figure show "{prompt}"? Please answer Yes or No.'
 CHAT = (
@@ -73,6 +74,7 @@ class VQAScorer:
         return self.log_prob_yes(images, prompt).exp()
 
     def _score_chunk(self, images: Tensor, prompt: str) -> Tensor:
+        checkpoint()
         images = shrink(images.float().clamp(0.0, 1.0), self.max_pixels)
         vision = self.image_processor(images=list(images), return_tensors="pt", do_rescale=False)
         merge = self.image_processor.merge_size**2

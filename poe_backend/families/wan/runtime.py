@@ -34,6 +34,7 @@ from poe_backend.runtime.planner import Budget
 from poe_backend.runtime.cache import MODEL_CACHE
 from poe_backend.runtime.family import FamilyRuntime, PromptCache
 from poe_backend.runtime.job_plan import JobPlan, decode_videos, job_budget, plan_transformers, set_vae_tiling
+from poe_backend.sampling.run import checkpoint
 from poe_backend.families.wan.declaration import I2V, SHARED, TRANSFORMER_ROLES
 from poe_backend.families.wan.experts import LATENT_CHANNELS, WanI2VExpert, WanVACEExpert, _clean_prompt, _space_to_depth, latent_shape
 
@@ -85,7 +86,10 @@ class WanRuntime(FamilyRuntime):
 
     def _encode_texts(self, texts: list[str]) -> list[Tensor]:
         (encoder,), _ = MODEL_CACHE.load_encoders(["wan.text_encoder"], self.preset, device=self.device, dtype=self.dtype)
-        embeddings = [self._t5_embeds(encoder, text).cpu() for text in texts]
+        embeddings = []
+        for text in texts:
+            checkpoint()
+            embeddings.append(self._t5_embeds(encoder, text).cpu())
         del encoder
         MODEL_CACHE.release("wan.text_encoder", self.preset)
         return embeddings
