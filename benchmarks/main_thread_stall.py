@@ -136,7 +136,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as temporary:
         data_dir = Path(temporary) / "data"
         data_dir.mkdir()
-        job_id = "20250101-000000-stall0"
+        job_id = "20250101-000000-57a110"
         write_finished_job(data_dir, job_id, size)
         backend = start_backend(data_dir)
         try:

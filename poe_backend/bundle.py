@@ -19,6 +19,12 @@ image's top-left, x to the right, y down, max exclusive; ``null`` where the obje
 in view on that frame. ``params`` holds task parameters only (the backend validates them
 against the task's parameter model); ``capture`` is free-form provenance of how the bundle
 was made (renderer samples, Blender version), which the backend keeps but never reads.
+
+Limits (both sides refuse past them, naming the field): every string in bundle.json (and in
+a request's JSON) at most :data:`MAX_TEXT_CHARS` characters, valid Unicode without NUL;
+nesting at most :data:`MAX_JSON_DEPTH`; integers within 64 bits, numbers finite;
+bundle.json at most :data:`MAX_BUNDLE_JSON_BYTES`; at most :data:`MAX_FRAMES` frames,
+:data:`MAX_OBJECTS` objects and :data:`MAX_FRAME_PIXELS` pixels per frame.
 """
 
 from __future__ import annotations
@@ -50,6 +56,33 @@ TASK_PASSES: dict[str, tuple[str, ...]] = {
 #: Tasks whose bundles cover several frames; the others use the first frame only.
 VIDEO_TASKS = frozenset({"sim2video", "sim2video_ar"})
 PASS_NAME = re.compile(r"^(rgb|depth|plate|mask\.[^/\\]+)$")
+
+#: Longest string in bundle.json or a request's JSON (a prompt, a name, a path), in characters.
+MAX_TEXT_CHARS = 10_000
+#: Deepest nesting of arrays and objects in bundle.json or a request's JSON. A bundle needs
+#: 6 (an object's per-frame 4x4 matrices: bundle > objects > object > matrices > matrix >
+#: row) and params a few more (a toy spec's covariances); what is stored and echoed stays
+#: shallow, and no reader of it recurses deep.
+MAX_JSON_DEPTH = 32
+#: Integers in bundle.json or a request's JSON fit in 64 bits (seeds, frame numbers); a
+#: larger one would overflow where it is turned into a float or a C integer.
+JSON_INT_RANGE = (-(2**63), 2**63 - 1)
+#: Largest bundle.json, in bytes. A 1000-frame capture with ten moving objects (a camera
+#: and ten object matrices and boxes per frame) is ~4 MiB.
+MAX_BUNDLE_JSON_BYTES = 16 << 20
+#: Most frames in a bundle: 10 000 is ~7 minutes at 24 fps, beyond any capture the add-on
+#: makes for these tasks (a video task generates at most :data:`VIDEO_MAX_FRAMES`). The
+#: server reads each per-frame pass file's header at submit and keeps the frame list in
+#: the job's record, which every status read copies.
+MAX_FRAMES = 10_000
+#: Most objects in a bundle: regional_t2i makes one FLUX expert per boxed, prompted object
+#: and insertion reads one mask pass per object.
+MAX_OBJECTS = 256
+#: Most pixels in one frame (width x height): 8192² (an 8K UHD render is 7680x4320, 33 M).
+#: Every pass file must be the bundle's size, so no pass is decoded larger.
+MAX_FRAME_PIXELS = 8192 * 8192
+#: A lone surrogate: a str that is not valid Unicode (from a JSON escape like "\ud800").
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class BundleError(ValueError):
@@ -144,16 +177,96 @@ class Bundle:
 
 
 def read_bundle(root: str | Path, *, check_files: bool = True) -> Bundle:
-    """Read and validate ``root/bundle.json``; raises :class:`BundleError` naming the field."""
+    """Read and validate ``root/bundle.json`` (at most :data:`MAX_BUNDLE_JSON_BYTES`);
+    raises :class:`BundleError` naming the field."""
     root = Path(root)
     path = root / BUNDLE_FILE
     if not path.is_file():
         raise BundleError("bundle.json", f"not found in {root}")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise BundleError("bundle.json", f"not valid JSON ({error})") from None
-    return parse_bundle(data, root, check_files=check_files)
+        with path.open("rb") as handle:
+            text = handle.read(MAX_BUNDLE_JSON_BYTES + 1)
+    except OSError as error:  # unreadable: permissions, a folder named bundle.json
+        raise BundleError("bundle.json", f"cannot be read ({error.strerror or error})") from None
+    _expect(len(text) <= MAX_BUNDLE_JSON_BYTES, "bundle.json", f"is larger than {MAX_BUNDLE_JSON_BYTES >> 20} MiB")
+    return parse_bundle(decode_json(text, "bundle.json"), root, check_files=check_files)
+
+
+def decode_json(text: str | bytes, field: str) -> Any:
+    """``text`` (bytes: UTF-8) parsed as JSON. Raises :class:`BundleError` naming ``field``
+    where Python's parser fails or would keep what JSON has not: invalid UTF-8, a syntax
+    error, ``NaN``/``Infinity``, nesting past the interpreter's recursion limit, an integer
+    longer than ``int()`` reads (4300 digits). The values are not checked against this
+    module's limits: :func:`check_json_value` does that."""
+    try:
+        return json.loads(text.decode("utf-8") if isinstance(text, bytes) else text, parse_constant=_refuse_constant)
+    except UnicodeDecodeError as error:
+        raise BundleError(field, f"is not UTF-8 text ({error.reason} at byte {error.start})") from None
+    except RecursionError:
+        raise BundleError(field, f"is nested too deeply: at most {MAX_JSON_DEPTH} levels of arrays and objects") from None
+    except (json.JSONDecodeError, _NotJSONNumber) as error:
+        raise BundleError(field, f"not valid JSON ({error})") from None
+    except ValueError:  # int() refuses more digits than sys.get_int_max_str_digits()
+        raise BundleError(field, "holds an integer with thousands of digits; integers must fit in 64 bits") from None
+
+
+class _NotJSONNumber(ValueError):
+    """``NaN``, ``Infinity`` or ``-Infinity``: Python's parser reads them, JSON has none."""
+
+
+def _refuse_constant(name: str) -> Any:
+    raise _NotJSONNumber(f"{name} is not a JSON number")
+
+
+def check_json_value(value: Any, path: str) -> None:
+    """Check a decoded JSON ``value`` found at ``path`` (a dotted path; ``""`` for a whole
+    document, which must then be an object): nesting at most :data:`MAX_JSON_DEPTH`, every
+    string (keys too) at most :data:`MAX_TEXT_CHARS` characters without NUL or lone
+    surrogates, integers in :data:`JSON_INT_RANGE`, floats finite. Raises
+    :class:`BundleError` naming the place of the first bad value (``objects[2].prompt``).
+    Iterative, so any nesting is safe to check; about 0.6 s per million values (the most a
+    16 MiB bundle.json holds is 8 million)."""
+    if (problem := _value_problem(value)) is not None:
+        raise BundleError(path, problem)
+    pending = [(value, path, 1)] if type(value) in (dict, list) else []
+    while pending:
+        container, where, depth = pending.pop()
+        _expect(depth <= MAX_JSON_DEPTH, where, f"is nested {depth} levels deep; at most {MAX_JSON_DEPTH} levels of arrays and objects")
+        for key, child in container.items() if type(container) is dict else enumerate(container):
+            if type(key) is str and (problem := _text_problem(key)) is not None:
+                raise BundleError(_place(where, key), f"its name {problem}")
+            if type(child) in (dict, list):
+                pending.append((child, _place(where, key), depth + 1))
+            elif (problem := _value_problem(child)) is not None:
+                raise BundleError(_place(where, key), problem)
+
+
+def _place(where: str, key: str | int) -> str:
+    """The dotted path of member ``key`` (an object's name, an array's index) of ``where``."""
+    if type(key) is int:
+        return f"{where}[{key}]"
+    return f"{where}.{key}" if where else key
+
+
+def _value_problem(value: Any) -> str | None:
+    """What is wrong with a JSON scalar (None: nothing, or not a scalar)."""
+    kind = type(value)
+    if kind is str:
+        return _text_problem(value)
+    if kind is int and not JSON_INT_RANGE[0] <= value <= JSON_INT_RANGE[1]:
+        return "is an integer beyond 64 bits"
+    if kind is float and not math.isfinite(value):
+        return f"must be a finite number, got {value}"
+    return None
+
+
+def _text_problem(text: str) -> str | None:
+    if len(text) > MAX_TEXT_CHARS:
+        return f"is {len(text)} characters; at most {MAX_TEXT_CHARS}"
+    if "\0" in text:
+        return "holds a NUL character"
+    surrogate = LONE_SURROGATE.search(text)
+    return None if surrogate is None else f"holds a lone surrogate ({ascii(surrogate.group())}): text must be valid Unicode"
 
 
 def write_bundle(bundle: Bundle) -> Path:
@@ -171,16 +284,19 @@ def parse_bundle(data: Any, root: str | Path, *, check_files: bool = True) -> Bu
     """Validate a bundle.json dictionary; ``check_files`` also checks every pass file exists."""
     root = Path(root)
     _expect(isinstance(data, dict), "bundle.json", "must be a JSON object")
+    check_json_value(data, "")
     _expect(data.get("schema") == SCHEMA, "schema", f"must be '{SCHEMA}', got {data.get('schema')!r}")
     task = data.get("task")
-    _expect(task in TASK_PASSES, "task", f"unknown task {task!r}; known: {', '.join(TASK_PASSES)}")
+    _expect(isinstance(task, str) and task in TASK_PASSES, "task", f"unknown task {task!r}; known: {', '.join(TASK_PASSES)}")
     prompt = _typed(data, "prompt", str, default="")
     seed = _typed(data, "seed", int, default=0)
     width, height = _positive_int(data, "width"), _positive_int(data, "height")
+    _expect(width * height <= MAX_FRAME_PIXELS, "width", f"{width}x{height} is {width * height} pixels a frame; at most {MAX_FRAME_PIXELS} (8192x8192)")
     fps = _typed(data, "fps", (int, float), default=24.0)
-    _expect(math.isfinite(fps) and fps > 0, "fps", f"must be positive, got {fps}")
+    _expect(fps > 0, "fps", f"must be positive, got {fps}")
     frames = data.get("frames")
     _expect(isinstance(frames, list) and len(frames) > 0, "frames", "must be a non-empty list of frame numbers")
+    _expect(len(frames) <= MAX_FRAMES, "frames", f"has {len(frames)} frames; at most {MAX_FRAMES}")
     for index, frame in enumerate(frames):
         _expect(isinstance(frame, int) and not isinstance(frame, bool), f"frames[{index}]", f"must be an integer, got {frame!r}")
     _expect(len(set(frames)) == len(frames), "frames", "frame numbers must be unique")
@@ -205,7 +321,7 @@ def _parse_camera(camera: Any, num_frames: int) -> Camera | None:
     values = {}
     for name in ("lens_mm", "sensor_mm", "clip_start", "clip_end"):
         value = camera.get(name)
-        _expect(isinstance(value, (int, float)) and value > 0, f"camera.{name}", f"must be a positive number, got {value!r}")
+        _expect(isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0, f"camera.{name}", f"must be a positive number, got {value!r}")
         values[name] = float(value)
     sensor_fit = camera.get("sensor_fit", "AUTO")
     _expect(sensor_fit in ("AUTO", "HORIZONTAL", "VERTICAL"), "camera.sensor_fit", f"unknown fit {sensor_fit!r}")
@@ -230,6 +346,7 @@ def _parse_passes(passes: Any) -> dict[str, str]:
 
 def _parse_objects(objects: Any, num_frames: int) -> list[SceneObject]:
     _expect(isinstance(objects, list), "objects", "must be a list")
+    _expect(len(objects) <= MAX_OBJECTS, "objects", f"has {len(objects)} objects; at most {MAX_OBJECTS}")
     parsed = []
     for index, obj in enumerate(objects):
         where = f"objects[{index}]"
@@ -237,7 +354,7 @@ def _parse_objects(objects: Any, num_frames: int) -> list[SceneObject]:
         name = obj.get("name")
         _expect(isinstance(name, str) and name != "", f"{where}.name", "must be a non-empty string")
         pass_index = obj.get("pass_index")
-        _expect(isinstance(pass_index, int) and pass_index > 0, f"{where}.pass_index", f"must be a positive integer, got {pass_index!r}")
+        _expect(isinstance(pass_index, int) and not isinstance(pass_index, bool) and pass_index > 0, f"{where}.pass_index", f"must be a positive integer, got {pass_index!r}")
         prompt = obj.get("prompt", "")
         _expect(isinstance(prompt, str), f"{where}.prompt", "must be a string")
         boxes = obj.get("bbox_px", [None] * num_frames)

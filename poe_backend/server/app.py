@@ -10,20 +10,26 @@ the server was started with ``--allow-remote`` (defeats DNS rebinding). ``/docs`
 
 ``POST /v1/jobs`` takes one of three bodies:
 
-* ``application/json``: ``{"task", "bundle_path", "params", "models"}`` — a bundle
-  directory on this machine, under an allowed root (local jobs, no copy);
+* ``application/json`` (at most :data:`MAX_JSON_BODY_BYTES`): ``{"task", "bundle_path",
+  "params", "models"}`` — a bundle directory on this machine, under an allowed root (local
+  jobs, no copy);
 * ``application/x-tar`` (or gzip): the bundle as a raw tar body, with ``task``,
   ``params`` (JSON text) and ``models`` in the query — streamed and extracted while it
   arrives (what the add-on sends to remote backends);
 * ``multipart/form-data``: a ``bundle`` file part (tar) and the same fields as form
   fields (for curl and browsers).
+
+Every field's JSON is held to bundle.json's limits (:func:`_checked_fields`) and params to
+:data:`~poe_backend.server.validation.MAX_PARAMS_CHARS`: what a job stores and echoes is
+bounded, and an error names the field.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
+import dataclasses
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,18 +40,21 @@ from fastapi.responses import FileResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from poe_backend import __version__
-from poe_backend.bundle import API_VERSION, TASK_PASSES
+from poe_backend.bundle import API_VERSION, TASK_PASSES, BundleError, check_json_value, decode_json
 from poe_backend.server import uploads, validation
 from poe_backend.server.auth import token_matches
 from poe_backend.server.errors import InputError
 from poe_backend.server.info import describe_task, device_info
-from poe_backend.server.jobs import Job, JobStore, disk_full_error, is_disk_full, new_job_id
+from poe_backend.server.jobs import Job, JobStore, new_job_id, storage_error
+from poe_backend.server.limits import JobLimits, check_job_cost
 from poe_backend.server.presets import allowed_model_roots, check_models
 from poe_backend.tasks import TASK_CLASSES
 
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]", "::1"})
-#: Longest prompt or other text field accepted in a request or bundle, in characters.
-MAX_TEXT_CHARS = 10_000
+#: Largest JSON submit body, in bytes: its fields and params (at most
+#: :data:`~poe_backend.server.validation.MAX_PARAMS_CHARS`) with room to spare; a bundle
+#: travels as a tar, never inside JSON.
+MAX_JSON_BODY_BYTES = 1 << 20
 TAR_TYPES = frozenset({"application/x-tar", "application/tar", "application/gzip", "application/x-gzip", "application/octet-stream"})
 
 
@@ -57,17 +66,25 @@ class ServerConfig:
     max_upload_bytes: int = 8 << 30
     max_upload_entries: int = uploads.UploadLimits.max_entries
     upload_read_timeout_s: float = uploads.UploadLimits.read_timeout_s
+    upload_min_rate_bytes_s: float = uploads.UploadLimits.min_rate_bytes_s
+    upload_rate_grace_s: float = uploads.UploadLimits.rate_grace_s
+    max_uploads: int = uploads.UploadLimits.max_concurrent
     devices: list[str] = field(default_factory=lambda: ["cpu"])
     models: str = "default"
     allow_remote: bool = False
     keep_jobs: int | None = None
     keep_days: float | None = None
+    job_limits: JobLimits = field(default_factory=JobLimits)
 
 
 def create_app(config: ServerConfig, store: JobStore | None = None) -> FastAPI:
-    store = store or JobStore(config.data_dir, devices=config.devices, keep_jobs=config.keep_jobs, keep_days=config.keep_days)
+    store = store or JobStore(config.data_dir, devices=config.devices, keep_jobs=config.keep_jobs, keep_days=config.keep_days, allowed_roots=config.allowed_roots)
     roots = [config.data_dir, *config.allowed_roots]
-    limits = uploads.UploadLimits(config.max_upload_bytes, config.max_upload_entries, config.upload_read_timeout_s)
+    limits = uploads.UploadLimits(
+        config.max_upload_bytes, config.max_upload_entries, config.upload_read_timeout_s,
+        min_rate_bytes_s=config.upload_min_rate_bytes_s, rate_grace_s=config.upload_rate_grace_s, max_concurrent=config.max_uploads,
+    )
+    upload_slots = uploads.UploadSlots(limits.max_concurrent)
     model_roots = allowed_model_roots(config.data_dir, config.allowed_roots)
 
     @contextlib.asynccontextmanager
@@ -84,7 +101,7 @@ def create_app(config: ServerConfig, store: JobStore | None = None) -> FastAPI:
 
     @app.exception_handler(InputError)
     async def input_error(request: Request, error: InputError) -> JSONResponse:
-        return JSONResponse(error.body(), status_code=error.status)
+        return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
 
     @app.exception_handler(RequestValidationError)
     async def request_error(request: Request, error: RequestValidationError) -> JSONResponse:
@@ -147,37 +164,43 @@ def create_app(config: ServerConfig, store: JobStore | None = None) -> FastAPI:
     def get_output(job_id: str, name: str) -> FileResponse:
         _found(store.get(job_id), job_id)
         path = store.output_path(job_id, name)
-        if path is None or not path.is_file():
+        if path is None:
             raise InputError("name", f"job {job_id} has no output {name!r}", code="not_found", status=404)
         return FileResponse(path)
 
     @api.post("/jobs", status_code=201)
     async def submit_job(request: Request) -> dict[str, Any]:
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        with upload_slots.hold() if content_type != "application/json" else contextlib.nullcontext():
+            return await submit(request, content_type)
+
+    async def submit(request: Request, content_type: str) -> dict[str, Any]:
+        """Receive and commit one job; an upload holds one of ``upload_slots`` meanwhile."""
         job_id = new_job_id()
         upload_dir = store.job_dir(job_id) / "bundle"
         try:
             if content_type != "application/json":
                 store.prepare_dir(job_id)
             if content_type == "application/json":
-                fields = await _json_body(request)
+                fields = await _json_body(request, limits)
                 bundle_dir = await run_in_threadpool(uploads.check_under_roots, _required(fields, "bundle_path"), roots)
             elif content_type == "multipart/form-data":
                 fields, bundle_dir = await _multipart(request, upload_dir, limits, roots)
             elif content_type in TAR_TYPES:
-                fields = _query_fields(request)
+                fields = await run_in_threadpool(_form_fields, request.query_params)
                 _precheck_task(fields.get("task"))
                 bundle_dir = await uploads.receive_tar(request, upload_dir, limits)
             else:
                 raise InputError("content-type", f"{content_type or 'none'} is not accepted: send JSON with bundle_path, a tar body, or multipart", status=415)
-            job = await run_in_threadpool(_build_job, job_id, fields, bundle_dir, config.models)
+            job = await run_in_threadpool(_build_job, job_id, fields, bundle_dir, config.models, config.job_limits)
             job.models = check_models(job.models, config.data_dir, model_roots)
             return await run_in_threadpool(store.submit, job)
         except OSError as error:
             shutil.rmtree(store.job_dir(job_id), ignore_errors=True)
-            if is_disk_full(error):
-                raise disk_full_error(config.data_dir) from None
-            raise
+            answer = storage_error(error, config.data_dir)  # 507 full disk, 503 read-only data dir, else 500
+            if answer is None:
+                raise
+            raise answer from None
         except BaseException:
             shutil.rmtree(store.job_dir(job_id), ignore_errors=True)
             raise
@@ -224,52 +247,90 @@ def _precheck_task(name: Any) -> None:
 
 
 def _parse_params_text(text: Any) -> Any:
+    """The ``params`` query or form field (JSON text) decoded; 400 naming ``params``."""
     if text in (None, ""):
         return None
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as error:
-        raise InputError("params", f"not valid JSON ({error})", code="invalid_params") from None
+        return decode_json(text, "params")
+    except BundleError as error:
+        raise InputError(error.field, error.message, code="invalid_params") from None
 
 
-async def _json_body(request: Request) -> dict[str, Any]:
+def _checked_fields(fields: dict[str, Any]) -> dict[str, Any]:
+    """``fields`` (task, bundle_path, params, models) under the limits bundle.json has
+    (:func:`~poe_backend.bundle.check_json_value`): every text at most
+    :data:`~poe_backend.bundle.MAX_TEXT_CHARS` characters of valid Unicode without NUL,
+    shallow nesting, 64-bit integers, finite numbers; 400 naming the place (``params.prompt``)."""
     try:
-        body = await request.json()
-    except ValueError as error:
-        raise InputError("body", f"not valid JSON ({error})") from None
+        check_json_value(fields, "")
+    except BundleError as error:
+        raise InputError(error.field, error.message, code="invalid_params" if error.field.startswith("params") else "invalid_input") from None
+    return fields
+
+
+async def _json_body(request: Request, limits: uploads.UploadLimits) -> dict[str, Any]:
+    """The JSON submit body's fields, decoded and checked in a worker thread (up to a
+    second of CPU for a body at :data:`MAX_JSON_BODY_BYTES`: not in the event loop)."""
+    return await run_in_threadpool(_json_fields, await _read_json_body(request, limits))
+
+
+def _json_fields(body_bytes: bytes) -> dict[str, Any]:
+    """The JSON body's fields: an object of task, bundle_path, params and models, checked
+    (:func:`_checked_fields`); 400 naming ``body`` or the field."""
+    try:
+        body = decode_json(body_bytes, "body")
+    except BundleError as error:
+        raise InputError(error.field, error.message) from None
     if not isinstance(body, dict):
         raise InputError("body", "must be a JSON object")
     unknown = set(body) - {"task", "bundle_path", "params", "models"}
     if unknown:
         raise InputError(sorted(unknown)[0], "unknown field (expected task, bundle_path, params, models)")
-    return body
+    return _checked_fields(body)
 
 
-def _query_fields(request: Request) -> dict[str, Any]:
-    query = request.query_params
-    return {"task": query.get("task"), "params": _parse_params_text(query.get("params")), "models": query.get("models")}
+async def _read_json_body(request: Request, limits: uploads.UploadLimits) -> bytes:
+    """The body's bytes, read piece by piece under the uploads' time rules and at most
+    :data:`MAX_JSON_BODY_BYTES` (a larger Content-Length, or the count while reading a
+    body without one: 413 naming ``body``, before more is buffered)."""
+    pieces = []
+    try:
+        async for piece in uploads.limited_body(request, dataclasses.replace(limits, max_bytes=MAX_JSON_BODY_BYTES)):
+            pieces.append(piece)
+    except InputError as error:
+        if error.status != 413:
+            raise
+        message = f"larger than {MAX_JSON_BODY_BYTES >> 20} MiB: a JSON submission holds its fields and params only (send a bundle as a tar)"
+        raise InputError("body", message, code="too_large", status=413) from None
+    return b"".join(pieces)
+
+
+def _form_fields(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields of a tar upload's query or of a multipart form (``params`` as JSON text),
+    decoded and checked (:func:`_checked_fields`); run in a worker thread."""
+    fields = {"task": values.get("task"), "params": _parse_params_text(values.get("params")), "models": values.get("models"), "bundle_path": values.get("bundle_path")}
+    return _checked_fields(fields)
 
 
 async def _multipart(request: Request, upload_dir: Path, limits: uploads.UploadLimits, roots: list[Path]) -> tuple[dict[str, Any], Path]:
     form = await uploads.receive_form(request, limits)
-    fields = {"task": form.get("task"), "params": _parse_params_text(form.get("params")), "models": form.get("models")}
+    fields = await run_in_threadpool(_form_fields, form)
     upload = form.get("bundle")
     if upload is None or isinstance(upload, str):
-        bundle_dir = await run_in_threadpool(uploads.check_under_roots, _required({"bundle_path": form.get("bundle_path")}, "bundle_path"), roots)
+        bundle_dir = await run_in_threadpool(uploads.check_under_roots, _required(fields, "bundle_path"), roots)
         return fields, bundle_dir
     return fields, await run_in_threadpool(uploads.extract_tar, upload.file, upload_dir, limits)
 
 
-def _build_job(job_id: str, fields: dict[str, Any], bundle_dir: Path, default_models: str) -> Job:
+def _build_job(job_id: str, fields: dict[str, Any], bundle_dir: Path, default_models: str, job_limits: JobLimits) -> Job:
     task_name = fields.get("task")
     if task_name is not None:
         _precheck_task(task_name)
     bundle = validation.load_bundle(bundle_dir, task_name)
     task = validation.resolve_task(bundle.task)
     params = validation.validate_params(task, bundle.params, fields.get("params"))
+    check_job_cost(task, bundle, params, job_limits)
     models = fields.get("models") or default_models
-    if isinstance(bundle.prompt, str) and len(bundle.prompt) > MAX_TEXT_CHARS:
-        raise InputError("prompt", f"is {len(bundle.prompt)} characters; at most {MAX_TEXT_CHARS}")
     summary = {"prompt": bundle.prompt, "seed": bundle.seed, "width": bundle.width, "height": bundle.height, "fps": bundle.fps, "frames": bundle.frames}
     return Job(id=job_id, task=bundle.task, bundle_dir=str(bundle_dir), params=params.model_dump(mode="json", exclude_unset=True), models=models, bundle=summary)
 

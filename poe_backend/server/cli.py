@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import math
 import os
 import sys
 from pathlib import Path
+
+from poe_backend.server.limits import JobLimits
 
 DEFAULT_DATA_DIR = Path.home() / ".local" / "share" / "poe-backend"
 
@@ -25,7 +28,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-root", type=Path, action="append", default=[], help="a folder whose bundles may be submitted by path (repeatable; the data dir always is)")
     parser.add_argument("--max-upload-mb", type=float, default=8192, help="largest accepted bundle upload (MiB, also after gzip decoding)")
     parser.add_argument("--max-upload-entries", type=int, default=20_000, help="most tar members in one upload (empty files and folders count)")
-    parser.add_argument("--upload-timeout-s", type=float, default=60.0, help="longest wait for the next piece of an upload's body (seconds)")
+    parser.add_argument("--upload-timeout-s", type=positive_float, default=60.0, help="longest wait for the next piece of an upload's body (seconds)")
+    parser.add_argument(
+        "--upload-min-rate-kib", type=positive_float, default=64.0,
+        help="slowest average an upload may keep once --upload-grace-s has passed (KiB/s; slower ones end with a 408)",
+    )
+    parser.add_argument("--upload-grace-s", type=positive_float, default=60.0, help="seconds of an upload before --upload-min-rate-kib applies")
+    parser.add_argument("--max-uploads", type=positive_int, default=8, help="uploads received at once; the next gets a 503 (busy) with Retry-After")
+    parser.add_argument(
+        "--header-timeout-s", type=positive_float, default=10.0,
+        help="seconds a connection has to send a request's headers, from connecting or from its previous response; then it is closed",
+    )
     parser.add_argument(
         "--devices", default=None,
         help="comma-separated torch devices, one worker (one job at a time) each, e.g. cuda:0,cuda:1; a name may repeat (cpu,cpu runs two CPU jobs at once). "
@@ -34,6 +47,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keep-jobs", type=int, default=None, help="keep only the newest N finished jobs (default: all)")
     parser.add_argument("--keep-days", type=float, default=None, help="delete finished jobs older than D days (default: never)")
     parser.add_argument("--models", default="default", help="model preset when a job names none (e.g. tiny, default)")
+    parser.add_argument("--max-forwards", type=positive_int, default=JobLimits.max_forwards, help="most network forwards a job may plan (levels x Langevin steps x experts); more is refused at submit")
+    parser.add_argument("--max-token-forwards", type=positive_int, default=JobLimits.max_token_forwards, help="most token-forwards a job may plan: forwards x particles x latent tokens")
+    parser.add_argument("--max-pixels", type=positive_int, default=JobLimits.max_pixels, help="largest image or video frame a job may generate (width x height)")
+    parser.add_argument("--max-total-pixels", type=positive_int, default=JobLimits.max_total_pixels, help="most pixels a job may decode and write over all its particles and frames")
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text}")
+    return value
 
 
 def is_loopback(host: str) -> bool:
@@ -61,13 +92,14 @@ def serve(arguments: argparse.Namespace) -> int:
 
     from poe_backend.server.app import ServerConfig, create_app
     from poe_backend.server.auth import TokenRefused, load_or_create_token
-    from poe_backend.server.datadir import DataDirBusy, lock_data_dir, make_private_dir
+    from poe_backend.server.datadir import DataDirBusy, DataDirUnwritable, lock_data_dir, writable_private_dir
+    from poe_backend.server.http_protocol import ConnectionLimits, protocol
 
-    data_dir = make_private_dir(arguments.data_dir.expanduser().resolve())
     try:
+        data_dir = writable_private_dir(arguments.data_dir.expanduser().resolve())
         lock = lock_data_dir(data_dir, arguments.port)
         token = load_or_create_token(data_dir)
-    except (DataDirBusy, TokenRefused) as error:
+    except (DataDirBusy, DataDirUnwritable, TokenRefused) as error:
         print(f"poe-backend: {error}", file=sys.stderr)
         return 3
     devices = [name.strip() for name in arguments.devices.split(",") if name.strip()] if arguments.devices else default_devices()
@@ -78,14 +110,25 @@ def serve(arguments: argparse.Namespace) -> int:
         max_upload_bytes=int(arguments.max_upload_mb * 2**20),
         max_upload_entries=arguments.max_upload_entries,
         upload_read_timeout_s=arguments.upload_timeout_s,
+        upload_min_rate_bytes_s=arguments.upload_min_rate_kib * 1024,
+        upload_rate_grace_s=arguments.upload_grace_s,
+        max_uploads=arguments.max_uploads,
         devices=devices,
         models=arguments.models,
         allow_remote=arguments.allow_remote,
         keep_jobs=arguments.keep_jobs,
         keep_days=arguments.keep_days,
+        job_limits=JobLimits(arguments.max_forwards, arguments.max_token_forwards, arguments.max_pixels, arguments.max_total_pixels),
     )
+    try:
+        app = create_app(config)
+    except DataDirUnwritable as error:  # the data dir is, but its jobs/ folder is not
+        print(f"poe-backend: {error}", file=sys.stderr)
+        os.close(lock)
+        return 3
     print(f"poe-backend: serving http://{arguments.host}:{arguments.port}/v1 on {', '.join(devices)}; token in {data_dir / 'token'}", flush=True)
-    uvicorn.run(create_app(config), host=arguments.host, port=arguments.port, log_level="warning")
+    http = protocol(ConnectionLimits(header_timeout_s=arguments.header_timeout_s))
+    uvicorn.run(app, host=arguments.host, port=arguments.port, log_level="warning", http=http)
     os.close(lock)
     return 0
 

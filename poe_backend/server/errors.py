@@ -2,7 +2,10 @@
 
 Every 4xx body has one shape, ``{"error": {"code", "field", "message"}}``, where ``field``
 is a dotted path into the request (``task``, ``bundle_path``, ``params.num_levels``) or
-into bundle.json (``passes.rgb``, ``schema``), so the add-on can show it as is.
+into bundle.json (``passes.rgb``, ``schema``), so the add-on can show it as is. Whatever
+the input, an error body and a failed job's message render and stay small: text taken
+from the input (a key, a path, a value) is cut (:data:`MAX_FIELD_CHARS`,
+:data:`MAX_MESSAGE_CHARS`) and its lone surrogates are escaped (:func:`printable`).
 """
 
 from __future__ import annotations
@@ -15,18 +18,36 @@ from poe_backend.bundle import BundleError
 from poe_backend.models.specs import MissingWeights
 
 
+#: Longest ``field`` in an error body, in characters (a field can name a client's key).
+MAX_FIELD_CHARS = 200
+#: Longest message in an error body or a failed job's error, in characters (a message can
+#: quote the value at fault).
+MAX_MESSAGE_CHARS = 2_000
+
+
+def printable(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters (an ellipsis marks the cut) and encodable as
+    UTF-8: lone surrogates (a JSON escape such as ``\\ud800``, a tar member name that is not
+    UTF-8) become backslash escapes, so a JSON answer can always be rendered."""
+    cut = text if len(text) <= limit else text[:limit] + "…"
+    return cut.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 class InputError(Exception):
     """Bad input from a client: answered with ``status`` (400 unless said otherwise)."""
 
-    def __init__(self, field: str, message: str, *, code: str = "invalid_input", status: int = 400) -> None:
+    def __init__(self, field: str, message: str, *, code: str = "invalid_input", status: int = 400, headers: dict[str, str] | None = None) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
         self.message = message
         self.code = code
         self.status = status
+        self.headers = headers  # sent with the answer (a 503's Retry-After)
 
     def body(self) -> dict[str, Any]:
-        return {"error": {"code": self.code, "field": self.field, "message": f"{self.field}: {self.message}"}}
+        """The answer's JSON, renderable and bounded whatever text the input brought."""
+        field = printable(self.field, MAX_FIELD_CHARS)
+        return {"error": {"code": self.code, "field": field, "message": f"{field}: {printable(self.message, MAX_MESSAGE_CHARS)}"}}
 
 
 @dataclass(frozen=True)
@@ -71,7 +92,13 @@ def _is_torch_out_of_memory(error: BaseException) -> bool:
 
 def describe_failure(error: BaseException, *, task: str = "", models: str = "default") -> JobFailure:
     """Map an exception raised by ``task`` run with model preset ``models`` to a
-    :class:`JobFailure` (never re-raises)."""
+    :class:`JobFailure` (never re-raises) whose message is :func:`printable` (it is stored,
+    logged and answered)."""
+    failure = _failure_for(error, task, models)
+    return JobFailure(failure.code, printable(failure.message, MAX_MESSAGE_CHARS), failure.command)
+
+
+def _failure_for(error: BaseException, task: str, models: str) -> JobFailure:
     # MemoryError also covers the memory planner's PlanError (a subclass; its module,
     # poe_backend.runtime.planner, imports torch, so it is not imported here).
     if isinstance(error, MemoryError) or _is_torch_out_of_memory(error):

@@ -21,33 +21,56 @@ from the in-memory index, so no file is read per request.
 After a restart every job directory is read back: finished jobs are listed as they were,
 a job that was running is marked failed (code ``interrupted``), and queued jobs are queued
 again in their original order (they never started, so nothing is lost by running them).
+A state file is hostile input there (anyone with write access to the data dir, or a
+restored backup, may have made it): a record that is not exactly what this module writes
+(:func:`read_record`) is skipped with a line naming its file and field, every path stays
+in its job's folder (ids have :func:`new_job_id`'s format and name their folder; outputs
+resolve inside ``outputs/``), and a queued job runs only a bundle under the data dir or an
+allowed root.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import errno
 import itertools
 import json
+import math
 import os
 import queue
+import re
 import secrets
 import shutil
+import stat
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from datetime import datetime, timezone
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from poe_backend.bundle import FINISHED_STATES as FINISHED
-from poe_backend.server.datadir import free_bytes, make_private_dir
+from poe_backend.server.datadir import free_bytes, is_unwritable, make_private_dir, unwritable_message, writable_private_dir
 from poe_backend.server.errors import InputError, JobFailure
+from poe_backend.server.uploads import check_under_roots
 from poe_backend.server.worker import DeviceWorker, JobOrder, WorkerStopped, torch_threads
 from poe_backend.tasks import TASK_CLASSES
 from poe_backend.tasks.base import RESULT_FILE
 
 STATE_FILE = "state.json"
-PERSIST_INTERVAL_S = 0.5
+#: Seconds between checks of a running job's progress; its state file is rewritten only
+#: when the progress changed since the last write. Status reads come from memory, and the
+#: file's progress is read back only after a restart (which marks the job interrupted), so
+#: it needs not be fresher: 2 s bounds a long job's state writes to one per 2 s.
+PERSIST_INTERVAL_S = 2.0
+#: Largest state file read back at start (bytes): a record is a few KiB (params are capped
+#: at submission); a larger one is skipped unread.
+MAX_STATE_BYTES = 1 << 20
+JOB_STATES = frozenset({"queued", "running", *FINISHED})
+#: :func:`new_job_id`'s format (the add-on checks the same one).
+JOB_ID = re.compile(r"[0-9]{8}-[0-9]{6}-[0-9a-f]{6}")
 #: Characters of a prompt shown in a job listing entry (the job's own status has it all).
 LISTED_PROMPT_CHARS = 200
 
@@ -99,9 +122,118 @@ def disk_full_error(directory: Path) -> InputError:
     return InputError("bundle", message, code="insufficient_storage", status=507)
 
 
+def storage_error(error: OSError, data_dir: Path) -> InputError | None:
+    """The answer to a submission whose write under ``data_dir`` failed: 507 when the disk
+    is full; 503 when the OS refuses the write (permissions, a read-only file system),
+    naming the path and what to do. None for any other error (the server's fault: 500) and
+    for a refusal on a path outside ``data_dir`` (a local bundle, not the data dir)."""
+    if is_disk_full(error):
+        return disk_full_error(data_dir)
+    if is_unwritable(error) and isinstance(error.filename, str) and Path(error.filename).is_relative_to(data_dir):
+        return InputError("data_dir", unwritable_message(error.filename, error), code="data_dir_unwritable", status=503)
+    return None
+
+
 def new_job_id() -> str:
     """Sortable by creation time: ``YYYYmmdd-HHMMSS-<6 hex>``."""
     return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+
+
+def is_job_id(text: Any) -> bool:
+    """Whether ``text`` has :func:`new_job_id`'s format (so it names a folder of jobs/)."""
+    return isinstance(text, str) and JOB_ID.fullmatch(text) is not None
+
+
+def is_contained_path(text: str) -> bool:
+    """Whether ``text`` is a relative path that stays in its folder: not empty, not
+    absolute, no ``..`` part, no NUL (links are checked where the path is opened)."""
+    return text != "" and "\0" not in text and not PurePosixPath(text).is_absolute() and ".." not in PurePosixPath(text).parts
+
+
+class BadRecord(ValueError):
+    """A state file that is not a job record of this backend; ``field`` names what is
+    wrong (a field of :class:`Job`, or ``state.json`` for the file as a whole)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_object(value: Any) -> bool:
+    return isinstance(value, dict) and all(isinstance(key, str) for key in value)
+
+
+def _is_text_map(value: Any) -> bool:
+    return _is_object(value) and all(isinstance(item, str) for item in value.values())
+
+
+def _optional(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda value: value is None or check(value)
+
+
+#: Each field of :class:`Job`: the check of its value in a state file, and what it must be.
+RECORD_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "id": (is_job_id, "a job id YYYYmmdd-HHMMSS-<6 hex>"),
+    "task": (lambda value: isinstance(value, str), "a string"),
+    "bundle_dir": (lambda value: isinstance(value, str) and "\0" not in value and PurePosixPath(value).is_absolute(), "an absolute path"),
+    "params": (_is_object, "an object"),
+    "models": (lambda value: isinstance(value, str), "a string"),
+    "bundle": (_is_object, "an object"),
+    "state": (lambda value: isinstance(value, str) and value in JOB_STATES, f"one of {', '.join(sorted(JOB_STATES))}"),
+    "created": (_is_number, "a finite number (seconds since 1970)"),
+    "started": (_optional(_is_number), "null or a finite number"),
+    "finished": (_optional(_is_number), "null or a finite number"),
+    "progress": (_optional(lambda value: _is_object(value) and all(item is None or _is_number(item) for item in value.values())), "null or an object of finite numbers and nulls"),
+    "error": (_optional(_is_text_map), "null or an object of strings"),
+    "outputs": (lambda value: _is_text_map(value) and all(is_contained_path(path) for path in value.values()), "an object of paths inside the outputs folder"),
+    "kind": (_optional(lambda value: isinstance(value, str)), "null or a string"),
+    "primary": (_optional(lambda value: isinstance(value, str)), "null or a string"),
+}
+
+
+def parse_record(data: Any, folder: str) -> Job:
+    """The :class:`Job` of a state file's JSON found in ``jobs/<folder>/``: every field as
+    :data:`RECORD_FIELDS` wants it (those with defaults may be missing), none other, and
+    the id equal to ``folder``. Raises :class:`BadRecord` naming the first bad field."""
+    if not isinstance(data, dict):
+        raise BadRecord(STATE_FILE, f"must be a JSON object, got {type(data).__name__}")
+    for name, value in data.items():
+        if name not in RECORD_FIELDS:
+            raise BadRecord(name[:80], "is not a field of a job record")
+        check, expected = RECORD_FIELDS[name]
+        if not check(value):
+            raise BadRecord(name, f"must be {expected}, got {json.dumps(value)[:80]}")
+    for spec in fields(Job):
+        if spec.name not in data and spec.default is MISSING and spec.default_factory is MISSING:
+            raise BadRecord(spec.name, "is missing")
+    if data["id"] != folder:
+        raise BadRecord("id", f"{data['id']!r} is not the name of its folder {folder!r}")
+    return Job(**data)
+
+
+def read_record(directory: Path) -> Job:
+    """The job of ``directory``'s state file: a regular file (not a link) of at most
+    :data:`MAX_STATE_BYTES` holding JSON that :func:`parse_record` takes. Raises
+    :class:`BadRecord` naming the field (``state.json`` for the file itself)."""
+    try:
+        descriptor = os.open(directory / STATE_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as error:
+        raise BadRecord(STATE_FILE, f"cannot be opened ({error.strerror}; a link is refused)") from None
+    with os.fdopen(descriptor, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            raise BadRecord(STATE_FILE, "is not a regular file")
+        text = handle.read(MAX_STATE_BYTES + 1)
+    if len(text) > MAX_STATE_BYTES:
+        raise BadRecord(STATE_FILE, f"is larger than {MAX_STATE_BYTES >> 20} MiB")
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError) as error:  # RecursionError: nesting too deep
+        raise BadRecord(STATE_FILE, f"is not valid JSON ({error})") from None
+    return parse_record(data, directory.name)
 
 
 def write_json_atomically(path: Path, data: dict[str, Any]) -> None:
@@ -113,11 +245,19 @@ def write_json_atomically(path: Path, data: dict[str, Any]) -> None:
 class JobStore:
     """All jobs, their directories, and the job processes (one per device) that run them."""
 
-    def __init__(self, data_dir: Path, *, devices: list[str] | None = None, keep_jobs: int | None = None, keep_days: float | None = None) -> None:
+    def __init__(
+        self, data_dir: Path, *, devices: list[str] | None = None, keep_jobs: int | None = None, keep_days: float | None = None, allowed_roots: Sequence[Path] = ()
+    ) -> None:
         """``devices``: one worker per entry (``["cpu", "cpu"]`` runs two CPU jobs at once);
         ``keep_jobs``/``keep_days``: finished jobs beyond the newest N, or older than D
-        days, are deleted at start and after each job (None keeps them)."""
-        self.jobs_dir = make_private_dir(data_dir / "jobs")
+        days, are deleted at start and after each job (None keeps them);
+        ``allowed_roots``: folders besides ``data_dir`` whose bundles a queued job read
+        back at start may run (``serve --allow-root``). Raises
+        :class:`~poe_backend.server.datadir.DataDirUnwritable` when ``data_dir/jobs``
+        cannot be written."""
+        self.data_dir = data_dir
+        self.roots = [data_dir, *allowed_roots]
+        self.jobs_dir = writable_private_dir(data_dir / "jobs")
         self.devices = devices or ["cpu"]
         self.keep_jobs, self.keep_days = keep_jobs, keep_days
         self._jobs: dict[str, Job] = {}
@@ -132,6 +272,10 @@ class JobStore:
 
     # ---- directories and persistence -------------------------------------------------
     def job_dir(self, job_id: str) -> Path:
+        """``jobs/<job_id>``: a folder directly under jobs/, as ``job_id`` must have
+        :func:`new_job_id`'s format (ValueError otherwise)."""
+        if not is_job_id(job_id):
+            raise ValueError(f"not a job id: {job_id!r}")
         return self.jobs_dir / job_id
 
     def _persist(self, job: Job) -> None:
@@ -139,30 +283,49 @@ class JobStore:
 
     def _log(self, job_id: str, message: str) -> None:
         stamp = datetime.now(timezone.utc).strftime("%H:%M:%S")
-        with open(self.job_dir(job_id) / "log.txt", "a", encoding="utf-8") as handle:
+        with open(self.job_dir(job_id) / "log.txt", "a", encoding="utf-8", errors="backslashreplace") as handle:
             handle.write(f"{stamp} {message}\n")
 
     def _recover(self) -> None:
-        """Read every job back; directories without a state file (a submission cut off by
-        a crash, kill -9 mid-upload or a full disk) are removed."""
-        for directory in self.jobs_dir.iterdir():
-            if not (directory / STATE_FILE).is_file():
-                shutil.rmtree(directory, ignore_errors=True) if directory.is_dir() and not directory.is_symlink() else directory.unlink(missing_ok=True)
+        """Read every job back. A job is a real directory of jobs/ with a state file; a
+        directory without one (a submission cut off by a crash, kill -9 mid-upload or a
+        full disk) is removed, and so is any entry that is no directory (a file; a link,
+        never what it points at). A record :func:`read_record` refuses is skipped with a
+        line naming its file and field, and left as it is; a queued job whose bundle is
+        outside the roots fails (:meth:`_bundle_refusal`) instead of running."""
         pending = []
-        for state_path in sorted(self.jobs_dir.glob(f"*/{STATE_FILE}")):
+        for entry in sorted(self.jobs_dir.iterdir()):
+            if entry.is_symlink() or not entry.is_dir() or not (entry / STATE_FILE).is_file():
+                _remove_entry(entry)
+                continue
             try:
-                job = Job(**json.loads(state_path.read_text(encoding="utf-8")))
-            except (ValueError, TypeError) as error:
-                print(f"poe-backend: skipping unreadable job state {state_path}: {error}")
+                job = read_record(entry)
+            except BadRecord as error:
+                print(f"poe-backend: skipping the job record {entry / STATE_FILE}: {error}", flush=True)
                 continue
             if job.state == "running":
                 self._finish(job, "failed", JobFailure("interrupted", "the backend stopped while this job was running (restart or crash); submit it again"))
+            elif job.state == "queued" and (refusal := self._bundle_refusal(job)) is not None:
+                print(f"poe-backend: job {job.id}: {refusal.message}", flush=True)
+                self._finish(job, "failed", refusal)
             elif job.state == "queued":
                 pending.append(job)
             self._jobs[job.id] = job
         for job in sorted(pending, key=lambda job: job.created):
             self._log_quietly(job.id, "queued again after a backend restart")
             self._queue.put(job.id)
+
+    def _bundle_refusal(self, job: Job) -> JobFailure | None:
+        """Why a queued job read back at start must not run its ``bundle_dir``: it is not
+        a folder under the data dir or an allowed root, as a submission is checked; None
+        when it may run."""
+        try:
+            check_under_roots(job.bundle_dir, self.roots)
+        except InputError as error:
+            return JobFailure(error.code, f"not run after the backend's restart: {error.message}")
+        except RuntimeError as error:  # Path.resolve meeting a link loop (Python 3.11)
+            return JobFailure("outside_roots", f"not run after the backend's restart: its bundle {job.bundle_dir} cannot be resolved ({error})")
+        return None
 
     # ---- the HTTP side ----------------------------------------------------------------
     def start(self) -> None:
@@ -191,17 +354,16 @@ class JobStore:
 
     def submit(self, job: Job) -> dict[str, Any]:
         """Commit a job: its files, then ``state.json`` last; only then is it listed and
-        queued. On any failure the directory is removed; a full disk is a 507."""
+        queued. On any failure the directory is removed and the OSError raised (the HTTP
+        side answers it with :func:`storage_error`)."""
         directory = self.prepare_dir(job.id)
         try:
             (directory / "outputs").mkdir(mode=0o700, exist_ok=True)
             write_json_atomically(directory / "request.json", {"task": job.task, "bundle_dir": job.bundle_dir, "params": job.params, "models": job.models})
             self._log(job.id, f"queued task {job.task} on bundle {job.bundle_dir}")
             self._persist(job)
-        except OSError as error:
+        except OSError:
             shutil.rmtree(directory, ignore_errors=True)
-            if is_disk_full(error):
-                raise disk_full_error(self.jobs_dir) from None
             raise
         with self._lock:
             self._jobs[job.id] = job
@@ -230,9 +392,11 @@ class JobStore:
                 self.delete(job.id)
 
     def get(self, job_id: str) -> dict[str, Any] | None:
+        """The job's status (:meth:`Job.to_json`); None when unknown."""
         with self._lock:
             job = self._jobs.get(job_id)
-            return None if job is None else self._current(job).to_json()
+            snapshot = None if job is None else self._snapshot(job)
+        return None if snapshot is None else snapshot.to_json()
 
     def _current(self, job: Job) -> Job:
         """``job`` with the latest progress of its job process, when it runs (call with
@@ -242,6 +406,13 @@ class JobStore:
             worker, seq = running
             job.progress = worker.progress(seq) or job.progress
         return job
+
+    def _snapshot(self, job: Job) -> Job:
+        """A shallow copy of :meth:`_current` ``job`` (call with the lock held), to
+        serialise after the lock is released: the store replaces a job's dict fields
+        whole and never changes one in place, so the copy stays consistent, and the lock
+        is held for no copy of params."""
+        return copy.copy(self._current(job))
 
     def list(self, limit: int, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
         """Listing entries (:meth:`Job.summary`) oldest first, ``limit`` of them from
@@ -255,7 +426,8 @@ class JobStore:
             return sum(job.state == "queued" for job in self._jobs.values())
 
     def cancel(self, job_id: str) -> dict[str, Any] | None:
-        """Queued jobs are cancelled at once; a running job stops at its next sampler step."""
+        """Queued jobs are cancelled at once; a running job stops at its next sampler step or
+        checkpoint: within one model load, text encode, micro-batch or decode batch."""
         with self._lock:
             job = self._jobs.get(job_id)
             if job is None:
@@ -265,14 +437,21 @@ class JobStore:
             elif job_id in self._running:
                 worker, seq = self._running[job_id]
                 worker.cancel(seq)
-            return self._current(job).to_json()
+            snapshot = self._snapshot(job)
+        return snapshot.to_json()
 
     def output_path(self, job_id: str, name: str) -> Path | None:
+        """The file of output ``name`` of job ``job_id``; None when either is unknown, or
+        when the path does not resolve to a regular file inside the job's ``outputs/``
+        (``..``, an absolute path, a link out of it)."""
         with self._lock:
             job = self._jobs.get(job_id)
-            if job is None or name not in job.outputs:
-                return None
-            return self.job_dir(job_id) / "outputs" / job.outputs[name]
+            relative = None if job is None else job.outputs.get(name)
+        if relative is None:
+            return None
+        outputs = (self.job_dir(job_id) / "outputs").resolve()
+        path = (outputs / relative).resolve()
+        return path if path.is_relative_to(outputs) and path.is_file() else None
 
     # ---- the worker -------------------------------------------------------------------
     def _finish(self, job: Job, state: str, failure: JobFailure | None = None) -> None:
@@ -281,13 +460,16 @@ class JobStore:
         self._persist_quietly(job)
         self._log_quietly(job.id, state if failure is None else f"{state}: [{failure.code}] {failure.message}")
 
-    def _persist_quietly(self, job: Job) -> None:
-        """Persist from a worker: a full disk must not kill the worker (the in-memory
-        state stays right; the file catches up at the next write)."""
+    def _persist_quietly(self, job: Job) -> bool:
+        """Persist from a worker; whether the file was written. A full disk or a
+        read-only data dir must not kill the worker (the in-memory state stays right; the
+        file catches up at the next write)."""
         try:
             self._persist(job)
         except OSError as error:
             print(f"poe-backend: could not write the state of job {job.id}: {error}", flush=True)
+            return False
+        return True
 
     def _log_quietly(self, job_id: str, message: str) -> None:
         try:
@@ -313,20 +495,22 @@ class JobStore:
             self._apply_retention()
 
     def _run(self, job: Job, worker: DeviceWorker, seq: int) -> None:
-        """Run ``job`` in ``worker``'s process; its state file is rewritten every
-        :data:`PERSIST_INTERVAL_S` while it runs (progress), and once at the end."""
+        """Run ``job`` in ``worker``'s process. While it runs, its state file is rewritten
+        when its progress changed, checked every :data:`PERSIST_INTERVAL_S`; once more at
+        the end."""
         order = JobOrder(seq, job.id, job.task, TASK_CLASSES.get(job.task, ""), job.bundle_dir, job.params, job.models, str(self.job_dir(job.id) / "outputs"))
+        written = job.progress
 
-        def persist_progress() -> None:
+        def persist_changed_progress() -> None:
+            nonlocal written
             with self._lock:
-                state = self._current(job).to_json()
-            try:  # outside the lock: status reads never wait for the disk
-                write_json_atomically(self.job_dir(job.id) / STATE_FILE, state)
-            except OSError as error:
-                print(f"poe-backend: could not write the state of job {job.id}: {error}", flush=True)
+                snapshot = self._snapshot(job)
+            # outside the lock: status reads never wait for the disk
+            if snapshot.progress != written and self._persist_quietly(snapshot):
+                written = snapshot.progress
 
         try:
-            outcome = worker.run(order, PERSIST_INTERVAL_S, persist_progress)
+            outcome = worker.run(order, PERSIST_INTERVAL_S, persist_changed_progress)
         except WorkerStopped:
             return
         if outcome.log:
@@ -339,3 +523,13 @@ class JobStore:
                 if job.progress is not None:
                     job.progress = {**job.progress, "fraction": 1.0, "eta_s": 0.0}
             self._finish(job, outcome.state, outcome.failure)
+
+
+def _remove_entry(entry: Path) -> None:
+    """Remove ``entry`` of jobs/: a real directory with everything in it; a file or a link
+    itself (never what a link points at)."""
+    if entry.is_dir() and not entry.is_symlink():
+        shutil.rmtree(entry, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            entry.unlink()

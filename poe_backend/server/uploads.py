@@ -2,8 +2,11 @@
 uploads extracted while they arrive, bounded in time, size and threads.
 
 * :func:`limited_body` reads the request body in the event loop: every wait for the next
-  piece has a timeout, and the body has a size limit, so a stalled or abandoned upload
-  ends (the caller then removes the job's directory).
+  piece has a timeout, the body must come at a minimum average rate once a grace period
+  has passed, and it has a size limit, so a stalled, trickling or abandoned upload ends
+  (the caller then removes the job's directory).
+* :class:`UploadSlots` bounds the uploads received at once: past the bound a client gets a
+  503 (code ``busy``, with ``Retry-After``) before any folder or thread is made for it.
 * :func:`receive_tar` hands the pieces to a thread of the upload's own through a
   :class:`~poe_backend.server.body_pipe.BodyPipe`, where :func:`extract_tar` writes the
   members as their bytes come: each byte is written once, straight into its file (no
@@ -57,11 +60,63 @@ class UploadLimits:
     passes has ~400). Vetting and creating one entry costs ~0.3 ms (the data filter
     resolves every path), so the default bounds a flood of empty entries to ~6 s of one
     thread. ``read_timeout_s``: the longest wait for the next piece of the body
-    (seconds, default 60), after which the upload is dropped with a 408."""
+    (seconds, default 60), after which the upload is dropped with a 408.
+
+    ``min_rate_bytes_s`` after ``rate_grace_s``: once the client has been waited for
+    ``rate_grace_s`` seconds (default 60), the body must have come at ``min_rate_bytes_s``
+    on average (bytes/s, default 64 KiB/s, ``serve --upload-min-rate-kib``), else a 408.
+    A floor on the average rather than a total deadline: a deadline scaled with
+    Content-Length needs a declared length (a chunked body has none) and drops a long
+    upload that is still making steady progress; the floor lets an 8 GiB bundle through
+    over any link faster than 0.5 Mbit/s, however long it takes (2.3 h at 1 MiB/s), while
+    one byte every 20 s is dropped after the grace, which covers a slow start (a client
+    reading its first files, TCP ramping up). Only the time spent waiting for the client
+    counts, not the server's own pauses (the extracting thread catching up). Holding an
+    upload slot thus costs a client at least ``min_rate_bytes_s`` of bandwidth.
+
+    ``max_concurrent``: uploads received at once (default 8, ``serve --max-uploads``);
+    each holds a job folder and, for a tar body, an extracting thread."""
 
     max_bytes: int = 8 << 30
     max_entries: int = 20_000
     read_timeout_s: float = 60.0
+    min_rate_bytes_s: float = 64 << 10
+    rate_grace_s: float = 60.0
+    max_concurrent: int = 8
+
+    def paid_wait_s(self, received: int) -> float:
+        """Seconds of waiting for the client that ``received`` bytes pay for under the
+        rate rule: the grace, or longer once the bytes cover more at the minimum rate."""
+        return max(self.rate_grace_s, received / self.min_rate_bytes_s)
+
+
+#: Seconds a client refused for lack of an upload slot is told to wait (``Retry-After``).
+BUSY_RETRY_AFTER_S = 10
+
+
+def uploads_busy(limit: int) -> InputError:
+    """503 ``busy``: every upload slot is taken; the answer carries ``Retry-After``."""
+    message = f"the backend is receiving {limit} uploads already (its limit, serve --max-uploads); retry in {BUSY_RETRY_AFTER_S} s"
+    return InputError("bundle", message, code="busy", status=503, headers={"Retry-After": str(BUSY_RETRY_AFTER_S)})
+
+
+class UploadSlots:
+    """At most ``limit`` uploads received at once. Taken and given back in the event loop
+    only, so a plain count needs no lock."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.taken = limit, 0
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[None]:
+        """One slot for the block; raises :func:`uploads_busy` (503) when none is free."""
+        if self.taken >= self.limit:
+            raise uploads_busy(self.limit)
+        self.taken += 1
+        try:
+            yield
+        finally:
+            self.taken -= 1
 
 
 def too_large(limit_bytes: int) -> InputError:
@@ -78,11 +133,16 @@ def check_under_roots(path_text: object, roots: list[Path]) -> Path:
     path = Path(path_text).expanduser()
     if not path.is_absolute():
         raise InputError("bundle_path", f"must be an absolute path, got {path_text!r}")
-    resolved = path.resolve()
-    if not any(resolved.is_relative_to(root.resolve()) for root in roots):
+    try:  # a symlink loop (RuntimeError on Python 3.11), a name too long, a folder we may not enter
+        resolved = path.resolve()
+        inside = any(resolved.is_relative_to(root.resolve()) for root in roots)
+        is_dir = inside and resolved.is_dir()
+    except (OSError, RuntimeError) as error:
+        raise InputError("bundle_path", f"cannot be resolved ({getattr(error, 'strerror', None) or error})") from None
+    if not inside:
         allowed = ", ".join(str(root) for root in roots)
         raise InputError("bundle_path", f"{resolved} is outside the allowed roots ({allowed}); start the backend with --allow-root, or upload the bundle", code="outside_roots", status=403)
-    if not resolved.is_dir():
+    if not is_dir:
         raise InputError("bundle_path", f"{resolved} is not a directory")
     return resolved
 
@@ -137,25 +197,42 @@ async def receive_form(request: Request, limits: UploadLimits) -> FormData:
 
 async def limited_body(request: Request, limits: UploadLimits) -> AsyncIterator[bytes]:
     """The pieces of the request body. Raises 413 past ``limits.max_bytes`` (declared or
-    received), 408 when no data came for ``limits.read_timeout_s``, 400 when the client
-    went away. The wait for each piece is bounded by one :func:`asyncio.timeout` (a timer,
-    no task per piece: a large upload arrives in thousands of pieces)."""
+    received); 408 when no data came for ``limits.read_timeout_s`` (code
+    ``upload_timeout``) or when the body falls below the minimum average rate after the
+    grace (code ``upload_too_slow``, see :class:`UploadLimits`); 400 when the client went
+    away. Each wait for a piece is bounded by one :func:`asyncio.timeout` (a timer, no
+    task per piece: a large upload arrives in thousands of pieces), set to whichever rule
+    ends it first."""
     _check_declared_length(request, limits.max_bytes)
-    chunks, received = aiter(request.stream()), 0
+    loop = asyncio.get_running_loop()
+    chunks, received, waited = aiter(request.stream()), 0, 0.0
     while True:
+        rate_left_s = limits.paid_wait_s(received) - waited
+        if rate_left_s <= 0:
+            raise _too_slow(limits, received, waited)
+        started = loop.time()
         try:
-            async with asyncio.timeout(limits.read_timeout_s):
+            async with asyncio.timeout(min(limits.read_timeout_s, rate_left_s)):
                 chunk = await anext(chunks, None)
         except TimeoutError:
-            raise InputError("bundle", f"the upload stalled: no data for {limits.read_timeout_s:g} s", code="upload_timeout", status=408) from None
+            if limits.read_timeout_s < rate_left_s:
+                raise InputError("bundle", f"the upload stalled: no data for {limits.read_timeout_s:g} s", code="upload_timeout", status=408) from None
+            raise _too_slow(limits, received, waited + rate_left_s) from None
         except ClientDisconnect:
             raise InputError("bundle", "the client disconnected before the upload ended", code="upload_aborted") from None
+        waited += loop.time() - started
         if chunk is None:
             return
         received += len(chunk)
         if received > limits.max_bytes:
             raise too_large(limits.max_bytes)
         yield chunk
+
+
+def _too_slow(limits: UploadLimits, received: int, waited_s: float) -> InputError:
+    rate, floor = received / 1024 / waited_s, limits.min_rate_bytes_s / 1024
+    message = f"the upload is too slow: {rate:.3g} KiB/s on average over {waited_s:.3g} s (at least {floor:g} KiB/s after the first {limits.rate_grace_s:g} s; serve --upload-min-rate-kib)"
+    return InputError("bundle", message, code="upload_too_slow", status=408)
 
 
 def extract_tar(source: BinaryIO | BodyPipe, destination: Path, limits: UploadLimits) -> Path:
@@ -238,8 +315,12 @@ def _extract_members(archive: tarfile.TarFile, destination: Path, limits: Upload
 
 def _check_member(member: tarfile.TarInfo) -> None:
     """Our rule on top of the data filter (which strips a leading ``/`` and allows links
-    inside the destination): only plain files and directories, relative names, no ``..``."""
+    inside the destination): names of UTF-8 text without NUL (the data filter raises a
+    ValueError on a NUL; undecodable bytes, kept as lone surrogates, cannot be answered),
+    only plain files and directories, relative names, no ``..``."""
     name = member.name
+    if "\0" in name or not _is_utf8(name):
+        raise InputError(f"bundle:{_escaped(name)}", "member names must be UTF-8 text without NUL characters", code="bad_tar")
     where = f"bundle:{name}"
     pure = PurePosixPath(name)
     if name.startswith(("/", "\\")) or pure.is_absolute() or (len(name) > 1 and name[1] == ":"):
@@ -249,6 +330,19 @@ def _check_member(member: tarfile.TarInfo) -> None:
     if not (member.isfile() or member.isdir()) or member.issparse():
         kind = "link" if (member.issym() or member.islnk()) else "sparse, device or special file"
         raise InputError(where, f"{kind} entries are not allowed in a bundle tar", code="bad_tar")
+
+
+def _is_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _escaped(name: str) -> str:
+    """``name`` showable in an answer: lone surrogates as ``\\udcNN``, NUL as ``\\x00``."""
+    return name.encode("utf-8", "backslashreplace").decode("utf-8").replace("\0", "\\x00")
 
 
 def bundle_root(destination: Path) -> Path:

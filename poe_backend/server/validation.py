@@ -1,14 +1,19 @@
 """Checks a submission before it is queued, so bad input fails fast with the field named:
-the task, the bundle (schema, passes, files: PNG headers through PIL, depth EXRs through
-OpenEXR with their values checked, image sizes) and the parameters (the task's pydantic
-model; errors mapped to ``params.<path>``)."""
+the task, the bundle (schema, limits, passes, files: PNG headers through PIL, depth EXR
+headers through OpenEXR, image sizes) and the parameters (size, then the task's pydantic
+model; errors mapped to ``params.<path>``).
+
+The server reads only file headers, never pixels: a small compressed file can decode to
+gigabytes (a 1.1 MiB EXR of 16384² is 1 GiB of float32). Depth values (NaN, negative,
+nothing in view) are checked where the job decodes them
+(:func:`poe_backend.tasks.images.read_depth`), and fail the job naming ``passes.depth``."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import OpenEXR
 from PIL import Image
 from pydantic import ValidationError
@@ -17,6 +22,10 @@ from poe_backend.bundle import FRAME_TOKEN, Bundle, BundleError, read_bundle
 from poe_backend.server.errors import InputError
 from poe_backend.tasks import TASK_CLASSES, get_task
 from poe_backend.tasks.base import Task, TaskParams
+
+#: Largest params object, as JSON text (characters, non-ASCII escaped): the job's record
+#: stores and echoes them. Every task's parameters but a toy spec are a few hundred bytes.
+MAX_PARAMS_CHARS = 64 << 10
 
 
 def resolve_task(name: Any) -> Task:
@@ -38,10 +47,14 @@ def load_bundle(root: Path, task_name: str | None) -> Bundle:
 
 
 def validate_params(task: Task, bundle_params: dict[str, Any], request_params: dict[str, Any] | None) -> TaskParams:
-    """The task's parameters: the bundle's, overridden by the request's."""
+    """The task's parameters: the bundle's, overridden by the request's; together at most
+    :data:`MAX_PARAMS_CHARS` as JSON (413 naming ``params`` past it)."""
     if request_params is not None and not isinstance(request_params, dict):
         raise InputError("params", "must be a JSON object", code="invalid_params")
     merged = {**bundle_params, **(request_params or {})}
+    size = len(json.dumps(merged))
+    if size > MAX_PARAMS_CHARS:
+        raise InputError("params", f"are {size / 1024:.0f} KiB as JSON; at most {MAX_PARAMS_CHARS >> 10} KiB", code="too_large", status=413)
     try:
         return task.Params.model_validate(merged)
     except ValidationError as error:
@@ -63,40 +76,29 @@ def png_size(path: Path, field: str) -> tuple[int, int]:
 
 
 def depth_size(path: Path, field: str) -> tuple[int, int]:
-    """``(width, height)`` of a depth EXR, after checking its values: channel ``Z``,
-    camera Z in scene units, each pixel either finite and >= 0 or ``+inf`` (background),
-    and at least one finite pixel. OpenEXR parses the file (it refuses malformed headers
-    at once, rather than looping on them)."""
+    """``(width, height)`` of a depth EXR from its header (OpenEXR reads no pixels here, and
+    refuses malformed headers at once rather than looping on them): a flat image (not
+    deep) with a channel ``Z``. Its pixel type and values are checked when the job reads
+    it (:func:`poe_backend.tasks.images.read_depth`): OpenEXR's header-only read does not
+    give channel types."""
     try:
-        with OpenEXR.File(str(path), separate_channels=True) as exr:
-            channels = exr.channels()
-            if "Z" not in channels:
-                raise InputError(field, f"{path.name} has no channel 'Z' (has {', '.join(channels) or 'none'})", code="invalid_bundle")
-            depth = np.asarray(channels["Z"].pixels)
-    except InputError:
-        raise
+        with OpenEXR.File(str(path), header_only=True) as exr:
+            header = dict(exr.header())  # a copy: closing the file empties the header
     except Exception as error:  # OpenEXR raises plain RuntimeError / OSError for bad files
         raise InputError(field, f"{path.name} is not a readable OpenEXR file ({error})", code="invalid_bundle") from None
-    check_depth_values(depth, field, path.name)
-    return depth.shape[1], depth.shape[0]
-
-
-def check_depth_values(depth: np.ndarray, field: str, name: str) -> None:
-    """Camera Z ``(H, W)`` of file ``name``: no NaN, nothing negative (``-inf`` included),
-    not all ``+inf``."""
-    if depth.ndim != 2 or not np.issubdtype(depth.dtype, np.floating):
-        raise InputError(field, f"{name}: channel 'Z' must be a 2-D float image, got {depth.dtype} of shape {depth.shape}", code="invalid_bundle")
-    for what, bad in (("NaN", np.isnan(depth)), ("negative", depth < 0)):
-        if bad.any():
-            row, column = np.argwhere(bad)[0]
-            raise InputError(field, f"{name}: depth has {what} values ({int(bad.sum())} pixels, first at x={column}, y={row}); camera Z must be >= 0, +inf for background", code="invalid_bundle")
-    if not np.isfinite(depth).any():
-        raise InputError(field, f"{name}: every depth pixel is background (+inf): nothing in view", code="invalid_bundle")
+    channels = [channel.name for channel in header["channels"]]
+    if "Z" not in channels:
+        raise InputError(field, f"{path.name} has no channel 'Z' (has {', '.join(channels) or 'none'})", code="invalid_bundle")
+    if header.get("type") in (OpenEXR.deepscanline, OpenEXR.deeptile):
+        raise InputError(field, f"{path.name} is a deep image; depth must be a flat (scanline or tiled) EXR", code="invalid_bundle")
+    low, high = header["dataWindow"]
+    return int(high[0]) - int(low[0]) + 1, int(high[1]) - int(low[1]) + 1
 
 
 def check_pass_files(bundle: Bundle) -> None:
-    """Every pass file must be of its format (``depth``: OpenEXR with valid values, every
-    other pass: PNG) and ``width x height`` as bundle.json says."""
+    """Every pass file must be of its format (``depth``: OpenEXR, every other pass: PNG)
+    and ``width x height`` as bundle.json says (at most
+    :data:`~poe_backend.bundle.MAX_FRAME_PIXELS`), read from the file's header."""
     for name, pattern in bundle.passes.items():
         field = f"passes.{name}"
         read_size = depth_size if name == "depth" else png_size

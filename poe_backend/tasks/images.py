@@ -84,30 +84,50 @@ def read_mask(path: Path, size: tuple[int, int], field: str) -> np.ndarray:
     return mask
 
 
-def read_depth(path: Path, size: tuple[int, int], field: str) -> np.ndarray:
-    """OpenEXR channel ``Z`` -> ``(H, W)`` float32 camera Z (``+inf`` background), nearest-
-    resized to ``size``."""
+def decode_depth(path: Path, field: str) -> np.ndarray:
+    """OpenEXR channel ``Z`` -> ``(H, W)`` float32 camera Z (``+inf`` background), at the
+    file's size. The values are checked here, where the job decodes them (the server reads
+    only the header at submit): :class:`BundleError` naming ``field`` for a file that is not
+    a float image or whose values :func:`check_depth_values` refuses."""
     import OpenEXR
 
     try:
-        with OpenEXR.File(str(path)) as exr:
+        with OpenEXR.File(str(path), separate_channels=True) as exr:
             channels = exr.channels()
             if "Z" not in channels:
                 raise BundleError(field, f"{path.name} has no channel 'Z' (has {', '.join(channels)})")
-            depth = np.asarray(channels["Z"].pixels, dtype=np.float32)
+            depth = np.asarray(channels["Z"].pixels)
     except BundleError:
         raise
     except Exception as error:  # OpenEXR raises plain exceptions for unreadable files
         raise BundleError(field, f"cannot read {path.name} as OpenEXR ({error})") from None
-    if depth.ndim != 2:
-        raise BundleError(field, f"{path.name}: channel 'Z' must be 2-D, got shape {depth.shape}")
-    if not np.isfinite(depth).any():
-        raise BundleError(field, f"{path.name}: no finite depth (every pixel is background)")
+    check_depth_values(depth, field, path.name)
+    return depth.astype(np.float32, copy=False)
+
+
+def read_depth(path: Path, size: tuple[int, int], field: str) -> np.ndarray:
+    """:func:`decode_depth`, nearest-resized to ``size`` ``(H, W)`` (background stays
+    ``+inf``)."""
+    depth = decode_depth(path, field)
     if depth.shape != size:
         rows = np.minimum((np.arange(size[0]) + 0.5) * depth.shape[0] / size[0], depth.shape[0] - 1).astype(int)
         columns = np.minimum((np.arange(size[1]) + 0.5) * depth.shape[1] / size[1], depth.shape[1] - 1).astype(int)
         depth = depth[rows][:, columns]
     return depth
+
+
+def check_depth_values(depth: np.ndarray, field: str, name: str) -> None:
+    """Camera Z ``(H, W)`` of file ``name`` must be a 2-D float image with no NaN, nothing
+    negative (``-inf`` included) and not all ``+inf``; :class:`BundleError` naming ``field``
+    (the failed job's error: code ``invalid_bundle``) with the count and first pixel."""
+    if depth.ndim != 2 or not np.issubdtype(depth.dtype, np.floating):
+        raise BundleError(field, f"{name}: channel 'Z' must be a 2-D float image, got {depth.dtype} of shape {depth.shape}")
+    for what, bad in (("NaN", np.isnan(depth)), ("negative", depth < 0)):
+        if bad.any():
+            row, column = np.argwhere(bad)[0]
+            raise BundleError(field, f"{name}: depth has {what} values ({int(bad.sum())} pixels, first at x={column}, y={row}); camera Z must be >= 0, +inf for background")
+    if not np.isfinite(depth).any():
+        raise BundleError(field, f"{name}: every depth pixel is background (+inf): nothing in view")
 
 
 def _open(path: Path, field: str) -> Image.Image:

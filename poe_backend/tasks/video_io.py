@@ -27,7 +27,7 @@ from torch import Tensor
 
 from poe_backend.bundle import Bundle, BundleError, capped_video_size, frames_at_rate
 from poe_backend.models.specs import family_facts
-from poe_backend.tasks.images import to_uint8
+from poe_backend.tasks.images import decode_depth, to_uint8
 
 
 def read_first_frame(bundle: Bundle, relative: str, height: int, width: int) -> Tensor:
@@ -63,29 +63,13 @@ def read_rgb_frames(bundle: Bundle, frames: list[int], height: int, width: int) 
     return torch.stack([images[frame] for frame in frames])
 
 
-def read_depth(path: Path, *, field: str) -> np.ndarray:
-    """The float32 channel ``Z`` of an EXR, ``(H, W)``."""
-    import OpenEXR
-
-    try:
-        with OpenEXR.File(str(path), separate_channels=True) as exr:
-            channels = exr.channels()
-            if "Z" not in channels:
-                raise BundleError(field, f"{path.name} has no channel 'Z' (channels: {', '.join(channels)})")
-            return np.asarray(channels["Z"].pixels, dtype=np.float32)
-    except BundleError:
-        raise
-    except Exception as error:  # OpenEXR raises plain RuntimeError / OSError
-        raise BundleError(field, f"cannot read depth {path}: {error}") from None
-
-
 def read_depth_frames(bundle: Bundle, frames: list[int], height: int, width: int) -> Tensor:
     """The bundle's ``depth`` pass at ``frames`` (a frame may repeat; each file is read
     once): ``(F, height, width)`` camera-Z, ``+inf`` background (nearest-neighbour resize,
     which keeps background pixels infinite)."""
     maps = {}
     for frame in dict.fromkeys(frames):
-        depth = read_depth(bundle.pass_path("depth", frame), field="passes.depth")
+        depth = decode_depth(bundle.pass_path("depth", frame), "passes.depth")
         if depth.shape != (bundle.height, bundle.width):
             raise BundleError("passes.depth", f"frame {frame} is {depth.shape[1]}x{depth.shape[0]}, bundle says {bundle.width}x{bundle.height}")
         tensor = torch.from_numpy(depth)[None, None]

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tarfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,11 +51,13 @@ class Backend:
             self.process.wait(timeout=30)
 
 
-def start_backend(data_dir: Path, *extra: str, timeout: float = 60.0) -> Backend:
+def start_backend(data_dir: Path, *extra: str, timeout: float = 60.0, preexec_fn: Callable[[], None] | None = None) -> Backend:
+    """``poe-backend serve`` with ``extra`` options; ``preexec_fn`` runs in the child
+    before it starts (e.g. to lower its resource limits)."""
     port = free_port()
     command = [sys.executable, "-m", "poe_backend", "serve", "--port", str(port), "--data-dir", str(data_dir), *extra]
     log = open(data_dir.parent / f"backend-{port}.log", "wb")
-    process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, preexec_fn=preexec_fn)
     backend = Backend(f"http://127.0.0.1:{port}", data_dir, process)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -83,12 +83,13 @@ def test_bad_request_fields(backend, fields, field):
 
 
 def test_an_infinite_reward_radius_is_refused_at_submit(backend):
-    """``1e999`` parses to infinity; the toy spec refused it only when the job ran."""
+    """``1e999`` parses to infinity; the toy spec refused it only when the job ran. Every
+    request's JSON must hold finite numbers: the refusal names the number's place."""
     bundle = write_bundle(backend.data_dir / "b-radius")
     spec = json.dumps({**DEFAULT_SPEC, "rewards": [{"type": "disc", "center": [0, 0], "radius": 12345}]}).replace("12345", "1e999")
     body = '{"bundle_path": %s, "params": {"spec": %s}}' % (json.dumps(str(bundle)), spec)
     response = backend.client().post("/v1/jobs", content=body, headers={"content-type": "application/json"})
-    assert_field(response, 400, "params.spec")
+    assert_field(response, 400, "params.spec.rewards[0].radius")
 
 
 @pytest.mark.parametrize("task_name", list(TASK_CLASSES))
