@@ -23,46 +23,23 @@ if TYPE_CHECKING:  # torch-free at import, so `poe-backend serve` reads the defa
 @dataclass(frozen=True)
 class JobLimits:
     """Server options (``poe-backend serve --max-forwards ...``); defaults a single user
-    does not hit by accident. Planned costs they are set against (``Task.planned_cost``;
-    images on a 1024² bundle, videos on a 1920×1080 bundle of 5 s, 2 regions unless said):
+    does not hit by accident: each clears every task's default and heaviest quality
+    setting by a wide margin (the planned costs they are set against are README.md's
+    table under Running the backend; ``tests/server/test_job_limits.py`` checks that
+    every one of those settings passes a quarter of every limit).
 
-    ================================================  ========  ==========  =========
-    job                                               forwards  token-fwds   total px
-    ================================================  ========  ==========  =========
-    insertion default (P=1, 28 levels, 1 step)             122       5.0e5      1.0e6
-    insertion P=4, 100 levels, 2 steps, cond_weight      1,196       2.0e7      4.2e6
-    regional_t2i default (P=8, 2 steps)                    237       7.8e6      8.4e6
-    regional_t2i paper: P=32, 4 regions, cond_weight     1,027      1.35e8      3.4e7
-    regional_t2i P=32, 8 regions, cond, 50 levels        3,625      4.75e8      3.4e7
-    sim2video default (832×464, 81 frames, CFG)            256       8.1e6      3.1e7
-    sim2video cond_weight, 50 levels, 2 steps, P=4       1,208      1.53e8     1.25e8
-    sim2video_ar default (2 sections, 73 frames)           110       1.5e6      2.8e7
-    sim2video_ar P=8, 100 levels, 4 steps, 1 sweep       1,118      1.21e8     2.25e8
-    toy2d default (P=500)                                    0       5.0e5          0
-    toy2d, the server tests' long job (P=32)                 0       9.6e5          0
-    the probe: insertion P=256, 500 levels, 50 steps    50,804      5.3e10      2.7e8
-    ================================================  ========  ==========  =========
-
-    * ``max_forwards`` 20,000 network forwards: 5.5× the heaviest setting above (a
-      regional job of 9 experts over 50 levels), 16× the paper's regional and conditioned
-      sim2video runs, 78× sim2video's default. Every forward has a floor cost whatever the
-      size (the weights are read once per forward; streamed over PCIe when offloaded, about
-      a second for Wan 14B), so 20,000 are hours, and the probe's 50,804 refused.
-    * ``max_token_forwards`` 10⁹ (:attr:`JobCost.work`): 6.5× and more over the paper's
-      heavy runs (conditioned sim2video at P = 4, regional at P = 32), 2.1× even over 9
-      regional experts at 50 levels, 120× the video defaults, 2,000× insertion's. By FLOPs
-      (2 × parameters per token plus attention: ~3·10¹⁰ for FLUX at 1024², ~6·10¹⁰ for Wan
-      14B at 480p) at about 400 TFLOP/s on an H100, 10⁹ token-forwards are about a day of
-      FLUX, two of Wan; the probe (5.3·10¹⁰) would take six weeks.
-    * ``max_pixels`` 4096² per image or frame: the largest the image tasks accept
-      (``max_side`` ≤ 4096; videos stop at 1280), so by default every size the parameters
-      allow passes (the memory planner refuses at run what a GPU cannot hold); a server
-      that serves smaller sizes only lowers it.
-    * ``max_total_pixels`` 2³⁰ (every frame of every particle, decoded and written: about
-      12.9 GB as float32 RGB on the host): 4.8× the heaviest quality run above (sim2video_ar
-      at P = 8), 4× insertion at its largest P = 256 at 1024², 34× sim2video's default; the
-      probe at 4096² (4.3·10⁹) is refused, as is sim2video at its largest P = 64 at 720p and
-      241 frames (1.4·10¹⁰, 170 GB to decode)."""
+    * ``max_forwards``: network forwards. Every forward has a floor cost whatever the size
+      (the weights are read once per forward; streamed over PCIe when offloaded), so the
+      default is hours of work (an insertion of 256 particles, 500 levels and 50 Langevin
+      steps plans 50,804 and is refused).
+    * ``max_token_forwards`` (:attr:`JobCost.work`): forwards × particles × latent tokens,
+      the FLOP-proportional measure; the default is about a day of FLUX by FLOP count.
+    * ``max_pixels`` per image or frame: the largest the image tasks accept (``max_side`` ≤
+      4096; videos stop at 1280), so by default every size the parameters allow passes (the
+      memory planner refuses at run what a GPU cannot hold); a server that serves smaller
+      sizes only lowers it.
+    * ``max_total_pixels``: every frame of every particle, decoded and written (2³⁰ is
+      12.9 GB as float32 RGB on the host)."""
 
     max_forwards: int = 20_000
     max_token_forwards: int = 1_000_000_000

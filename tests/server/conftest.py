@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
+import OpenEXR
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -135,3 +137,18 @@ def assert_field(response: httpx.Response, status: int, field: str) -> dict[str,
     error = response.json()["error"]
     assert error["field"] == field and field in error["message"], error
     return error
+
+
+def write_exr(path: Path, depth: np.ndarray) -> None:
+    """``depth`` ``(H, W)`` as the channel ``Z`` of an OpenEXR file at ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    OpenEXR.File({"type": OpenEXR.scanlineimage}, {"Z": depth.astype(np.float32)}).write(str(path))
+
+
+def depth_map(fill: float | None = None) -> np.ndarray:
+    """48x64 camera Z: 2.0 with a +inf (background) band, and ``fill`` in one 4x4 corner."""
+    depth = np.full((48, 64), 2.0, np.float32)
+    depth[:, 40:] = np.inf
+    if fill is not None:
+        depth[:4, :4] = fill
+    return depth

@@ -15,14 +15,13 @@ from typing import Any
 
 import httpx
 import numpy as np
-import OpenEXR
 import pytest
 from PIL import Image
 
 from poe_backend.bundle import MAX_FRAMES, MAX_JSON_DEPTH, MAX_OBJECTS, MAX_TEXT_CHARS, BundleError
 from poe_backend.server.errors import describe_failure
 from poe_backend.tasks.images import read_depth
-from tests.server.conftest import QUICK, Backend, assert_field, post_tar, tar_of, write_bundle
+from tests.server.conftest import QUICK, Backend, assert_field, depth_map, post_tar, tar_of, write_bundle, write_exr
 
 #: Arrays nested 2000 deep: json.loads raises RecursionError on it.
 PAST_RECURSION = "[" * 2000 + "]" * 2000
@@ -67,18 +66,13 @@ def _png(path: Path, width: int = 64, height: int = 48) -> None:
     Image.new("RGB", (width, height), (90, 120, 30)).save(path)
 
 
-def _exr(path: Path, depth: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    OpenEXR.File({"type": OpenEXR.scanlineimage}, {"Z": depth}).write(str(path))
-
-
 def _tall_exr(path: Path, width: int, height: int) -> None:
     """A valid ZIP-compressed EXR, ``width`` x ``height`` (height a multiple of 16), channel
     Z = 2.0, made without its pixels in memory: OpenEXR writes one 16-line chunk, which is
     repeated (y = 0, 16, ...) under the same header with its windows set to the full size.
     16384² is 1.1 MiB on disk and 1 GiB decoded."""
     block = path.with_suffix(".block.exr")
-    _exr(block, np.full((16, width), 2.0, np.float32))
+    write_exr(block, np.full((16, width), 2.0, np.float32))
     data = bytearray(block.read_bytes())
     block.unlink()
     position = 8  # after the magic number and version
@@ -237,34 +231,25 @@ def test_a_depth_exr_is_checked_from_its_header_without_decoding_its_pixels(back
     assert _peak_rss_mib(pid) - before < 64, (before, _peak_rss_mib(pid))
 
 
-def _depth(fill: float | None = None) -> np.ndarray:
-    """48x64 camera Z: 2.0 with a +inf (background) band, or ``fill`` in one corner."""
-    depth = np.full((48, 64), 2.0, np.float32)
-    depth[:, 40:] = np.inf
-    if fill is not None:
-        depth[:4, :4] = fill
-    return depth
-
-
 def test_depth_values_are_not_decoded_at_submit(backend):
     """The server decoded every depth EXR to check its values (now the job does)."""
     bundle = write_bundle(_bundles(backend) / "nan-depth", passes={"depth": "depth/####.exr"})
-    _exr(bundle / "depth/0001.exr", _depth(np.nan))
+    write_exr(bundle / "depth/0001.exr", depth_map(np.nan))
     assert _submit(backend, bundle).status_code == 201
 
 
 @pytest.mark.parametrize("depth,words", [
-    (_depth(np.nan), "NaN values (16 pixels, first at x=0, y=0)"),
+    (depth_map(np.nan), "NaN values (16 pixels, first at x=0, y=0)"),
     (np.full((48, 64), np.nan, np.float32), "NaN values"),
-    (_depth(-0.5), "negative values"),
-    (_depth(-np.inf), "negative values"),
+    (depth_map(-0.5), "negative values"),
+    (depth_map(-np.inf), "negative values"),
     (np.full((48, 64), np.inf, np.float32), "every depth pixel is background"),
     (np.ones((48, 64), np.uint32), "must be a 2-D float image"),
 ])
 def test_the_job_refuses_bad_depth_values_naming_the_pass(tmp_path, depth, words):
     """read_depth (where insertion reads depth) fails with a BundleError naming
     passes.depth, which the job's failure reports as invalid_bundle."""
-    _exr(tmp_path / "0001.exr", depth)
+    write_exr(tmp_path / "0001.exr", depth)
     with pytest.raises(BundleError) as refused:
         read_depth(tmp_path / "0001.exr", (24, 32), "passes.depth")
     assert refused.value.field == "passes.depth" and words in refused.value.message, refused.value

@@ -24,12 +24,10 @@ import time
 from pathlib import Path
 
 import httpx
-import numpy as np
-import OpenEXR
 import pytest
 from PIL import Image
 
-from tests.server.conftest import QUICK, REPO, Backend, assert_field, free_port, post_tar, tar_of, wait_for, write_bundle
+from tests.server.conftest import QUICK, REPO, Backend, assert_field, depth_map, free_port, post_tar, tar_of, wait_for, write_bundle, write_exr
 
 LIMIT_MIB, MAX_ENTRIES, READ_TIMEOUT_S = 16, 1000, 2.0
 SERVE = """
@@ -209,25 +207,11 @@ def _png(path: Path, width: int = 64, height: int = 48, format: str = "PNG") -> 
     Image.new("RGB", (width, height), (90, 120, 30)).save(path, format=format)
 
 
-def _exr(path: Path, depth: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    OpenEXR.File({"type": OpenEXR.scanlineimage}, {"Z": depth.astype(np.float32)}).write(str(path))
-
-
-def _depth(fill: float | None = None) -> np.ndarray:
-    """48x64 camera Z: 2.0 with a +inf (background) band, or ``fill`` in one corner."""
-    depth = np.full((48, 64), 2.0, np.float32)
-    depth[:, 40:] = np.inf
-    if fill is not None:
-        depth[:4, :4] = fill
-    return depth
-
-
 def _image_bundle(directory: Path) -> Path:
     """A toy2d bundle (any passes are allowed there) with a valid plate and depth."""
     bundle = write_bundle(directory, passes={"plate": "plate.png", "depth": "depth/####.exr"})
     _png(bundle / "plate.png")
-    _exr(bundle / "depth/0001.exr", _depth())
+    write_exr(bundle / "depth/0001.exr", depth_map())
     return bundle
 
 
