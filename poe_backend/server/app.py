@@ -28,15 +28,16 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from poe_backend import __version__
@@ -96,8 +97,7 @@ def create_app(config: ServerConfig, store: JobStore | None = None) -> FastAPI:
     app = FastAPI(title="poe-backend", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.store = store
 
-    if not config.allow_remote:
-        app.add_middleware(LocalHostOnly)
+    app.add_middleware(RequestGate, token=config.token, local_only=not config.allow_remote)
 
     @app.exception_handler(InputError)
     async def input_error(request: Request, error: InputError) -> JSONResponse:
@@ -108,13 +108,6 @@ def create_app(config: ServerConfig, store: JobStore | None = None) -> FastAPI:
         first = error.errors()[0]
         field_path = ".".join(str(part) for part in first["loc"] if part not in ("body", "query", "path"))
         return JSONResponse(InputError(field_path or "request", first["msg"]).body(), status_code=400)
-
-    async def require_token(request: Request) -> None:
-        header = request.headers.get("authorization")
-        if not token_matches(header, config.token):
-            reason = "missing bearer token" if not header else "wrong token"
-            message = f"{reason}: use the token in the backend's data dir, file 'token' (add-on preferences: Token)"
-            raise InputError("authorization", message, code="unauthorized", status=401)
 
     @app.get("/v1/health")
     def health() -> dict[str, Any]:
@@ -131,21 +124,21 @@ def create_app(config: ServerConfig, store: JobStore | None = None) -> FastAPI:
             "max_upload_bytes": config.max_upload_bytes,
         }
 
-    api = APIRouter(prefix="/v1", dependencies=[Depends(require_token)])
+    api = APIRouter(prefix="/v1")
 
     @api.get("/tasks")
     def tasks() -> dict[str, Any]:
         return {"tasks": [describe_task(name) for name in TASK_CLASSES]}
 
     @api.get("/jobs")
-    async def list_jobs(limit: int = Query(100, ge=1, le=500), offset: int = Query(0, ge=0)) -> dict[str, Any]:
+    async def list_jobs(limit: int = Query(100, ge=1, le=500), offset: int = Query(0, ge=0)) -> Response:
         jobs, total = store.list(limit, offset)
-        return {"jobs": jobs, "total": total, "limit": limit, "offset": offset}
+        return _plain_json({"jobs": jobs, "total": total, "limit": limit, "offset": offset})
 
     @api.get("/jobs/{job_id}")
-    async def get_job(job_id: str) -> dict[str, Any]:
+    async def get_job(job_id: str) -> Response:
         # output_dir: a client on this machine reads the outputs there instead of downloading them
-        return {**_found(store.get(job_id), job_id), "output_dir": str(store.job_dir(job_id) / "outputs")}
+        return _plain_json({**_found(store.get(job_id), job_id), "output_dir": str(store.job_dir(job_id) / "outputs")})
 
     @api.delete("/jobs/{job_id}")
     def delete_job(job_id: str) -> dict[str, Any]:
@@ -209,22 +202,47 @@ def create_app(config: ServerConfig, store: JobStore | None = None) -> FastAPI:
     return app
 
 
-class LocalHostOnly:
-    """ASGI middleware: answers 421 to any HTTP request whose ``Host`` is not a localhost
-    name (:data:`LOCAL_HOSTS`), so a DNS-rebound page cannot reach the service."""
+class RequestGate:
+    """ASGI middleware in front of every route: with ``local_only``, a 421 to any HTTP
+    request whose ``Host`` is not a localhost name (:data:`LOCAL_HOSTS`), so a DNS-rebound
+    page cannot reach the service; then a 401 to any ``/v1/`` request but ``/v1/health``
+    without the bearer ``token``. A middleware rather than a route dependency: FastAPI's
+    dependency resolution was a sixth of a status request's server time
+    (``benchmarks/server_latency.py``), and no route can be added without the check."""
 
-    def __init__(self, app: Any) -> None:
-        self.app = app
+    def __init__(self, app: Any, *, token: str, local_only: bool) -> None:
+        self.app, self.token, self.local_only = app, token, local_only
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http":
-            host = dict(scope["headers"]).get(b"host", b"").decode("latin-1").lower()
-            name = host if host.endswith("]") else host.rsplit(":", 1)[0]
-            if name not in LOCAL_HOSTS:
-                error = InputError("host", "this backend answers only requests addressed to localhost (start it with --allow-remote to serve other names)", code="bad_host", status=421)
-                await JSONResponse(error.body(), status_code=421)(scope, receive, send)
+            error = self._refusal(scope)
+            if error is not None:
+                await JSONResponse(error.body(), status_code=error.status)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+    def _refusal(self, scope: dict[str, Any]) -> InputError | None:
+        headers = dict(scope["headers"])
+        if self.local_only:
+            host = headers.get(b"host", b"").decode("latin-1").lower()
+            name = host if host.endswith("]") else host.rsplit(":", 1)[0]
+            if name not in LOCAL_HOSTS:
+                return InputError("host", "this backend answers only requests addressed to localhost (start it with --allow-remote to serve other names)", code="bad_host", status=421)
+        if scope["path"].startswith("/v1/") and scope["path"] != "/v1/health":
+            header = headers.get(b"authorization", b"").decode("latin-1") or None
+            if not token_matches(header, self.token):
+                reason = "missing bearer token" if not header else "wrong token"
+                message = f"{reason}: use the token in the backend's data dir, file 'token' (add-on preferences: Token)"
+                return InputError("authorization", message, code="unauthorized", status=401)
+        return None
+
+
+def _plain_json(data: dict[str, Any]) -> Response:
+    """``data`` (JSON types only: a job record) as a JSON answer, rendered by :func:`json.dumps`
+    directly. The status routes are the ones polled while jobs run; FastAPI's
+    ``jsonable_encoder`` walk cost ten times the rendering itself
+    (``benchmarks/server_latency.py``). ASCII-escaped, so any text renders."""
+    return Response(json.dumps(data).encode("ascii"), media_type="application/json")
 
 
 def _found(job: dict[str, Any] | None, job_id: str) -> dict[str, Any]:

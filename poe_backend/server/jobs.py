@@ -46,7 +46,7 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -98,7 +98,10 @@ class Job:
     primary: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        """The record as a dict, shallow: its nested dicts are the job's own, which the
+        store only ever replaces whole, so the dict stays consistent once made (a deep
+        copy was a sixth of a status request's server time: ``benchmarks/server_latency.py``)."""
+        return dict(vars(self))
 
     def summary(self) -> dict[str, Any]:
         """The listing entry: the status without params, and the prompt cut to

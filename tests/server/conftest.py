@@ -140,9 +140,10 @@ def assert_field(response: httpx.Response, status: int, field: str) -> dict[str,
 
 
 def write_exr(path: Path, depth: np.ndarray) -> None:
-    """``depth`` ``(H, W)`` as the channel ``Z`` of an OpenEXR file at ``path``."""
+    """``depth`` ``(H, W)`` as the channel ``Z`` of an OpenEXR file at ``path``, in its own
+    pixel type (float32 for a depth pass)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    OpenEXR.File({"type": OpenEXR.scanlineimage}, {"Z": depth.astype(np.float32)}).write(str(path))
+    OpenEXR.File({"type": OpenEXR.scanlineimage}, {"Z": depth}).write(str(path))
 
 
 def depth_map(fill: float | None = None) -> np.ndarray:
