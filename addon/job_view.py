@@ -40,6 +40,14 @@ def progress_details(progress: dict[str, Any] | None) -> str:
     return "  ".join(parts)
 
 
+def backend_line(health: dict[str, Any], started: str, url: str) -> str:
+    """The panel's line about the backend from its ``/v1/health`` answer: version, how it
+    was found (``started``), its first device and its worker count (``workers``; an older
+    backend lists only ``devices``)."""
+    count = len(health.get("workers", health.get("devices")) or [])
+    return f"backend {health.get('version')} {started} on {health.get('device')}, {count} worker{'' if count == 1 else 's'}, at {url}"
+
+
 def _finite(value: Any) -> bool:
     """A real, finite number (not a bool, a string or NaN)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -110,7 +110,7 @@ class Session:
         if up.token and addon_preferences is not None:  # first start: fill in the new token
             addon_preferences.token = up.token
         started = "running" if up.process is not None else "already running"
-        self.backend_status = f"backend {up.health.get('version')} {started} on {up.health.get('device')} at {config.url}"
+        self.backend_status = job_view.backend_line(up.health, started, config.url)
 
     def tracker_for(self, config: Settings) -> jobs.JobTracker:
         client = Client(config.url, config.token)

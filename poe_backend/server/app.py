@@ -45,7 +45,8 @@ from poe_backend.bundle import API_VERSION, TASK_PASSES, BundleError, check_json
 from poe_backend.server import uploads, validation
 from poe_backend.server.auth import token_matches
 from poe_backend.server.errors import InputError
-from poe_backend.server.info import describe_task, device_info
+from poe_backend.server.executor import Executor
+from poe_backend.server.info import describe_task, workers_info
 from poe_backend.server.jobs import Job, JobStore, new_job_id, storage_error
 from poe_backend.server.limits import JobLimits, check_job_cost
 from poe_backend.server.presets import allowed_model_roots, check_models
@@ -71,6 +72,8 @@ class ServerConfig:
     upload_rate_grace_s: float = uploads.UploadLimits.rate_grace_s
     max_uploads: int = uploads.UploadLimits.max_concurrent
     devices: list[str] = field(default_factory=lambda: ["cpu"])
+    #: What runs the jobs; None: the embedded executor, one job process per entry of ``devices``.
+    executor: Executor | None = None
     models: str = "default"
     allow_remote: bool = False
     keep_jobs: int | None = None
@@ -79,7 +82,7 @@ class ServerConfig:
 
 
 def create_app(config: ServerConfig, store: JobStore | None = None) -> FastAPI:
-    store = store or JobStore(config.data_dir, devices=config.devices, keep_jobs=config.keep_jobs, keep_days=config.keep_days, allowed_roots=config.allowed_roots)
+    store = store or JobStore(config.data_dir, devices=config.devices, executor=config.executor, keep_jobs=config.keep_jobs, keep_days=config.keep_days, allowed_roots=config.allowed_roots)
     roots = [config.data_dir, *config.allowed_roots]
     limits = uploads.UploadLimits(
         config.max_upload_bytes, config.max_upload_entries, config.upload_read_timeout_s,
@@ -111,15 +114,12 @@ def create_app(config: ServerConfig, store: JobStore | None = None) -> FastAPI:
 
     @app.get("/v1/health")
     def health() -> dict[str, Any]:
-        loaded = store.loaded_models()
         return {
             "status": "ok",
             "version": __version__,
             "api_version": API_VERSION,
-            **device_info(config.devices[0], store.workers[0].device_memory()),
+            **workers_info(store.workers, config.devices),
             "devices": config.devices,
-            "loaded_models": sorted({name for names in loaded for name in names}),
-            "loaded_models_per_device": loaded,
             "queued": store.queue_length(),
             "max_upload_bytes": config.max_upload_bytes,
         }

@@ -1,13 +1,16 @@
-"""What ``GET /v1/health`` and ``GET /v1/tasks`` report: device and memory (the loaded
-models come from the job processes, :meth:`~poe_backend.server.jobs.JobStore.loaded_models`),
-and each task's parameters (JSON schema plus a flat list for the add-on's UI)."""
+"""What ``GET /v1/health`` and ``GET /v1/tasks`` report: the workers with their devices,
+memory and loaded models (as their job processes last reported them:
+:meth:`~poe_backend.server.executor.Worker.describe`), and each task's parameters (JSON
+schema plus a flat list for the add-on's UI)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from poe_backend.bundle import TASK_PASSES
 from poe_backend.models.specs import family_facts
+from poe_backend.server.executor import Worker
 from poe_backend.tasks import get_task
 
 
@@ -51,3 +54,14 @@ def device_info(device: str, memory: tuple[int | None, int | None]) -> dict[str,
     import torch
 
     return {"device": device, "torch": torch.__version__, "vram_free_bytes": memory[0], "vram_total_bytes": memory[1]}
+
+
+def workers_info(workers: Sequence[Worker], devices: list[str]) -> dict[str, Any]:
+    """``/v1/health``'s worker fields for the attached ``workers``: the first one's
+    :func:`device_info` (``devices[0]``, memory unknown, while none is attached: Ray still
+    starting), ``loaded_models`` (all workers' together, sorted), ``loaded_models_per_device``
+    (per worker, in ``workers`` order) and ``workers`` (each one's ``describe()``: node,
+    device, memory_free, memory_total, loaded_models, state)."""
+    first = device_info(workers[0].device, workers[0].device_memory()) if workers else device_info(devices[0], (None, None))
+    loaded = [list(worker.loaded_models) for worker in workers]
+    return {**first, "loaded_models": sorted({name for names in loaded for name in names}), "loaded_models_per_device": loaded, "workers": [worker.describe() for worker in workers]}

@@ -1,12 +1,14 @@
-"""The job store and its workers: one job process per device (:mod:`~poe_backend.server.worker`),
-each fed by a thread of the server, all taking from one queue.
+"""The job store and its workers: the workers an executor attaches (:mod:`~poe_backend.server.executor`;
+by default one job process per device, :mod:`~poe_backend.server.worker`), each fed by a
+thread of the server, all taking from one queue (:mod:`~poe_backend.server.scheduling`:
+oldest first, preferring jobs whose models a worker holds).
 
 A job is a directory ``<data>/jobs/<id>/`` (0700) holding ``state.json`` (rewritten
 atomically: temporary file + rename), ``request.json`` (what was asked), ``bundle/``
 (uploaded bundles only; local ones are read in place), ``outputs/`` (the task's files and
-result.json) and ``log.txt``. Each device runs one job at a time, in submission order;
-the HTTP side only reads in-memory copies (and a running job's progress from the shared
-memory its process writes) and never waits for a job. This process alone writes the state
+result.json) and ``log.txt``. Each worker runs one job at a time; the HTTP side only
+reads in-memory copies (and a running job's progress from the shared memory its process
+writes) and never waits for a job. This process alone writes the state
 files; job processes write outputs only.
 
 Why a state file per job and not SQLite: outputs are files in the job's directory anyway,
@@ -27,6 +29,12 @@ restored backup, may have made it): a record that is not exactly what this modul
 in its job's folder (ids have :func:`new_job_id`'s format and name their folder; outputs
 resolve inside ``outputs/``), and a queued job runs only a bundle under the data dir or an
 allowed root.
+
+Workers come and go (a Ray cluster's GPUs join and leave): a job whose machine is lost
+mid-run (:class:`~poe_backend.server.executor.NodeLost`) is queued again at its place
+once (:data:`MAX_REQUEUES`, counted in its record's ``requeued``, noted ``node_lost`` in
+its log); a second loss fails it with code ``node_lost``. A job no attached worker accepts
+stays queued, its ``waiting`` field saying why.
 """
 
 from __future__ import annotations
@@ -38,7 +46,6 @@ import itertools
 import json
 import math
 import os
-import queue
 import re
 import secrets
 import shutil
@@ -46,7 +53,7 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -54,8 +61,10 @@ from typing import Any
 from poe_backend.bundle import FINISHED_STATES as FINISHED
 from poe_backend.server.datadir import free_bytes, is_unwritable, make_private_dir, unwritable_message, writable_private_dir
 from poe_backend.server.errors import InputError, JobFailure
+from poe_backend.server.executor import Executor, NodeLost, Worker
+from poe_backend.server.scheduling import Attached, QueuedJob, Scheduler
 from poe_backend.server.uploads import check_under_roots
-from poe_backend.server.worker import DeviceWorker, JobOrder, WorkerStopped, torch_threads
+from poe_backend.server.worker import JobOrder, LocalExecutor, WorkerStopped, torch_threads
 from poe_backend.tasks import TASK_CLASSES
 from poe_backend.tasks.base import RESULT_FILE
 
@@ -73,13 +82,18 @@ JOB_STATES = frozenset({"queued", "running", *FINISHED})
 JOB_ID = re.compile(r"[0-9]{8}-[0-9]{6}-[0-9a-f]{6}")
 #: Characters of a prompt shown in a job listing entry (the job's own status has it all).
 LISTED_PROMPT_CHARS = 200
+#: Times a job is queued again after the machine running it was lost; the next loss fails it.
+MAX_REQUEUES = 1
 
 
 @dataclass
 class Job:
     """One job's state as served by ``GET /v1/jobs/{id}``. ``progress`` holds level,
     num_levels, step, t, nfe, ess, fraction (0..1), elapsed_s and eta_s; ``outputs`` maps
-    output names to paths relative to the job's ``outputs/`` folder."""
+    output names to paths relative to the job's ``outputs/`` folder; ``waiting``, while it
+    is queued, why no attached worker takes it (None when one does:
+    :mod:`~poe_backend.server.scheduling`); ``requeued`` how often it was queued again after
+    its machine was lost (at most :data:`MAX_REQUEUES`)."""
 
     id: str
     task: str
@@ -96,6 +110,8 @@ class Job:
     outputs: dict[str, str] = field(default_factory=dict)
     kind: str | None = None
     primary: str | None = None
+    waiting: str | None = None
+    requeued: int = 0
 
     def to_json(self) -> dict[str, Any]:
         """The record as a dict, shallow: its nested dicts are the job's own, which the
@@ -110,7 +126,7 @@ class Job:
         cut = prompt[:LISTED_PROMPT_CHARS] + ("…" if len(prompt) > LISTED_PROMPT_CHARS else "")
         return {
             "id": self.id, "task": self.task, "state": self.state, "created": self.created, "started": self.started, "finished": self.finished,
-            "progress": self.progress, "error": self.error, "kind": self.kind, "primary": self.primary, "prompt": cut,
+            "progress": self.progress, "error": self.error, "kind": self.kind, "primary": self.primary, "prompt": cut, "waiting": self.waiting,
         }
 
 
@@ -195,6 +211,8 @@ RECORD_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "outputs": (lambda value: _is_text_map(value) and all(is_contained_path(path) for path in value.values()), "an object of paths inside the outputs folder"),
     "kind": (_optional(lambda value: isinstance(value, str)), "null or a string"),
     "primary": (_optional(lambda value: isinstance(value, str)), "null or a string"),
+    "waiting": (_optional(lambda value: isinstance(value, str)), "null or a string"),
+    "requeued": (lambda value: type(value) is int and 0 <= value <= MAX_REQUEUES, f"an integer from 0 to {MAX_REQUEUES}"),
 }
 
 
@@ -246,12 +264,21 @@ def write_json_atomically(path: Path, data: dict[str, Any]) -> None:
 
 
 class JobStore:
-    """All jobs, their directories, and the job processes (one per device) that run them."""
+    """All jobs, their directories, the queue, and the workers that run them."""
 
     def __init__(
-        self, data_dir: Path, *, devices: list[str] | None = None, keep_jobs: int | None = None, keep_days: float | None = None, allowed_roots: Sequence[Path] = ()
+        self,
+        data_dir: Path,
+        *,
+        devices: list[str] | None = None,
+        executor: Executor | None = None,
+        keep_jobs: int | None = None,
+        keep_days: float | None = None,
+        allowed_roots: Sequence[Path] = (),
     ) -> None:
-        """``devices``: one worker per entry (``["cpu", "cpu"]`` runs two CPU jobs at once);
+        """``devices``: one worker per entry (``["cpu", "cpu"]`` runs two CPU jobs at once)
+        for the default ``executor``, :class:`~poe_backend.server.worker.LocalExecutor`;
+        ``executor``: what attaches workers instead (the Ray one);
         ``keep_jobs``/``keep_days``: finished jobs beyond the newest N, or older than D
         days, are deleted at start and after each job (None keeps them);
         ``allowed_roots``: folders besides ``data_dir`` whose bundles a queued job read
@@ -262,14 +289,15 @@ class JobStore:
         self.roots = [data_dir, *allowed_roots]
         self.jobs_dir = writable_private_dir(data_dir / "jobs")
         self.devices = devices or ["cpu"]
+        self.executor = executor or LocalExecutor(self.devices, torch_threads(len(self.devices)))
         self.keep_jobs, self.keep_days = keep_jobs, keep_days
         self._jobs: dict[str, Job] = {}
         self._lock = threading.Lock()
-        self._queue: queue.Queue[str | None] = queue.Queue()
-        self.workers = [DeviceWorker(device, torch_threads(len(self.devices))) for device in self.devices]
-        self._running: dict[str, tuple[DeviceWorker, int]] = {}  # job id -> its worker, order seq
+        self._scheduler = Scheduler()
+        self._running: dict[str, tuple[Worker, int]] = {}  # job id -> its worker, order seq
+        self._cancel_asked: set[str] = set()  # running jobs asked to stop
         self._order_seq = itertools.count(1)
-        self._threads = [threading.Thread(target=self._work, args=(worker,), name=f"poe-job-worker-{index}-{worker.device}", daemon=True) for index, worker in enumerate(self.workers)]
+        self._thread_numbers = itertools.count()
         self._recover()
         self._apply_retention()
 
@@ -316,7 +344,7 @@ class JobStore:
             self._jobs[job.id] = job
         for job in sorted(pending, key=lambda job: job.created):
             self._log_quietly(job.id, "queued again after a backend restart")
-            self._queue.put(job.id)
+            self._enqueue(job)
 
     def _bundle_refusal(self, job: Job) -> JobFailure | None:
         """Why a queued job read back at start must not run its ``bundle_dir``: it is not
@@ -332,23 +360,34 @@ class JobStore:
 
     # ---- the HTTP side ----------------------------------------------------------------
     def start(self) -> None:
-        """Start the job processes and the threads that feed them."""
-        for worker in self.workers:
-            worker.start()
-        for thread in self._threads:
-            thread.start()
+        """Start the executor: each worker it attaches gets a thread that feeds it."""
+        self.executor.start(self._attach, self._detach)
 
     def stop(self) -> None:
-        """End the job processes. A running job is left as on a crash (its state file says
-        running, so the next start marks it interrupted)."""
-        for _ in self._threads:
-            self._queue.put(None)
-        for worker in self.workers:
-            worker.stop()
+        """Stop feeding and stop the executor's workers. A running job is left as on a crash
+        (its state file says running, so the next start marks it interrupted)."""
+        self._scheduler.close()
+        self.executor.stop()
+
+    def _attach(self, worker: Worker) -> None:
+        """Take ``worker`` (started) into the pool: a thread feeds it jobs from the queue."""
+        attached = self._scheduler.attach(worker)
+        name = f"poe-job-worker-{next(self._thread_numbers)}-{worker.node}-{worker.device}"
+        threading.Thread(target=self._work, args=(attached,), name=name, daemon=True).start()
+
+    def _detach(self, worker: Worker) -> None:
+        """Take ``worker`` out of the pool: its thread ends after its current job."""
+        self._scheduler.detach(worker)
+
+    @property
+    def workers(self) -> list[Worker]:
+        """The attached workers, in the order they were attached (device order for the
+        embedded executor); empty before :meth:`start` and while none is attached."""
+        return self._scheduler.workers()
 
     def loaded_models(self) -> list[list[str]]:
-        """The models cached by each device's job process (as of its last job), in
-        device order."""
+        """The models cached by each attached worker (as of its last job), in
+        :attr:`workers` order."""
         return [list(worker.loaded_models) for worker in self.workers]
 
     def prepare_dir(self, job_id: str) -> Path:
@@ -370,8 +409,12 @@ class JobStore:
             raise
         with self._lock:
             self._jobs[job.id] = job
-        self._queue.put(job.id)
+        self._enqueue(job)
         return job.to_json()
+
+    def _enqueue(self, job: Job) -> None:
+        order = JobOrder(0, job.id, job.task, TASK_CLASSES.get(job.task, ""), job.bundle_dir, job.params, job.models, str(self.job_dir(job.id) / "outputs"))
+        self._scheduler.put(job, order)
 
     def delete(self, job_id: str) -> bool | None:
         """Remove a finished job and its files: True; None when unknown; False when it is
@@ -439,6 +482,7 @@ class JobStore:
                 self._finish(job, "cancelled", JobFailure("cancelled", "cancelled before it started"))
             elif job_id in self._running:
                 worker, seq = self._running[job_id]
+                self._cancel_asked.add(job_id)
                 worker.cancel(seq)
             snapshot = self._snapshot(job)
         return snapshot.to_json()
@@ -458,7 +502,7 @@ class JobStore:
 
     # ---- the worker -------------------------------------------------------------------
     def _finish(self, job: Job, state: str, failure: JobFailure | None = None) -> None:
-        job.state, job.finished = state, time.time()
+        job.state, job.finished, job.waiting = state, time.time(), None
         job.error = None if failure is None else failure.to_json()
         self._persist_quietly(job)
         self._log_quietly(job.id, state if failure is None else f"{state}: [{failure.code}] {failure.message}")
@@ -480,28 +524,27 @@ class JobStore:
         except OSError:
             pass
 
-    def _work(self, worker: DeviceWorker) -> None:
-        while True:
-            job_id = self._queue.get()
-            if job_id is None:
-                return
+    def _work(self, attached: Attached) -> None:
+        """Feed ``attached``'s worker until it is detached or the store stops."""
+        worker = attached.worker
+        while (queued := self._scheduler.take(attached)) is not None:
+            job = queued.job
             with self._lock:
-                job = self._jobs.get(job_id)
-                if job is None or job.state != "queued":
+                if job.state != "queued":  # cancelled meanwhile
                     continue
                 seq = next(self._order_seq)
                 job.state, job.started = "running", time.time()
-                self._running[job_id] = (worker, seq)
+                self._running[job.id] = (worker, seq)
                 self._persist_quietly(job)
-            self._log_quietly(job_id, f"running on {worker.device}")
-            self._run(job, worker, seq)
+            self._log_quietly(job.id, f"running on {worker.node}/{worker.device}")
+            self._run(queued, worker, seq)
             self._apply_retention()
 
-    def _run(self, job: Job, worker: DeviceWorker, seq: int) -> None:
-        """Run ``job`` in ``worker``'s process. While it runs, its state file is rewritten
+    def _run(self, queued: QueuedJob, worker: Worker, seq: int) -> None:
+        """Run ``queued``'s job on ``worker``. While it runs, its state file is rewritten
         when its progress changed, checked every :data:`PERSIST_INTERVAL_S`; once more at
         the end."""
-        order = JobOrder(seq, job.id, job.task, TASK_CLASSES.get(job.task, ""), job.bundle_dir, job.params, job.models, str(self.job_dir(job.id) / "outputs"))
+        job = queued.job
         written = job.progress
 
         def persist_changed_progress() -> None:
@@ -513,19 +556,50 @@ class JobStore:
                 written = snapshot.progress
 
         try:
-            outcome = worker.run(order, PERSIST_INTERVAL_S, persist_changed_progress)
+            outcome = worker.run(replace(queued.order, seq=seq), PERSIST_INTERVAL_S, persist_changed_progress)
         except WorkerStopped:
+            return
+        except NodeLost as error:
+            self._after_node_lost(queued, error)
             return
         if outcome.log:
             self._log_quietly(job.id, outcome.log)
         with self._lock:
             self._current(job)
-            del self._running[job.id]
+            self._end_run(job)
             if outcome.state == "done":
                 job.outputs, job.kind, job.primary = {**outcome.outputs, RESULT_FILE: RESULT_FILE}, outcome.kind, outcome.primary
                 if job.progress is not None:
                     job.progress = {**job.progress, "fraction": 1.0, "eta_s": 0.0}
             self._finish(job, outcome.state, outcome.failure)
+
+    def _end_run(self, job: Job) -> bool:
+        """Forget that ``job`` runs (call with the lock held); whether a cancel was asked."""
+        del self._running[job.id]
+        asked = job.id in self._cancel_asked
+        self._cancel_asked.discard(job.id)
+        return asked
+
+    def _after_node_lost(self, queued: QueuedJob, error: NodeLost) -> None:
+        """The machine running ``queued``'s job left: the job is queued again at its place
+        when it was not before (:data:`MAX_REQUEUES`) and nobody asked to cancel it; else
+        it ends, cancelled or failed with code ``node_lost``."""
+        job = queued.job
+        with self._lock:
+            cancelled = self._end_run(job)
+            again = not cancelled and job.requeued < MAX_REQUEUES
+            if cancelled:
+                self._finish(job, "cancelled", JobFailure("cancelled", f"cancelled by request; then its machine was lost ({error})"))
+            elif not again:
+                message = f"the machine running it was lost again ({error}); it was queued again {job.requeued} time(s) already: submit it again"
+                self._finish(job, "failed", JobFailure("node_lost", message))
+            else:
+                job.requeued += 1
+                job.state, job.started, job.progress = "queued", None, None
+                self._persist_quietly(job)
+                self._log_quietly(job.id, f"node_lost: {error}; queued again at its place")
+        if again:
+            self._scheduler.put_back(queued)
 
 
 def _remove_entry(entry: Path) -> None:

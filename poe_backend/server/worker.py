@@ -10,7 +10,9 @@ server's threads, and each device's model cache
 never see, move or evict each other's models. A crash of the job process (a segfault, the
 OOM killer) fails that job and starts a fresh process; the server lives on.
 
-The server side (:class:`DeviceWorker`) sends a :class:`JobOrder` through a pipe and waits
+This is the embedded executor (:class:`LocalExecutor`, the default; the protocol is
+:mod:`~poe_backend.server.executor`'s): one :class:`DeviceWorker` per device, attached at
+start. The server side (:class:`DeviceWorker`) sends a :class:`JobOrder` through a pipe and waits
 for one :class:`JobOutcome`. Three small pieces of shared memory carry the rest without
 messages: the latest progress report (written by the job at every sampler step, read by
 the server only when a client asks for the job's status), the number of the job to
@@ -58,7 +60,8 @@ def torch_threads(workers: int) -> int:
 
 @dataclass(frozen=True)
 class JobOrder:
-    """What a job process runs: ``seq`` numbers the order (unique per worker, > 0);
+    """What a job process runs: ``seq`` numbers the order (unique per worker, > 0; 0 in
+    the order a queued job shows :meth:`DeviceWorker.refusal`, before it is taken);
     ``task_path`` is the task class as ``"module:ClassName"``; ``params`` the validated
     parameters as JSON; ``out_dir`` an existing folder for the outputs."""
 
@@ -94,7 +97,10 @@ class WorkerStopped(RuntimeError):
 
 
 class DeviceWorker:
-    """The server's handle on one device's job process (started by :meth:`start`)."""
+    """The server's handle on one device's job process (started by :meth:`start`): the
+    embedded executor's :class:`~poe_backend.server.executor.Worker`."""
+
+    node = "local"
 
     def __init__(self, device: str, threads: int) -> None:
         self.device, self.threads = device, threads
@@ -105,6 +111,7 @@ class DeviceWorker:
         self._process: multiprocessing.process.BaseProcess | None = None
         self._connection: Connection | None = None
         self._stopping = False
+        self._running_job: str | None = None  # the id of the job it runs
         self.loaded_models: list[str] = []
 
     def start(self) -> None:
@@ -126,12 +133,24 @@ class DeviceWorker:
         free, total = self._memory[:]
         return (None, None) if math.isnan(free) else (int(free), int(total))
 
+    def refusal(self, order: JobOrder) -> str | None:
+        """None: a device of this machine runs every job (the server checked its weights'
+        preset and its cost at submit; a job that does not fit fails with advice)."""
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        """``/v1/health``'s entry: node, device, memory (bytes, None off CUDA), the models
+        its process holds and ``state`` (``idle`` or the id of the job it runs)."""
+        free, total = self.device_memory()
+        return {"node": self.node, "device": self.device, "memory_free": free, "memory_total": total, "loaded_models": list(self.loaded_models), "state": self._running_job or "idle"}
+
     def run(self, order: JobOrder, wait_s: float, on_wait: Callable[[], None]) -> JobOutcome:
         """Run ``order`` in the job process and return its outcome, calling ``on_wait``
         every ``wait_s`` seconds meanwhile. When the process dies the job fails (code
         ``worker_died``) and a fresh process is started for the next job; raises
         :class:`WorkerStopped` when :meth:`stop` ended it."""
         assert self._connection is not None, "start() first"
+        self._running_job = order.job_id
         try:
             self._connection.send(order)
             while not self._connection.poll(wait_s):
@@ -141,6 +160,8 @@ class DeviceWorker:
             if self._stopping:
                 raise WorkerStopped(self.device) from None
             return self._restart_after_death()
+        finally:
+            self._running_job = None
         self.loaded_models = outcome.loaded_models
         return outcome
 
@@ -187,6 +208,27 @@ class DeviceWorker:
         # Unlink the progress lock's named semaphore now: uvicorn ends the server by
         # re-raising SIGTERM, so multiprocessing's exit-time cleanup never runs.
         self._progress = None
+
+
+class LocalExecutor:
+    """The embedded executor (the default): one :class:`DeviceWorker` per entry of
+    ``devices`` (a name may repeat: ``["cpu", "cpu"]`` runs two CPU jobs at once), each
+    with ``threads`` intra-op threads, started and attached at :meth:`start` in device
+    order and never detached."""
+
+    def __init__(self, devices: list[str], threads: int) -> None:
+        self.workers = [DeviceWorker(device, threads) for device in devices]
+
+    def start(self, attach: Callable[[DeviceWorker], None], detach: Callable[[DeviceWorker], None]) -> None:
+        """Start every job process and attach its worker (the processes load meanwhile)."""
+        for worker in self.workers:
+            worker.start()
+            attach(worker)
+
+    def stop(self) -> None:
+        """End every job process."""
+        for worker in self.workers:
+            worker.stop()
 
 
 def encode_progress(report: dict[str, Any]) -> list[float]:
