@@ -8,8 +8,12 @@ import math
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from poe_backend.server.limits import JobLimits
+
+if TYPE_CHECKING:
+    from poe_backend.server.executor import Executor
 
 DEFAULT_DATA_DIR = Path.home() / ".local" / "share" / "poe-backend"
 
@@ -42,8 +46,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--devices", default=None,
         help="comma-separated torch devices, one worker (one job at a time) each, e.g. cuda:0,cuda:1; a name may repeat (cpu,cpu runs two CPU jobs at once). "
-        "Default: every visible GPU, else cpu",
+        "Default: every visible GPU, else cpu. With --executor ray only cpu entries: that many CPU workers on each node (default: one worker per GPU of the cluster)",
     )
+    parser.add_argument(
+        "--executor", choices=("local", "ray"), default="local",
+        help="local: one job process per device of this machine; ray: one worker per GPU of a Ray cluster, models kept loaded between jobs "
+        "(pip install -e '.[cluster]'; README: Several GPU machines)",
+    )
+    parser.add_argument(
+        "--ray-address", default=None,
+        help="with --executor ray: the Ray cluster's head (HOST:6379), joined only with Ray's token authentication (RAY_AUTH_MODE=token and a token). "
+        "Default: start a local Ray instance (token authentication, no dashboard). Ray's ports stay inside the studio network (README)",
+    )
+    parser.add_argument("--shared-root", type=Path, default=None, help="with --executor ray: a folder every node mounts at the same path (NFS); bundles under it are read in place, not sent")
     parser.add_argument("--keep-jobs", type=int, default=None, help="keep only the newest N finished jobs (default: all)")
     parser.add_argument("--keep-days", type=float, default=None, help="delete finished jobs older than D days (default: never)")
     parser.add_argument("--models", default="default", help="model preset when a job names none (e.g. tiny, default)")
@@ -84,9 +99,31 @@ def default_devices() -> list[str]:
     return [f"cuda:{index}" for index in range(count)] or ["cpu"]
 
 
+def ray_executor(arguments: argparse.Namespace, devices: list[str] | None) -> tuple[Executor, list[str], str]:
+    """The Ray executor the options ask for, the devices ``/v1/health`` names before any
+    worker is attached, and where jobs run (for the start-up line). Imports Ray (this
+    process never touches CUDA: the workers are the cluster's actors). Raises ImportError
+    without the ``cluster`` extra, :class:`~poe_backend.server.ray_executor.ClusterRefused`
+    (a RuntimeError) for an address without token authentication, ValueError for a GPU
+    in ``devices``."""
+    try:
+        from poe_backend.server.ray_executor import RayExecutor
+    except ModuleNotFoundError as error:
+        if error.name != "ray":
+            raise
+        raise ImportError("--executor ray needs Ray: pip install -e '.[cluster]'") from None
+    shared_root = None if arguments.shared_root is None else arguments.shared_root.expanduser().resolve()
+    executor = RayExecutor(arguments.ray_address, devices=devices, shared_root=shared_root)
+    where = f"the Ray cluster at {arguments.ray_address}" if arguments.ray_address else "a local Ray instance"
+    return executor, devices or [executor.gpu_device], where
+
+
 def serve(arguments: argparse.Namespace) -> int:
     if not is_loopback(arguments.host) and not arguments.allow_remote:
         print(f"poe-backend: refusing to bind {arguments.host}, which is not a loopback address; pass --allow-remote (the token is then the only protection)", file=sys.stderr)
+        return 2
+    if arguments.executor != "ray" and (arguments.ray_address or arguments.shared_root):
+        print("poe-backend: --ray-address and --shared-root need --executor ray", file=sys.stderr)
         return 2
     import uvicorn
 
@@ -102,7 +139,17 @@ def serve(arguments: argparse.Namespace) -> int:
     except (DataDirBusy, DataDirUnwritable, TokenRefused) as error:
         print(f"poe-backend: {error}", file=sys.stderr)
         return 3
-    devices = [name.strip() for name in arguments.devices.split(",") if name.strip()] if arguments.devices else default_devices()
+    named_devices = [name.strip() for name in arguments.devices.split(",") if name.strip()] if arguments.devices else None
+    if arguments.executor == "ray":
+        try:
+            executor, devices, where = ray_executor(arguments, named_devices)
+        except (ImportError, RuntimeError, ValueError) as error:  # no Ray; ClusterRefused; a GPU named in --devices
+            print(f"poe-backend: {error}", file=sys.stderr)
+            os.close(lock)
+            return 2
+    else:
+        executor, devices = None, named_devices or default_devices()
+        where = ", ".join(devices)
     config = ServerConfig(
         data_dir=data_dir,
         token=token,
@@ -114,6 +161,7 @@ def serve(arguments: argparse.Namespace) -> int:
         upload_rate_grace_s=arguments.upload_grace_s,
         max_uploads=arguments.max_uploads,
         devices=devices,
+        executor=executor,
         models=arguments.models,
         allow_remote=arguments.allow_remote,
         keep_jobs=arguments.keep_jobs,
@@ -126,7 +174,7 @@ def serve(arguments: argparse.Namespace) -> int:
         print(f"poe-backend: {error}", file=sys.stderr)
         os.close(lock)
         return 3
-    print(f"poe-backend: serving http://{arguments.host}:{arguments.port}/v1 on {', '.join(devices)}; token in {data_dir / 'token'}", flush=True)
+    print(f"poe-backend: serving http://{arguments.host}:{arguments.port}/v1 on {where}; token in {data_dir / 'token'}", flush=True)
     http = protocol(ConnectionLimits(header_timeout_s=arguments.header_timeout_s))
     uvicorn.run(app, host=arguments.host, port=arguments.port, log_level="warning", http=http)
     os.close(lock)
