@@ -86,8 +86,10 @@ from poe_backend.server.worker import PROGRESS_FIELDS, JobOrder, JobOutcome, Wor
 #: Seconds between two reads of the cluster's nodes (joins and losses are seen this late).
 MEMBERSHIP_POLL_S = 1.0
 #: Seconds between two reads of a running job's progress on its actor (a status request
-#: serves the latest read).
-PROGRESS_POLL_S = 0.25
+#: serves the latest read, at most this old). Each read costs the head CPU for every
+#: running job (``benchmarks/cluster.py`` measures it per running job): at 0.25 s that
+#: alone filled a core at ~130 running jobs, so progress is read once a second.
+PROGRESS_POLL_S = 1.0
 #: Bundle chunks sent and not yet written on the node (each :data:`~poe_backend.server.ray_files.CHUNK_BYTES`).
 CHUNKS_IN_FLIGHT = 4
 #: Longest wait of :meth:`RayWorker.refusal` for its node's answer about a job's weights
