@@ -179,44 +179,10 @@ def test_activation_estimates_scale_with_tokens_and_batch():
     assert planner.vae_decode_bytes("wan", 81, 480, 832, True) < planner.vae_decode_bytes("wan", 81, 480, 832, False)
 
 
-_MEASURE = """
-import ctypes, sys, torch
-torch.manual_seed(0); torch.set_num_threads(1)
-def status(key):
-    with open("/proc/self/status", encoding="ascii") as lines:
-        return next(int(line.split()[1]) * 1024 for line in lines if line.startswith(key))
-{build}
-with torch.no_grad():
-    run()  # warm-up: lazy initialisation is not counted
-    ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand the warm-up's freed heap back to the OS
-    with open("/proc/self/clear_refs", "w", encoding="ascii") as clear:
-        clear.write("5")
-    before = status("VmRSS:")
-    run()
-    print(status("VmHWM:") - before)
-"""
-
-
-def _rss_peak_bytes(build: str) -> int:
-    """Extra resident bytes at the peak of ``run()`` (defined by ``build``), measured in a
-    fresh process (Linux VmHWM after clear_refs), so no earlier test's freed heap hides it."""
-    import os
-    import subprocess
-    import sys
-
-    # A fixed mmap threshold keeps glibc from raising it after the warm-up frees its large
-    # buffers; otherwise the measured run reuses heap that is already resident and the peak
-    # reads 0 on some machines.
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
-    done = subprocess.run([sys.executable, "-c", _MEASURE.format(build=build)], capture_output=True, text=True, timeout=300, check=True, env=env)
-    return int(done.stdout.split()[-1])
-
-
-def test_flux_activation_estimate_matches_a_cpu_forward_within_a_small_factor():
-    """Order of magnitude on CPU (fp32, SDPA, 1 thread): FLUX blocks at 1/8 of the real width
-    (one double, one single), 4096 image + 64 text tokens. Measured ≈ 0.7× the estimate
-    (108 MiB against 146 MiB); unverified on a GPU."""
-    peak = _rss_peak_bytes("""
+#: Builds of the measured runs: each defines ``run()``, measured by :data:`_MEASURE`.
+_BUILDS = {
+    # FLUX blocks at 1/8 of the real width (one double, one single), 4096 image + 64 text tokens.
+    "flux-forward": """
 from diffusers import FluxTransformer2DModel
 tokens, text = 4096, 64
 model = FluxTransformer2DModel(
@@ -229,20 +195,92 @@ inputs = dict(
     img_ids=torch.zeros(tokens, 3), txt_ids=torch.zeros(text, 3),
 )
 run = lambda: model(**inputs)
-""")
-    estimate = planner.flux_activation_bytes(4096, 64, 1, hidden=384) * 2  # fp32 here
-    assert estimate / 4 < peak < estimate * 2.5, (peak, estimate)  # RSS can only undercount (paging)
-
-
-def test_flux_vae_decode_estimate_matches_a_cpu_decode_within_a_small_factor():
-    """The real FLUX VAE decoder (fp32 on CPU) at 128²: the estimate is linear in pixels."""
-    peak = _rss_peak_bytes("""
+""",
+    # The real FLUX VAE decoder at 128².
+    "flux-vae-decode": """
 from diffusers import AutoencoderKL
 from benchmarks.bench_image import FLUX_VAE
 vae = AutoencoderKL(**FLUX_VAE).eval()
 latents = torch.randn(1, 16, 16, 16)
 run = lambda: vae.decode(latents)
-""")
+""",
+}
+
+#: Reads ``{name: build}`` (JSON) on stdin, imports what the builds import once, then forks a
+#: child per build: each child starts from the state a fresh process has after those imports,
+#: builds, runs once (warm-up: lazy initialisation is not counted), hands the freed heap back
+#: to the OS, resets the peak, runs again and prints ``peak <name> <bytes>``.
+_MEASURE = """
+import ctypes, json, os, sys, traceback
+import torch
+from diffusers import AutoencoderKL, FluxTransformer2DModel
+from benchmarks.bench_image import FLUX_VAE
+torch.set_num_threads(1)
+
+def status(key):
+    with open("/proc/self/status", encoding="ascii") as lines:
+        return next(int(line.split()[1]) * 1024 for line in lines if line.startswith(key))
+
+def peak_bytes(build):
+    torch.manual_seed(0)
+    scope = {"torch": torch}
+    exec(build, scope)
+    with torch.no_grad():
+        scope["run"]()
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as clear:
+            clear.write("5")
+        before = status("VmRSS:")
+        scope["run"]()
+        return status("VmHWM:") - before
+
+for name, build in json.loads(sys.stdin.read()).items():
+    child = os.fork()
+    if child == 0:
+        try:
+            print("peak", name, peak_bytes(build), flush=True)
+        except BaseException:
+            traceback.print_exc()
+            os._exit(1)
+        os._exit(0)
+    if os.waitpid(child, 0)[1] != 0:
+        sys.exit(f"measuring {name!r} failed")
+"""
+
+
+@pytest.fixture(scope="module")
+def rss_peaks() -> dict[str, int]:
+    """Extra resident bytes at the peak of each build's ``run()`` (:data:`_BUILDS`), each
+    measured in a process of its own (Linux VmHWM after clear_refs), so no earlier test's
+    freed heap hides it: one Python start and one diffusers import (~5 s) for all of them,
+    then a fork per build."""
+    import os
+    import subprocess
+    import sys
+
+    # A fixed mmap threshold keeps glibc from raising it after the warm-up frees its large
+    # buffers; otherwise the measured run reuses heap that is already resident and the peak
+    # reads 0 on some machines.
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+    done = subprocess.run([sys.executable, "-c", _MEASURE], input=json.dumps(_BUILDS), capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    peaks = {name: int(value) for _, name, value in (line.split() for line in done.stdout.splitlines() if line.startswith("peak "))}
+    assert set(peaks) == set(_BUILDS), done.stdout + done.stderr
+    return peaks
+
+
+def test_flux_activation_estimate_matches_a_cpu_forward_within_a_small_factor(rss_peaks):
+    """Order of magnitude on CPU (fp32, SDPA, 1 thread): FLUX blocks at 1/8 of the real width
+    (one double, one single), 4096 image + 64 text tokens. Measured ≈ 0.7× the estimate
+    (108 MiB against 146 MiB); unverified on a GPU."""
+    peak = rss_peaks["flux-forward"]
+    estimate = planner.flux_activation_bytes(4096, 64, 1, hidden=384) * 2  # fp32 here
+    assert estimate / 4 < peak < estimate * 2.5, (peak, estimate)  # RSS can only undercount (paging)
+
+
+def test_flux_vae_decode_estimate_matches_a_cpu_decode_within_a_small_factor(rss_peaks):
+    """The real FLUX VAE decoder (fp32 on CPU) at 128²: the estimate is linear in pixels."""
+    peak = rss_peaks["flux-vae-decode"]
     estimate = 2 * planner.vae_decode_bytes("flux", 1, 128, 128, tiled=False)  # fp32 here
     assert estimate / 4 < peak < estimate * 2.5, (peak, estimate)  # RSS can only undercount (paging)
 

@@ -8,7 +8,18 @@ expert's 0.291) and draws the object where the inpainter alone often draws anoth
 (masked-pixel RMSE 0.259 vs 0.515, class accuracy 0.94 vs 0.62). The true 3s themselves
 are read as a 3 0.95 of the time; the layout expert alone (0.99) and the naive sum (0.96)
 show the class more often than the product: see the benchmark's docstring.
-Trains both nets on first use (75-200 s on one thread; cached under the data dir).
+
+These tests train both nets for 1500 steps (:data:`TRAINING`): 30-60 s on one thread where
+the benchmark's 4000 take 75-200 s, every suite run (they are cached under the data dir,
+a fresh one per suite run). The less trained nets keep the benchmark's ordering under the
+same thresholds (40 runs, seed 0): known-pixel RMSE 0.188 against the inpainter's 0.209,
+the naive sum's 0.209 and the layout expert's 0.358, masked-pixel RMSE 0.291 against 0.534
+(naive 0.264), class accuracy 0.975 against 0.525 (naive 0.975, the true 3s 0.95); the
+smallest margin to a threshold is 0.020 (0.019 with the 4000-step nets). At sampling seeds
+0, 1000 and 2000 every assertion holds by at least 0.011, where the 4000-step nets miss
+the accuracy margin over the inpainter at seed 1000 (40 runs make that accuracy move by
+0.2 between seeds); nets of training seed 1 pass at all three, of seed 2 at one of three
+(that margin again).
 """
 
 from __future__ import annotations
@@ -21,13 +32,14 @@ from benchmarks.miniatures import digits
 
 RUNS = 40
 PARTICLES = 4
+TRAINING = digits.TrainingConfig(steps=1500)
 
 
 @pytest.fixture(scope="module")
 def setup():
     torch.set_num_threads(1)
     data = digits.load_data()
-    return data, digits.train_experts(data)
+    return data, digits.train_experts(data, TRAINING)
 
 
 def scores(setup, methods: tuple[str, ...], case: digits.InsertionCase) -> dict[str, digits.MethodScore]:
@@ -44,8 +56,9 @@ def test_classifier_reads_clean_digits():
 def test_product_keeps_known_pixels_and_draws_the_object(setup):
     data, experts = setup
     case = digits.InsertionCase()
-    result = scores(setup, digits.METHODS, case)
-    product, layout_alone, inpainter, naive = (result[m] for m in ("product-fkc", "layout expert alone", "inpainter alone", "naive sum"))
+    methods = ("product-fkc", "layout expert alone", "inpainter alone", "naive sum")  # each scored on its own seeded runs
+    result = scores(setup, methods, case)
+    product, layout_alone, inpainter, naive = (result[m] for m in methods)
     assert product.known_rmse < min(inpainter.known_rmse, naive.known_rmse, 0.6 * layout_alone.known_rmse)
     assert product.masked_rmse < 0.6 * inpainter.masked_rmse
     assert product.class_accuracy > inpainter.class_accuracy + 0.25
